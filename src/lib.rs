@@ -1,0 +1,19 @@
+//! sipshard: a thread-per-core SIP proxy/registrar whose routing logic is Lua
+//! written against Kamailio's KSR (KEMI) API.
+//!
+//! Layers, dependencies pointing one way:
+//! `sip` (sans-IO parser/writer) ← `auth`, `usrloc` (pure) ← `kemi` (Lua per
+//! shard) ← `shard` / `transport` (glommio executors, sockets).
+//! `db` and `rpc` are the control plane: they run on their own tokio thread and
+//! talk to shards only over bounded channels. See `docs/ARCHITECTURE.md`.
+
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod kemi;
+pub mod rpc;
+pub mod shard;
+pub mod sip;
+pub mod stats;
+pub mod transport;
+pub mod usrloc;

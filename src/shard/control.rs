@@ -1,0 +1,104 @@
+//! The control-plane side of the shards: commands the JSON-RPC server (or
+//! `main` at shutdown) sends to each shard, and the handle that fans them out.
+//!
+//! Shards poll their command queue from a timer task, so nothing here touches
+//! the message path. Queues are bounded; a full queue is an error to the caller,
+//! never a block.
+
+use std::sync::mpsc::{SyncSender, TrySendError};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::stats::ShardSnapshot;
+
+/// User-location commands (`ul.*` RPC methods). Answered as JSON by the shard
+/// that owns the AOR (lookup/rm) or by every shard (dump).
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum UlCmd {
+    /// All records this shard owns: `{"aors":[{"aor":..,"contacts":[..]}]}`.
+    Dump,
+    /// One AOR (`user@domain`): `{"aor":..,"contacts":[..]}` or `null`.
+    Lookup { aor: String },
+    /// Remove one AOR: `{"removed": n}`.
+    Rm { aor: String },
+}
+
+/// One command to one shard.
+#[non_exhaustive]
+pub enum ShardCmd {
+    /// Copy of counters and histograms; `reset` zeroes them after copying.
+    Snapshot { reset: bool, reply: oneshot::Sender<ShardSnapshot> },
+    Ul { cmd: UlCmd, reply: oneshot::Sender<serde_json::Value> },
+    /// Stop serving; pending writes are flushed first.
+    Shutdown,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("shard {0} command queue is full")]
+    QueueFull(usize),
+    #[error("shard {0} has stopped")]
+    ShardGone(usize),
+    #[error("no such shard {0}")]
+    NoShard(usize),
+}
+
+/// Cloneable, `Send` handle to every shard's command queue.
+#[derive(Clone)]
+pub struct ControlHandle {
+    senders: Vec<SyncSender<ShardCmd>>,
+    started: Instant,
+}
+
+impl ControlHandle {
+    pub fn new(senders: Vec<SyncSender<ShardCmd>>, started: Instant) -> Self {
+        ControlHandle { senders, started }
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.senders.len()
+    }
+
+    pub fn uptime_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    pub fn send(&self, shard: usize, cmd: ShardCmd) -> Result<(), ControlError> {
+        let tx = self.senders.get(shard).ok_or(ControlError::NoShard(shard))?;
+        tx.try_send(cmd).map_err(|e| match e {
+            TrySendError::Full(_) => ControlError::QueueFull(shard),
+            TrySendError::Disconnected(_) => ControlError::ShardGone(shard),
+        })
+    }
+
+    /// Snapshots every shard (in shard order).
+    pub async fn snapshot_all(&self, reset: bool) -> Result<Vec<ShardSnapshot>, ControlError> {
+        let mut rxs = Vec::with_capacity(self.senders.len());
+        for shard in 0..self.senders.len() {
+            let (tx, rx) = oneshot::channel();
+            self.send(shard, ShardCmd::Snapshot { reset, reply: tx })?;
+            rxs.push((shard, rx));
+        }
+        let mut out = Vec::with_capacity(rxs.len());
+        for (shard, rx) in rxs {
+            out.push(rx.await.map_err(|_| ControlError::ShardGone(shard))?);
+        }
+        Ok(out)
+    }
+
+    /// Sends a `ul` command to one shard and awaits its JSON answer.
+    pub async fn ul(&self, shard: usize, cmd: UlCmd) -> Result<serde_json::Value, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(shard, ShardCmd::Ul { cmd, reply: tx })?;
+        rx.await.map_err(|_| ControlError::ShardGone(shard))
+    }
+
+    /// Asks every shard to stop.
+    pub fn shutdown(&self) {
+        for tx in &self.senders {
+            let _ = tx.try_send(ShardCmd::Shutdown);
+        }
+    }
+}

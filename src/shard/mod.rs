@@ -1,0 +1,2 @@
+//! Shards: one glommio executor per core. (placeholder)
+pub mod control;

@@ -1,0 +1,166 @@
+//! Per-shard counters and route-time histograms, and the snapshot type the
+//! control plane merges on read.
+//!
+//! Shards own their `ShardStats` outright (no atomics, no locks on the message
+//! path); the control plane asks for a [`ShardSnapshot`] over a channel.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Route histograms record nanoseconds, 1 ns .. 60 s, 3 significant digits.
+pub const HIST_MAX_NS: u64 = 60_000_000_000;
+pub const HIST_SIGFIG: u8 = 3;
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIST_MAX_NS, HIST_SIGFIG).expect("static histogram bounds are valid")
+}
+
+macro_rules! counters {
+    ($( $variant:ident => $name:literal, $help:literal; )*) => {
+        /// Every counter a shard keeps. Names follow Kamailio's `stats.fetch`
+        /// (`group.name`).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(usize)]
+        pub enum Counter { $( $variant, )* }
+
+        impl Counter {
+            pub const ALL: &'static [Counter] = &[ $( Counter::$variant, )* ];
+            pub const COUNT: usize = Self::ALL.len();
+            pub fn name(self) -> &'static str {
+                match self { $( Counter::$variant => $name, )* }
+            }
+            pub fn help(self) -> &'static str {
+                match self { $( Counter::$variant => $help, )* }
+            }
+        }
+    };
+}
+
+counters! {
+    RcvRequests => "core.rcv_requests", "SIP requests received";
+    RcvReplies => "core.rcv_replies", "SIP replies received";
+    FwdRequests => "core.fwd_requests", "requests forwarded";
+    FwdReplies => "core.fwd_replies", "replies forwarded";
+    DropRequests => "core.drop_requests", "requests dropped by the script";
+    DropReplies => "core.drop_replies", "replies dropped";
+    ErrRequests => "core.err_requests", "requests whose route raised a script error";
+    BadMsgHdr => "core.bad_msg_hdr", "messages dropped or refused as malformed";
+    BadUris => "core.bad_URIs_rcvd", "malformed URIs seen by the script";
+    SlReplies1xx => "sl.1xx_replies", "1xx replies sent by sl";
+    SlReplies2xx => "sl.2xx_replies", "2xx replies sent by sl";
+    SlReplies3xx => "sl.3xx_replies", "3xx replies sent by sl";
+    SlReplies4xx => "sl.4xx_replies", "4xx replies sent by sl";
+    SlReplies5xx => "sl.5xx_replies", "5xx replies sent by sl";
+    SlReplies6xx => "sl.6xx_replies", "6xx replies sent by sl";
+    SlSentReplies => "sl.sent_replies", "all replies sent statelessly";
+    SlSentErrReplies => "sl.sent_err_replies", "stateless replies that failed to send";
+    SendErrors => "core.send_errors", "datagrams the socket refused";
+    AuthSuccess => "auth.successes", "credentials that checked";
+    AuthFailure => "auth.failures", "credentials that did not check";
+    AuthChallenges => "auth.challenges", "challenges sent";
+    AuthStaleNonce => "auth.stale_nonces", "stale nonces seen";
+    AuthDbTimeout => "auth.db_timeouts", "credential lookups that timed out";
+    UlRegistered => "usrloc.registered_users", "contacts saved";
+    UlExpired => "usrloc.expired_contacts", "contacts removed by expiry";
+    DbQueries => "db.queries", "database requests sent";
+    DbErrors => "db.errors", "database requests failed or timed out";
+    MeshSent => "shard.mesh_sent", "messages sent to other shards";
+    MeshRecv => "shard.mesh_recv", "messages received from other shards";
+}
+
+/// One route's histogram plus its name (`request_route`, `reply_route`, ...).
+#[derive(Clone, Debug)]
+pub struct RouteHistogram {
+    pub route: String,
+    pub hist: Histogram<u64>,
+}
+
+/// What one shard reports when asked.
+#[derive(Clone, Debug)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    pub cpu: Option<usize>,
+    pub uptime_s: f64,
+    pub counters: [u64; Counter::COUNT],
+    /// Point-in-time values: `usrloc.contacts`, `shard.inflight`, ...
+    pub gauges: Vec<(&'static str, i64)>,
+    pub routes: Vec<RouteHistogram>,
+    /// The shard's effective tuning knobs, for `core.shards`.
+    pub tuning: serde_json::Value,
+}
+
+/// Summary figures in microseconds (floats), Kamailio's KEMI table plus percentiles.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct LatencySummary {
+    pub cnt: u64,
+    pub sum_us: f64,
+    pub min_us: f64,
+    pub max_us: f64,
+    pub avg_us: f64,
+    pub p50_us: f64,
+    pub p90_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub p9999_us: f64,
+}
+
+impl LatencySummary {
+    pub fn from_hist(h: &Histogram<u64>) -> LatencySummary {
+        let cnt = h.len();
+        if cnt == 0 {
+            return LatencySummary::default();
+        }
+        let us = |ns: u64| ns as f64 / 1000.0;
+        let sum_ns = h.mean() * cnt as f64;
+        LatencySummary {
+            cnt,
+            sum_us: sum_ns / 1000.0,
+            min_us: us(h.min()),
+            max_us: us(h.max()),
+            avg_us: h.mean() / 1000.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            p9999_us: us(h.value_at_quantile(0.9999)),
+        }
+    }
+}
+
+/// Merges the same route across shards (shards record with equal bounds).
+pub fn merge_routes(shards: &[ShardSnapshot]) -> Vec<RouteHistogram> {
+    let mut out: Vec<RouteHistogram> = Vec::new();
+    for s in shards {
+        for r in &s.routes {
+            match out.iter_mut().find(|m| m.route == r.route) {
+                Some(m) => {
+                    // Same bounds on every shard, so add cannot fail; a failure
+                    // would only drop figures from a report, never panic.
+                    let _ = m.hist.add(&r.hist);
+                }
+                None => out.push(r.clone()),
+            }
+        }
+    }
+    out
+}
+
+/// Formats route figures as the shutdown table (Kamailio's KEMI perf shape plus percentiles).
+pub fn format_route_table(routes: &[RouteHistogram]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<20} {:>10} {:>14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "route", "cnt", "sum_us", "min_us", "max_us", "avg_us", "p50_us", "p90_us", "p99_us", "p99.9_us"
+    );
+    for r in routes {
+        let l = LatencySummary::from_hist(&r.hist);
+        let _ = writeln!(
+            s,
+            "{:<20} {:>10} {:>14.1} {:>9.3} {:>10.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
+            r.route, l.cnt, l.sum_us, l.min_us, l.max_us, l.avg_us, l.p50_us, l.p90_us, l.p99_us, l.p999_us
+        );
+    }
+    s
+}
