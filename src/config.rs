@@ -1,1 +1,526 @@
-//! (placeholder)
+//! Configuration: the TOML file (`etc/sipshard.toml` is the commented
+//! reference), embedded defaults, and CLI overrides.
+//!
+//! Every section denies unknown keys, so a typo is refused at start with the
+//! file, line and key named, instead of being silently ignored.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The routing script bundled into the binary, used when no script is configured.
+pub const DEFAULT_SCRIPT: &str = include_str!("../etc/sipshard.lua");
+/// Name under which the bundled script reports errors.
+pub const DEFAULT_SCRIPT_NAME: &str = "<bundled>/etc/sipshard.lua";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: String,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub core: CoreConfig,
+    /// Defaults for every shard.
+    pub shard: ShardTuning,
+    /// Per-shard overrides, in shard order (`[[shards]]`).
+    pub shards: Vec<ShardOverride>,
+    // rpc / db sections are added when those modules land.
+    pub auth: AuthConfig,
+    pub registrar: RegistrarConfig,
+    /// Where the config came from, for error messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CoreConfig {
+    /// UDP listen address (`ip:port`).
+    pub listen: SocketAddr,
+    /// Shard count (`2`), an explicit CPU list (`[0, 1]`), or `"auto"` (one per CPU).
+    pub cores: Cores,
+    /// Routing script path; empty = the bundled default script.
+    pub script: Option<PathBuf>,
+    /// What to do with a request whose route raised a Lua error.
+    pub on_script_error: OnScriptError,
+    /// Extra host names / IPs this server answers for (`is_myself`), like
+    /// Kamailio's `alias`. The listen address is always included.
+    pub alias: Vec<String>,
+    /// Value of the `Server:` header on locally generated replies; empty = none.
+    pub server_header: String,
+    /// Log filter (`error`, `warn`, `info`, `debug`, or a tracing filter).
+    pub log_level: String,
+    /// Log lines about malformed input at most this often per shard per second.
+    pub bad_input_log_per_s: u32,
+}
+
+impl Default for CoreConfig {
+    fn default() -> Self {
+        CoreConfig {
+            listen: "127.0.0.1:5060".parse().expect("valid literal"),
+            cores: Cores::Auto,
+            script: None,
+            on_script_error: OnScriptError::Reply500,
+            alias: Vec::new(),
+            server_header: "sipshard".to_string(),
+            log_level: "info".to_string(),
+            bad_input_log_per_s: 5,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnScriptError {
+    /// Answer the request `500 Server Internal Error` (replies are dropped).
+    #[default]
+    #[serde(rename = "reply500")]
+    Reply500,
+    /// Drop the message silently (a counter and a log line still record it).
+    Drop,
+}
+
+/// Which CPUs get a shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum Cores {
+    #[default]
+    Auto,
+    Count(usize),
+    List(Vec<usize>),
+}
+
+impl<'de> Deserialize<'de> for Cores {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            List(Vec<usize>),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => Ok(Cores::Count(n)),
+            Raw::List(l) => Ok(Cores::List(l)),
+            Raw::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+impl std::str::FromStr for Cores {
+    type Err = String;
+    /// `auto`, `4`, or a CPU list `0,1` / `0-3` / `0,2-3`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Cores::Auto);
+        }
+        if !s.contains([',', '-']) {
+            return s
+                .parse::<usize>()
+                .map(Cores::Count)
+                .map_err(|_| format!("`{s}` is not a core count, a CPU list or `auto`"));
+        }
+        let mut cpus = Vec::new();
+        for part in s.split(',') {
+            let part = part.trim();
+            let bad = || format!("`{part}` is not a CPU number or range");
+            match part.split_once('-') {
+                Some((a, b)) => {
+                    let a: usize = a.trim().parse().map_err(|_| bad())?;
+                    let b: usize = b.trim().parse().map_err(|_| bad())?;
+                    if a > b {
+                        return Err(bad());
+                    }
+                    cpus.extend(a..=b);
+                }
+                None => cpus.push(part.parse().map_err(|_| bad())?),
+            }
+        }
+        Ok(Cores::List(cpus))
+    }
+}
+
+/// Lua garbage collector mode for a shard's VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LuaGc {
+    #[default]
+    Incremental,
+    Generational,
+}
+
+/// Per-shard tuning knobs. `[shard]` sets defaults; `[[shards]]` overrides.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardTuning {
+    /// SO_RCVBUF of the shard's UDP socket (the kernel doubles it, capped by rmem_max).
+    pub recv_buffer_bytes: usize,
+    /// SO_SNDBUF of the shard's UDP socket.
+    pub send_buffer_bytes: usize,
+    /// glommio registered I/O memory. RLIMIT_MEMLOCK caps the sum over shards.
+    pub io_memory_bytes: usize,
+    /// io_uring ring depth.
+    pub ring_depth: usize,
+    /// Datagrams read per turn before yielding to other tasks on the shard.
+    pub recv_batch: usize,
+    /// Requests whose route is suspended (waiting on DB or another shard) at once.
+    pub max_inflight: usize,
+    /// Largest SIP message accepted, bytes.
+    pub max_msg_bytes: usize,
+    /// Most header lines indexed in one message.
+    pub max_headers: usize,
+    pub lua_gc: LuaGc,
+    /// Incremental: step multiplier (Lua `setstepmul`); generational: minor multiplier.
+    pub lua_gc_step: i32,
+    /// Incremental: pause (Lua `setpause`); generational: major multiplier.
+    pub lua_gc_pause: i32,
+    /// Most entries in the shard's command queue from the control plane.
+    pub control_queue: usize,
+    /// Messages queued from other shards before the sender sees "full".
+    pub mesh_queue: usize,
+}
+
+impl Default for ShardTuning {
+    fn default() -> Self {
+        ShardTuning {
+            recv_buffer_bytes: 4 << 20,
+            send_buffer_bytes: 4 << 20,
+            // Two shards must start under an 8 MiB RLIMIT_MEMLOCK.
+            io_memory_bytes: 2 << 20,
+            ring_depth: 256,
+            recv_batch: 32,
+            max_inflight: 10_000,
+            max_msg_bytes: 65_535,
+            max_headers: 128,
+            lua_gc: LuaGc::Incremental,
+            lua_gc_step: 200,
+            lua_gc_pause: 200,
+            control_queue: 64,
+            mesh_queue: 1024,
+        }
+    }
+}
+
+/// `[[shards]]`: the CPU to pin and any knobs that differ from `[shard]`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardOverride {
+    pub cpu: Option<usize>,
+    pub recv_buffer_bytes: Option<usize>,
+    pub send_buffer_bytes: Option<usize>,
+    pub io_memory_bytes: Option<usize>,
+    pub ring_depth: Option<usize>,
+    pub recv_batch: Option<usize>,
+    pub max_inflight: Option<usize>,
+    pub lua_gc: Option<LuaGc>,
+    pub lua_gc_step: Option<i32>,
+    pub lua_gc_pause: Option<i32>,
+}
+
+/// Digest authentication settings (auth and auth_db modules).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Nonce HMAC secret (any string; hashed to 32 bytes). Empty = random at
+    /// start, which is fine for one process: all shards share it.
+    pub secret: String,
+    /// Seconds a nonce is valid (Kamailio `nonce_expire`).
+    pub nonce_expire_s: u64,
+    /// Per-shard credential cache TTL and size.
+    pub cache_ttl_s: u64,
+    pub cache_negative_ttl_s: u64,
+    pub cache_max_entries: usize,
+    /// Per-shard nonce-count (replay) table size.
+    pub nc_max_entries: usize,
+    /// Milliseconds a credential lookup may wait for the database before the
+    /// request is answered 500.
+    pub db_timeout_ms: u64,
+    /// Use the `ha1b` column (user@domain) instead of `ha1` (Kamailio `use_domain`).
+    pub use_domain: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            secret: String::new(),
+            nonce_expire_s: 300,
+            cache_ttl_s: 60,
+            cache_negative_ttl_s: 5,
+            cache_max_entries: 100_000,
+            nc_max_entries: 100_000,
+            db_timeout_ms: 2_000,
+            use_domain: false,
+        }
+    }
+}
+
+/// Registrar / usrloc settings.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrarConfig {
+    pub default_expires_s: u32,
+    pub min_expires_s: u32,
+    pub max_expires_s: u32,
+    /// Most contacts per AOR (0 = no limit besides the table maxima).
+    pub max_contacts: usize,
+    /// Most AORs a shard keeps.
+    pub max_aors_per_shard: usize,
+    /// usrloc `db_mode`: 0 memory, 1 write-through, 2 write-back, 3 DB only.
+    pub db_mode: u8,
+    /// Write-back flush / expiry timer interval (usrloc `timer_interval`).
+    pub timer_interval_s: u64,
+    /// Use `user@domain` as AOR (usrloc `use_domain`).
+    pub use_domain: bool,
+}
+
+impl Default for RegistrarConfig {
+    fn default() -> Self {
+        RegistrarConfig {
+            default_expires_s: 3600,
+            min_expires_s: 60,
+            max_expires_s: 86_400,
+            max_contacts: 10,
+            max_aors_per_shard: 1_000_000,
+            db_mode: 0,
+            timer_interval_s: 60,
+            use_domain: false,
+        }
+    }
+}
+
+/// One shard's resolved settings.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShardSpec {
+    pub id: usize,
+    pub cpu: Option<usize>,
+    pub tuning: ShardTuning,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        Self::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses TOML text; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: describe_toml_error(text, &e),
+        })?;
+        cfg.origin = origin.to_string();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Embedded defaults (no file).
+    pub fn embedded() -> Config {
+        Config {
+            origin: "<embedded defaults>".to_string(),
+            ..Config::default()
+        }
+    }
+
+    fn invalid(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Range checks a type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.shard;
+        if t.max_msg_bytes < 512 || t.max_msg_bytes > 65_535 {
+            return Err(self.invalid("shard.max_msg_bytes", "must be within 512..=65535"));
+        }
+        if t.max_headers == 0 || t.max_headers > 1024 {
+            return Err(self.invalid("shard.max_headers", "must be within 1..=1024"));
+        }
+        if t.recv_batch == 0 {
+            return Err(self.invalid("shard.recv_batch", "must be at least 1"));
+        }
+        if t.max_inflight == 0 {
+            return Err(self.invalid("shard.max_inflight", "must be at least 1"));
+        }
+        if t.io_memory_bytes < (64 << 10) {
+            return Err(self.invalid("shard.io_memory_bytes", "must be at least 65536"));
+        }
+        if let Cores::Count(0) = self.core.cores {
+            return Err(self.invalid("core.cores", "must be at least 1"));
+        }
+        if let Cores::List(l) = &self.core.cores {
+            if l.is_empty() {
+                return Err(self.invalid("core.cores", "the CPU list is empty"));
+            }
+        }
+        let r = &self.registrar;
+        if r.min_expires_s > r.max_expires_s {
+            return Err(self.invalid(
+                "registrar.min_expires_s",
+                "is above registrar.max_expires_s",
+            ));
+        }
+        if r.db_mode > 3 {
+            return Err(self.invalid("registrar.db_mode", "must be 0, 1, 2 or 3"));
+        }
+        if self.auth.nonce_expire_s == 0 {
+            return Err(self.invalid("auth.nonce_expire_s", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The shards to start: CPU placement from `core.cores`, knobs from
+    /// `[shard]` merged with `[[shards]]`.
+    pub fn shard_specs(&self) -> Result<Vec<ShardSpec>, ConfigError> {
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let cpus: Vec<Option<usize>> = match &self.core.cores {
+            Cores::Auto => (0..online).map(Some).collect(),
+            Cores::Count(n) => (0..*n)
+                .map(|i| if *n <= online { Some(i) } else { None })
+                .collect(),
+            Cores::List(l) => {
+                if let Some(bad) = l.iter().find(|c| **c >= online) {
+                    return Err(self.invalid(
+                        "core.cores",
+                        format!("CPU {bad} is not online (this machine has {online})"),
+                    ));
+                }
+                l.iter().copied().map(Some).collect()
+            }
+        };
+        if self.shards.len() > cpus.len() {
+            return Err(self.invalid(
+                "shards",
+                format!(
+                    "{} [[shards]] entries but only {} shards configured by core.cores",
+                    self.shards.len(),
+                    cpus.len()
+                ),
+            ));
+        }
+        let mut specs = Vec::with_capacity(cpus.len());
+        for (id, cpu) in cpus.into_iter().enumerate() {
+            let mut tuning = self.shard.clone();
+            let mut cpu = cpu;
+            if let Some(o) = self.shards.get(id) {
+                if o.cpu.is_some() {
+                    cpu = o.cpu;
+                }
+                macro_rules! over {
+                    ($($f:ident),*) => { $( if let Some(v) = o.$f { tuning.$f = v; } )* };
+                }
+                over!(
+                    recv_buffer_bytes,
+                    send_buffer_bytes,
+                    io_memory_bytes,
+                    ring_depth,
+                    recv_batch,
+                    max_inflight,
+                    lua_gc,
+                    lua_gc_step,
+                    lua_gc_pause
+                );
+            }
+            specs.push(ShardSpec { id, cpu, tuning });
+        }
+        Ok(specs)
+    }
+}
+
+/// toml's error already names line and column; add the offending line's key
+/// when the error points at one.
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let mut msg = e.message().to_string();
+    if let Some(span) = e.span() {
+        let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line_text = text.lines().nth(line - 1).unwrap_or("").trim();
+        let key = line_text.split('=').next().unwrap_or("").trim();
+        msg = format!("line {line}: key `{key}`: {msg} (`{line_text}`)");
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::embedded();
+        c.validate().unwrap();
+        assert_eq!(c.core.listen.port(), 5060);
+    }
+
+    #[test]
+    fn cores_forms() {
+        let cases: &[(&str, Cores)] = &[
+            ("auto", Cores::Auto),
+            ("2", Cores::Count(2)),
+            ("0,1", Cores::List(vec![0, 1])),
+            ("0-2", Cores::List(vec![0, 1, 2])),
+            ("0,2-3", Cores::List(vec![0, 2, 3])),
+        ];
+        for (s, want) in cases {
+            assert_eq!(&s.parse::<Cores>().unwrap(), want, "{s}");
+        }
+        assert!("x".parse::<Cores>().is_err());
+        assert!("3-1".parse::<Cores>().is_err());
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let err = Config::from_toml("[core]\nlisten = \"127.0.0.1:5060\"\nlisen = 3\n", "x.toml")
+            .unwrap_err();
+        let s = err.to_string();
+        assert!(s.contains("x.toml"), "{s}");
+        assert!(s.contains("line 3"), "{s}");
+        assert!(s.contains("lisen"), "{s}");
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        let err = Config::from_toml("[shard]\nmax_headers = 0\n", "y.toml").unwrap_err();
+        assert!(err.to_string().contains("shard.max_headers"), "{err}");
+        let err = Config::from_toml("[core]\ncores = \"banana\"\n", "y.toml").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn shard_overrides_merge() {
+        let c = Config::from_toml(
+            "[core]\ncores = [0]\n[shard]\nrecv_batch = 8\n[[shards]]\ncpu = 0\nrecv_batch = 4\n",
+            "z.toml",
+        )
+        .unwrap();
+        let specs = c.shard_specs().unwrap();
+        assert_eq!(specs.len(), 1);
+        assert_eq!(specs[0].tuning.recv_batch, 4);
+        assert_eq!(specs[0].cpu, Some(0));
+    }
+}

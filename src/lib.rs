@@ -11,6 +11,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod kemi;
+pub mod loadgen;
 pub mod rpc;
 pub mod shard;
 pub mod sip;

@@ -1,1 +1,140 @@
-fn main(){}
+//! `sipshard` command line: parse arguments, load the config, start the shards
+//! (or run a tool subcommand). Nothing else lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+
+use sipshard::config::{Config, Cores};
+use sipshard::kemi::Myself;
+use sipshard::shard::{self, ShardParams};
+use sipshard::stats;
+
+#[derive(Parser)]
+#[command(
+    name = "sipshard",
+    version,
+    about = "Thread-per-core SIP proxy/registrar with Kamailio-compatible Lua (KSR) routing"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the SIP server.
+    Run(ServerArgs),
+    /// Check the config and the routing script, then exit.
+    Check(ServerArgs),
+    /// Load generator: OPTIONS over UDP at an open-loop rate.
+    Bench(sipshard::loadgen::BenchArgs),
+}
+
+#[derive(Args, Clone)]
+struct ServerArgs {
+    /// TOML config file (see etc/sipshard.toml); without it, embedded defaults.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// UDP listen address, e.g. 127.0.0.1:5060.
+    #[arg(long, short = 'l')]
+    listen: Option<std::net::SocketAddr>,
+    /// Shards: a count (`2`), a CPU list (`0,1` or `0-3`) or `auto`.
+    #[arg(long)]
+    cores: Option<Cores>,
+    /// Lua routing script (default: the bundled etc/sipshard.lua).
+    #[arg(long, short = 's')]
+    script: Option<PathBuf>,
+}
+
+fn load_config(a: &ServerArgs) -> Result<Config, String> {
+    let mut cfg = match &a.config {
+        Some(p) => Config::from_file(p).map_err(|e| e.to_string())?,
+        None => Config::embedded(),
+    };
+    if let Some(l) = a.listen {
+        cfg.core.listen = l;
+    }
+    if let Some(c) = &a.cores {
+        cfg.core.cores = c.clone();
+    }
+    if let Some(s) = &a.script {
+        cfg.core.script = Some(s.clone());
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    Ok(cfg)
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(true)
+        .try_init();
+}
+
+fn prepare(a: &ServerArgs) -> Result<(Arc<ShardParams>, Vec<sipshard::config::ShardSpec>), String> {
+    let cfg = load_config(a)?;
+    init_logging(&cfg.core.log_level);
+    let specs = cfg.shard_specs().map_err(|e| e.to_string())?;
+    let (script, script_name) = shard::load_script(&cfg)?;
+    let myself = Myself::new(cfg.core.listen, &cfg.core.alias);
+    let params = Arc::new(ShardParams {
+        config: cfg,
+        script,
+        script_name,
+        myself,
+        shard_count: specs.len(),
+    });
+    shard::check_script(&params)?;
+    Ok((params, specs))
+}
+
+fn run(a: ServerArgs) -> Result<(), String> {
+    let (params, specs) = prepare(&a)?;
+    let n = specs.len();
+    let running = shard::start(params, specs).map_err(|e| e.to_string())?;
+    tracing::info!(shards = n, listen = %running.local_addr, "sipshard started");
+    let snaps = running.wait();
+    print_summary(&snaps);
+    Ok(())
+}
+
+/// The shutdown report: per shard and merged route times, Kamailio's KEMI
+/// table plus percentiles.
+fn print_summary(snaps: &[stats::ShardSnapshot]) {
+    println!("== route execution time (microseconds) ==");
+    for s in snaps {
+        println!("-- shard {} (cpu {:?})", s.shard, s.cpu);
+        print!("{}", stats::format_route_table(&s.routes));
+    }
+    println!("-- all shards");
+    print!("{}", stats::format_route_table(&stats::merge_routes(snaps)));
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run(a) => run(a),
+        Cmd::Check(a) => prepare(&a).map(|(p, specs)| {
+            println!(
+                "config and script OK: {} shard(s), script {}",
+                specs.len(),
+                p.script_name
+            );
+        }),
+        Cmd::Bench(b) => sipshard::loadgen::run(b),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sipshard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,470 @@
-//! (placeholder: being written)
+//! KEMI: one Lua VM per shard running a Kamailio-style routing script against
+//! the `KSR` API.
+//!
+//! Owns: building the `KSR` table (one file per Kamailio module, each with a
+//! `register` function), loading the script, running `ksr_request_route()` /
+//! `ksr_reply_route()` for one message, and the route-outcome rules
+//! (`KSR.x.exit()`, `KSR.x.drop()`, script errors with their traceback).
+//!
+//! Never: touch sockets or await I/O itself. The per-message context
+//! ([`MsgCtx`]) is moved into the shard's [`Shared::cur`] slot only while the
+//! route's future is being polled, so a route that suspends (waiting for the
+//! database or another shard) never sees another message's context.
+//!
+//! Return conventions follow Kamailio's Lua binding: int functions return the
+//! raw code (>0 success, <0 failure), bool functions return a Lua boolean.
+
+#![forbid(unsafe_code)]
+
+mod core;
+mod ctx;
+mod hdr;
+mod kx;
+mod pv;
+mod sl;
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use mlua::{Function, Lua, Table};
+
+pub use ctx::{MsgCtx, Outgoing};
+pub use pv::PvValue;
+
+/// Sends a stateless reply to `m` outside the script (400 for a malformed
+/// request, 500 after a script error, 503 under overload). False when no
+/// reply can be built (a reply, an ACK, an unusable Via).
+pub fn sl_reply(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
+    sl::reply_counted(s, m, code, reason)
+}
+
+use crate::config::{LuaGc, ShardTuning};
+use crate::stats::Counter;
+
+/// Error raised inside Lua by `KSR.x.exit()` / `KSR.x.drop()`: unwinds the
+/// script like Kamailio's `exit`, and is recognised (not logged) by the runner.
+#[derive(Debug, Clone, Copy)]
+pub struct KsrExit {
+    pub drop: bool,
+}
+
+impl std::fmt::Display for KsrExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.drop {
+            "~~ksr~drop~~"
+        } else {
+            "~~ksr~exit~~"
+        })
+    }
+}
+
+impl std::error::Error for KsrExit {}
+
+/// How a route run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteOutcome {
+    /// Returned normally or via `KSR.x.exit()`.
+    Done,
+    /// `KSR.x.drop()` / `KSR.drop()`.
+    Drop,
+    /// A Lua runtime error, with its traceback.
+    Error(String),
+}
+
+/// The names this server answers for (`is_myself`): hosts and ports.
+#[derive(Clone, Debug, Default)]
+pub struct Myself {
+    /// (lower-case host, port) pairs; port `None` matches any port.
+    pub names: Vec<(String, Option<u16>)>,
+    pub default_port: u16,
+}
+
+impl Myself {
+    pub fn new(listen: std::net::SocketAddr, aliases: &[String]) -> Myself {
+        let port = listen.port();
+        let mut names = Vec::new();
+        let ip = listen.ip();
+        if ip.is_unspecified() {
+            names.push(("127.0.0.1".to_string(), Some(port)));
+            names.push(("[::1]".to_string(), Some(port)));
+            names.push(("localhost".to_string(), Some(port)));
+        } else {
+            let host = match ip {
+                std::net::IpAddr::V4(v4) => v4.to_string(),
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+            };
+            names.push((host, Some(port)));
+            if ip.is_loopback() {
+                names.push(("localhost".to_string(), Some(port)));
+            }
+        }
+        for a in aliases {
+            names.push(split_host_port(&a.trim().to_ascii_lowercase()));
+        }
+        Myself {
+            names,
+            default_port: 5060,
+        }
+    }
+
+    /// Host (and optional port) match, case-insensitive; an absent port means 5060.
+    pub fn matches(&self, host: &[u8], port: Option<u16>) -> bool {
+        let port = port.unwrap_or(self.default_port);
+        self.names
+            .iter()
+            .any(|(h, p)| h.as_bytes().eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port))
+    }
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn split_host_port(a: &str) -> (String, Option<u16>) {
+    let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((h, tail)) => (format!("[{h}]"), tail.strip_prefix(':')),
+            None => (a.to_string(), None),
+        }
+    } else {
+        match a.split_once(':') {
+            Some((h, p)) if !p.contains(':') => (h.to_string(), Some(p)),
+            _ => (a.to_string(), None),
+        }
+    };
+    match port.map(str::parse::<u16>) {
+        Some(Ok(p)) => (host, Some(p)),
+        Some(Err(_)) => (a.to_string(), None),
+        None => (host, None),
+    }
+}
+
+/// Counters the KSR functions bump; the shard reads them into its snapshot.
+pub struct Counters {
+    cells: [Cell<u64>; Counter::COUNT],
+}
+
+impl Counters {
+    pub fn new() -> Counters {
+        Counters {
+            cells: std::array::from_fn(|_| Cell::new(0)),
+        }
+    }
+
+    #[inline]
+    pub fn incr(&self, c: Counter) {
+        let cell = &self.cells[c as usize];
+        cell.set(cell.get().wrapping_add(1));
+    }
+
+    #[inline]
+    pub fn add(&self, c: Counter, n: u64) {
+        let cell = &self.cells[c as usize];
+        cell.set(cell.get().wrapping_add(n));
+    }
+
+    pub fn values(&self) -> [u64; Counter::COUNT] {
+        std::array::from_fn(|i| self.cells[i].get())
+    }
+
+    pub fn reset(&self) {
+        for c in &self.cells {
+            c.set(0);
+        }
+    }
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// State shared by every KSR function of one shard's VM.
+pub struct Shared {
+    /// The message whose route is being polled right now.
+    pub cur: RefCell<Option<Box<MsgCtx>>>,
+    pub shard_id: usize,
+    pub shard_count: usize,
+    pub myself: Myself,
+    pub counters: Counters,
+    /// `$var(name)`: shard-local script variables. Like Kamailio's per-process
+    /// `$var`, values persist across messages unless the script resets them.
+    pub vars: RefCell<HashMap<String, PvValue>>,
+    /// `Server:` header value for locally generated replies.
+    pub server_header: Option<Vec<u8>>,
+    /// Extension point for modules that need shard services (auth, registrar);
+    /// set by the shard before the script is loaded.
+    pub services: RefCell<Option<Rc<dyn std::any::Any>>>,
+}
+
+impl Shared {
+    /// Runs `f` on the current message, or fails the KSR call when a function
+    /// is used outside a route (e.g. at script load).
+    #[inline]
+    pub fn with_msg<R>(&self, f: impl FnOnce(&mut MsgCtx) -> R) -> mlua::Result<R> {
+        let mut cur = self.cur.borrow_mut();
+        match cur.as_deref_mut() {
+            Some(ctx) => Ok(f(ctx)),
+            None => Err(mlua::Error::RuntimeError(
+                "KSR function called outside of a SIP route".into(),
+            )),
+        }
+    }
+}
+
+/// Builder input for [`Engine::new`].
+pub struct EngineConfig<'a> {
+    pub shard_id: usize,
+    pub shard_count: usize,
+    pub script: &'a str,
+    pub script_name: &'a str,
+    pub myself: Myself,
+    pub server_header: &'a str,
+    pub tuning: &'a ShardTuning,
+}
+
+/// A shard's Lua VM with the script loaded.
+pub struct Engine {
+    lua: Lua,
+    shared: Rc<Shared>,
+    request_route: Function,
+    reply_route: Option<Function>,
+}
+
+/// Wraps a route so a Lua error carries its traceback and the exit sentinel
+/// passes through untouched (debug.traceback returns non-string errors as is).
+const ROUTE_WRAPPER: &str = r#"
+local route = ...
+local traceback = debug.traceback
+local function handler(e)
+    if type(e) == "string" then return traceback(e, 2) end
+    return e
+end
+return function()
+    local ok, err = xpcall(route, handler)
+    if not ok then error(err, 0) end
+end
+"#;
+
+impl Engine {
+    /// Creates the VM, registers `KSR`, loads the script and finds its routes.
+    /// Errors name the script and line (Lua's own message format).
+    pub fn new(cfg: &EngineConfig<'_>) -> Result<Engine, String> {
+        let lua = Lua::new();
+        match cfg.tuning.lua_gc {
+            LuaGc::Incremental => {
+                lua.gc_inc(cfg.tuning.lua_gc_pause, cfg.tuning.lua_gc_step, 0);
+            }
+            LuaGc::Generational => {
+                lua.gc_gen(cfg.tuning.lua_gc_step, cfg.tuning.lua_gc_pause);
+            }
+        }
+        let shared = Rc::new(Shared {
+            cur: RefCell::new(None),
+            shard_id: cfg.shard_id,
+            shard_count: cfg.shard_count,
+            myself: cfg.myself.clone(),
+            counters: Counters::new(),
+            vars: RefCell::new(HashMap::new()),
+            server_header: (!cfg.server_header.is_empty())
+                .then(|| cfg.server_header.as_bytes().to_vec()),
+            services: RefCell::new(None),
+        });
+        let ksr = lua.create_table().map_err(|e| e.to_string())?;
+        register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
+        lua.globals().set("KSR", ksr).map_err(|e| e.to_string())?;
+
+        lua.load(cfg.script)
+            .set_name(format!("@{}", cfg.script_name))
+            .exec()
+            .map_err(|e| format_lua_error(&e))?;
+
+        let globals = lua.globals();
+        let wrap = |name: &str| -> Result<Option<Function>, String> {
+            match globals
+                .get::<mlua::Value>(name)
+                .map_err(|e| e.to_string())?
+            {
+                mlua::Value::Function(f) => {
+                    let wrapper: Function = lua
+                        .load(ROUTE_WRAPPER)
+                        .set_name("=route_wrapper")
+                        .call(f)
+                        .map_err(|e| e.to_string())?;
+                    Ok(Some(wrapper))
+                }
+                mlua::Value::Nil => Ok(None),
+                _ => Err(format!("{}: `{name}` is not a function", cfg.script_name)),
+            }
+        };
+        let request_route = wrap("ksr_request_route")?.ok_or_else(|| {
+            format!(
+                "{}: the script defines no ksr_request_route() function",
+                cfg.script_name
+            )
+        })?;
+        let reply_route = wrap("ksr_reply_route")?;
+        Ok(Engine {
+            lua,
+            shared,
+            request_route,
+            reply_route,
+        })
+    }
+
+    pub fn shared(&self) -> &Rc<Shared> {
+        &self.shared
+    }
+
+    pub fn lua(&self) -> &Lua {
+        &self.lua
+    }
+
+    pub fn has_reply_route(&self) -> bool {
+        self.reply_route.is_some()
+    }
+
+    /// Starts `ksr_request_route()` for `ctx`. Poll the returned future; it
+    /// hands the context back with the outcome.
+    pub fn run_request(&self, ctx: Box<MsgCtx>) -> RouteRun {
+        RouteRun::new(self.shared.clone(), ctx, &self.request_route)
+    }
+
+    /// Starts `ksr_reply_route()` (caller checks [`Engine::has_reply_route`]).
+    pub fn run_reply(&self, ctx: Box<MsgCtx>) -> Option<RouteRun> {
+        self.reply_route
+            .as_ref()
+            .map(|f| RouteRun::new(self.shared.clone(), ctx, f))
+    }
+
+    /// Lua memory in use, bytes.
+    pub fn used_memory_bytes(&self) -> usize {
+        self.lua.used_memory()
+    }
+}
+
+fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    core::register(lua, ksr, shared)?;
+    sl::register(lua, ksr, shared)?;
+    pv::register(lua, ksr, shared)?;
+    kx::register(lua, ksr, shared)?;
+    hdr::register(lua, ksr, shared)?;
+    Ok(())
+}
+
+type LuaCall = Pin<Box<dyn Future<Output = mlua::Result<()>>>>;
+
+/// One route execution. While polled, its context sits in `Shared::cur`.
+pub struct RouteRun {
+    shared: Rc<Shared>,
+    ctx: Option<Box<MsgCtx>>,
+    call: LuaCall,
+}
+
+impl RouteRun {
+    fn new(shared: Rc<Shared>, ctx: Box<MsgCtx>, f: &Function) -> RouteRun {
+        RouteRun {
+            shared,
+            ctx: Some(ctx),
+            call: Box::pin(f.call_async::<()>(())),
+        }
+    }
+}
+
+impl Future for RouteRun {
+    type Output = (Box<MsgCtx>, RouteOutcome);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(ctx) = this.ctx.take() else {
+            // Polled after completion: a caller bug, not an input fault.
+            return Poll::Pending;
+        };
+        debug_assert!(
+            this.shared.cur.borrow().is_none(),
+            "route contexts must not nest"
+        );
+        *this.shared.cur.borrow_mut() = Some(ctx);
+        let res = this.call.as_mut().poll(cx);
+        let ctx = this.shared.cur.borrow_mut().take();
+        let Some(ctx) = ctx else {
+            // The slot is only ever filled/emptied here; losing it is a bug.
+            unreachable!("route context vanished while polling");
+        };
+        match res {
+            Poll::Pending => {
+                this.ctx = Some(ctx);
+                Poll::Pending
+            }
+            Poll::Ready(r) => {
+                let outcome = match r {
+                    Ok(()) => RouteOutcome::Done,
+                    Err(e) => match find_exit(&e) {
+                        Some(KsrExit { drop: true }) => RouteOutcome::Drop,
+                        Some(KsrExit { drop: false }) => RouteOutcome::Done,
+                        None => RouteOutcome::Error(format_lua_error(&e)),
+                    },
+                };
+                let outcome = if ctx.dropped && outcome == RouteOutcome::Done {
+                    RouteOutcome::Drop
+                } else {
+                    outcome
+                };
+                Poll::Ready((ctx, outcome))
+            }
+        }
+    }
+}
+
+/// Finds the exit sentinel through mlua's error wrappers.
+fn find_exit(e: &mlua::Error) -> Option<KsrExit> {
+    match e {
+        mlua::Error::ExternalError(inner) => inner.downcast_ref::<KsrExit>().copied(),
+        mlua::Error::CallbackError { cause, .. } => find_exit(cause),
+        mlua::Error::WithContext { cause, .. } => find_exit(cause),
+        _ => None,
+    }
+}
+
+/// Lua error text with traceback, on one or more lines.
+pub fn format_lua_error(e: &mlua::Error) -> String {
+    match e {
+        mlua::Error::CallbackError { traceback, cause } => {
+            format!("{}\n{traceback}", format_lua_error(cause))
+        }
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Converts bytes for Lua, returning `nil` for `None`.
+pub(crate) fn lua_opt_str(lua: &Lua, b: Option<&[u8]>) -> mlua::Result<mlua::Value> {
+    match b {
+        Some(b) => Ok(mlua::Value::String(lua.create_string(b)?)),
+        None => Ok(mlua::Value::Nil),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn myself_matching() {
+        let m = Myself::new(
+            "127.0.0.1:5060".parse().unwrap(),
+            &["example.com".into(), "sip.example.org:5070".into()],
+        );
+        assert!(m.matches(b"127.0.0.1", None));
+        assert!(m.matches(b"127.0.0.1", Some(5060)));
+        assert!(!m.matches(b"127.0.0.1", Some(5061)));
+        assert!(m.matches(b"LOCALHOST", Some(5060)));
+        assert!(m.matches(b"Example.COM", Some(9999)));
+        assert!(m.matches(b"sip.example.org", Some(5070)));
+        assert!(!m.matches(b"sip.example.org", None));
+        assert!(!m.matches(b"10.0.0.1", None));
+    }
+}

@@ -29,8 +29,14 @@ pub enum UlCmd {
 #[non_exhaustive]
 pub enum ShardCmd {
     /// Copy of counters and histograms; `reset` zeroes them after copying.
-    Snapshot { reset: bool, reply: oneshot::Sender<ShardSnapshot> },
-    Ul { cmd: UlCmd, reply: oneshot::Sender<serde_json::Value> },
+    Snapshot {
+        reset: bool,
+        reply: oneshot::Sender<ShardSnapshot>,
+    },
+    Ul {
+        cmd: UlCmd,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
     /// Stop serving; pending writes are flushed first.
     Shutdown,
 }
@@ -66,7 +72,10 @@ impl ControlHandle {
     }
 
     pub fn send(&self, shard: usize, cmd: ShardCmd) -> Result<(), ControlError> {
-        let tx = self.senders.get(shard).ok_or(ControlError::NoShard(shard))?;
+        let tx = self
+            .senders
+            .get(shard)
+            .ok_or(ControlError::NoShard(shard))?;
         tx.try_send(cmd).map_err(|e| match e {
             TrySendError::Full(_) => ControlError::QueueFull(shard),
             TrySendError::Disconnected(_) => ControlError::ShardGone(shard),

@@ -1,0 +1,131 @@
+//! The per-message context: the received bytes, their parse index, and what
+//! the script asked for (rewrites, replies, drop). Allocated once per shard
+//! slot and reused; nothing here is copied per KSR call.
+
+use std::net::SocketAddr;
+
+use crate::sip::{Edits, Framing, Limits, ParseError, Parsed, SipMsg, Status};
+
+/// One datagram to send once the route has finished (or suspended).
+#[derive(Clone, Copy, Debug)]
+pub struct Outgoing {
+    pub start: u32,
+    pub end: u32,
+    pub dst: SocketAddr,
+}
+
+/// A received message and the route's effects on it.
+pub struct MsgCtx {
+    /// Receive buffer; `len` bytes are valid.
+    pub buf: Vec<u8>,
+    pub len: usize,
+    pub parsed: Parsed,
+    pub src: SocketAddr,
+    pub local: SocketAddr,
+    /// Rewritten Request-URI (`$ru`, `$rU`, `$rd`, `$rp`, registrar lookup).
+    pub new_ruri: Option<Vec<u8>>,
+    /// Destination URI (`$du`).
+    pub dst_uri: Option<Vec<u8>>,
+    /// Header edits to the message (KSR.hdr.*).
+    pub edits: Edits,
+    /// Complete header lines (CRLF-terminated) to add to the next local reply.
+    pub reply_headers: Vec<u8>,
+    /// Encoded datagrams to send, back to back in `out_buf`.
+    pub out_buf: Vec<u8>,
+    pub out: Vec<Outgoing>,
+    /// Status of the last local reply sent for this message.
+    pub replied: Option<u16>,
+    pub dropped: bool,
+    /// Message flags (`KSR.setflag`).
+    pub flags: u32,
+    /// Scratch space for building replies.
+    pub scratch: Vec<u8>,
+    /// Reply code/reason a module suggests for `KSR.sl.sl_reply_error()`.
+    pub last_error: Option<(u16, &'static str)>,
+    /// Auth results of this message (`$au`, `$ar`, `$adu`).
+    pub auth_user: Option<String>,
+    pub auth_realm: Option<String>,
+    pub auth_digest_uri: Option<String>,
+}
+
+impl MsgCtx {
+    pub fn new(max_msg_bytes: usize, max_headers: usize) -> MsgCtx {
+        let _ = max_headers;
+        MsgCtx {
+            // One spare byte tells a truncated (oversized) datagram apart.
+            buf: vec![0; max_msg_bytes + 1],
+            len: 0,
+            parsed: Parsed::default(),
+            src: SocketAddr::from(([0, 0, 0, 0], 0)),
+            local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            new_ruri: None,
+            dst_uri: None,
+            edits: Edits::default(),
+            reply_headers: Vec::new(),
+            out_buf: Vec::with_capacity(1024),
+            out: Vec::with_capacity(2),
+            replied: None,
+            dropped: false,
+            flags: 0,
+            scratch: Vec::with_capacity(1024),
+            last_error: None,
+            auth_user: None,
+            auth_realm: None,
+            auth_digest_uri: None,
+        }
+    }
+
+    /// Clears the route's effects before the next message.
+    pub fn reset(&mut self) {
+        self.new_ruri = None;
+        self.dst_uri = None;
+        self.edits.clear();
+        self.reply_headers.clear();
+        self.out_buf.clear();
+        self.out.clear();
+        self.replied = None;
+        self.dropped = false;
+        self.flags = 0;
+        self.last_error = None;
+        self.auth_user = None;
+        self.auth_realm = None;
+        self.auth_digest_uri = None;
+    }
+
+    /// Parses `buf[..len]` as one datagram.
+    pub fn parse(&mut self, limits: &Limits) -> Result<(), ParseError> {
+        match crate::sip::parse(
+            &self.buf[..self.len],
+            Framing::Datagram,
+            limits,
+            &mut self.parsed,
+        )? {
+            Status::Complete(_) => Ok(()),
+            Status::Partial => Err(ParseError::TruncatedBody),
+        }
+    }
+
+    #[inline]
+    pub fn msg(&self) -> SipMsg<'_> {
+        SipMsg::new(&self.buf[..self.len], &self.parsed)
+    }
+
+    /// Queues `bytes` for sending to `dst`.
+    pub fn push_out(&mut self, bytes: &[u8], dst: SocketAddr) {
+        let start = self.out_buf.len();
+        self.out_buf.extend_from_slice(bytes);
+        self.out.push(Outgoing {
+            start: start as u32,
+            end: self.out_buf.len() as u32,
+            dst,
+        });
+    }
+
+    /// The current Request-URI: rewritten or original.
+    pub fn ruri(&self) -> Option<&[u8]> {
+        match &self.new_ruri {
+            Some(r) => Some(r),
+            None => self.msg().ruri(),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! KSR.sl: stateless replies (Kamailio `sl` module).
+//!
+//! | KSR function | Kamailio signature | returns |
+//! |---|---|---|
+//! | `KSR.sl.sl_send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error |
+//! | `KSR.sl.send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error |
+//! | `KSR.sl.sl_reply_error()` | `int ()` | 1 sent, -1 error |
+//!
+//! The reply goes to the request's source address, to the Via `rport` when the
+//! client asked for it (RFC 3581) and otherwise to the Via sent-by port
+//! (RFC 3261 §18.2.2). The To-tag is derived from the Call-ID, From-tag and
+//! Via branch, so a retransmitted request gets the same tag.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use mlua::{Lua, Table};
+
+use super::{MsgCtx, Shared};
+use crate::sip::{build_reply, ReplyOpts};
+use crate::stats::Counter;
+
+pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let sl = lua.create_table()?;
+    for name in ["sl_send_reply", "send_reply"] {
+        let s = shared.clone();
+        sl.set(
+            name,
+            lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
+                Ok(send_reply(&s, code, &reason.as_bytes()))
+            })?,
+        )?;
+    }
+    let s = shared.clone();
+    sl.set(
+        "sl_reply_error",
+        lua.create_function(move |_, ()| {
+            let (code, reason) =
+                s.with_msg(|m| m.last_error.unwrap_or((500, "Server Internal Error")))?;
+            Ok(send_reply(&s, code as i64, reason.as_bytes()))
+        })?,
+    )?;
+    ksr.set("sl", sl)?;
+    Ok(())
+}
+
+/// Sends a stateless reply to the current request; Kamailio return codes.
+pub fn send_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
+    let Ok(code) = u16::try_from(code) else {
+        return -1;
+    };
+    if !(100..=699).contains(&code) {
+        return -1;
+    }
+    match s.with_msg(|m| reply_counted(s, m, code, reason)) {
+        Ok(true) => 1,
+        _ => -1,
+    }
+}
+
+/// Builds and queues a reply for `m`, counting it in the sl statistics.
+pub fn reply_counted(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
+    if !reply_into(s, m, code, reason) {
+        s.counters.incr(Counter::SlSentErrReplies);
+        return false;
+    }
+    s.counters.incr(Counter::SlSentReplies);
+    s.counters.incr(match code / 100 {
+        1 => Counter::SlReplies1xx,
+        2 => Counter::SlReplies2xx,
+        3 => Counter::SlReplies3xx,
+        4 => Counter::SlReplies4xx,
+        5 => Counter::SlReplies5xx,
+        _ => Counter::SlReplies6xx,
+    });
+    true
+}
+
+/// Builds the reply into the context's outgoing queue. False for a reply or
+/// an ACK (nothing to answer) or an unusable Via.
+pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
+    let msg = m.msg();
+    if !msg.is_request() || msg.method() == Some(crate::sip::Method::Ack) {
+        return false;
+    }
+    let Ok(via) = msg.top_via() else { return false };
+    let dst = reply_destination(m.src, via.port, via.rport());
+    let tag = to_tag(&msg);
+    let src_ip = ip_text(m.src);
+    let reply_headers = std::mem::take(&mut m.reply_headers);
+    let mut scratch = std::mem::take(&mut m.scratch);
+    {
+        let msg = m.msg();
+        let opts = ReplyOpts {
+            to_tag: Some(tag.as_bytes()),
+            src_ip: Some(src_ip.as_bytes()),
+            src_port: Some(m.src.port()),
+            extra_headers: &reply_headers,
+            body: &[],
+            server: s.server_header.as_deref(),
+        };
+        build_reply(&msg, code, reason, &opts, &mut scratch);
+    }
+    m.push_out(&scratch, dst);
+    m.scratch = scratch;
+    m.reply_headers = reply_headers;
+    m.replied = Some(code);
+    true
+}
+
+/// RFC 3581 / RFC 3261 §18.2.2 (unreliable transport, no maddr).
+fn reply_destination(
+    src: SocketAddr,
+    via_port: Option<u16>,
+    rport: Option<Option<u16>>,
+) -> SocketAddr {
+    match rport {
+        Some(_) => src,
+        None => SocketAddr::new(src.ip(), via_port.unwrap_or(5060)),
+    }
+}
+
+fn ip_text(a: SocketAddr) -> String {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Stable per-request To-tag: FNV-1a over Call-ID, From-tag and Via branch.
+fn to_tag(msg: &crate::sip::SipMsg<'_>) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h ^= x as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    eat(msg.call_id().unwrap_or(b""));
+    eat(msg.from().ok().and_then(|f| f.tag()).unwrap_or(b""));
+    eat(msg.top_via().ok().and_then(|v| v.branch()).unwrap_or(b""));
+    format!("ss{h:016x}")
+}

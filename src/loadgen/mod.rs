@@ -1,0 +1,291 @@
+//! `sipshard bench`: an open-loop SIP load driver over UDP.
+//!
+//! One pacing thread sends requests on several sockets (so SO_REUSEPORT
+//! spreads them over the server's shards) at a fixed target rate, whatever the
+//! server's answers do (open loop: a slow server shows up as latency and loss,
+//! not as a lower offered rate). One receiver thread per socket matches replies
+//! by CSeq number and records latency in an HDR histogram.
+//!
+//! Never: point it at anything but a server you run on this machine.
+
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+/// Most requests one run may track.
+const MAX_REQUESTS: u64 = 100_000_000;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:5060")]
+    pub target: SocketAddr,
+    /// Offered load, requests per second (all sockets together).
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 5.0)]
+    pub duration: f64,
+    /// Client sockets (distinct source ports).
+    #[arg(long, default_value_t = 8)]
+    pub sockets: usize,
+    /// Milliseconds to wait for late replies after the last request.
+    #[arg(long, default_value_t = 1000)]
+    pub drain_ms: u64,
+    /// Request-URI of the OPTIONS requests (default: sip:<target>).
+    #[arg(long)]
+    pub ruri: Option<String>,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    pub offered_rate: u64,
+    pub duration_s: f64,
+    pub sent: u64,
+    pub answered: u64,
+    pub lost: u64,
+    pub loss_pct: f64,
+    pub achieved_send_rate: f64,
+    pub answered_rate: f64,
+    pub non_2xx: u64,
+    pub latency_us_p50: f64,
+    pub latency_us_p90: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_p999: f64,
+    pub latency_us_max: f64,
+    pub latency_us_mean: f64,
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let r = drive(&args)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+    } else {
+        println!(
+            "offered {}/s for {:.1}s: sent {} ({:.0}/s), answered {} ({:.0}/s), lost {} ({:.3}%), non-2xx {}",
+            r.offered_rate, r.duration_s, r.sent, r.achieved_send_rate, r.answered, r.answered_rate, r.lost, r.loss_pct, r.non_2xx
+        );
+        println!(
+            "latency us: mean {:.1} p50 {:.1} p90 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+            r.latency_us_mean,
+            r.latency_us_p50,
+            r.latency_us_p90,
+            r.latency_us_p99,
+            r.latency_us_p999,
+            r.latency_us_max
+        );
+    }
+    Ok(())
+}
+
+/// Runs one load and returns the figures.
+pub fn drive(args: &BenchArgs) -> Result<BenchReport, String> {
+    if args.rate == 0 || args.sockets == 0 || args.duration <= 0.0 {
+        return Err("rate, sockets and duration must be positive".into());
+    }
+    let total = (args.rate as f64 * args.duration).ceil() as u64;
+    if total > MAX_REQUESTS {
+        return Err(format!(
+            "rate x duration = {total} requests; at most {MAX_REQUESTS}"
+        ));
+    }
+    let ruri = args
+        .ruri
+        .clone()
+        .unwrap_or_else(|| format!("sip:{}", args.target));
+    let bind: SocketAddr = if args.target.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    }
+    .parse()
+    .map_err(|e| format!("{e}"))?;
+    let mut socks = Vec::with_capacity(args.sockets);
+    for _ in 0..args.sockets {
+        let s = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+        s.connect(args.target)
+            .map_err(|e| format!("connect: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+        socks.push(Arc::new(s));
+    }
+    // Send instants (ns since `t0` + 1; 0 = not sent, u64::MAX = answered).
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
+    let done = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let mut receivers = Vec::new();
+    for s in &socks {
+        let s = s.clone();
+        let sent_at = sent_at.clone();
+        let done = done.clone();
+        receivers.push(std::thread::spawn(move || receive(&s, &sent_at, &done, t0)));
+    }
+
+    let run_id = std::process::id();
+    let local_ports: Vec<u16> = socks
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
+        .collect();
+    let mut buf = Vec::with_capacity(512);
+    let mut sent = 0u64;
+    let rate = args.rate as f64;
+    while sent < total {
+        let elapsed = t0.elapsed().as_secs_f64();
+        let due = ((elapsed * rate) as u64 + 1).min(total);
+        if sent >= due {
+            let next = (sent as f64) / rate;
+            let wait = next - elapsed;
+            if wait > 0.000_2 {
+                std::thread::sleep(Duration::from_secs_f64(wait - 0.000_1));
+            } else {
+                std::hint::spin_loop();
+            }
+            continue;
+        }
+        while sent < due {
+            let k = (sent % socks.len() as u64) as usize;
+            build_options(&mut buf, &ruri, args.target, local_ports[k], run_id, sent);
+            sent_at[sent as usize].store(t0.elapsed().as_nanos() as u64 + 1, Ordering::Relaxed);
+            // A full socket buffer is loss the report shows, not an abort.
+            let _ = socks[k].send(&buf);
+            sent += 1;
+        }
+    }
+    let send_secs = t0.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(args.drain_ms));
+    done.store(true, Ordering::Relaxed);
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+    let mut non_2xx = 0;
+    for r in receivers {
+        let (h, bad) = r
+            .join()
+            .map_err(|_| "receiver thread panicked".to_string())?;
+        hist.add(&h).map_err(|e| e.to_string())?;
+        non_2xx += bad;
+    }
+    let answered = hist.len();
+    let lost = sent.saturating_sub(answered);
+    let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
+    Ok(BenchReport {
+        offered_rate: args.rate,
+        duration_s: args.duration,
+        sent,
+        answered,
+        lost,
+        loss_pct: if sent > 0 {
+            lost as f64 * 100.0 / sent as f64
+        } else {
+            0.0
+        },
+        achieved_send_rate: sent as f64 / send_secs,
+        answered_rate: answered as f64 / send_secs,
+        non_2xx,
+        latency_us_p50: q(0.5),
+        latency_us_p90: q(0.9),
+        latency_us_p99: q(0.99),
+        latency_us_p999: q(0.999),
+        latency_us_max: hist.max() as f64 / 1000.0,
+        latency_us_mean: hist.mean() / 1000.0,
+    })
+}
+
+fn build_options(
+    buf: &mut Vec<u8>,
+    ruri: &str,
+    target: SocketAddr,
+    port: u16,
+    run_id: u32,
+    n: u64,
+) {
+    use std::io::Write;
+    buf.clear();
+    let _ = write!(
+        buf,
+        "OPTIONS {ruri} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{run_id}-{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:bench@127.0.0.1>;tag={run_id}\r\n\
+         To: <sip:{target}>\r\n\
+         Call-ID: bench-{run_id}-{n}@127.0.0.1\r\n\
+         CSeq: {n} OPTIONS\r\n\
+         User-Agent: sipshard-bench\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+}
+
+/// Receives replies until `done`; returns the latency histogram and the
+/// count of non-2xx answers.
+fn receive(
+    s: &UdpSocket,
+    sent_at: &[AtomicU64],
+    done: &AtomicBool,
+    t0: Instant,
+) -> (Histogram<u64>, u64) {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("static bounds");
+    let mut buf = [0u8; 4096];
+    let mut non_2xx = 0;
+    while !done.load(Ordering::Relaxed) {
+        let n = match s.recv(&mut buf) {
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let now = t0.elapsed().as_nanos() as u64 + 1;
+        let msg = &buf[..n];
+        let Some(seq) = cseq_number(msg) else {
+            continue;
+        };
+        let Some(slot) = sent_at.get(seq as usize) else {
+            continue;
+        };
+        let at = slot.swap(u64::MAX, Ordering::Relaxed);
+        if at == 0 || at == u64::MAX {
+            continue;
+        }
+        if !msg.starts_with(b"SIP/2.0 2") {
+            non_2xx += 1;
+        }
+        h.saturating_record(now.saturating_sub(at).max(1));
+    }
+    (h, non_2xx)
+}
+
+fn cseq_number(msg: &[u8]) -> Option<u64> {
+    let pos = msg
+        .windows(6)
+        .position(|w| w.eq_ignore_ascii_case(b"\nCSeq:"))?;
+    let rest = &msg[pos + 6..];
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let end = rest
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(rest.len());
+    std::str::from_utf8(&rest[..end]).ok()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cseq_number_is_found() {
+        assert_eq!(
+            cseq_number(b"SIP/2.0 200 OK\r\nCSeq: 42 OPTIONS\r\n\r\n"),
+            Some(42)
+        );
+        assert_eq!(
+            cseq_number(b"SIP/2.0 200 OK\r\ncseq:7 OPTIONS\r\n\r\n"),
+            Some(7)
+        );
+        assert_eq!(cseq_number(b"SIP/2.0 200 OK\r\n\r\n"), None);
+    }
+}
