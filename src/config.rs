@@ -34,7 +34,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration file.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub core: CoreConfig,
@@ -42,7 +42,8 @@ pub struct Config {
     pub shard: ShardTuning,
     /// Per-shard overrides, in shard order (`[[shards]]`).
     pub shards: Vec<ShardOverride>,
-    // rpc / db sections are added when those modules land.
+    pub rpc: crate::rpc::RpcConfig,
+    pub db: crate::db::DbConfig,
     pub auth: AuthConfig,
     pub registrar: RegistrarConfig,
     /// Where the config came from, for error messages.
@@ -386,6 +387,9 @@ impl Config {
         }
         if r.db_mode > 3 {
             return Err(self.invalid("registrar.db_mode", "must be 0, 1, 2 or 3"));
+        }
+        if let Err(e) = self.rpc.validate() {
+            return Err(self.invalid("rpc", e));
         }
         if self.auth.nonce_expire_s == 0 {
             return Err(self.invalid("auth.nonce_expire_s", "must be at least 1"));

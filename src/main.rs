@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use sipshard::config::{Config, Cores};
 use sipshard::kemi::Myself;
+use sipshard::shard::runtime::ControlRuntime;
 use sipshard::shard::{self, ShardParams};
 use sipshard::stats;
 
@@ -31,6 +32,50 @@ enum Cmd {
     Check(ServerArgs),
     /// Load generator: OPTIONS over UDP at an open-loop rate.
     Bench(sipshard::loadgen::BenchArgs),
+    /// Manage subscribers (like `kamctl add/rm/passwd`).
+    User {
+        #[command(subcommand)]
+        cmd: sipshard::db::cli::UserCmd,
+        #[command(flatten)]
+        db: DbArgs,
+        /// Domain for a user given without `@domain`.
+        #[arg(long, global = true)]
+        domain: Option<String>,
+    },
+    /// Database schema (Kamailio's table layout).
+    Db {
+        #[command(subcommand)]
+        cmd: sipshard::db::cli::DbCmd,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Call the running server's control interface (like `kamcmd`).
+    Ctl(sipshard::rpc::client::CtlArgs),
+    /// Draw route latency from an HdrHistogram log or a live snapshot as a PNG.
+    Report(sipshard::rpc::report::ReportArgs),
+}
+
+#[derive(Args, Clone)]
+struct DbArgs {
+    /// Database URL: sqlite://PATH, postgres://..., mysql://...
+    /// (default: the config's `[db] url`, else sqlite://sipshard.db).
+    #[arg(long, global = true)]
+    db: Option<String>,
+    /// Config file to take `[db] url` from.
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+}
+
+impl DbArgs {
+    fn url(&self) -> Result<String, String> {
+        if let Some(u) = &self.db {
+            return Ok(u.clone());
+        }
+        match &self.config {
+            Some(p) => Ok(Config::from_file(p).map_err(|e| e.to_string())?.db.url),
+            None => Ok(Config::embedded().db.url),
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -47,6 +92,9 @@ struct ServerArgs {
     /// Lua routing script (default: the bundled etc/sipshard.lua).
     #[arg(long, short = 's')]
     script: Option<PathBuf>,
+    /// Database URL (overrides `[db] url`).
+    #[arg(long)]
+    db: Option<String>,
 }
 
 fn load_config(a: &ServerArgs) -> Result<Config, String> {
@@ -62,6 +110,9 @@ fn load_config(a: &ServerArgs) -> Result<Config, String> {
     }
     if let Some(s) = &a.script {
         cfg.core.script = Some(s.clone());
+    }
+    if let Some(d) = &a.db {
+        cfg.db.url = d.clone();
     }
     cfg.validate().map_err(|e| e.to_string())?;
     Ok(cfg)
@@ -98,9 +149,26 @@ fn prepare(a: &ServerArgs) -> Result<(Arc<ShardParams>, Vec<sipshard::config::Sh
 fn run(a: ServerArgs) -> Result<(), String> {
     let (params, specs) = prepare(&a)?;
     let n = specs.len();
+    let control_rt =
+        ControlRuntime::start().map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let rpc_cfg = params.config.rpc.clone();
     let running = shard::start(params, specs).map_err(|e| e.to_string())?;
+    if rpc_cfg.enabled {
+        match sipshard::rpc::spawn(
+            rpc_cfg.clone(),
+            running.control.clone(),
+            control_rt.handle(),
+        ) {
+            Ok(addr) => tracing::info!(%addr, "control interface (JSON-RPC, /metrics) listening"),
+            Err(e) => {
+                running.stop();
+                return Err(format!("rpc.listen {}: {e}", rpc_cfg.listen));
+            }
+        }
+    }
     tracing::info!(shards = n, listen = %running.local_addr, "sipshard started");
     let snaps = running.wait();
+    drop(control_rt);
     print_summary(&snaps);
     Ok(())
 }
@@ -129,6 +197,22 @@ fn main() -> ExitCode {
             );
         }),
         Cmd::Bench(b) => sipshard::loadgen::run(b),
+        Cmd::User { cmd, db, domain } => db
+            .url()
+            .and_then(|url| {
+                sipshard::db::cli::run_user(&url, domain.as_deref(), cmd).map_err(|e| e.to_string())
+            })
+            .map(|out| print!("{out}")),
+        Cmd::Db { cmd, db } => db
+            .url()
+            .and_then(|url| sipshard::db::cli::run_db(&url, cmd).map_err(|e| e.to_string()))
+            .map(|out| print!("{out}")),
+        Cmd::Ctl(a) => match sipshard::rpc::client::run_ctl(a) {
+            Ok(0) => Ok(()),
+            Ok(code) => return ExitCode::from(code.clamp(1, 255) as u8),
+            Err(e) => Err(e.to_string()),
+        },
+        Cmd::Report(a) => sipshard::rpc::report::run_report(a).map_err(|e| e.to_string()),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

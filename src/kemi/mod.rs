@@ -234,19 +234,50 @@ pub struct Engine {
 }
 
 /// Wraps a route so a Lua error carries its traceback and the exit sentinel
-/// passes through untouched (debug.traceback returns non-string errors as is).
+/// passes through untouched. `handler` (Rust, see [`traceback_handler`])
+/// appends the traceback to string errors; the `debug` library itself is not
+/// exposed to scripts.
 const ROUTE_WRAPPER: &str = r#"
-local route = ...
-local traceback = debug.traceback
-local function handler(e)
-    if type(e) == "string" then return traceback(e, 2) end
-    return e
-end
+local route, handler = ...
 return function()
     local ok, err = xpcall(route, handler)
     if not ok then error(err, 0) end
 end
 "#;
+
+/// xpcall message handler: for a string error, appends a traceback built
+/// from the Lua stack (levels above the handler itself).
+fn traceback_handler(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, e: mlua::Value| {
+        let mlua::Value::String(s) = &e else {
+            return Ok(e);
+        };
+        let mut text = s.to_string_lossy();
+        text.push_str("\nstack traceback:");
+        for level in 1..32 {
+            let Some(frame) = lua.inspect_stack(level) else {
+                break;
+            };
+            let src = frame.source();
+            let line = frame.curr_line();
+            let names = frame.names();
+            let short = src.short_src.as_deref().unwrap_or("?").to_string();
+            if short == "[C]" && names.name.is_none() {
+                continue;
+            }
+            let what = match names.name.as_deref() {
+                Some(n) => format!("in function '{n}'"),
+                None => "in main chunk".to_string(),
+            };
+            if line >= 0 {
+                text.push_str(&format!("\n\t{short}:{line}: {what}"));
+            } else {
+                text.push_str(&format!("\n\t{short}: {what}"));
+            }
+        }
+        Ok(mlua::Value::String(lua.create_string(&text)?))
+    })
+}
 
 impl Engine {
     /// Creates the VM, registers `KSR`, loads the script and finds its routes.
@@ -282,6 +313,7 @@ impl Engine {
             .map_err(|e| format_lua_error(&e))?;
 
         let globals = lua.globals();
+        let handler = traceback_handler(&lua).map_err(|e| e.to_string())?;
         let wrap = |name: &str| -> Result<Option<Function>, String> {
             match globals
                 .get::<mlua::Value>(name)
@@ -291,7 +323,7 @@ impl Engine {
                     let wrapper: Function = lua
                         .load(ROUTE_WRAPPER)
                         .set_name("=route_wrapper")
-                        .call(f)
+                        .call((f, handler.clone()))
                         .map_err(|e| e.to_string())?;
                     Ok(Some(wrapper))
                 }

@@ -11,6 +11,7 @@
 //! ([`control::ShardCmd`]), polled by a timer task off the receive loop.
 
 pub mod control;
+pub mod runtime;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -394,6 +395,15 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
     snap
 }
 
+/// The headers a reply copies (RFC 3261 §8.2.6) are present and parse.
+fn answerable(msg: &crate::sip::SipMsg<'_>) -> bool {
+    msg.top_via().is_ok()
+        && msg.call_id().is_some()
+        && msg.cseq().is_ok()
+        && msg.from().is_ok()
+        && msg.to().is_ok()
+}
+
 fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
     match e {
         glommio::GlommioError::IoError(io) => {
@@ -476,7 +486,7 @@ async fn handle_datagram(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
         if let Err(e) = ctx.msg().check_request() {
             bad_input(shard, &ctx, e);
             // Answer 400 when the headers a reply copies are usable (RFC 3261 §8.2).
-            if ctx.msg().check_response().is_ok() {
+            if answerable(&ctx.msg()) {
                 let reason = format!("Bad Request ({})", e.as_str());
                 if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 400, reason.as_bytes()) {
                     send_out(shard, &ctx).await;

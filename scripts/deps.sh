@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what sipshard's tests and tools need on a fresh Debian machine
+# (the Rust toolchain is assumed). Idempotent: skips what is already there.
+set -euo pipefail
+
+need_apt=()
+command -v sipp   >/dev/null 2>&1 || need_apt+=(sip-tester)
+command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "deps: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# Independent parsers the tests check our output with: HdrHistogram's Python
+# implementation (hlog files) and the Prometheus client's text parser.
+if ! python3 -c 'import hdrh, prometheus_client' >/dev/null 2>&1; then
+  echo "deps: pip install hdrhistogram prometheus_client"
+  python3 -m pip install -q hdrhistogram prometheus_client 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages hdrhistogram prometheus_client
+fi

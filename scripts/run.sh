@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds sipshard (release) and runs it on its embedded defaults:
+# UDP 127.0.0.1:5060, one shard per core, the bundled routing script,
+# SQLite database ./sipshard.db. Extra arguments go to `sipshard run`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked
+exec target/release/sipshard run "$@"

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean checkout: installs what the tests need,
+# checks the database services, runs unit and end-to-end tests (real binary,
+# real UDP, real sipp, real SQLite/PostgreSQL/MariaDB), then a short sipp
+# REGISTER-with-auth stress run. This is what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/deps.sh
+scripts/services.sh
+
+export CARGO_TERM_COLOR=never
+# Two cores: build with both, run end-to-end tests two at a time (each test
+# starts its own server with its own shards).
+cargo build --all-targets --locked
+cargo test --all-targets --locked -- --test-threads=2
+
+if [ -x scripts/stress-register.sh ]; then
+  # A short version of the Kamailio KEMI stress scenario as a smoke test;
+  # the full one (4000/s, 20000 calls) is `scripts/stress-register.sh` alone.
+  CALLS=2000 RATE=1000 scripts/stress-register.sh --profile dev
+fi
