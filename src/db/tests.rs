@@ -752,7 +752,11 @@ fn dead_server_times_out_and_queue_fills() {
     }
     // One request in flight, one queued: the rest are refused at once.
     assert!(full >= 4, "full = {full}");
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     for reply in replies {
         let answer = block_on(reply);
         assert!(matches!(answer, Err(DbError::Timeout)), "{answer:?}");
