@@ -256,6 +256,10 @@ pub struct AuthConfig {
     pub db_timeout_ms: u64,
     /// Use the `ha1b` column (user@domain) instead of `ha1` (Kamailio `use_domain`).
     pub use_domain: bool,
+    /// Digest algorithms offered in challenges, in preference order
+    /// (Kamailio auth `algorithm`): "MD5", "SHA-256", "SHA-512-256".
+    /// SHA-* need the plain-text `password` column.
+    pub algorithms: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -269,6 +273,7 @@ impl Default for AuthConfig {
             nc_max_entries: 100_000,
             db_timeout_ms: 2_000,
             use_domain: false,
+            algorithms: vec!["MD5".to_string()],
         }
     }
 }
@@ -388,6 +393,12 @@ impl Config {
         if r.db_mode > 3 {
             return Err(self.invalid("registrar.db_mode", "must be 0, 1, 2 or 3"));
         }
+        if r.db_mode == 3 {
+            return Err(self.invalid(
+                "registrar.db_mode",
+                "3 (database only) is not implemented yet; use 0, 1 or 2",
+            ));
+        }
         if let Err(e) = self.rpc.validate() {
             return Err(self.invalid("rpc", e));
         }
@@ -479,6 +490,17 @@ mod tests {
         let c = Config::embedded();
         c.validate().unwrap();
         assert_eq!(c.core.listen.port(), 5060);
+    }
+
+    #[test]
+    fn reference_config_parses_and_equals_defaults() {
+        let p = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sipshard.toml"));
+        let c = Config::from_file(p).unwrap();
+        let d = Config::embedded();
+        assert_eq!(c.shard, d.shard);
+        assert_eq!(c.core.listen, d.core.listen);
+        assert_eq!(c.db, d.db);
+        assert_eq!(c.rpc, d.rpc);
     }
 
     #[test]

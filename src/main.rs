@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 
 use sipshard::config::{Config, Cores};
-use sipshard::kemi::Myself;
+use sipshard::db::DbHandle;
 use sipshard::shard::runtime::ControlRuntime;
 use sipshard::shard::{self, ShardParams};
 use sipshard::stats;
@@ -129,28 +129,41 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn prepare(a: &ServerArgs) -> Result<(Arc<ShardParams>, Vec<sipshard::config::ShardSpec>), String> {
+fn prepare(a: &ServerArgs) -> Result<(ShardParams, Vec<sipshard::config::ShardSpec>), String> {
     let cfg = load_config(a)?;
     init_logging(&cfg.core.log_level);
     let specs = cfg.shard_specs().map_err(|e| e.to_string())?;
     let (script, script_name) = shard::load_script(&cfg)?;
-    let myself = Myself::new(cfg.core.listen, &cfg.core.alias);
-    let params = Arc::new(ShardParams {
-        config: cfg,
-        script,
-        script_name,
-        myself,
-        shard_count: specs.len(),
-    });
+    let n = specs.len();
+    let params = ShardParams::new(cfg, script, script_name, n);
     shard::check_script(&params)?;
     Ok((params, specs))
 }
 
 fn run(a: ServerArgs) -> Result<(), String> {
-    let (params, specs) = prepare(&a)?;
+    let (mut params, specs) = prepare(&a)?;
     let n = specs.len();
     let control_rt =
         ControlRuntime::start().map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let db_url = params.config.db.url.clone();
+    let db = DbHandle::start(&params.config.db, control_rt.handle())
+        .map_err(|e| format!("db.url {}: {e}", redact(&db_url)))?;
+    tracing::info!(url = %redact(&db_url), "database connected");
+    if matches!(params.config.registrar.db_mode, 1 | 2) {
+        let rows = db
+            .location_load_all()
+            .map_err(|e| format!("loading location: {e}"))
+            .and_then(|f| {
+                control_rt
+                    .handle()
+                    .block_on(f)
+                    .map_err(|e| format!("loading location: {e}"))
+            })?;
+        tracing::info!(rows = rows.len(), "location rows loaded from the database");
+        params.set_location_rows(rows);
+    }
+    params.db = Some(db);
+    let params = Arc::new(params);
     let rpc_cfg = params.config.rpc.clone();
     let running = shard::start(params, specs).map_err(|e| e.to_string())?;
     if rpc_cfg.enabled {
@@ -171,6 +184,20 @@ fn run(a: ServerArgs) -> Result<(), String> {
     drop(control_rt);
     print_summary(&snaps);
     Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 /// The shutdown report: per shard and merged route times, Kamailio's KEMI

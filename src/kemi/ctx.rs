@@ -46,6 +46,8 @@ pub struct MsgCtx {
     pub auth_user: Option<String>,
     pub auth_realm: Option<String>,
     pub auth_digest_uri: Option<String>,
+    /// The last credentials check found a stale nonce (challenge with stale=true).
+    pub auth_stale: bool,
 }
 
 impl MsgCtx {
@@ -72,6 +74,7 @@ impl MsgCtx {
             auth_user: None,
             auth_realm: None,
             auth_digest_uri: None,
+            auth_stale: false,
         }
     }
 
@@ -90,6 +93,7 @@ impl MsgCtx {
         self.auth_user = None;
         self.auth_realm = None;
         self.auth_digest_uri = None;
+        self.auth_stale = false;
     }
 
     /// Parses `buf[..len]` as one datagram.

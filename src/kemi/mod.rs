@@ -16,11 +16,14 @@
 
 #![forbid(unsafe_code)]
 
+mod auth;
 mod core;
 mod ctx;
 mod hdr;
 mod kx;
 mod pv;
+pub mod registrar;
+pub mod services;
 mod sl;
 
 use std::cell::{Cell, RefCell};
@@ -194,9 +197,8 @@ pub struct Shared {
     pub vars: RefCell<HashMap<String, PvValue>>,
     /// `Server:` header value for locally generated replies.
     pub server_header: Option<Vec<u8>>,
-    /// Extension point for modules that need shard services (auth, registrar);
-    /// set by the shard before the script is loaded.
-    pub services: RefCell<Option<Rc<dyn std::any::Any>>>,
+    /// Location partition, credential cache, nonces, DB handle, mesh.
+    pub services: Rc<services::Services>,
 }
 
 impl Shared {
@@ -223,6 +225,7 @@ pub struct EngineConfig<'a> {
     pub myself: Myself,
     pub server_header: &'a str,
     pub tuning: &'a ShardTuning,
+    pub services: Rc<services::Services>,
 }
 
 /// A shard's Lua VM with the script loaded.
@@ -301,7 +304,7 @@ impl Engine {
             vars: RefCell::new(HashMap::new()),
             server_header: (!cfg.server_header.is_empty())
                 .then(|| cfg.server_header.as_bytes().to_vec()),
-            services: RefCell::new(None),
+            services: cfg.services.clone(),
         });
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
@@ -383,6 +386,8 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     pv::register(lua, ksr, shared)?;
     kx::register(lua, ksr, shared)?;
     hdr::register(lua, ksr, shared)?;
+    auth::register(lua, ksr, shared)?;
+    registrar::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -25,6 +25,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 
 use crate::config::{Config, OnScriptError, ShardSpec};
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
+
+use crate::kemi::services::{MeshMsg, Services};
 use crate::kemi::{Engine, EngineConfig, MsgCtx, Myself, RouteOutcome, Shared};
 use crate::sip::{Limits, ParseError};
 use crate::stats::{new_histogram, Counter, RouteHistogram, ShardSnapshot};
@@ -49,6 +52,78 @@ pub struct ShardParams {
     pub script_name: String,
     pub myself: Myself,
     pub shard_count: usize,
+    /// Nonce HMAC key, the same on every shard so any shard accepts any nonce.
+    pub nonce_secret: [u8; 32],
+    pub db: Option<crate::db::DbHandle>,
+    /// Location rows loaded at start (db_mode 1/2), one slot per shard.
+    pub location_rows: Vec<std::sync::Mutex<Vec<crate::db::LocationRow>>>,
+    /// Process start, unix seconds (ruid and nonce uniqueness).
+    pub epoch_unix_s: u64,
+}
+
+impl ShardParams {
+    pub fn new(
+        config: Config,
+        script: String,
+        script_name: String,
+        shard_count: usize,
+    ) -> ShardParams {
+        let myself = Myself::new(config.core.listen, &config.core.alias);
+        let nonce_secret = if config.auth.secret.is_empty() {
+            let mut k = [0u8; 32];
+            // Without OS randomness, fall back to a time-derived key: still
+            // HMAC-protected, only less unpredictable.
+            if getrandom::getrandom(&mut k).is_err() {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0);
+                k[..16].copy_from_slice(&t.to_le_bytes());
+            }
+            k
+        } else {
+            use sha2::Digest;
+            sha2::Sha256::digest(config.auth.secret.as_bytes()).into()
+        };
+        ShardParams {
+            config,
+            script,
+            script_name,
+            myself,
+            shard_count,
+            nonce_secret,
+            db: None,
+            location_rows: (0..shard_count)
+                .map(|_| std::sync::Mutex::new(Vec::new()))
+                .collect(),
+            epoch_unix_s: crate::kemi::services::unix_now_s(),
+        }
+    }
+
+    /// Splits loaded location rows by owning shard.
+    pub fn set_location_rows(&mut self, rows: Vec<crate::db::LocationRow>) {
+        let use_domain = self.config.registrar.use_domain;
+        for r in rows {
+            let (aor, _) = crate::kemi::services::from_row(&r, use_domain);
+            let owner = shard_for(aor.as_bytes(), self.shard_count);
+            if let Ok(mut slot) = self.location_rows[owner].lock() {
+                slot.push(r);
+            }
+        }
+    }
+
+    fn services(&self, shard_id: usize) -> Result<Rc<Services>, String> {
+        Services::new(
+            shard_id,
+            self.shard_count,
+            &self.config.auth,
+            &self.config.registrar,
+            self.nonce_secret,
+            self.db.clone(),
+            self.epoch_unix_s,
+        )
+        .map(Rc::new)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +147,8 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     let started = Instant::now();
     let (ready_tx, ready_rx) = sync_channel::<Result<(usize, SocketAddr), StartError>>(specs.len());
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mesh: MeshBuilder<MeshMsg, Full> =
+        MeshBuilder::full(specs.len(), params.config.shard.mesh_queue.max(1));
     let mut senders = Vec::with_capacity(specs.len());
     let mut handles = Vec::with_capacity(specs.len());
     for spec in specs {
@@ -84,6 +161,7 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         let params = params.clone();
         let ready = ready_tx.clone();
         let finished = finished.clone();
+        let mesh = mesh.clone();
         let id = spec.id;
         let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
@@ -92,7 +170,7 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
             .preempt_timer(Duration::from_millis(10));
         let handle = builder
             .spawn(move || async move {
-                let snap = serve(spec, params, cmd_rx, ready, started).await;
+                let snap = serve(spec, params, mesh, cmd_rx, ready, started).await;
                 finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 snap
             })
@@ -233,6 +311,7 @@ struct Shard {
 async fn serve(
     spec: ShardSpec,
     params: Arc<ShardParams>,
+    mesh: MeshBuilder<MeshMsg, Full>,
     cmd_rx: Receiver<ShardCmd>,
     ready: SyncSender<Result<(usize, SocketAddr), StartError>>,
     started: Instant,
@@ -262,6 +341,10 @@ async fn serve(
     if let Err(e) = sock.set_read_timeout(Some(Duration::from_millis(100))) {
         return fail(format!("cannot set the socket read timeout: {e}"));
     }
+    let services = match params.services(id) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
     let engine = match Engine::new(&EngineConfig {
         shard_id: id,
         shard_count: params.shard_count,
@@ -270,10 +353,51 @@ async fn serve(
         myself: params.myself.clone(),
         server_header: &params.config.core.server_header,
         tuning: t,
+        services: services.clone(),
     }) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    // Registrations restored from the database (db_mode 1/2).
+    let rows = params
+        .location_rows
+        .get(id)
+        .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
+        .unwrap_or_default();
+    if !rows.is_empty() {
+        let use_domain = params.config.registrar.use_domain;
+        let report = services.location.borrow_mut().load(
+            rows.iter()
+                .map(|r| crate::kemi::services::from_row(r, use_domain)),
+            crate::kemi::services::unix_now_s(),
+        );
+        tracing::info!(
+            shard = id,
+            loaded = report.loaded,
+            expired = report.expired,
+            rejected = report.rejected,
+            "location restored"
+        );
+    }
+    // Join the channel mesh (every shard must; bounded wait).
+    let mesh =
+        glommio::timer::timeout(Duration::from_secs(10), async { Ok(mesh.join().await) }).await;
+    let (senders, mut receivers) = match mesh {
+        Ok(Ok(m)) => m,
+        _ => return fail("cannot join the shard mesh".into()),
+    };
+    *services.mesh.borrow_mut() = Some(Rc::new(senders));
+    for (_peer, stream) in receivers.streams() {
+        let svc = services.clone();
+        let shared = engine.shared().clone();
+        glommio::spawn_local(async move {
+            while let Some(msg) = stream.recv().await {
+                shared.counters.incr(Counter::MeshRecv);
+                svc.handle_mesh(msg);
+            }
+        })
+        .detach();
+    }
     let mut tuning = serde_json::to_value(t).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(m) = &mut tuning {
         m.insert("cpu".into(), serde_json::json!(spec.cpu));
@@ -317,6 +441,11 @@ async fn serve(
         tuning,
     });
     glommio::spawn_local(control_loop(shard.clone(), cmd_rx)).detach();
+    glommio::spawn_local(usrloc_timer(
+        shard.clone(),
+        params.config.registrar.timer_interval_s,
+    ))
+    .detach();
     tracing::info!(shard = id, cpu = ?spec.cpu, %local, "shard serving");
     let _ = ready.send(Ok((id, local)));
     drop(ready);
@@ -327,6 +456,23 @@ async fn serve(
     let deadline = Instant::now() + Duration::from_secs(2);
     while shard.inflight.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    // Write-back: flush what is dirty, then wait (bounded) for every DB write.
+    let svc = shard.engine.shared().services.clone();
+    if svc.registrar.db_mode == 2 {
+        let n = svc.flush_dirty(shard.engine.shared().clone());
+        tracing::info!(shard = id, rows = n, "location flushed on shutdown");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while svc.db_pending.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if svc.db_pending.get() > 0 {
+        tracing::error!(
+            shard = id,
+            pending = svc.db_pending.get(),
+            "database writes still pending at exit"
+        );
     }
     Some(snapshot(&shard, false))
 }
@@ -352,11 +498,26 @@ async fn control_loop(shard: Rc<Shard>, cmd_rx: Receiver<ShardCmd>) {
     }
 }
 
-fn handle_ul(_shard: &Shard, cmd: UlCmd) -> serde_json::Value {
-    match cmd {
-        UlCmd::Dump => serde_json::json!({ "aors": [] }),
-        UlCmd::Lookup { .. } => serde_json::Value::Null,
-        UlCmd::Rm { .. } => serde_json::json!({ "removed": 0 }),
+fn handle_ul(shard: &Shard, cmd: UlCmd) -> serde_json::Value {
+    crate::kemi::registrar::ul_json(&shard.engine.shared().services, cmd)
+}
+
+/// usrloc timer: expire bindings and (db_mode 2) write back dirty ones.
+async fn usrloc_timer(shard: Rc<Shard>, interval_s: u64) {
+    let interval = Duration::from_secs(interval_s.max(1));
+    let mut next = Instant::now() + interval;
+    while !shard.stop.get() {
+        glommio::timer::sleep(Duration::from_millis(200)).await;
+        if Instant::now() < next {
+            continue;
+        }
+        next = Instant::now() + interval;
+        let shared = shard.engine.shared();
+        let svc = shared.services.clone();
+        svc.expire(shared.clone());
+        if svc.registrar.db_mode == 2 {
+            svc.flush_dirty(shared.clone());
+        }
     }
 }
 
@@ -369,6 +530,18 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
         uptime_s: shard.started.elapsed().as_secs_f64(),
         counters: shared.counters.values(),
         gauges: vec![
+            (
+                "usrloc.aors",
+                shared.services.location.borrow().len() as i64,
+            ),
+            (
+                "usrloc.contacts",
+                shared.services.location.borrow().contact_count() as i64,
+            ),
+            (
+                "auth.cache_entries",
+                shared.services.creds.borrow().len() as i64,
+            ),
             ("shard.inflight", shard.inflight.get() as i64),
             (
                 "shard.lua_memory_bytes",
@@ -626,7 +799,9 @@ pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
 /// any shard starts.
 pub fn check_script(params: &ShardParams) -> Result<(), String> {
     let tuning = params.config.shard.clone();
+    let services = params.services(0)?;
     Engine::new(&EngineConfig {
+        services,
         shard_id: 0,
         shard_count: params.shard_count,
         script: &params.script,

@@ -1,0 +1,397 @@
+//! KSR.registrar: REGISTER processing and user location (Kamailio
+//! `registrar` + `usrloc` modules).
+//!
+//! | KSR function | Kamailio signature | returns |
+//! |---|---|---|
+//! | `KSR.registrar.save(table, flags)` | `int (str, int)` | 1 inserted, 2 updated, 3 deleted, 4 returned; -1 error, -2 too many contacts |
+//! | `KSR.registrar.save_uri(table, flags, uri)` | `int (str, int, str)` | as save, AOR from `uri` |
+//! | `KSR.registrar.lookup(table)` | `int (str)` | 1 found (R-URI rewritten), -1 not found, -2 method not allowed, -3 error |
+//! | `KSR.registrar.lookup_uri(table, uri)` | `int (str, str)` | as lookup, AOR from `uri` |
+//! | `KSR.registrar.registered(table)` | `int (str)` | 1 registered (R-URI AOR), -1 not |
+//! | `KSR.registrar.registered_uri(table, uri)` | `int (str, str)` | 1 / -1 |
+//! | `KSR.registrar.unregister(table, uri)` | `int (str, str)` | 1 removed, -1 bad AOR, -2 error, -3 not found |
+//!
+//! `save` flags: 0x01 memory only, 0x02 no reply, 0x04 single contact.
+//! The AOR (To URI for save, R-URI for lookup) is owned by one shard
+//! (`shard_for(aor)`); requests for an AOR another shard owns go there over the
+//! channel mesh. `lookup` rewrites the R-URI to the best contact (highest q,
+//! then most recent) and sets `$du` from `received` or the first Path hop.
+//! `unregister` returns 1 on success (Kamailio documents 0, which Lua would
+//! read as success anyway; 1 keeps the ">0 is success" rule).
+
+use std::rc::Rc;
+
+use mlua::{Lua, Table};
+
+use super::services::{unix_now_s, MeshMsg, OwnedContact, OwnedSave};
+use super::Shared;
+use crate::sip::{Contact, HdrName, SipMsg, SipUri};
+use crate::stats::Counter;
+use crate::usrloc::{
+    codes, error_headers, method_bit, methods_from_allow, ok_headers, LookupCode, ReplyOpts,
+    SaveFlags,
+};
+
+pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let reg = lua.create_table()?;
+    let s = shared.clone();
+    reg.set(
+        "save",
+        lua.create_async_function(move |_, (_table, flags): (mlua::Value, Option<i64>)| {
+            let s = s.clone();
+            async move { Ok(save(&s, flags.unwrap_or(0) as u32, None).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "save_uri",
+        lua.create_async_function(move |_, (_table, flags, uri): (mlua::Value, i64, String)| {
+            let s = s.clone();
+            async move { Ok(save(&s, flags as u32, Some(uri)).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "lookup",
+        lua.create_async_function(move |_, _table: mlua::Value| {
+            let s = s.clone();
+            async move { Ok(lookup(&s, None).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "lookup_uri",
+        lua.create_async_function(move |_, (_table, uri): (mlua::Value, String)| {
+            let s = s.clone();
+            async move { Ok(lookup(&s, Some(uri)).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "registered",
+        lua.create_async_function(move |_, _table: mlua::Value| {
+            let s = s.clone();
+            async move { Ok(registered(&s, None).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "registered_uri",
+        lua.create_async_function(move |_, (_table, uri): (mlua::Value, String)| {
+            let s = s.clone();
+            async move { Ok(registered(&s, Some(uri)).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "unregister",
+        lua.create_async_function(
+            move |_, (_table, uri, ruid): (mlua::Value, String, Option<String>)| {
+                let s = s.clone();
+                async move { Ok(unregister(&s, &uri, ruid).await) }
+            },
+        )?,
+    )?;
+    ksr.set("registrar", reg)?;
+    Ok(())
+}
+
+/// AOR of a URI per usrloc `use_domain`, or None when it has no user part.
+fn aor_of(s: &Shared, uri: &[u8]) -> Option<String> {
+    let u = SipUri::parse(uri).ok()?;
+    let user = std::str::from_utf8(u.user?).ok()?;
+    let host = std::str::from_utf8(u.host).ok()?;
+    Some(s.services.location.borrow().aor(user, host))
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Extracts everything `save` needs from the REGISTER.
+fn build_save(
+    s: &Shared,
+    msg: &SipMsg<'_>,
+    local: std::net::SocketAddr,
+    flags: u32,
+    uri: Option<&str>,
+) -> Result<OwnedSave, (u16, &'static str)> {
+    let aor = match uri {
+        Some(u) => aor_of(s, u.as_bytes()),
+        None => msg.to().ok().and_then(|t| aor_of(s, t.uri)),
+    }
+    .ok_or((400, "Bad Request - bad To URI"))?;
+    let mut contacts = Vec::new();
+    for c in msg.contacts() {
+        match c {
+            Ok(Contact::Star) => contacts.push(OwnedContact {
+                uri: "*".into(),
+                ..Default::default()
+            }),
+            Ok(Contact::Addr(na)) => {
+                let c2 = Contact::Addr(na);
+                let instance = na
+                    .params
+                    .get(b"+sip.instance")
+                    .flatten()
+                    .map(|v| lossy(v).trim_matches('"').to_string());
+                let reg_id = na
+                    .params
+                    .get(b"reg-id")
+                    .flatten()
+                    .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+                contacts.push(OwnedContact {
+                    uri: lossy(na.uri),
+                    expires_s: c2.expires(),
+                    q: c2.q(),
+                    instance,
+                    reg_id,
+                });
+            }
+            Err(_) => return Err((400, "Bad Request - bad Contact")),
+        }
+    }
+    let expires_hdr_s = msg
+        .expires()
+        .map_err(|_| (400, "Bad Request - bad Expires"))?;
+    let cseq = msg.cseq().map_err(|_| (400, "Bad Request - bad CSeq"))?;
+    let path: Vec<&[u8]> = msg.headers(HdrName::Path).collect();
+    let path =
+        (!path.is_empty()).then(|| path.iter().map(|p| lossy(p)).collect::<Vec<_>>().join(","));
+    let path_supported = msg.headers(HdrName::Supported).any(|v| {
+        v.split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"path"))
+    });
+    let allow: Vec<&[u8]> = msg.headers(HdrName::Allow).collect();
+    let methods = (!allow.is_empty()).then(|| methods_from_allow(allow.iter().copied()));
+    Ok(OwnedSave {
+        aor,
+        contacts,
+        expires_hdr_s,
+        call_id: lossy(msg.call_id().unwrap_or(b"")),
+        cseq: cseq.num,
+        user_agent: lossy(msg.user_agent().unwrap_or(b"")),
+        received: None,
+        path,
+        path_supported,
+        socket: Some(format!("udp:{}:{}", local.ip(), local.port())),
+        methods,
+        flags,
+    })
+}
+
+async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
+    let svc = s.services.clone();
+    let built = s.with_msg(|m| {
+        let local = m.local;
+        build_save(s, &m.msg(), local, flags, uri.as_deref())
+    });
+    let req = match built {
+        Ok(Ok(r)) => r,
+        Ok(Err((code, reason))) => {
+            if flags & SaveFlags::NO_REPLY == 0 {
+                let _ = s.with_msg(|m| super::sl::reply_counted(s, m, code, reason.as_bytes()));
+            }
+            let _ = s.with_msg(|m| m.last_error = Some((code, reason)));
+            return codes::SAVE_ERROR;
+        }
+        Err(_) => return codes::SAVE_ERROR,
+    };
+    let aor = req.aor.clone();
+    let result = svc
+        .on_owner(&aor, |reply| MeshMsg::Save { req, reply })
+        .await;
+    let Some(result) = result else {
+        let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+        if flags & SaveFlags::NO_REPLY == 0 {
+            let _ = s.with_msg(|m| super::sl::reply_counted(s, m, 500, b"Server Internal Error"));
+        }
+        return codes::SAVE_ERROR;
+    };
+    match result {
+        Ok(outcome) => {
+            if outcome.code() == codes::SAVE_INSERTED {
+                s.counters.incr(Counter::UlRegistered);
+            }
+            if svc.registrar.db_mode == 1 && flags & SaveFlags::MEM_ONLY == 0 {
+                svc.write_through(&outcome, s.clone());
+            }
+            if flags & SaveFlags::NO_REPLY == 0 {
+                let headers = ok_headers(&outcome, &ReplyOpts::default());
+                let _ = s.with_msg(|m| {
+                    m.reply_headers.extend_from_slice(headers.as_bytes());
+                    super::sl::reply_counted(s, m, 200, b"OK")
+                });
+            }
+            outcome.code()
+        }
+        Err(e) => {
+            let headers = error_headers(&e, svc.location.borrow().registrar_params());
+            let (status, reason) = (e.status(), e.reason());
+            let _ = s.with_msg(|m| {
+                m.last_error = Some((status, reason));
+                if flags & SaveFlags::NO_REPLY == 0 {
+                    m.reply_headers.extend_from_slice(headers.as_bytes());
+                    super::sl::reply_counted(s, m, status, reason.as_bytes());
+                }
+            });
+            e.code()
+        }
+    }
+}
+
+async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+    let svc = s.services.clone();
+    let target = s.with_msg(|m| {
+        let ruri = match &uri {
+            Some(u) => u.as_bytes().to_vec(),
+            None => m.ruri().map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        let bit = m.msg().method().map(method_bit).unwrap_or(0);
+        (aor_of(s, &ruri), bit)
+    });
+    let Ok((Some(aor), bit)) = target else {
+        return codes::LOOKUP_NOT_FOUND;
+    };
+    let Some((code, contacts)) = svc
+        .on_owner(&aor, |reply| MeshMsg::Lookup {
+            aor: aor.clone(),
+            method_bit: bit,
+            reply,
+        })
+        .await
+    else {
+        return codes::LOOKUP_INTERNAL_ERROR;
+    };
+    if code != LookupCode::Found {
+        return code.code();
+    }
+    let Some(best) = contacts.first() else {
+        return codes::LOOKUP_NOT_FOUND;
+    };
+    let _ = s.with_msg(|m| {
+        m.new_ruri = Some(best.contact.as_bytes().to_vec());
+        let first_path = best
+            .path
+            .as_deref()
+            .and_then(|p| p.split(',').next())
+            .map(|h| {
+                h.trim()
+                    .trim_start_matches('<')
+                    .split('>')
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            });
+        m.dst_uri = match (first_path, &best.received) {
+            (Some(p), _) if !p.is_empty() => Some(p.into_bytes()),
+            (_, Some(r)) => Some(r.as_bytes().to_vec()),
+            _ => None,
+        };
+    });
+    codes::LOOKUP_FOUND
+}
+
+async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+    let svc = s.services.clone();
+    let aor = s.with_msg(|m| {
+        let ruri = match &uri {
+            Some(u) => u.as_bytes().to_vec(),
+            None => m.ruri().map(<[u8]>::to_vec).unwrap_or_default(),
+        };
+        aor_of(s, &ruri)
+    });
+    let Ok(Some(aor)) = aor else {
+        return codes::REGISTERED_FALSE;
+    };
+    match svc
+        .on_owner(&aor, |reply| MeshMsg::Registered {
+            aor: aor.clone(),
+            reply,
+        })
+        .await
+    {
+        Some(true) => codes::REGISTERED_TRUE,
+        _ => codes::REGISTERED_FALSE,
+    }
+}
+
+async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
+    let svc = s.services.clone();
+    let Some(aor) = aor_of(s, uri.as_bytes()) else {
+        return codes::UNREGISTER_BAD_AOR;
+    };
+    match svc
+        .on_owner(&aor, |reply| MeshMsg::Unregister {
+            aor: aor.clone(),
+            contact: None,
+            reply,
+        })
+        .await
+    {
+        Some(Ok(ruids)) => {
+            if svc.registrar.db_mode == 1 {
+                if let Some(db) = svc.db.clone() {
+                    svc.spawn_db_write(db, Vec::new(), ruids, s.clone());
+                }
+            }
+            1
+        }
+        Some(Err(code)) => code,
+        None => codes::UNREGISTER_ERROR,
+    }
+}
+
+/// `ul.*` control commands on the owner shard.
+pub fn ul_json(
+    svc: &super::services::Services,
+    cmd: crate::shard::control::UlCmd,
+) -> serde_json::Value {
+    use crate::shard::control::UlCmd;
+    let now = unix_now_s();
+    let contact_json = |c: &crate::usrloc::Ucontact| {
+        serde_json::json!({
+            "contact": c.contact,
+            "expires": c.remaining_s(now),
+            "q": c.q.map(|q| q as f64 / 1000.0).unwrap_or(-1.0),
+            "callid": c.callid,
+            "cseq": c.cseq,
+            "user_agent": c.user_agent,
+            "received": c.received,
+            "path": c.path,
+            "socket": c.socket,
+            "ruid": c.ruid,
+            "instance": c.instance,
+            "reg_id": c.reg_id,
+            "last_modified": c.last_modified_unix_s,
+        })
+    };
+    match cmd {
+        UlCmd::Dump => {
+            let loc = svc.location.borrow();
+            let aors: Vec<_> = loc
+                .dump()
+                .map(|r| serde_json::json!({ "aor": r.aor, "contacts": r.valid(now).map(contact_json).collect::<Vec<_>>() }))
+                .collect();
+            serde_json::json!({ "aors": aors })
+        }
+        UlCmd::Lookup { aor } => {
+            let loc = svc.location.borrow();
+            match loc.lookup(&aor, now) {
+                Some(cs) => {
+                    serde_json::json!({ "aor": aor, "contacts": cs.into_iter().map(contact_json).collect::<Vec<_>>() })
+                }
+                None => serde_json::Value::Null,
+            }
+        }
+        UlCmd::Rm { aor } => {
+            let removed = svc
+                .location
+                .borrow_mut()
+                .unregister(&aor, crate::usrloc::Unregister::All)
+                .map(|v| v.len())
+                .unwrap_or(0);
+            serde_json::json!({ "removed": removed })
+        }
+    }
+}
