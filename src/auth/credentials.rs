@@ -567,6 +567,30 @@ mod tests {
     }
 
     #[test]
+    fn random_garbage_never_panics() {
+        // Deterministic LCG: bytes drawn from the characters that matter.
+        let alphabet = b"Digest usernamrlcoqpf=\",\\ \t\r\n0123456789abcdef\x80\xc3\xa9";
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut buf = Vec::with_capacity(128);
+        for _ in 0..20_000 {
+            buf.clear();
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let len = (x >> 58) as usize * 2;
+            buf.extend_from_slice(b"Digest ");
+            for _ in 0..len {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                buf.push(alphabet[(x >> 33) as usize % alphabet.len()]);
+            }
+            let _ = Credentials::parse(&buf);
+            let _ = find_credentials([&buf[..]], "r");
+        }
+    }
+
+    #[test]
     fn find_by_realm() {
         let a = format!("Digest username=a, realm=\"one\", nonce=n, uri=u, response={RESP32}");
         let b = format!("Digest username=b, realm=\"two\", nonce=n, uri=u, response={RESP32}");

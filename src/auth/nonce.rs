@@ -303,6 +303,24 @@ mod tests {
     }
 
     #[test]
+    fn random_nonces_are_invalid() {
+        let k = key();
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/=";
+        let mut x: u64 = 42;
+        for _ in 0..5_000 {
+            let n: String = (0..NONCE_LEN)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    alphabet[(x >> 33) as usize % alphabet.len()] as char
+                })
+                .collect();
+            assert_eq!(k.check(&n, "r", NOW), NonceCheck::Invalid, "{n}");
+        }
+    }
+
+    #[test]
     fn unique_makes_distinct_nonces() {
         let k = key();
         let mut g = NonceGen::new(1, 0);

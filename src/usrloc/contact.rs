@@ -124,6 +124,19 @@ impl Ucontact {
         u32::try_from(self.expires_unix_s.saturating_sub(now_unix_s)).unwrap_or(u32::MAX)
     }
 
+    /// The `q` column value: q as a float, -1 when unspecified.
+    pub fn q_db(&self) -> f64 {
+        self.q.map_or(-1.0, |q| f64::from(q) / 1000.0)
+    }
+
+    /// q from the `q` column: negative or NaN = unspecified, above 1 clamps.
+    pub fn q_from_db(q: f64) -> Option<u16> {
+        if q.is_nan() || q < 0.0 {
+            return None;
+        }
+        Some((q.min(1.0) * 1000.0).round() as u16)
+    }
+
     pub fn is_mem_only(&self) -> bool {
         self.flags & FLAG_MEM_ONLY != 0
     }
@@ -211,6 +224,27 @@ mod tests {
         assert_eq!(p.remaining_s(5), u32::MAX);
         let far = uc("f", "sip:a@b", u64::MAX);
         assert_eq!(far.remaining_s(0), u32::MAX);
+    }
+
+    #[test]
+    fn q_db_column() {
+        let table = [
+            (-1.0, None),
+            (f64::NAN, None),
+            (0.0, Some(0)),
+            (0.5, Some(500)),
+            (0.1234, Some(123)),
+            (1.0, Some(1000)),
+            (7.0, Some(1000)),
+        ];
+        for (db, want) in table {
+            assert_eq!(Ucontact::q_from_db(db), want, "{db}");
+        }
+        let mut c = uc("r", "sip:a", 0);
+        assert_eq!(c.q_db(), -1.0);
+        c.q = Some(250);
+        assert_eq!(c.q_db(), 0.25);
+        assert_eq!(Ucontact::q_from_db(c.q_db()), Some(250));
     }
 
     #[test]

@@ -405,6 +405,10 @@ impl Location {
                     stored_path,
                 );
                 if let Some(i) = found {
+                    if touched.contains(&work[i].ruid) {
+                        // The same binding twice in one request: the first wins.
+                        continue;
+                    }
                     match cseq_rule(self, &work[i], req, now_unix_s)? {
                         CseqVerdict::Retransmission => {
                             retransmission = true;

@@ -874,3 +874,18 @@ fn error_replies_table() {
         "Interval Too Brief"
     );
 }
+
+#[test]
+fn duplicate_contact_in_one_request() {
+    let mut l = loc();
+    let c = [spec_exp("sip:a@1", 600), spec_exp("sip:a@1", 0)];
+    let o = l.save(T0, &req(&c, "c", 1)).expect("dup");
+    assert!(!o.retransmission);
+    assert_eq!(o.code(), codes::SAVE_INSERTED);
+    assert_eq!(uris(&o), [("sip:a@1", 600)], "the first wins");
+    let o = l.save(T0 + 1, &req(&c, "c", 2)).expect("dup refresh");
+    assert_eq!(
+        (o.code(), o.changes.updated.len()),
+        (codes::SAVE_UPDATED, 1)
+    );
+}
