@@ -4,6 +4,9 @@
 //! Shards own their `ShardStats` outright (no atomics, no locks on the message
 //! path); the control plane asks for a [`ShardSnapshot`] over a channel.
 
+pub mod hlog;
+pub mod prom;
+
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
