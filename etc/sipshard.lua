@@ -44,7 +44,8 @@ function ksr_route_register()
     if realm == "" then realm = KSR.pv.get("$fd") or "" end
     local rc = KSR.auth_db.auth_check(realm, "subscriber", 1)
     if rc < 0 then
-        KSR.auth.auth_challenge(realm, 0)
+        -- flags 1: qop="auth", so nonce counts protect against replays
+        KSR.auth.auth_challenge(realm, 1)
         return KSR.x.exit()
     end
     -- user authenticated - remove auth header

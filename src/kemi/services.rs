@@ -137,6 +137,8 @@ pub struct Services {
     /// Writes in flight to the database (write-through / write-back).
     pub db_pending: Cell<usize>,
     pub mesh_timeout: Duration,
+    /// Requests sent to other shards' location partitions.
+    pub mesh_sent: Cell<u64>,
 }
 
 impl Services {
@@ -193,6 +195,7 @@ impl Services {
             registrar: registrar.clone(),
             db_pending: Cell::new(0),
             mesh_timeout: Duration::from_secs(2),
+            mesh_sent: Cell::new(0),
         })
     }
 
@@ -254,6 +257,7 @@ impl Services {
             self.handle_mesh(msg);
         } else {
             let senders = self.mesh.borrow().clone()?;
+            self.mesh_sent.set(self.mesh_sent.get() + 1);
             // Bounded: a full queue to the owner waits here (the route is
             // suspended, the shard keeps serving), under the same timeout.
             let send = senders.send_to(owner, msg);

@@ -35,8 +35,15 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     sl.set(
         "sl_reply_error",
         lua.create_function(move |_, ()| {
-            let (code, reason) =
-                s.with_msg(|m| m.last_error.unwrap_or((500, "Server Internal Error")))?;
+            // A module that already answered (e.g. registrar's 423) is not
+            // answered twice.
+            let (code, reason, replied) = s.with_msg(|m| {
+                let (c, r) = m.last_error.unwrap_or((500, "Server Internal Error"));
+                (c, r, m.replied.is_some())
+            })?;
+            if replied {
+                return Ok(-1);
+            }
             Ok(send_reply(&s, code as i64, reason.as_bytes()))
         })?,
     )?;

@@ -528,7 +528,11 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
         shard: shard.id,
         cpu: shard.cpu,
         uptime_s: shard.started.elapsed().as_secs_f64(),
-        counters: shared.counters.values(),
+        counters: {
+            let mut c = shared.counters.values();
+            c[Counter::MeshSent as usize] = shared.services.mesh_sent.get();
+            c
+        },
         gauges: vec![
             (
                 "usrloc.aors",
@@ -561,6 +565,7 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
         tuning: shard.tuning.clone(),
     };
     if reset {
+        shared.services.mesh_sent.set(0);
         shared.counters.reset();
         routes.request.reset();
         routes.reply.reset();

@@ -321,3 +321,257 @@ pub fn headers(msg: &str, name: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// Calls a JSON-RPC method on the server's control interface over real HTTP.
+pub fn rpc(port: u16, method: &str, params: serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("rpc connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /RPC HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("bad rpc body {e}: {resp}"));
+    v.get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("rpc error: {v}"))
+}
+
+/// Runs `sipshard` with arguments, panicking on failure; returns stdout.
+pub fn sipshard(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sipshard {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `Digest k="v", ...` into a map (quotes removed).
+pub fn parse_challenge(h: &str) -> std::collections::HashMap<String, String> {
+    let h = h.trim().strip_prefix("Digest").unwrap_or(h).trim();
+    let mut out = std::collections::HashMap::new();
+    let mut rest = h;
+    while !rest.is_empty() {
+        let Some((k, r)) = rest.split_once('=') else {
+            break;
+        };
+        let k = k.trim().trim_start_matches(',').trim().to_string();
+        let r = r.trim_start();
+        let (v, r2) = if let Some(q) = r.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (q[..end].to_string(), &q[(end + 1).min(q.len())..])
+        } else {
+            let end = r.find(',').unwrap_or(r.len());
+            (r[..end].trim().to_string(), &r[end..])
+        };
+        out.insert(k, v);
+        rest = r2.trim_start_matches([',', ' ']);
+    }
+    out
+}
+
+pub fn hex_hash(alg: &str, s: &str) -> String {
+    use md5::Digest as _;
+    match alg {
+        "SHA-256" => sha2::Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        _ => md5::Md5::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    }
+}
+
+/// An Authorization header value answering `challenge` (qop=auth when offered).
+pub fn digest_authorization(
+    challenge: &str,
+    user: &str,
+    password: &str,
+    method: &str,
+    uri: &str,
+    nc: u32,
+) -> String {
+    let c = parse_challenge(challenge);
+    let realm = &c["realm"];
+    let nonce = &c["nonce"];
+    let alg = c.get("algorithm").map(String::as_str).unwrap_or("MD5");
+    let ha1 = hex_hash(alg, &format!("{user}:{realm}:{password}"));
+    let ha2 = hex_hash(alg, &format!("{method}:{uri}"));
+    let cnonce = "0a4f113b";
+    let ncs = format!("{nc:08x}");
+    if c.get("qop").is_some_and(|q| q.contains("auth")) {
+        let resp = hex_hash(alg, &format!("{ha1}:{nonce}:{ncs}:{cnonce}:auth:{ha2}"));
+        format!(
+            "Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={alg}, cnonce=\"{cnonce}\", nc={ncs}, qop=auth"
+        )
+    } else {
+        let resp = hex_hash(alg, &format!("{ha1}:{nonce}:{ha2}"));
+        format!("Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{resp}\", algorithm={alg}")
+    }
+}
+
+/// A REGISTER for `user@domain` with explicit Call-ID and CSeq.
+pub fn register_msg(
+    sock: &UdpSocket,
+    user: &str,
+    domain: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+) -> String {
+    let local = sock.local_addr().unwrap();
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    format!(
+        "REGISTER sip:{domain} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK-r{n};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:{user}@{domain}>;tag=rt{n}\r\n\
+         To: <sip:{user}@{domain}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} REGISTER\r\n\
+         User-Agent: sipshard-tests\r\n\
+         {extra}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// REGISTER, answer the challenge, return the final reply. `extra` carries
+/// Contact/Expires lines.
+pub fn register_with_auth(
+    sock: &UdpSocket,
+    to: SocketAddr,
+    user: &str,
+    domain: &str,
+    password: &str,
+    call_id: &str,
+    cseq: u32,
+    extra: &str,
+) -> String {
+    let r = exchange(
+        sock,
+        to,
+        register_msg(sock, user, domain, call_id, cseq, extra).as_bytes(),
+    )
+    .expect("challenge");
+    assert_eq!(status(&r), 401, "expected a challenge: {r}");
+    let ch = header(&r, "WWW-Authenticate").expect("WWW-Authenticate");
+    let auth = digest_authorization(&ch, user, password, "REGISTER", &format!("sip:{domain}"), 1);
+    let msg = register_msg(
+        sock,
+        user,
+        domain,
+        call_id,
+        cseq + 1,
+        &format!("Authorization: {auth}\r\n{extra}"),
+    );
+    exchange(sock, to, msg.as_bytes()).expect("final reply")
+}
+
+/// A database of one backend for one test, dropped at the end.
+pub struct TestDb {
+    pub url: String,
+    admin: Option<(String, String)>,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = TempDir::new("db");
+        let url = format!("sqlite://{}", dir.path("sipshard.db").display());
+        TestDb {
+            url,
+            admin: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub fn postgres() -> TestDb {
+        Self::server(
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://postgres@127.0.0.1:5432",
+        )
+    }
+
+    pub fn mariadb() -> TestDb {
+        Self::server(
+            "mysql://root@127.0.0.1:3306/test",
+            "mysql://root@127.0.0.1:3306",
+        )
+    }
+
+    fn server(admin_url: &str, base: &str) -> TestDb {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let name = format!(
+            "sipshard_it_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        admin_exec(admin_url, &format!("DROP DATABASE IF EXISTS {name}"));
+        admin_exec(admin_url, &format!("CREATE DATABASE {name}"));
+        TestDb {
+            url: format!("{base}/{name}"),
+            admin: Some((admin_url.to_string(), name)),
+            _dir: None,
+        }
+    }
+
+    /// Creates the schema and users `(user@domain, password)`.
+    pub fn init(&self, users: &[(&str, &str)]) {
+        sipshard(&["db", "init", "--db", &self.url]);
+        for (u, p) in users {
+            sipshard(&["user", "add", u, p, "--db", &self.url]);
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.admin {
+            let force = if admin.starts_with("postgres") {
+                " WITH (FORCE)"
+            } else {
+                ""
+            };
+            admin_exec(admin, &format!("DROP DATABASE IF EXISTS {name}{force}"));
+        }
+    }
+}
+
+fn admin_exec(url: &str, sql: &str) {
+    use sqlx::Connection;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        if url.starts_with("postgres") {
+            let mut c = sqlx::PgConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {url}: {e}"));
+            sqlx::query(sql)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        } else {
+            let mut c = sqlx::MySqlConnection::connect(url)
+                .await
+                .unwrap_or_else(|e| panic!("MariaDB at {url}: {e}"));
+            sqlx::query(sql)
+                .execute(&mut c)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    });
+}

@@ -1,0 +1,470 @@
+//! REGISTER with digest auth against a real database, and user location
+//! sharded across cores: the real binary, real UDP, real SQLite, PostgreSQL
+//! and MariaDB.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const DOMAIN: &str = "example.com";
+
+fn contacts_of(reply: &str) -> Vec<String> {
+    headers(reply, "Contact")
+}
+
+fn start(db: &TestDb, extra: &str) -> Server {
+    let toml = format!("[db]\nurl = \"{}\"\n{extra}", db.url);
+    Server::start(ServerOpts {
+        cores: "2",
+        extra_toml: &toml,
+        ..Default::default()
+    })
+}
+
+/// The whole registrar flow against one backend.
+fn registrar_flow(db: TestDb) {
+    db.init(&[
+        ("alice@example.com", "secret"),
+        ("bob@example.com", "pw-bob"),
+    ]);
+    let srv = start(
+        &db,
+        "[auth]\nsecret = \"k\"\n[registrar]\nmin_expires_s = 60\nmax_contacts = 5\n",
+    );
+    let c = client();
+
+    // challenge then success; the 200 lists the binding with its expires
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "reg-a1",
+        1,
+        "Contact: <sip:alice@10.0.0.1:5060>\r\nExpires: 300\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let cs = contacts_of(&r);
+    assert_eq!(cs.len(), 1, "{r}");
+    assert!(
+        cs[0].starts_with("<sip:alice@10.0.0.1:5060>;expires="),
+        "{r}"
+    );
+
+    // wrong password: challenged again
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "wrong",
+        "reg-b1",
+        1,
+        "Contact: <sip:bob@10.0.0.2>\r\n",
+    );
+    assert_eq!(status(&r), 401, "{r}");
+    // unknown user
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "nobody",
+        DOMAIN,
+        "x",
+        "reg-n1",
+        1,
+        "Contact: <sip:nobody@10.0.0.3>\r\n",
+    );
+    assert_eq!(status(&r), 401, "{r}");
+
+    // multiple contacts with q values
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw-bob",
+        "reg-b2",
+        1,
+        "Contact: <sip:bob@10.0.0.2:5060>;q=0.5, <sip:bob@10.0.0.3:5060>;q=0.9\r\nExpires: 600\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(contacts_of(&r).len(), 2, "{r}");
+
+    // 423 Interval Too Brief
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "reg-a2",
+        1,
+        "Contact: <sip:alice@10.0.0.9>\r\nExpires: 10\r\n",
+    );
+    assert_eq!(status(&r), 423, "{r}");
+    assert_eq!(header(&r, "Min-Expires").as_deref(), Some("60"), "{r}");
+
+    // a lookup for alice from many source ports lands on both shards; every
+    // shard finds the binding (owned by one of them) and redirects to it
+    for _ in 0..16 {
+        let s = client();
+        let r = exchange(
+            &s,
+            srv.addr,
+            request(&s, "MESSAGE", &format!("sip:alice@{}", srv.addr), "").as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(status(&r), 302, "{r}");
+        assert_eq!(
+            header(&r, "Contact").as_deref(),
+            Some("<sip:alice@10.0.0.1:5060>"),
+            "{r}"
+        );
+    }
+    let stats = rpc(srv.rpc_port, "stats.fetch", serde_json::json!(["shard"]));
+    let mesh = stats["shard.mesh_sent"].as_u64().unwrap_or(0)
+        + stats["shard.mesh_recv"].as_u64().unwrap_or(0);
+    assert!(mesh > 0, "some lookups crossed shards: {stats}");
+    // an unregistered user
+    let s = client();
+    let r = exchange(
+        &s,
+        srv.addr,
+        request(&s, "MESSAGE", &format!("sip:carol@{}", srv.addr), "").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 404, "{r}");
+
+    // Expires: 0 removes one binding; Contact: * removes all
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw-bob",
+        "reg-b2",
+        10,
+        "Contact: <sip:bob@10.0.0.2:5060>\r\nExpires: 0\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(contacts_of(&r), vec![contacts_of(&r)[0].clone()]);
+    assert!(
+        contacts_of(&r)[0].starts_with("<sip:bob@10.0.0.3:5060>"),
+        "{r}"
+    );
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw-bob",
+        "reg-b2",
+        20,
+        "Contact: *\r\nExpires: 0\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(contacts_of(&r).is_empty(), "{r}");
+    let r = exchange(
+        &s,
+        srv.addr,
+        request(&s, "MESSAGE", &format!("sip:bob@{}", srv.addr), "").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 404, "{r}");
+
+    // ul.lookup through the control interface sees alice on her owner shard
+    let v = rpc(
+        srv.rpc_port,
+        "ul.lookup",
+        serde_json::json!(["location", "alice"]),
+    );
+    assert!(v.to_string().contains("sip:alice@10.0.0.1:5060"), "{v}");
+    let (ok, _) = srv.stop();
+    assert!(ok);
+}
+
+#[test]
+fn registrar_sqlite() {
+    registrar_flow(TestDb::sqlite());
+}
+
+#[test]
+fn registrar_postgres() {
+    registrar_flow(TestDb::postgres());
+}
+
+#[test]
+fn registrar_mariadb() {
+    registrar_flow(TestDb::mariadb());
+}
+
+#[test]
+fn stale_tampered_and_replayed_nonces() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret")]);
+    let srv = start(&db, "[auth]\nnonce_expire_s = 3\n");
+    let c = client();
+    let contact = "Contact: <sip:alice@10.0.0.1>\r\n";
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(&c, "alice", DOMAIN, "n-1", 1, contact).as_bytes(),
+    )
+    .unwrap();
+    let ch = header(&r, "WWW-Authenticate").unwrap();
+    assert!(!ch.contains("stale"), "{ch}");
+
+    // tampered: flip one character of the nonce
+    let mut p = parse_challenge(&ch);
+    let nonce = p["nonce"].clone();
+    let flipped: String = nonce
+        .chars()
+        .enumerate()
+        .map(|(i, ch)| {
+            if i == 5 {
+                if ch == 'A' {
+                    'B'
+                } else {
+                    'A'
+                }
+            } else {
+                ch
+            }
+        })
+        .collect();
+    p.insert("nonce".into(), flipped);
+    let tampered_ch = format!(
+        "Digest realm=\"{}\", nonce=\"{}\", qop=\"auth\", algorithm=MD5",
+        p["realm"], p["nonce"]
+    );
+    let auth = digest_authorization(
+        &tampered_ch,
+        "alice",
+        "secret",
+        "REGISTER",
+        "sip:example.com",
+        1,
+    );
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "n-1",
+            2,
+            &format!("Authorization: {auth}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 401, "tampered nonce refused: {r}");
+    assert!(
+        !header(&r, "WWW-Authenticate")
+            .unwrap()
+            .contains("stale=true"),
+        "{r}"
+    );
+
+    // the genuine nonce works once; replaying nc=1 with another request is refused
+    let auth = digest_authorization(&ch, "alice", "secret", "REGISTER", "sip:example.com", 1);
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "n-1",
+            3,
+            &format!("Authorization: {auth}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "n-2",
+            1,
+            &format!("Authorization: {auth}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 401, "replayed nonce count refused: {r}");
+
+    // stale: wait out the nonce lifetime
+    std::thread::sleep(Duration::from_millis(4500));
+    let auth = digest_authorization(&ch, "alice", "secret", "REGISTER", "sip:example.com", 2);
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "n-1",
+            5,
+            &format!("Authorization: {auth}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 401, "{r}");
+    assert!(
+        header(&r, "WWW-Authenticate")
+            .unwrap()
+            .contains("stale=true"),
+        "stale nonce re-challenged with stale=true: {r}"
+    );
+}
+
+#[test]
+fn sha256_digest() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret")]);
+    let srv = start(&db, "[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n");
+    let c = client();
+    let contact = "Contact: <sip:alice@10.0.0.1>\r\n";
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(&c, "alice", DOMAIN, "s-1", 1, contact).as_bytes(),
+    )
+    .unwrap();
+    let chs = headers(&r, "WWW-Authenticate");
+    assert_eq!(chs.len(), 2, "{r}");
+    assert!(
+        chs[0].contains("algorithm=SHA-256") && chs[1].contains("algorithm=MD5"),
+        "{r}"
+    );
+    let auth = digest_authorization(&chs[0], "alice", "secret", "REGISTER", "sip:example.com", 1);
+    assert!(auth.contains("algorithm=SHA-256"));
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "s-1",
+            2,
+            &format!("Authorization: {auth}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    let bad = digest_authorization(&chs[0], "alice", "nope", "REGISTER", "sip:example.com", 1);
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "alice",
+            DOMAIN,
+            "s-2",
+            1,
+            &format!("Authorization: {bad}\r\n{contact}"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 401, "{r}");
+}
+
+#[test]
+fn new_users_are_seen_without_restart() {
+    let db = TestDb::sqlite();
+    db.init(&[]);
+    let srv = start(&db, "[auth]\ncache_negative_ttl_s = 1\n");
+    let c = client();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "dave",
+        DOMAIN,
+        "pw",
+        "u-1",
+        1,
+        "Contact: <sip:dave@10.0.0.4>\r\n",
+    );
+    assert_eq!(status(&r), 401, "{r}");
+    sipshard(&["user", "add", "dave@example.com", "pw", "--db", &db.url]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "dave",
+        DOMAIN,
+        "pw",
+        "u-2",
+        1,
+        "Contact: <sip:dave@10.0.0.4>\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+}
+
+fn restart_keeps_registrations(db: TestDb) {
+    db.init(&[("alice@example.com", "secret")]);
+    let cfg = "[auth]\nsecret = \"k\"\n[registrar]\ndb_mode = 2\ntimer_interval_s = 3600\n";
+    let srv = start(&db, cfg);
+    let c = client();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "rs-1",
+        1,
+        "Contact: <sip:alice@10.0.0.1:5077>\r\nExpires: 600\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    // write-back happens on SIGTERM (the timer interval is an hour)
+    let (ok, _) = srv.stop();
+    assert!(ok);
+    let srv = start(&db, cfg);
+    let s = client();
+    let r = exchange(
+        &s,
+        srv.addr,
+        request(&s, "MESSAGE", &format!("sip:alice@{}", srv.addr), "").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(
+        status(&r),
+        302,
+        "binding restored after restart: {r}\n{}",
+        srv.log()
+    );
+    assert_eq!(
+        header(&r, "Contact").as_deref(),
+        Some("<sip:alice@10.0.0.1:5077>")
+    );
+}
+
+#[test]
+fn restart_keeps_registrations_sqlite() {
+    restart_keeps_registrations(TestDb::sqlite());
+}
+
+#[test]
+fn restart_keeps_registrations_postgres() {
+    restart_keeps_registrations(TestDb::postgres());
+}
+
+#[test]
+fn restart_keeps_registrations_mariadb() {
+    restart_keeps_registrations(TestDb::mariadb());
+}
