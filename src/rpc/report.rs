@@ -435,9 +435,10 @@ fn draw_over_time(
         .draw()
         .map_err(plot_err)?;
     let lines: [(&str, RGBColor, Pick); 3] = [
-        ("p50", RGBColor(31, 119, 180), |r| r.p50_us),
-        ("p99", RGBColor(255, 127, 14), |r| r.p99_us),
+        // Drawn max first so p99 stays visible where the two coincide.
         ("max", RGBColor(214, 39, 40), |r| r.max_us),
+        ("p99", RGBColor(255, 127, 14), |r| r.p99_us),
+        ("p50", RGBColor(31, 119, 180), |r| r.p50_us),
     ];
     for (label, color, pick) in lines {
         let pts: Vec<(f64, f64)> = rows.iter().map(|r| (r.end_s, pick(r))).collect();
