@@ -36,6 +36,13 @@ pub enum UserCmd {
     },
     /// List subscribers, one name@domain per line.
     List,
+    /// Add many subscribers from a file: one `name@domain;password` or
+    /// `name;domain;password` (a sipp injection CSV) per line; a first line
+    /// `SEQUENTIAL`/`RANDOM`/`USER` and `#` comments are skipped.
+    Import {
+        /// The file to read.
+        file: std::path::PathBuf,
+    },
     /// Change a subscriber's password (like `kamctl passwd`).
     Passwd {
         /// name@domain
@@ -71,7 +78,7 @@ pub fn run_user(
             Some(split_user(user, default_domain)?)
         }
         UserCmd::Rm { user } => Some(split_user(user, default_domain)?),
-        UserCmd::List => None,
+        UserCmd::List | UserCmd::Import { .. } => None,
     };
     block_on(db_url, |pool| async move {
         let pool = pool?;
@@ -181,6 +188,32 @@ async fn user_on(
                 return Err(DbError::NoSuchUser(line));
             }
             Ok(format!("removed {line}\n"))
+        }
+        (UserCmd::Import { file }, _) => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| DbError::BadUser(format!("{}: {e}", file.display())))?;
+            let mut added = 0usize;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty()
+                    || line.starts_with('#')
+                    || (i == 0 && matches!(line, "SEQUENTIAL" | "RANDOM" | "USER" | "RANDOM_ONCE"))
+                {
+                    continue;
+                }
+                let fields: Vec<&str> = line.split(';').map(str::trim).collect();
+                let (user, password) = match fields.as_slice() {
+                    [u, p] => ((*u).to_string(), *p),
+                    [u, d, p, ..] => (format!("{u}@{d}"), *p),
+                    _ => return Err(DbError::BadUser(format!("line {}: `{line}`", i + 1))),
+                };
+                check_field("password", password)?;
+                let (name, domain) = split_user(&user, None)?;
+                pool.subscriber_insert(&credentials(name, domain, password.to_owned()))
+                    .await?;
+                added += 1;
+            }
+            Ok(format!("added {added} subscribers\n"))
         }
         (UserCmd::List, _) => Ok(pool
             .subscriber_list()
