@@ -267,10 +267,9 @@ impl Services {
                 _ => return None,
             }
         }
-        match glommio::timer::timeout(self.mesh_timeout, async { Ok(rx.await.ok()) }).await {
-            Ok(v) => v,
-            Err(_) => None,
-        }
+        glommio::timer::timeout(self.mesh_timeout, async { Ok(rx.await.ok()) })
+            .await
+            .unwrap_or_default()
     }
 
     /// Writes a save's changes to the database (db_mode 1), without holding

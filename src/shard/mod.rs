@@ -290,12 +290,17 @@ impl LogLimiter {
 /// One shard's state, shared by its tasks (single thread: Rc/RefCell).
 struct Shard {
     id: usize,
+    /// The socket's bound address (read once: no getsockname per datagram).
+    local: SocketAddr,
     cpu: Option<usize>,
     sock: UdpSocket,
     engine: Engine,
     limits: Limits,
     on_error: OnScriptError,
     routes: RefCell<RouteStats>,
+    /// Recycled contexts. Boxed on purpose: a context moves into a route
+    /// future and back by pointer, never by copying its buffers' headers.
+    #[allow(clippy::vec_box)]
     pool: RefCell<Vec<Box<MsgCtx>>>,
     pool_max: usize,
     max_msg_bytes: usize,
@@ -412,6 +417,7 @@ async fn serve(
     }
     let shard = Rc::new(Shard {
         id,
+        local,
         cpu: spec.cpu,
         sock,
         engine,
@@ -641,7 +647,7 @@ fn bad_input(shard: &Shard, ctx: &MsgCtx, e: ParseError) {
 
 async fn handle_datagram(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
     ctx.reset();
-    ctx.local = shard.sock.local_addr().unwrap_or(ctx.local);
+    ctx.local = shard.local;
     let counters = &shard.engine.shared().counters;
     if ctx.len > shard.max_msg_bytes {
         bad_input(shard, &ctx, ParseError::TooLarge);

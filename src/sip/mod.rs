@@ -15,6 +15,7 @@
 
 mod error;
 mod hdr;
+mod lex;
 mod msg;
 mod parse;
 mod reply;
@@ -22,10 +23,10 @@ mod uri;
 mod write;
 
 pub use error::ParseError;
-pub use hdr::{Contact, ContactIter, CSeq, NameAddr, Params, Via};
+pub use hdr::{CSeq, Contact, ContactIter, NameAddr, Params, Via};
 pub use msg::SipMsg;
 pub use parse::{parse, Framing, Header, Limits, Parsed, StartLine, Status};
-pub use reply::{build_reply, ReplyOpts};
+pub use reply::{build_reply, reason_phrase, ReplyOpts};
 pub use uri::{Scheme, SipUri};
 pub use write::Edits;
 
@@ -42,19 +43,23 @@ impl Span {
     #[inline]
     pub fn new(start: usize, end: usize) -> Span {
         debug_assert!(start <= end);
-        Span { start: start as u32, end: end as u32 }
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
     }
 
     /// The bytes this span covers. Returns an empty slice if the span does not
     /// fit `buf` (never panics).
     #[inline]
     pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        buf.get(self.start as usize..self.end as usize).unwrap_or(&[])
+        buf.get(self.start as usize..self.end as usize)
+            .unwrap_or(&[])
     }
 
     #[inline]
     pub fn len(&self) -> usize {
-        (self.end - self.start) as usize
+        self.end.saturating_sub(self.start) as usize
     }
 
     #[inline]
@@ -165,6 +170,12 @@ pub enum HdrName {
     Allow,
     Event,
     Subject,
+    /// `e`
+    ContentEncoding,
+    /// `r` (RFC 3515)
+    ReferTo,
+    /// `u` (RFC 6665)
+    AllowEvents,
     /// Any other name; compare the raw name span.
     Other,
 }
@@ -180,3 +191,6 @@ impl HdrName {
         hdr::canonical_name(*self)
     }
 }
+
+#[cfg(test)]
+mod testdata;

@@ -15,7 +15,8 @@ pub const HIST_MAX_NS: u64 = 60_000_000_000;
 pub const HIST_SIGFIG: u8 = 3;
 
 pub fn new_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, HIST_MAX_NS, HIST_SIGFIG).expect("static histogram bounds are valid")
+    Histogram::new_with_bounds(1, HIST_MAX_NS, HIST_SIGFIG)
+        .expect("static histogram bounds are valid")
 }
 
 macro_rules! counters {
@@ -155,14 +156,32 @@ pub fn format_route_table(routes: &[RouteHistogram]) -> String {
     let _ = writeln!(
         s,
         "{:<20} {:>10} {:>14} {:>9} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
-        "route", "cnt", "sum_us", "min_us", "max_us", "avg_us", "p50_us", "p90_us", "p99_us", "p99.9_us"
+        "route",
+        "cnt",
+        "sum_us",
+        "min_us",
+        "max_us",
+        "avg_us",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p99.9_us"
     );
     for r in routes {
         let l = LatencySummary::from_hist(&r.hist);
         let _ = writeln!(
             s,
             "{:<20} {:>10} {:>14.1} {:>9.3} {:>10.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}",
-            r.route, l.cnt, l.sum_us, l.min_us, l.max_us, l.avg_us, l.p50_us, l.p90_us, l.p99_us, l.p999_us
+            r.route,
+            l.cnt,
+            l.sum_us,
+            l.min_us,
+            l.max_us,
+            l.avg_us,
+            l.p50_us,
+            l.p90_us,
+            l.p99_us,
+            l.p999_us
         );
     }
     s

@@ -447,6 +447,7 @@ pub fn register_msg(
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 /// REGISTER, answer the challenge, return the final reply. `extra` carries
 /// Contact/Expires lines.
 pub fn register_with_auth(
