@@ -42,12 +42,12 @@ pub(crate) async fn run(
     let base = Instant::now()
         .checked_sub(since_base)
         .unwrap_or_else(Instant::now);
+    // No baseline snapshot: the log is opened as the shards start, so the
+    // first interval is everything the shards recorded so far. A baseline
+    // taken here would race with the first requests and silently leave out
+    // those routed before it arrived.
     let mut tracker = IntervalTracker::new();
-    // Baseline: the first interval covers only what happens after start-up.
-    if let Ok(snaps) = ctx.shard_call(ctx.ctl.snapshot_all(false)).await {
-        tracker.advance(&snaps);
-    }
-    let mut last = Instant::now();
+    let mut last = base;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::from_std(last + every), every);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut failures: u64 = 0;
