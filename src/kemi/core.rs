@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::{KsrExit, Shared};
+use super::Shared;
 use crate::sip::{Method, SipUri};
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
@@ -53,22 +53,16 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         })?,
     )?;
 
-    // KSR.x: exit and drop unwind the script through a sentinel error.
+    // KSR.x.exit/drop are defined in Lua by the engine (a plain Lua error
+    // with a sentinel value: no Rust error, no traceback built); this is the
+    // Rust half of drop.
     let x = lua.create_table()?;
-    x.set(
-        "exit",
-        lua.create_function(|_, ()| -> mlua::Result<()> {
-            Err(mlua::Error::external(KsrExit { drop: false }))
-        })?,
-    )?;
     let s = shared.clone();
-    let drop_fn = lua.create_function(move |_, ()| -> mlua::Result<()> {
-        s.with_msg(|m| m.dropped = true)?;
-        Err(mlua::Error::external(KsrExit { drop: true }))
-    })?;
-    x.set("drop", drop_fn.clone())?;
+    x.set(
+        "__mark_drop",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.dropped = true))?,
+    )?;
     ksr.set("x", x)?;
-    ksr.set("drop", drop_fn)?;
 
     let s = shared.clone();
     ksr.set(

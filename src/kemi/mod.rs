@@ -48,25 +48,6 @@ pub fn sl_reply(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
 use crate::config::{LuaGc, ShardTuning};
 use crate::stats::Counter;
 
-/// Error raised inside Lua by `KSR.x.exit()` / `KSR.x.drop()`: unwinds the
-/// script like Kamailio's `exit`, and is recognised (not logged) by the runner.
-#[derive(Debug, Clone, Copy)]
-pub struct KsrExit {
-    pub drop: bool,
-}
-
-impl std::fmt::Display for KsrExit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.drop {
-            "~~ksr~drop~~"
-        } else {
-            "~~ksr~exit~~"
-        })
-    }
-}
-
-impl std::error::Error for KsrExit {}
-
 /// How a route run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteOutcome {
@@ -241,11 +222,27 @@ pub struct Engine {
 /// appends the traceback to string errors; the `debug` library itself is not
 /// exposed to scripts.
 const ROUTE_WRAPPER: &str = r#"
-local route, handler = ...
+local route, handler, EXIT = ...
 return function()
     local ok, err = xpcall(route, handler)
-    if not ok then error(err, 0) end
+    if not ok and err ~= EXIT then error(err, 0) end
 end
+"#;
+
+/// `KSR.x.exit()` raises a sentinel *value* (like Kamailio's exit), caught by
+/// the route wrapper; `KSR.x.drop()` / `KSR.drop()` also mark the message.
+/// Plain Lua errors: no Rust error object, no traceback is built.
+const EXIT_FUNCTIONS: &str = r#"
+local KSR = ...
+local mark_drop = KSR.x.__mark_drop
+KSR.x.__mark_drop = nil
+local EXIT = setmetatable({}, { __tostring = function() return "~~ksr~exit~~" end })
+local error = error
+KSR.x.exit = function() error(EXIT, 0) end
+local function drop() mark_drop(); error(EXIT, 0) end
+KSR.x.drop = drop
+KSR.drop = drop
+return EXIT
 "#;
 
 /// xpcall message handler: for a string error, appends a traceback built
@@ -286,7 +283,13 @@ impl Engine {
     /// Creates the VM, registers `KSR`, loads the script and finds its routes.
     /// Errors name the script and line (Lua's own message format).
     pub fn new(cfg: &EngineConfig<'_>) -> Result<Engine, String> {
-        let lua = Lua::new();
+        // Routes run as coroutines (they may wait for the database or another
+        // shard); recycling them avoids a lua_newthread per message.
+        let lua = Lua::new_with(
+            mlua::StdLib::ALL_SAFE,
+            mlua::LuaOptions::new().thread_pool_size(256),
+        )
+        .map_err(|e| e.to_string())?;
         match cfg.tuning.lua_gc {
             LuaGc::Incremental => {
                 lua.gc_inc(cfg.tuning.lua_gc_pause, cfg.tuning.lua_gc_step, 0);
@@ -308,6 +311,11 @@ impl Engine {
         });
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
+        let exit: mlua::Value = lua
+            .load(EXIT_FUNCTIONS)
+            .set_name("=ksr_exit")
+            .call(ksr.clone())
+            .map_err(|e| e.to_string())?;
         lua.globals().set("KSR", ksr).map_err(|e| e.to_string())?;
 
         lua.load(cfg.script)
@@ -326,7 +334,7 @@ impl Engine {
                     let wrapper: Function = lua
                         .load(ROUTE_WRAPPER)
                         .set_name("=route_wrapper")
-                        .call((f, handler.clone()))
+                        .call((f, handler.clone(), exit.clone()))
                         .map_err(|e| e.to_string())?;
                     Ok(Some(wrapper))
                 }
@@ -437,31 +445,13 @@ impl Future for RouteRun {
             }
             Poll::Ready(r) => {
                 let outcome = match r {
+                    Ok(()) if ctx.dropped => RouteOutcome::Drop,
                     Ok(()) => RouteOutcome::Done,
-                    Err(e) => match find_exit(&e) {
-                        Some(KsrExit { drop: true }) => RouteOutcome::Drop,
-                        Some(KsrExit { drop: false }) => RouteOutcome::Done,
-                        None => RouteOutcome::Error(format_lua_error(&e)),
-                    },
-                };
-                let outcome = if ctx.dropped && outcome == RouteOutcome::Done {
-                    RouteOutcome::Drop
-                } else {
-                    outcome
+                    Err(e) => RouteOutcome::Error(format_lua_error(&e)),
                 };
                 Poll::Ready((ctx, outcome))
             }
         }
-    }
-}
-
-/// Finds the exit sentinel through mlua's error wrappers.
-fn find_exit(e: &mlua::Error) -> Option<KsrExit> {
-    match e {
-        mlua::Error::ExternalError(inner) => inner.downcast_ref::<KsrExit>().copied(),
-        mlua::Error::CallbackError { cause, .. } => find_exit(cause),
-        mlua::Error::WithContext { cause, .. } => find_exit(cause),
-        _ => None,
     }
 }
 

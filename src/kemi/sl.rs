@@ -92,15 +92,17 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
     }
     let Ok(via) = msg.top_via() else { return false };
     let dst = reply_destination(m.src, via.port, via.rport());
-    let tag = to_tag(&msg);
-    let src_ip = ip_text(m.src);
+    let mut tag_buf = [0u8; 18];
+    let tag = to_tag(&msg, &mut tag_buf);
+    let mut ip_buf = [0u8; 48];
+    let src_ip = ip_text(m.src, &mut ip_buf);
     let reply_headers = std::mem::take(&mut m.reply_headers);
     let mut scratch = std::mem::take(&mut m.scratch);
     {
         let msg = m.msg();
         let opts = ReplyOpts {
-            to_tag: Some(tag.as_bytes()),
-            src_ip: Some(src_ip.as_bytes()),
+            to_tag: Some(tag),
+            src_ip: Some(src_ip),
             src_port: Some(m.src.port()),
             extra_headers: &reply_headers,
             body: &[],
@@ -127,15 +129,43 @@ fn reply_destination(
     }
 }
 
-fn ip_text(a: SocketAddr) -> String {
+/// The source IP as text, without `fmt` (IPv6 in brackets, as in a Via).
+fn ip_text(a: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
     match a.ip() {
-        std::net::IpAddr::V4(v4) => v4.to_string(),
-        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        std::net::IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (i, octet) in v4.octets().iter().enumerate() {
+                if i > 0 {
+                    buf[n] = b'.';
+                    n += 1;
+                }
+                let o = *octet;
+                if o >= 100 {
+                    buf[n] = b'0' + o / 100;
+                    n += 1;
+                }
+                if o >= 10 {
+                    buf[n] = b'0' + (o / 10) % 10;
+                    n += 1;
+                }
+                buf[n] = b'0' + o % 10;
+                n += 1;
+            }
+            &buf[..n]
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::io::Write;
+            let mut cur = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cur, "[{v6}]");
+            let n = cur.position() as usize;
+            &buf[..n]
+        }
     }
 }
 
-/// Stable per-request To-tag: FNV-1a over Call-ID, From-tag and Via branch.
-fn to_tag(msg: &crate::sip::SipMsg<'_>) -> String {
+/// Stable per-request To-tag: FNV-1a over Call-ID, From-tag and Via branch,
+/// as `ss` + 16 hex digits.
+fn to_tag<'b>(msg: &crate::sip::SipMsg<'_>, buf: &'b mut [u8; 18]) -> &'b [u8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
         for &x in b {
@@ -148,5 +178,34 @@ fn to_tag(msg: &crate::sip::SipMsg<'_>) -> String {
     eat(msg.call_id().unwrap_or(b""));
     eat(msg.from().ok().and_then(|f| f.tag()).unwrap_or(b""));
     eat(msg.top_via().ok().and_then(|v| v.branch()).unwrap_or(b""));
-    format!("ss{h:016x}")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    buf[0] = b's';
+    buf[1] = b's';
+    for i in 0..16 {
+        buf[2 + i] = HEX[((h >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    &buf[..]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_text_formats_like_display() {
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "127.0.0.1",
+            "10.100.9.255",
+            "255.255.255.255",
+        ] {
+            let mut b = [0u8; 48];
+            let a: SocketAddr = format!("{ip}:1").parse().unwrap();
+            assert_eq!(ip_text(a, &mut b), ip.as_bytes());
+        }
+        let mut b = [0u8; 48];
+        let a: SocketAddr = "[::1]:5060".parse().unwrap();
+        assert_eq!(ip_text(a, &mut b), b"[::1]");
+    }
 }
