@@ -182,6 +182,9 @@ pub struct ShardTuning {
     pub ring_depth: usize,
     /// Datagrams read per turn before yielding to other tasks on the shard.
     pub recv_batch: usize,
+    /// Microseconds an idle shard spins before sleeping in io_uring (glommio
+    /// `spin_before_park`): lower latency, but burns the core while idle.
+    pub spin_before_park_us: u64,
     /// Requests whose route is suspended (waiting on DB or another shard) at once.
     pub max_inflight: usize,
     /// Largest SIP message accepted, bytes.
@@ -208,6 +211,7 @@ impl Default for ShardTuning {
             io_memory_bytes: 2 << 20,
             ring_depth: 256,
             recv_batch: 32,
+            spin_before_park_us: 0,
             max_inflight: 10_000,
             max_msg_bytes: 65_535,
             max_headers: 128,
@@ -230,6 +234,7 @@ pub struct ShardOverride {
     pub io_memory_bytes: Option<usize>,
     pub ring_depth: Option<usize>,
     pub recv_batch: Option<usize>,
+    pub spin_before_park_us: Option<u64>,
     pub max_inflight: Option<usize>,
     pub lua_gc: Option<LuaGc>,
     pub lua_gc_step: Option<i32>,
@@ -456,6 +461,7 @@ impl Config {
                     io_memory_bytes,
                     ring_depth,
                     recv_batch,
+                    spin_before_park_us,
                     max_inflight,
                     lua_gc,
                     lua_gc_step,

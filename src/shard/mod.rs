@@ -167,6 +167,7 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
             .name(&format!("shard-{id}"))
             .io_memory(spec.tuning.io_memory_bytes)
             .ring_depth(spec.tuning.ring_depth)
+            .spin_before_park(Duration::from_micros(spec.tuning.spin_before_park_us))
             .preempt_timer(Duration::from_millis(10));
         let handle = builder
             .spawn(move || async move {
@@ -308,6 +309,8 @@ struct Shard {
     inflight: Cell<usize>,
     max_inflight: usize,
     stop: Cell<bool>,
+    /// Wakes the receive loop at shutdown (no socket read timeout needed).
+    stop_tx: glommio::channels::local_channel::LocalSender<()>,
     started: Instant,
     log: LogLimiter,
     tuning: serde_json::Value,
@@ -343,9 +346,6 @@ async fn serve(
         .and_then(|a| a.as_socket())
         .unwrap_or(listen);
     let sock = UdpSocket::from(raw);
-    if let Err(e) = sock.set_read_timeout(Some(Duration::from_millis(100))) {
-        return fail(format!("cannot set the socket read timeout: {e}"));
-    }
     let services = match params.services(id) {
         Ok(s) => s,
         Err(e) => return fail(e),
@@ -415,6 +415,7 @@ async fn serve(
             serde_json::json!(sndbuf),
         );
     }
+    let (stop_tx, stop_rx) = glommio::channels::local_channel::new_bounded(1);
     let shard = Rc::new(Shard {
         id,
         local,
@@ -437,6 +438,7 @@ async fn serve(
         inflight: Cell::new(0),
         max_inflight: t.max_inflight,
         stop: Cell::new(false),
+        stop_tx,
         started,
         log: LogLimiter {
             per_s: params.config.core.bad_input_log_per_s,
@@ -456,7 +458,7 @@ async fn serve(
     let _ = ready.send(Ok((id, local)));
     drop(ready);
 
-    recv_loop(&shard, t.recv_batch).await;
+    recv_loop(&shard, t.recv_batch, stop_rx).await;
 
     // Let suspended routes finish (bounded wait) before the final snapshot.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -495,6 +497,7 @@ async fn control_loop(shard: Rc<Shard>, cmd_rx: Receiver<ShardCmd>) {
                 }
                 Ok(ShardCmd::Shutdown) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     shard.stop.set(true);
+                    let _ = shard.stop_tx.try_send(());
                     return;
                 }
                 Err(std::sync::mpsc::TryRecvError::Empty) => break,
@@ -601,7 +604,11 @@ fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
     }
 }
 
-async fn recv_loop(shard: &Rc<Shard>, batch: usize) {
+async fn recv_loop(
+    shard: &Rc<Shard>,
+    batch: usize,
+    stop_rx: glommio::channels::local_channel::LocalReceiver<()>,
+) {
     let mut handled_in_turn = 0usize;
     while !shard.stop.get() {
         let mut ctx = shard
@@ -609,7 +616,18 @@ async fn recv_loop(shard: &Rc<Shard>, batch: usize) {
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers)));
-        let res = shard.sock.recv_from(&mut ctx.buf).await;
+        let res = futures_lite::future::or(
+            async { Some(shard.sock.recv_from(&mut ctx.buf).await) },
+            async {
+                stop_rx.recv().await;
+                None
+            },
+        )
+        .await;
+        let Some(res) = res else {
+            recycle(shard, ctx);
+            break;
+        };
         match res {
             Ok((n, src)) => {
                 ctx.len = n;

@@ -1,8 +1,8 @@
 //! RFC 3261 §8.2.6 stateless reply builder.
 
 use super::lex::{self, SplitRanges};
-use super::write::write_via_edited;
-use super::{HdrName, SipMsg, Via};
+use super::write::{via_plan, write_via_planned};
+use super::{HdrName, NameAddr, SipMsg};
 
 /// What the caller adds to a reply beyond the copied headers.
 #[derive(Clone, Copy, Debug, Default)]
@@ -104,6 +104,10 @@ fn same_host(via_host: &[u8], ip: &[u8]) -> bool {
 
 /// Copies `v` replacing CR / LF (header injection) with spaces.
 fn push_line_safe(out: &mut Vec<u8>, v: &[u8]) {
+    if lex::find_any(v, 0, [b'\r', b'\n']) >= v.len() {
+        out.extend_from_slice(v);
+        return;
+    }
     out.extend(
         v.iter()
             .map(|&c| if c == b'\r' || c == b'\n' { b' ' } else { c }),
@@ -147,8 +151,25 @@ pub fn build_reply(
 
     let buf = req.buf;
     let mut first = true;
-    for h in req.parsed.headers.iter().filter(|h| h.name == HdrName::Via) {
+    // One pass: Vias are written as met; the first From / To / Call-ID / CSeq
+    // are remembered for afterwards.
+    let (mut from, mut to, mut call_id, mut cseq) = (None, None, None, None);
+    for h in &req.parsed.headers {
+        let slot = match h.name {
+            HdrName::Via => None,
+            HdrName::From => Some(&mut from),
+            HdrName::To => Some(&mut to),
+            HdrName::CallId => Some(&mut call_id),
+            HdrName::CSeq => Some(&mut cseq),
+            _ => continue,
+        };
         let val = h.value.get(buf);
+        if let Some(slot) = slot {
+            if slot.is_none() {
+                *slot = Some(val);
+            }
+            continue;
+        }
         if !first {
             push_header(out, HdrName::Via, val);
             continue;
@@ -156,44 +177,45 @@ pub fn build_reply(
         first = false;
         let top = SplitRanges::new(val).next().unwrap_or((0, 0));
         let item = lex::sub(val, top);
-        let (received, rport) = match Via::parse(item) {
-            Ok(via) => {
+        out.extend_from_slice(b"Via: ");
+        match via_plan(item) {
+            Some(plan) => {
                 let received = opts
                     .src_ip
-                    .filter(|ip| via.received().is_some() || !same_host(via.host, ip));
-                let rport = via.rport().and(opts.src_port);
-                (received, rport)
+                    .filter(|ip| plan.received_at.is_some() || !same_host(plan.via.host, ip));
+                let rport = plan.rport_at.and(opts.src_port);
+                if received.is_none() && rport.is_none() {
+                    out.extend_from_slice(val);
+                } else {
+                    out.extend_from_slice(val.get(..top.0).unwrap_or(&[]));
+                    write_via_planned(out, item, &plan, received, rport);
+                    out.extend_from_slice(val.get(top.1..).unwrap_or(&[]));
+                }
             }
-            Err(_) => (None, None),
-        };
-        out.extend_from_slice(b"Via: ");
-        if received.is_none() && rport.is_none() {
-            out.extend_from_slice(val);
-        } else {
-            out.extend_from_slice(val.get(..top.0).unwrap_or(&[]));
-            write_via_edited(out, item, received, rport);
-            out.extend_from_slice(val.get(top.1..).unwrap_or(&[]));
+            None => out.extend_from_slice(val),
         }
         out.extend_from_slice(b"\r\n");
     }
 
-    if let Some(v) = req.header(HdrName::From) {
+    if let Some(v) = from {
         push_header(out, HdrName::From, v);
     }
-    if let Some(v) = req.header(HdrName::To) {
+    if let Some(v) = to {
         out.extend_from_slice(b"To: ");
         out.extend_from_slice(v);
-        let has_tag = req.to().map(|t| t.tag().is_some()).unwrap_or(true);
+        let has_tag = NameAddr::parse(v)
+            .map(|t| t.tag().is_some())
+            .unwrap_or(true);
         if let (Some(tag), false, true) = (opts.to_tag, has_tag, code != 100) {
             out.extend_from_slice(b";tag=");
             push_line_safe(out, tag);
         }
         out.extend_from_slice(b"\r\n");
     }
-    if let Some(v) = req.call_id() {
+    if let Some(v) = call_id {
         push_header(out, HdrName::CallId, v);
     }
-    if let Some(v) = req.header(HdrName::CSeq) {
+    if let Some(v) = cseq {
         push_header(out, HdrName::CSeq, v);
     }
     if !opts.extra_headers.is_empty() {

@@ -8,7 +8,7 @@
 
 use super::hdr::parse_via;
 use super::lex::{self, ParamRanges, SplitRanges};
-use super::{HdrName, Parsed, StartLine};
+use super::{HdrName, Parsed, StartLine, Via};
 
 /// A range in `Edits::data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,12 +33,13 @@ enum Op {
 /// Edits against one parsed message; `assemble` writes the result by copying
 /// untouched spans of the original buffer, without re-parsing.
 ///
-/// Resolution rules: the last `set_ruri` / `set_body` wins; `set_top_via_received`
-/// calls merge (the last `Some` of each field wins); removing a header beats
-/// replacing it; several `prepend_via` calls stack (the last call ends up on
-/// top); appended / first-inserted lines keep call order. Header indices refer
-/// to the original `Parsed::headers`; out-of-range indices are ignored.
-/// Inserted lines end in CRLF.
+/// Resolution rules: the last `set_ruri` / `set_body` wins;
+/// `set_top_via_received` calls merge (the last `Some` of each field wins);
+/// removing a header beats replacing it, and `remove_top_via` beats
+/// `set_top_via_received`; several `prepend_via` calls stack (the last call
+/// ends up on top); appended / first-inserted lines keep call order. Header
+/// indices refer to the original `Parsed::headers`; out-of-range indices are
+/// ignored. Inserted lines end in CRLF.
 #[derive(Clone, Debug, Default)]
 pub struct Edits {
     ops: Vec<Op>,
@@ -52,6 +53,38 @@ fn cp(out: &mut Vec<u8>, buf: &[u8], a: usize, b: usize) {
     }
 }
 
+/// A parsed Via value plus where its `received` / `rport` parameters sit
+/// (the `[name end, param end)` range, i.e. the `=value` part, if present).
+pub(crate) struct ViaPlan<'a> {
+    pub via: Via<'a>,
+    end: usize,
+    pub received_at: Option<(usize, usize)>,
+    pub rport_at: Option<(usize, usize)>,
+}
+
+/// One Via parse and one parameter scan.
+pub(crate) fn via_plan(item: &[u8]) -> Option<ViaPlan<'_>> {
+    let (via, ps, end) = parse_via(item).ok()?;
+    let params = item.get(ps..end).unwrap_or(&[]);
+    let mut received_at = None;
+    let mut rport_at = None;
+    for p in ParamRanges::new(params) {
+        let name = lex::sub(params, p.name);
+        let at = Some((ps + p.name.1, ps + p.end));
+        if received_at.is_none() && name.eq_ignore_ascii_case(b"received") {
+            received_at = at;
+        } else if rport_at.is_none() && name.eq_ignore_ascii_case(b"rport") {
+            rport_at = at;
+        }
+    }
+    Some(ViaPlan {
+        via,
+        end,
+        received_at,
+        rport_at,
+    })
+}
+
 /// Writes one Via value with `received=` / `rport=` set (replacing existing
 /// parameters of those names, else appending). An unparseable Via is copied
 /// unchanged.
@@ -61,23 +94,22 @@ pub(crate) fn write_via_edited(
     received: Option<&[u8]>,
     rport: Option<u16>,
 ) {
-    let Ok((_, ps, end)) = parse_via(item) else {
-        out.extend_from_slice(item);
-        return;
-    };
-    let params = item.get(ps..end).unwrap_or(&[]);
-    // (start, end) in `item` of the "=value" part to overwrite.
-    let mut rcv_at: Option<(usize, usize)> = None;
-    let mut rport_at: Option<(usize, usize)> = None;
-    for p in ParamRanges::new(params) {
-        let name = lex::sub(params, p.name);
-        let at = Some((ps + p.name.1, ps + p.end));
-        if received.is_some() && rcv_at.is_none() && name.eq_ignore_ascii_case(b"received") {
-            rcv_at = at;
-        } else if rport.is_some() && rport_at.is_none() && name.eq_ignore_ascii_case(b"rport") {
-            rport_at = at;
-        }
+    match via_plan(item) {
+        Some(plan) => write_via_planned(out, item, &plan, received, rport),
+        None => out.extend_from_slice(item),
     }
+}
+
+pub(crate) fn write_via_planned(
+    out: &mut Vec<u8>,
+    item: &[u8],
+    plan: &ViaPlan<'_>,
+    received: Option<&[u8]>,
+    rport: Option<u16>,
+) {
+    let end = plan.end;
+    let rcv_at = plan.received_at.filter(|_| received.is_some());
+    let rport_at = plan.rport_at.filter(|_| rport.is_some());
     let write_rcv = |out: &mut Vec<u8>| {
         out.push(b'=');
         out.extend_from_slice(received.unwrap_or(&[]));

@@ -1,0 +1,11 @@
+//! Responses: framing (datagram and stream), every typed accessor,
+//! check_response and Edits::assemble. Must never panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+mod common;
+
+fuzz_target!(|data: &[u8]| {
+    common::run(data, false);
+});
