@@ -39,6 +39,7 @@ recv_buffer_bytes = 1048576
 lua_gc = "generational"
 lua_gc_step = 20
 lua_gc_pause = 100
+spin_before_park_us = 5
 "#;
 
 /// Prometheus text on stdin -> JSON `[{name, type, samples: [[name, labels, value]]}]`,
@@ -407,6 +408,8 @@ fn counts_in_stats_latency_and_metrics_equal_what_was_sent() {
         ),
         (&json!(4), &json!("generational"), &json!(20), &json!(100))
     );
+    assert_eq!(t0["spin_before_park_us"], 0);
+    assert_eq!(t1["spin_before_park_us"], 5);
     assert_eq!(t0["recv_buffer_bytes"], 4_194_304);
     assert_eq!(t1["recv_buffer_bytes"], 1_048_576);
     // Linux grants twice the request (up to rmem_max), never less than asked
