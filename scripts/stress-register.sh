@@ -24,6 +24,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 PROFILE=${PROFILE:-release}
+if [ "${1:-}" = "--profile" ]; then PROFILE=$2; shift 2; fi
 RATE=${RATE:-4000}
 LIMIT=${LIMIT:-10000}
 CALLS=${CALLS:-20000}
@@ -71,7 +72,7 @@ cat > "$WORK/sipshard.toml" <<TOML
 [core]
 listen = "127.0.0.1:$PORT"
 cores = [$CORES]
-log_level = "warn"
+log_level = "info"
 [shard]
 recv_buffer_bytes = 8388608
 send_buffer_bytes = 8388608
@@ -97,18 +98,20 @@ echo "== sipp x$USERS: REGISTER with digest auth, $RATE/s total, limit $LIMIT, $
 PER_RATE=$(awk -v r="$RATE" -v u="$USERS" 'BEGIN{printf "%.3f", r/u}')
 PER_CALLS=$(( CALLS / USERS ))
 PER_LIMIT=$(( (LIMIT + USERS - 1) / USERS ))
+SIPP_PIDS=()
 T0=$(date +%s.%N)
 i=0
 while IFS=';' read -r user domain pw; do
   i=$((i + 1))
   d="$WORK/sipp-$i"; mkdir -p "$d"
   printf 'SEQUENTIAL\n%s;%s;%s\n' "$user" "$domain" "$pw" > "$d/user.csv"
-  (cd "$d" && exec sipp 127.0.0.1:$PORT -sf "$ROOT/bench/sipp/register-auth.xml" -inf user.csv \
+  (cd "$d" && sipp 127.0.0.1:$PORT -sf "$ROOT/bench/sipp/register-auth.xml" -inf user.csv \
      -au "$user" -ap "$pw" -s "$user" -r "$PER_RATE" -l "$PER_LIMIT" -m "$PER_CALLS" -t u1 \
      -i 127.0.0.1 -p 0 -nostdin -nd -trace_stat -stf stats.csv -fd 1 -timeout 300s -timeout_error \
      -trace_err -error_file errors.log > sipp.out 2>&1; echo $? > rc) &
+  SIPP_PIDS+=($!)
 done < <(tail -n +2 "$WORK/users.csv")
-wait
+wait "${SIPP_PIDS[@]}"
 T1=$(date +%s.%N)
 
 sum_col() {
@@ -131,7 +134,7 @@ echo "sipp processes rc!=0: $BAD_RC"
 echo "wall time:            $ELAPSED s ($(awk -v n="$OK" -v t="$ELAPSED" 'BEGIN{printf "%.0f", n/t}') REG/s completed)"
 
 if [ -n "${HLOG:-}" ]; then sleep 1.5; fi
-CPU1=$(awk '{print $14+$15}' /proc/$SERVER_PID/stat)
+CPU1=$(awk '{print $14+$15}' "/proc/$SERVER_PID/stat" 2>/dev/null || echo "$CPU0")
 kill -TERM "$SERVER_PID"; wait "$SERVER_PID" || true
 SERVER_PID=
 awk -v c0="$CPU0" -v c1="$CPU1" -v t="$ELAPSED" 'BEGIN{printf "server CPU:           %.2f s (%.0f%% of one core over the run)\n", (c1-c0)/100, (c1-c0)/t}'

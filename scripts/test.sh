@@ -13,10 +13,12 @@ export CARGO_TERM_COLOR=never
 # Two cores: build with both, run end-to-end tests two at a time (each test
 # starts its own server with its own shards).
 cargo build --all-targets --locked
-cargo test --all-targets --locked -- --test-threads=2
+# (RUST_TEST_THREADS rather than --test-threads: criterion benches, run
+# once each in test mode, do not take libtest's flags.)
+RUST_TEST_THREADS=2 cargo test --all-targets --locked
 
 if [ -x scripts/stress-register.sh ]; then
   # A short version of the Kamailio KEMI stress scenario as a smoke test;
   # the full one (4000/s, 20000 calls) is `scripts/stress-register.sh` alone.
-  CALLS=2000 RATE=1000 scripts/stress-register.sh --profile dev
+  PROFILE=dev CALLS=2000 RATE=1000 USERS=8 PORT=5960 RPC_PORT=5970 scripts/stress-register.sh
 fi

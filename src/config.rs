@@ -364,22 +364,7 @@ impl Config {
 
     /// Range checks a type cannot express.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let t = &self.shard;
-        if t.max_msg_bytes < 512 || t.max_msg_bytes > 65_535 {
-            return Err(self.invalid("shard.max_msg_bytes", "must be within 512..=65535"));
-        }
-        if t.max_headers == 0 || t.max_headers > 1024 {
-            return Err(self.invalid("shard.max_headers", "must be within 1..=1024"));
-        }
-        if t.recv_batch == 0 {
-            return Err(self.invalid("shard.recv_batch", "must be at least 1"));
-        }
-        if t.max_inflight == 0 {
-            return Err(self.invalid("shard.max_inflight", "must be at least 1"));
-        }
-        if t.io_memory_bytes < (64 << 10) {
-            return Err(self.invalid("shard.io_memory_bytes", "must be at least 65536"));
-        }
+        self.validate_tuning(&self.shard, "shard")?;
         if let Cores::Count(0) = self.core.cores {
             return Err(self.invalid("core.cores", "must be at least 1"));
         }
@@ -409,6 +394,39 @@ impl Config {
         }
         if self.auth.nonce_expire_s == 0 {
             return Err(self.invalid("auth.nonce_expire_s", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Range checks of one shard's knobs (`[shard]` or a resolved `[[shards]]` entry).
+    fn validate_tuning(&self, t: &ShardTuning, prefix: &str) -> Result<(), ConfigError> {
+        let key = |k: &str| format!("{prefix}.{k}");
+        if t.max_msg_bytes < 512 || t.max_msg_bytes > 65_535 {
+            return Err(self.invalid(&key("max_msg_bytes"), "must be within 512..=65535"));
+        }
+        if t.max_headers == 0 || t.max_headers > 1024 {
+            return Err(self.invalid(&key("max_headers"), "must be within 1..=1024"));
+        }
+        if t.recv_batch == 0 {
+            return Err(self.invalid(&key("recv_batch"), "must be at least 1"));
+        }
+        if t.max_inflight == 0 {
+            return Err(self.invalid(&key("max_inflight"), "must be at least 1"));
+        }
+        if t.io_memory_bytes < (64 << 10) {
+            return Err(self.invalid(&key("io_memory_bytes"), "must be at least 65536"));
+        }
+        if t.ring_depth < 8 || t.ring_depth > 32_768 || !t.ring_depth.is_power_of_two() {
+            return Err(self.invalid(
+                &key("ring_depth"),
+                "must be a power of two within 8..=32768",
+            ));
+        }
+        if t.control_queue == 0 || t.mesh_queue == 0 {
+            return Err(self.invalid(&key("control_queue / mesh_queue"), "must be at least 1"));
+        }
+        if t.spin_before_park_us > 1_000_000 {
+            return Err(self.invalid(&key("spin_before_park_us"), "must be at most 1000000"));
         }
         Ok(())
     }
@@ -468,6 +486,7 @@ impl Config {
                     lua_gc_pause
                 );
             }
+            self.validate_tuning(&tuning, &format!("shards[{id}]"))?;
             specs.push(ShardSpec { id, cpu, tuning });
         }
         Ok(specs)
@@ -541,6 +560,21 @@ mod tests {
         assert!(err.to_string().contains("shard.max_headers"), "{err}");
         let err = Config::from_toml("[core]\ncores = \"banana\"\n", "y.toml").unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn shard_overrides_are_range_checked() {
+        let c = Config::from_toml(
+            "[core]\ncores = [0]\n[[shards]]\nmax_inflight = 0\n",
+            "o.toml",
+        )
+        .unwrap();
+        let e = c.shard_specs().unwrap_err().to_string();
+        assert!(e.contains("shards[0].max_inflight"), "{e}");
+        let e = Config::from_toml("[shard]\nring_depth = 0\n", "o.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("shard.ring_depth"), "{e}");
     }
 
     #[test]
