@@ -222,7 +222,12 @@ pub struct Engine {
 /// appends the traceback to string errors; the `debug` library itself is not
 /// exposed to scripts.
 const ROUTE_WRAPPER: &str = r#"
-local route, handler, EXIT = ...
+local route, traceback, EXIT = ...
+-- KSR.x.exit() is the common case: answer it without calling into Rust.
+local function handler(e)
+    if e == EXIT then return e end
+    return traceback(e)
+end
 return function()
     local ok, err = xpcall(route, handler)
     if not ok and err ~= EXIT then error(err, 0) end

@@ -93,7 +93,7 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
     let Ok(via) = msg.top_via() else { return false };
     let dst = reply_destination(m.src, via.port, via.rport());
     let mut tag_buf = [0u8; 18];
-    let tag = to_tag(&msg, &mut tag_buf);
+    let tag = to_tag(&msg, via.branch(), &mut tag_buf);
     let mut ip_buf = [0u8; 48];
     let src_ip = ip_text(m.src, &mut ip_buf);
     let reply_headers = std::mem::take(&mut m.reply_headers);
@@ -165,7 +165,11 @@ fn ip_text(a: SocketAddr, buf: &mut [u8; 48]) -> &[u8] {
 
 /// Stable per-request To-tag: FNV-1a over Call-ID, From-tag and Via branch,
 /// as `ss` + 16 hex digits.
-fn to_tag<'b>(msg: &crate::sip::SipMsg<'_>, buf: &'b mut [u8; 18]) -> &'b [u8] {
+fn to_tag<'b>(
+    msg: &crate::sip::SipMsg<'_>,
+    branch: Option<&[u8]>,
+    buf: &'b mut [u8; 18],
+) -> &'b [u8] {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |b: &[u8]| {
         for &x in b {
@@ -177,7 +181,7 @@ fn to_tag<'b>(msg: &crate::sip::SipMsg<'_>, buf: &'b mut [u8; 18]) -> &'b [u8] {
     };
     eat(msg.call_id().unwrap_or(b""));
     eat(msg.from().ok().and_then(|f| f.tag()).unwrap_or(b""));
-    eat(msg.top_via().ok().and_then(|v| v.branch()).unwrap_or(b""));
+    eat(branch.unwrap_or(b""));
     const HEX: &[u8; 16] = b"0123456789abcdef";
     buf[0] = b's';
     buf[1] = b's';
