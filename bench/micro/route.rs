@@ -24,6 +24,9 @@ User-Agent: sipshard-bench\r\n\
 Content-Length: 0\r\n\r\n";
 
 const TRIVIAL: &str = "function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') end";
+const TRIVIAL_EXIT: &str = "function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') KSR.x.exit() end";
+const TRIVIAL_MYSELF: &str =
+    "function ksr_request_route() if KSR.is_OPTIONS() and KSR.is_myself_ruri() then KSR.sl.sl_send_reply(200, 'OK') end end";
 
 fn engine(script: &str) -> Engine {
     let tuning = ShardTuning::default();
@@ -57,6 +60,8 @@ fn bench_route(c: &mut Criterion) {
     for (name, script) in [
         ("default_script_options", DEFAULT_SCRIPT),
         ("trivial_reply", TRIVIAL),
+        ("trivial_reply_exit", TRIVIAL_EXIT),
+        ("trivial_reply_is_myself", TRIVIAL_MYSELF),
     ] {
         let eng = engine(script);
         let mut ctx = Some(Box::new(MsgCtx::new(65535, 128)));
