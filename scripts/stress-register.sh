@@ -18,7 +18,9 @@
 # HLOG=path.hlog writes an HdrHistogram interval log; with PNG=path.png it
 # is plotted by `sipshard report`.
 # Environment: PROFILE (release|dev), CORES (default 0,1), USERS (16),
-# PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file).
+# PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file),
+# SPIN_US (shard.spin_before_park_us, default 0), NICE (run the server under
+# `nice -n $NICE`, default: not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -76,6 +78,7 @@ log_level = "info"
 [shard]
 recv_buffer_bytes = 8388608
 send_buffer_bytes = 8388608
+spin_before_park_us = ${SPIN_US:-0}
 [db]
 url = "$DB"
 [rpc]
@@ -84,7 +87,9 @@ listen = "127.0.0.1:$RPC_PORT"$HLOG_CFG
 db_mode = 2
 TOML
 
-"$BIN" run --config "$WORK/sipshard.toml" > "$WORK/server.out" 2> "$WORK/server.err" &
+NICE_CMD=()
+if [ -n "${NICE:-}" ]; then NICE_CMD=(nice -n "$NICE"); fi
+"${NICE_CMD[@]}" "$BIN" run --config "$WORK/sipshard.toml" > "$WORK/server.out" 2> "$WORK/server.err" &
 SERVER_PID=$!
 for _ in $(seq 1 100); do
   grep -q "sipshard started" "$WORK/server.err" 2>/dev/null && break

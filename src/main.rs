@@ -210,6 +210,16 @@ fn print_summary(snaps: &[stats::ShardSnapshot]) {
     }
     println!("-- all shards");
     print!("{}", stats::format_route_table(&stats::merge_routes(snaps)));
+    let total = |c: stats::Counter| snaps.iter().map(|s| s.counters[c as usize]).sum::<u64>();
+    println!(
+        "requests {} replies {} suspended routes {} mesh requests {} malformed {} script errors {}",
+        total(stats::Counter::RcvRequests),
+        total(stats::Counter::RcvReplies),
+        total(stats::Counter::RoutesSuspended),
+        total(stats::Counter::MeshSent),
+        total(stats::Counter::BadMsgHdr),
+        total(stats::Counter::ErrRequests),
+    );
 }
 
 fn main() -> ExitCode {

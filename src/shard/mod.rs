@@ -291,6 +291,8 @@ impl LogLimiter {
 /// One shard's state, shared by its tasks (single thread: Rc/RefCell).
 struct Shard {
     id: usize,
+    /// Non-blocking std handle of `sock` (same socket) for direct reads.
+    fast: std::net::UdpSocket,
     /// The socket's bound address (read once: no getsockname per datagram).
     local: SocketAddr,
     cpu: Option<usize>,
@@ -345,6 +347,15 @@ async fn serve(
         .ok()
         .and_then(|a| a.as_socket())
         .unwrap_or(listen);
+    // A second handle on the same socket for the non-blocking fast path:
+    // under load every read is one recvfrom() straight into the context's
+    // buffer; glommio (io_uring) is only used to wait while the socket is
+    // empty, with a 1-byte peek (its own read path would allocate a
+    // max-size buffer for every wait).
+    let fast = match raw.try_clone() {
+        Ok(s) => std::net::UdpSocket::from(s),
+        Err(e) => return fail(format!("cannot clone the socket: {e}")),
+    };
     let sock = UdpSocket::from(raw);
     let services = match params.services(id) {
         Ok(s) => s,
@@ -418,6 +429,7 @@ async fn serve(
     let (stop_tx, stop_rx) = glommio::channels::local_channel::new_bounded(1);
     let shard = Rc::new(Shard {
         id,
+        fast,
         local,
         cpu: spec.cpu,
         sock,
@@ -604,11 +616,7 @@ fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
     }
 }
 
-async fn recv_loop(
-    shard: &Rc<Shard>,
-    batch: usize,
-    stop_rx: glommio::channels::local_channel::LocalReceiver<()>,
-) {
+async fn recv_loop(shard: &Rc<Shard>, batch: usize, stop_rx: glommio::channels::local_channel::LocalReceiver<()>) {
     let mut handled_in_turn = 0usize;
     while !shard.stop.get() {
         let mut ctx = shard
@@ -616,19 +624,7 @@ async fn recv_loop(
             .borrow_mut()
             .pop()
             .unwrap_or_else(|| Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers)));
-        let res = futures_lite::future::or(
-            async { Some(shard.sock.recv_from(&mut ctx.buf).await) },
-            async {
-                stop_rx.recv().await;
-                None
-            },
-        )
-        .await;
-        let Some(res) = res else {
-            recycle(shard, ctx);
-            break;
-        };
-        match res {
+        match shard.fast.recv_from(&mut ctx.buf) {
             Ok((n, src)) => {
                 ctx.len = n;
                 ctx.src = src;
@@ -639,9 +635,29 @@ async fn recv_loop(
                     glommio::yield_if_needed().await;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                recycle(shard, ctx);
+                handled_in_turn = 0;
+                // Empty: wait in io_uring until a datagram is there, or stop.
+                let mut probe = [0u8; 1];
+                let ready = futures_lite::future::or(async { Some(shard.sock.peek_from(&mut probe).await.map(|_| ())) }, async {
+                    stop_rx.recv().await;
+                    None
+                })
+                .await;
+                match ready {
+                    None => break,
+                    Some(Ok(())) => {}
+                    Some(Err(e)) => {
+                        if !is_timeout(&e) && shard.log.allow(Instant::now()) {
+                            tracing::warn!(shard = shard.id, "udp wait failed: {e}");
+                        }
+                    }
+                }
+            }
             Err(e) => {
                 recycle(shard, ctx);
-                if !is_timeout(&e) && shard.log.allow(Instant::now()) {
+                if shard.log.allow(Instant::now()) {
                     tracing::warn!(shard = shard.id, "udp receive failed: {e}");
                 }
             }
@@ -708,6 +724,7 @@ async fn handle_datagram(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
         match futures_lite::future::poll_once(&mut run).await {
             Some((ctx, outcome)) => finish(shard, ctx, outcome, t0, true).await,
             None => {
+                counters.incr(Counter::RoutesSuspended);
                 shard.inflight.set(shard.inflight.get() + 1);
                 let shard = shard.clone();
                 glommio::spawn_local(async move {

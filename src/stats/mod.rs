@@ -49,6 +49,7 @@ counters! {
     DropReplies => "core.drop_replies", "replies dropped";
     ErrRequests => "core.err_requests", "requests whose route raised a script error";
     BadMsgHdr => "core.bad_msg_hdr", "messages dropped or refused as malformed";
+    RoutesSuspended => "core.routes_suspended", "routes that waited (database, another shard) before finishing";
     BadUris => "core.bad_URIs_rcvd", "malformed URIs seen by the script";
     SlReplies1xx => "sl.1xx_replies", "1xx replies sent by sl";
     SlReplies2xx => "sl.2xx_replies", "2xx replies sent by sl";
