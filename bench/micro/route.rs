@@ -24,7 +24,8 @@ User-Agent: sipshard-bench\r\n\
 Content-Length: 0\r\n\r\n";
 
 const TRIVIAL: &str = "function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') end";
-const TRIVIAL_EXIT: &str = "function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') KSR.x.exit() end";
+const TRIVIAL_EXIT: &str =
+    "function ksr_request_route() KSR.sl.sl_send_reply(200, 'OK') KSR.x.exit() end";
 const TRIVIAL_MYSELF: &str =
     "function ksr_request_route() if KSR.is_OPTIONS() and KSR.is_myself_ruri() then KSR.sl.sl_send_reply(200, 'OK') end end";
 
