@@ -15,10 +15,15 @@ export CARGO_TERM_COLOR=never
 cargo build --all-targets --locked
 # (RUST_TEST_THREADS rather than --test-threads: criterion benches, run
 # once each in test mode, do not take libtest's flags.)
-RUST_TEST_THREADS=2 cargo test --all-targets --locked
+LOG=$(mktemp)
+trap 'rm -f "$LOG"' EXIT
+RUST_TEST_THREADS=2 cargo test --all-targets --locked 2>&1 | tee "$LOG"
 
 if [ -x scripts/stress-register.sh ]; then
   # A short version of the Kamailio KEMI stress scenario as a smoke test;
   # the full one (4000/s, 20000 calls) is `scripts/stress-register.sh` alone.
   PROFILE=dev CALLS=2000 RATE=1000 USERS=8 PORT=5960 RPC_PORT=5970 scripts/stress-register.sh
 fi
+
+# One closing line for the whole suite (libtest prints one per target).
+awk '/^test result:/ {p += $4; f += $6} END {printf "tests: %d passed, %d failed\n", p, f}' "$LOG"
