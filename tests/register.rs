@@ -201,9 +201,7 @@ fn registrar_mariadb() {
     registrar_flow(TestDb::mariadb());
 }
 
-#[test]
-fn stale_tampered_and_replayed_nonces() {
-    let db = TestDb::sqlite();
+fn stale_tampered_and_replayed_nonces(db: TestDb) {
     db.init(&[("alice@example.com", "secret")]);
     let srv = start(&db, "[auth]\nnonce_expire_s = 3\n");
     let c = client();
@@ -329,9 +327,7 @@ fn stale_tampered_and_replayed_nonces() {
     );
 }
 
-#[test]
-fn sha256_digest() {
-    let db = TestDb::sqlite();
+fn sha256_digest(db: TestDb) {
     db.init(&[("alice@example.com", "secret")]);
     let srv = start(&db, "[auth]\nalgorithms = [\"SHA-256\", \"MD5\"]\n");
     let c = client();
@@ -467,4 +463,34 @@ fn restart_keeps_registrations_postgres() {
 #[test]
 fn restart_keeps_registrations_mariadb() {
     restart_keeps_registrations(TestDb::mariadb());
+}
+
+#[test]
+fn nonces_sqlite() {
+    stale_tampered_and_replayed_nonces(TestDb::sqlite());
+}
+
+#[test]
+fn nonces_postgres() {
+    stale_tampered_and_replayed_nonces(TestDb::postgres());
+}
+
+#[test]
+fn nonces_mariadb() {
+    stale_tampered_and_replayed_nonces(TestDb::mariadb());
+}
+
+#[test]
+fn sha256_sqlite() {
+    sha256_digest(TestDb::sqlite());
+}
+
+#[test]
+fn sha256_postgres() {
+    sha256_digest(TestDb::postgres());
+}
+
+#[test]
+fn sha256_mariadb() {
+    sha256_digest(TestDb::mariadb());
 }
