@@ -383,12 +383,6 @@ impl Config {
         if r.db_mode > 3 {
             return Err(self.invalid("registrar.db_mode", "must be 0, 1, 2 or 3"));
         }
-        if r.db_mode == 3 {
-            return Err(self.invalid(
-                "registrar.db_mode",
-                "3 (database only) is not implemented yet; use 0, 1 or 2",
-            ));
-        }
         if let Err(e) = self.rpc.validate() {
             return Err(self.invalid("rpc", e));
         }

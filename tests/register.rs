@@ -412,8 +412,16 @@ fn new_users_are_seen_without_restart() {
 }
 
 fn restart_keeps_registrations(db: TestDb) {
+    restart_keeps_registrations_mode(db, 2);
+}
+
+/// db_mode 2 (write-back, flushed on SIGTERM) or 3 (database only: written
+/// through, and every lookup reads the database).
+fn restart_keeps_registrations_mode(db: TestDb, mode: u8) {
     db.init(&[("alice@example.com", "secret")]);
-    let cfg = "[auth]\nsecret = \"k\"\n[registrar]\ndb_mode = 2\ntimer_interval_s = 3600\n";
+    let cfg =
+        format!("[auth]\nsecret = \"k\"\n[registrar]\ndb_mode = {mode}\ntimer_interval_s = 3600\n");
+    let cfg = cfg.as_str();
     let srv = start(&db, cfg);
     let c = client();
     let r = register_with_auth(
@@ -493,4 +501,19 @@ fn sha256_postgres() {
 #[test]
 fn sha256_mariadb() {
     sha256_digest(TestDb::mariadb());
+}
+
+#[test]
+fn db_only_mode_sqlite() {
+    restart_keeps_registrations_mode(TestDb::sqlite(), 3);
+}
+
+#[test]
+fn db_only_mode_postgres() {
+    restart_keeps_registrations_mode(TestDb::postgres(), 3);
+}
+
+#[test]
+fn write_through_mode_sqlite() {
+    restart_keeps_registrations_mode(TestDb::sqlite(), 1);
 }

@@ -233,6 +233,11 @@ enum DbReq {
         domain: String,
         reply: Reply<()>,
     },
+    LocationLoadAor {
+        username: String,
+        domain: String,
+        reply: Reply<Vec<LocationRow>>,
+    },
     LocationLoadAll {
         reply: Reply<Vec<LocationRow>>,
     },
@@ -304,6 +309,20 @@ impl DbHandle {
         domain: &str,
     ) -> Result<DbReply<()>, DbError> {
         self.send(|reply| DbReq::LocationDeleteAor {
+            username: username.to_owned(),
+            domain: domain.to_owned(),
+            reply,
+        })
+    }
+
+    /// Reads one AoR's rows (usrloc `db_mode` 3). Empty `domain`: rows
+    /// stored without a domain.
+    pub fn location_load_aor(
+        &self,
+        username: &str,
+        domain: &str,
+    ) -> Result<DbReply<Vec<LocationRow>>, DbError> {
+        self.send(|reply| DbReq::LocationLoadAor {
             username: username.to_owned(),
             domain: domain.to_owned(),
             reply,
@@ -394,6 +413,13 @@ async fn answer(pool: &DbPool, req: DbReq) {
             reply,
         } => {
             let _ = reply.send(pool.location_delete_aor(&username, &domain).await);
+        }
+        DbReq::LocationLoadAor {
+            username,
+            domain,
+            reply,
+        } => {
+            let _ = reply.send(pool.location_load_aor(&username, &domain).await);
         }
         DbReq::LocationLoadAll { reply } => {
             if !reply.is_closed() {

@@ -132,6 +132,8 @@ struct Queries {
     credentials_any_domain: String,
     location_upsert: String,
     location_select_all: String,
+    location_select_aor: String,
+    location_select_aor_nodomain: String,
     location_delete: String,
     location_attrs_delete: String,
     location_delete_aor: String,
@@ -193,7 +195,17 @@ impl Queries {
         );
         let by_aor = format!("username = {} AND domain = {}", p(1), p(2));
         let by_aor_nodomain = format!("username = {} AND (domain IS NULL OR domain = '')", p(1));
+        let location_select_aor = format!(
+            "SELECT {} FROM location WHERE {by_aor} ORDER BY id",
+            selected.join(", ")
+        );
+        let location_select_aor_nodomain = format!(
+            "SELECT {} FROM location WHERE {by_aor_nodomain} ORDER BY id",
+            selected.join(", ")
+        );
         Queries {
+            location_select_aor,
+            location_select_aor_nodomain,
             credentials: format!(
                 "SELECT username, domain, password, ha1, ha1b FROM subscriber \
                  WHERE username = {} AND domain = {}",
@@ -561,6 +573,34 @@ impl DbPool {
                 tx.commit().await?;
             });
             Ok(())
+        })
+        .await
+    }
+
+    /// The `location` rows of one AoR (usrloc `db_mode` 3 reads). An empty
+    /// `domain` matches rows stored without one.
+    pub async fn location_load_aor(
+        &self,
+        username: &str,
+        domain: &str,
+    ) -> Result<Vec<LocationRow>, DbError> {
+        let sql = if domain.is_empty() {
+            self.sql.location_select_aor_nodomain.as_str()
+        } else {
+            self.sql.location_select_aor.as_str()
+        };
+        self.bounded(async {
+            let rows = with_pool!(self, pool => {
+                let query = sqlx::query(sql).bind(username);
+                let query = if domain.is_empty() { query } else { query.bind(domain) };
+                let found = query.fetch_all(pool).await?;
+                let mut rows = Vec::with_capacity(found.len());
+                for row in &found {
+                    rows.push(location_from_row!(row));
+                }
+                rows
+            });
+            Ok(rows)
         })
         .await
     }

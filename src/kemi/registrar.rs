@@ -198,9 +198,13 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
         Err(_) => return codes::SAVE_ERROR,
     };
     let aor = req.aor.clone();
-    let result = svc
-        .on_owner(&aor, |reply| MeshMsg::Save { req, reply })
-        .await;
+    // db_mode 3: the database's bindings, not memory, are what save updates.
+    let result = if svc.refresh_from_db(&aor).await {
+        svc.on_owner(&aor, |reply| MeshMsg::Save { req, reply })
+            .await
+    } else {
+        None
+    };
     let Some(result) = result else {
         let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
         if flags & SaveFlags::NO_REPLY == 0 {
@@ -213,7 +217,7 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
             if outcome.code() == codes::SAVE_INSERTED {
                 s.counters.incr(Counter::UlRegistered);
             }
-            if svc.registrar.db_mode == 1 && flags & SaveFlags::MEM_ONLY == 0 {
+            if matches!(svc.registrar.db_mode, 1 | 3) && flags & SaveFlags::MEM_ONLY == 0 {
                 svc.write_through(&outcome, s.clone());
             }
             if flags & SaveFlags::NO_REPLY == 0 {
@@ -253,6 +257,9 @@ async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     let Ok((Some(aor), bit)) = target else {
         return codes::LOOKUP_NOT_FOUND;
     };
+    if !svc.refresh_from_db(&aor).await {
+        return codes::LOOKUP_INTERNAL_ERROR;
+    }
     let Some((code, contacts)) = svc
         .on_owner(&aor, |reply| MeshMsg::Lookup {
             aor: aor.clone(),
@@ -304,6 +311,9 @@ async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     let Ok(Some(aor)) = aor else {
         return codes::REGISTERED_FALSE;
     };
+    if !svc.refresh_from_db(&aor).await {
+        return codes::REGISTERED_FALSE;
+    }
     match svc
         .on_owner(&aor, |reply| MeshMsg::Registered {
             aor: aor.clone(),
@@ -321,6 +331,9 @@ async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
     let Some(aor) = aor_of(s, uri.as_bytes()) else {
         return codes::UNREGISTER_BAD_AOR;
     };
+    if !svc.refresh_from_db(&aor).await {
+        return codes::UNREGISTER_ERROR;
+    }
     match svc
         .on_owner(&aor, |reply| MeshMsg::Unregister {
             aor: aor.clone(),
@@ -330,7 +343,7 @@ async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
         .await
     {
         Some(Ok(ruids)) => {
-            if svc.registrar.db_mode == 1 {
+            if matches!(svc.registrar.db_mode, 1 | 3) {
                 if let Some(db) = svc.db.clone() {
                     svc.spawn_db_write(db, Vec::new(), ruids, s.clone());
                 }

@@ -118,6 +118,12 @@ pub enum MeshMsg {
         contact: Option<String>,
         reply: oneshot::Sender<Result<Vec<String>, i32>>,
     },
+    /// db_mode 3: replace the AOR's bindings with what the database holds.
+    Refresh {
+        aor: String,
+        contacts: Vec<Ucontact>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Per-shard services.
@@ -224,6 +230,16 @@ impl Services {
             MeshMsg::Registered { aor, reply } => {
                 let _ = reply.send(self.location.borrow().registered(&aor, now));
             }
+            MeshMsg::Refresh {
+                aor,
+                contacts,
+                reply,
+            } => {
+                let mut loc = self.location.borrow_mut();
+                let _ = loc.unregister(&aor, Unregister::All);
+                loc.load(contacts.into_iter().map(|c| (aor.clone(), c)), now);
+                let _ = reply.send(());
+            }
             MeshMsg::Unregister {
                 aor,
                 contact,
@@ -270,6 +286,63 @@ impl Services {
         glommio::timer::timeout(self.mesh_timeout, async { Ok(rx.await.ok()) })
             .await
             .unwrap_or_default()
+    }
+
+    /// usrloc db_mode 3 (database only): before an operation on `aor`, its
+    /// bindings are read from the database into the owner's table, so the
+    /// database is the only state that survives between operations. False
+    /// when the database did not answer (the operation then fails).
+    pub async fn refresh_from_db(&self, aor: &str) -> bool {
+        if self.registrar.db_mode != 3 {
+            return true;
+        }
+        let Some(db) = self.db.clone() else {
+            tracing::warn!(shard = self.shard_id, "db_mode 3 without a database");
+            return false;
+        };
+        tracing::debug!(
+            shard = self.shard_id,
+            aor,
+            "reading location from the database"
+        );
+        let (user, domain) = match (self.registrar.use_domain, aor.split_once('@')) {
+            (true, Some((u, d))) => (u.to_string(), d.to_string()),
+            _ => (aor.to_string(), String::new()),
+        };
+        let fut = match db.location_load_aor(&user, &domain) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(shard = self.shard_id, aor, "location read not queued: {e}");
+                return false;
+            }
+        };
+        let timeout = Duration::from_millis(self.auth.db_timeout_ms);
+        let rows = match glommio::timer::timeout(timeout, async { Ok(fut.await) }).await {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(e)) => {
+                tracing::warn!(shard = self.shard_id, aor, "location read failed: {e}");
+                return false;
+            }
+            Err(_) => {
+                tracing::warn!(shard = self.shard_id, aor, "location read timed out");
+                return false;
+            }
+        };
+        let use_domain = self.registrar.use_domain;
+        let contacts: Vec<Ucontact> = rows.iter().map(|r| from_row(r, use_domain).1).collect();
+        tracing::debug!(
+            shard = self.shard_id,
+            aor,
+            rows = contacts.len(),
+            "location read from the database"
+        );
+        self.on_owner(aor, |reply| MeshMsg::Refresh {
+            aor: aor.to_string(),
+            contacts,
+            reply,
+        })
+        .await
+        .is_some()
     }
 
     /// Writes a save's changes to the database (db_mode 1), without holding
@@ -363,7 +436,7 @@ impl Services {
         shared
             .counters
             .add(crate::stats::Counter::UlExpired, n as u64);
-        if n > 0 && self.registrar.db_mode == 1 {
+        if n > 0 && matches!(self.registrar.db_mode, 1 | 3) {
             if let Some(db) = self.db.clone() {
                 self.spawn_db_write(
                     db,

@@ -616,7 +616,11 @@ fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
     }
 }
 
-async fn recv_loop(shard: &Rc<Shard>, batch: usize, stop_rx: glommio::channels::local_channel::LocalReceiver<()>) {
+async fn recv_loop(
+    shard: &Rc<Shard>,
+    batch: usize,
+    stop_rx: glommio::channels::local_channel::LocalReceiver<()>,
+) {
     let mut handled_in_turn = 0usize;
     while !shard.stop.get() {
         let mut ctx = shard
@@ -640,10 +644,13 @@ async fn recv_loop(shard: &Rc<Shard>, batch: usize, stop_rx: glommio::channels::
                 handled_in_turn = 0;
                 // Empty: wait in io_uring until a datagram is there, or stop.
                 let mut probe = [0u8; 1];
-                let ready = futures_lite::future::or(async { Some(shard.sock.peek_from(&mut probe).await.map(|_| ())) }, async {
-                    stop_rx.recv().await;
-                    None
-                })
+                let ready = futures_lite::future::or(
+                    async { Some(shard.sock.peek_from(&mut probe).await.map(|_| ())) },
+                    async {
+                        stop_rx.recv().await;
+                        None
+                    },
+                )
                 .await;
                 match ready {
                     None => break,
