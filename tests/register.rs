@@ -517,3 +517,44 @@ fn db_only_mode_postgres() {
 fn write_through_mode_sqlite() {
     restart_keeps_registrations_mode(TestDb::sqlite(), 1);
 }
+
+#[test]
+fn www_authorize_sets_auth_user() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret")]);
+    let script = r#"
+function ksr_request_route()
+    local rc = KSR.auth_db.www_authorize("example.com", "subscriber")
+    if rc < 0 then
+        KSR.auth.www_challenge("example.com", 1)
+        return
+    end
+    KSR.sl.sl_send_reply(200, "ok " .. KSR.pv.get("$au") .. " " .. KSR.pv.get("$ar"))
+end
+"#;
+    let toml = format!("[db]\nurl = \"{}\"\n", db.url);
+    let srv = Server::start(ServerOpts {
+        script: Some(script),
+        cores: "1",
+        extra_toml: &toml,
+        ..Default::default()
+    });
+    let c = client();
+    // first: the subscriber comes from the database (route suspends), then from the cache
+    for i in 0..2 {
+        let r = register_with_auth(
+            &c,
+            srv.addr,
+            "alice",
+            DOMAIN,
+            "secret",
+            &format!("w-{i}"),
+            1,
+            "",
+        );
+        assert_eq!(status(&r), 200, "{r}");
+        assert_eq!(reason(&r), "ok alice example.com");
+    }
+    let r = register_with_auth(&c, srv.addr, "alice", DOMAIN, "nope", "w-9", 1, "");
+    assert_eq!(status(&r), 401, "{r}");
+}

@@ -54,7 +54,29 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let auth_db = lua.create_table()?;
     let s = shared.clone();
     auth_db.set(
-        "auth_check",
+        "__auth_check_sync",
+        lua.create_function(
+            move |_, (realm, _table, flags): (String, mlua::Value, i64)| {
+                Ok(authorize_sync(&s, &realm, Which::ByMethod, flags as u32)
+                    .unwrap_or(super::TAKE_ASYNC_PATH))
+            },
+        )?,
+    )?;
+    for (name, which) in [
+        ("__www_authorize_sync", Which::Www),
+        ("__proxy_authorize_sync", Which::Proxy),
+    ] {
+        let s = shared.clone();
+        auth_db.set(
+            name,
+            lua.create_function(move |_, (realm, _table): (String, mlua::Value)| {
+                Ok(authorize_sync(&s, &realm, which, 0).unwrap_or(super::TAKE_ASYNC_PATH))
+            })?,
+        )?;
+    }
+    let s = shared.clone();
+    auth_db.set(
+        "__auth_check_async",
         lua.create_async_function(
             move |_, (realm, _table, flags): (String, mlua::Value, i64)| {
                 let s = s.clone();
@@ -63,8 +85,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         )?,
     )?;
     for (name, which) in [
-        ("www_authorize", Which::Www),
-        ("proxy_authorize", Which::Proxy),
+        ("__www_authorize_async", Which::Www),
+        ("__proxy_authorize_async", Which::Proxy),
     ] {
         let s = shared.clone();
         auth_db.set(
@@ -137,10 +159,10 @@ struct Pending {
 }
 
 /// `auth_check` / `www_authorize` / `proxy_authorize`.
-async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
-    let svc = s.services.clone();
-    let now = unix_now_s();
-    // Step 1: find and parse the credentials, check the nonce.
+/// Step 1: find and parse the credentials, check the nonce. `Err` is the
+/// final return code.
+fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Result<Pending, i32> {
+    let svc = &s.services;
     let first = s.with_msg(|m| {
         let msg = m.msg();
         let is_register = msg.method() == Some(crate::sip::Method::Register);
@@ -158,17 +180,73 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
             }
         }
     });
-    let pending = match first {
-        Ok(Ok(p)) => p,
+    match first {
+        Ok(Ok(p)) => Ok(p),
         Ok(Err(code)) => {
             s.counters.incr(if code == AuthCode::NonceExpired {
                 Counter::AuthStaleNonce
             } else {
                 Counter::AuthFailure
             });
-            return code.code();
+            Err(code.code())
         }
-        Err(_) => return AuthCode::GenericError.code(),
+        Err(_) => Err(AuthCode::GenericError.code()),
+    }
+}
+
+/// Step 3: verify the response (re-reading the header: the message is ours again).
+fn step_verify(
+    s: &Rc<Shared>,
+    pending: &Pending,
+    cred: Option<&CachedCred>,
+    realm: &str,
+    which: Which,
+    flags: u32,
+) -> i32 {
+    let svc = s.services.clone();
+    let use_domain = svc.auth.use_domain;
+    let res = s.with_msg(|m| {
+        let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags, use_domain);
+        if code == AuthCode::Ok {
+            m.auth_user = Some(pending.username.clone());
+            m.auth_realm = Some(pending.realm.clone());
+            m.auth_digest_uri = digest_uri;
+        }
+        code
+    });
+    let code = res.unwrap_or(AuthCode::GenericError);
+    s.counters.incr(if code == AuthCode::Ok {
+        Counter::AuthSuccess
+    } else {
+        Counter::AuthFailure
+    });
+    code.code()
+}
+
+/// The check without suspending: `None` when the subscriber is not in the
+/// shard's cache (the async path asks the database).
+fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Option<i32> {
+    let now = unix_now_s();
+    let pending = match step_credentials(s, realm, which, now) {
+        Ok(p) => p,
+        Err(code) => return Some(code),
+    };
+    let cached = s
+        .services
+        .creds
+        .borrow_mut()
+        .lookup(&pending.username, realm, now)
+        .map(|v| v.cloned());
+    let cred = cached?;
+    Some(step_verify(s, &pending, cred.as_ref(), realm, which, flags))
+}
+
+async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
+    let svc = s.services.clone();
+    let now = unix_now_s();
+    let pending = match step_credentials(s, realm, which, now) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     // Step 2: the subscriber, from the shard's cache or the database.
     let domain = realm.to_string();
@@ -215,33 +293,7 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
             }
         }
     };
-    // Step 3: verify the response (re-reading the header: the message is ours again).
-    let use_domain = svc.auth.use_domain;
-    let res = s.with_msg(|m| {
-        let (code, digest_uri) = verify_in(
-            m,
-            &svc,
-            &pending,
-            cred.as_ref(),
-            realm,
-            which,
-            flags,
-            use_domain,
-        );
-        if code == AuthCode::Ok {
-            m.auth_user = Some(pending.username.clone());
-            m.auth_realm = Some(pending.realm.clone());
-            m.auth_digest_uri = digest_uri;
-        }
-        code
-    });
-    let code = res.unwrap_or(AuthCode::GenericError);
-    s.counters.incr(if code == AuthCode::Ok {
-        Counter::AuthSuccess
-    } else {
-        Counter::AuthFailure
-    });
-    code.code()
+    step_verify(s, &pending, cred.as_ref(), realm, which, flags)
 }
 
 /// Steps 3 and 4 on the message: digest, nonce count, identity.

@@ -234,6 +234,30 @@ return function()
 end
 "#;
 
+/// Returned by the `__*_sync` halves of KSR functions that may have to wait
+/// (auth_check, registrar.save) when they cannot finish without waiting; the
+/// Lua wrapper then calls the async half. Never seen by scripts.
+pub(crate) const TAKE_ASYNC_PATH: i32 = -1_000_000;
+
+/// Joins sync fast paths and async slow paths into the public KSR names, so a
+/// route that needs neither the database nor another shard never suspends.
+const FAST_PATHS: &str = r#"
+local KSR, NEED = ...
+local function join(mod, name)
+    local fast, slow = mod["__" .. name .. "_sync"], mod["__" .. name .. "_async"]
+    mod["__" .. name .. "_sync"], mod["__" .. name .. "_async"] = nil, nil
+    mod[name] = function(...)
+        local rc = fast(...)
+        if rc ~= NEED then return rc end
+        return slow(...)
+    end
+end
+join(KSR.registrar, "save")
+join(KSR.auth_db, "auth_check")
+join(KSR.auth_db, "www_authorize")
+join(KSR.auth_db, "proxy_authorize")
+"#;
+
 /// `KSR.x.exit()` raises a sentinel *value* (like Kamailio's exit), caught by
 /// the route wrapper; `KSR.x.drop()` / `KSR.drop()` also mark the message.
 /// Plain Lua errors: no Rust error object, no traceback is built.
@@ -320,6 +344,10 @@ impl Engine {
             .load(EXIT_FUNCTIONS)
             .set_name("=ksr_exit")
             .call(ksr.clone())
+            .map_err(|e| e.to_string())?;
+        lua.load(FAST_PATHS)
+            .set_name("=ksr_fast_paths")
+            .call::<()>((ksr.clone(), TAKE_ASYNC_PATH))
             .map_err(|e| e.to_string())?;
         lua.globals().set("KSR", ksr).map_err(|e| e.to_string())?;
 

@@ -36,7 +36,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let reg = lua.create_table()?;
     let s = shared.clone();
     reg.set(
-        "save",
+        "__save_sync",
+        lua.create_function(move |_, (_table, flags): (mlua::Value, Option<i64>)| {
+            Ok(save_sync(&s, flags.unwrap_or(0) as u32, None).unwrap_or(super::TAKE_ASYNC_PATH))
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "__save_async",
         lua.create_async_function(move |_, (_table, flags): (mlua::Value, Option<i64>)| {
             let s = s.clone();
             async move { Ok(save(&s, flags.unwrap_or(0) as u32, None).await) }
@@ -180,31 +187,33 @@ fn build_save(
     })
 }
 
-async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
-    let svc = s.services.clone();
+/// Builds the save request, or answers (and returns the code) when the
+/// REGISTER cannot be saved at all.
+fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSave, i32> {
     let built = s.with_msg(|m| {
         let local = m.local;
-        build_save(s, &m.msg(), local, flags, uri.as_deref())
+        build_save(s, &m.msg(), local, flags, uri)
     });
-    let req = match built {
-        Ok(Ok(r)) => r,
+    match built {
+        Ok(Ok(r)) => Ok(r),
         Ok(Err((code, reason))) => {
             if flags & SaveFlags::NO_REPLY == 0 {
                 let _ = s.with_msg(|m| super::sl::reply_counted(s, m, code, reason.as_bytes()));
             }
             let _ = s.with_msg(|m| m.last_error = Some((code, reason)));
-            return codes::SAVE_ERROR;
+            Err(codes::SAVE_ERROR)
         }
-        Err(_) => return codes::SAVE_ERROR,
-    };
-    let aor = req.aor.clone();
-    // db_mode 3: the database's bindings, not memory, are what save updates.
-    let result = if svc.refresh_from_db(&aor).await {
-        svc.on_owner(&aor, |reply| MeshMsg::Save { req, reply })
-            .await
-    } else {
-        None
-    };
+        Err(_) => Err(codes::SAVE_ERROR),
+    }
+}
+
+/// Replies and persists after the owner shard saved (or failed to).
+fn finish_save(
+    s: &Rc<Shared>,
+    flags: u32,
+    result: Option<Result<crate::usrloc::SaveOutcome, crate::usrloc::SaveError>>,
+) -> i32 {
+    let svc = s.services.clone();
     let Some(result) = result else {
         let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
         if flags & SaveFlags::NO_REPLY == 0 {
@@ -242,6 +251,49 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
             e.code()
         }
     }
+}
+
+/// `save` without suspending the route: when this shard owns the AOR and
+/// the database is not in the loop (db_mode 0-2). `None`: take the async path.
+fn save_sync(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Option<i32> {
+    let svc = s.services.clone();
+    if svc.registrar.db_mode == 3 {
+        return None;
+    }
+    let aor = s
+        .with_msg(|m| match uri {
+            Some(u) => aor_of(s, u.as_bytes()),
+            None => m.msg().to().ok().and_then(|t| aor_of(s, t.uri)),
+        })
+        .ok()?;
+    // No AOR: the full path answers the 400.
+    if aor.is_some_and(|a| svc.owner(&a) != svc.shard_id) {
+        return None;
+    }
+    let req = match prepare_save(s, flags, uri) {
+        Ok(r) => r,
+        Err(code) => return Some(code),
+    };
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    svc.handle_mesh(MeshMsg::Save { req, reply: tx });
+    Some(finish_save(s, flags, rx.try_recv().ok()))
+}
+
+async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
+    let svc = s.services.clone();
+    let req = match prepare_save(s, flags, uri.as_deref()) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let aor = req.aor.clone();
+    // db_mode 3: the database's bindings, not memory, are what save updates.
+    let result = if svc.refresh_from_db(&aor).await {
+        svc.on_owner(&aor, |reply| MeshMsg::Save { req, reply })
+            .await
+    } else {
+        None
+    };
+    finish_save(s, flags, result)
 }
 
 async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
