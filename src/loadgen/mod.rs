@@ -42,7 +42,7 @@ pub struct BenchArgs {
     /// Milliseconds to wait for late replies after the last request.
     #[arg(long, default_value_t = 1000)]
     pub drain_ms: u64,
-    /// Request-URI of the OPTIONS requests (default: sip:<target>).
+    /// Request-URI of the OPTIONS requests (default: `sip:<target>`).
     #[arg(long)]
     pub ruri: Option<String>,
     /// Print the result as one JSON object.
