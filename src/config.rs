@@ -212,7 +212,8 @@ impl Default for ShardTuning {
             ring_depth: 256,
             recv_batch: 32,
             spin_before_park_us: 0,
-            max_inflight: 10_000,
+            // Each suspended route holds a max_msg_bytes buffer: 64 MiB/shard.
+            max_inflight: 1_024,
             max_msg_bytes: 65_535,
             max_headers: 128,
             lua_gc: LuaGc::Incremental,
