@@ -19,7 +19,8 @@
 # is plotted by `sipshard report`.
 # Environment: PROFILE (release|dev), CORES (default 0,1), USERS (16),
 # PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file),
-# SPIN_US (shard.spin_before_park_us, default 0), NICE (run the server under
+# SPIN_US (shard.spin_before_park_us, default 0), SHARD_NICE (shard.nice,
+# default 0), NICE (run the whole server under
 # `nice -n $NICE`, default: not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,7 @@ log_level = "info"
 recv_buffer_bytes = 8388608
 send_buffer_bytes = 8388608
 spin_before_park_us = ${SPIN_US:-0}
+nice = ${SHARD_NICE:-0}
 [db]
 url = "$DB"
 [rpc]

@@ -337,6 +337,9 @@ async fn serve(
         send_buffer_bytes: t.send_buffer_bytes,
     };
     let listen = params.config.core.listen;
+    if t.nice != 0 {
+        renice_current_thread(id, t.nice);
+    }
     let raw = match crate::transport::udp::bind_reuseport(listen, opts) {
         Ok(s) => s,
         Err(e) => return fail(format!("cannot bind udp:{listen}: {e}")),
@@ -832,6 +835,31 @@ async fn send_out(shard: &Shard, ctx: &MsgCtx) {
                 tracing::warn!(shard = shard.id, dst = %o.dst, "udp send failed: {e}");
             }
         }
+    }
+}
+
+/// Sets this thread's niceness with `renice` (Linux treats a thread id as a
+/// process id here), at start only: no unsafe code for one syscall.
+fn renice_current_thread(shard: usize, nice: i32) {
+    let tid = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string));
+    let Some(tid) = tid else {
+        tracing::warn!(shard, "shard.nice: cannot find this thread's id");
+        return;
+    };
+    match std::process::Command::new("renice")
+        .args(["-n", &nice.to_string(), "-p", &tid])
+        .output()
+    {
+        Ok(o) if o.status.success() => tracing::info!(shard, nice, "shard thread reniced"),
+        Ok(o) => tracing::warn!(
+            shard,
+            nice,
+            "shard.nice: renice failed: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => tracing::warn!(shard, nice, "shard.nice: cannot run renice: {e}"),
     }
 }
 
