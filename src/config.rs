@@ -71,6 +71,42 @@ pub struct CoreConfig {
     pub log_level: String,
     /// Log lines about malformed input at most this often per shard per second.
     pub bad_input_log_per_s: u32,
+    /// How shards share the UDP port: one socket every shard waits on, or
+    /// one SO_REUSEPORT socket per shard.
+    pub udp_socket: UdpSocketMode,
+    /// Test-only KSR hooks (`KSR.sipshard_test.*`, e.g. a callback that
+    /// panics). Never enable in production.
+    pub test_hooks: bool,
+}
+
+/// How the shards read the UDP port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpSocketMode {
+    /// One socket; each datagram wakes one idle shard (`EPOLLEXCLUSIVE`).
+    /// Work-conserving, but the kernel prefers the first idle shard, so at
+    /// low load one shard takes most of the traffic.
+    Shared,
+    /// One socket per shard (SO_REUSEPORT): the kernel hashes the source
+    /// address and port, so one peer's traffic stays on one shard.
+    Reuseport,
+    /// One socket per shard (SO_REUSEPORT) with a BPF program that sends
+    /// each datagram to a random shard: one peer's traffic is spread evenly.
+    #[default]
+    Spread,
+}
+
+/// Which shard runs a request's route.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    /// The shard that read the request runs it; state it touches (location,
+    /// nonce counts, credentials) is shared by all shards.
+    #[default]
+    Local,
+    /// Hand the request to a shard chosen by key before the route runs:
+    /// REGISTER by its To AOR, other requests by Call-ID.
+    Key,
 }
 
 impl Default for CoreConfig {
@@ -84,6 +120,8 @@ impl Default for CoreConfig {
             server_header: "sipshard".to_string(),
             log_level: "info".to_string(),
             bad_input_log_per_s: 5,
+            udp_socket: UdpSocketMode::Spread,
+            test_hooks: false,
         }
     }
 }
@@ -176,20 +214,17 @@ pub struct ShardTuning {
     pub recv_buffer_bytes: usize,
     /// SO_SNDBUF of the shard's UDP socket.
     pub send_buffer_bytes: usize,
-    /// glommio registered I/O memory. RLIMIT_MEMLOCK caps the sum over shards.
-    pub io_memory_bytes: usize,
-    /// io_uring ring depth.
-    pub ring_depth: usize,
-    /// Datagrams read per turn before yielding to other tasks on the shard.
+    /// Datagrams read with one `recvmmsg` (the most handled per turn before
+    /// the shard looks at its other work).
     pub recv_batch: usize,
-    /// Microseconds an idle shard spins before sleeping in io_uring (glommio
-    /// `spin_before_park`): lower latency, but burns the core while idle.
+    /// Microseconds an idle shard keeps polling its socket before it sleeps
+    /// in epoll: lower latency, but burns the core while idle.
     pub spin_before_park_us: u64,
     /// Scheduling niceness of the shard thread (-20..=19; 0 = leave as is).
     /// Negative values (root only) let a shard preempt other processes on its
     /// core, e.g. a load generator, which shortens cross-shard waits.
     pub nice: i32,
-    /// Requests whose route is suspended (waiting on DB or another shard) at once.
+    /// Requests whose route is suspended (waiting on the database) at once.
     pub max_inflight: usize,
     /// Largest SIP message accepted, bytes.
     pub max_msg_bytes: usize,
@@ -202,8 +237,12 @@ pub struct ShardTuning {
     pub lua_gc_pause: i32,
     /// Most entries in the shard's command queue from the control plane.
     pub control_queue: usize,
-    /// Messages queued from other shards before the sender sees "full".
-    pub mesh_queue: usize,
+    /// Messages handed over by other shards and not yet run (the owner of a
+    /// transaction's replies, `dispatch = "key"`); beyond it they are dropped
+    /// and counted.
+    pub dispatch_queue: usize,
+    /// Which shard runs a request's route.
+    pub dispatch: Dispatch,
 }
 
 impl Default for ShardTuning {
@@ -211,13 +250,10 @@ impl Default for ShardTuning {
         ShardTuning {
             recv_buffer_bytes: 4 << 20,
             send_buffer_bytes: 4 << 20,
-            // Two shards must start under an 8 MiB RLIMIT_MEMLOCK.
-            io_memory_bytes: 2 << 20,
-            ring_depth: 256,
             recv_batch: 32,
             spin_before_park_us: 0,
             nice: 0,
-            // Each suspended route holds a max_msg_bytes buffer: 64 MiB/shard.
+            // Each suspended route holds its datagram-sized context.
             max_inflight: 1_024,
             max_msg_bytes: 65_535,
             max_headers: 128,
@@ -225,7 +261,8 @@ impl Default for ShardTuning {
             lua_gc_step: 200,
             lua_gc_pause: 200,
             control_queue: 64,
-            mesh_queue: 1024,
+            dispatch_queue: 4096,
+            dispatch: Dispatch::Local,
         }
     }
 }
@@ -237,8 +274,6 @@ pub struct ShardOverride {
     pub cpu: Option<usize>,
     pub recv_buffer_bytes: Option<usize>,
     pub send_buffer_bytes: Option<usize>,
-    pub io_memory_bytes: Option<usize>,
-    pub ring_depth: Option<usize>,
     pub recv_batch: Option<usize>,
     pub spin_before_park_us: Option<u64>,
     pub nice: Option<i32>,
@@ -257,11 +292,11 @@ pub struct AuthConfig {
     pub secret: String,
     /// Seconds a nonce is valid (Kamailio `nonce_expire`).
     pub nonce_expire_s: u64,
-    /// Per-shard credential cache TTL and size.
+    /// Credential cache (shared by the shards) TTL and size.
     pub cache_ttl_s: u64,
     pub cache_negative_ttl_s: u64,
     pub cache_max_entries: usize,
-    /// Per-shard nonce-count (replay) table size.
+    /// Nonce-count (replay) table size, shared by the shards.
     pub nc_max_entries: usize,
     /// Milliseconds a credential lookup may wait for the database before the
     /// request is answered 500.
@@ -299,7 +334,8 @@ pub struct RegistrarConfig {
     pub max_expires_s: u32,
     /// Most contacts per AOR (0 = no limit besides the table maxima).
     pub max_contacts: usize,
-    /// Most AORs a shard keeps.
+    /// Most AORs the location table keeps, per shard (the table is shared:
+    /// its maximum is this times the shard count).
     pub max_aors_per_shard: usize,
     /// usrloc `db_mode`: 0 memory, 1 write-through, 2 write-back, 3 DB only.
     pub db_mode: u8,
@@ -414,17 +450,11 @@ impl Config {
         if t.max_inflight == 0 {
             return Err(self.invalid(&key("max_inflight"), "must be at least 1"));
         }
-        if t.io_memory_bytes < (64 << 10) {
-            return Err(self.invalid(&key("io_memory_bytes"), "must be at least 65536"));
+        if t.recv_batch > 1024 {
+            return Err(self.invalid(&key("recv_batch"), "must be at most 1024"));
         }
-        if t.ring_depth < 8 || t.ring_depth > 32_768 || !t.ring_depth.is_power_of_two() {
-            return Err(self.invalid(
-                &key("ring_depth"),
-                "must be a power of two within 8..=32768",
-            ));
-        }
-        if t.control_queue == 0 || t.mesh_queue == 0 {
-            return Err(self.invalid(&key("control_queue / mesh_queue"), "must be at least 1"));
+        if t.control_queue == 0 || t.dispatch_queue == 0 {
+            return Err(self.invalid(&key("control_queue / dispatch_queue"), "must be at least 1"));
         }
         if !(-20..=19).contains(&t.nice) {
             return Err(self.invalid(&key("nice"), "must be within -20..=19"));
@@ -480,8 +510,6 @@ impl Config {
                 over!(
                     recv_buffer_bytes,
                     send_buffer_bytes,
-                    io_memory_bytes,
-                    ring_depth,
                     recv_batch,
                     spin_before_park_us,
                     nice,
@@ -576,10 +604,10 @@ mod tests {
         .unwrap();
         let e = c.shard_specs().unwrap_err().to_string();
         assert!(e.contains("shards[0].max_inflight"), "{e}");
-        let e = Config::from_toml("[shard]\nring_depth = 0\n", "o.toml")
+        let e = Config::from_toml("[shard]\nrecv_batch = 0\n", "o.toml")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("shard.ring_depth"), "{e}");
+        assert!(e.contains("shard.recv_batch"), "{e}");
     }
 
     #[test]

@@ -2,16 +2,19 @@
 //! written against Kamailio's KSR (KEMI) API.
 //!
 //! Layers, dependencies pointing one way:
-//! `sip` (sans-IO parser/writer) ← `auth`, `usrloc` (pure) ← `kemi` (Lua per
-//! shard) ← `shard` / `transport` (glommio executors, sockets).
+//! `sip` (sans-IO parser/writer), `partition` (key hashing, lock stripes) ←
+//! `auth`, `usrloc` (pure) ← `exec` (a shard's tasks and timers) ← `kemi`
+//! (Lua per shard) ← `shard` / `transport` (shard threads, epoll, sockets).
 //! `db` and `rpc` are the control plane: they run on their own tokio thread and
 //! talk to shards only over bounded channels. See `docs/ARCHITECTURE.md`.
 
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod exec;
 pub mod kemi;
 pub mod loadgen;
+pub mod partition;
 pub mod rpc;
 pub mod shard;
 pub mod sip;

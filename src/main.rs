@@ -213,13 +213,14 @@ fn print_summary(snaps: &[stats::ShardSnapshot]) {
     print!("{}", stats::format_route_table(&stats::merge_routes(snaps)));
     let total = |c: stats::Counter| snaps.iter().map(|s| s.counters[c as usize]).sum::<u64>();
     println!(
-        "requests {} replies {} suspended routes {} mesh requests {} malformed {} script errors {}",
+        "requests {} replies {} suspended routes {} handed over {} malformed {} script errors {} panics {}",
         total(stats::Counter::RcvRequests),
         total(stats::Counter::RcvReplies),
         total(stats::Counter::RoutesSuspended),
-        total(stats::Counter::MeshSent),
+        total(stats::Counter::DispatchSent),
         total(stats::Counter::BadMsgHdr),
         total(stats::Counter::ErrRequests),
+        total(stats::Counter::Panics),
     );
 }
 

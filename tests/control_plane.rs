@@ -29,7 +29,7 @@ end
 const TUNED_TOML: &str = r#"
 [shard]
 recv_batch = 16
-io_memory_bytes = 1048576
+dispatch_queue = 512
 [[shards]]
 cpu = 0
 [[shards]]
@@ -207,7 +207,8 @@ fn ping(sock: &UdpSocket, srv: &Server) -> usize {
 }
 
 /// Sends exactly `n` OPTIONS from as many sockets as it takes for both shards
-/// to get some (SO_REUSEPORT hashes the source address), then round-robin.
+/// to get some (the default `udp_socket = "spread"` picks a shard at random
+/// for each datagram), then round-robin.
 /// Returns how many each shard answered.
 fn send_options(srv: &Server, n: u64) -> [u64; 2] {
     assert!(n >= 2);
@@ -373,17 +374,18 @@ fn counts_in_stats_latency_and_metrics_equal_what_was_sent() {
         assert_eq!(s["messages"], per[i], "{s}");
         let t = &s["tuning"];
         assert_eq!(t["cpu"], i, "{t}");
-        assert_eq!(t["io_memory_bytes"], 1_048_576, "{t}");
+        assert_eq!(t["dispatch_queue"], 512, "{t}");
+        assert_eq!(t["udp_socket"], "spread", "{t}");
         for knob in [
             "send_buffer_bytes",
             "effective_recv_buffer_bytes",
             "effective_send_buffer_bytes",
-            "ring_depth",
+            "recv_batch",
             "max_inflight",
             "max_msg_bytes",
             "max_headers",
             "control_queue",
-            "mesh_queue",
+            "dispatch_queue",
         ] {
             assert!(t[knob].as_u64().is_some_and(|v| v > 0), "{knob}: {t}");
         }

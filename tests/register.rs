@@ -108,7 +108,7 @@ fn registrar_flow(db: TestDb) {
     assert_eq!(header(&r, "Min-Expires").as_deref(), Some("60"), "{r}");
 
     // a lookup for alice from many source ports lands on both shards; every
-    // shard finds the binding (owned by one of them) and redirects to it
+    // shard finds the binding in the shared table and redirects to it
     for _ in 0..16 {
         let s = client();
         let r = exchange(
@@ -124,10 +124,17 @@ fn registrar_flow(db: TestDb) {
             "{r}"
         );
     }
-    let stats = rpc(srv.rpc_port, "stats.fetch", serde_json::json!(["shard"]));
-    let mesh = stats["shard.mesh_sent"].as_u64().unwrap_or(0)
-        + stats["shard.mesh_recv"].as_u64().unwrap_or(0);
-    assert!(mesh > 0, "some lookups crossed shards: {stats}");
+    let shards = rpc(srv.rpc_port, "core.shards", serde_json::json!([]));
+    let per: Vec<u64> = shards
+        .as_array()
+        .expect("shards")
+        .iter()
+        .map(|s| s["rcv_requests"].as_u64().unwrap_or(0))
+        .collect();
+    assert!(
+        per.len() == 2 && per.iter().all(|&n| n > 0),
+        "both shards ran requests: {per:?}"
+    );
     // an unregistered user
     let s = client();
     let r = exchange(

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sipshard::config::{AuthConfig, RegistrarConfig, ShardTuning, DEFAULT_SCRIPT};
-use sipshard::kemi::services::Services;
+use sipshard::kemi::services::{Services, SharedTables};
 use sipshard::kemi::{Engine, EngineConfig, MsgCtx, Myself};
 use sipshard::sip::Limits;
 
@@ -35,6 +35,12 @@ fn engine(script: &str) -> Engine {
         Services::new(
             0,
             1,
+            std::sync::Arc::new(SharedTables::new(
+                1,
+                &AuthConfig::default(),
+                &RegistrarConfig::default(),
+                0,
+            )),
             &AuthConfig::default(),
             &RegistrarConfig::default(),
             [7u8; 32],
@@ -52,12 +58,14 @@ fn engine(script: &str) -> Engine {
         server_header: "sipshard",
         tuning: &tuning,
         services,
+        test_hooks: false,
     })
     .unwrap()
 }
 
 fn bench_route(c: &mut Criterion) {
     let limits = Limits::default();
+    let local = "127.0.0.1:5060".parse().unwrap();
     for (name, script) in [
         ("default_script_options", DEFAULT_SCRIPT),
         ("trivial_reply", TRIVIAL),
@@ -69,10 +77,7 @@ fn bench_route(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter(|| {
                 let mut m = ctx.take().unwrap();
-                m.reset();
-                m.buf[..OPTIONS.len()].copy_from_slice(OPTIONS);
-                m.len = OPTIONS.len();
-                m.src = "127.0.0.1:40000".parse().unwrap();
+                m.load(OPTIONS, "127.0.0.1:40000".parse().unwrap(), local);
                 m.parse(&limits).unwrap();
                 let (m, _outcome) = futures_lite::future::block_on(eng.run_request(m));
                 assert_eq!(m.out.len(), 1);

@@ -233,8 +233,9 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
     };
     let cached = s
         .services
+        .tables
         .creds
-        .borrow_mut()
+        .get(pending.username.as_bytes())
         .lookup(&pending.username, realm, now)
         .map(|v| v.cloned());
     let cred = cached?;
@@ -248,11 +249,12 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
         Ok(p) => p,
         Err(code) => return code,
     };
-    // Step 2: the subscriber, from the shard's cache or the database.
+    // Step 2: the subscriber, from the shared cache or the database.
     let domain = realm.to_string();
     let cached = svc
+        .tables
         .creds
-        .borrow_mut()
+        .get(pending.username.as_bytes())
         .lookup(&pending.username, &domain, now)
         .map(|v| v.cloned());
     let cred: Option<CachedCred> = match cached {
@@ -272,16 +274,19 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                 }
             };
             let timeout = Duration::from_millis(svc.auth.db_timeout_ms);
-            match glommio::timer::timeout(timeout, async { Ok(fut.await) }).await {
+            match crate::exec::timeout(timeout, fut).await {
                 Ok(Ok(row)) => {
                     let v = row.map(|c| CachedCred {
                         password: c.password,
                         ha1: c.ha1,
                         ha1b: c.ha1b,
                     });
-                    svc.creds
-                        .borrow_mut()
-                        .insert(&pending.username, &domain, v.clone(), now);
+                    svc.tables.creds.get(pending.username.as_bytes()).insert(
+                        &pending.username,
+                        &domain,
+                        v.clone(),
+                        now,
+                    );
                     v
                 }
                 Ok(Err(_)) | Err(_) => {
@@ -336,7 +341,7 @@ fn verify_in(
             cseq: cseq.map(|c| c.num).unwrap_or(0),
             cseq_method: cseq.map(|c| c.method_bytes).unwrap_or(b""),
         };
-        let mut nc = svc.nc.borrow_mut();
+        let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
         let code = post_auth(&creds, secret, &req, Some(&mut nc));
         if code != AuthCode::Ok {
             return (code, None);

@@ -51,11 +51,12 @@ pub struct MsgCtx {
 }
 
 impl MsgCtx {
+    /// A context whose buffer grows to the datagram it holds (up to
+    /// `max_msg_bytes + 1`: one spare byte tells a truncated datagram apart).
     pub fn new(max_msg_bytes: usize, max_headers: usize) -> MsgCtx {
         let _ = max_headers;
         MsgCtx {
-            // One spare byte tells a truncated (oversized) datagram apart.
-            buf: vec![0; max_msg_bytes + 1],
+            buf: Vec::with_capacity((max_msg_bytes + 1).min(2048)),
             len: 0,
             parsed: Parsed::default(),
             src: SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -75,6 +76,29 @@ impl MsgCtx {
             auth_realm: None,
             auth_digest_uri: None,
             auth_stale: false,
+        }
+    }
+
+    /// Takes a copy of a received datagram (the context is sized to it, so a
+    /// suspended or queued message holds its own bytes, not a 64 KiB slot)
+    /// and clears the previous message's effects.
+    pub fn load(&mut self, bytes: &[u8], src: SocketAddr, local: SocketAddr) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+        self.len = bytes.len();
+        self.src = src;
+        self.local = local;
+        self.reset();
+    }
+
+    /// Frees buffers that grew beyond `keep_bytes` (a rare large message),
+    /// so a pooled context does not pin them.
+    pub fn shrink(&mut self, keep_bytes: usize) {
+        for b in [&mut self.buf, &mut self.out_buf, &mut self.scratch] {
+            if b.capacity() > keep_bytes {
+                b.clear();
+                b.shrink_to(keep_bytes / 4);
+            }
         }
     }
 

@@ -207,6 +207,8 @@ pub struct EngineConfig<'a> {
     pub server_header: &'a str,
     pub tuning: &'a ShardTuning,
     pub services: Rc<services::Services>,
+    /// Registers `KSR.sipshard_test` (config `core.test_hooks`).
+    pub test_hooks: bool,
 }
 
 /// A shard's Lua VM with the script loaded.
@@ -340,6 +342,9 @@ impl Engine {
         });
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
+        if cfg.test_hooks {
+            register_test_hooks(&lua, &ksr).map_err(|e| format!("registering KSR: {e}"))?;
+        }
         let exit: mlua::Value = lua
             .load(EXIT_FUNCTIONS)
             .set_name("=ksr_exit")
@@ -430,6 +435,20 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     auth::register(lua, ksr, shared)?;
     registrar::register(lua, ksr, shared)?;
     Ok(())
+}
+
+/// `KSR.sipshard_test.panic(text)`: a KSR function that panics, so tests can
+/// check that a panic in a callback never leaves a dead shard. Only with
+/// `core.test_hooks = true`.
+fn register_test_hooks(lua: &Lua, ksr: &Table) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    t.set(
+        "panic",
+        lua.create_function(|_, text: String| -> mlua::Result<()> {
+            panic!("KSR.sipshard_test.panic: {text}")
+        })?,
+    )?;
+    ksr.set("sipshard_test", t)
 }
 
 type LuaCall = Pin<Box<dyn Future<Output = mlua::Result<()>>>>;

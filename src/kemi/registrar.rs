@@ -12,9 +12,9 @@
 //! | `KSR.registrar.unregister(table, uri)` | `int (str, str)` | 1 removed, -1 bad AOR, -2 error, -3 not found |
 //!
 //! `save` flags: 0x01 memory only, 0x02 no reply, 0x04 single contact.
-//! The AOR (To URI for save, R-URI for lookup) is owned by one shard
-//! (`shard_for(aor)`); requests for an AOR another shard owns go there over the
-//! channel mesh. `lookup` rewrites the R-URI to the best contact (highest q,
+//! The location table is shared by every shard (lock-striped by AOR), so a
+//! save or lookup runs where the message is; only usrloc db_mode 3, which
+//! reads the AOR from the database first, suspends the route. `lookup` rewrites the R-URI to the best contact (highest q,
 //! then most recent) and sets `$du` from `received` or the first Path hop.
 //! `unregister` returns 1 on success (Kamailio documents 0, which Lua would
 //! read as success anyway; 1 keeps the ">0 is success" rule).
@@ -23,7 +23,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::services::{unix_now_s, MeshMsg, OwnedContact, OwnedSave};
+use super::services::{unix_now_s, OwnedContact, OwnedSave};
 use super::Shared;
 use crate::sip::{Contact, HdrName, SipMsg, SipUri};
 use crate::stats::Counter;
@@ -108,7 +108,7 @@ fn aor_of(s: &Shared, uri: &[u8]) -> Option<String> {
     let u = SipUri::parse(uri).ok()?;
     let user = std::str::from_utf8(u.user?).ok()?;
     let host = std::str::from_utf8(u.host).ok()?;
-    Some(s.services.location.borrow().aor(user, host))
+    Some(s.services.aor(user, host))
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -207,7 +207,7 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
     }
 }
 
-/// Replies and persists after the owner shard saved (or failed to).
+/// Replies and persists after the save (or its failure).
 fn finish_save(
     s: &Rc<Shared>,
     flags: u32,
@@ -239,7 +239,7 @@ fn finish_save(
             outcome.code()
         }
         Err(e) => {
-            let headers = error_headers(&e, svc.location.borrow().registrar_params());
+            let headers = error_headers(&e, svc.location_rules.registrar_params());
             let (status, reason) = (e.status(), e.reason());
             let _ = s.with_msg(|m| {
                 m.last_error = Some((status, reason));
@@ -253,30 +253,19 @@ fn finish_save(
     }
 }
 
-/// `save` without suspending the route: when this shard owns the AOR and
-/// the database is not in the loop (db_mode 0-2). `None`: take the async path.
+/// `save` without suspending the route: whenever the database is not in
+/// the loop (db_mode 0-2). `None`: take the async path.
 fn save_sync(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Option<i32> {
     let svc = s.services.clone();
     if svc.registrar.db_mode == 3 {
-        return None;
-    }
-    let aor = s
-        .with_msg(|m| match uri {
-            Some(u) => aor_of(s, u.as_bytes()),
-            None => m.msg().to().ok().and_then(|t| aor_of(s, t.uri)),
-        })
-        .ok()?;
-    // No AOR: the full path answers the 400.
-    if aor.is_some_and(|a| svc.owner(&a) != svc.shard_id) {
         return None;
     }
     let req = match prepare_save(s, flags, uri) {
         Ok(r) => r,
         Err(code) => return Some(code),
     };
-    let (tx, mut rx) = tokio::sync::oneshot::channel();
-    svc.handle_mesh(MeshMsg::Save { req, reply: tx });
-    Some(finish_save(s, flags, rx.try_recv().ok()))
+    let result = svc.save(&req);
+    Some(finish_save(s, flags, Some(result)))
 }
 
 async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
@@ -288,8 +277,7 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
     let aor = req.aor.clone();
     // db_mode 3: the database's bindings, not memory, are what save updates.
     let result = if svc.refresh_from_db(&aor).await {
-        svc.on_owner(&aor, |reply| MeshMsg::Save { req, reply })
-            .await
+        Some(svc.save(&req))
     } else {
         None
     };
@@ -312,16 +300,7 @@ async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     if !svc.refresh_from_db(&aor).await {
         return codes::LOOKUP_INTERNAL_ERROR;
     }
-    let Some((code, contacts)) = svc
-        .on_owner(&aor, |reply| MeshMsg::Lookup {
-            aor: aor.clone(),
-            method_bit: bit,
-            reply,
-        })
-        .await
-    else {
-        return codes::LOOKUP_INTERNAL_ERROR;
-    };
+    let (code, contacts) = svc.lookup(&aor, bit);
     if code != LookupCode::Found {
         return code.code();
     }
@@ -366,15 +345,10 @@ async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     if !svc.refresh_from_db(&aor).await {
         return codes::REGISTERED_FALSE;
     }
-    match svc
-        .on_owner(&aor, |reply| MeshMsg::Registered {
-            aor: aor.clone(),
-            reply,
-        })
-        .await
-    {
-        Some(true) => codes::REGISTERED_TRUE,
-        _ => codes::REGISTERED_FALSE,
+    if svc.registered(&aor) {
+        codes::REGISTERED_TRUE
+    } else {
+        codes::REGISTERED_FALSE
     }
 }
 
@@ -386,15 +360,8 @@ async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
     if !svc.refresh_from_db(&aor).await {
         return codes::UNREGISTER_ERROR;
     }
-    match svc
-        .on_owner(&aor, |reply| MeshMsg::Unregister {
-            aor: aor.clone(),
-            contact: None,
-            reply,
-        })
-        .await
-    {
-        Some(Ok(ruids)) => {
+    match svc.unregister(&aor, None) {
+        Ok(ruids) => {
             if matches!(svc.registrar.db_mode, 1 | 3) {
                 if let Some(db) = svc.db.clone() {
                     svc.spawn_db_write(db, Vec::new(), ruids, s.clone());
@@ -402,12 +369,13 @@ async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
             }
             1
         }
-        Some(Err(code)) => code,
-        None => codes::UNREGISTER_ERROR,
+        Err(code) => code,
     }
 }
 
-/// `ul.*` control commands on the owner shard.
+/// `ul.*` control commands. The table is shared; a dump from shard `i`
+/// covers the stripes shard `i` looks after, so the control plane's merge of
+/// every shard's dump lists each AOR once.
 pub fn ul_json(
     svc: &super::services::Services,
     cmd: crate::shard::control::UlCmd,
@@ -433,15 +401,16 @@ pub fn ul_json(
     };
     match cmd {
         UlCmd::Dump => {
-            let loc = svc.location.borrow();
-            let aors: Vec<_> = loc
-                .dump()
-                .map(|r| serde_json::json!({ "aor": r.aor, "contacts": r.valid(now).map(contact_json).collect::<Vec<_>>() }))
-                .collect();
+            let table = &svc.tables.location;
+            let mut aors = Vec::new();
+            for i in table.parts_of(svc.shard_id, svc.shard_count) {
+                let loc = table.at(i);
+                aors.extend(loc.dump().map(|r| serde_json::json!({ "aor": r.aor, "contacts": r.valid(now).map(contact_json).collect::<Vec<_>>() })));
+            }
             serde_json::json!({ "aors": aors })
         }
         UlCmd::Lookup { aor } => {
-            let loc = svc.location.borrow();
+            let loc = svc.tables.location.get(aor.as_bytes());
             match loc.lookup(&aor, now) {
                 Some(cs) => {
                     serde_json::json!({ "aor": aor, "contacts": cs.into_iter().map(contact_json).collect::<Vec<_>>() })
@@ -451,8 +420,9 @@ pub fn ul_json(
         }
         UlCmd::Rm { aor } => {
             let removed = svc
+                .tables
                 .location
-                .borrow_mut()
+                .get(aor.as_bytes())
                 .unregister(&aor, crate::usrloc::Unregister::All)
                 .map(|v| v.len())
                 .unwrap_or(0);

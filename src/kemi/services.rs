@@ -1,21 +1,22 @@
-//! Shard services the auth and registrar KSR modules use: this shard's
-//! user-location partition, the credential cache, nonce key and nonce-count
-//! table, the database handle, and the channel mesh to the other shards.
+//! Shard services the auth and registrar KSR modules use: the tables shared
+//! by every shard ([`SharedTables`]: user location, nonce counts, credential
+//! cache), this shard's nonce generator, and the database handle.
 //!
-//! The location table is partitioned by AOR: `shard_for(aor)` owns it. A
-//! save or lookup for an AOR owned elsewhere travels as a [`MeshMsg`] to the
-//! owner, carrying a oneshot for the answer; nothing is locked or shared.
+//! No route waits for another core: the shared tables are lock-striped and
+//! locked for one operation at a time, so a save or lookup for any AOR runs
+//! on the shard that has the message (docs/ARCHITECTURE.md has the
+//! measurements behind this choice).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use glommio::channels::channel_mesh::Senders;
-use tokio::sync::oneshot;
 
 use crate::auth::{CredCache, NcTracker, NonceGen, NonceKey};
 use crate::config::{AuthConfig, RegistrarConfig};
 use crate::db::{DbHandle, LocationRow};
+use crate::partition::Striped;
+use crate::stats::Counter;
 use crate::usrloc::{
     ContactSpec, LocationParams, LookupCode, RegistrarParams, RuidGen, SaveError, SaveFlags,
     SaveOutcome, SaveRequest, Ucontact, Unregister,
@@ -98,82 +99,135 @@ impl OwnedSave {
     }
 }
 
-/// Location operations one shard asks of the AOR's owner.
-pub enum MeshMsg {
-    Save {
-        req: OwnedSave,
-        reply: oneshot::Sender<Result<SaveOutcome, SaveError>>,
-    },
-    Lookup {
-        aor: String,
-        method_bit: u32,
-        reply: oneshot::Sender<(LookupCode, Vec<Ucontact>)>,
-    },
-    Registered {
-        aor: String,
-        reply: oneshot::Sender<bool>,
-    },
-    Unregister {
-        aor: String,
-        contact: Option<String>,
-        reply: oneshot::Sender<Result<Vec<String>, i32>>,
-    },
-    /// db_mode 3: replace the AOR's bindings with what the database holds.
-    Refresh {
-        aor: String,
-        contacts: Vec<Ucontact>,
-        reply: oneshot::Sender<()>,
-    },
+/// The tables every shard uses without a hop to another core (lock-striped,
+/// see [`crate::partition::Striped`]): user location, nonce counts (a replay
+/// is caught whichever shard it reaches) and the credential cache.
+pub struct SharedTables {
+    pub location: Striped<crate::usrloc::Location>,
+    pub nc: Striped<NcTracker>,
+    pub creds: Striped<CredCache<CachedCred>>,
+}
+
+/// Stripes per table: many more than shards, so two shards rarely meet on one.
+pub const STRIPES: usize = 64;
+
+impl SharedTables {
+    pub fn new(
+        shard_count: usize,
+        auth: &AuthConfig,
+        registrar: &RegistrarConfig,
+        epoch_unix_s: u64,
+    ) -> SharedTables {
+        let (params, reg) = location_params(shard_count, registrar);
+        let per = |total: usize| total.div_ceil(STRIPES).max(1);
+        SharedTables {
+            location: Striped::new(STRIPES, |i| {
+                crate::usrloc::Location::new(
+                    params.clone(),
+                    reg.clone(),
+                    RuidGen::new(i as u16, epoch_unix_s),
+                )
+            }),
+            nc: Striped::new(STRIPES, |_| NcTracker::new(per(auth.nc_max_entries))),
+            creds: Striped::new(STRIPES, |_| {
+                CredCache::new(
+                    per(auth.cache_max_entries),
+                    auth.cache_ttl_s,
+                    auth.cache_negative_ttl_s,
+                )
+            }),
+        }
+    }
+
+    /// Loads bindings read from the database at start (db_mode 1/2).
+    pub fn load_rows(&self, rows: &[LocationRow], use_domain: bool, now: u64) -> LoadTotals {
+        let mut t = LoadTotals::default();
+        for r in rows {
+            let (aor, c) = from_row(r, use_domain);
+            let report = self
+                .location
+                .get(aor.as_bytes())
+                .load(std::iter::once((aor, c)), now);
+            t.loaded += report.loaded;
+            t.expired += report.expired;
+            t.rejected += report.rejected;
+        }
+        t
+    }
+}
+
+/// What [`SharedTables::load_rows`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoadTotals {
+    pub loaded: usize,
+    pub expired: usize,
+    pub rejected: usize,
+}
+
+fn location_params(
+    shard_count: usize,
+    registrar: &RegistrarConfig,
+) -> (LocationParams, RegistrarParams) {
+    let total = registrar
+        .max_aors_per_shard
+        .saturating_mul(shard_count.max(1));
+    let params = LocationParams {
+        max_aors: total.div_ceil(STRIPES).max(1),
+        use_domain: registrar.use_domain,
+        track_dirty: registrar.db_mode == 2,
+        ..LocationParams::default()
+    };
+    let reg = RegistrarParams {
+        default_expires_s: registrar.default_expires_s,
+        min_expires_s: registrar.min_expires_s,
+        min_expires_mode: crate::usrloc::MinExpiresMode::Reject,
+        max_expires_s: registrar.max_expires_s,
+        max_contacts: registrar.max_contacts as u32,
+        use_path: true,
+        ..RegistrarParams::default()
+    };
+    (params, reg)
 }
 
 /// Per-shard services.
 pub struct Services {
     pub shard_id: usize,
     pub shard_count: usize,
-    pub location: RefCell<crate::usrloc::Location>,
-    pub mesh: RefCell<Option<Rc<Senders<MeshMsg>>>>,
+    pub tables: Arc<SharedTables>,
+    /// An empty table with the shared one's settings: AOR normalisation and
+    /// registrar parameters without taking a lock.
+    pub location_rules: crate::usrloc::Location,
     pub db: Option<DbHandle>,
-    pub creds: RefCell<CredCache<CachedCred>>,
     pub nonce_key: NonceKey,
     pub nonce_gen: RefCell<NonceGen>,
-    pub nc: RefCell<NcTracker>,
     pub auth: AuthConfig,
     pub algorithms: Vec<crate::auth::Algorithm>,
     pub registrar: RegistrarConfig,
     /// Writes in flight to the database (write-through / write-back).
     pub db_pending: Cell<usize>,
-    pub mesh_timeout: Duration,
-    /// Requests sent to other shards' location partitions.
-    pub mesh_sent: Cell<u64>,
 }
 
 impl Services {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         shard_id: usize,
         shard_count: usize,
+        tables: Arc<SharedTables>,
         auth: &AuthConfig,
         registrar: &RegistrarConfig,
         nonce_secret: [u8; 32],
         db: Option<DbHandle>,
         epoch_unix_s: u64,
     ) -> Result<Services, String> {
-        let params = LocationParams {
-            max_aors: registrar.max_aors_per_shard,
-            use_domain: registrar.use_domain,
-            track_dirty: registrar.db_mode == 2,
-            ..LocationParams::default()
-        };
-        let reg = RegistrarParams {
-            default_expires_s: registrar.default_expires_s,
-            min_expires_s: registrar.min_expires_s,
-            min_expires_mode: crate::usrloc::MinExpiresMode::Reject,
-            max_expires_s: registrar.max_expires_s,
-            max_contacts: registrar.max_contacts as u32,
-            use_path: true,
-            ..RegistrarParams::default()
-        };
-        let location =
-            crate::usrloc::Location::new(params, reg, RuidGen::new(shard_id as u16, epoch_unix_s));
+        let (params, reg) = location_params(shard_count, registrar);
+        let location_rules = crate::usrloc::Location::new(
+            LocationParams {
+                max_aors: 0,
+                ..params
+            },
+            reg,
+            RuidGen::new(u16::MAX, epoch_unix_s),
+        );
         let algorithms = auth
             .algorithms
             .iter()
@@ -185,107 +239,52 @@ impl Services {
         Ok(Services {
             shard_id,
             shard_count,
-            location: RefCell::new(location),
-            mesh: RefCell::new(None),
+            tables,
+            location_rules,
             db,
-            creds: RefCell::new(CredCache::new(
-                auth.cache_max_entries,
-                auth.cache_ttl_s,
-                auth.cache_negative_ttl_s,
-            )),
             nonce_key: NonceKey::new(nonce_secret).with_expire_s(auth.nonce_expire_s),
             nonce_gen: RefCell::new(NonceGen::new(shard_id as u16, epoch_unix_s << 16)),
-            nc: RefCell::new(NcTracker::new(auth.nc_max_entries)),
             auth: auth.clone(),
             algorithms,
             registrar: registrar.clone(),
             db_pending: Cell::new(0),
-            mesh_timeout: Duration::from_secs(2),
-            mesh_sent: Cell::new(0),
         })
     }
 
-    /// The shard that owns `aor`.
-    pub fn owner(&self, aor: &str) -> usize {
-        crate::shard::shard_for(aor.as_bytes(), self.shard_count)
+    /// The AOR of `user`/`domain` per usrloc `use_domain`.
+    pub fn aor(&self, user: &str, domain: &str) -> String {
+        self.location_rules.aor(user, domain)
     }
 
-    /// Handles a location request from another shard (or this one).
-    pub fn handle_mesh(&self, msg: MeshMsg) {
+    pub fn save(&self, req: &OwnedSave) -> Result<SaveOutcome, SaveError> {
         let now = unix_now_s();
-        match msg {
-            MeshMsg::Save { req, reply } => {
-                let r = req.with_request(|r| self.location.borrow_mut().save(now, r));
-                let _ = reply.send(r);
-            }
-            MeshMsg::Lookup {
-                aor,
-                method_bit,
-                reply,
-            } => {
-                let loc = self.location.borrow();
-                let (code, contacts) = loc.lookup_method(&aor, now, method_bit);
-                let _ = reply.send((code, contacts.into_iter().cloned().collect()));
-            }
-            MeshMsg::Registered { aor, reply } => {
-                let _ = reply.send(self.location.borrow().registered(&aor, now));
-            }
-            MeshMsg::Refresh {
-                aor,
-                contacts,
-                reply,
-            } => {
-                let mut loc = self.location.borrow_mut();
-                let _ = loc.unregister(&aor, Unregister::All);
-                loc.load(contacts.into_iter().map(|c| (aor.clone(), c)), now);
-                let _ = reply.send(());
-            }
-            MeshMsg::Unregister {
-                aor,
-                contact,
-                reply,
-            } => {
-                let what = match &contact {
-                    Some(c) => Unregister::Contact(c),
-                    None => Unregister::All,
-                };
-                let r = self
-                    .location
-                    .borrow_mut()
-                    .unregister(&aor, what)
-                    .map_err(|e| e.code());
-                let _ = reply.send(r);
-            }
-        }
+        req.with_request(|r| self.tables.location.get(req.aor.as_bytes()).save(now, r))
     }
 
-    /// Runs `msg` on the owner shard of `aor`: locally when that is this
-    /// shard, else over the mesh. `None` when the owner did not answer in time.
-    pub async fn on_owner<T>(
-        &self,
-        aor: &str,
-        build: impl FnOnce(oneshot::Sender<T>) -> MeshMsg,
-    ) -> Option<T> {
-        let (tx, rx) = oneshot::channel();
-        let msg = build(tx);
-        let owner = self.owner(aor);
-        if owner == self.shard_id {
-            self.handle_mesh(msg);
-        } else {
-            let senders = self.mesh.borrow().clone()?;
-            self.mesh_sent.set(self.mesh_sent.get() + 1);
-            // Bounded: a full queue to the owner waits here (the route is
-            // suspended, the shard keeps serving), under the same timeout.
-            let send = senders.send_to(owner, msg);
-            match glommio::timer::timeout(self.mesh_timeout, async { Ok(send.await.is_ok()) }).await
-            {
-                Ok(true) => {}
-                _ => return None,
-            }
-        }
-        glommio::timer::timeout(self.mesh_timeout, async { Ok(rx.await.ok()) })
-            .await
-            .unwrap_or_default()
+    pub fn lookup(&self, aor: &str, method_bit: u32) -> (LookupCode, Vec<Ucontact>) {
+        let now = unix_now_s();
+        let loc = self.tables.location.get(aor.as_bytes());
+        let (code, contacts) = loc.lookup_method(aor, now, method_bit);
+        (code, contacts.into_iter().cloned().collect())
+    }
+
+    pub fn registered(&self, aor: &str) -> bool {
+        self.tables
+            .location
+            .get(aor.as_bytes())
+            .registered(aor, unix_now_s())
+    }
+
+    pub fn unregister(&self, aor: &str, contact: Option<&str>) -> Result<Vec<String>, i32> {
+        let what = match contact {
+            Some(c) => Unregister::Contact(c),
+            None => Unregister::All,
+        };
+        self.tables
+            .location
+            .get(aor.as_bytes())
+            .unregister(aor, what)
+            .map_err(|e| e.code())
     }
 
     /// usrloc db_mode 3 (database only): before an operation on `aor`, its
@@ -317,7 +316,7 @@ impl Services {
             }
         };
         let timeout = Duration::from_millis(self.auth.db_timeout_ms);
-        let rows = match glommio::timer::timeout(timeout, async { Ok(fut.await) }).await {
+        let rows = match crate::exec::timeout(timeout, fut).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(e)) => {
                 tracing::warn!(shard = self.shard_id, aor, "location read failed: {e}");
@@ -336,13 +335,13 @@ impl Services {
             rows = contacts.len(),
             "location read from the database"
         );
-        self.on_owner(aor, |reply| MeshMsg::Refresh {
-            aor: aor.to_string(),
-            contacts,
-            reply,
-        })
-        .await
-        .is_some()
+        let mut loc = self.tables.location.get(aor.as_bytes());
+        let _ = loc.unregister(aor, Unregister::All);
+        loc.load(
+            contacts.into_iter().map(|c| (aor.to_string(), c)),
+            unix_now_s(),
+        );
+        true
     }
 
     /// Writes a save's changes to the database (db_mode 1), without holding
@@ -375,7 +374,6 @@ impl Services {
         deletes: Vec<String>,
         shared: Rc<super::Shared>,
     ) {
-        use crate::stats::Counter;
         if rows.is_empty() && deletes.is_empty() {
             return;
         }
@@ -397,7 +395,8 @@ impl Services {
         }
         let this = self.clone();
         this.db_pending.set(this.db_pending.get() + 1);
-        glommio::spawn_local(async move {
+        let counters = shared.clone();
+        let spawned = crate::exec::spawn_local(async move {
             for f in futs {
                 if !matches!(f.await, Ok(())) {
                     shared.counters.incr(Counter::DbErrors);
@@ -409,29 +408,48 @@ impl Services {
                 }
             }
             this.db_pending.set(this.db_pending.get() - 1);
-        })
-        .detach();
+        });
+        if spawned.is_err() {
+            // The task table is full (or no shard runs here): the write is
+            // lost, and counted as such.
+            self.db_pending.set(self.db_pending.get() - 1);
+            counters.counters.incr(Counter::DbErrors);
+        }
     }
 
-    /// db_mode 2: writes the dirty set. Returns how many rows were sent.
+    /// db_mode 2: writes the dirty set of the stripes this shard looks
+    /// after. Returns how many rows were sent.
     pub fn flush_dirty(self: &Rc<Self>, shared: Rc<super::Shared>) -> usize {
         let Some(db) = self.db.clone() else { return 0 };
-        let batch = self.location.borrow_mut().take_dirty();
         let use_domain = self.registrar.use_domain;
-        let rows: Vec<LocationRow> = batch
-            .upserts
-            .iter()
-            .filter(|(_, c)| !c.is_mem_only())
-            .map(|(aor, c)| to_row(aor, c, use_domain))
-            .collect();
-        let n = rows.len() + batch.deletes.len();
-        self.spawn_db_write(db, rows, batch.deletes, shared);
+        let mut rows: Vec<LocationRow> = Vec::new();
+        let mut deletes = Vec::new();
+        let loc = &self.tables.location;
+        for i in loc.parts_of(self.shard_id, self.shard_count) {
+            let batch = loc.at(i).take_dirty();
+            rows.extend(
+                batch
+                    .upserts
+                    .iter()
+                    .filter(|(_, c)| !c.is_mem_only())
+                    .map(|(aor, c)| to_row(aor, c, use_domain)),
+            );
+            deletes.extend(batch.deletes);
+        }
+        let n = rows.len() + deletes.len();
+        self.spawn_db_write(db, rows, deletes, shared);
         n
     }
 
-    /// Removes expired bindings; in db_mode 1/2 deletes their rows too.
+    /// Removes expired bindings from the stripes this shard looks after; in
+    /// db_mode 1/3 deletes their rows too.
     pub fn expire(self: &Rc<Self>, shared: Rc<super::Shared>) -> usize {
-        let expired = self.location.borrow_mut().expire(unix_now_s());
+        let now = unix_now_s();
+        let loc = &self.tables.location;
+        let mut expired = Vec::new();
+        for i in loc.parts_of(self.shard_id, self.shard_count) {
+            expired.extend(loc.at(i).expire(now));
+        }
         let n = expired.len();
         shared
             .counters

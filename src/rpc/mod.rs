@@ -185,8 +185,8 @@ pub fn spawn_with(
     Ok(bound)
 }
 
-/// The shard that owns an AOR: [`crate::shard::shard_for`] (FNV-1a 64 of the
+/// The shard that answers `ul.*` for an AOR: [`crate::partition::index`] (FNV-1a 64 of the
 /// ASCII-lowercased AOR, mod `n`); `None` when there are no shards.
 pub fn owner_shard(aor: &str, n: usize) -> Option<usize> {
-    (n > 0).then(|| crate::shard::shard_for(aor.as_bytes(), n))
+    (n > 0).then(|| crate::partition::index(aor.as_bytes(), n))
 }

@@ -1,15 +1,18 @@
 //! The control-plane side of the shards: commands the JSON-RPC server (or
 //! `main` at shutdown) sends to each shard, and the handle that fans them out.
 //!
-//! Shards poll their command queue from a timer task, so nothing here touches
-//! the message path. Queues are bounded; a full queue is an error to the caller,
-//! never a block.
+//! A command is queued, then the shard's doorbell is rung (an eventfd write,
+//! only when the shard sleeps), so an idle shard polls nothing. Queues are
+//! bounded; a full queue is an error to the caller, never a block.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::exec::Doorbell;
 use crate::stats::ShardSnapshot;
 
 /// User-location commands (`ul.*` RPC methods). Answered as JSON by the shard
@@ -55,12 +58,29 @@ pub enum ControlError {
 #[derive(Clone)]
 pub struct ControlHandle {
     senders: Vec<SyncSender<ShardCmd>>,
+    /// Rung after each command (none in tests that play the shard themselves).
+    bells: Vec<Arc<Doorbell>>,
+    /// Set at shutdown: a stop that no full queue can hold up.
+    stops: Vec<Arc<AtomicBool>>,
     started: Instant,
 }
 
 impl ControlHandle {
     pub fn new(senders: Vec<SyncSender<ShardCmd>>, started: Instant) -> Self {
-        ControlHandle { senders, started }
+        ControlHandle {
+            senders,
+            bells: Vec::new(),
+            stops: Vec::new(),
+            started,
+        }
+    }
+
+    /// Rings `bells[i]` after each command to shard `i`; `stops[i]` is the
+    /// shard's stop flag.
+    pub fn with_bells(mut self, bells: Vec<Arc<Doorbell>>, stops: Vec<Arc<AtomicBool>>) -> Self {
+        self.bells = bells;
+        self.stops = stops;
+        self
     }
 
     pub fn shard_count(&self) -> usize {
@@ -79,7 +99,11 @@ impl ControlHandle {
         tx.try_send(cmd).map_err(|e| match e {
             TrySendError::Full(_) => ControlError::QueueFull(shard),
             TrySendError::Disconnected(_) => ControlError::ShardGone(shard),
-        })
+        })?;
+        if let Some(bell) = self.bells.get(shard) {
+            bell.ring();
+        }
+        Ok(())
     }
 
     /// Snapshots every shard (in shard order).
@@ -106,8 +130,15 @@ impl ControlHandle {
 
     /// Asks every shard to stop.
     pub fn shutdown(&self) {
-        for tx in &self.senders {
-            let _ = tx.try_send(ShardCmd::Shutdown);
+        for stop in &self.stops {
+            stop.store(true, Ordering::Release);
+        }
+        for shard in 0..self.senders.len() {
+            if self.send(shard, ShardCmd::Shutdown).is_err() {
+                if let Some(bell) = self.bells.get(shard) {
+                    bell.ring();
+                }
+            }
         }
     }
 }

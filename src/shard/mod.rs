@@ -1,49 +1,48 @@
-//! Shards: one glommio executor pinned per configured CPU, each owning its UDP
-//! socket, receive buffers, Lua VM, counters and route histograms.
+//! Shards: one thread pinned per configured CPU, each running its own loop
+//! (`io`), Lua VM, counters and route histograms.
 //!
-//! Lifecycle (seastar's `sharded<T>`): [`start`] spawns the executors and waits
-//! until each has bound its socket and loaded the script (or reports the first
-//! failure); [`Running::wait`] blocks until SIGINT/SIGTERM or a shard exits,
-//! stops every shard and returns their final snapshots.
+//! Lifecycle (seastar's `sharded<T>`): [`start`] spawns the shard threads and
+//! waits until each has set up its loop and loaded the script (or reports
+//! the first failure); [`Running::wait`] blocks until SIGINT/SIGTERM or a
+//! shard exits, stops every shard and returns their final snapshots.
 //!
-//! Never: share mutable state between shards on the message path. The control
-//! plane reaches a shard only through its bounded command queue
-//! ([`control::ShardCmd`]), polled by a timer task off the receive loop.
+//! Files, one job each: `mod.rs` starts, supervises and stops shards;
+//! [`io`] is the receive/route/send loop; [`dispatch`] decides which shard
+//! runs a message and hands it over; [`control`] carries the control plane's
+//! commands; [`runtime`] is the control plane's own thread.
+//!
+//! Supervision: a panic inside a route or task is caught at the message
+//! (answered 500, counted in `shard.panics`, logged); a panic anywhere else
+//! in a shard thread stops the whole process with a clear log line and exit
+//! status 70, so no shard is ever silently dead while clients still reach
+//! the port.
 
 pub mod control;
+pub mod dispatch;
+mod io;
 pub mod runtime;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use glommio::net::UdpSocket;
-use glommio::{LocalExecutorBuilder, Placement};
-use hdrhistogram::Histogram;
+use crate::config::{Config, ShardSpec, UdpSocketMode};
+use crate::exec::{Doorbell, Executor};
+use crate::kemi::services::{unix_now_s, Services, SharedTables};
+use crate::kemi::{Engine, EngineConfig, Myself, Shared};
+use crate::sip::Limits;
+use crate::stats::{new_histogram, RouteHistogram, ShardSnapshot};
+use crate::transport::sys::EventFd;
+use control::{ControlHandle, ShardCmd};
+use dispatch::Peers;
+use io::{LogLimiter, LoopIo, RouteStats, Shard};
 
-use crate::config::{Config, OnScriptError, ShardSpec};
-use glommio::channels::channel_mesh::{Full, MeshBuilder};
-
-use crate::kemi::services::{MeshMsg, Services};
-use crate::kemi::{Engine, EngineConfig, MsgCtx, Myself, RouteOutcome, Shared};
-use crate::sip::{Limits, ParseError};
-use crate::stats::{new_histogram, Counter, RouteHistogram, ShardSnapshot};
-use control::{ControlHandle, ShardCmd, UlCmd};
-
-/// FNV-1a 64 of the lower-cased key, modulo the shard count: the shard that
-/// owns an AOR (user location) or any other keyed state.
-pub fn shard_for(key: &[u8], shards: usize) -> usize {
-    debug_assert!(shards > 0);
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key {
-        h ^= b.to_ascii_lowercase() as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % shards.max(1) as u64) as usize
-}
+/// Exit status when a shard thread dies outside a message (EX_SOFTWARE).
+pub const EXIT_SHARD_DIED: i32 = 70;
 
 /// Everything a shard needs to start, shared read-only at start-up.
 pub struct ShardParams {
@@ -55,8 +54,8 @@ pub struct ShardParams {
     /// Nonce HMAC key, the same on every shard so any shard accepts any nonce.
     pub nonce_secret: [u8; 32],
     pub db: Option<crate::db::DbHandle>,
-    /// Location rows loaded at start (db_mode 1/2), one slot per shard.
-    pub location_rows: Vec<std::sync::Mutex<Vec<crate::db::LocationRow>>>,
+    /// Location, nonce counts and credentials: one set for all shards.
+    pub tables: Arc<SharedTables>,
     /// Process start, unix seconds (ruid and nonce uniqueness).
     pub epoch_unix_s: u64,
 }
@@ -85,6 +84,13 @@ impl ShardParams {
             use sha2::Digest;
             sha2::Sha256::digest(config.auth.secret.as_bytes()).into()
         };
+        let epoch_unix_s = unix_now_s();
+        let tables = Arc::new(SharedTables::new(
+            shard_count,
+            &config.auth,
+            &config.registrar,
+            epoch_unix_s,
+        ));
         ShardParams {
             config,
             script,
@@ -93,29 +99,30 @@ impl ShardParams {
             shard_count,
             nonce_secret,
             db: None,
-            location_rows: (0..shard_count)
-                .map(|_| std::sync::Mutex::new(Vec::new()))
-                .collect(),
-            epoch_unix_s: crate::kemi::services::unix_now_s(),
+            tables,
+            epoch_unix_s,
         }
     }
 
-    /// Splits loaded location rows by owning shard.
+    /// Loads location rows read from the database (db_mode 1/2) into the
+    /// shared table.
     pub fn set_location_rows(&mut self, rows: Vec<crate::db::LocationRow>) {
-        let use_domain = self.config.registrar.use_domain;
-        for r in rows {
-            let (aor, _) = crate::kemi::services::from_row(&r, use_domain);
-            let owner = shard_for(aor.as_bytes(), self.shard_count);
-            if let Ok(mut slot) = self.location_rows[owner].lock() {
-                slot.push(r);
-            }
-        }
+        let t = self
+            .tables
+            .load_rows(&rows, self.config.registrar.use_domain, unix_now_s());
+        tracing::info!(
+            loaded = t.loaded,
+            expired = t.expired,
+            rejected = t.rejected,
+            "location restored"
+        );
     }
 
     fn services(&self, shard_id: usize) -> Result<Rc<Services>, String> {
         Services::new(
             shard_id,
             self.shard_count,
+            self.tables.clone(),
             &self.config.auth,
             &self.config.registrar,
             self.nonce_secret,
@@ -123,6 +130,24 @@ impl ShardParams {
             self.epoch_unix_s,
         )
         .map(Rc::new)
+    }
+
+    fn engine(
+        &self,
+        shard_id: usize,
+        tuning: &crate::config::ShardTuning,
+    ) -> Result<Engine, String> {
+        Engine::new(&EngineConfig {
+            shard_id,
+            shard_count: self.shard_count,
+            script: &self.script,
+            script_name: &self.script_name,
+            myself: self.myself.clone(),
+            server_header: &self.config.core.server_header,
+            tuning,
+            services: self.services(shard_id)?,
+            test_hooks: self.config.core.test_hooks,
+        })
     }
 }
 
@@ -137,53 +162,95 @@ pub enum StartError {
 /// Started shards.
 pub struct Running {
     pub control: ControlHandle,
-    handles: Vec<glommio::ExecutorJoinHandle<Option<ShardSnapshot>>>,
+    handles: Vec<std::thread::JoinHandle<Option<ShardSnapshot>>>,
     finished: Arc<std::sync::atomic::AtomicUsize>,
     pub local_addr: SocketAddr,
 }
 
-/// Spawns one executor per shard spec; returns once all are serving.
+/// What start-up hands each shard thread.
+struct ShardStart {
+    spec: ShardSpec,
+    params: Arc<ShardParams>,
+    /// The shared socket (`udp_socket = "shared"`); `None`: bind our own.
+    sock: Option<Arc<std::net::UdpSocket>>,
+    bell_fd: Arc<EventFd>,
+    bell: Arc<Doorbell>,
+    stop: Arc<AtomicBool>,
+    peers: Arc<Peers>,
+    cmds: Receiver<ShardCmd>,
+    ready: SyncSender<Result<(usize, SocketAddr), StartError>>,
+    started: Instant,
+}
+
+fn udp_options(t: &crate::config::ShardTuning) -> crate::transport::udp::UdpOptions {
+    crate::transport::udp::UdpOptions {
+        recv_buffer_bytes: t.recv_buffer_bytes,
+        send_buffer_bytes: t.send_buffer_bytes,
+    }
+}
+
+/// Spawns one thread per shard spec; returns once all are serving.
 pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running, StartError> {
     let started = Instant::now();
-    let (ready_tx, ready_rx) = sync_channel::<Result<(usize, SocketAddr), StartError>>(specs.len());
+    let n = specs.len();
+    let (ready_tx, ready_rx) = sync_channel::<Result<(usize, SocketAddr), StartError>>(n.max(1));
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mesh: MeshBuilder<MeshMsg, Full> =
-        MeshBuilder::full(specs.len(), params.config.shard.mesh_queue.max(1));
-    let mut senders = Vec::with_capacity(specs.len());
-    let mut handles = Vec::with_capacity(specs.len());
+    let other = |e: std::io::Error| StartError::Other(e.to_string());
+    let mut bell_fds = Vec::with_capacity(n);
+    let mut bells = Vec::with_capacity(n);
+    for _ in 0..n {
+        let fd = Arc::new(EventFd::new().map_err(other)?);
+        let ring = fd.clone();
+        bells.push(Arc::new(Doorbell::new(move || ring.ring())));
+        bell_fds.push(fd);
+    }
+    let peers = Arc::new(Peers::new(&bells, params.config.shard.dispatch_queue));
+    let listen = params.config.core.listen;
+    let shared_sock = match params.config.core.udp_socket {
+        UdpSocketMode::Shared => {
+            let t = specs.first().map(|s| s.tuning.clone()).unwrap_or_default();
+            let s = crate::transport::udp::bind(listen, udp_options(&t), false)
+                .map_err(|e| StartError::Other(format!("cannot bind udp:{listen}: {e}")))?;
+            Some(Arc::new(std::net::UdpSocket::from(s)))
+        }
+        UdpSocketMode::Reuseport | UdpSocketMode::Spread => None,
+    };
+    let stops: Vec<Arc<AtomicBool>> = (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
+    let mut senders = Vec::with_capacity(n);
+    let mut handles = Vec::with_capacity(n);
     for spec in specs {
         let (cmd_tx, cmd_rx) = sync_channel::<ShardCmd>(spec.tuning.control_queue);
         senders.push(cmd_tx);
-        let placement = match spec.cpu {
-            Some(cpu) => Placement::Fixed(cpu),
-            None => Placement::Unbound,
-        };
-        let params = params.clone();
-        let ready = ready_tx.clone();
-        let finished = finished.clone();
-        let mesh = mesh.clone();
         let id = spec.id;
-        let builder = LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{id}"))
-            .io_memory(spec.tuning.io_memory_bytes)
-            .ring_depth(spec.tuning.ring_depth)
-            .spin_before_park(Duration::from_micros(spec.tuning.spin_before_park_us))
-            .preempt_timer(Duration::from_millis(10));
-        let handle = builder
-            .spawn(move || async move {
-                let snap = serve(spec, params, mesh, cmd_rx, ready, started).await;
+        let start = ShardStart {
+            params: params.clone(),
+            sock: shared_sock.clone(),
+            bell_fd: bell_fds[id].clone(),
+            bell: bells[id].clone(),
+            stop: stops[id].clone(),
+            peers: peers.clone(),
+            cmds: cmd_rx,
+            ready: ready_tx.clone(),
+            started,
+            spec,
+        };
+        let finished = finished.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("shard-{id}"))
+            .spawn(move || {
+                let snap = supervise(id, start);
                 finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 snap
             })
             .map_err(|e| StartError::Shard {
                 shard: id,
-                message: format!("cannot start executor: {e}"),
+                message: format!("cannot start the shard thread: {e}"),
             })?;
         handles.push(handle);
     }
     drop(ready_tx);
-    let control = ControlHandle::new(senders, started);
-    let mut local_addr = params.config.core.listen;
+    let control = ControlHandle::new(senders, started).with_bells(bells, stops);
+    let mut local_addr = listen;
     for _ in 0..handles.len() {
         match ready_rx.recv() {
             Ok(Ok((_, addr))) => local_addr = addr,
@@ -208,6 +275,24 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     })
 }
 
+/// Runs a shard; a panic that escapes it (not one inside a route or task,
+/// those are caught at the message) ends the process: a dead shard must
+/// never be silent.
+fn supervise(id: usize, start: ShardStart) -> Option<ShardSnapshot> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(start))) {
+        Ok(snap) => snap,
+        Err(payload) => {
+            let text = crate::exec::panic_text(&*payload);
+            tracing::error!(
+                shard = id,
+                "shard {id} stopped by a panic outside any route: {text}; stopping the server"
+            );
+            eprintln!("sipshard: shard {id} died ({text}); exiting with status {EXIT_SHARD_DIED}");
+            std::process::exit(EXIT_SHARD_DIED);
+        }
+    }
+}
+
 impl Running {
     /// Blocks until SIGINT/SIGTERM (or a shard stops by itself), then stops all
     /// shards and returns their final snapshots.
@@ -229,7 +314,7 @@ impl Running {
                 tracing::warn!("a shard stopped; stopping the others");
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
         self.stop()
     }
@@ -242,7 +327,7 @@ impl Running {
             match h.join() {
                 Ok(Some(s)) => snaps.push(s),
                 Ok(None) => {}
-                Err(e) => tracing::error!("shard join failed: {e}"),
+                Err(_) => tracing::error!("a shard thread panicked at exit"),
             }
         }
         snaps.sort_by_key(|s| s.shard);
@@ -250,173 +335,63 @@ impl Running {
     }
 }
 
-/// Per-route histograms of one shard.
-struct RouteStats {
-    request: Histogram<u64>,
-    reply: Histogram<u64>,
-}
-
-/// A bounded log rate limiter (per shard): at most `per_s` lines a second.
-struct LogLimiter {
-    per_s: u32,
-    window: Cell<Option<Instant>>,
-    used: Cell<u32>,
-    suppressed: Cell<u64>,
-}
-
-impl LogLimiter {
-    fn allow(&self, now: Instant) -> bool {
-        let start = self.window.get();
-        if start.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
-            let dropped = self.suppressed.replace(0);
-            if dropped > 0 {
-                tracing::warn!(
-                    suppressed = dropped,
-                    "log lines about bad input were suppressed"
-                );
-            }
-            self.window.set(Some(now));
-            self.used.set(0);
-        }
-        if self.used.get() < self.per_s {
-            self.used.set(self.used.get() + 1);
-            true
-        } else {
-            self.suppressed.set(self.suppressed.get() + 1);
-            false
-        }
-    }
-}
-
-/// One shard's state, shared by its tasks (single thread: Rc/RefCell).
-struct Shard {
-    id: usize,
-    /// Non-blocking std handle of `sock` (same socket) for direct reads.
-    fast: std::net::UdpSocket,
-    /// The socket's bound address (read once: no getsockname per datagram).
-    local: SocketAddr,
-    cpu: Option<usize>,
-    sock: UdpSocket,
-    engine: Engine,
-    limits: Limits,
-    on_error: OnScriptError,
-    routes: RefCell<RouteStats>,
-    /// Recycled contexts. Boxed on purpose: a context moves into a route
-    /// future and back by pointer, never by copying its buffers' headers.
-    #[allow(clippy::vec_box)]
-    pool: RefCell<Vec<Box<MsgCtx>>>,
-    pool_max: usize,
-    max_msg_bytes: usize,
-    max_headers: usize,
-    inflight: Cell<usize>,
-    max_inflight: usize,
-    stop: Cell<bool>,
-    /// Wakes the receive loop at shutdown (no socket read timeout needed).
-    stop_tx: glommio::channels::local_channel::LocalSender<()>,
-    started: Instant,
-    log: LogLimiter,
-    tuning: serde_json::Value,
-}
-
-async fn serve(
-    spec: ShardSpec,
-    params: Arc<ShardParams>,
-    mesh: MeshBuilder<MeshMsg, Full>,
-    cmd_rx: Receiver<ShardCmd>,
-    ready: SyncSender<Result<(usize, SocketAddr), StartError>>,
-    started: Instant,
-) -> Option<ShardSnapshot> {
+fn serve(st: ShardStart) -> Option<ShardSnapshot> {
+    let ShardStart {
+        spec,
+        params,
+        sock,
+        bell_fd,
+        bell,
+        stop,
+        peers,
+        cmds,
+        ready,
+        started,
+    } = st;
     let id = spec.id;
     let fail = |message: String| {
         let _ = ready.send(Err(StartError::Shard { shard: id, message }));
         None
     };
     let t = &spec.tuning;
-    let opts = crate::transport::udp::UdpOptions {
-        recv_buffer_bytes: t.recv_buffer_bytes,
-        send_buffer_bytes: t.send_buffer_bytes,
-    };
-    let listen = params.config.core.listen;
-    if t.nice != 0 {
-        renice_current_thread(id, t.nice);
+    if let Some(cpu) = spec.cpu {
+        if let Err(e) = crate::transport::sys::pin_current_thread(cpu) {
+            return fail(format!("cannot pin to CPU {cpu}: {e}"));
+        }
     }
-    let raw = match crate::transport::udp::bind_reuseport(listen, opts) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot bind udp:{listen}: {e}")),
+    if t.nice != 0 {
+        match crate::transport::sys::set_current_thread_nice(t.nice) {
+            Ok(()) => tracing::info!(shard = id, nice = t.nice, "shard thread reniced"),
+            Err(e) => tracing::warn!(shard = id, nice = t.nice, "shard.nice: {e}"),
+        }
+    }
+    let listen = params.config.core.listen;
+    let exclusive = sock.is_some();
+    let sock = match sock {
+        Some(s) => s,
+        None => match crate::transport::udp::bind(listen, udp_options(t), true) {
+            Ok(s) => Arc::new(std::net::UdpSocket::from(s)),
+            Err(e) => return fail(format!("cannot bind udp:{listen}: {e}")),
+        },
     };
-    let (rcvbuf, sndbuf) = crate::transport::udp::effective_buffers(&raw);
-    let local = raw
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket())
-        .unwrap_or(listen);
-    // A second handle on the same socket for the non-blocking fast path:
-    // under load every read is one recvfrom() straight into the context's
-    // buffer; glommio (io_uring) is only used to wait while the socket is
-    // empty, with a 1-byte peek (its own read path would allocate a
-    // max-size buffer for every wait).
-    let fast = match raw.try_clone() {
-        Ok(s) => std::net::UdpSocket::from(s),
-        Err(e) => return fail(format!("cannot clone the socket: {e}")),
+    if params.config.core.udp_socket == UdpSocketMode::Spread && id == 0 {
+        use std::os::fd::AsRawFd;
+        let n = params.shard_count as u32;
+        if let Err(e) = crate::transport::sys::attach_reuseport_random(sock.as_raw_fd(), n) {
+            return fail(format!("cannot attach the spreading BPF program: {e}"));
+        }
+    }
+    let (rcvbuf, sndbuf) =
+        crate::transport::udp::effective_buffers(&socket2::SockRef::from(&*sock));
+    let local = sock.local_addr().unwrap_or(listen);
+    let mut io = match LoopIo::new(&sock, exclusive, bell_fd, t.recv_batch, t.max_msg_bytes + 1) {
+        Ok(io) => io,
+        Err(e) => return fail(format!("cannot set up the event loop: {e}")),
     };
-    let sock = UdpSocket::from(raw);
-    let services = match params.services(id) {
-        Ok(s) => s,
-        Err(e) => return fail(e),
-    };
-    let engine = match Engine::new(&EngineConfig {
-        shard_id: id,
-        shard_count: params.shard_count,
-        script: &params.script,
-        script_name: &params.script_name,
-        myself: params.myself.clone(),
-        server_header: &params.config.core.server_header,
-        tuning: t,
-        services: services.clone(),
-    }) {
+    let engine = match params.engine(id, t) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
-    // Registrations restored from the database (db_mode 1/2).
-    let rows = params
-        .location_rows
-        .get(id)
-        .and_then(|m| m.lock().ok().map(|mut v| std::mem::take(&mut *v)))
-        .unwrap_or_default();
-    if !rows.is_empty() {
-        let use_domain = params.config.registrar.use_domain;
-        let report = services.location.borrow_mut().load(
-            rows.iter()
-                .map(|r| crate::kemi::services::from_row(r, use_domain)),
-            crate::kemi::services::unix_now_s(),
-        );
-        tracing::info!(
-            shard = id,
-            loaded = report.loaded,
-            expired = report.expired,
-            rejected = report.rejected,
-            "location restored"
-        );
-    }
-    // Join the channel mesh (every shard must; bounded wait).
-    let mesh =
-        glommio::timer::timeout(Duration::from_secs(10), async { Ok(mesh.join().await) }).await;
-    let (senders, mut receivers) = match mesh {
-        Ok(Ok(m)) => m,
-        _ => return fail("cannot join the shard mesh".into()),
-    };
-    *services.mesh.borrow_mut() = Some(Rc::new(senders));
-    for (_peer, stream) in receivers.streams() {
-        let svc = services.clone();
-        let shared = engine.shared().clone();
-        glommio::spawn_local(async move {
-            while let Some(msg) = stream.recv().await {
-                shared.counters.incr(Counter::MeshRecv);
-                svc.handle_mesh(msg);
-            }
-        })
-        .detach();
-    }
     let mut tuning = serde_json::to_value(t).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(m) = &mut tuning {
         m.insert("cpu".into(), serde_json::json!(spec.cpu));
@@ -428,15 +403,26 @@ async fn serve(
             "effective_send_buffer_bytes".into(),
             serde_json::json!(sndbuf),
         );
+        m.insert(
+            "udp_socket".into(),
+            serde_json::json!(params.config.core.udp_socket),
+        );
     }
-    let (stop_tx, stop_rx) = glommio::channels::local_channel::new_bounded(1);
+    // Tasks: suspended routes (bounded by max_inflight) plus database writes
+    // and timers.
+    let ex = Executor::new(bell.clone(), t.max_inflight.saturating_mul(2) + 64);
+    Executor::enter(&ex);
     let shard = Rc::new(Shard {
         id,
-        fast,
-        local,
+        shard_count: params.shard_count,
         cpu: spec.cpu,
         sock,
+        local,
         engine,
+        ex: ex.clone(),
+        bell,
+        peers,
+        dispatch: t.dispatch,
         limits: Limits {
             max_headers: t.max_headers,
             max_msg_len: t.max_msg_bytes,
@@ -447,49 +433,49 @@ async fn serve(
             reply: new_histogram(),
         }),
         pool: RefCell::new(Vec::new()),
-        pool_max: 64,
+        pool_max: 256,
         max_msg_bytes: t.max_msg_bytes,
         max_headers: t.max_headers,
         inflight: Cell::new(0),
         max_inflight: t.max_inflight,
-        stop: Cell::new(false),
-        stop_tx,
+        spin: Duration::from_micros(t.spin_before_park_us),
+        stop,
         started,
-        log: LogLimiter {
-            per_s: params.config.core.bad_input_log_per_s,
-            window: Cell::new(None),
-            used: Cell::new(0),
-            suppressed: Cell::new(0),
-        },
+        log: LogLimiter::new(params.config.core.bad_input_log_per_s),
         tuning,
     });
-    glommio::spawn_local(control_loop(shard.clone(), cmd_rx)).detach();
-    glommio::spawn_local(usrloc_timer(
-        shard.clone(),
+    let timer = usrloc_timer(
+        Rc::downgrade(&shard),
         params.config.registrar.timer_interval_s,
-    ))
-    .detach();
+    );
+    if ex.spawn(timer).is_err() {
+        return fail("cannot start the usrloc timer".into());
+    }
     tracing::info!(shard = id, cpu = ?spec.cpu, %local, "shard serving");
     let _ = ready.send(Ok((id, local)));
     drop(ready);
 
-    recv_loop(&shard, t.recv_batch, stop_rx).await;
+    io::run(&shard, &mut io, &cmds);
 
     // Let suspended routes finish (bounded wait) before the final snapshot.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while shard.inflight.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    io::drain_until(
+        &shard,
+        &mut io,
+        Instant::now() + Duration::from_secs(2),
+        || shard.inflight.get() == 0,
+    );
     // Write-back: flush what is dirty, then wait (bounded) for every DB write.
     let svc = shard.engine.shared().services.clone();
     if svc.registrar.db_mode == 2 {
         let n = svc.flush_dirty(shard.engine.shared().clone());
         tracing::info!(shard = id, rows = n, "location flushed on shutdown");
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while svc.db_pending.get() > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(Duration::from_millis(5)).await;
-    }
+    io::drain_until(
+        &shard,
+        &mut io,
+        Instant::now() + Duration::from_secs(10),
+        || svc.db_pending.get() == 0,
+    );
     if svc.db_pending.get() > 0 {
         tracing::error!(
             shard = id,
@@ -497,45 +483,20 @@ async fn serve(
             "database writes still pending at exit"
         );
     }
-    Some(snapshot(&shard, false))
+    let snap = snapshot(&shard, false);
+    ex.clear();
+    Executor::leave();
+    Some(snap)
 }
 
-async fn control_loop(shard: Rc<Shard>, cmd_rx: Receiver<ShardCmd>) {
-    loop {
-        loop {
-            match cmd_rx.try_recv() {
-                Ok(ShardCmd::Snapshot { reset, reply }) => {
-                    let _ = reply.send(snapshot(&shard, reset));
-                }
-                Ok(ShardCmd::Ul { cmd, reply }) => {
-                    let _ = reply.send(handle_ul(&shard, cmd));
-                }
-                Ok(ShardCmd::Shutdown) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    shard.stop.set(true);
-                    let _ = shard.stop_tx.try_send(());
-                    return;
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => break,
-            }
-        }
-        glommio::timer::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn handle_ul(shard: &Shard, cmd: UlCmd) -> serde_json::Value {
-    crate::kemi::registrar::ul_json(&shard.engine.shared().services, cmd)
-}
-
-/// usrloc timer: expire bindings and (db_mode 2) write back dirty ones.
-async fn usrloc_timer(shard: Rc<Shard>, interval_s: u64) {
+/// usrloc timer: expire bindings and (db_mode 2) write back dirty ones, in
+/// the stripes this shard looks after. Sleeps until each deadline: an idle
+/// shard wakes once per interval.
+async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
     let interval = Duration::from_secs(interval_s.max(1));
-    let mut next = Instant::now() + interval;
-    while !shard.stop.get() {
-        glommio::timer::sleep(Duration::from_millis(200)).await;
-        if Instant::now() < next {
-            continue;
-        }
-        next = Instant::now() + interval;
+    loop {
+        crate::exec::sleep(interval).await;
+        let Some(shard) = shard.upgrade() else { return };
         let shared = shard.engine.shared();
         let svc = shared.services.clone();
         svc.expire(shared.clone());
@@ -547,30 +508,35 @@ async fn usrloc_timer(shard: Rc<Shard>, interval_s: u64) {
 
 fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
     let shared = shard.engine.shared();
+    let svc = &shared.services;
     let mut routes = shard.routes.borrow_mut();
+    // Shared tables: each shard reports the stripes it looks after, so the
+    // control plane's sum over shards is the whole table.
+    let mine = |f: &dyn Fn(usize) -> usize, parts: usize| -> i64 {
+        (shard.id..parts)
+            .step_by(shard.shard_count.max(1))
+            .map(f)
+            .sum::<usize>() as i64
+    };
+    let loc = &svc.tables.location;
+    let creds = &svc.tables.creds;
     let snap = ShardSnapshot {
         shard: shard.id,
         cpu: shard.cpu,
         uptime_s: shard.started.elapsed().as_secs_f64(),
-        counters: {
-            let mut c = shared.counters.values();
-            c[Counter::MeshSent as usize] = shared.services.mesh_sent.get();
-            c
-        },
+        counters: shared.counters.values(),
         gauges: vec![
-            (
-                "usrloc.aors",
-                shared.services.location.borrow().len() as i64,
-            ),
+            ("usrloc.aors", mine(&|i| loc.at(i).len(), loc.parts())),
             (
                 "usrloc.contacts",
-                shared.services.location.borrow().contact_count() as i64,
+                mine(&|i| loc.at(i).contact_count(), loc.parts()),
             ),
             (
                 "auth.cache_entries",
-                shared.services.creds.borrow().len() as i64,
+                mine(&|i| creds.at(i).len(), creds.parts()),
             ),
             ("shard.inflight", shard.inflight.get() as i64),
+            ("shard.tasks", shard.ex.live() as i64),
             (
                 "shard.lua_memory_bytes",
                 shard.engine.used_memory_bytes() as i64,
@@ -589,278 +555,11 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
         tuning: shard.tuning.clone(),
     };
     if reset {
-        shared.services.mesh_sent.set(0);
         shared.counters.reset();
         routes.request.reset();
         routes.reply.reset();
     }
     snap
-}
-
-/// The headers a reply copies (RFC 3261 §8.2.6) are present and parse.
-fn answerable(msg: &crate::sip::SipMsg<'_>) -> bool {
-    msg.top_via().is_ok()
-        && msg.call_id().is_some()
-        && msg.cseq().is_ok()
-        && msg.from().is_ok()
-        && msg.to().is_ok()
-}
-
-fn is_timeout(e: &glommio::GlommioError<()>) -> bool {
-    match e {
-        glommio::GlommioError::IoError(io) => {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-            )
-        }
-        glommio::GlommioError::TimedOut(_) => true,
-        _ => false,
-    }
-}
-
-async fn recv_loop(
-    shard: &Rc<Shard>,
-    batch: usize,
-    stop_rx: glommio::channels::local_channel::LocalReceiver<()>,
-) {
-    let mut handled_in_turn = 0usize;
-    while !shard.stop.get() {
-        let mut ctx = shard
-            .pool
-            .borrow_mut()
-            .pop()
-            .unwrap_or_else(|| Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers)));
-        match shard.fast.recv_from(&mut ctx.buf) {
-            Ok((n, src)) => {
-                ctx.len = n;
-                ctx.src = src;
-                handle_datagram(shard, ctx).await;
-                handled_in_turn += 1;
-                if handled_in_turn >= batch {
-                    handled_in_turn = 0;
-                    glommio::yield_if_needed().await;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                recycle(shard, ctx);
-                handled_in_turn = 0;
-                // Empty: wait in io_uring until a datagram is there, or stop.
-                let mut probe = [0u8; 1];
-                let ready = futures_lite::future::or(
-                    async { Some(shard.sock.peek_from(&mut probe).await.map(|_| ())) },
-                    async {
-                        stop_rx.recv().await;
-                        None
-                    },
-                )
-                .await;
-                match ready {
-                    None => break,
-                    Some(Ok(())) => {}
-                    Some(Err(e)) => {
-                        if !is_timeout(&e) && shard.log.allow(Instant::now()) {
-                            tracing::warn!(shard = shard.id, "udp wait failed: {e}");
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                recycle(shard, ctx);
-                if shard.log.allow(Instant::now()) {
-                    tracing::warn!(shard = shard.id, "udp receive failed: {e}");
-                }
-            }
-        }
-    }
-}
-
-fn recycle(shard: &Shard, ctx: Box<MsgCtx>) {
-    let mut pool = shard.pool.borrow_mut();
-    if pool.len() < shard.pool_max {
-        pool.push(ctx);
-    }
-}
-
-fn bad_input(shard: &Shard, ctx: &MsgCtx, e: ParseError) {
-    shard.engine.shared().counters.incr(Counter::BadMsgHdr);
-    if shard.log.allow(Instant::now()) {
-        tracing::warn!(shard = shard.id, src = %ctx.src, len = ctx.len, error = e.as_str(), "malformed SIP message dropped");
-    }
-}
-
-async fn handle_datagram(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
-    ctx.reset();
-    ctx.local = shard.local;
-    let counters = &shard.engine.shared().counters;
-    if ctx.len > shard.max_msg_bytes {
-        bad_input(shard, &ctx, ParseError::TooLarge);
-        return recycle(shard, ctx);
-    }
-    // RFC 5626 keepalives (CRLF) are not messages.
-    if ctx.buf[..ctx.len]
-        .iter()
-        .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
-    {
-        return recycle(shard, ctx);
-    }
-    if let Err(e) = ctx.parse(&shard.limits) {
-        bad_input(shard, &ctx, e);
-        return recycle(shard, ctx);
-    }
-    let is_request = ctx.msg().is_request();
-    if is_request {
-        counters.incr(Counter::RcvRequests);
-        if let Err(e) = ctx.msg().check_request() {
-            bad_input(shard, &ctx, e);
-            // Answer 400 when the headers a reply copies are usable (RFC 3261 §8.2).
-            if answerable(&ctx.msg()) {
-                let reason = format!("Bad Request ({})", e.as_str());
-                if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 400, reason.as_bytes()) {
-                    send_out(shard, &ctx).await;
-                }
-            }
-            return recycle(shard, ctx);
-        }
-        if shard.inflight.get() >= shard.max_inflight {
-            // Overloaded: shed load with a clear answer instead of queueing.
-            if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {
-                send_out(shard, &ctx).await;
-            }
-            return recycle(shard, ctx);
-        }
-        let t0 = Instant::now();
-        let mut run = shard.engine.run_request(ctx);
-        match futures_lite::future::poll_once(&mut run).await {
-            Some((ctx, outcome)) => finish(shard, ctx, outcome, t0, true).await,
-            None => {
-                counters.incr(Counter::RoutesSuspended);
-                shard.inflight.set(shard.inflight.get() + 1);
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let (ctx, outcome) = run.await;
-                    shard.inflight.set(shard.inflight.get() - 1);
-                    finish(&shard, ctx, outcome, t0, true).await;
-                })
-                .detach();
-            }
-        }
-    } else {
-        counters.incr(Counter::RcvReplies);
-        if let Err(e) = ctx.msg().check_response() {
-            bad_input(shard, &ctx, e);
-            return recycle(shard, ctx);
-        }
-        if !shard.engine.has_reply_route() {
-            counters.incr(Counter::DropReplies);
-            return recycle(shard, ctx);
-        }
-        let t0 = Instant::now();
-        let Some(mut run) = shard.engine.run_reply(ctx) else {
-            return;
-        };
-        match futures_lite::future::poll_once(&mut run).await {
-            Some((ctx, outcome)) => finish(shard, ctx, outcome, t0, false).await,
-            None => {
-                shard.inflight.set(shard.inflight.get() + 1);
-                let shard = shard.clone();
-                glommio::spawn_local(async move {
-                    let (ctx, outcome) = run.await;
-                    shard.inflight.set(shard.inflight.get() - 1);
-                    finish(&shard, ctx, outcome, t0, false).await;
-                })
-                .detach();
-            }
-        }
-    }
-}
-
-async fn finish(
-    shard: &Rc<Shard>,
-    mut ctx: Box<MsgCtx>,
-    outcome: RouteOutcome,
-    t0: Instant,
-    request: bool,
-) {
-    let ns = t0.elapsed().as_nanos() as u64;
-    {
-        let mut routes = shard.routes.borrow_mut();
-        let h = if request {
-            &mut routes.request
-        } else {
-            &mut routes.reply
-        };
-        h.saturating_record(ns.max(1));
-    }
-    let counters = &shard.engine.shared().counters;
-    match outcome {
-        RouteOutcome::Done => {
-            if !request {
-                // No transaction layer yet: replies end at the reply route.
-                counters.incr(Counter::DropReplies);
-            }
-        }
-        RouteOutcome::Drop => {
-            counters.incr(if request {
-                Counter::DropRequests
-            } else {
-                Counter::DropReplies
-            });
-        }
-        RouteOutcome::Error(text) => {
-            counters.incr(Counter::ErrRequests);
-            if shard.log.allow(Instant::now()) {
-                tracing::error!(shard = shard.id, src = %ctx.src, "script error: {text}");
-            }
-            if request && shard.on_error == OnScriptError::Reply500 && ctx.replied.is_none() {
-                crate::kemi::sl_reply(
-                    shard.engine.shared(),
-                    &mut ctx,
-                    500,
-                    b"Server Internal Error",
-                );
-            }
-        }
-    }
-    send_out(shard, &ctx).await;
-    recycle(shard, ctx);
-}
-
-async fn send_out(shard: &Shard, ctx: &MsgCtx) {
-    for o in &ctx.out {
-        let bytes = &ctx.out_buf[o.start as usize..o.end as usize];
-        if let Err(e) = shard.sock.send_to(bytes, o.dst).await {
-            shard.engine.shared().counters.incr(Counter::SendErrors);
-            if shard.log.allow(Instant::now()) {
-                tracing::warn!(shard = shard.id, dst = %o.dst, "udp send failed: {e}");
-            }
-        }
-    }
-}
-
-/// Sets this thread's niceness with `renice` (Linux treats a thread id as a
-/// process id here), at start only: no unsafe code for one syscall.
-fn renice_current_thread(shard: usize, nice: i32) {
-    let tid = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_string));
-    let Some(tid) = tid else {
-        tracing::warn!(shard, "shard.nice: cannot find this thread's id");
-        return;
-    };
-    match std::process::Command::new("renice")
-        .args(["-n", &nice.to_string(), "-p", &tid])
-        .output()
-    {
-        Ok(o) if o.status.success() => tracing::info!(shard, nice, "shard thread reniced"),
-        Ok(o) => tracing::warn!(
-            shard,
-            nice,
-            "shard.nice: renice failed: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => tracing::warn!(shard, nice, "shard.nice: cannot run renice: {e}"),
-    }
 }
 
 /// Resolves the script text and name from the config.
@@ -879,39 +578,8 @@ pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
 /// Loads the script once on the calling thread to refuse a broken one before
 /// any shard starts.
 pub fn check_script(params: &ShardParams) -> Result<(), String> {
-    let tuning = params.config.shard.clone();
-    let services = params.services(0)?;
-    Engine::new(&EngineConfig {
-        services,
-        shard_id: 0,
-        shard_count: params.shard_count,
-        script: &params.script,
-        script_name: &params.script_name,
-        myself: params.myself.clone(),
-        server_header: &params.config.core.server_header,
-        tuning: &tuning,
-    })
-    .map(|_| ())
+    params.engine(0, &params.config.shard).map(|_| ())
 }
 
 #[allow(dead_code)]
 fn _assert_shared_is_not_send(_: &Shared) {}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shard_for_is_stable_and_case_insensitive() {
-        assert_eq!(
-            shard_for(b"alice@example.com", 2),
-            shard_for(b"ALICE@Example.com", 2)
-        );
-        assert_eq!(shard_for(b"x", 1), 0);
-        let mut seen = [0usize; 4];
-        for i in 0..1000 {
-            seen[shard_for(format!("user{i}@d").as_bytes(), 4)] += 1;
-        }
-        assert!(seen.iter().all(|&c| c > 150), "{seen:?}");
-    }
-}

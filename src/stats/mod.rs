@@ -69,8 +69,11 @@ counters! {
     UlExpired => "usrloc.expired_contacts", "contacts removed by expiry";
     DbQueries => "db.queries", "database requests sent";
     DbErrors => "db.errors", "database requests failed or timed out";
-    MeshSent => "shard.mesh_sent", "messages sent to other shards";
-    MeshRecv => "shard.mesh_recv", "messages received from other shards";
+    DispatchSent => "shard.dispatch_sent", "messages handed to the shard that owns them before their route ran";
+    DispatchRecv => "shard.dispatch_recv", "messages another shard handed to this one";
+    DispatchDropped => "shard.dispatch_dropped", "messages dropped because the owner's dispatch queue was full";
+    Panics => "shard.panics", "panics caught in a route or task (the shard went on)";
+    RecvErrors => "core.recv_errors", "socket receive errors";
 }
 
 /// One route's histogram plus its name (`request_route`, `reply_route`, ...).

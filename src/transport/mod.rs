@@ -1,6 +1,8 @@
-//! Socket code, and only socket code: per-shard SO_REUSEPORT UDP sockets built
-//! with socket2 and handed to glommio.
+//! Socket code, and only socket code: UDP sockets built with socket2 (one
+//! shared by every shard, or one per shard with SO_REUSEPORT), and the Linux
+//! calls the shard loop waits and reads with (`sys`).
 //!
 //! Never: parse SIP or call into Lua.
 
+pub mod sys;
 pub mod udp;

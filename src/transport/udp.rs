@@ -1,6 +1,8 @@
-//! Per-shard UDP sockets. Every shard binds its own socket to the same address
-//! with SO_REUSEPORT; the kernel spreads datagrams across them by a hash of the
-//! source address and port, so one client's datagrams stay on one shard.
+//! UDP sockets for the shards. Either one socket that every shard waits on
+//! (`EPOLLEXCLUSIVE`: each datagram wakes one idle shard, so one peer's
+//! traffic uses every core, as Kamailio's children share theirs), or one
+//! socket per shard bound with SO_REUSEPORT (the kernel hashes the source
+//! address and port, so one peer's datagrams all land on one shard).
 
 use std::net::SocketAddr;
 
@@ -13,9 +15,10 @@ pub struct UdpOptions {
     pub send_buffer_bytes: usize,
 }
 
-/// Creates a non-blocking, SO_REUSEPORT UDP socket bound to `addr`.
+/// Creates a non-blocking UDP socket bound to `addr` (with SO_REUSEPORT
+/// when `reuseport`, so each shard can bind its own).
 /// The buffer sizes are requests; the kernel caps them at rmem_max/wmem_max.
-pub fn bind_reuseport(addr: SocketAddr, opts: UdpOptions) -> std::io::Result<Socket> {
+pub fn bind(addr: SocketAddr, opts: UdpOptions, reuseport: bool) -> std::io::Result<Socket> {
     let domain = if addr.is_ipv4() {
         Domain::IPV4
     } else {
@@ -23,7 +26,9 @@ pub fn bind_reuseport(addr: SocketAddr, opts: UdpOptions) -> std::io::Result<Soc
     };
     let sock = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
     sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
+    if reuseport {
+        sock.set_reuse_port(true)?;
+    }
     if opts.recv_buffer_bytes > 0 {
         sock.set_recv_buffer_size(opts.recv_buffer_bytes)?;
     }

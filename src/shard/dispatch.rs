@@ -1,0 +1,242 @@
+//! Which shard runs a message, and the hand-over queues between shards.
+//!
+//! Decided once, after parsing and before any route runs, so no route ever
+//! waits for another core:
+//! - a reply whose top Via branch carries a sipshard shard id
+//!   ([`BRANCH_PREFIX`]) goes to that shard: it owns the transaction that
+//!   sent the request;
+//! - with `dispatch = "key"`, a REGISTER goes to the shard of its To AOR and
+//!   any other request to the shard of its Call-ID (so a dialog's requests,
+//!   its CANCEL and its ACK meet on one shard);
+//! - everything else runs where it was read (`dispatch = "local"`, the
+//!   default: the tables a REGISTER touches are shared, see
+//!   `kemi::services::SharedTables`).
+//!
+//! A hand-over moves the message's context (its buffer and parse index) to
+//! the owner's bounded inbox and rings the owner's doorbell if it sleeps.
+
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::config::Dispatch;
+use crate::exec::Doorbell;
+use crate::kemi::MsgCtx;
+use crate::partition;
+use crate::sip::{Method, SipMsg, SipUri};
+
+/// Branches sipshard writes start with this, then the shard id in decimal,
+/// then `.`: `z9hG4bKsS1.<unique>`. RFC 3261 §8.1.1.7 only asks for the
+/// magic cookie and uniqueness; the rest is the server's to use.
+pub const BRANCH_PREFIX: &str = "z9hG4bKsS";
+
+/// The shard id in a sipshard branch, if it is one.
+pub fn branch_shard(branch: &[u8]) -> Option<usize> {
+    let rest = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
+    let dot = rest.iter().position(|&b| b == b'.')?;
+    let digits = &rest[..dot];
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Writes `BRANCH_PREFIX`, the shard id and the dot; the caller appends a
+/// unique tail.
+pub fn write_branch_prefix(out: &mut Vec<u8>, shard: usize) {
+    out.extend_from_slice(BRANCH_PREFIX.as_bytes());
+    out.extend_from_slice(shard.to_string().as_bytes());
+    out.push(b'.');
+}
+
+/// The shard that runs `msg` (`me` when it stays here).
+pub fn target(msg: &SipMsg<'_>, me: usize, shards: usize, mode: Dispatch) -> usize {
+    if shards <= 1 {
+        return me;
+    }
+    if !msg.is_request() {
+        return msg
+            .top_via()
+            .ok()
+            .and_then(|v| v.branch())
+            .and_then(branch_shard)
+            .filter(|&s| s < shards)
+            .unwrap_or(me);
+    }
+    match mode {
+        Dispatch::Local => me,
+        Dispatch::Key => {
+            if msg.method() == Some(Method::Register) {
+                if let Some(uri) = msg.to().ok().and_then(|t| SipUri::parse(t.uri).ok()) {
+                    let user = uri.user.unwrap_or(b"");
+                    return partition::index_parts(&[user, b"@", uri.host], shards);
+                }
+            }
+            match msg.call_id() {
+                Some(id) => partition::index(id, shards),
+                None => me,
+            }
+        }
+    }
+}
+
+/// One shard's inbox of messages handed over by the others.
+struct Inbox {
+    queue: Mutex<VecDeque<Box<MsgCtx>>>,
+    /// Queue length, readable without the lock (the loop checks it before
+    /// it parks).
+    len: AtomicUsize,
+    bell: Arc<Doorbell>,
+}
+
+/// Every shard's inbox; shared by all shards.
+pub struct Peers {
+    inboxes: Vec<Inbox>,
+    max: usize,
+}
+
+impl Peers {
+    /// One inbox per doorbell (shard order), each holding at most `max`.
+    pub fn new(bells: &[Arc<Doorbell>], max: usize) -> Peers {
+        Peers {
+            inboxes: bells
+                .iter()
+                .map(|b| Inbox {
+                    queue: Mutex::new(VecDeque::new()),
+                    len: AtomicUsize::new(0),
+                    bell: b.clone(),
+                })
+                .collect(),
+            max: max.max(1),
+        }
+    }
+
+    /// Queues `ctx` for shard `to`; gives it back when that inbox is full.
+    pub fn hand_over(&self, to: usize, ctx: Box<MsgCtx>) -> Result<(), Box<MsgCtx>> {
+        let Some(inbox) = self.inboxes.get(to) else {
+            return Err(ctx);
+        };
+        {
+            let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+            if q.len() >= self.max {
+                return Err(ctx);
+            }
+            q.push_back(ctx);
+            inbox.len.store(q.len(), Ordering::Release);
+        }
+        inbox.bell.ring();
+        Ok(())
+    }
+
+    /// Something waits in `me`'s inbox.
+    #[inline]
+    pub fn has_work(&self, me: usize) -> bool {
+        self.inboxes
+            .get(me)
+            .is_some_and(|i| i.len.load(Ordering::Acquire) > 0)
+    }
+
+    /// Moves everything in `me`'s inbox to `out`.
+    pub fn take(&self, me: usize, out: &mut Vec<Box<MsgCtx>>) {
+        let Some(inbox) = self.inboxes.get(me) else {
+            return;
+        };
+        if inbox.len.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut q = inbox.queue.lock().unwrap_or_else(|p| p.into_inner());
+        out.extend(q.drain(..));
+        inbox.len.store(0, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::{Framing, Limits, Parsed};
+
+    fn parsed(text: &str) -> (Vec<u8>, Parsed) {
+        let buf = text.replace('\n', "\r\n").into_bytes();
+        let mut p = Parsed::default();
+        crate::sip::parse(&buf, Framing::Datagram, &Limits::default(), &mut p).unwrap();
+        (buf, p)
+    }
+
+    #[test]
+    fn branch_ids_round_trip_and_reject_others() {
+        let mut b = Vec::new();
+        write_branch_prefix(&mut b, 17);
+        b.extend_from_slice(b"abc");
+        assert_eq!(branch_shard(&b), Some(17));
+        for bad in [
+            &b"z9hG4bK776asdhds"[..],
+            b"z9hG4bKsS.x",
+            b"z9hG4bKsS12345.x",
+            b"z9hG4bKsS1x.y",
+            b"z9hG4bKsS1",
+        ] {
+            assert_eq!(branch_shard(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn replies_go_to_the_branch_owner_requests_by_mode() {
+        let reply = "SIP/2.0 200 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKsS1.abc\nFrom: <sip:a@x>;tag=1\nTo: <sip:b@x>;tag=2\nCall-ID: c1\nCSeq: 1 INVITE\nContent-Length: 0\n\n";
+        let (buf, p) = parsed(reply);
+        let m = SipMsg::new(&buf, &p);
+        assert_eq!(target(&m, 0, 2, Dispatch::Local), 1);
+        assert_eq!(target(&m, 0, 1, Dispatch::Local), 0, "one shard");
+        assert_eq!(target(&m, 0, 1, Dispatch::Key), 0);
+        let foreign = reply.replace("z9hG4bKsS1.abc", "z9hG4bK1234");
+        let (buf, p) = parsed(&foreign);
+        assert_eq!(target(&SipMsg::new(&buf, &p), 0, 2, Dispatch::Local), 0);
+        let out_of_range = reply.replace("sS1.", "sS7.");
+        let (buf, p) = parsed(&out_of_range);
+        assert_eq!(target(&SipMsg::new(&buf, &p), 1, 2, Dispatch::Local), 1);
+
+        let reg = |user: &str, cid: &str| {
+            format!("REGISTER sip:x SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKq\nFrom: <sip:{user}@x>;tag=1\nTo: <sip:{user}@x>\nCall-ID: {cid}\nCSeq: 1 REGISTER\nContent-Length: 0\n\n")
+        };
+        let mut seen = [0usize; 2];
+        for i in 0..64 {
+            let (buf, p) = parsed(&reg(&format!("u{i}"), "same-call-id"));
+            let m = SipMsg::new(&buf, &p);
+            assert_eq!(target(&m, 1, 2, Dispatch::Local), 1);
+            let t = target(&m, 0, 2, Dispatch::Key);
+            assert_eq!(t, partition::index(format!("u{i}@x").as_bytes(), 2));
+            seen[t] += 1;
+        }
+        assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+        let invite = "INVITE sip:b@x SIP/2.0\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKq\nFrom: <sip:a@x>;tag=1\nTo: <sip:b@x>\nCall-ID: call-42\nCSeq: 1 INVITE\nContent-Length: 0\n\n";
+        let (buf, p) = parsed(invite);
+        assert_eq!(
+            target(&SipMsg::new(&buf, &p), 0, 2, Dispatch::Key),
+            partition::index(b"call-42", 2)
+        );
+    }
+
+    #[test]
+    fn inbox_is_bounded_and_rings() {
+        let rings = Arc::new(AtomicUsize::new(0));
+        let r = rings.clone();
+        let bell = Arc::new(Doorbell::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        let peers = Peers::new(&[bell.clone()], 2);
+        let ctx = || Box::new(MsgCtx::new(1024, 16));
+        assert!(!peers.has_work(0));
+        bell.park();
+        assert!(peers.hand_over(0, ctx()).is_ok());
+        assert_eq!(rings.load(Ordering::SeqCst), 1);
+        assert!(peers.hand_over(0, ctx()).is_ok());
+        assert!(peers.hand_over(0, ctx()).is_err(), "full");
+        assert!(peers.hand_over(5, ctx()).is_err(), "no such shard");
+        assert!(peers.has_work(0));
+        let mut out = Vec::new();
+        peers.take(0, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(!peers.has_work(0));
+    }
+}

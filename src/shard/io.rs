@@ -1,0 +1,571 @@
+//! A shard's loop: read datagrams, run their routes, send what they produce,
+//! run woken tasks and due timers, and sleep in epoll when there is nothing
+//! to do.
+//!
+//! Cost per message is the point of this file. At low rate a request costs
+//! three syscalls: the `epoll_wait` that wakes the shard, one `recvmmsg`
+//! that returns the datagram, one `sendto` for the reply (a `recvmmsg` that
+//! returned fewer datagrams than it could hold means the socket was empty,
+//! so the shard goes straight back to `epoll_wait` instead of reading again
+//! to see EAGAIN). Under load one `recvmmsg` returns up to `recv_batch`
+//! datagrams and `epoll_wait` is skipped while batches come back full. An
+//! idle shard arms no timer unless a task asked for one.
+//!
+//! Never: block anywhere but in `Epoll::wait`, or let a panic out of a
+//! message (it is caught, answered 500 when it was a request, counted and
+//! logged; the shard goes on).
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::control::ShardCmd;
+use super::dispatch::{self, Peers};
+use crate::config::{Dispatch, OnScriptError};
+use crate::exec::{panic_text, Doorbell, Executor};
+use crate::kemi::{Engine, MsgCtx, RouteOutcome};
+use crate::sip::{Limits, ParseError};
+use crate::stats::Counter;
+use crate::transport::sys::{Epoll, EventFd, RecvBatch};
+
+const TOKEN_SOCKET: u64 = 1;
+const TOKEN_BELL: u64 = 2;
+
+/// A recycled context keeps buffers up to this size; a larger one (from a
+/// rare large message) is freed rather than pinned in the pool.
+const CTX_KEEP_BYTES: usize = 8 << 10;
+
+/// Per-route histograms of one shard.
+pub(super) struct RouteStats {
+    pub request: Histogram<u64>,
+    pub reply: Histogram<u64>,
+}
+
+/// A bounded log rate limiter (per shard): at most `per_s` lines a second.
+pub(super) struct LogLimiter {
+    per_s: u32,
+    window: Cell<Option<Instant>>,
+    used: Cell<u32>,
+    suppressed: Cell<u64>,
+}
+
+impl LogLimiter {
+    pub fn new(per_s: u32) -> LogLimiter {
+        LogLimiter {
+            per_s,
+            window: Cell::new(None),
+            used: Cell::new(0),
+            suppressed: Cell::new(0),
+        }
+    }
+
+    pub fn allow(&self, now: Instant) -> bool {
+        let start = self.window.get();
+        if start.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+            let dropped = self.suppressed.replace(0);
+            if dropped > 0 {
+                tracing::warn!(
+                    suppressed = dropped,
+                    "log lines about bad input were suppressed"
+                );
+            }
+            self.window.set(Some(now));
+            self.used.set(0);
+        }
+        if self.used.get() < self.per_s {
+            self.used.set(self.used.get() + 1);
+            true
+        } else {
+            self.suppressed.set(self.suppressed.get() + 1);
+            false
+        }
+    }
+}
+
+/// One shard's state, shared by its tasks (single thread: Rc/Cell).
+pub(super) struct Shard {
+    pub id: usize,
+    pub shard_count: usize,
+    pub cpu: Option<usize>,
+    /// The socket replies leave from (the shared one, or this shard's own).
+    pub sock: Arc<std::net::UdpSocket>,
+    pub local: SocketAddr,
+    pub engine: Engine,
+    pub ex: Rc<Executor>,
+    pub bell: Arc<Doorbell>,
+    pub peers: Arc<Peers>,
+    pub dispatch: Dispatch,
+    pub limits: Limits,
+    pub on_error: OnScriptError,
+    pub routes: RefCell<RouteStats>,
+    /// Recycled contexts. Boxed on purpose: a context moves into a route
+    /// future, or to another shard, by pointer.
+    #[allow(clippy::vec_box)]
+    pub pool: RefCell<Vec<Box<MsgCtx>>>,
+    pub pool_max: usize,
+    pub max_msg_bytes: usize,
+    pub max_headers: usize,
+    pub inflight: Cell<usize>,
+    pub max_inflight: usize,
+    pub spin: Duration,
+    pub stop: Arc<AtomicBool>,
+    pub started: Instant,
+    pub log: LogLimiter,
+    pub tuning: serde_json::Value,
+}
+
+/// The shard's wait and read machinery.
+pub(super) struct LoopIo {
+    pub epoll: Epoll,
+    pub bell_fd: Arc<EventFd>,
+    pub batch: RecvBatch,
+}
+
+impl LoopIo {
+    pub fn new(
+        sock: &std::net::UdpSocket,
+        exclusive: bool,
+        bell_fd: Arc<EventFd>,
+        batch: usize,
+        slot_bytes: usize,
+    ) -> std::io::Result<LoopIo> {
+        let epoll = Epoll::new()?;
+        epoll.add_readable(sock.as_raw_fd(), TOKEN_SOCKET, exclusive)?;
+        epoll.add_readable(bell_fd.raw(), TOKEN_BELL, false)?;
+        Ok(LoopIo {
+            epoll,
+            bell_fd,
+            batch: RecvBatch::new(batch, slot_bytes),
+        })
+    }
+}
+
+impl Shard {
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn counters(&self) -> &crate::kemi::Counters {
+        &self.engine.shared().counters
+    }
+}
+
+/// Serves until stopped.
+pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>) {
+    let mut handed: Vec<Box<MsgCtx>> = Vec::new();
+    let fd = shard.sock.as_raw_fd();
+    while !shard.stopping() {
+        run_tasks(shard);
+        control(shard, cmds);
+        shard.peers.take(shard.id, &mut handed);
+        for ctx in handed.drain(..) {
+            shard.counters().incr(Counter::DispatchRecv);
+            run_message(shard, ctx);
+        }
+        let n = read_batch(shard, io, fd);
+        if n == io.batch.capacity() {
+            continue; // more are likely waiting: skip the wait
+        }
+        if n == 0 && !shard.spin.is_zero() && spin(shard, io, fd) {
+            continue;
+        }
+        park(shard, io, cmds);
+    }
+}
+
+/// Reads one batch and handles it; returns how many datagrams it held.
+fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> usize {
+    let n = match io.batch.recv(fd) {
+        Ok(n) => n,
+        Err(e) => {
+            shard.counters().incr(Counter::RecvErrors);
+            if shard.log.allow(Instant::now()) {
+                tracing::warn!(shard = shard.id, "udp receive failed: {e}");
+            }
+            0
+        }
+    };
+    for i in 0..n {
+        if let Some((bytes, src)) = io.batch.get(i) {
+            on_datagram(shard, bytes, src);
+        }
+    }
+    n
+}
+
+/// Polls the socket (and other work) for up to `spin` before sleeping.
+fn spin(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> bool {
+    let until = Instant::now() + shard.spin;
+    while Instant::now() < until {
+        if read_batch(shard, io, fd) > 0 || shard.ex.has_ready() || shard.peers.has_work(shard.id) {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
+
+/// Sleeps until a datagram, a doorbell ring, or the next timer.
+fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>) {
+    shard.bell.park();
+    // Re-check every source after announcing the park (see Doorbell).
+    if shard.ex.has_ready()
+        || shard.peers.has_work(shard.id)
+        || shard.stopping()
+        || control(shard, cmds)
+    {
+        shard.bell.unpark();
+        return;
+    }
+    let timeout = shard
+        .ex
+        .next_deadline()
+        .map(|at| at.saturating_duration_since(Instant::now()));
+    let mut rung = false;
+    if let Err(e) = io.epoll.wait(timeout, |t| rung |= t == TOKEN_BELL) {
+        if shard.log.allow(Instant::now()) {
+            tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
+        }
+    }
+    shard.bell.unpark();
+    if rung {
+        io.bell_fd.drain();
+    }
+}
+
+/// Fires due timers and polls woken tasks.
+fn run_tasks(shard: &Rc<Shard>) {
+    if let Some(at) = shard.ex.next_deadline() {
+        let now = Instant::now();
+        if at <= now {
+            shard.ex.fire_timers(now);
+        }
+    }
+    if shard.ex.has_ready() {
+        shard
+            .ex
+            .run_ready(&mut |text| route_panicked(shard, text, "task"));
+    }
+}
+
+/// Handles queued control commands; true when there were any.
+fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
+    let mut any = false;
+    loop {
+        match cmds.try_recv() {
+            Ok(ShardCmd::Snapshot { reset, reply }) => {
+                let _ = reply.send(super::snapshot(shard, reset));
+            }
+            Ok(ShardCmd::Ul { cmd, reply }) => {
+                let _ = reply.send(crate::kemi::registrar::ul_json(
+                    &shard.engine.shared().services,
+                    cmd,
+                ));
+            }
+            Ok(ShardCmd::Shutdown) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                shard.stop.store(true, Ordering::Release);
+                return true;
+            }
+            Err(std::sync::mpsc::TryRecvError::Empty) => return any,
+        }
+        any = true;
+    }
+}
+
+fn take_ctx(shard: &Shard) -> Box<MsgCtx> {
+    shard
+        .pool
+        .borrow_mut()
+        .pop()
+        .unwrap_or_else(|| Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers)))
+}
+
+pub(super) fn recycle(shard: &Shard, mut ctx: Box<MsgCtx>) {
+    let mut pool = shard.pool.borrow_mut();
+    if pool.len() < shard.pool_max {
+        ctx.shrink(CTX_KEEP_BYTES);
+        pool.push(ctx);
+    }
+}
+
+fn bad_input(shard: &Shard, ctx: &MsgCtx, e: ParseError) {
+    shard.counters().incr(Counter::BadMsgHdr);
+    if shard.log.allow(Instant::now()) {
+        tracing::warn!(shard = shard.id, src = %ctx.src, len = ctx.len, error = e.as_str(), "malformed SIP message dropped");
+    }
+}
+
+/// The headers a reply copies (RFC 3261 §8.2.6) are present and parse.
+fn answerable(msg: &crate::sip::SipMsg<'_>) -> bool {
+    msg.top_via().is_ok()
+        && msg.call_id().is_some()
+        && msg.cseq().is_ok()
+        && msg.from().is_ok()
+        && msg.to().is_ok()
+}
+
+/// A datagram as read: parse it, then run it here or hand it to its owner.
+fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
+    // RFC 5626 keepalives (CRLF) are not messages.
+    if bytes
+        .iter()
+        .all(|b| matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+    {
+        return;
+    }
+    let mut ctx = take_ctx(shard);
+    ctx.load(bytes, src, shard.local);
+    if bytes.len() > shard.max_msg_bytes {
+        bad_input(shard, &ctx, ParseError::TooLarge);
+        return recycle(shard, ctx);
+    }
+    if let Err(e) = ctx.parse(&shard.limits) {
+        bad_input(shard, &ctx, e);
+        return recycle(shard, ctx);
+    }
+    let to = dispatch::target(&ctx.msg(), shard.id, shard.shard_count, shard.dispatch);
+    if to != shard.id {
+        shard.counters().incr(Counter::DispatchSent);
+        if let Err(ctx) = shard.peers.hand_over(to, ctx) {
+            shard.counters().incr(Counter::DispatchDropped);
+            if shard.log.allow(Instant::now()) {
+                tracing::warn!(shard = shard.id, to, "dispatch queue full: message dropped");
+            }
+            recycle(shard, ctx);
+        }
+        return;
+    }
+    run_message(shard, ctx);
+}
+
+/// Runs the route of a parsed message that belongs to this shard.
+fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
+    let counters = shard.counters();
+    let is_request = ctx.msg().is_request();
+    if is_request {
+        counters.incr(Counter::RcvRequests);
+        if let Err(e) = ctx.msg().check_request() {
+            bad_input(shard, &ctx, e);
+            // Answer 400 when the headers a reply copies are usable (RFC 3261 §8.2).
+            if answerable(&ctx.msg()) {
+                let reason = format!("Bad Request ({})", e.as_str());
+                if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 400, reason.as_bytes()) {
+                    send_out(shard, &ctx);
+                }
+            }
+            return recycle(shard, ctx);
+        }
+        if shard.inflight.get() >= shard.max_inflight {
+            // Overloaded: shed load with a clear answer instead of queueing.
+            if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {
+                send_out(shard, &ctx);
+            }
+            return recycle(shard, ctx);
+        }
+    } else {
+        counters.incr(Counter::RcvReplies);
+        if let Err(e) = ctx.msg().check_response() {
+            bad_input(shard, &ctx, e);
+            return recycle(shard, ctx);
+        }
+        if !shard.engine.has_reply_route() {
+            counters.incr(Counter::DropReplies);
+            return recycle(shard, ctx);
+        }
+        if shard.inflight.get() >= shard.max_inflight {
+            counters.incr(Counter::DropReplies);
+            return recycle(shard, ctx);
+        }
+    }
+    let t0 = Instant::now();
+    let run = if is_request {
+        shard.engine.run_request(ctx)
+    } else {
+        match shard.engine.run_reply(ctx) {
+            Some(r) => r,
+            None => return,
+        }
+    };
+    let mut run = run;
+    // First poll inline, with a waker that does nothing: a route that does
+    // not wait finishes here with no task, no allocation. One that waits is
+    // spawned, and the task's first poll re-registers its real waker.
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    match first {
+        Ok(Poll::Ready((ctx, outcome))) => finish(shard, ctx, outcome, t0, is_request),
+        Ok(Poll::Pending) => {
+            counters.incr(Counter::RoutesSuspended);
+            let guard = Inflight::new(shard.clone());
+            let s = shard.clone();
+            let spawned = shard.ex.spawn(async move {
+                let _guard = guard;
+                let (ctx, outcome) = run.await;
+                finish(&s, ctx, outcome, t0, is_request);
+            });
+            if spawned.is_err() {
+                // Bounded by max_inflight, so the table has room; if not,
+                // the message is lost and counted.
+                counters.incr(Counter::DropRequests);
+            }
+        }
+        Err(payload) => {
+            drop(run);
+            route_panicked(shard, panic_text(&*payload), "route");
+        }
+    }
+}
+
+/// Counts a suspended route while it lives, whatever way it ends.
+struct Inflight(Rc<Shard>);
+
+impl Inflight {
+    fn new(shard: Rc<Shard>) -> Inflight {
+        shard.inflight.set(shard.inflight.get() + 1);
+        Inflight(shard)
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.set(self.0.inflight.get() - 1);
+    }
+}
+
+/// A panic while a route ran: the message it was routing (still in the
+/// engine's slot when the panic came from a KSR function) is answered 500
+/// when it is a request; the panic is counted and logged with its text (the
+/// panic hook has already printed where it happened). The shard goes on.
+fn route_panicked(shard: &Rc<Shard>, text: &str, what: &str) {
+    shard.counters().incr(Counter::Panics);
+    tracing::error!(
+        shard = shard.id,
+        "panic in a {what}, caught; the shard goes on: {text}"
+    );
+    let ctx = shard.engine.shared().cur.borrow_mut().take();
+    if let Some(mut ctx) = ctx {
+        if ctx.msg().is_request()
+            && ctx.replied.is_none()
+            && crate::kemi::sl_reply(
+                shard.engine.shared(),
+                &mut ctx,
+                500,
+                b"Server Internal Error",
+            )
+        {
+            send_out(shard, &ctx);
+        }
+        recycle(shard, ctx);
+    }
+}
+
+fn finish(
+    shard: &Rc<Shard>,
+    mut ctx: Box<MsgCtx>,
+    outcome: RouteOutcome,
+    t0: Instant,
+    request: bool,
+) {
+    let ns = t0.elapsed().as_nanos() as u64;
+    {
+        let mut routes = shard.routes.borrow_mut();
+        let h = if request {
+            &mut routes.request
+        } else {
+            &mut routes.reply
+        };
+        h.saturating_record(ns.max(1));
+    }
+    let counters = shard.counters();
+    match outcome {
+        RouteOutcome::Done => {
+            if !request {
+                // No transaction layer yet: replies end at the reply route.
+                counters.incr(Counter::DropReplies);
+            }
+        }
+        RouteOutcome::Drop => {
+            counters.incr(if request {
+                Counter::DropRequests
+            } else {
+                Counter::DropReplies
+            });
+        }
+        RouteOutcome::Error(text) => {
+            counters.incr(Counter::ErrRequests);
+            if shard.log.allow(Instant::now()) {
+                tracing::error!(shard = shard.id, src = %ctx.src, "script error: {text}");
+            }
+            if request && shard.on_error == OnScriptError::Reply500 && ctx.replied.is_none() {
+                crate::kemi::sl_reply(
+                    shard.engine.shared(),
+                    &mut ctx,
+                    500,
+                    b"Server Internal Error",
+                );
+            }
+        }
+    }
+    send_out(shard, &ctx);
+    recycle(shard, ctx);
+}
+
+fn send_out(shard: &Shard, ctx: &MsgCtx) {
+    for o in &ctx.out {
+        let bytes = &ctx.out_buf[o.start as usize..o.end as usize];
+        if let Err(e) = shard.sock.send_to(bytes, o.dst) {
+            shard.counters().incr(Counter::SendErrors);
+            if shard.log.allow(Instant::now()) {
+                tracing::warn!(shard = shard.id, dst = %o.dst, "udp send failed: {e}");
+            }
+        }
+    }
+}
+
+/// Runs tasks and timers (no socket reads) until `done()` or `deadline`:
+/// shutdown waits for suspended routes and database writes this way.
+pub(super) fn drain_until(
+    shard: &Rc<Shard>,
+    io: &mut LoopIo,
+    deadline: Instant,
+    done: impl Fn() -> bool,
+) {
+    while !done() && Instant::now() < deadline {
+        run_tasks(shard);
+        if done() {
+            break;
+        }
+        shard.bell.park();
+        if shard.ex.has_ready() {
+            shard.bell.unpark();
+            continue;
+        }
+        let mut wait = deadline.saturating_duration_since(Instant::now());
+        if let Some(at) = shard.ex.next_deadline() {
+            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        }
+        let mut rung = false;
+        // Socket readiness is ignored here; only bells and timers matter.
+        let _ = io
+            .epoll
+            .wait(Some(wait.min(Duration::from_millis(5))), |t| {
+                rung |= t == TOKEN_BELL
+            });
+        shard.bell.unpark();
+        if rung {
+            io.bell_fd.drain();
+        }
+    }
+}
