@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `core.uptime` | – | `{"now": ctime, "up_since": ctime, "uptime": s}` (UTC) |
 //! | `core.version` | – | `"sipshard 0.1.0 (x86_64/linux)"` |
-//! | `core.shards` | – | `[{"id", "cpu", "uptime", "messages", "rcv_requests", "rcv_replies", "gauges": {..}, "tuning": {..}}]` |
+//! | `core.shards` | – | `[{"id", "cpu", "uptime", "messages", "rcv_requests", "rcv_replies", "dispatch_sent", "dispatch_recv", "panics", "gauges": {..}, "tuning": {..}}]` |
 //! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards |
 //! | `stats.reset` | – or `"all"` | `{"reset": shards}` (zeroes counters and histograms) |
 //! | `ul.dump` | – | `{"aors": [..], "shards": n, "truncated": bool}` |
@@ -97,6 +97,9 @@ async fn core_shards(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Meth
                 "messages": rcv_requests.saturating_add(rcv_replies),
                 "rcv_requests": rcv_requests,
                 "rcv_replies": rcv_replies,
+                "dispatch_sent": s.counters[Counter::DispatchSent as usize],
+                "dispatch_recv": s.counters[Counter::DispatchRecv as usize],
+                "panics": s.counters[Counter::Panics as usize],
                 "gauges": gauges,
                 "tuning": s.tuning,
             })
