@@ -164,6 +164,8 @@ pub struct Running {
     pub control: ControlHandle,
     handles: Vec<std::thread::JoinHandle<Option<ShardSnapshot>>>,
     finished: Arc<std::sync::atomic::AtomicUsize>,
+    /// Told when a shard thread ends (set by [`Running::wait`]).
+    exit_tx: Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<&'static str>>>>,
     pub local_addr: SocketAddr,
 }
 
@@ -195,6 +197,8 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     let n = specs.len();
     let (ready_tx, ready_rx) = sync_channel::<Result<(usize, SocketAddr), StartError>>(n.max(1));
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let exit_tx: Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<&'static str>>>> =
+        Arc::new(std::sync::Mutex::new(None));
     let other = |e: std::io::Error| StartError::Other(e.to_string());
     let mut bell_fds = Vec::with_capacity(n);
     let mut bells = Vec::with_capacity(n);
@@ -235,11 +239,15 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
             spec,
         };
         let finished = finished.clone();
+        let exit_tx = exit_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("shard-{id}"))
             .spawn(move || {
                 let snap = supervise(id, start);
                 finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if let Some(tx) = exit_tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    let _ = tx.send("shard");
+                }
                 snap
             })
             .map_err(|e| StartError::Shard {
@@ -271,6 +279,7 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         control,
         handles,
         finished,
+        exit_tx,
         local_addr,
     })
 }
@@ -295,26 +304,30 @@ fn supervise(id: usize, start: ShardStart) -> Option<ShardSnapshot> {
 
 impl Running {
     /// Blocks until SIGINT/SIGTERM (or a shard stops by itself), then stops all
-    /// shards and returns their final snapshots.
+    /// shards and returns their final snapshots. Sleeps in blocking reads
+    /// meanwhile: an idle server wakes for nothing.
     pub fn wait(self) -> Vec<ShardSnapshot> {
         use signal_hook::consts::{SIGINT, SIGTERM};
-        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!("cannot install signal handlers: {e}");
-                None
+        let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+            Ok(mut signals) => {
+                let tx = tx.clone();
+                let _ = std::thread::Builder::new()
+                    .name("signals".into())
+                    .spawn(move || {
+                        if let Some(sig) = signals.forever().next() {
+                            tracing::info!(signal = sig, "stopping");
+                            let _ = tx.send("signal");
+                        }
+                    });
             }
-        };
-        loop {
-            if let Some(sig) = signals.as_mut().and_then(|s| s.pending().next()) {
-                tracing::info!(signal = sig, "stopping");
-                break;
-            }
-            if self.finished.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            Err(e) => tracing::error!("cannot install signal handlers: {e}"),
+        }
+        *self.exit_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        if self.finished.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            if let Ok("shard") = rx.recv() {
                 tracing::warn!("a shard stopped; stopping the others");
-                break;
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
         self.stop()
     }
