@@ -55,6 +55,7 @@ cleanup() {
     wait "$SERVER_PID" 2>/dev/null || true
   fi
   pkill -f "sipp 127.0.0.1:$PORT " 2>/dev/null || true
+  if [ -n "${KEEP_LOG:-}" ]; then cp "$WORK/server.err" "$KEEP_LOG" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -318,12 +318,12 @@ impl Engine {
         // shard); recycling them avoids a lua_newthread per message.
         let lua = Lua::new_with(
             mlua::StdLib::ALL_SAFE,
-            // A Rust panic inside a KSR function is a bug, not a script error:
-            // it must not be swallowed by the script's (or the route wrapper's)
-            // pcall, but reach the shard, which counts it and answers 500.
-            mlua::LuaOptions::new()
-                .thread_pool_size(256)
-                .catch_rust_panics(false),
+            // (catch_rust_panics stays on: turning it off wraps pcall in a C
+            // function, and a route could no longer yield inside the route
+            // wrapper's xpcall. A panic inside a KSR function then ends the
+            // route as an error; the shard tells it from a script error by
+            // its panic hook, see `exec::take_panic`.)
+            mlua::LuaOptions::new().thread_pool_size(256),
         )
         .map_err(|e| e.to_string())?;
         match cfg.tuning.lua_gc {

@@ -450,6 +450,7 @@ impl Drop for Inflight {
 /// panic hook has already printed where it happened). The shard goes on.
 fn route_panicked(shard: &Rc<Shard>, text: &str, what: &str) {
     shard.counters().incr(Counter::Panics);
+    let text = crate::exec::take_panic().unwrap_or_else(|| text.to_string());
     tracing::error!(
         shard = shard.id,
         "panic in a {what}, caught; the shard goes on: {text}"
@@ -504,7 +505,16 @@ fn finish(
             });
         }
         RouteOutcome::Error(text) => {
-            counters.incr(Counter::ErrRequests);
+            if let Some(panic) = crate::exec::take_panic() {
+                // A KSR function panicked and Lua's pcall made it an error.
+                counters.incr(Counter::Panics);
+                tracing::error!(
+                    shard = shard.id,
+                    "panic in a route, caught; the shard goes on: {panic}"
+                );
+            } else {
+                counters.incr(Counter::ErrRequests);
+            }
             if shard.log.allow(Instant::now()) {
                 tracing::error!(shard = shard.id, src = %ctx.src, "script error: {text}");
             }

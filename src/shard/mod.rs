@@ -194,6 +194,7 @@ fn udp_options(t: &crate::config::ShardTuning) -> crate::transport::udp::UdpOpti
 /// Spawns one thread per shard spec; returns once all are serving.
 pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running, StartError> {
     let started = Instant::now();
+    crate::exec::install_panic_hook();
     let n = specs.len();
     let (ready_tx, ready_rx) = sync_channel::<Result<(usize, SocketAddr), StartError>>(n.max(1));
     let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
