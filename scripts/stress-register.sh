@@ -20,7 +20,8 @@
 # Environment: PROFILE (release|dev), CORES (default 0,1), USERS (16),
 # PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file),
 # SPIN_US (shard.spin_before_park_us, default 0), SHARD_NICE (shard.nice,
-# default 0), NICE (run the whole server under
+# default 0), PIN (core.pin, default true), UDP_SOCKET (core.udp_socket,
+# default spread), DISPATCH (shard.dispatch, default local), NICE (run the whole server under
 # `nice -n $NICE`, default: not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,11 +78,14 @@ cat > "$WORK/sipshard.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 cores = [$CORES]
 log_level = "info"
+pin = ${PIN:-true}
+udp_socket = "${UDP_SOCKET:-spread}"
 [shard]
 recv_buffer_bytes = 8388608
 send_buffer_bytes = 8388608
 spin_before_park_us = ${SPIN_US:-0}
 nice = ${SHARD_NICE:-0}
+dispatch = "${DISPATCH:-local}"
 [db]
 url = "$DB"
 [rpc]

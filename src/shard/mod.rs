@@ -368,7 +368,7 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         None
     };
     let t = &spec.tuning;
-    if let Some(cpu) = spec.cpu {
+    if let Some(cpu) = spec.cpu.filter(|_| params.config.core.pin) {
         if let Err(e) = crate::transport::sys::pin_current_thread(cpu) {
             return fail(format!("cannot pin to CPU {cpu}: {e}"));
         }
