@@ -42,8 +42,8 @@ pub struct Config {
     pub shard: ShardTuning,
     /// Per-shard overrides, in shard order (`[[shards]]`).
     pub shards: Vec<ShardOverride>,
-    pub rpc: crate::rpc::RpcConfig,
-    pub db: crate::db::DbConfig,
+    pub rpc: RpcConfig,
+    pub db: DbConfig,
     pub auth: AuthConfig,
     pub registrar: RegistrarConfig,
     /// Where the config came from, for error messages.
@@ -361,6 +361,62 @@ impl Default for RegistrarConfig {
             db_mode: 0,
             timer_interval_s: 60,
             use_domain: false,
+        }
+    }
+}
+
+/// `[rpc]` configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    pub listen: SocketAddr,
+    /// When false, `rpc::spawn` starts nothing (no listener, no hlog writer).
+    pub enabled: bool,
+    /// Concurrent HTTP connections; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// Periodic interval log of route latency (off when absent).
+    pub hlog: Option<crate::stats::hlog::HlogConfig>,
+    /// `/metrics` histogram bucket upper bounds in microseconds.
+    pub prometheus_buckets_us: Vec<f64>,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5070)),
+            enabled: true,
+            max_connections: 64,
+            hlog: None,
+            prometheus_buckets_us: crate::stats::prom::default_buckets_us(),
+        }
+    }
+}
+
+/// `[db]` section of the configuration file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DbConfig {
+    /// `sqlite://path` (file created if missing), `postgres://user@host/db`
+    /// or `mysql://user@host/db` (MySQL and MariaDB).
+    pub url: String,
+    /// Pool size: database connections open at once, and requests in flight.
+    pub max_connections: u32,
+    /// Requests waiting for a connection; one more gets `QueueFull`.
+    pub queue_depth: usize,
+    /// Longest a request may take, including waiting for a connection.
+    pub query_timeout_ms: u64,
+    /// Most rows `location_load_all` returns; more is `DbError::TooManyRows`.
+    pub location_rows_max: usize,
+}
+
+impl Default for DbConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://sipshard.db".to_owned(),
+            max_connections: 4,
+            queue_depth: 1_024,
+            query_timeout_ms: 2_000,
+            location_rows_max: 1_000_000,
         }
     }
 }

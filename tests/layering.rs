@@ -133,3 +133,44 @@ fn every_module_says_what_it_owns() {
         );
     }
 }
+
+/// Dependencies point down: `config` (read by every layer) names none of
+/// the layers above it, and `kemi` (the Lua layer) never reaches into the
+/// shard runtime.
+#[test]
+fn lower_layers_do_not_import_upper_ones() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let rules: &[(&str, &[&str])] = &[
+        (
+            "config.rs",
+            &["crate::rpc", "crate::db", "crate::shard", "crate::kemi"],
+        ),
+        ("partition.rs", &["crate::"]),
+        (
+            "exec.rs",
+            &["crate::shard", "crate::kemi", "crate::transport"],
+        ),
+    ];
+    let mut violations = Vec::new();
+    for (file, banned) in rules {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        for (n, line) in code_lines(&text) {
+            for b in *banned {
+                if line.contains(b) {
+                    violations.push(format!("src/{file}:{n}: names `{b}`"));
+                }
+            }
+        }
+    }
+    let mut kemi = Vec::new();
+    rust_files(&root.join("kemi"), &mut kemi);
+    for f in kemi {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in code_lines(&text) {
+            if line.contains("crate::shard::") && !line.contains("crate::shard::control") {
+                violations.push(format!("{}:{n}: kemi reaches into shard", f.display()));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "{}", violations.join("\n"));
+}

@@ -30,7 +30,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 pub use pool::{DbPool, Dialect};
@@ -40,34 +39,7 @@ pub use schema::{init_schema, SCHEMA_VERSIONS};
 /// batches are refused with [`DbError::BatchTooLarge`] (split them).
 pub const BATCH_ROWS_MAX: usize = 1_000;
 
-/// `[db]` section of the configuration file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct DbConfig {
-    /// `sqlite://path` (file created if missing), `postgres://user@host/db`
-    /// or `mysql://user@host/db` (MySQL and MariaDB).
-    pub url: String,
-    /// Pool size: database connections open at once, and requests in flight.
-    pub max_connections: u32,
-    /// Requests waiting for a connection; one more gets `QueueFull`.
-    pub queue_depth: usize,
-    /// Longest a request may take, including waiting for a connection.
-    pub query_timeout_ms: u64,
-    /// Most rows `location_load_all` returns; more is [`DbError::TooManyRows`].
-    pub location_rows_max: usize,
-}
-
-impl Default for DbConfig {
-    fn default() -> Self {
-        Self {
-            url: "sqlite://sipshard.db".to_owned(),
-            max_connections: 4,
-            queue_depth: 1_024,
-            query_timeout_ms: 2_000,
-            location_rows_max: 1_000_000,
-        }
-    }
-}
+pub use crate::config::DbConfig;
 
 impl DbConfig {
     /// Same configuration, another URL.

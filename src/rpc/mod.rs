@@ -31,11 +31,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use serde::Deserialize;
-
 pub use self::client::{run_ctl, CtlArgs};
 pub use self::jsonrpc::{Handler, MethodError, Params, Registry};
 pub use self::report::{run_report, ReportArgs};
+pub use crate::config::RpcConfig;
 use crate::shard::control::ControlHandle;
 pub use crate::stats::hlog::HlogConfig;
 use crate::stats::prom;
@@ -46,33 +45,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5070";
 pub const CONNECTIONS_MAX: usize = 4096;
 /// How long a method waits for shards to answer before failing the call.
 pub const SHARD_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `[rpc]` configuration.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RpcConfig {
-    pub listen: SocketAddr,
-    /// When false, [`spawn`] starts nothing (no listener, no hlog writer).
-    pub enabled: bool,
-    /// Concurrent HTTP connections; more are answered 503 and closed.
-    pub max_connections: usize,
-    /// Periodic interval log of route latency (off when absent).
-    pub hlog: Option<HlogConfig>,
-    /// `/metrics` histogram bucket upper bounds in microseconds.
-    pub prometheus_buckets_us: Vec<f64>,
-}
-
-impl Default for RpcConfig {
-    fn default() -> Self {
-        RpcConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5070)),
-            enabled: true,
-            max_connections: 64,
-            hlog: None,
-            prometheus_buckets_us: prom::default_buckets_us(),
-        }
-    }
-}
 
 impl RpcConfig {
     /// Checks every bound; the error says which setting is wrong.
