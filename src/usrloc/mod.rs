@@ -27,14 +27,15 @@ mod save;
 mod table;
 
 pub use contact::{
-    format_q, method_bit, method_bits, methods_from_allow, Record, Ucontact, FLAG_MEM_ONLY,
+    format_q, method_bit, method_bits, methods_from_allow, Binding, BindingStrs, Record, Ucontact,
+    FIELD_MAX, FLAG_MEM_ONLY,
 };
 pub use reply::{contact_headers, error_headers, ok_headers, ReplyContact, ReplyOpts};
 pub use ruid::RuidGen;
 pub use save::{Changes, ContactSpec, SaveError, SaveFlags, SaveOutcome, SaveRequest};
 pub use table::{
-    DirtyBatch, Expired, LoadReport, Location, LocationParams, MatchingMode, MinExpiresMode,
-    PathMode, RegisteredMatch, RegistrarParams, Unregister, UnregisterError,
+    Contacts, DirtyBatch, Expired, LoadReport, Location, LocationParams, MatchingMode,
+    MinExpiresMode, PathMode, RegisteredMatch, RegistrarParams, Unregister, UnregisterError,
 };
 
 /// Return codes of Kamailio `registrar` functions, as its documentation lists

@@ -4,7 +4,7 @@
 //!
 //! Output is `Name: value\r\n` lines ready to append to a reply.
 
-use super::contact::{format_q, Ucontact};
+use super::contact::{format_q, Binding, Ucontact};
 use super::save::{SaveError, SaveOutcome};
 use super::table::RegistrarParams;
 
@@ -29,6 +29,17 @@ impl ReplyContact {
             instance: c.instance.clone(),
             reg_id: c.reg_id,
             received: c.received.clone(),
+        }
+    }
+
+    pub fn from_binding(c: &Binding, now_unix_s: u64) -> ReplyContact {
+        ReplyContact {
+            uri: c.contact().to_string(),
+            expires_s: c.remaining_s(now_unix_s),
+            q: c.q(),
+            instance: c.instance().map(str::to_string),
+            reg_id: c.reg_id,
+            received: c.received().map(str::to_string),
         }
     }
 }

@@ -17,7 +17,9 @@
 //! all binding updates and additions succeed").
 
 use super::codes;
-use super::contact::{method_bits, Record, Ucontact, FLAG_MEM_ONLY};
+use super::contact::{
+    method_bits, sort_bindings, truncate_utf8, Binding, BindingStrs, Ucontact, FLAG_MEM_ONLY,
+};
 use super::reply::ReplyContact;
 use super::table::{Location, MatchingMode, MinExpiresMode, PathMode};
 
@@ -251,7 +253,7 @@ fn contact_expires(
 /// Index of the binding a contact refers to.
 fn find_binding(
     mode: MatchingMode,
-    contacts: &[Ucontact],
+    contacts: &[Binding],
     spec: &ContactSpec<'_>,
     call_id: &str,
     path: Option<&str>,
@@ -260,23 +262,23 @@ fn find_binding(
         let reg_id = spec.reg_id.unwrap_or(0);
         if let Some(i) = contacts
             .iter()
-            .position(|c| c.instance.as_deref() == Some(inst) && c.reg_id == reg_id)
+            .position(|c| c.instance() == Some(inst) && c.reg_id == reg_id)
         {
             return Some(i);
         }
         // A binding made before the UA sent an instance: match it by URI.
     }
     contacts.iter().position(|c| {
-        if spec.instance.is_some_and(|i| !i.is_empty()) && c.instance.is_some() {
+        if spec.instance.is_some_and(|i| !i.is_empty()) && c.instance().is_some() {
             return false;
         }
         match mode {
-            MatchingMode::Contact => c.contact == spec.uri,
-            MatchingMode::ContactCallid => c.contact == spec.uri && c.callid == call_id,
+            MatchingMode::Contact => c.contact() == spec.uri,
+            MatchingMode::ContactCallid => c.contact() == spec.uri && c.callid() == call_id,
             MatchingMode::ContactPath => {
-                c.contact == spec.uri && (path.is_none() || c.path.as_deref() == path)
+                c.contact() == spec.uri && (path.is_none() || c.path() == path)
             }
-            MatchingMode::Callid => c.callid == call_id,
+            MatchingMode::Callid => c.callid() == call_id,
         }
     })
 }
@@ -289,11 +291,11 @@ enum CseqVerdict {
 /// RFC 3261 §10.3 Call-ID / CSeq rule for an existing, valid binding.
 fn cseq_rule(
     loc: &Location,
-    b: &Ucontact,
+    b: &Binding,
     req: &SaveRequest<'_>,
     now_unix_s: u64,
 ) -> Result<CseqVerdict, SaveError> {
-    if !b.is_valid(now_unix_s) || b.callid != req.call_id || req.cseq > b.cseq {
+    if !b.is_valid(now_unix_s) || b.callid() != req.call_id || req.cseq > b.cseq {
         return Ok(CseqVerdict::Proceed);
     }
     let delay = u64::from(loc.params.cseq_delay_s);
@@ -302,17 +304,6 @@ fn cseq_rule(
         return Ok(CseqVerdict::Retransmission);
     }
     Err(SaveError::InvalidCseq)
-}
-
-fn truncate_utf8(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 impl Location {
@@ -352,12 +343,11 @@ impl Location {
                 _ => (None, None),
             };
 
-        let existing: &[Ucontact] = self
-            .records
-            .get(&aor)
-            .map_or(&[], |r| r.contacts.as_slice());
-        let mut work: Vec<Ucontact> = existing.to_vec();
-        let mut changes = Changes::default();
+        let mut work: Vec<Binding> = self.bindings(&aor).to_vec();
+        let mut deleted: Vec<Binding> = Vec::new();
+        let mut inserted: Vec<usize> = Vec::new();
+        let mut updated: Vec<usize> = Vec::new();
+        // ruids this request refreshed, changed or added (kept whatever happens).
         let mut touched: Vec<String> = Vec::new();
         let mut retransmission = false;
 
@@ -373,7 +363,7 @@ impl Location {
             let mut keep = Vec::new();
             for b in work.drain(..) {
                 match cseq_rule(self, &b, req, now_unix_s)? {
-                    CseqVerdict::Proceed => changes.deleted.push(b),
+                    CseqVerdict::Proceed => deleted.push(b),
                     CseqVerdict::Retransmission => {
                         retransmission = true;
                         keep.push(b);
@@ -382,7 +372,9 @@ impl Location {
             }
             work = keep;
         } else {
-            // Step 7.
+            // Step 7. Changed bindings are noted by ruid (positions move)
+            // and found again once the set is final.
+            let mut changed: Vec<(bool, String)> = Vec::new();
             for spec in req.contacts {
                 if spec.uri.is_empty() {
                     return Err(SaveError::EmptyContact);
@@ -405,48 +397,41 @@ impl Location {
                     stored_path,
                 );
                 if let Some(i) = found {
-                    if touched.contains(&work[i].ruid) {
+                    if touched.iter().any(|t| t == work[i].ruid()) {
                         // The same binding twice in one request: the first wins.
                         continue;
                     }
                     match cseq_rule(self, &work[i], req, now_unix_s)? {
                         CseqVerdict::Retransmission => {
                             retransmission = true;
-                            touched.push(work[i].ruid.clone());
+                            touched.push(work[i].ruid().to_string());
                             continue;
                         }
                         CseqVerdict::Proceed => {}
                     }
                     if expires_s == 0 {
-                        changes.deleted.push(work.remove(i));
+                        deleted.push(work.remove(i));
                         continue;
                     }
-                    let b = &mut work[i];
-                    self.fill(b, req, spec, expires_s, stored_path, now_unix_s);
-                    touched.push(b.ruid.clone());
-                    changes.updated.push(b.clone());
+                    let old = &work[i];
+                    let mut b = self.make(
+                        old.ruid(),
+                        old.flags,
+                        req,
+                        spec,
+                        expires_s,
+                        stored_path,
+                        now_unix_s,
+                    );
+                    b.set_dirty(old.is_dirty());
+                    touched.push(b.ruid().to_string());
+                    changed.push((false, b.ruid().to_string()));
+                    work[i] = b;
                 } else if expires_s > 0 {
-                    let mut b = Ucontact {
-                        ruid: self.ruids.next_ruid(),
-                        contact: String::new(),
-                        received: None,
-                        path: None,
-                        expires_unix_s: 0,
-                        q: None,
-                        callid: String::new(),
-                        cseq: 0,
-                        flags: 0,
-                        cflags: 0,
-                        user_agent: String::new(),
-                        socket: None,
-                        methods: method_bits::ALL,
-                        instance: None,
-                        reg_id: 0,
-                        last_modified_unix_s: now_unix_s,
-                    };
-                    self.fill(&mut b, req, spec, expires_s, stored_path, now_unix_s);
-                    touched.push(b.ruid.clone());
-                    changes.inserted.push(b.clone());
+                    let ruid = self.ruids.next_ruid();
+                    let b = self.make(&ruid, 0, req, spec, expires_s, stored_path, now_unix_s);
+                    touched.push(ruid.clone());
+                    changed.push((true, ruid));
                     work.push(b);
                 }
                 // expires 0 for an unknown contact: nothing to remove.
@@ -456,20 +441,29 @@ impl Location {
             let single = req.flags.has(SaveFlags::SINGLE_CONTACT);
             let mut keep = Vec::with_capacity(work.len());
             for b in work.drain(..) {
-                let is_touched = touched.contains(&b.ruid);
+                let is_touched = touched.iter().any(|t| t == b.ruid());
                 if is_touched || (b.is_valid(now_unix_s) && !single) {
                     keep.push(b);
                 } else {
-                    changes.deleted.push(b);
+                    deleted.push(b);
                 }
             }
             work = keep;
+            for (new, ruid) in changed {
+                if let Some(i) = work.iter().position(|b| b.ruid() == ruid) {
+                    if new {
+                        inserted.push(i);
+                    } else {
+                        updated.push(i);
+                    }
+                }
+            }
         }
 
         // Limits: only a request that adds bindings can exceed them, so
         // refreshes and removals always pass even if the limit was lowered.
         let valid = work.iter().filter(|c| c.is_valid(now_unix_s)).count();
-        if !changes.inserted.is_empty() {
+        if !inserted.is_empty() {
             let max = req.max_contacts.unwrap_or(self.registrar.max_contacts);
             if max != 0 && valid > max as usize {
                 return Err(SaveError::TooManyContacts { max });
@@ -479,39 +473,43 @@ impl Location {
                     max: self.params.max_contacts_per_aor as u32,
                 });
             }
-            if !self.records.contains_key(&aor) && self.records.len() >= self.params.max_aors {
+            if !self.records.contains_key(&*aor) && self.records.len() >= self.params.max_aors {
                 return Err(SaveError::TableFull);
             }
         }
 
         // Commit.
-        for c in &changes.deleted {
+        for c in &deleted {
             self.mark_deleted(c);
         }
-        for c in changes.inserted.iter().chain(&changes.updated) {
-            self.mark_upsert(&aor, c);
+        for &i in inserted.iter().chain(&updated) {
+            self.mark_upsert(&aor, &mut work[i]);
         }
+        let changes = Changes {
+            inserted: inserted.iter().map(|&i| work[i].to_contact()).collect(),
+            updated: updated.iter().map(|&i| work[i].to_contact()).collect(),
+            deleted: deleted.iter().map(Binding::to_contact).collect(),
+        };
         if work.is_empty() {
-            self.records.remove(&aor);
+            self.records.remove(&*aor);
         } else {
-            let rec = self.records.entry(aor.clone()).or_insert_with(|| Record {
-                aor: aor.clone(),
-                contacts: Vec::new(),
-            });
-            rec.contacts = work;
-            rec.sort();
+            sort_bindings(&mut work);
+            let work = work.into_boxed_slice();
+            match self.records.get_mut(&*aor) {
+                Some(slot) => *slot = work,
+                None => {
+                    self.records.insert(aor.as_str().into(), work);
+                }
+            }
         }
         debug_assert!(self.records.len() <= self.params.max_aors);
 
         let contacts = self
-            .records
-            .get(&aor)
-            .map(|r| {
-                r.valid(now_unix_s)
-                    .map(|c| ReplyContact::from_contact(c, now_unix_s))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .bindings(&aor)
+            .iter()
+            .filter(|c| c.is_valid(now_unix_s))
+            .map(|c| ReplyContact::from_binding(c, now_unix_s))
+            .collect();
         Ok(SaveOutcome {
             aor,
             contacts,
@@ -521,50 +519,56 @@ impl Location {
         })
     }
 
+    /// The binding `spec` of `req` makes: `ruid` and the usrloc flags other
+    /// than memory-only are kept from the binding it replaces.
     #[allow(clippy::too_many_arguments)]
-    fn fill(
+    fn make(
         &self,
-        b: &mut Ucontact,
+        ruid: &str,
+        old_flags: u32,
         req: &SaveRequest<'_>,
         spec: &ContactSpec<'_>,
         expires_s: u32,
         path: Option<&str>,
         now_unix_s: u64,
-    ) {
-        b.contact = spec.uri.to_string();
-        b.received = req.received.map(str::to_string);
-        b.path = path.map(str::to_string);
+    ) -> Binding {
+        let mut b = Binding::new(&BindingStrs {
+            ruid,
+            contact: spec.uri,
+            callid: req.call_id,
+            user_agent: truncate_utf8(req.user_agent, USER_AGENT_MAX),
+            received: req.received,
+            path,
+            socket: req.socket,
+            instance: spec.instance.filter(|i| !i.is_empty()),
+        });
         b.expires_unix_s = now_unix_s.saturating_add(u64::from(expires_s));
-        b.q = req
-            .q_override
-            .or(spec.q)
-            .or(self.registrar.default_q)
-            .map(|q| q.min(1000));
-        b.callid = req.call_id.to_string();
+        b.set_q(
+            req.q_override
+                .or(spec.q)
+                .or(self.registrar.default_q)
+                .map(|q| q.min(1000)),
+        );
         b.cseq = req.cseq;
         b.flags = if req.flags.has(SaveFlags::MEM_ONLY) {
-            b.flags | FLAG_MEM_ONLY
+            old_flags | FLAG_MEM_ONLY
         } else {
-            b.flags & !FLAG_MEM_ONLY
+            old_flags & !FLAG_MEM_ONLY
         };
         b.cflags = req.cflags;
-        b.user_agent = truncate_utf8(req.user_agent, USER_AGENT_MAX).to_string();
-        b.socket = req.socket.map(str::to_string);
         b.methods = req.methods.unwrap_or(method_bits::ALL);
-        b.instance = spec.instance.filter(|i| !i.is_empty()).map(str::to_string);
         b.reg_id = spec.reg_id.unwrap_or(0);
         b.last_modified_unix_s = now_unix_s;
+        b
     }
 
     /// `save()` for a REGISTER without Contact: the current bindings.
     pub fn query(&self, aor: &str, now_unix_s: u64) -> Vec<ReplyContact> {
-        self.record(aor)
-            .map(|r| {
-                r.valid(now_unix_s)
-                    .map(|c| ReplyContact::from_contact(c, now_unix_s))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.bindings(aor)
+            .iter()
+            .filter(|c| c.is_valid(now_unix_s))
+            .map(|c| ReplyContact::from_binding(c, now_unix_s))
+            .collect()
     }
 }
 

@@ -2,9 +2,9 @@
 //! operation but `save` (which lives in `save.rs`).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use super::contact::{Record, Ucontact};
+use super::contact::{sort_bindings, Binding, Record, Ucontact};
 use super::ruid::RuidGen;
 use super::LookupCode;
 
@@ -196,22 +196,55 @@ pub struct DirtyBatch {
     pub overflowed: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum DirtyOp {
-    /// The ruid's current row (in this AOR) must be written.
-    Upsert(String),
-    Delete,
+/// Owned copies of bindings in lookup order ([`Location::lookup`]).
+///
+/// Derefs to `[Ucontact]`; `(&contacts).into_iter()` (what `for c in
+/// &contacts` and `contacts.into_iter()` resolve to) yields `&Ucontact`.
+/// [`Contacts::into_vec`] takes them out without copying.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Contacts(Vec<Ucontact>);
+
+impl Contacts {
+    pub fn into_vec(self) -> Vec<Ucontact> {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Contacts {
+    type Target = [Ucontact];
+    fn deref(&self) -> &[Ucontact] {
+        &self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Contacts {
+    type Item = &'a Ucontact;
+    type IntoIter = std::slice::Iter<'a, Ucontact>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// The per-shard location table.
+///
+/// Memory: one map entry per AOR (the AOR once, as the key, and a boxed
+/// slice of exactly its bindings), one [`Binding`] per binding (72 bytes
+/// plus one allocation holding its strings). The write-back dirty set is a
+/// bit in each binding plus the set of AORs holding one, and the ruids
+/// deleted since the last [`Location::take_dirty`].
 #[derive(Debug)]
 pub struct Location {
     pub(crate) params: LocationParams,
     pub(crate) registrar: RegistrarParams,
-    pub(crate) records: HashMap<String, Record>,
+    pub(crate) records: HashMap<Box<str>, Box<[Binding]>>,
     pub(crate) ruids: RuidGen,
-    pub(crate) dirty: HashMap<String, DirtyOp>,
-    pub(crate) dirty_overflowed: bool,
+    /// AORs with at least one binding whose dirty bit is set.
+    dirty_aors: HashSet<Box<str>>,
+    /// ruids deleted since the last take (not memory-only).
+    dirty_deletes: HashSet<Box<str>>,
+    /// Dirty bits set plus `dirty_deletes.len()`, bounded by `max_dirty`.
+    dirty_len: usize,
+    dirty_overflowed: bool,
 }
 
 impl Location {
@@ -221,7 +254,9 @@ impl Location {
             registrar,
             records: HashMap::new(),
             ruids,
-            dirty: HashMap::new(),
+            dirty_aors: HashSet::new(),
+            dirty_deletes: HashSet::new(),
+            dirty_len: 0,
             dirty_overflowed: false,
         }
     }
@@ -273,15 +308,24 @@ impl Location {
         }
     }
 
+    /// The bindings of `aor`, expired ones included, in lookup order.
+    pub fn bindings(&self, aor: &str) -> &[Binding] {
+        self.records.get(&*self.key(aor)).map_or(&[], |b| &b[..])
+    }
+
     /// Valid bindings of `aor` in lookup order (q descending, then most
     /// recent), or `None` when there are none.
-    pub fn lookup(&self, aor: &str, now_unix_s: u64) -> Option<Vec<&Ucontact>> {
-        let r = self.records.get(&*self.key(aor))?;
-        let v: Vec<&Ucontact> = r.valid(now_unix_s).collect();
+    pub fn lookup(&self, aor: &str, now_unix_s: u64) -> Option<Contacts> {
+        let v: Vec<Ucontact> = self
+            .bindings(aor)
+            .iter()
+            .filter(|b| b.is_valid(now_unix_s))
+            .map(Binding::to_contact)
+            .collect();
         if v.is_empty() {
             None
         } else {
-            Some(v)
+            Some(Contacts(v))
         }
     }
 
@@ -294,21 +338,23 @@ impl Location {
         aor: &str,
         now_unix_s: u64,
         method_bit: u32,
-    ) -> (LookupCode, Vec<&Ucontact>) {
-        let Some(all) = self.lookup(aor, now_unix_s) else {
-            return (LookupCode::NotFound, Vec::new());
+    ) -> (LookupCode, Contacts) {
+        let valid = || {
+            self.bindings(aor)
+                .iter()
+                .filter(move |b| b.is_valid(now_unix_s))
         };
-        if method_bit == 0 {
-            return (LookupCode::Found, all);
+        if valid().next().is_none() {
+            return (LookupCode::NotFound, Contacts::default());
         }
-        let v: Vec<&Ucontact> = all
-            .into_iter()
-            .filter(|c| c.methods & method_bit != 0)
+        let v: Vec<Ucontact> = valid()
+            .filter(|b| method_bit == 0 || b.methods & method_bit != 0)
+            .map(Binding::to_contact)
             .collect();
         if v.is_empty() {
-            (LookupCode::MethodNotSupported, v)
+            (LookupCode::MethodNotSupported, Contacts(v))
         } else {
-            (LookupCode::Found, v)
+            (LookupCode::Found, Contacts(v))
         }
     }
 
@@ -319,19 +365,18 @@ impl Location {
 
     /// `registered()` with `match_option` filters.
     pub fn registered_match(&self, aor: &str, now_unix_s: u64, m: RegisteredMatch<'_>) -> bool {
-        let Some(r) = self.records.get(&*self.key(aor)) else {
-            return false;
-        };
-        r.valid(now_unix_s).any(|c| {
-            m.call_id.is_none_or(|v| c.callid == v)
-                && m.received.is_none_or(|v| c.received.as_deref() == Some(v))
-                && m.contact.is_none_or(|v| c.contact == v)
+        self.bindings(aor).iter().any(|c| {
+            c.is_valid(now_unix_s)
+                && m.call_id.is_none_or(|v| c.callid() == v)
+                && m.received.is_none_or(|v| c.received() == Some(v))
+                && m.contact.is_none_or(|v| c.contact() == v)
         })
     }
 
-    /// The whole record, expired bindings included.
-    pub fn record(&self, aor: &str) -> Option<&Record> {
-        self.records.get(&*self.key(aor))
+    /// A copy of the whole record, expired bindings included.
+    pub fn record(&self, aor: &str) -> Option<Record> {
+        let (key, b) = self.records.get_key_value(&*self.key(aor))?;
+        Some(record_of(key, b))
     }
 
     /// `unregister()`: removes bindings; returns the removed ruids.
@@ -343,60 +388,66 @@ impl Location {
         if aor.is_empty() {
             return Err(UnregisterError::BadAor);
         }
-        let key = self.key(aor).into_owned();
-        let Some(rec) = self.records.get_mut(&key) else {
+        let key = self.key(aor);
+        let Some(slot) = self.records.get_mut(&*key) else {
             return Err(UnregisterError::NotFound);
         };
-        let mut removed = Vec::new();
-        rec.contacts.retain(|c| {
-            let hit = match what {
-                Unregister::All => true,
-                Unregister::Ruid(r) => c.ruid == r,
-                Unregister::Contact(u) => c.contact == u,
-            };
-            if hit {
-                removed.push(c.clone());
-            }
-            !hit
-        });
-        if rec.contacts.is_empty() {
-            self.records.remove(&key);
-        }
-        if removed.is_empty() {
+        let hit = |c: &Binding| match what {
+            Unregister::All => true,
+            Unregister::Ruid(r) => c.ruid() == r,
+            Unregister::Contact(u) => c.contact() == u,
+        };
+        if !slot.iter().any(hit) {
             return Err(UnregisterError::NotFound);
+        }
+        let (removed, kept): (Vec<Binding>, Vec<Binding>) =
+            std::mem::take(slot).into_vec().into_iter().partition(hit);
+        if kept.is_empty() {
+            self.records.remove(&*key);
+        } else {
+            *slot = kept.into_boxed_slice();
         }
         for c in &removed {
             self.mark_deleted(c);
         }
-        Ok(removed.into_iter().map(|c| c.ruid).collect())
+        Ok(removed.iter().map(|c| c.ruid().to_string()).collect())
     }
 
     /// Removes every binding expired at `now` (the usrloc timer). Permanent
     /// bindings (`expires_unix_s == 0`) stay.
     pub fn expire(&mut self, now_unix_s: u64) -> Vec<Expired> {
-        let mut out = Vec::new();
-        self.records.retain(|aor, rec| {
-            rec.contacts.retain(|c| {
-                if c.is_valid(now_unix_s) {
-                    return true;
-                }
-                out.push(Expired {
-                    aor: aor.clone(),
-                    contact: c.clone(),
-                });
-                false
-            });
-            !rec.contacts.is_empty()
+        let mut gone: Vec<(String, Binding)> = Vec::new();
+        self.records.retain(|aor, slot| {
+            if slot.iter().all(|c| c.is_valid(now_unix_s)) {
+                return true;
+            }
+            let (kept, removed): (Vec<Binding>, Vec<Binding>) = std::mem::take(slot)
+                .into_vec()
+                .into_iter()
+                .partition(|c| c.is_valid(now_unix_s));
+            gone.extend(removed.into_iter().map(|c| (aor.to_string(), c)));
+            *slot = kept.into_boxed_slice();
+            !slot.is_empty()
         });
-        for e in &out {
-            self.mark_deleted(&e.contact);
-        }
-        out
+        gone.into_iter()
+            .map(|(aor, c)| {
+                self.mark_deleted(&c);
+                Expired {
+                    aor,
+                    contact: c.to_contact(),
+                }
+            })
+            .collect()
     }
 
-    /// Every record, in no particular order.
-    pub fn dump(&self) -> impl Iterator<Item = &Record> {
-        self.records.values()
+    /// A copy of every record, in no particular order (made as iterated).
+    pub fn dump(&self) -> impl Iterator<Item = Record> + '_ {
+        self.records.iter().map(|(aor, b)| record_of(aor, b))
+    }
+
+    /// Every AOR and its bindings, expired ones included, without copying.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Binding])> {
+        self.records.iter().map(|(aor, b)| (&**aor, &b[..]))
     }
 
     /// AORs held.
@@ -410,7 +461,7 @@ impl Location {
 
     /// Bindings held, expired ones included.
     pub fn contact_count(&self) -> usize {
-        self.records.values().map(|r| r.contacts.len()).sum()
+        self.records.values().map(|r| r.len()).sum()
     }
 
     /// Restores rows `(aor, contact)` from the database at start. Expired rows
@@ -420,46 +471,47 @@ impl Location {
     where
         I: IntoIterator<Item = (String, Ucontact)>,
     {
+        let rows = rows.into_iter();
+        // Grow once for a big load rather than doubling (and leaving the
+        // old tables behind as free memory) along the way.
+        let room = self.params.max_aors.saturating_sub(self.records.len());
+        self.records.reserve(rows.size_hint().0.min(room));
         let mut rep = LoadReport::default();
-        let mut touched: Vec<String> = Vec::new();
         for (aor, c) in rows {
             if !c.is_valid(now_unix_s) {
                 rep.expired += 1;
                 continue;
             }
-            let key = self.key(&aor).into_owned();
+            let key = self.key(&aor);
             if key.is_empty() {
                 rep.rejected += 1;
                 continue;
             }
-            if !self.records.contains_key(&key) && self.records.len() >= self.params.max_aors {
-                rep.rejected += 1;
-                continue;
-            }
-            let rec = self.records.entry(key.clone()).or_insert_with(|| Record {
-                aor: key.clone(),
-                contacts: Vec::new(),
-            });
-            if let Some(old) = rec.contacts.iter_mut().find(|o| o.ruid == c.ruid) {
-                *old = c;
-            } else if rec.contacts.len() >= self.params.max_contacts_per_aor {
-                rep.rejected += 1;
-                if rec.contacts.is_empty() {
-                    self.records.remove(&key);
+            let mut b = Binding::from_contact(&c);
+            let Some(slot) = self.records.get_mut(&*key) else {
+                if self.records.len() >= self.params.max_aors {
+                    rep.rejected += 1;
+                    continue;
                 }
+                self.records
+                    .insert(key.into_owned().into_boxed_str(), Box::new([b]));
+                rep.loaded += 1;
+                continue;
+            };
+            if let Some(old) = slot.iter_mut().find(|o| o.ruid() == b.ruid()) {
+                // Same row again: keep its write-back state.
+                b.set_dirty(old.is_dirty());
+                *old = b;
+            } else if slot.len() >= self.params.max_contacts_per_aor {
+                rep.rejected += 1;
                 continue;
             } else {
-                rec.contacts.push(c);
+                let mut v = std::mem::take(slot).into_vec();
+                v.push(b);
+                *slot = v.into_boxed_slice();
             }
+            sort_bindings(slot);
             rep.loaded += 1;
-            touched.push(key);
-        }
-        touched.sort_unstable();
-        touched.dedup();
-        for k in touched {
-            if let Some(r) = self.records.get_mut(&k) {
-                r.sort();
-            }
         }
         rep
     }
@@ -470,53 +522,87 @@ impl Location {
             overflowed: std::mem::take(&mut self.dirty_overflowed),
             ..Default::default()
         };
-        for (ruid, op) in self.dirty.drain() {
-            match op {
-                DirtyOp::Delete => batch.deletes.push(ruid),
-                DirtyOp::Upsert(aor) => {
-                    let row = self
-                        .records
-                        .get(&aor)
-                        .and_then(|r| r.contacts.iter().find(|c| c.ruid == ruid));
-                    match row {
-                        Some(c) => batch.upserts.push((aor, c.clone())),
-                        // Gone since without a recorded delete cannot happen;
-                        // deleting is the safe answer if it ever does.
-                        None => batch.deletes.push(ruid),
-                    }
-                }
+        for aor in self.dirty_aors.drain() {
+            let Some(slot) = self.records.get_mut(&aor) else {
+                continue;
+            };
+            for c in slot.iter_mut().filter(|c| c.is_dirty()) {
+                c.set_dirty(false);
+                batch.upserts.push((aor.to_string(), c.to_contact()));
             }
         }
+        batch.deletes = self.dirty_deletes.drain().map(String::from).collect();
+        self.dirty_len = 0;
         batch.upserts.sort_by(|a, b| a.1.ruid.cmp(&b.1.ruid));
         batch.deletes.sort();
         batch
     }
 
-    fn note_dirty(&mut self, ruid: &str, op: DirtyOp) {
-        if !self.params.track_dirty {
+    /// Marks a binding about to be stored under `aor` as changed (to write
+    /// back). Past `max_dirty` the change is dropped and the next batch says
+    /// [`DirtyBatch::overflowed`].
+    pub(crate) fn mark_upsert(&mut self, aor: &str, c: &mut Binding) {
+        if !self.params.track_dirty || c.is_mem_only() || c.is_dirty() {
             return;
         }
-        if let Some(slot) = self.dirty.get_mut(ruid) {
-            *slot = op;
-            return;
+        // Deleted and back (a reload): the row is written, not deleted.
+        if !self.dirty_deletes.is_empty() && self.dirty_deletes.remove(c.ruid()) {
+            self.dirty_len -= 1;
         }
-        if self.dirty.len() >= self.params.max_dirty {
+        if self.dirty_len >= self.params.max_dirty {
             self.dirty_overflowed = true;
             return;
         }
-        self.dirty.insert(ruid.to_string(), op);
-    }
-
-    pub(crate) fn mark_upsert(&mut self, aor: &str, c: &Ucontact) {
-        if !c.is_mem_only() {
-            self.note_dirty(&c.ruid, DirtyOp::Upsert(aor.to_string()));
+        c.set_dirty(true);
+        self.dirty_len += 1;
+        if !self.dirty_aors.contains(aor) {
+            self.dirty_aors.insert(aor.into());
         }
     }
 
-    pub(crate) fn mark_deleted(&mut self, c: &Ucontact) {
-        if !c.is_mem_only() {
-            self.note_dirty(&c.ruid, DirtyOp::Delete);
+    /// Records the removal of a binding (to delete its row on write-back).
+    pub(crate) fn mark_deleted(&mut self, c: &Binding) {
+        if !self.params.track_dirty {
+            return;
         }
+        let was_dirty = c.is_dirty();
+        if was_dirty {
+            self.dirty_len -= 1;
+        }
+        // A memory-only binding has no row, unless it had one to write.
+        if (c.is_mem_only() && !was_dirty) || self.dirty_deletes.contains(c.ruid()) {
+            return;
+        }
+        if self.dirty_len >= self.params.max_dirty {
+            self.dirty_overflowed = true;
+            return;
+        }
+        self.dirty_deletes.insert(c.ruid().into());
+        self.dirty_len += 1;
+    }
+
+    /// The dirty bookkeeping adds up (tests).
+    #[cfg(test)]
+    pub(crate) fn check_dirty(&self) {
+        let bits = self
+            .records
+            .values()
+            .flat_map(|b| b.iter())
+            .filter(|c| c.is_dirty())
+            .count();
+        assert_eq!(self.dirty_len, bits + self.dirty_deletes.len());
+        for (aor, b) in &self.records {
+            if b.iter().any(Binding::is_dirty) {
+                assert!(self.dirty_aors.contains(aor), "{aor} dirty, not listed");
+            }
+        }
+    }
+}
+
+fn record_of(aor: &str, b: &[Binding]) -> Record {
+    Record {
+        aor: aor.to_string(),
+        contacts: b.iter().map(Binding::to_contact).collect(),
     }
 }
 
@@ -620,19 +706,11 @@ mod tests {
     #[test]
     fn lookup_order_and_expiry() {
         let l = loaded();
-        let got: Vec<&str> = l
-            .lookup("ALICE", 100)
-            .expect("found")
-            .iter()
-            .map(|c| c.ruid.as_str())
-            .collect();
+        let found = l.lookup("ALICE", 100).expect("found");
+        let got: Vec<&str> = found.iter().map(|c| c.ruid.as_str()).collect();
         assert_eq!(got, ["a2", "a3", "a1", "a4"]);
-        let got: Vec<&str> = l
-            .lookup("alice", 200)
-            .expect("found")
-            .iter()
-            .map(|c| c.ruid.as_str())
-            .collect();
+        let found = l.lookup("alice", 200).expect("found");
+        let got: Vec<&str> = found.iter().map(|c| c.ruid.as_str()).collect();
         assert_eq!(got, ["a2", "a1", "a4"], "a3 expired at 200");
         assert!(l.lookup("bob", 100).is_some(), "stored lowercased");
         assert!(l.lookup("bob", 300).is_none());
@@ -654,7 +732,7 @@ mod tests {
         assert_eq!((code, v.len()), (LookupCode::MethodNotSupported, 0));
         assert_eq!(l.lookup_method("zed", 100, m).0, LookupCode::NotFound);
         // one binding allowing everything makes SUBSCRIBE routable
-        l.records.get_mut("alice").expect("rec").contacts[0].methods = method_bits::ALL;
+        l.records.get_mut("alice").expect("rec")[0].methods = method_bits::ALL;
         assert_eq!(
             l.lookup_method("alice", 100, method_bits::SUBSCRIBE)
                 .1
@@ -821,10 +899,12 @@ mod tests {
             max_dirty: 2,
             ..Default::default()
         });
+        let b = |r: &str| Binding::from_contact(&uc(r, "sip:x", 0, None, 0));
         for r in ["x", "y", "z"] {
-            l.mark_deleted(&uc(r, "sip:x", 0, None, 0));
+            l.mark_deleted(&b(r));
         }
-        l.mark_deleted(&uc("x", "sip:x", 0, None, 0)); // existing key still updates
+        l.mark_deleted(&b("x")); // existing key still updates
+        l.check_dirty();
         let d = l.take_dirty();
         assert!(d.overflowed);
         assert_eq!(d.deletes, ["x", "y"]);
@@ -832,13 +912,69 @@ mod tests {
         assert!(!d.overflowed);
         let mut mem = uc("m", "sip:m", 0, None, 0);
         mem.flags = crate::usrloc::FLAG_MEM_ONLY;
-        l.mark_deleted(&mem);
+        l.mark_deleted(&Binding::from_contact(&mem));
         assert!(
             l.take_dirty().deletes.is_empty(),
             "memory-only never reaches the DB"
         );
         let mut off = loc(LocationParams::default());
-        off.mark_deleted(&uc("x", "sip:x", 0, None, 0));
+        off.mark_deleted(&b("x"));
         assert_eq!(off.take_dirty(), DirtyBatch::default());
+        // A full set still takes the upsert of a binding deleted and back.
+        l.mark_deleted(&b("u"));
+        l.mark_deleted(&b("v"));
+        let mut u = b("u");
+        l.mark_upsert("a", &mut u);
+        assert!(u.is_dirty());
+        let mut w = b("w");
+        l.mark_upsert("a", &mut w);
+        assert!(!w.is_dirty(), "over max_dirty");
+        assert!(l.take_dirty().overflowed);
+    }
+
+    #[test]
+    fn dirty_bits_follow_bindings() {
+        let mut l = loaded();
+        assert_eq!(l.take_dirty(), DirtyBatch::default());
+        let spec = [crate::usrloc::ContactSpec::new("sip:a@1")];
+        let req = crate::usrloc::SaveRequest {
+            aor: "alice",
+            contacts: &spec,
+            call_id: "cid-a1",
+            cseq: 2,
+            ..Default::default()
+        };
+        l.save(100, &req).expect("refresh");
+        l.check_dirty();
+        l.save(101, &crate::usrloc::SaveRequest { cseq: 3, ..req })
+            .expect("again");
+        l.check_dirty();
+        assert_eq!(l.dirty_len, 1, "one binding, marked once");
+        // Unregistered before the flush: only the delete is written.
+        l.unregister("alice", Unregister::Ruid("a1")).expect("rm");
+        l.check_dirty();
+        let d = l.take_dirty();
+        assert!(d.upserts.is_empty());
+        assert_eq!(d.deletes, ["a1"]);
+        // Refreshed, then expired by the timer.
+        let spec = [crate::usrloc::ContactSpec::new("sip:a@2")];
+        let req = crate::usrloc::SaveRequest {
+            aor: "alice",
+            contacts: &spec,
+            call_id: "cid-a2",
+            cseq: 2,
+            expires_hdr_s: Some(60),
+            ..Default::default()
+        };
+        l.save(100, &req).expect("refresh a2");
+        l.check_dirty();
+        let gone = l.expire(10_000);
+        l.check_dirty();
+        assert_eq!(gone.len(), 3, "a2, a3, b1");
+        let d = l.take_dirty();
+        assert!(d.upserts.is_empty());
+        assert_eq!(d.deletes, ["a2", "a3", "b1"]);
+        l.check_dirty();
+        assert!(l.dirty_aors.is_empty() && l.dirty_deletes.is_empty());
     }
 }

@@ -811,6 +811,7 @@ fn dirty_tracking_write_back() {
         .expect("two");
     let r1 = o.changes.inserted[0].ruid.clone();
     let r2 = o.changes.inserted[1].ruid.clone();
+    l.check_dirty();
     let d = l.take_dirty();
     assert_eq!(
         d.upserts
@@ -827,6 +828,7 @@ fn dirty_tracking_write_back() {
         .expect("remove");
     l.save(T0 + 3, &req(&[spec("sip:a@2")], "c", 4))
         .expect("refresh 2");
+    l.check_dirty();
     let d = l.take_dirty();
     assert_eq!(d.deletes, [r1]);
     assert_eq!(d.upserts.len(), 1);
@@ -840,13 +842,16 @@ fn dirty_tracking_write_back() {
     };
     let o = l.save(T0 + 4, &r).expect("mem");
     assert!(o.changes.inserted[0].is_mem_only());
+    l.check_dirty();
     assert_eq!(l.take_dirty(), Default::default());
     // A later normal save of the same binding clears the flag and writes it.
     l.save(T0 + 5, &req(&[spec("sip:m")], "c", 6))
         .expect("normal");
+    l.check_dirty();
     let d = l.take_dirty();
     assert_eq!(d.upserts.len(), 1);
     assert!(!d.upserts[0].1.is_mem_only());
+    l.check_dirty();
 }
 
 #[test]
