@@ -1,0 +1,653 @@
+#!/usr/bin/env bash
+# sipshard, Kamailio 5.6 and a bare C responder ("floor") side by side on
+# this machine, one at a time, same load, same database; prints a markdown
+# table and writes it to perf/results/compare-<date>.md.
+#
+#   perf/compare.sh                      # full run (~5-6 min on 2 cores)
+#   QUICK=1 perf/compare.sh              # smoke run (short drives, 10k contacts)
+#   SKIP_KAMAILIO=1 SKIP_FLOOR=1 perf/compare.sh
+#
+# What runs (every server on 127.0.0.1 with 2 workers, started, measured and
+# stopped before the next one starts):
+#   sipshard  release build, 2 shards ([core] cores = [0, 1]), the bundled
+#             etc/sipshard.lua, usrloc db_mode 2 on the SQLite file below
+#   Kamailio  Debian's 5.6 (`-x fm -m 256 -M 16`, children=2), KEMI Lua
+#             perf/kamailio/sipshard.lua = the same routing as
+#             etc/sipshard.lua, auth_db on subscriber.ha1, usrloc db_mode 2
+#             (perf/kamailio/kamailio.cfg)
+#   floor     perf/floor/floor.c: 2 processes, blocking recvfrom/sendto, a
+#             200 OK with the request's Via/From/To/Call-ID/CSeq lines
+# Loads:
+#   OPTIONS   `sipshard bench` open loop, 8 sockets, at each of RATES for
+#             DURATION s (all three servers)
+#   REGISTER  sipp, bench/sipp/register-auth.xml (digest auth: REGISTER,
+#             401, REGISTER with Authorization, 200) at REG_RATE/s, REG_CALLS
+#             registrations, (a) ONE sipp process (one source port) cycling
+#             test0..test9, credentials injected from the CSV as a whole
+#             `[authentication ...]` keyword, (b) 16 sipp processes, one per
+#             user test0..test15 with -au/-ap (as scripts/stress-register.sh)
+#   idle      IDLE_S seconds without traffic
+#   memory    sipshard: perf/memory.sh (if present and executable);
+#             Kamailio: shm used (kamcmd core.shmmem real_used) with CONTACTS
+#             preloaded location rows minus the same with none, per contact;
+#             PSS and RSS growth summed over its processes too (these runs
+#             use -M KAM_MEM_PKG_MB, 256: the preload needs the pkg memory)
+# Measured per drive:
+#   CPU/req   run time of every thread of every server process
+#             (/proc/PID/task/*/schedstat, field 1, ns) over the drive
+#             (including the drain), divided by requests answered; a
+#             REGISTER-with-auth registration is 2 requests
+#   loss      OPTIONS: unanswered / sent; REGISTER: failed registrations
+#   route     sipshard: `ctl kemi.route_latency` after `stats.reset`;
+#             Kamailio: core latency_cfg_log/latency_limit_cfg=0 logs
+#             "request-route executed in: N usec" per request; that logging
+#             costs CPU, so the route times come from a separate, repeated
+#             run (ROUTE_TIME), never from the CPU run
+#
+# Environment: QUICK=1, SKIP_KAMAILIO=1, SKIP_FLOOR=1, RATES ("5000 50000
+# 100000"), DURATION (4; QUICK 1), SOCKETS (8), REG_RATE (4000), REG_CALLS
+# (20000; QUICK 4000), IDLE_S (10; QUICK 5), CONTACTS (100000; QUICK
+# 10000), BUF_BYTES (4194304: SO_RCVBUF/SNDBUF of every server), ports
+# SIPSHARD_PORT (25060), RPC_PORT (25070), KAM_PORT (25160), FLOOR_PORT (25260),
+# OUT (result file), SIPSHARD_BIN (use this binary, skip the build;
+# SIPSHARD_LABEL says what it is in the report),
+# KEEP=1 (keep the work directory with every log).
+#
+# Only ever sends to 127.0.0.1. Stops exactly the processes it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=${QUICK:-0}
+SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
+SKIP_FLOOR=${SKIP_FLOOR:-0}
+RATES=${RATES:-"5000 50000 100000"}
+SOCKETS=${SOCKETS:-8}
+REG_RATE=${REG_RATE:-4000}
+REG_LIMIT=${REG_LIMIT:-10000}
+REG_USERS_ONE=10          # (a): test0..test9 from one sipp
+REG_USERS_MULTI=16        # (b): test0..test15, one sipp each
+WORKERS=2
+BUF_BYTES=${BUF_BYTES:-4194304}
+SIPSHARD_PORT=${SIPSHARD_PORT:-25060}
+RPC_PORT=${RPC_PORT:-25070}
+KAM_PORT=${KAM_PORT:-25160}
+FLOOR_PORT=${FLOOR_PORT:-25260}
+DRAIN_MS=${DRAIN_MS:-500}
+KAM_MEM_PKG_MB=${KAM_MEM_PKG_MB:-256}   # Kamailio -M for the memory runs only
+if [ "$QUICK" = 1 ]; then
+  DURATION=${DURATION:-1}; REG_CALLS=${REG_CALLS:-4000}; IDLE_S=${IDLE_S:-5}; CONTACTS=${CONTACTS:-10000}
+else
+  DURATION=${DURATION:-4}; REG_CALLS=${REG_CALLS:-20000}; IDLE_S=${IDLE_S:-10}; CONTACTS=${CONTACTS:-100000}
+fi
+STAMP=$(date +%Y%m%d-%H%M%S)
+OUT=${OUT:-perf/results/compare-$STAMP.md}
+
+log() { echo "[compare $(date +%H:%M:%S)] $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# ---------------------------------------------------------------- deps
+kam_mpath() {
+  local d
+  for d in /usr/lib/*/kamailio/modules /usr/lib/kamailio/modules /usr/lib64/kamailio/modules; do
+    [ -f "$d/app_lua.so" ] && [ -f "$d/db_sqlite.so" ] && { echo "$d/"; return 0; }
+  done
+  return 1
+}
+install_deps() {
+  local need=()
+  command -v sipp >/dev/null || need+=(sip-tester)
+  command -v jq >/dev/null || need+=(jq)
+  command -v sqlite3 >/dev/null || need+=(sqlite3)
+  command -v cc >/dev/null || need+=(gcc libc6-dev)
+  if [ "$SKIP_KAMAILIO" != 1 ]; then
+    command -v kamailio >/dev/null && command -v kamcmd >/dev/null || need+=(kamailio)
+    kam_mpath >/dev/null || need+=(kamailio-lua-modules kamailio-sqlite-modules)
+  fi
+  if [ ${#need[@]} -gt 0 ]; then
+    log "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  fi
+}
+install_deps
+MPATH=
+if [ "$SKIP_KAMAILIO" != 1 ]; then MPATH=$(kam_mpath) || die "kamailio modules (app_lua, db_sqlite) not found"; fi
+
+if [ -n "${SIPSHARD_BIN:-}" ]; then
+  BIN=$(realpath "$SIPSHARD_BIN")
+else
+  log "building sipshard (release)"
+  cargo build --release --locked -q
+  BIN=$ROOT/target/release/sipshard
+fi
+
+WORK=$(mktemp -d /tmp/sipshard-compare.XXXXXX)
+SERVER_PID=          # root process of the running server (our child)
+SERVER_NAME=
+SIPP_PIDS=()
+
+# ---------------------------------------------------------------- processes
+# Every descendant of $1 (and $1), from /proc (no procps needed).
+tree_pids() {
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
+    { pid = $1; line = $0; sub(/^.*\) /, "", line); split(line, a, " "); parent[pid] = a[2] }
+    END { want[root] = 1; out = root; changed = 1
+          while (changed) { changed = 0
+            for (p in parent) if (!(p in want) && (parent[p] in want)) { want[p] = 1; out = out " " p; changed = 1 } }
+          print out }'
+}
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+
+stop_server() {
+  [ -n "$SERVER_PID" ] || return 0
+  local pids p deadline
+  pids=$(tree_pids "$SERVER_PID")
+  if alive "$SERVER_PID"; then kill -TERM "$SERVER_PID" 2>/dev/null || true; fi
+  deadline=$((SECONDS + 20))
+  while alive "$SERVER_PID" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  if alive "$SERVER_PID"; then log "$SERVER_NAME did not stop on SIGTERM: SIGKILL"; kill -KILL "$SERVER_PID" 2>/dev/null || true; fi
+  wait "$SERVER_PID" 2>/dev/null || true
+  # children of the root we started (Kamailio's workers, the floor's fork)
+  deadline=$((SECONDS + 5))
+  for p in $pids; do
+    while alive "$p" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if alive "$p"; then kill -KILL "$p" 2>/dev/null || true; fi
+  done
+  SERVER_PID=; SERVER_NAME=
+}
+stop_sipps() {
+  local p
+  for p in "${SIPP_PIDS[@]}"; do alive "$p" && kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${SIPP_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  SIPP_PIDS=()
+}
+cleanup() {
+  local rc=$?
+  set +e
+  stop_sipps
+  stop_server
+  if [ "${KEEP:-0}" = 1 ] || [ $rc -ne 0 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() {
+  command -v ss >/dev/null || return 0
+  [ -z "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]
+}
+for p in "$SIPSHARD_PORT" "$KAM_PORT" "$FLOOR_PORT"; do port_free "$p" || die "UDP port $p is in use (set SIPSHARD_PORT/KAM_PORT/FLOOR_PORT)"; done
+# sipshard binds with SO_REUSEPORT: another server started later on the same
+# port would silently take part of the traffic. After each drive, check that
+# only the server's own processes hold the port.
+WARNINGS=()
+check_port_owner() {  # $1 = port, $2 = label
+  command -v ss >/dev/null || return 0
+  local owners mine p foreign=
+  owners=$(ss -Hlunp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u || true)
+  mine=" $(tree_pids "$SERVER_PID") "
+  for p in $owners; do [[ "$mine" == *" $p "* ]] || foreign="$foreign $p"; done
+  if [ -n "$foreign" ]; then
+    WARNINGS+=("$2: other processes ($foreign) also bound UDP 127.0.0.1:$1 during the drive; figures are not valid")
+    log "WARNING: ${WARNINGS[-1]}"
+  fi
+}
+
+# ---------------------------------------------------------------- measuring
+# "tid ns name" for every thread of the given processes.
+cpu_snap() {
+  local p t ns name
+  for p in "$@"; do
+    for t in /proc/"$p"/task/*; do
+      { read -r ns _ 2>/dev/null < "$t/schedstat" && read -r name 2>/dev/null < "$t/comm" && echo "${t##*/} $ns ${name// /_}"; } || true
+    done
+  done
+}
+# ns of run time between two snapshots: threads that appeared count from 0.
+cpu_delta() { awk 'NR == FNR { b[$1] = $2; next } { d += $2 - (($1 in b) ? b[$1] : 0) } END { printf "%.0f\n", d }' "$1" "$2"; }
+server_snap() { cpu_snap $(tree_pids "$SERVER_PID") > "$1"; awk '$1 == "cpu" { print "machine", $2 + $3 + $4 + $7 + $8 + $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat > "$1.machine"; }
+# Machine-wide busy % of all CPUs between two server_snap files (server, load
+# generator and anything else running).
+machine_busy() { awk 'NR == FNR { b = $2; t = $3; next } { printf "%.0f", ($3 > t) ? ($2 - b) * 100 / ($3 - t) : 0 }' "$1.machine" "$2.machine"; }
+# The same delta per thread name, largest first: "shard-0-1 812 ms, ...".
+cpu_by_name() {
+  awk 'NR == FNR { b[$1] = $2; next } { d[$3] += $2 - (($1 in b) ? b[$1] : 0) }
+    END { for (n in d) printf "%.0f %s\n", d[n] / 1e6, n }' "$1" "$2" | sort -rn |
+    awk '$1 > 0 { out = out (out ? ", " : "") $2 " " $1 " ms" } END { print (out ? out : "-") }'
+}
+
+# Summed PSS and RSS (kB) over the server's processes.
+mem_kb() {
+  local p pss=0 rss=0 a b
+  for p in $(tree_pids "$SERVER_PID"); do
+    a=$(awk '/^Pss:/ { print $2 }' /proc/"$p"/smaps_rollup 2>/dev/null || echo 0)
+    b=$(awk '/^VmRSS:/ { print $2 }' /proc/"$p"/status 2>/dev/null || echo 0)
+    pss=$((pss + ${a:-0})); rss=$((rss + ${b:-0}))
+  done
+  echo "$pss $rss"
+}
+
+# Result store: R[key] = value.
+declare -A R
+
+# Waits until the server at port $1 answers OPTIONS (deadline $2 s).
+wait_sip() {
+  local port=$1 deadline=$((SECONDS + $2)) ans
+  while [ $SECONDS -lt "$deadline" ]; do
+    alive "$SERVER_PID" || { tail -n 30 "$WORK/$SERVER_NAME.err" >&2 || true; die "$SERVER_NAME exited during start"; }
+    ans=$("$BIN" bench --target "127.0.0.1:$port" --rate 100 --duration 0.05 --sockets 1 --drain-ms 200 --json 2>/dev/null | jq -r .answered 2>/dev/null || echo 0)
+    [ "${ans:-0}" -gt 0 ] && return 0
+    sleep 0.2
+  done
+  tail -n 30 "$WORK/$SERVER_NAME.err" >&2 || true
+  die "$SERVER_NAME did not answer OPTIONS on 127.0.0.1:$port within $2 s"
+}
+
+idle_cpu() {  # $1 = server key
+  local a=$WORK/idle.a b=$WORK/idle.b ns
+  log "$1: idle ${IDLE_S}s"
+  server_snap "$a"; sleep "$IDLE_S"; server_snap "$b"
+  ns=$(cpu_delta "$a" "$b")
+  R[$1.idle_threads]=$(cpu_by_name "$a" "$b")
+  R[$1.idle_busy]=$(machine_busy "$a" "$b")
+  R[$1.idle]=$(awk -v ns="$ns" -v s="$IDLE_S" -v w="$WORKERS" 'BEGIN { printf "%.3f", ns / (s * 1e9) * 100 / w }')
+  log "$1: idle CPU ${R[$1.idle]} % of a core per worker"
+}
+
+sipshard_ctl() { "$BIN" ctl --url "http://127.0.0.1:$RPC_PORT" --json "$@"; }
+sipshard_route() {  # $1 = key prefix: route avg/p99 and per-shard counts
+  local j
+  j=$(sipshard_ctl kemi.route_latency | jq -c '.result.routes[] | select(.route == "request_route")')
+  R[$1.route]=$(jq -r '"\(.merged.avg_us) \(.merged.p99_us)"' <<<"$j" | awk '{ printf "%.1f / %.1f", $1, $2 }')
+  R[$1.route_n]=$(jq -r .merged.cnt <<<"$j")
+  R[$1.shards]=$(jq -r '[.shards[].cnt] as $c | ($c | add) as $t
+    | if $t > 0 then "\($c | map(. * 100 / $t | round | tostring) | join("/")) %" else "-" end' <<<"$j")
+  R[$1.shard_cnt]=$(jq -r '[.shards[].cnt | tostring] | join("/")' <<<"$j")
+}
+
+# Kamailio route times logged since byte $3 of $2 -> R[$1.route], R[$1.route_n].
+kam_route() {
+  local v
+  v=$(tail -c +"$(($3 + 1))" "$2" | { grep -o 'request-route executed in: [0-9]*' || true; } | awk '{ print $4 }' | sort -n |
+    awk '{ v[NR] = $1; s += $1 } END { if (NR == 0) { print "- 0"; exit }
+      i = int(NR * 0.99); if (i < NR * 0.99) i++; if (i < 1) i = 1
+      printf "%.1f_/_%.1f %d\n", s / NR, v[i], NR }')
+  R[$1.route]=${v% *}; R[$1.route]=${R[$1.route]//_/ }
+  R[$1.route_n]=${v##* }
+}
+
+# OPTIONS drive at rate $2 against port $3; key prefix $1.
+drive_options() {
+  local key=$1 rate=$2 port=$3 a=$WORK/cpu.a b=$WORK/cpu.b j ns
+  server_snap "$a"
+  j=$("$BIN" bench --target "127.0.0.1:$port" --rate "$rate" --duration "$DURATION" --sockets "$SOCKETS" --drain-ms "$DRAIN_MS" --json)
+  server_snap "$b"
+  ns=$(cpu_delta "$a" "$b")
+  R[$key.threads]=$(cpu_by_name "$a" "$b")
+  R[$key.busy]=$(machine_busy "$a" "$b")
+  echo "$j" > "$WORK/$key.json"
+  check_port_owner "$port" "$key"
+  R[$key.answered]=$(jq -r .answered <<<"$j")
+  R[$key.sent]=$(jq -r .sent <<<"$j")
+  R[$key.non2xx]=$(jq -r .non_2xx <<<"$j")
+  R[$key.loss]=$(jq -r '.loss_pct' <<<"$j" | awk '{ printf "%.3f", $1 }')
+  R[$key.client]=$(jq -r '"\(.latency_us_p50 | round) / \(.latency_us_p99 | round)"' <<<"$j")
+  R[$key.cpu_s]=$(awk -v ns="$ns" 'BEGIN { printf "%.3f", ns / 1e9 }')
+  R[$key.cpu]=$(awk -v ns="$ns" -v n="${R[$key.answered]}" 'BEGIN { if (n > 0) printf "%.2f", ns / 1e3 / n; else print "-" }')
+  log "$key: sent ${R[$key.sent]} answered ${R[$key.answered]} (loss ${R[$key.loss]} %, non-2xx ${R[$key.non2xx]}), server CPU ${R[$key.cpu_s]} s = ${R[$key.cpu]} us/req"
+}
+
+# sipp helpers ----------------------------------------------------------
+SIPP_TIMEOUT_S=$((REG_CALLS / REG_RATE + 60))   # a stuck sipp ends (as failed) after this
+SCEN_CSV=$WORK/register-auth-csv.xml
+# bench/sipp/register-auth.xml with the [authentication] line taken from CSV
+# field 2 (sipp parses an injected "[authentication ...]" keyword).
+sed -e 's/^\([[:space:]]*\)\[authentication\][[:space:]]*$/\1[field2]/' "$ROOT/bench/sipp/register-auth.xml" > "$SCEN_CSV"
+[ "$(grep -c '^[[:space:]]*\[field2\][[:space:]]*$' "$SCEN_CSV")" = 1 ] || die "could not derive the CSV-auth scenario from bench/sipp/register-auth.xml"
+
+sum_col() {  # $1 = column name, rest = stats files (last line of each)
+  local name=$1 total=0 f v; shift
+  for f in "$@"; do
+    v=$(awk -F';' -v name="$name" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i } END { if (c) print $c }' "$f")
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+sipp_cmd() {  # dir port rate calls limit [extra args...]; runs in background, appends to SIPP_PIDS
+  local d=$1 port=$2 rate=$3 calls=$4 limit=$5; shift 5
+  mkdir -p "$d"
+  ( cd "$d" && exec timeout $((SIPP_TIMEOUT_S + 30)) sipp "127.0.0.1:$port" "$@" -r "$rate" -l "$limit" -m "$calls" -t u1 \
+      -i 127.0.0.1 -p 0 -nostdin -nd -trace_stat -stf stats.csv -fd 1 -timeout "$SIPP_TIMEOUT_S"s -timeout_error \
+      -trace_err -error_file errors.log > sipp.out 2>&1 ) &
+  SIPP_PIDS+=($!)
+}
+# REGISTER drive; $1 key, $2 port, $3 mode (one|multi), $4 = 1: CPU measured.
+drive_register() {
+  local key=$1 port=$2 mode=$3 d=$WORK/$1 a=$WORK/cpu.a b=$WORK/cpu.b ns i t0 t1 rc bad=0 p
+  rm -rf "$d"; mkdir -p "$d"
+  server_snap "$a"
+  t0=$(date +%s.%N)
+  if [ "$mode" = one ]; then
+    { echo SEQUENTIAL
+      for i in $(seq 0 $((REG_USERS_ONE - 1))); do echo "test$i;127.0.0.1;[authentication username=test$i password=pw-test$i]"; done
+    } > "$d/users.csv"
+    sipp_cmd "$d/sipp-0" "$port" "$REG_RATE" "$REG_CALLS" "$REG_LIMIT" -sf "$SCEN_CSV" -inf "$d/users.csv" -s test
+  else
+    local per_rate per_calls per_limit
+    per_rate=$(awk -v r="$REG_RATE" -v u="$REG_USERS_MULTI" 'BEGIN { printf "%.3f", r / u }')
+    per_calls=$((REG_CALLS / REG_USERS_MULTI)); per_limit=$(((REG_LIMIT + REG_USERS_MULTI - 1) / REG_USERS_MULTI))
+    for i in $(seq 0 $((REG_USERS_MULTI - 1))); do
+      mkdir -p "$d/sipp-$i"
+      printf 'SEQUENTIAL\ntest%s;127.0.0.1;pw-test%s\n' "$i" "$i" > "$d/sipp-$i/user.csv"
+      sipp_cmd "$d/sipp-$i" "$port" "$per_rate" "$per_calls" "$per_limit" -sf "$ROOT/bench/sipp/register-auth.xml" \
+        -inf "$d/sipp-$i/user.csv" -au "test$i" -ap "pw-test$i" -s "test$i"
+    done
+  fi
+  for p in "${SIPP_PIDS[@]}"; do
+    if wait "$p"; then :; else rc=$?; bad=$((bad + 1)); log "$key: a sipp exited with $rc"; fi
+  done
+  SIPP_PIDS=()
+  t1=$(date +%s.%N)
+  server_snap "$b"
+  check_port_owner "$port" "$key"
+  ns=$(cpu_delta "$a" "$b")
+  R[$key.threads]=$(cpu_by_name "$a" "$b")
+  R[$key.busy]=$(machine_busy "$a" "$b")
+  R[$key.ok]=$(sum_col 'SuccessfulCall(C)' "$d"/sipp-*/stats.csv)
+  R[$key.failed]=$(sum_col 'FailedCall(C)' "$d"/sipp-*/stats.csv)
+  R[$key.retrans]=$(sum_col 'Retransmissions(C)' "$d"/sipp-*/stats.csv)
+  R[$key.badrc]=$bad
+  R[$key.wall]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  R[$key.answered]=$((2 * ${R[$key.ok]}))
+  R[$key.loss]=$(awk -v ok="${R[$key.ok]}" -v f="${R[$key.failed]}" 'BEGIN { t = ok + f; printf "%.3f", (t > 0) ? (f * 100 / t) : 100 }')
+  R[$key.cpu_s]=$(awk -v ns="$ns" 'BEGIN { printf "%.3f", ns / 1e9 }')
+  R[$key.cpu]=$(awk -v ns="$ns" -v n="${R[$key.answered]}" 'BEGIN { if (n > 0) printf "%.2f", ns / 1e3 / n; else print "-" }')
+  log "$key: ${R[$key.ok]} ok, ${R[$key.failed]} failed, ${R[$key.retrans]} retrans, sipp rc!=0: $bad, ${R[$key.wall]} s; server CPU ${R[$key.cpu_s]} s = ${R[$key.cpu]} us/req"
+  if [ "${R[$key.failed]}" != 0 ] || [ "$bad" != 0 ]; then
+    cat "$d"/sipp-*/errors.log 2>/dev/null | head -c 1500 >&2 || true
+  fi
+}
+
+# ---------------------------------------------------------------- database
+DB=$WORK/compare.db
+DB_URL=sqlite://$DB
+{ echo SEQUENTIAL; for i in $(seq 0 15); do echo "test$i;127.0.0.1;pw-test$i"; done; } > "$WORK/users.csv"
+"$BIN" db init --db "$DB_URL" >/dev/null
+"$BIN" user import "$WORK/users.csv" --db "$DB_URL" >/dev/null
+
+# ================================================================ sipshard
+run_sipshard() {
+  cat > "$WORK/sipshard.toml" <<TOML
+[core]
+listen = "127.0.0.1:$SIPSHARD_PORT"
+cores = [0, 1]
+log_level = "info"
+[shard]
+recv_buffer_bytes = $BUF_BYTES
+send_buffer_bytes = $BUF_BYTES
+[rpc]
+listen = "127.0.0.1:$RPC_PORT"
+[db]
+url = "$DB_URL"
+[registrar]
+db_mode = 2
+TOML
+  log "sipshard: start (2 shards, 127.0.0.1:$SIPSHARD_PORT)"
+  SERVER_NAME=sipshard
+  "$BIN" run --config "$WORK/sipshard.toml" > "$WORK/sipshard.out" 2> "$WORK/sipshard.err" &
+  SERVER_PID=$!
+  wait_sip "$SIPSHARD_PORT" 30
+  local deadline=$((SECONDS + 30))
+  until sipshard_ctl core.uptime >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "sipshard RPC on 127.0.0.1:$RPC_PORT not answering"
+    sleep 0.2
+  done
+  idle_cpu sipshard
+  local r
+  for r in $RATES; do
+    sipshard_ctl stats.reset >/dev/null
+    drive_options "sipshard.opt$r" "$r" "$SIPSHARD_PORT"
+    sipshard_route "sipshard.opt$r"
+  done
+  for m in one multi; do
+    sipshard_ctl stats.reset >/dev/null
+    drive_register "sipshard.reg$m" "$SIPSHARD_PORT" "$m"
+    sipshard_route "sipshard.reg$m"
+  done
+  stop_server
+  R[sipshard.logerr]=$(grep -cE ' (WARN|ERROR) ' "$WORK/sipshard.err" || true)
+}
+
+# ================================================================ Kamailio
+KAMRUN=$WORK/kamrun
+kam_cfg() {  # $1 = db url -> cfg path
+  mkdir -p "$KAMRUN"
+  sed -e "s|@CHILDREN@|$WORKERS|g; s|@BUF_BYTES@|$BUF_BYTES|g; s|@PORT@|$KAM_PORT|g; s|@MPATH@|$MPATH|g" \
+      -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$ROOT/perf/kamailio/sipshard.lua|g" \
+      "$ROOT/perf/kamailio/kamailio.cfg" > "$WORK/kamailio.cfg"
+  grep -q '@[A-Z_]*@' "$WORK/kamailio.cfg" && die "unfilled placeholder in kamailio.cfg"
+  echo "$WORK/kamailio.cfg"
+}
+kamcmd_() { kamcmd -s "unix:$KAMRUN/kamailio_ctl" "$@"; }
+kam_start() {  # $1 = db url, $2 = label, $3 = pkg MiB per process, rest = extra kamailio args
+  local cfg url=$1 label=$2 pkg=$3; shift 3
+  cfg=$(kam_cfg "$url")
+  kamailio -f "$cfg" -c >"$WORK/kamailio-check.log" 2>&1 || { cat "$WORK/kamailio-check.log" >&2; die "kamailio.cfg check failed"; }
+  log "kamailio: start ($label)"
+  SERVER_NAME=kamailio
+  kamailio -f "$cfg" -DD -E -x fm -m 256 -M "$pkg" -P "$KAMRUN/kamailio.pid" -Y "$KAMRUN" "$@" \
+    > "$WORK/kamailio.out" 2>> "$WORK/kamailio.err" &
+  SERVER_PID=$!
+  local deadline=$((SECONDS + 60))
+  until kamcmd_ core.uptime >/dev/null 2>&1; do
+    alive "$SERVER_PID" || { tail -n 30 "$WORK/kamailio.err" >&2; die "kamailio exited during start"; }
+    [ $SECONDS -lt $deadline ] || die "kamcmd does not answer"
+    sleep 0.2
+  done
+}
+run_kamailio() {
+  kam_start "$DB_URL" "CPU run: route-time logging off" 16
+  wait_sip "$KAM_PORT" 30
+  idle_cpu kamailio
+  local r m off
+  for r in $RATES; do drive_options "kamailio.opt$r" "$r" "$KAM_PORT"; done
+  for m in one multi; do drive_register "kamailio.reg$m" "$KAM_PORT" "$m"; done
+  stop_server
+  R[kamailio.logerr]=$(grep -E '(ERROR|CRITICAL|BUG):' "$WORK/kamailio.err" | grep -c . || true)
+  # Route time: the same drives again with every request route's time logged.
+  : > "$WORK/kamailio.err"
+  kam_start "$DB_URL" "route-time run: latency_cfg_log, every route logged" 16 -A ROUTE_TIME
+  wait_sip "$KAM_PORT" 30
+  for r in $RATES; do
+    off=$(stat -c %s "$WORK/kamailio.err")
+    drive_options "kamailio_rt.opt$r" "$r" "$KAM_PORT"
+    kam_route "kamailio.opt$r" "$WORK/kamailio.err" "$off"
+  done
+  for m in one multi; do
+    off=$(stat -c %s "$WORK/kamailio.err")
+    drive_register "kamailio_rt.reg$m" "$KAM_PORT" "$m"
+    kam_route "kamailio.reg$m" "$WORK/kamailio.err" "$off"
+  done
+  stop_server
+  : > "$WORK/kamailio.err"
+}
+
+# Kamailio memory per contact: shm (and PSS) with N preloaded rows minus 0.
+KAM_MEM=
+kam_mem_at() {  # $1 = rows; sets KAM_MEM="shm_real_used pss_kb rss_kb"
+  local n=$1 db=$WORK/mem-$1.db deadline got shm pr
+  rm -f "$db"
+  "$BIN" db init --db "sqlite://$db" >/dev/null
+  if [ "$n" -gt 0 ]; then
+    # rows shaped like perf/memory.sh's (as a sipp registration makes them),
+    # socket = Kamailio's own listen address so it resolves on load
+    sqlite3 "$db" "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < $n - 1)
+      INSERT INTO location (ruid, username, domain, contact, received, path, expires, q, callid, cseq,
+        last_modified, flags, cflags, user_agent, socket, methods, instance, reg_id, server_id,
+        connection_id, keepalive, partition)
+      SELECT printf('uloc-%x-%x-%x', CAST(strftime('%s', 'now') AS INTEGER) - 3600, x % 2, x + 1),
+        'user' || x, '127.0.0.1', 'sip:user' || x || '@127.0.0.1:' || (50000 + x % 10000) || ';transport=udp',
+        NULL, NULL, julianday('now', '+1 day'), -1.0, lower(hex(randomblob(16))) || '@127.0.0.1',
+        1 + x % 100, julianday('now', '-10 seconds'), 0, 0, 'sipp/3.6.1 linux-x86',
+        'udp:127.0.0.1:$KAM_PORT', -1, NULL, 0, 0, -1, 0, 0 FROM c;"
+  fi
+  # db_sqlite reads the whole preload result into the loading process's pkg
+  # memory (~0.7 KB a row): 16 MiB is too small for 100k rows
+  kam_start "sqlite://$db" "memory, $n location rows preloaded" "$KAM_MEM_PKG_MB"
+  deadline=$((SECONDS + 180))
+  while :; do
+    got=$(kamcmd_ stats.get_statistics usrloc: 2>/dev/null | awk -F' = ' '$1 == "usrloc:location_contacts" { print $2 }' || true)
+    [ "${got:-x}" = "$n" ] && break
+    [ $SECONDS -lt $deadline ] || die "kamailio: location_contacts ${got:-?} != $n after preload"
+    sleep 0.5
+  done
+  wait_sip "$KAM_PORT" 30
+  shm=$(kamcmd_ core.shmmem | awk '/real_used:/ { print $2 }')
+  pr=$(mem_kb)
+  stop_server
+  KAM_MEM="$shm $pr"
+}
+run_kamailio_memory() {
+  log "kamailio: memory with 0 and $CONTACTS preloaded contacts"
+  local m0 m1
+  kam_mem_at 0; m0=$KAM_MEM
+  kam_mem_at "$CONTACTS"; m1=$KAM_MEM
+  R[kamailio.mem]=$(awk -v a="$m0" -v b="$m1" -v n="$CONTACTS" 'BEGIN { split(a, x, " "); split(b, y, " ")
+    printf "%.0f B shm (PSS %+.0f B, RSS sum %+.0f B)", (y[1] - x[1]) / n, (y[2] - x[2]) * 1024 / n, (y[3] - x[3]) * 1024 / n }')
+  log "kamailio: per contact: ${R[kamailio.mem]}"
+}
+
+# ================================================================ floor
+run_floor() {
+  cc -O2 -o "$WORK/floor" "$ROOT/perf/floor/floor.c"
+  log "floor: start (2 processes, 127.0.0.1:$FLOOR_PORT)"
+  SERVER_NAME=floor
+  "$WORK/floor" "$FLOOR_PORT" "$WORKERS" "$BUF_BYTES" > "$WORK/floor.out" 2> "$WORK/floor.err" &
+  SERVER_PID=$!
+  wait_sip "$FLOOR_PORT" 10
+  idle_cpu floor
+  local r
+  for r in $RATES; do drive_options "floor.opt$r" "$r" "$FLOOR_PORT"; done
+  stop_server
+}
+
+run_sipshard_memory() {
+  R[sipshard.mem]="n/a (no executable perf/memory.sh)"
+  [ -x "$ROOT/perf/memory.sh" ] || return 0
+  local tree=$ROOT v
+  if [ "$BIN" != "$ROOT/target/release/sipshard" ]; then
+    # perf/memory.sh runs target/release/sipshard of its own tree: give it a
+    # scratch tree whose binary is $BIN
+    tree=$WORK/memtree; mkdir -p "$tree/perf" "$tree/target/release"
+    cp "$ROOT/perf/memory.sh" "$tree/perf/"; ln -sf "$BIN" "$tree/target/release/sipshard"
+  fi
+  log "sipshard: CONTACTS=$CONTACTS perf/memory.sh"
+  if CONTACTS=$CONTACTS SKIP_BUILD=1 "$tree/perf/memory.sh" > "$WORK/memory.out" 2> "$WORK/memory.err"; then
+    v=$(awk '$1 == "sipshard_bytes_per_contact" { print $2 }' "$WORK/memory.out" | tail -n 1)
+    R[sipshard.mem]=${v:+$v B RSS}
+    R[sipshard.mem]=${R[sipshard.mem]:-"n/a (no sipshard_bytes_per_contact line)"}
+  else
+    R[sipshard.mem]="n/a (perf/memory.sh failed)"
+    tail -n 5 "$WORK/memory.err" >&2 || true
+  fi
+  log "sipshard: per contact: ${R[sipshard.mem]}"
+}
+
+LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
+T_START=$SECONDS
+run_sipshard
+if [ "$SKIP_KAMAILIO" != 1 ]; then run_kamailio; run_kamailio_memory; fi
+if [ "$SKIP_FLOOR" != 1 ]; then run_floor; fi
+run_sipshard_memory
+ELAPSED=$((SECONDS - T_START))
+
+# ================================================================ report
+g() { echo "${R[$1]:--}"; }
+sub() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/) printf "%.2f", a - b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "-" }'; }
+pct() { [ "$1" = - ] && echo - || echo "$1 %"; }
+fmt_rate() { awk -v r="$1" 'BEGIN { if (r >= 1000 && r % 1000 == 0) printf "%dk", r / 1000; else print r }'; }
+reg_label() { if [ "$1" = one ]; then echo "REGISTER $(fmt_rate "$REG_RATE")/s, 1 source"; else echo "REGISTER $(fmt_rate "$REG_RATE")/s, 16 sources"; fi; }
+
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "${SIPSHARD_BIN:-}" ]; then
+  COMMIT="checkout $COMMIT; sipshard binary SIPSHARD_BIN=$SIPSHARD_BIN${SIPSHARD_LABEL:+ ($SIPSHARD_LABEL)}"
+elif [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT + uncommitted changes in src/Cargo"
+fi
+{
+  echo "# sipshard vs Kamailio 5.6 vs floor (perf/compare.sh)"
+  echo
+  echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $COMMIT; $("$BIN" --version)"
+  echo "- machine: $(nproc) CPUs, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
+  if [ "$SKIP_KAMAILIO" != 1 ]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
+  echo "- each server: 2 workers, 127.0.0.1, alone on the machine with its load generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
+  echo "- OPTIONS: \`sipshard bench\`, $SOCKETS sockets, ${DURATION} s per rate (+ ${DRAIN_MS} ms drain); REGISTER: sipp digest auth, $REG_RATE/s, $REG_CALLS registrations; idle ${IDLE_S} s; QUICK=$QUICK"
+  echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "- server log lines at WARN/ERROR level during the drives: sipshard $(g sipshard.logerr), Kamailio (ERROR and worse, CPU run) $(g kamailio.logerr)"
+  for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
+  echo
+  echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  for r in $RATES; do
+    s=$(g "sipshard.opt$r.cpu"); k=$(g "kamailio.opt$r.cpu"); f=$(g "floor.opt$r.cpu")
+    echo "| OPTIONS $(fmt_rate "$r")/s | $s | $k | $f | $(sub "$s" "$f") | $(ratio "$s" "$k") | $(pct "$(g "sipshard.opt$r.loss")") | $(pct "$(g "kamailio.opt$r.loss")") | $(g "sipshard.opt$r.route") | $(g "kamailio.opt$r.route") | $(g "sipshard.opt$r.shards") |"
+  done
+  for m in one multi; do
+    s=$(g "sipshard.reg$m.cpu"); k=$(g "kamailio.reg$m.cpu")
+    echo "| $(reg_label $m) | $s | $k | – | – | $(ratio "$s" "$k") | $(pct "$(g "sipshard.reg$m.loss")") | $(pct "$(g "kamailio.reg$m.loss")") | $(g "sipshard.reg$m.route") | $(g "kamailio.reg$m.route") | $(g "sipshard.reg$m.shards") |"
+  done
+  echo "| idle ${IDLE_S} s: CPU % of a core per worker | $(g sipshard.idle) | $(g kamailio.idle) | $(g floor.idle) | – | $(ratio "$(g sipshard.idle)" "$(g kamailio.idle)") | – | – | – | – | – |"
+  echo "| memory per contact ($CONTACTS contacts) | $(g sipshard.mem) | $(g kamailio.mem) | – | – | – | – | – | – | – | – |"
+  echo
+  echo "- **CPU/req**: run time (\`/proc/PID/task/*/schedstat\`) of every thread of every server process over the drive"
+  echo "  (including the drain), divided by the requests answered; a REGISTER-with-auth registration is 2 requests (401, 200)."
+  echo "  The load generator runs on the same 2 CPUs and is not counted."
+  echo "- **loss**: OPTIONS unanswered / sent; REGISTER failed registrations / all (sipp)."
+  echo "- **route**: sipshard \`ctl kemi.route_latency\` (request_route, both shards merged, \`stats.reset\` before each drive);"
+  echo "  Kamailio \`latency_cfg_log\` + \`latency_limit_cfg=0\` lines (\"request-route executed in: N usec\", 1 µs resolution)"
+  echo "  from a **separate repeat** of the same drives with that logging on, so Kamailio's CPU figures are without it."
+  echo "- **shard0/shard1**: share of sipshard's request routes per shard (SO_REUSEPORT spreads by source address/port)."
+  echo "- **memory**: sipshard: \`perf/memory.sh\` (RSS growth with the location table preloaded); Kamailio: \`kamcmd core.shmmem\`"
+  echo "  real_used growth with $CONTACTS preloaded usrloc rows vs none, plus PSS / RSS growth summed over its processes."
+  echo
+  echo "## Details per drive"
+  echo
+  echo "| server | line | sent / answered | loss | non-2xx | server CPU s | machine busy % | client p50 / p99 µs | routes counted |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for srv in sipshard kamailio kamailio_rt floor; do
+    for r in $RATES; do
+      [ -n "${R[$srv.opt$r.sent]:-}" ] || continue
+      n=-
+      case $srv in sipshard) n="$(g "sipshard.opt$r.route_n") ($(g "sipshard.opt$r.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.opt$r.route_n");; esac
+      echo "| $srv | OPTIONS $(fmt_rate "$r")/s | $(g "$srv.opt$r.sent") / $(g "$srv.opt$r.answered") | $(g "$srv.opt$r.loss") % | $(g "$srv.opt$r.non2xx") | $(g "$srv.opt$r.cpu_s") | $(g "$srv.opt$r.busy") | $(g "$srv.opt$r.client") | $n |"
+    done
+  done
+  echo
+  echo "| server | line | registrations ok / failed | retransmissions | sipp rc≠0 | wall s | server CPU s | machine busy % | routes counted |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  for srv in sipshard kamailio kamailio_rt; do
+    for m in one multi; do
+      [ -n "${R[$srv.reg$m.ok]:-}" ] || continue
+      n=-
+      case $srv in sipshard) n="$(g "sipshard.reg$m.route_n") ($(g "sipshard.reg$m.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.reg$m.route_n");; esac
+      echo "| $srv | $(reg_label $m) | $(g "$srv.reg$m.ok") / $(g "$srv.reg$m.failed") | $(g "$srv.reg$m.retrans") | $(g "$srv.reg$m.badrc") | $(g "$srv.reg$m.wall") | $(g "$srv.reg$m.cpu_s") | $(g "$srv.reg$m.busy") | $n |"
+    done
+  done
+  echo
+  echo "kamailio_rt = the route-time repeat (every route logged to stderr; its CPU is not used above)."
+  echo "machine busy % = all CPUs (/proc/stat) over the drive: server + load generator + anything else running;"
+  echo "idle windows: sipshard $(g sipshard.idle_busy) %, Kamailio $(g kamailio.idle_busy) %, floor $(g floor.idle_busy) % (should be ~0)."
+  echo
+  echo "sipshard CPU by thread (ms over the drive):"
+  echo
+  echo "- idle ${IDLE_S} s: $(g sipshard.idle_threads)"
+  for r in $RATES; do echo "- OPTIONS $(fmt_rate "$r")/s: $(g "sipshard.opt$r.threads")"; done
+  for m in one multi; do echo "- $(reg_label $m): $(g "sipshard.reg$m.threads")"; done
+} > "$WORK/report.md"
+
+mkdir -p "$(dirname "$OUT")"
+cp "$WORK/report.md" "$OUT"
+cat "$WORK/report.md"
+log "written: $OUT (${ELAPSED} s)"
