@@ -12,6 +12,7 @@
 //! | `KSR.is_myself_ruri/furi/turi/srcip()` | `bool ()` | true/false |
 //! | `KSR.setflag(n)` / `KSR.resetflag(n)` | `int (int)` | 1 / -1 |
 //! | `KSR.isflagset(n)` | `bool (int)` | true/false |
+//! | `KSR.sipshard_test.panic(text)` | sipshard extension, test only | panics (only with `core.test_hooks = true`; proves a panicking callback is answered 500 and counted in `shard.panics`) |
 
 use std::rc::Rc;
 

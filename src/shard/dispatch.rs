@@ -224,7 +224,7 @@ mod tests {
         let bell = Arc::new(Doorbell::new(move || {
             r.fetch_add(1, Ordering::SeqCst);
         }));
-        let peers = Peers::new(&[bell.clone()], 2);
+        let peers = Peers::new(std::slice::from_ref(&bell), 2);
         let ctx = || Box::new(MsgCtx::new(1024, 16));
         assert!(!peers.has_work(0));
         bell.park();
