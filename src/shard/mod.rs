@@ -7,7 +7,7 @@
 //! shard exits, stops every shard and returns their final snapshots.
 //!
 //! Files, one job each: `mod.rs` starts, supervises and stops shards;
-//! [`io`] is the receive/route/send loop; [`dispatch`] decides which shard
+//! `io` is the receive/route/send loop; [`dispatch`] decides which shard
 //! runs a message and hands it over; [`control`] carries the control plane's
 //! commands; [`runtime`] is the control plane's own thread.
 //!
