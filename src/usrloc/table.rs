@@ -547,7 +547,7 @@ impl Location {
         }
         // Deleted and back (a reload): the row is written, not deleted.
         if !self.dirty_deletes.is_empty() && self.dirty_deletes.remove(c.ruid()) {
-            self.dirty_len -= 1;
+            self.dirty_len = self.dirty_len.saturating_sub(1);
         }
         if self.dirty_len >= self.params.max_dirty {
             self.dirty_overflowed = true;
@@ -567,7 +567,7 @@ impl Location {
         }
         let was_dirty = c.is_dirty();
         if was_dirty {
-            self.dirty_len -= 1;
+            self.dirty_len = self.dirty_len.saturating_sub(1);
         }
         // A memory-only binding has no row, unless it had one to write.
         if (c.is_mem_only() && !was_dirty) || self.dirty_deletes.contains(c.ruid()) {
