@@ -254,3 +254,48 @@ fn a_panicking_callback_never_leaves_a_dead_shard() {
     assert!(log.contains("panic in a route, caught"), "{log}");
     assert!(log.contains("test callback"), "{log}");
 }
+
+#[test]
+fn every_socket_mode_serves_answers_control_and_stops() {
+    for mode in ["spread", "reuseport", "shared"] {
+        let core = format!("udp_socket = \"{mode}\"");
+        let mut srv = Server::start(ServerOpts {
+            cores: "2",
+            core_toml: &core,
+            ..Default::default()
+        });
+        let mut answered = 0;
+        for _ in 0..20 {
+            let c = client();
+            let r = exchange(
+                &c,
+                srv.addr,
+                request(&c, "OPTIONS", &format!("sip:{}", srv.addr), "").as_bytes(),
+            )
+            .unwrap_or_else(|| panic!("{mode}: OPTIONS unanswered"));
+            assert_eq!(status(&r), 200, "{mode}: {r}");
+            answered += 1;
+        }
+        // Control commands wake idle shards (doorbell), in every mode.
+        let per = per_shard(&srv, "rcv_requests");
+        assert_eq!(per.iter().sum::<u64>(), answered, "{mode}: {per:?}");
+        let tuning = &shards(&srv)[0]["tuning"];
+        assert_eq!(tuning["udp_socket"], mode, "{tuning}");
+        // SIGINT stops it promptly with status 0.
+        let child = srv.child.as_mut().unwrap();
+        let pid = child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{mode}: did not stop");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(status.success(), "{mode}: {status}");
+    }
+}

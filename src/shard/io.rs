@@ -2,14 +2,19 @@
 //! run woken tasks and due timers, and sleep in epoll when there is nothing
 //! to do.
 //!
-//! Cost per message is the point of this file. At low rate a request costs
-//! three syscalls: the `epoll_wait` that wakes the shard, one `recvmmsg`
-//! that returns the datagram, one `sendto` for the reply (a `recvmmsg` that
-//! returned fewer datagrams than it could hold means the socket was empty,
-//! so the shard goes straight back to `epoll_wait` instead of reading again
-//! to see EAGAIN). Under load one `recvmmsg` returns up to `recv_batch`
-//! datagrams and `epoll_wait` is skipped while batches come back full. An
-//! idle shard arms no timer unless a task asked for one.
+//! Cost per message is the point of this file. With `udp_socket = "spread"`
+//! (the default) a shard sleeps in a blocking `recvmmsg` on its own socket,
+//! so at low rate a request costs two syscalls, as a bare blocking
+//! responder's does: the `recvmmsg` that wakes the shard with the datagram,
+//! and the `sendto` of the reply. A `recvmmsg` that returned fewer datagrams
+//! than it could hold means the socket was empty, so the shard goes straight
+//! back to sleep instead of reading again to see EAGAIN. Other threads wake
+//! it with a wake-up datagram (see `transport::sys::wake_datagram`), and the
+//! socket's receive timeout is the timer (at most a second, so an idle shard
+//! wakes once a second). In the epoll modes ("shared", "reuseport") the
+//! sleep is an `epoll_wait` on the socket and an eventfd: three syscalls per
+//! request. Under load one `recvmmsg` returns up to `recv_batch` datagrams
+//! and nothing sleeps while batches come back full.
 //!
 //! Never: block anywhere but in `Epoll::wait`, or let a panic out of a
 //! message (it is caught, answered 500 when it was a request, counted and
@@ -37,7 +42,7 @@ use crate::exec::{panic_text, Doorbell, Executor};
 use crate::kemi::{Engine, MsgCtx, RouteOutcome};
 use crate::sip::{Limits, ParseError};
 use crate::stats::Counter;
-use crate::transport::sys::{Epoll, EventFd, RecvBatch};
+use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch};
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_BELL: u64 = 2;
@@ -125,27 +130,58 @@ pub(super) struct Shard {
     pub tuning: serde_json::Value,
 }
 
+/// How a shard sleeps and is woken.
+#[derive(Clone)]
+pub(super) enum WaitKind {
+    /// In `recvmmsg` on its own blocking socket; woken by wake-up datagrams.
+    Block,
+    /// In `epoll_wait` on the socket and an eventfd doorbell; `exclusive`
+    /// when every shard waits on the same socket.
+    Epoll {
+        bell_fd: Arc<EventFd>,
+        exclusive: bool,
+    },
+}
+
+enum Wait {
+    Block {
+        /// SO_RCVTIMEO currently set (changed only when it must).
+        timeout: Option<Duration>,
+    },
+    Epoll {
+        epoll: Epoll,
+        bell_fd: Arc<EventFd>,
+    },
+}
+
+/// The longest a blocked shard sleeps: its timers are checked at least this
+/// often (an idle shard costs one empty `recvmmsg` a second).
+const BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(1);
+
 /// The shard's wait and read machinery.
 pub(super) struct LoopIo {
-    pub epoll: Epoll,
-    pub bell_fd: Arc<EventFd>,
+    wait: Wait,
     pub batch: RecvBatch,
 }
 
 impl LoopIo {
     pub fn new(
         sock: &std::net::UdpSocket,
-        exclusive: bool,
-        bell_fd: Arc<EventFd>,
+        kind: WaitKind,
         batch: usize,
         slot_bytes: usize,
     ) -> std::io::Result<LoopIo> {
-        let epoll = Epoll::new()?;
-        epoll.add_readable(sock.as_raw_fd(), TOKEN_SOCKET, exclusive)?;
-        epoll.add_readable(bell_fd.raw(), TOKEN_BELL, false)?;
+        let wait = match kind {
+            WaitKind::Block => Wait::Block { timeout: None },
+            WaitKind::Epoll { bell_fd, exclusive } => {
+                let epoll = Epoll::new()?;
+                epoll.add_readable(sock.as_raw_fd(), TOKEN_SOCKET, exclusive)?;
+                epoll.add_readable(bell_fd.raw(), TOKEN_BELL, false)?;
+                Wait::Epoll { epoll, bell_fd }
+            }
+        };
         Ok(LoopIo {
-            epoll,
-            bell_fd,
+            wait,
             batch: RecvBatch::new(batch, slot_bytes),
         })
     }
@@ -165,6 +201,9 @@ impl Shard {
 pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>) {
     let mut handed: Vec<Box<MsgCtx>> = Vec::new();
     let fd = shard.sock.as_raw_fd();
+    // The last read found the socket empty: do not read it again before
+    // sleeping (that read would only say EAGAIN).
+    let mut drained = false;
     while !shard.stopping() {
         run_tasks(shard);
         control(shard, cmds);
@@ -173,20 +212,30 @@ pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>)
             shard.counters().incr(Counter::DispatchRecv);
             run_message(shard, ctx);
         }
-        let n = read_batch(shard, io, fd);
-        if n == io.batch.capacity() {
-            continue; // more are likely waiting: skip the wait
+        if !drained {
+            let n = read_batch(shard, io, fd, false);
+            if n == io.batch.capacity() {
+                continue; // more are likely waiting: skip the wait
+            }
+            if n == 0 && !shard.spin.is_zero() && spin(shard, io, fd) {
+                continue;
+            }
         }
-        if n == 0 && !shard.spin.is_zero() && spin(shard, io, fd) {
-            continue;
-        }
-        park(shard, io, cmds);
+        drained = park(shard, io, cmds, fd);
     }
 }
 
-/// Reads one batch and handles it; returns how many datagrams it held.
-fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> usize {
-    let n = match io.batch.recv(fd) {
+/// Reads one batch (waiting for it when `wait`) and handles it; returns how
+/// many datagrams it held.
+fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32, wait: bool) -> usize {
+    let got = if wait {
+        let r = io.batch.recv_wait(fd);
+        shard.bell.unpark();
+        r
+    } else {
+        io.batch.recv(fd)
+    };
+    let n = match got {
         Ok(n) => n,
         Err(e) => {
             shard.counters().incr(Counter::RecvErrors);
@@ -198,7 +247,9 @@ fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> usize {
     };
     for i in 0..n {
         if let Some((bytes, src)) = io.batch.get(i) {
-            on_datagram(shard, bytes, src);
+            if !is_wake_datagram(bytes) {
+                on_datagram(shard, bytes, src);
+            }
         }
     }
     n
@@ -208,7 +259,10 @@ fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> usize {
 fn spin(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> bool {
     let until = Instant::now() + shard.spin;
     while Instant::now() < until {
-        if read_batch(shard, io, fd) > 0 || shard.ex.has_ready() || shard.peers.has_work(shard.id) {
+        if read_batch(shard, io, fd, false) > 0
+            || shard.ex.has_ready()
+            || shard.peers.has_work(shard.id)
+        {
             return true;
         }
         std::hint::spin_loop();
@@ -216,8 +270,9 @@ fn spin(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32) -> bool {
     false
 }
 
-/// Sleeps until a datagram, a doorbell ring, or the next timer.
-fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>) {
+/// Sleeps until a datagram, a doorbell ring, or the next timer. Returns
+/// true when it read the socket empty (blocking mode).
+fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) -> bool {
     shard.bell.park();
     // Re-check every source after announcing the park (see Doorbell).
     if shard.ex.has_ready()
@@ -226,21 +281,44 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>) {
         || control(shard, cmds)
     {
         shard.bell.unpark();
-        return;
+        return false;
     }
-    let timeout = shard
+    let until_timer = shard
         .ex
         .next_deadline()
         .map(|at| at.saturating_duration_since(Instant::now()));
-    let mut rung = false;
-    if let Err(e) = io.epoll.wait(timeout, |t| rung |= t == TOKEN_BELL) {
-        if shard.log.allow(Instant::now()) {
-            tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
+    match &mut io.wait {
+        Wait::Block { timeout } => {
+            let want = until_timer
+                .map(|d| d.max(Duration::from_millis(1)))
+                .unwrap_or(BLOCK_TIMEOUT_MAX)
+                .min(BLOCK_TIMEOUT_MAX);
+            // Millisecond steps: SO_RCVTIMEO is only reset when it changes.
+            let want = Duration::from_millis(want.as_millis().max(1) as u64);
+            if *timeout != Some(want) {
+                if let Err(e) = shard.sock.set_read_timeout(Some(want)) {
+                    if shard.log.allow(Instant::now()) {
+                        tracing::warn!(shard = shard.id, "SO_RCVTIMEO: {e}");
+                    }
+                }
+                *timeout = Some(want);
+            }
+            let n = read_batch(shard, io, fd, true);
+            n < io.batch.capacity()
         }
-    }
-    shard.bell.unpark();
-    if rung {
-        io.bell_fd.drain();
+        Wait::Epoll { epoll, bell_fd } => {
+            let mut rung = false;
+            if let Err(e) = epoll.wait(until_timer, |t| rung |= t == TOKEN_BELL) {
+                if shard.log.allow(Instant::now()) {
+                    tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
+                }
+            }
+            shard.bell.unpark();
+            if rung {
+                bell_fd.drain();
+            }
+            false
+        }
     }
 }
 
@@ -535,7 +613,8 @@ fn finish(
 fn send_out(shard: &Shard, ctx: &MsgCtx) {
     for o in &ctx.out {
         let bytes = &ctx.out_buf[o.start as usize..o.end as usize];
-        if let Err(e) = shard.sock.send_to(bytes, o.dst) {
+        let sock = socket2::SockRef::from(&*shard.sock);
+        if let Err(e) = sock.send_to_with_flags(bytes, &o.dst.into(), libc::MSG_DONTWAIT) {
             shard.counters().incr(Counter::SendErrors);
             if shard.log.allow(Instant::now()) {
                 tracing::warn!(shard = shard.id, dst = %o.dst, "udp send failed: {e}");
@@ -545,37 +624,13 @@ fn send_out(shard: &Shard, ctx: &MsgCtx) {
 }
 
 /// Runs tasks and timers (no socket reads) until `done()` or `deadline`:
-/// shutdown waits for suspended routes and database writes this way.
-pub(super) fn drain_until(
-    shard: &Rc<Shard>,
-    io: &mut LoopIo,
-    deadline: Instant,
-    done: impl Fn() -> bool,
-) {
+/// shutdown waits for suspended routes and database writes this way,
+/// polling every millisecond (shutdown only).
+pub(super) fn drain_until(shard: &Rc<Shard>, deadline: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
         run_tasks(shard);
-        if done() {
-            break;
-        }
-        shard.bell.park();
-        if shard.ex.has_ready() {
-            shard.bell.unpark();
-            continue;
-        }
-        let mut wait = deadline.saturating_duration_since(Instant::now());
-        if let Some(at) = shard.ex.next_deadline() {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
-        }
-        let mut rung = false;
-        // Socket readiness is ignored here; only bells and timers matter.
-        let _ = io
-            .epoll
-            .wait(Some(wait.min(Duration::from_millis(5))), |t| {
-                rung |= t == TOKEN_BELL
-            });
-        shard.bell.unpark();
-        if rung {
-            io.bell_fd.drain();
+        if !done() && !shard.ex.has_ready() {
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }

@@ -173,9 +173,10 @@ pub struct Running {
 struct ShardStart {
     spec: ShardSpec,
     params: Arc<ShardParams>,
-    /// The shared socket (`udp_socket = "shared"`); `None`: bind our own.
-    sock: Option<Arc<std::net::UdpSocket>>,
-    bell_fd: Arc<EventFd>,
+    /// This shard's socket (the same one for every shard in "shared" mode).
+    sock: Arc<std::net::UdpSocket>,
+    /// How the shard sleeps and is woken.
+    wait: io::WaitKind,
     bell: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
     peers: Arc<Peers>,
@@ -201,25 +202,11 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     let exit_tx: Arc<std::sync::Mutex<Option<std::sync::mpsc::Sender<&'static str>>>> =
         Arc::new(std::sync::Mutex::new(None));
     let other = |e: std::io::Error| StartError::Other(e.to_string());
-    let mut bell_fds = Vec::with_capacity(n);
-    let mut bells = Vec::with_capacity(n);
-    for _ in 0..n {
-        let fd = Arc::new(EventFd::new().map_err(other)?);
-        let ring = fd.clone();
-        bells.push(Arc::new(Doorbell::new(move || ring.ring())));
-        bell_fds.push(fd);
-    }
+    let mode = params.config.core.udp_socket;
+    let (socks, waits, bells) = bind_and_wire(&params, &specs, mode)?;
+    let _ = other;
     let peers = Arc::new(Peers::new(&bells, params.config.shard.dispatch_queue));
     let listen = params.config.core.listen;
-    let shared_sock = match params.config.core.udp_socket {
-        UdpSocketMode::Shared => {
-            let t = specs.first().map(|s| s.tuning.clone()).unwrap_or_default();
-            let s = crate::transport::udp::bind(listen, udp_options(&t), false)
-                .map_err(|e| StartError::Other(format!("cannot bind udp:{listen}: {e}")))?;
-            Some(Arc::new(std::net::UdpSocket::from(s)))
-        }
-        UdpSocketMode::Reuseport | UdpSocketMode::Spread => None,
-    };
     let stops: Vec<Arc<AtomicBool>> = (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
     let mut senders = Vec::with_capacity(n);
     let mut handles = Vec::with_capacity(n);
@@ -229,8 +216,8 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         let id = spec.id;
         let start = ShardStart {
             params: params.clone(),
-            sock: shared_sock.clone(),
-            bell_fd: bell_fds[id].clone(),
+            sock: socks[id].clone(),
+            wait: waits[id].clone(),
             bell: bells[id].clone(),
             stop: stops[id].clone(),
             peers: peers.clone(),
@@ -283,6 +270,109 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         exit_tx,
         local_addr,
     })
+}
+
+type Wiring = (
+    Vec<Arc<std::net::UdpSocket>>,
+    Vec<io::WaitKind>,
+    Vec<Arc<Doorbell>>,
+);
+
+/// Binds the shards' sockets (in shard order: in a SO_REUSEPORT group the
+/// i-th bound socket is index i, which the spread program relies on) and
+/// makes each shard's doorbell:
+/// - "spread": blocking sockets; a shard sleeps in `recvmmsg` itself (the
+///   same two syscalls per request as a bare blocking responder), and is
+///   woken by a wake-up datagram the BPF program delivers to its socket;
+/// - "shared" / "reuseport": non-blocking sockets, the shard sleeps in
+///   epoll, woken by an eventfd.
+fn bind_and_wire(
+    params: &ShardParams,
+    specs: &[ShardSpec],
+    mode: UdpSocketMode,
+) -> Result<Wiring, StartError> {
+    let n = specs.len();
+    if mode == UdpSocketMode::Spread && n > 255 {
+        return Err(StartError::Other(
+            "core.udp_socket = \"spread\" supports at most 255 shards".into(),
+        ));
+    }
+    let mut listen = params.config.core.listen;
+    let bind_err = |e: std::io::Error| StartError::Other(format!("cannot bind udp:{listen}: {e}"));
+    let tuning = |i: usize| specs.get(i).map(|s| s.tuning.clone()).unwrap_or_default();
+    let mut socks = Vec::with_capacity(n);
+    match mode {
+        UdpSocketMode::Shared => {
+            let s = crate::transport::udp::bind(listen, udp_options(&tuning(0)), false)
+                .map_err(bind_err)?;
+            let s = Arc::new(std::net::UdpSocket::from(s));
+            socks.extend((0..n).map(|_| s.clone()));
+        }
+        UdpSocketMode::Reuseport | UdpSocketMode::Spread => {
+            for i in 0..n {
+                let s = crate::transport::udp::bind(listen, udp_options(&tuning(i)), true)
+                    .map_err(|e| StartError::Other(format!("cannot bind udp:{listen}: {e}")))?;
+                if mode == UdpSocketMode::Spread {
+                    s.set_nonblocking(false)
+                        .map_err(|e| StartError::Other(e.to_string()))?;
+                }
+                let s = std::net::UdpSocket::from(s);
+                if i == 0 {
+                    // Port 0: the others join the port the first one got.
+                    if let Ok(a) = s.local_addr() {
+                        listen.set_port(a.port());
+                    }
+                }
+                socks.push(Arc::new(s));
+            }
+            if mode == UdpSocketMode::Spread {
+                use std::os::fd::AsRawFd;
+                crate::transport::sys::attach_reuseport_spread(socks[0].as_raw_fd(), n as u32)
+                    .map_err(|e| {
+                        StartError::Other(format!("cannot attach the spreading BPF program: {e}"))
+                    })?;
+            }
+        }
+    }
+    let mut waits = Vec::with_capacity(n);
+    let mut bells = Vec::with_capacity(n);
+    if mode == UdpSocketMode::Spread {
+        let mut target = listen;
+        if target.ip().is_unspecified() {
+            target.set_ip(match target {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let from: SocketAddr = match target {
+            SocketAddr::V4(_) => (std::net::Ipv4Addr::LOCALHOST, 0).into(),
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::LOCALHOST, 0).into(),
+        };
+        let wake = Arc::new(
+            std::net::UdpSocket::bind(from).map_err(|e| StartError::Other(e.to_string()))?,
+        );
+        wake.set_nonblocking(true)
+            .map_err(|e| StartError::Other(e.to_string()))?;
+        for i in 0..n {
+            let wake = wake.clone();
+            let datagram = crate::transport::sys::wake_datagram(i as u8);
+            bells.push(Arc::new(Doorbell::new(move || {
+                let _ = wake.send_to(&datagram, target);
+            })));
+            waits.push(io::WaitKind::Block);
+        }
+    } else {
+        for _ in 0..n {
+            let fd = Arc::new(EventFd::new().map_err(|e| StartError::Other(e.to_string()))?);
+            let ring = fd.clone();
+            bells.push(Arc::new(Doorbell::new(move || ring.ring())));
+            waits.push(io::WaitKind::Epoll {
+                bell_fd: fd,
+                exclusive: mode == UdpSocketMode::Shared,
+            });
+        }
+    }
+    Ok((socks, waits, bells))
 }
 
 /// Runs a shard; a panic that escapes it (not one inside a route or task,
@@ -354,7 +444,7 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         spec,
         params,
         sock,
-        bell_fd,
+        wait,
         bell,
         stop,
         peers,
@@ -380,25 +470,10 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         }
     }
     let listen = params.config.core.listen;
-    let exclusive = sock.is_some();
-    let sock = match sock {
-        Some(s) => s,
-        None => match crate::transport::udp::bind(listen, udp_options(t), true) {
-            Ok(s) => Arc::new(std::net::UdpSocket::from(s)),
-            Err(e) => return fail(format!("cannot bind udp:{listen}: {e}")),
-        },
-    };
-    if params.config.core.udp_socket == UdpSocketMode::Spread && id == 0 {
-        use std::os::fd::AsRawFd;
-        let n = params.shard_count as u32;
-        if let Err(e) = crate::transport::sys::attach_reuseport_random(sock.as_raw_fd(), n) {
-            return fail(format!("cannot attach the spreading BPF program: {e}"));
-        }
-    }
     let (rcvbuf, sndbuf) =
         crate::transport::udp::effective_buffers(&socket2::SockRef::from(&*sock));
     let local = sock.local_addr().unwrap_or(listen);
-    let mut io = match LoopIo::new(&sock, exclusive, bell_fd, t.recv_batch, t.max_msg_bytes + 1) {
+    let mut io = match LoopIo::new(&sock, wait, t.recv_batch, t.max_msg_bytes + 1) {
         Ok(io) => io,
         Err(e) => return fail(format!("cannot set up the event loop: {e}")),
     };
@@ -472,24 +547,18 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
     io::run(&shard, &mut io, &cmds);
 
     // Let suspended routes finish (bounded wait) before the final snapshot.
-    io::drain_until(
-        &shard,
-        &mut io,
-        Instant::now() + Duration::from_secs(2),
-        || shard.inflight.get() == 0,
-    );
+    io::drain_until(&shard, Instant::now() + Duration::from_secs(2), || {
+        shard.inflight.get() == 0
+    });
     // Write-back: flush what is dirty, then wait (bounded) for every DB write.
     let svc = shard.engine.shared().services.clone();
     if svc.registrar.db_mode == 2 {
         let n = svc.flush_dirty(shard.engine.shared().clone());
         tracing::info!(shard = id, rows = n, "location flushed on shutdown");
     }
-    io::drain_until(
-        &shard,
-        &mut io,
-        Instant::now() + Duration::from_secs(10),
-        || svc.db_pending.get() == 0,
-    );
+    io::drain_until(&shard, Instant::now() + Duration::from_secs(10), || {
+        svc.db_pending.get() == 0
+    });
     if svc.db_pending.get() > 0 {
         tracing::error!(
             shard = id,

@@ -171,6 +171,17 @@ impl RecvBatch {
     /// Reads what the socket holds, without waiting (`MSG_DONTWAIT`):
     /// 0 when it is empty.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_DONTWAIT)
+    }
+
+    /// Waits for at least one datagram (on a blocking socket: up to its
+    /// SO_RCVTIMEO), then takes what else is there (`MSG_WAITFORONE`).
+    /// 0 on timeout or signal.
+    pub fn recv_wait(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.recv_flags(fd, libc::MSG_WAITFORONE)
+    }
+
+    fn recv_flags(&mut self, fd: RawFd, flags: libc::c_int) -> io::Result<usize> {
         let cap = self.addrs.len();
         self.iovecs.clear();
         self.hdrs.clear();
@@ -200,7 +211,7 @@ impl RecvBatch {
                 fd,
                 self.hdrs.as_mut_ptr(),
                 cap as u32,
-                libc::MSG_DONTWAIT,
+                flags,
                 std::ptr::null_mut(),
             )
         };
@@ -255,33 +266,57 @@ fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<S
     }
 }
 
+/// A wake-up datagram for shard `id` of a spread group: two bytes, a zero
+/// and the id. The group's BPF program delivers it to socket `id`; the shard
+/// ignores it (SIP never starts with a NUL).
+pub fn wake_datagram(id: u8) -> [u8; 2] {
+    [0, id]
+}
+
+/// Whether `d` is a [`wake_datagram`].
+pub fn is_wake_datagram(d: &[u8]) -> bool {
+    d.len() == 2 && d[0] == 0
+}
+
 /// Attaches a classic BPF program to a SO_REUSEPORT group that sends each
-/// datagram to a random socket of the group (`ld rand; mod n; ret a`), so
-/// one peer's traffic spreads over every shard instead of following the
-/// kernel's 4-tuple hash. Any socket of the group can carry it.
-pub fn attach_reuseport_random(fd: RawFd, sockets: u32) -> io::Result<()> {
+/// datagram to a random socket of the group, so one peer's traffic spreads
+/// over every shard instead of following the kernel's 4-tuple hash; a
+/// [`wake_datagram`] goes to the socket it names. Socket `i` of the group is
+/// the `i`-th bound. Any socket of the group can carry the program.
+pub fn attach_reuseport_spread(fd: RawFd, sockets: u32) -> io::Result<()> {
     const SKF_AD_OFF: i32 = -0x1000;
     const SKF_AD_RANDOM: i32 = 56;
     const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let op = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
     let code = [
-        libc::sock_filter {
-            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
-            jt: 0,
-            jf: 0,
-            k: (SKF_AD_OFF + SKF_AD_RANDOM) as u32,
-        },
-        libc::sock_filter {
-            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: sockets.max(1),
-        },
-        libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_A) as u16,
-            jt: 0,
-            jf: 0,
-            k: 0,
-        },
+        // 0: A = payload length; a 2-byte payload ...
+        op(libc::BPF_LD | libc::BPF_W | libc::BPF_LEN, 0, 0, 0),
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 2, 0, 4),
+        // 2: ... whose first byte is 0 is a wake-up: its second byte is
+        // the socket index.
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+        op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 0, 2),
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 1, 0, 0),
+        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+        // 6: anything else: a random socket.
+        op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            (SKF_AD_OFF + SKF_AD_RANDOM) as u32,
+            0,
+            0,
+        ),
+        op(
+            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+            sockets.max(1),
+            0,
+            0,
+        ),
+        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
     ];
     let prog = libc::sock_fprog {
         len: code.len() as u16,
@@ -374,21 +409,29 @@ mod tests {
         };
         let a = mk("127.0.0.1:0".parse().unwrap());
         let b = mk(a.local_addr().unwrap());
-        attach_reuseport_random(a.as_raw_fd(), 2).unwrap();
+        attach_reuseport_spread(a.as_raw_fd(), 2).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         for _ in 0..200 {
             tx.send_to(b"x", a.local_addr().unwrap()).unwrap();
         }
+        // Wake-ups reach the socket they name (b is index 1), however many.
+        for _ in 0..20 {
+            tx.send_to(&wake_datagram(1), a.local_addr().unwrap())
+                .unwrap();
+        }
         std::thread::sleep(Duration::from_millis(50));
         let count = |s: &std::net::UdpSocket| {
             let mut buf = [0u8; 8];
-            let mut n = 0;
-            while s.recv_from(&mut buf).is_ok() {
+            let (mut n, mut wakes) = (0, 0);
+            while let Ok((len, _)) = s.recv_from(&mut buf) {
                 n += 1;
+                wakes += is_wake_datagram(&buf[..len]) as usize;
             }
-            n
+            (n, wakes)
         };
-        let (na, nb) = (count(&a), count(&b));
+        let ((na, wa), (nb, wb)) = (count(&a), count(&b));
+        assert_eq!((wa, wb), (0, 20), "every wake-up reached socket 1");
+        let nb = nb - wb;
         assert_eq!(na + nb, 200);
         assert!(na > 40 && nb > 40, "one source spread over both: {na}/{nb}");
     }
