@@ -142,6 +142,10 @@ fn prepare(a: &ServerArgs) -> Result<(ShardParams, Vec<sipshard::config::ShardSp
 }
 
 fn run(a: ServerArgs) -> Result<(), String> {
+    // A fixed trim threshold: glibc's dynamic one grows with the largest
+    // buffer ever freed (the location load) and then keeps that much free
+    // memory resident for good.
+    sipshard::transport::sys::malloc_trim_threshold(128 << 10);
     let (mut params, specs) = prepare(&a)?;
     let n = specs.len();
     let control_rt =
@@ -162,6 +166,9 @@ fn run(a: ServerArgs) -> Result<(), String> {
             })?;
         tracing::info!(rows = rows.len(), "location rows loaded from the database");
         params.set_location_rows(rows);
+        // The rows are gone; give their memory back (a registrar's RSS
+        // should be its table, not its start-up buffers).
+        sipshard::transport::sys::malloc_trim();
     }
     params.db = Some(db);
     let params = Arc::new(params);

@@ -263,9 +263,12 @@ impl Services {
 
     pub fn lookup(&self, aor: &str, method_bit: u32) -> (LookupCode, Vec<Ucontact>) {
         let now = unix_now_s();
-        let loc = self.tables.location.get(aor.as_bytes());
-        let (code, contacts) = loc.lookup_method(aor, now, method_bit);
-        (code, contacts.into_iter().cloned().collect())
+        let (code, contacts) = self
+            .tables
+            .location
+            .get(aor.as_bytes())
+            .lookup_method(aor, now, method_bit);
+        (code, contacts.into_vec())
     }
 
     pub fn registered(&self, aor: &str) -> bool {

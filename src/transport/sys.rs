@@ -336,6 +336,22 @@ pub fn attach_reuseport_spread(fd: RawFd, sockets: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// glibc malloc: return freed memory above `threshold_bytes` at the top of
+/// a heap to the system (`M_TRIM_THRESHOLD`), instead of glibc's dynamic
+/// threshold, which a large short-lived buffer (the location rows read at
+/// start) raises for good.
+pub fn malloc_trim_threshold(threshold_bytes: usize) {
+    // SAFETY: mallopt takes two integers and changes allocator settings only.
+    let _ = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, threshold_bytes as libc::c_int) };
+}
+
+/// glibc malloc: give free memory of every arena back to the system (after
+/// the start-up load, whose buffers are gone).
+pub fn malloc_trim() {
+    // SAFETY: malloc_trim takes an integer and only releases free memory.
+    let _ = unsafe { libc::malloc_trim(0) };
+}
+
 /// Sets the calling thread's CPU affinity to one CPU.
 pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
     // SAFETY: cpu_set_t is plain old data; CPU_SET writes within it, and
