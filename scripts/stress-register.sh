@@ -20,7 +20,7 @@
 # Environment: PROFILE (release|dev), CORES (default 0,1), USERS (16),
 # PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file),
 # SPIN_US (shard.spin_before_park_us, default 0), SHARD_NICE (shard.nice,
-# default 0), PIN (core.pin, default true), UDP_SOCKET (core.udp_socket,
+# default 0), PIN (core.pin, default false), UDP_SOCKET (core.udp_socket,
 # default spread), DISPATCH (shard.dispatch, default local), NICE (run the whole server under
 # `nice -n $NICE`, default: not).
 set -euo pipefail
@@ -78,7 +78,7 @@ cat > "$WORK/sipshard.toml" <<TOML
 listen = "127.0.0.1:$PORT"
 cores = [$CORES]
 log_level = "info"
-pin = ${PIN:-true}
+pin = ${PIN:-false}
 udp_socket = "${UDP_SOCKET:-spread}"
 [shard]
 recv_buffer_bytes = 8388608

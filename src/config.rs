@@ -74,9 +74,10 @@ pub struct CoreConfig {
     /// How shards share the UDP port: one socket every shard waits on, or
     /// one SO_REUSEPORT socket per shard.
     pub udp_socket: UdpSocketMode,
-    /// Pin each shard thread to its CPU. Off: the scheduler may move shards,
-    /// which costs less when other busy processes (a load generator) share
-    /// the cores.
+    /// Pin each shard thread to its CPU. Off (the default): the scheduler
+    /// places the shard threads, which measured cheaper per request whenever
+    /// other busy processes (a load generator, the database) share the cores
+    /// (docs/tuning.md); `cores` then only sets how many shards run.
     pub pin: bool,
     /// Test-only KSR hooks (`KSR.sipshard_test.*`, e.g. a callback that
     /// panics). Never enable in production.
@@ -125,7 +126,7 @@ impl Default for CoreConfig {
             log_level: "info".to_string(),
             bad_input_log_per_s: 5,
             udp_socket: UdpSocketMode::Spread,
-            pin: true,
+            pin: false,
             test_hooks: false,
         }
     }

@@ -299,3 +299,48 @@ fn every_socket_mode_serves_answers_control_and_stops() {
         assert!(status.success(), "{mode}: {status}");
     }
 }
+
+/// `core.pin = true` pins shard i to the i-th CPU of `cores`; the default
+/// leaves placement to the scheduler.
+#[test]
+fn shards_are_pinned_only_when_asked() {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let affinity = |srv: &mut Server| -> Vec<(String, String)> {
+        let pid = srv.child.as_mut().unwrap().id();
+        let mut out = Vec::new();
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let field = |k: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let name = field("Name:");
+            if name.starts_with("shard-") {
+                out.push((name, field("Cpus_allowed_list:")));
+            }
+        }
+        out.sort();
+        out
+    };
+    let mut pinned = Server::start(ServerOpts {
+        cores: "1",
+        core_toml: "pin = true",
+        ..Default::default()
+    });
+    assert_eq!(affinity(&mut pinned), vec![("shard-0".into(), "0".into())]);
+    let mut free = Server::start(ServerOpts {
+        cores: "1",
+        ..Default::default()
+    });
+    let all = if cpus == 1 {
+        "0".to_string()
+    } else {
+        format!("0-{}", cpus - 1)
+    };
+    assert_eq!(affinity(&mut free), vec![("shard-0".into(), all)]);
+}
