@@ -63,12 +63,15 @@ struct Entry {
 }
 
 /// Bounded nonce-count table; the oldest nonce (first inserted) is evicted
-/// when full.
+/// when full. Nonces are kept as a keyed 64-bit hash (SipHash with a
+/// per-table random key): no allocation per nonce, and a peer that does not
+/// know the key cannot make two nonces collide.
 #[derive(Debug)]
 pub struct NcTracker {
     max_entries: usize,
-    map: HashMap<Box<str>, Entry>,
-    order: VecDeque<Box<str>>,
+    keys: std::collections::hash_map::RandomState,
+    map: HashMap<u64, Entry>,
+    order: VecDeque<u64>,
 }
 
 /// FNV-1a over Call-ID, CSeq number and method: identifies a request for
@@ -93,6 +96,7 @@ impl NcTracker {
         let max_entries = max_entries.max(1);
         NcTracker {
             max_entries,
+            keys: std::collections::hash_map::RandomState::new(),
             map: HashMap::with_capacity(max_entries.min(1 << 16)),
             order: VecDeque::with_capacity(max_entries.min(1 << 16)),
         }
@@ -108,8 +112,10 @@ impl NcTracker {
         cseq: u32,
         cseq_method: &[u8],
     ) -> NcCheck {
+        use std::hash::BuildHasher;
         let request = request_key(call_id, cseq, cseq_method);
-        if let Some(e) = self.map.get_mut(nonce) {
+        let key = self.keys.hash_one(nonce);
+        if let Some(e) = self.map.get_mut(&key) {
             if nc > e.max_nc {
                 e.max_nc = nc;
                 e.recent[usize::from(e.next)] = Recent { nc, request };
@@ -132,8 +138,7 @@ impl NcTracker {
         }
         let mut recent = [Recent::default(); RECENT];
         recent[0] = Recent { nc, request };
-        let key: Box<str> = nonce.into();
-        self.order.push_back(key.clone());
+        self.order.push_back(key);
         self.map.insert(
             key,
             Entry {

@@ -31,6 +31,7 @@ use crate::auth::{
 };
 use crate::sip::HdrName;
 use crate::stats::Counter;
+use std::sync::Arc;
 
 /// Which credentials header to read.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -239,7 +240,14 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
         .lookup(&pending.username, realm, now)
         .map(|v| v.cloned());
     let cred = cached?;
-    Some(step_verify(s, &pending, cred.as_ref(), realm, which, flags))
+    Some(step_verify(
+        s,
+        &pending,
+        cred.as_deref(),
+        realm,
+        which,
+        flags,
+    ))
 }
 
 async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
@@ -257,7 +265,7 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
         .get(pending.username.as_bytes())
         .lookup(&pending.username, &domain, now)
         .map(|v| v.cloned());
-    let cred: Option<CachedCred> = match cached {
+    let cred: Option<Arc<CachedCred>> = match cached {
         Some(v) => v,
         None => {
             let Some(db) = svc.db.clone() else {
@@ -276,10 +284,12 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
             let timeout = Duration::from_millis(svc.auth.db_timeout_ms);
             match crate::exec::timeout(timeout, fut).await {
                 Ok(Ok(row)) => {
-                    let v = row.map(|c| CachedCred {
-                        password: c.password,
-                        ha1: c.ha1,
-                        ha1b: c.ha1b,
+                    let v = row.map(|c| {
+                        Arc::new(CachedCred {
+                            password: c.password,
+                            ha1: c.ha1,
+                            ha1b: c.ha1b,
+                        })
                     });
                     svc.tables.creds.get(pending.username.as_bytes()).insert(
                         &pending.username,
@@ -298,7 +308,7 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
             }
         }
     };
-    step_verify(s, &pending, cred.as_ref(), realm, which, flags)
+    step_verify(s, &pending, cred.as_deref(), realm, which, flags)
 }
 
 /// Steps 3 and 4 on the message: digest, nonce count, identity.

@@ -105,7 +105,8 @@ impl OwnedSave {
 pub struct SharedTables {
     pub location: Striped<crate::usrloc::Location>,
     pub nc: Striped<NcTracker>,
-    pub creds: Striped<CredCache<CachedCred>>,
+    /// Shared values: a cache hit is a reference count, not three strings.
+    pub creds: Striped<CredCache<Arc<CachedCred>>>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
