@@ -608,7 +608,7 @@ fi
   echo "- **route**: sipshard \`ctl kemi.route_latency\` (request_route, both shards merged, \`stats.reset\` before each drive);"
   echo "  Kamailio \`latency_cfg_log\` + \`latency_limit_cfg=0\` lines (\"request-route executed in: N usec\", 1 µs resolution)"
   echo "  from a **separate repeat** of the same drives with that logging on, so Kamailio's CPU figures are without it."
-  echo "- **shard0/shard1**: share of sipshard's request routes per shard (SO_REUSEPORT spreads by source address/port)."
+  echo '- **shard0/shard1**: share of sipshard'"'"'s request routes per shard (udp_socket = "spread": a BPF program picks a shard per datagram, so one source is split too).'
   echo "- **memory**: sipshard: \`perf/memory.sh\` (RSS growth with the location table preloaded); Kamailio: \`kamcmd core.shmmem\`"
   echo "  real_used growth with $CONTACTS preloaded usrloc rows vs none, plus PSS / RSS growth summed over its processes."
   echo
