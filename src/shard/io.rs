@@ -535,18 +535,18 @@ fn route_panicked(shard: &Rc<Shard>, text: &str, what: &str) {
     );
     let ctx = shard.engine.shared().cur.borrow_mut().take();
     if let Some(mut ctx) = ctx {
-        if ctx.msg().is_request()
-            && ctx.replied.is_none()
-            && crate::kemi::sl_reply(
-                shard.engine.shared(),
-                &mut ctx,
-                500,
-                b"Server Internal Error",
-            )
-        {
-            send_out(shard, &ctx);
+        if ctx.msg().is_request() {
+            answer_500(shard, &mut ctx);
         }
+        send_out(shard, &ctx);
         recycle(shard, ctx);
+    }
+}
+
+/// Queues `500 Server Internal Error` unless the route already replied.
+fn answer_500(shard: &Shard, ctx: &mut MsgCtx) {
+    if ctx.replied.is_none() {
+        crate::kemi::sl_reply(shard.engine.shared(), ctx, 500, b"Server Internal Error");
     }
 }
 
@@ -596,13 +596,8 @@ fn finish(
             if shard.log.allow(Instant::now()) {
                 tracing::error!(shard = shard.id, src = %ctx.src, "script error: {text}");
             }
-            if request && shard.on_error == OnScriptError::Reply500 && ctx.replied.is_none() {
-                crate::kemi::sl_reply(
-                    shard.engine.shared(),
-                    &mut ctx,
-                    500,
-                    b"Server Internal Error",
-                );
+            if request && shard.on_error == OnScriptError::Reply500 {
+                answer_500(shard, &mut ctx);
             }
         }
     }

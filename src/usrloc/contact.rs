@@ -117,15 +117,12 @@ pub struct Ucontact {
 impl Ucontact {
     /// Bound and not expired at `now_unix_s`.
     pub fn is_valid(&self, now_unix_s: u64) -> bool {
-        self.expires_unix_s == 0 || self.expires_unix_s > now_unix_s
+        is_valid(self.expires_unix_s, now_unix_s)
     }
 
     /// Seconds left; `u32::MAX` for a permanent contact, 0 once expired.
     pub fn remaining_s(&self, now_unix_s: u64) -> u32 {
-        if self.expires_unix_s == 0 {
-            return u32::MAX;
-        }
-        u32::try_from(self.expires_unix_s.saturating_sub(now_unix_s)).unwrap_or(u32::MAX)
+        remaining_s(self.expires_unix_s, now_unix_s)
     }
 
     /// The `q` column value: q as a float, -1 when unspecified.
@@ -422,15 +419,12 @@ impl Binding {
 
     /// Bound and not expired at `now_unix_s`.
     pub fn is_valid(&self, now_unix_s: u64) -> bool {
-        self.expires_unix_s == 0 || self.expires_unix_s > now_unix_s
+        is_valid(self.expires_unix_s, now_unix_s)
     }
 
     /// Seconds left; `u32::MAX` for a permanent binding, 0 once expired.
     pub fn remaining_s(&self, now_unix_s: u64) -> u32 {
-        if self.expires_unix_s == 0 {
-            return u32::MAX;
-        }
-        u32::try_from(self.expires_unix_s.saturating_sub(now_unix_s)).unwrap_or(u32::MAX)
+        remaining_s(self.expires_unix_s, now_unix_s)
     }
 
     pub fn is_mem_only(&self) -> bool {
@@ -475,6 +469,19 @@ pub fn format_q(q: u16) -> String {
     }
     let s = format!("0.{q:03}");
     s.trim_end_matches('0').to_string()
+}
+
+/// An expiry (`0` = permanent) is still in the future at `now_unix_s`.
+fn is_valid(expires_unix_s: u64, now_unix_s: u64) -> bool {
+    expires_unix_s == 0 || expires_unix_s > now_unix_s
+}
+
+/// Seconds left before `expires_unix_s`; `u32::MAX` when permanent.
+fn remaining_s(expires_unix_s: u64, now_unix_s: u64) -> u32 {
+    if expires_unix_s == 0 {
+        return u32::MAX;
+    }
+    u32::try_from(expires_unix_s.saturating_sub(now_unix_s)).unwrap_or(u32::MAX)
 }
 
 #[cfg(test)]
