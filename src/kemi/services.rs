@@ -430,7 +430,29 @@ impl Services {
         let mut deletes = Vec::new();
         let loc = &self.tables.location;
         for i in loc.parts_of(self.shard_id, self.shard_count) {
-            let batch = loc.at(i).take_dirty();
+            let stripe = loc.at(i);
+            let batch = {
+                let mut stripe = stripe;
+                let batch = stripe.take_dirty();
+                if batch.overflowed {
+                    // Changes were dropped from the dirty set: write every
+                    // binding of the stripe, so none is lost.
+                    tracing::warn!(
+                        shard = self.shard_id,
+                        stripe = i,
+                        "usrloc dirty set overflowed: writing the whole stripe"
+                    );
+                    for r in stripe.dump() {
+                        rows.extend(
+                            r.contacts
+                                .iter()
+                                .filter(|c| !c.is_mem_only())
+                                .map(|c| to_row(&r.aor, c, use_domain)),
+                        );
+                    }
+                }
+                batch
+            };
             rows.extend(
                 batch
                     .upserts

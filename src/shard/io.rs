@@ -242,6 +242,9 @@ fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32, wait: bool) -> usize 
             if shard.log.allow(Instant::now()) {
                 tracing::warn!(shard = shard.id, "udp receive failed: {e}");
             }
+            // A socket error that persists must not turn the loop into a
+            // busy spin: back off a millisecond (errors are exceptional).
+            std::thread::sleep(Duration::from_millis(1));
             0
         }
     };
