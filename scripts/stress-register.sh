@@ -21,7 +21,8 @@
 # PORT (5060), RPC_PORT (5070), DB (default: a temporary SQLite file),
 # SPIN_US (shard.spin_before_park_us, default 0), SHARD_NICE (shard.nice,
 # default 0), PIN (core.pin, default false), UDP_SOCKET (core.udp_socket,
-# default spread), DISPATCH (shard.dispatch, default local), NICE (run the whole server under
+# default spread), DISPATCH (shard.dispatch, default local), LUA_GC (shard.lua_gc, default
+# incremental), NICE (run the whole server under
 # `nice -n $NICE`, default: not).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,6 +87,7 @@ send_buffer_bytes = 8388608
 spin_before_park_us = ${SPIN_US:-0}
 nice = ${SHARD_NICE:-0}
 dispatch = "${DISPATCH:-local}"
+lua_gc = "${LUA_GC:-incremental}"
 [db]
 url = "$DB"
 [rpc]
