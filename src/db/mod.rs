@@ -5,8 +5,8 @@
 //! Owns: the sqlx pools, the schema (`init_schema`), the request queue between
 //! shards and the database, and the `kamctl`-like CLI (`cli`).
 //!
-//! Must never: run on a shard's executor or block one. Shards are glommio
-//! executors; the database runs on a tokio runtime owned by the control plane.
+//! Must never: run on a shard's executor or block one. Shards run their own
+//! loops (`exec`); the database runs on a tokio runtime owned by the control plane.
 //! A shard calls a [`DbHandle`] method, which only `try_send`s onto a bounded
 //! queue and returns a [`DbReply`] (a tokio oneshot receiver, which any
 //! executor can await). A full queue answers [`DbError::QueueFull`] at once; a
@@ -166,7 +166,7 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
-/// The answer to one [`DbHandle`] request. Executor-agnostic: a glommio task,
+/// The answer to one [`DbHandle`] request. Executor-agnostic: a shard task (`exec`),
 /// a tokio task or `futures_lite::future::block_on` can await it.
 #[must_use = "the request is sent; await the reply or drop it to discard"]
 pub struct DbReply<T> {
