@@ -42,7 +42,7 @@ use crate::exec::{panic_text, Doorbell, Executor};
 use crate::kemi::{Engine, MsgCtx, RouteOutcome};
 use crate::sip::{Limits, ParseError};
 use crate::stats::Counter;
-use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch};
+use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch, SendBatch};
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_BELL: u64 = 2;
@@ -128,6 +128,8 @@ pub(super) struct Shard {
     pub started: Instant,
     pub log: LogLimiter,
     pub tuning: serde_json::Value,
+    /// Replies of this turn, sent together ([`flush_sends`]).
+    pub sends: RefCell<SendBatch>,
 }
 
 /// How a shard sleeps and is woken.
@@ -212,6 +214,7 @@ pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>)
             shard.counters().incr(Counter::DispatchRecv);
             run_message(shard, ctx);
         }
+        flush_sends(shard);
         if !drained {
             let n = read_batch(shard, io, fd, false);
             if n == io.batch.capacity() {
@@ -221,8 +224,10 @@ pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>)
                 continue;
             }
         }
+        flush_sends(shard);
         drained = park(shard, io, cmds, fd);
     }
+    flush_sends(shard);
 }
 
 /// Reads one batch (waiting for it when `wait`) and handles it; returns how
@@ -255,6 +260,7 @@ fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32, wait: bool) -> usize 
             }
         }
     }
+    flush_sends(shard);
     n
 }
 
@@ -608,17 +614,33 @@ fn finish(
     recycle(shard, ctx);
 }
 
+/// Queues the datagrams the route produced; they leave with the turn's
+/// other replies in one `sendmmsg` ([`flush_sends`]).
 fn send_out(shard: &Shard, ctx: &MsgCtx) {
+    let mut sends = shard.sends.borrow_mut();
     for o in &ctx.out {
-        let bytes = &ctx.out_buf[o.start as usize..o.end as usize];
-        let sock = socket2::SockRef::from(&*shard.sock);
-        if let Err(e) = sock.send_to_with_flags(bytes, &o.dst.into(), libc::MSG_DONTWAIT) {
-            shard.counters().incr(Counter::SendErrors);
-            if shard.log.allow(Instant::now()) {
-                tracing::warn!(shard = shard.id, dst = %o.dst, "udp send failed: {e}");
-            }
+        sends.push(&ctx.out_buf[o.start as usize..o.end as usize], o.dst);
+        if sends.full() {
+            flush_batch(shard, &mut sends);
         }
     }
+}
+
+/// Sends what this turn queued.
+fn flush_sends(shard: &Shard) {
+    let mut sends = shard.sends.borrow_mut();
+    if !sends.is_empty() {
+        flush_batch(shard, &mut sends);
+    }
+}
+
+fn flush_batch(shard: &Shard, sends: &mut SendBatch) {
+    sends.flush(shard.sock.as_raw_fd(), |dst, e| {
+        shard.counters().incr(Counter::SendErrors);
+        if shard.log.allow(Instant::now()) {
+            tracing::warn!(shard = shard.id, %dst, "udp send failed: {e}");
+        }
+    });
 }
 
 /// Runs tasks and timers (no socket reads) until `done()` or `deadline`:
@@ -627,6 +649,7 @@ fn send_out(shard: &Shard, ctx: &MsgCtx) {
 pub(super) fn drain_until(shard: &Rc<Shard>, deadline: Instant, done: impl Fn() -> bool) {
     while !done() && Instant::now() < deadline {
         run_tasks(shard);
+        flush_sends(shard);
         if !done() && !shard.ex.has_ready() {
             std::thread::sleep(Duration::from_millis(1));
         }

@@ -532,6 +532,7 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         started,
         log: LogLimiter::new(params.config.core.bad_input_log_per_s),
         tuning,
+        sends: RefCell::new(crate::transport::sys::SendBatch::new(t.recv_batch.max(16))),
     });
     let timer = usrloc_timer(
         Rc::downgrade(&shard),

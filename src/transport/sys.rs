@@ -241,6 +241,122 @@ impl RecvBatch {
     }
 }
 
+/// Replies queued during one turn of the loop, sent with one `sendmmsg`
+/// (`MSG_DONTWAIT`): under load a batch of requests costs one send call, at
+/// low rate it is one call for one reply, as `sendto` would be.
+pub struct SendBatch {
+    buf: Vec<u8>,
+    items: Vec<(u32, u32, SocketAddr)>,
+    addrs: Vec<libc::sockaddr_storage>,
+    lens: Vec<libc::socklen_t>,
+    iovecs: Vec<libc::iovec>,
+    hdrs: Vec<libc::mmsghdr>,
+    max: usize,
+}
+
+impl SendBatch {
+    /// Holds up to `max` datagrams (the caller flushes when [`SendBatch::full`]).
+    pub fn new(max: usize) -> SendBatch {
+        SendBatch {
+            buf: Vec::with_capacity(16 << 10),
+            items: Vec::with_capacity(max.max(1)),
+            addrs: Vec::new(),
+            lens: Vec::new(),
+            iovecs: Vec::new(),
+            hdrs: Vec::new(),
+            max: max.max(1),
+        }
+    }
+
+    pub fn push(&mut self, bytes: &[u8], dst: SocketAddr) {
+        let start = self.buf.len() as u32;
+        self.buf.extend_from_slice(bytes);
+        self.items.push((start, self.buf.len() as u32, dst));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn full(&self) -> bool {
+        self.items.len() >= self.max
+    }
+
+    /// Sends everything queued; calls `on_error(dst, error)` for each
+    /// datagram the socket refused. Clears the batch.
+    pub fn flush(&mut self, fd: RawFd, mut on_error: impl FnMut(SocketAddr, &io::Error)) {
+        let n = self.items.len();
+        if n == 0 {
+            return;
+        }
+        self.addrs.clear();
+        self.lens.clear();
+        for &(_, _, dst) in &self.items {
+            let sa = socket2::SockAddr::from(dst);
+            // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+            let mut st: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let len = (sa.len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+            // SAFETY: copies `len` bytes of a valid sockaddr into the
+            // storage, which is at least that large; the regions are distinct.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    sa.as_ptr().cast::<u8>(),
+                    (&mut st as *mut libc::sockaddr_storage).cast::<u8>(),
+                    len,
+                );
+            }
+            self.addrs.push(st);
+            self.lens.push(len as libc::socklen_t);
+        }
+        self.iovecs.clear();
+        for &(start, end, _) in &self.items {
+            self.iovecs.push(libc::iovec {
+                iov_base: self.buf[start as usize..].as_ptr() as *mut libc::c_void,
+                iov_len: (end - start) as usize,
+            });
+        }
+        self.hdrs.clear();
+        for i in 0..n {
+            // SAFETY: msghdr is plain old data; the pointer fields are set below.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = self.lens[i];
+            h.msg_hdr.msg_iov = &mut self.iovecs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            self.hdrs.push(h);
+        }
+        let mut done = 0;
+        while done < n {
+            // SAFETY: `hdrs[done..n]` point into `addrs`, `iovecs` and `buf`,
+            // all alive and unchanged during the call; the kernel only reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.hdrs[done..].as_mut_ptr(),
+                    (n - done) as u32,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r > 0 {
+                done += r as usize;
+                continue;
+            }
+            let e = io::Error::last_os_error();
+            if r < 0 && e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            // The datagram at `done` was refused: report it, go on after it.
+            on_error(self.items[done].2, &e);
+            done += 1;
+        }
+        self.items.clear();
+        self.buf.clear();
+        if self.buf.capacity() > (256 << 10) {
+            self.buf.shrink_to(16 << 10);
+        }
+    }
+}
+
 fn sockaddr_to_std(a: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddr> {
     match a.ss_family as libc::c_int {
         libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
@@ -450,6 +566,33 @@ mod tests {
         let nb = nb - wb;
         assert_eq!(na + nb, 200);
         assert!(na > 40 && nb > 40, "one source spread over both: {na}/{nb}");
+    }
+
+    #[test]
+    fn send_batch_sends_every_datagram_to_its_destination() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut batch = SendBatch::new(4);
+        assert!(batch.is_empty());
+        batch.push(b"to-a-1", a.local_addr().unwrap());
+        batch.push(b"to-b", b.local_addr().unwrap());
+        batch.push(b"to-a-2", a.local_addr().unwrap());
+        assert!(!batch.full());
+        let mut errors = 0;
+        batch.flush(tx.as_raw_fd(), |_, _| errors += 1);
+        assert_eq!(errors, 0);
+        assert!(batch.is_empty());
+        let mut buf = [0u8; 16];
+        a.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to-a-1");
+        let (n, _) = a.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to-a-2");
+        let (n, src) = b.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"to-b");
+        assert_eq!(src, tx.local_addr().unwrap());
     }
 
     #[test]
