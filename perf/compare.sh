@@ -11,9 +11,9 @@
 # stopped before the next one starts):
 #   sipshard  release build, 2 shards ([core] cores = [0, 1]), the bundled
 #             etc/sipshard.lua, usrloc db_mode 2 on the SQLite file below
-#   Kamailio  Debian's 5.6 (`-x fm -m 256 -M 16`, children=2), KEMI Lua
-#             perf/kamailio/sipshard.lua = the same routing as
-#             etc/sipshard.lua, auth_db on subscriber.ha1, usrloc db_mode 2
+#   Kamailio  Debian's 5.6 (`-x fm -m 256 -M 16`, children=2), KEMI Lua:
+#             etc/sipshard.lua itself, unchanged (the same script both
+#             servers run), auth_db on subscriber.ha1, usrloc db_mode 2
 #             (perf/kamailio/kamailio.cfg)
 #   floor     perf/floor/floor.c: 2 processes, blocking recvfrom/sendto, a
 #             200 OK with the request's Via/From/To/Call-ID/CSeq lines
@@ -424,7 +424,7 @@ KAMRUN=$WORK/kamrun
 kam_cfg() {  # $1 = db url -> cfg path
   mkdir -p "$KAMRUN"
   sed -e "s|@CHILDREN@|$WORKERS|g; s|@BUF_BYTES@|$BUF_BYTES|g; s|@PORT@|$KAM_PORT|g; s|@MPATH@|$MPATH|g" \
-      -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$ROOT/perf/kamailio/sipshard.lua|g" \
+      -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$ROOT/etc/sipshard.lua|g" \
       "$ROOT/perf/kamailio/kamailio.cfg" > "$WORK/kamailio.cfg"
   grep -q '@[A-Z_]*@' "$WORK/kamailio.cfg" && die "unfilled placeholder in kamailio.cfg"
   echo "$WORK/kamailio.cfg"
