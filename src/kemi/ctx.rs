@@ -14,6 +14,23 @@ pub struct Outgoing {
     pub dst: SocketAddr,
 }
 
+/// One more destination for a request, beside the Request-URI
+/// (`KSR.corex.append_branch`, a `registrar.lookup` that found several
+/// contacts). `t_relay()` sends one client transaction per branch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BranchSpec {
+    /// Request-URI of the branch.
+    pub uri: Vec<u8>,
+    /// Where to send it instead of the URI's host (`$du` of the branch).
+    pub dst_uri: Option<Vec<u8>>,
+    /// Path vector (RFC 3327) to add as Route headers, `<uri>,<uri>`.
+    pub path: Option<Vec<u8>>,
+    /// q-value in thousandths; `None` = unspecified (ranks as 1.0).
+    pub q: Option<u16>,
+    /// Branch flags (`KSR.setbflag` on that branch).
+    pub bflags: u32,
+}
+
 /// A received message and the route's effects on it.
 pub struct MsgCtx {
     /// Receive buffer; `len` bytes are valid.
@@ -28,6 +45,18 @@ pub struct MsgCtx {
     pub dst_uri: Option<Vec<u8>>,
     /// Header edits to the message (KSR.hdr.*).
     pub edits: Edits,
+    /// Path vector of the main branch (set by `registrar.lookup`): sent as
+    /// Route headers in front of the request.
+    pub path: Option<Vec<u8>>,
+    /// q-value of the main branch (registrar lookup), thousandths.
+    pub ruri_q: Option<u16>,
+    /// Branch flags of the main branch (`KSR.setbflag`, `$bf`).
+    pub bflags: u32,
+    /// Extra branches (`append_branch`, lookup forking), in order.
+    pub branches: Vec<BranchSpec>,
+    /// Record-Route the route asked for (`KSR.rr.record_route*`), added to
+    /// the request when it is relayed.
+    pub rr: super::rr::RrPending,
     /// Complete header lines (CRLF-terminated) to add to the next local reply.
     pub reply_headers: Vec<u8>,
     /// Encoded datagrams to send, back to back in `out_buf`.
@@ -64,6 +93,11 @@ impl MsgCtx {
             new_ruri: None,
             dst_uri: None,
             edits: Edits::default(),
+            path: None,
+            ruri_q: None,
+            bflags: 0,
+            branches: Vec::new(),
+            rr: Default::default(),
             reply_headers: Vec::new(),
             out_buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(2),
@@ -107,6 +141,11 @@ impl MsgCtx {
         self.new_ruri = None;
         self.dst_uri = None;
         self.edits.clear();
+        self.path = None;
+        self.ruri_q = None;
+        self.bflags = 0;
+        self.branches.clear();
+        self.rr = Default::default();
         self.reply_headers.clear();
         self.out_buf.clear();
         self.out.clear();

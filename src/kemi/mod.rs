@@ -22,6 +22,7 @@ mod ctx;
 mod hdr;
 mod kx;
 mod pv;
+pub(crate) mod rr;
 pub mod registrar;
 pub mod services;
 mod sl;
@@ -35,7 +36,7 @@ use std::task::{Context, Poll};
 
 use mlua::{Function, Lua, Table};
 
-pub use ctx::{MsgCtx, Outgoing};
+pub use ctx::{BranchSpec, MsgCtx, Outgoing};
 pub use pv::PvValue;
 
 /// Sends a stateless reply to `m` outside the script (400 for a malformed
