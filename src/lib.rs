@@ -20,4 +20,5 @@ pub mod shard;
 pub mod sip;
 pub mod stats;
 pub mod transport;
+pub mod txn;
 pub mod usrloc;

@@ -22,8 +22,8 @@ mod ctx;
 mod hdr;
 mod kx;
 mod pv;
-pub(crate) mod rr;
 pub mod registrar;
+pub(crate) mod rr;
 pub mod services;
 mod sl;
 
