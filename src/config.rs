@@ -46,6 +46,8 @@ pub struct Config {
     pub db: DbConfig,
     pub auth: AuthConfig,
     pub registrar: RegistrarConfig,
+    /// Transactions (Kamailio's tm module parameters).
+    pub tm: TmConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -112,6 +114,49 @@ pub enum Dispatch {
     /// Hand the request to a shard chosen by key before the route runs:
     /// REGISTER by its To AOR, other requests by Call-ID.
     Key,
+    /// As `local` for REGISTER and for OPTIONS without a user part in the
+    /// Request-URI (pings of this server), every other request to the
+    /// shard of its Call-ID: a transaction's retransmissions, its CANCEL
+    /// and its ACK meet the shard that owns it, and so do a dialog's
+    /// in-dialog requests.
+    Callid,
+}
+
+/// `[tm]`: transaction timers and limits (Kamailio tm names in brackets).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TmConfig {
+    /// RFC 3261 T1, ms (`retr_timer1`).
+    pub t1_ms: u64,
+    /// T2, ms (`retr_timer2`).
+    pub t2_ms: u64,
+    /// T4, ms.
+    pub t4_ms: u64,
+    /// No final reply on a branch after this: 408 (`fr_timer`), ms.
+    pub fr_timer_ms: u64,
+    /// INVITE branch ringing longer than this: CANCEL + 408 (`fr_inv_timer`), ms.
+    pub fr_inv_timer_ms: u64,
+    /// A finished transaction stays this long for retransmissions (`wt_timer`), ms.
+    pub wait_ms: u64,
+    /// Transactions per shard at most; beyond it new ones are refused (500).
+    pub max_transactions: usize,
+    /// Branches per transaction at most (`max_branches`).
+    pub max_branches: usize,
+}
+
+impl Default for TmConfig {
+    fn default() -> Self {
+        TmConfig {
+            t1_ms: 500,
+            t2_ms: 4000,
+            t4_ms: 5000,
+            fr_timer_ms: 30_000,
+            fr_inv_timer_ms: 120_000,
+            wait_ms: 5000,
+            max_transactions: 65_536,
+            max_branches: 12,
+        }
+    }
 }
 
 impl Default for CoreConfig {
@@ -268,7 +313,7 @@ impl Default for ShardTuning {
             lua_gc_pause: 200,
             control_queue: 64,
             dispatch_queue: 4096,
-            dispatch: Dispatch::Local,
+            dispatch: Dispatch::Callid,
         }
     }
 }
@@ -493,6 +538,19 @@ impl Config {
         }
         if self.auth.nonce_expire_s == 0 {
             return Err(self.invalid("auth.nonce_expire_s", "must be at least 1"));
+        }
+        let tm = &self.tm;
+        if tm.t1_ms == 0 || tm.t2_ms < tm.t1_ms {
+            return Err(self.invalid("tm.t1_ms", "must be at least 1 and at most tm.t2_ms"));
+        }
+        if tm.fr_timer_ms == 0 || tm.fr_inv_timer_ms == 0 || tm.wait_ms == 0 {
+            return Err(self.invalid("tm", "timers must be at least 1 ms"));
+        }
+        if tm.max_transactions == 0 || !(1..=64).contains(&tm.max_branches) {
+            return Err(self.invalid(
+                "tm.max_branches",
+                "max_transactions must be at least 1, max_branches 1..=64",
+            ));
         }
         Ok(())
     }

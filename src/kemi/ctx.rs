@@ -57,6 +57,8 @@ pub struct MsgCtx {
     /// Record-Route the route asked for (`KSR.rr.record_route*`), added to
     /// the request when it is relayed.
     pub rr: super::rr::RrPending,
+    /// Transaction state of this message (KSR.tm).
+    pub tm: super::tm::TmCtx,
     /// Complete header lines (CRLF-terminated) to add to the next local reply.
     pub reply_headers: Vec<u8>,
     /// Encoded datagrams to send, back to back in `out_buf`.
@@ -98,6 +100,7 @@ impl MsgCtx {
             bflags: 0,
             branches: Vec::new(),
             rr: Default::default(),
+            tm: Default::default(),
             reply_headers: Vec::new(),
             out_buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(2),
@@ -146,6 +149,7 @@ impl MsgCtx {
         self.bflags = 0;
         self.branches.clear();
         self.rr = Default::default();
+        self.tm = Default::default();
         self.reply_headers.clear();
         self.out_buf.clear();
         self.out.clear();

@@ -24,6 +24,7 @@ mod kx;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
+pub mod tm;
 pub mod services;
 mod sl;
 
@@ -181,9 +182,48 @@ pub struct Shared {
     pub server_header: Option<Vec<u8>>,
     /// Location partition, credential cache, nonces, DB handle, mesh.
     pub services: Rc<services::Services>,
+    /// This shard's transactions (KSR.tm).
+    pub tm: RefCell<tm::TmTable>,
+    /// The transaction clock's zero.
+    pub clock: std::time::Instant,
+    /// The address the shard listens on (Via, Record-Route).
+    pub local_addr: std::net::SocketAddr,
+    /// Datagrams produced outside a message's own route (failure routes,
+    /// serial forking), sent with the shard's next batch.
+    pub extra_out: RefCell<Vec<(std::net::SocketAddr, Vec<u8>)>>,
+    /// Execution times of named routes (failure, onreply, branch), ns.
+    pub route_times: RefCell<Vec<(std::sync::Arc<str>, hdrhistogram::Histogram<u64>)>>,
 }
 
 impl Shared {
+    /// Records a named route's execution time.
+    pub fn record_route_time(&self, name: &std::sync::Arc<str>, d: std::time::Duration) {
+        let ns = (d.as_nanos() as u64).max(1);
+        let mut times = self.route_times.borrow_mut();
+        if let Some((_, h)) = times.iter_mut().find(|(n, _)| n == name) {
+            h.saturating_record(ns);
+            return;
+        }
+        if times.len() >= 64 {
+            return; // bounded: a script with more named routes is not timed beyond 64
+        }
+        if let Ok(mut h) = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3) {
+            h.saturating_record(ns);
+            times.push((name.clone(), h));
+        }
+    }
+
+    /// Queues the datagrams of a context that no shard path will send.
+    pub fn push_extra(&self, ctx: &MsgCtx) {
+        let mut extra = self.extra_out.borrow_mut();
+        for o in &ctx.out {
+            extra.push((
+                o.dst,
+                ctx.out_buf[o.start as usize..o.end as usize].to_vec(),
+            ));
+        }
+    }
+
     /// Runs `f` on the current message, or fails the KSR call when a function
     /// is used outside a route (e.g. at script load).
     #[inline]
@@ -210,6 +250,40 @@ pub struct EngineConfig<'a> {
     pub services: Rc<services::Services>,
     /// Registers `KSR.sipshard_test` (config `core.test_hooks`).
     pub test_hooks: bool,
+    /// Transaction timers and limits.
+    pub tm: &'a crate::config::TmConfig,
+    /// The shard's listen address.
+    pub local_addr: std::net::SocketAddr,
+}
+
+/// Named Lua functions run as failure / onreply / branch routes, each
+/// wrapped like the main routes (exit sentinel, traceback), looked up once.
+pub struct NamedRoutes {
+    handler: Function,
+    exit: mlua::Value,
+    cache: RefCell<HashMap<String, Option<Function>>>,
+}
+
+impl NamedRoutes {
+    /// The wrapped global function `name`, if the script defines one.
+    pub fn get(&self, lua: &Lua, name: &str) -> Option<Function> {
+        if let Some(f) = self.cache.borrow().get(name) {
+            return f.clone();
+        }
+        let f = match lua.globals().get::<mlua::Value>(name) {
+            Ok(mlua::Value::Function(f)) => lua
+                .load(ROUTE_WRAPPER)
+                .set_name("=route_wrapper")
+                .call::<Function>((f, self.handler.clone(), self.exit.clone()))
+                .ok(),
+            _ => None,
+        };
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() < 256 {
+            cache.insert(name.to_string(), f.clone());
+        }
+        f
+    }
 }
 
 /// A shard's Lua VM with the script loaded.
@@ -218,6 +292,7 @@ pub struct Engine {
     shared: Rc<Shared>,
     request_route: Function,
     reply_route: Option<Function>,
+    routes: Rc<NamedRoutes>,
 }
 
 /// Wraps a route so a Lua error carries its traceback and the exit sentinel
@@ -345,6 +420,11 @@ impl Engine {
             server_header: (!cfg.server_header.is_empty())
                 .then(|| cfg.server_header.as_bytes().to_vec()),
             services: cfg.services.clone(),
+            tm: RefCell::new(tm::new_table(cfg.tm, cfg.shard_id)),
+            clock: std::time::Instant::now(),
+            local_addr: cfg.local_addr,
+            extra_out: RefCell::new(Vec::new()),
+            route_times: RefCell::new(Vec::new()),
         });
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
@@ -393,11 +473,18 @@ impl Engine {
             )
         })?;
         let reply_route = wrap("ksr_reply_route")?;
+        let routes = Rc::new(NamedRoutes {
+            handler,
+            exit,
+            cache: RefCell::new(HashMap::new()),
+        });
+        lua.set_app_data(routes.clone());
         Ok(Engine {
             lua,
             shared,
             request_route,
             reply_route,
+            routes,
         })
     }
 
@@ -426,6 +513,55 @@ impl Engine {
             .map(|f| RouteRun::new(self.shared.clone(), ctx, f))
     }
 
+    /// A received reply: `ksr_reply_route()`, then its transaction (onreply
+    /// route, response selection, failure route) or stateless forwarding.
+    pub fn process_reply(&self, ctx: Box<MsgCtx>) -> Pin<Box<dyn Future<Output = (Box<MsgCtx>, RouteOutcome)>>> {
+        Box::pin(tm::reply_flow(
+            self.shared.clone(),
+            self.lua.clone(),
+            self.routes.clone(),
+            self.reply_route.clone(),
+            ctx,
+        ))
+    }
+
+    /// Fires due transaction timers; returns the work for cells whose
+    /// branches all failed (failure routes), to be polled by the shard.
+    pub fn tm_tick(&self) -> Vec<Pin<Box<dyn Future<Output = ()>>>> {
+        tm::tick(&self.shared)
+            .into_iter()
+            .map(|id| {
+                Box::pin(tm::completed_flow(
+                    self.shared.clone(),
+                    self.lua.clone(),
+                    self.routes.clone(),
+                    id,
+                )) as Pin<Box<dyn Future<Output = ()>>>
+            })
+            .collect()
+    }
+
+    /// The next transaction deadline, as an `Instant`.
+    pub fn tm_next_deadline(&self) -> Option<std::time::Instant> {
+        let at = self.shared.tm.borrow_mut().poll_timeout()?;
+        Some(self.shared.clock + std::time::Duration::from_millis(at.saturating_sub(1)))
+    }
+
+    /// Hands every datagram the transaction layer (and failure routes)
+    /// queued to `send`.
+    pub fn drain_tm(&self, mut send: impl FnMut(std::net::SocketAddr, &[u8])) {
+        self.shared.tm.borrow_mut().drain_transmits(&mut send);
+        let extra = std::mem::take(&mut *self.shared.extra_out.borrow_mut());
+        for (dst, bytes) in extra {
+            send(dst, &bytes);
+        }
+    }
+
+    /// True when the transaction layer has datagrams to send.
+    pub fn tm_has_output(&self) -> bool {
+        self.shared.tm.borrow().has_transmits() || !self.shared.extra_out.borrow().is_empty()
+    }
+
     /// Lua memory in use, bytes.
     pub fn used_memory_bytes(&self) -> usize {
         self.lua.used_memory()
@@ -440,6 +576,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     hdr::register(lua, ksr, shared)?;
     auth::register(lua, ksr, shared)?;
     registrar::register(lua, ksr, shared)?;
+    tm::register(lua, ksr, shared)?;
     Ok(())
 }
 

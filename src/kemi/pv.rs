@@ -103,6 +103,9 @@ pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
             None => Ok(Value::Nil),
         };
     }
+    if name.starts_with("$T_") {
+        return super::tm::pv_get(lua, s, name);
+    }
     match name {
         "$shard" => return Ok(Value::Integer(s.shard_id as i64)),
         "$Ts" => {

@@ -86,35 +86,55 @@ pub fn reply_counted(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bo
 /// Builds the reply into the context's outgoing queue. False for a reply or
 /// an ACK (nothing to answer) or an unusable Via.
 pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
-    let msg = m.msg();
-    if !msg.is_request() || msg.method() == Some(crate::sip::Method::Ack) {
-        return false;
-    }
-    let Ok(via) = msg.top_via() else { return false };
-    let dst = reply_destination(m.src, via.port, via.rport());
-    let mut tag_buf = [0u8; 18];
-    let tag = to_tag(&msg, via.branch(), &mut tag_buf);
-    let mut ip_buf = [0u8; 48];
-    let src_ip = ip_text(m.src, &mut ip_buf);
     let reply_headers = std::mem::take(&mut m.reply_headers);
     let mut scratch = std::mem::take(&mut m.scratch);
-    {
-        let msg = m.msg();
-        let opts = ReplyOpts {
-            to_tag: Some(tag),
-            src_ip: Some(src_ip),
-            src_port: Some(m.src.port()),
-            extra_headers: &reply_headers,
-            body: &[],
-            server: s.server_header.as_deref(),
-        };
-        build_reply(&msg, code, reason, &opts, &mut scratch);
+    let dst = build_local_reply(s, &m.msg(), m.src, code, reason, &reply_headers, &mut scratch);
+    if let Some(dst) = dst {
+        m.push_out(&scratch, dst);
+        m.replied = Some(code);
     }
-    m.push_out(&scratch, dst);
     m.scratch = scratch;
     m.reply_headers = reply_headers;
-    m.replied = Some(code);
-    true
+    dst.is_some()
+}
+
+/// Writes a locally generated reply to request `msg` (received from `src`)
+/// into `out`, and returns where it goes. `None` for a reply or an ACK
+/// (nothing to answer) or an unusable Via.
+pub fn build_local_reply(
+    s: &Shared,
+    msg: &crate::sip::SipMsg<'_>,
+    src: SocketAddr,
+    code: u16,
+    reason: &[u8],
+    extra_headers: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<SocketAddr> {
+    if !msg.is_request() || msg.method() == Some(crate::sip::Method::Ack) {
+        return None;
+    }
+    let via = msg.top_via().ok()?;
+    let dst = reply_destination(src, via.port, via.rport());
+    let mut tag_buf = [0u8; 18];
+    let tag = to_tag(msg, via.branch(), &mut tag_buf);
+    let mut ip_buf = [0u8; 48];
+    let src_ip = ip_text(src, &mut ip_buf);
+    let opts = ReplyOpts {
+        to_tag: Some(tag),
+        src_ip: Some(src_ip),
+        src_port: Some(src.port()),
+        extra_headers,
+        body: &[],
+        server: s.server_header.as_deref(),
+    };
+    build_reply(msg, code, reason, &opts, out);
+    Some(dst)
+}
+
+/// Where replies to a request from `src` go (RFC 3261 §18.2.2, RFC 3581).
+pub fn reply_dst_of(msg: &crate::sip::SipMsg<'_>, src: SocketAddr) -> Option<SocketAddr> {
+    let via = msg.top_via().ok()?;
+    Some(reply_destination(src, via.port, via.rport()))
 }
 
 /// RFC 3581 / RFC 3261 §18.2.2 (unreliable transport, no maddr).

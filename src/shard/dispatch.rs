@@ -30,7 +30,7 @@ use crate::sip::{Method, SipMsg, SipUri};
 /// Branches sipshard writes start with this, then the shard id in decimal,
 /// then `.`: `z9hG4bKsS1.<unique>`. RFC 3261 §8.1.1.7 only asks for the
 /// magic cookie and uniqueness; the rest is the server's to use.
-pub const BRANCH_PREFIX: &str = "z9hG4bKsS";
+pub const BRANCH_PREFIX: &str = crate::txn::BRANCH_PREFIX;
 
 /// The shard id in a sipshard branch, if it is one.
 pub fn branch_shard(branch: &[u8]) -> Option<usize> {
@@ -79,6 +79,21 @@ pub fn target(msg: &SipMsg<'_>, me: usize, shards: usize, mode: Dispatch) -> usi
                 None => me,
             }
         }
+        Dispatch::Callid => match msg.method() {
+            Some(Method::Register) => me,
+            Some(Method::Options)
+                if msg
+                    .ruri()
+                    .and_then(|r| SipUri::parse(r).ok())
+                    .is_some_and(|u| u.user.is_none()) =>
+            {
+                me
+            }
+            _ => match msg.call_id() {
+                Some(id) => partition::index(id, shards),
+                None => me,
+            },
+        },
     }
 }
 

@@ -136,6 +136,7 @@ impl ShardParams {
         &self,
         shard_id: usize,
         tuning: &crate::config::ShardTuning,
+        local_addr: SocketAddr,
     ) -> Result<Engine, String> {
         Engine::new(&EngineConfig {
             shard_id,
@@ -147,6 +148,8 @@ impl ShardParams {
             tuning,
             services: self.services(shard_id)?,
             test_hooks: self.config.core.test_hooks,
+            tm: &self.config.tm,
+            local_addr,
         })
     }
 }
@@ -477,7 +480,7 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         Ok(io) => io,
         Err(e) => return fail(format!("cannot set up the event loop: {e}")),
     };
-    let engine = match params.engine(id, t) {
+    let engine = match params.engine(id, t, local) {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
@@ -662,7 +665,9 @@ pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
 /// Loads the script once on the calling thread to refuse a broken one before
 /// any shard starts.
 pub fn check_script(params: &ShardParams) -> Result<(), String> {
-    params.engine(0, &params.config.shard).map(|_| ())
+    params
+        .engine(0, &params.config.shard, params.config.core.listen)
+        .map(|_| ())
 }
 
 #[allow(dead_code)]

@@ -74,6 +74,10 @@ counters! {
     DispatchDropped => "shard.dispatch_dropped", "messages dropped because the owner's dispatch queue was full";
     Panics => "shard.panics", "panics caught in a route or task (the shard went on)";
     RecvErrors => "core.recv_errors", "socket receive errors";
+    TmCreated => "tm.created", "transactions created";
+    TmBranches => "tm.branches", "branches relayed statefully";
+    TmFull => "tm.full", "transactions refused: the table was full";
+    TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
 }
 
 /// One route's histogram plus its name (`request_route`, `reply_route`, ...).

@@ -850,6 +850,18 @@ impl<U> Table<U> {
         self.arm(id, branch_key(b, T_CANCEL_END), now + fr.min(64 * t1));
     }
 
+    /// The first live cell `pred` accepts (a linear scan: for rare lookups
+    /// such as `t_reply_callid`).
+    pub fn find(&self, mut pred: impl FnMut(&Cell<U>) -> bool) -> Option<CellId> {
+        self.slots.iter().enumerate().find_map(|(slot, c)| {
+            let c = c.as_ref()?;
+            pred(c).then_some(CellId {
+                slot: slot as u32,
+                gen: c.gen,
+            })
+        })
+    }
+
     /// `t_release()`: forgets the cell now.
     pub fn release(&mut self, id: CellId) {
         if self.get(id).is_some() {

@@ -1,0 +1,1237 @@
+//! KSR.tm / KSR.tmx: stateful relaying on the shard's transaction table
+//! (`crate::txn`), with Kamailio's names and return codes; and the core's
+//! stateless forwarding (`KSR.forward`, replies without a transaction).
+//!
+//! | KSR function | Kamailio signature | returns |
+//! |---|---|---|
+//! | `KSR.tm.t_relay()` | `int ()` | 1 relayed (or an ACK/CANCEL handled), 0 retransmission absorbed, -1 error (no destination, table full) |
+//! | `KSR.tm.t_relay_to_udp(host, port)` | `int (str, int)` | as t_relay, to host:port |
+//! | `KSR.tm.t_newtran()` | `int ()` | 1 created, 0 retransmission absorbed, -1 error |
+//! | `KSR.tm.t_check_trans()` | `int ()` | CANCEL: 1 when its INVITE transaction exists; ACK: 1 when it acknowledges a reply of ours (absorbed); other: 0 retransmission absorbed, 1 this message's transaction, -1 none |
+//! | `KSR.tm.t_reply(code, reason)` / `KSR.tm.t_send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error (creates the transaction if needed) |
+//! | `KSR.tm.t_on_reply(fn)` / `t_on_failure(fn)` / `t_on_branch(fn)` | `int (str)` | 1; the named Lua function runs as onreply / failure / branch route |
+//! | `KSR.tm.t_is_set(route)` | `int (str)` | 1 when "failure_route", "branch_route" or "onreply_route" is set, else -1 |
+//! | `KSR.tm.t_is_canceled()` | `int ()` | 1 when a CANCEL arrived for the transaction, else -1 |
+//! | `KSR.tm.t_is_expired()` | `int ()` | 1 when the transaction is gone (expired), else -1 |
+//! | `KSR.tm.t_branch_timeout()` / `t_branch_replied()` | `int ()` | failure route: 1 when the failed branch timed out / got a reply, else -1 |
+//! | `KSR.tm.t_any_timeout()` / `t_any_replied()` | `int ()` | 1 when any branch timed out / got a reply, else -1 |
+//! | `KSR.tm.t_set_fr(fr_inv_ms, fr_ms)` | `int (int, int)` | 1; per-transaction fr_inv / fr timers (0 keeps the default) |
+//! | `KSR.tm.t_reset_fr()` | `int ()` | 1 |
+//! | `KSR.tm.t_release()` | `int ()` | 1 released, -1 no transaction |
+//! | `KSR.tmx.t_precheck_trans()` | `int ()` | 1 when the request belongs to a transaction already (a retransmission), -1 otherwise |
+//! | `KSR.tmx.t_is_failure_route()` / `t_is_branch_route()` / `t_is_reply_route()` | `int ()` | 1 in that kind of route, else -1 |
+//! | `KSR.tmx.t_reply_callid(callid, cseq, code, reason)` | `int (str, str, int, str)` | 1 replied, -1 no such transaction |
+//! | `KSR.forward()` | `int ()` | 1 sent statelessly to `$du` or the R-URI, -1 error |
+//! | `KSR.forward_uri(uri)` | `int (str)` | as forward, to `uri` |
+//!
+//! Pseudo-variables: `$T_branch_idx`, `$T_reply_code`, `$T_req(pv)`,
+//! `$T_rpl(pv)` (see `pv.rs`).
+//!
+//! Destinations are IP literals (or `localhost`); a host name that would
+//! need DNS makes the branch fail (DNS is not resolved yet).
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use mlua::{Function, Lua, Table};
+
+use super::{BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
+use crate::sip::{Method, SipMsg, SipUri};
+use crate::txn::{self, CellId, Event, ReqMatch, RespAction};
+
+/// What the transaction user keeps in each cell.
+#[derive(Debug, Default)]
+pub struct TmUser {
+    pub on_failure: Option<Arc<str>>,
+    pub on_reply: Option<Arc<str>>,
+    pub on_branch: Option<Arc<str>>,
+    /// Serial forking: the q-value groups still to try, highest q first.
+    pub next_groups: Vec<Vec<BranchSpec>>,
+    /// Message flags of the request (restored in the failure route).
+    pub flags: u32,
+    /// Branch flags of each branch sent.
+    pub bflags: Vec<u32>,
+    /// Where the request came from (the failure route's `$si`).
+    pub src: Option<SocketAddr>,
+}
+
+pub type TmTable = txn::Table<TmUser>;
+
+/// Which kind of route a message runs in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RouteKind {
+    #[default]
+    Request,
+    Reply,
+    OnReply,
+    Failure,
+    Branch,
+}
+
+/// The transaction side of one message's context.
+#[derive(Clone, Debug, Default)]
+pub struct TmCtx {
+    /// The transaction this message created or belongs to.
+    pub cell: Option<CellId>,
+    /// The request's match against the table, once looked up.
+    pub matched: Option<ReqMatch>,
+    pub on_failure: Option<Arc<str>>,
+    pub on_reply: Option<Arc<str>>,
+    pub on_branch: Option<Arc<str>>,
+    /// `t_set_fr`: (fr_inv, fr) in ms, 0 = default.
+    pub fr: Option<(u64, u64)>,
+    pub kind: RouteKind,
+    /// `$T_branch_idx`.
+    pub branch_idx: Option<u8>,
+    /// `$T_reply_code`.
+    pub reply_code: u16,
+}
+
+/// Milliseconds since the shard's engine started (the txn clock).
+pub fn now_ms(s: &Shared) -> u64 {
+    s.clock.elapsed().as_millis() as u64 + 1
+}
+
+pub fn new_table(cfg: &crate::config::TmConfig, shard: usize) -> TmTable {
+    let mut salt = [0u8; 4];
+    let _ = getrandom::getrandom(&mut salt);
+    txn::Table::new(
+        txn::TxnConfig {
+            t1_ms: cfg.t1_ms,
+            t2_ms: cfg.t2_ms,
+            t4_ms: cfg.t4_ms,
+            fr_timer_ms: cfg.fr_timer_ms,
+            fr_inv_timer_ms: cfg.fr_inv_timer_ms,
+            wait_ms: cfg.wait_ms,
+            max_cells: cfg.max_transactions,
+            max_branches: cfg.max_branches,
+        },
+        shard,
+        u32::from_le_bytes(salt),
+    )
+}
+
+fn ret(b: bool) -> i32 {
+    if b {
+        1
+    } else {
+        -1
+    }
+}
+
+pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let tm = lua.create_table()?;
+    let s = shared.clone();
+    tm.set(
+        "t_relay",
+        lua.create_function(move |lua, ()| Ok(t_relay(lua, &s, None)))?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_relay_to_udp",
+        lua.create_function(move |lua, (host, port): (String, i64)| {
+            let dst = u16::try_from(port)
+                .ok()
+                .and_then(|p| resolve_host(host.as_bytes(), Some(p)));
+            match dst {
+                Some(d) => Ok(t_relay(lua, &s, Some(d))),
+                None => Ok(-1),
+            }
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_newtran",
+        lua.create_function(move |_, ()| {
+            Ok(match ensure_cell(&s) {
+                Ok(Some(_)) => 1,
+                Ok(None) => 0,
+                Err(()) => -1,
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_check_trans",
+        lua.create_function(move |_, ()| Ok(t_check_trans(&s)))?,
+    )?;
+    for name in ["t_reply", "t_send_reply"] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
+                Ok(t_reply(&s, code, &reason.as_bytes()))
+            })?,
+        )?;
+    }
+    for (name, which) in [("t_on_reply", 0), ("t_on_failure", 1), ("t_on_branch", 2)] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |_, f: String| {
+                let f: Option<Arc<str>> = (!f.is_empty()).then(|| Arc::from(f.as_str()));
+                s.with_msg(|m| match which {
+                    0 => m.tm.on_reply = f,
+                    1 => m.tm.on_failure = f,
+                    _ => m.tm.on_branch = f,
+                })?;
+                Ok(1)
+            })?,
+        )?;
+    }
+    let s = shared.clone();
+    tm.set(
+        "t_is_set",
+        lua.create_function(move |_, what: String| {
+            let set = s.with_msg(|m| {
+                let (f, b, r) = (
+                    m.tm.on_failure.is_some(),
+                    m.tm.on_branch.is_some(),
+                    m.tm.on_reply.is_some(),
+                );
+                let cell = m.tm.cell;
+                (f, b, r, cell)
+            })?;
+            let (mut f, mut b, mut r, cell) = set;
+            if let Some(id) = cell {
+                if let Some(c) = s.tm.borrow().get(id) {
+                    f |= c.user.on_failure.is_some();
+                    b |= c.user.on_branch.is_some();
+                    r |= c.user.on_reply.is_some();
+                }
+            }
+            Ok(ret(match what.as_str() {
+                "failure_route" => f,
+                "branch_route" => b,
+                "onreply_route" => r,
+                _ => false,
+            }))
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_is_canceled",
+        lua.create_function(move |_, ()| {
+            Ok(ret(with_cell(&s, |c| c.canceled).unwrap_or(false)))
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_is_expired",
+        lua.create_function(move |_, ()| {
+            let cell = s.with_msg(|m| m.tm.cell)?;
+            Ok(ret(
+                cell.is_some_and(|id| s.tm.borrow().get(id).is_none())
+            ))
+        })?,
+    )?;
+    for (name, timeout) in [("t_branch_timeout", true), ("t_branch_replied", false)] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |_, ()| {
+                let (cell, idx) = s.with_msg(|m| (m.tm.cell, m.tm.branch_idx))?;
+                let (Some(id), Some(b)) = (cell, idx) else {
+                    return Ok(-1);
+                };
+                let t = s.tm.borrow();
+                let Some(br) = t.get(id).and_then(|c| c.branches.get(b as usize)) else {
+                    return Ok(-1);
+                };
+                Ok(ret(if timeout { br.timed_out } else { br.replied }))
+            })?,
+        )?;
+    }
+    for (name, timeout) in [("t_any_timeout", true), ("t_any_replied", false)] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |_, ()| {
+                Ok(ret(with_cell(&s, |c| {
+                    c.branches
+                        .iter()
+                        .any(|b| if timeout { b.timed_out } else { b.replied })
+                })
+                .unwrap_or(false)))
+            })?,
+        )?;
+    }
+    let s = shared.clone();
+    tm.set(
+        "t_set_fr",
+        lua.create_function(move |_, (inv, fr): (i64, Option<i64>)| {
+            let inv = inv.max(0) as u64;
+            let fr = fr.unwrap_or(0).max(0) as u64;
+            let cell = s.with_msg(|m| {
+                m.tm.fr = Some((inv, fr));
+                m.tm.cell
+            })?;
+            if let Some(id) = cell {
+                apply_fr(&s, id, Some((inv, fr)));
+            }
+            Ok(1)
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_reset_fr",
+        lua.create_function(move |_, ()| {
+            let cell = s.with_msg(|m| {
+                m.tm.fr = None;
+                m.tm.cell
+            })?;
+            if let Some(id) = cell {
+                apply_fr(&s, id, None);
+            }
+            Ok(1)
+        })?,
+    )?;
+    let s = shared.clone();
+    tm.set(
+        "t_release",
+        lua.create_function(move |_, ()| {
+            let cell = s.with_msg(|m| m.tm.cell.take())?;
+            match cell {
+                Some(id) if s.tm.borrow().get(id).is_some() => {
+                    s.tm.borrow_mut().release(id);
+                    Ok(1)
+                }
+                _ => Ok(-1),
+            }
+        })?,
+    )?;
+    ksr.set("tm", tm)?;
+
+    let tmx = lua.create_table()?;
+    let s = shared.clone();
+    tmx.set(
+        "t_precheck_trans",
+        lua.create_function(move |_, ()| {
+            let m = s.with_msg(|m| lookup(&s, m))?;
+            Ok(ret(matches!(
+                m,
+                ReqMatch::Retransmission(_) | ReqMatch::Ack(_)
+            )))
+        })?,
+    )?;
+    for (name, kind) in [
+        ("t_is_failure_route", RouteKind::Failure),
+        ("t_is_branch_route", RouteKind::Branch),
+        ("t_is_reply_route", RouteKind::OnReply),
+    ] {
+        let s = shared.clone();
+        tmx.set(
+            name,
+            lua.create_function(move |_, ()| Ok(ret(s.with_msg(|m| m.tm.kind == kind)?)))?,
+        )?;
+    }
+    let s = shared.clone();
+    tmx.set(
+        "t_reply_callid",
+        lua.create_function(
+            move |_, (callid, cseq, code, reason): (String, String, i64, mlua::String)| {
+                Ok(t_reply_callid(&s, &callid, &cseq, code, &reason.as_bytes()))
+            },
+        )?,
+    )?;
+    ksr.set("tmx", tmx)?;
+
+    let s = shared.clone();
+    ksr.set(
+        "forward",
+        lua.create_function(move |_, ()| Ok(forward_stateless(&s, None)))?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "forward_uri",
+        lua.create_function(move |_, uri: mlua::String| {
+            Ok(forward_stateless(&s, Some(uri.as_bytes().to_vec())))
+        })?,
+    )?;
+    Ok(())
+}
+
+fn with_cell<R>(s: &Shared, f: impl FnOnce(&txn::Cell<TmUser>) -> R) -> Option<R> {
+    let id = s.with_msg(|m| m.tm.cell).ok()??;
+    let t = s.tm.borrow();
+    t.get(id).map(f)
+}
+
+fn apply_fr(s: &Shared, id: CellId, fr: Option<(u64, u64)>) {
+    let mut t = s.tm.borrow_mut();
+    let (def_inv, def_fr) = (t.config().fr_inv_timer_ms, t.config().fr_timer_ms);
+    if let Some(c) = t.get_mut(id) {
+        let (inv, fr) = fr.unwrap_or((0, 0));
+        c.fr_inv_timer_ms = if inv == 0 { def_inv } else { inv };
+        c.fr_timer_ms = if fr == 0 { def_fr } else { fr };
+    }
+}
+
+/// The request's match against the table, looked up once per message
+/// (a second lookup would resend the last reply twice).
+fn lookup(s: &Shared, m: &mut MsgCtx) -> ReqMatch {
+    if let Some(r) = m.tm.matched {
+        return r;
+    }
+    if m.tm.kind != RouteKind::Request {
+        return ReqMatch::None;
+    }
+    let r = s.tm.borrow_mut().on_request(&m.msg(), now_ms(s));
+    m.tm.matched = Some(r);
+    r
+}
+
+/// The message's transaction, created if needed. `Ok(None)`: the request
+/// is a retransmission (absorbed); `Err`: the table is full or the request
+/// cannot have one.
+fn ensure_cell(s: &Shared) -> Result<Option<CellId>, ()> {
+    s.with_msg(|m| ensure_cell_in(s, m)).unwrap_or(Err(()))
+}
+
+fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<CellId>, ()> {
+    if let Some(id) = m.tm.cell {
+        if s.tm.borrow().get(id).is_some() {
+            return Ok(Some(id));
+        }
+        return Err(());
+    }
+    if !m.msg().is_request() || m.msg().method() == Some(Method::Ack) {
+        return Err(());
+    }
+    match lookup(s, m) {
+        ReqMatch::None => {}
+        _ => return Ok(None),
+    }
+    let Some(dst) = super::sl::reply_dst_of(&m.msg(), m.src) else {
+        return Err(());
+    };
+    let now = now_ms(s);
+    let user = TmUser {
+        flags: m.flags,
+        src: Some(m.src),
+        ..TmUser::default()
+    };
+    let invite = m.msg().method() == Some(Method::Invite);
+    let created = s.tm.borrow_mut().create(&m.msg(), dst, now, user);
+    let id = match created {
+        Ok(id) => id,
+        Err(_) => {
+            s.counters.incr(crate::stats::Counter::TmFull);
+            return Err(());
+        }
+    };
+    m.tm.cell = Some(id);
+    if m.tm.fr.is_some() {
+        apply_fr(s, id, m.tm.fr);
+    }
+    s.counters.incr(crate::stats::Counter::TmCreated);
+    if invite {
+        // §16.2 / §17.2.1: 100 Trying at once, absorbing retransmissions.
+        let mut out = Vec::new();
+        if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out)
+            .is_some()
+        {
+            s.tm.borrow_mut().reply(id, 100, out, now);
+        }
+    }
+    Ok(Some(id))
+}
+
+fn t_check_trans(s: &Shared) -> i32 {
+    s.with_msg(|m| {
+        let msg = m.msg();
+        match msg.method() {
+            Some(Method::Cancel) => {
+                let found = s.tm.borrow_mut().find_invite_for_cancel(&msg);
+                ret(found.is_some())
+            }
+            Some(Method::Ack) => ret(matches!(lookup(s, m), ReqMatch::Ack(_))),
+            _ => {
+                if m.tm.cell.is_some() {
+                    return 1;
+                }
+                match lookup(s, m) {
+                    ReqMatch::None => -1,
+                    _ => 0,
+                }
+            }
+        }
+    })
+    .unwrap_or(-1)
+}
+
+fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
+    let Ok(code) = u16::try_from(code) else {
+        return -1;
+    };
+    if !(100..=699).contains(&code) {
+        return -1;
+    }
+    let id = match ensure_cell(s) {
+        Ok(Some(id)) => id,
+        Ok(None) => return 0,
+        Err(()) => return -1,
+    };
+    let r = s.with_msg(|m| {
+        let mut out = Vec::new();
+        let hdrs = std::mem::take(&mut m.reply_headers);
+        let ok = super::sl::build_local_reply(s, &m.msg(), m.src, code, reason, &hdrs, &mut out)
+            .is_some();
+        m.reply_headers = hdrs;
+        if ok {
+            m.replied = Some(code);
+        }
+        ok.then_some(out)
+    });
+    match r {
+        Ok(Some(bytes)) => ret(s.tm.borrow_mut().reply(id, code, bytes, now_ms(s))),
+        _ => -1,
+    }
+}
+
+fn t_reply_callid(s: &Shared, callid: &str, cseq: &str, code: i64, reason: &[u8]) -> i32 {
+    let Ok(code) = u16::try_from(code) else {
+        return -1;
+    };
+    let num: u32 = cseq.trim().parse().unwrap_or(u32::MAX);
+    let found = {
+        let t = s.tm.borrow();
+        t.find(|c| {
+            let mut p = crate::sip::Parsed::default();
+            if crate::sip::parse(
+                &c.req,
+                crate::sip::Framing::Datagram,
+                &crate::sip::Limits::default(),
+                &mut p,
+            )
+            .is_err()
+            {
+                return false;
+            }
+            let msg = SipMsg::new(&c.req, &p);
+            msg.call_id() == Some(callid.as_bytes())
+                && msg.cseq().is_ok_and(|c| c.num == num)
+                && !c.is_final()
+        })
+    };
+    match found {
+        Some(id) => ret(local_reply_on_cell(s, id, code, reason)),
+        None => -1,
+    }
+}
+
+/// Sends a locally built reply on a cell, from its stored request.
+pub(crate) fn local_reply_on_cell(s: &Shared, id: CellId, code: u16, reason: &[u8]) -> bool {
+    let bytes = {
+        let t = s.tm.borrow();
+        let Some(c) = t.get(id) else { return false };
+        let mut p = crate::sip::Parsed::default();
+        if crate::sip::parse(
+            &c.req,
+            crate::sip::Framing::Datagram,
+            &crate::sip::Limits::default(),
+            &mut p,
+        )
+        .is_err()
+        {
+            return false;
+        }
+        let msg = SipMsg::new(&c.req, &p);
+        let src = c.user.src.unwrap_or(c.reply_dst);
+        let mut out = Vec::new();
+        if super::sl::build_local_reply(s, &msg, src, code, reason, &[], &mut out).is_none() {
+            return false;
+        }
+        out
+    };
+    s.tm.borrow_mut().reply(id, code, bytes, now_ms(s))
+}
+
+/// One destination to relay to.
+#[derive(Clone, Debug)]
+struct Target {
+    spec: BranchSpec,
+}
+
+/// `t_relay()`: relays the current request statefully (ACK and CANCEL as
+/// Kamailio does: an ACK of ours is absorbed, another goes statelessly; a
+/// CANCEL with its INVITE here is answered 200 and cancels its branches).
+fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
+    let Ok((method, kind)) = s.with_msg(|m| (m.msg().method(), m.tm.kind)) else {
+        return -1;
+    };
+    if kind == RouteKind::Request {
+        match method {
+            Some(Method::Ack) => {
+                let absorbed = s
+                    .with_msg(|m| matches!(lookup(s, m), ReqMatch::Ack(_)))
+                    .unwrap_or(false);
+                if absorbed {
+                    return 1;
+                }
+                return forward_stateless_to(s, None, forced);
+            }
+            Some(Method::Cancel) => {
+                let inv = s
+                    .with_msg(|m| s.tm.borrow_mut().find_invite_for_cancel(&m.msg()))
+                    .ok()
+                    .flatten();
+                let Some(inv) = inv else {
+                    return forward_stateless_to(s, None, forced);
+                };
+                match ensure_cell(s) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => return 0,
+                    Err(()) => return -1,
+                }
+                t_reply(s, 200, b"canceling");
+                s.tm.borrow_mut().cancel(inv, now_ms(s));
+                return 1;
+            }
+            _ => {}
+        }
+    }
+    let id = match ensure_cell(s) {
+        Ok(Some(id)) => id,
+        Ok(None) => return 0,
+        Err(()) => {
+            let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+            return -1;
+        }
+    };
+    // Destinations: the R-URI branch, then appended ones; grouped by q.
+    let Ok((targets, routes)) = s.with_msg(|m| {
+        let mut v = Vec::with_capacity(1 + m.branches.len());
+        if kind != RouteKind::Failure || m.new_ruri.is_some() || m.dst_uri.is_some() {
+            v.push(Target {
+                spec: BranchSpec {
+                    uri: m.ruri().unwrap_or(b"").to_vec(),
+                    dst_uri: m.dst_uri.clone(),
+                    path: m.path.clone(),
+                    q: m.ruri_q,
+                    bflags: m.bflags,
+                },
+            });
+        }
+        for b in m.branches.drain(..) {
+            v.push(Target { spec: b });
+        }
+        let routes = (
+            m.tm.on_failure.take(),
+            m.tm.on_reply.take(),
+            m.tm.on_branch.take(),
+        );
+        (v, routes)
+    }) else {
+        return -1;
+    };
+    {
+        let mut t = s.tm.borrow_mut();
+        if let Some(c) = t.get_mut(id) {
+            c.user.on_failure = routes.0;
+            if routes.1.is_some() || kind != RouteKind::Failure {
+                c.user.on_reply = routes.1;
+            }
+            c.user.on_branch = routes.2;
+        }
+    }
+    let mut groups = group_by_q(targets);
+    if groups.is_empty() {
+        return -1;
+    }
+    let first = groups.remove(0);
+    if let Some(c) = s.tm.borrow_mut().get_mut(id) {
+        c.user.next_groups = groups;
+    }
+    let sent = relay_group(lua, s, id, first, forced);
+    if sent == 0 {
+        let _ = s.with_msg(|m| m.last_error = Some((478, "Unresolvable destination")));
+        // Nothing went out: leave no transaction behind a stateless error
+        // reply (unless it has other branches, e.g. in a failure route).
+        let empty = s.tm.borrow().get(id).is_some_and(|c| c.branches.is_empty());
+        if empty && kind == RouteKind::Request {
+            s.tm.borrow_mut().release(id);
+            let _ = s.with_msg(|m| m.tm.cell = None);
+        }
+        return -1;
+    }
+    1
+}
+
+/// Parallel within a q-value, serial across (highest first; unspecified
+/// q counts as 1.0).
+fn group_by_q(mut targets: Vec<Target>) -> Vec<Vec<BranchSpec>> {
+    let q = |t: &Target| t.spec.q.unwrap_or(1000);
+    // Stable: the R-URI branch leads its group.
+    targets.sort_by_key(|t| std::cmp::Reverse(q(t)));
+    let mut groups: Vec<Vec<BranchSpec>> = Vec::new();
+    let mut last = None;
+    for t in targets {
+        let tq = q(&t);
+        if last != Some(tq) {
+            groups.push(Vec::new());
+            last = Some(tq);
+        }
+        if let Some(g) = groups.last_mut() {
+            g.push(t.spec);
+        }
+    }
+    groups
+}
+
+/// Sends one branch per target (running the branch route for each);
+/// returns how many went out.
+fn relay_group(
+    lua: &Lua,
+    s: &Shared,
+    id: CellId,
+    group: Vec<BranchSpec>,
+    forced: Option<SocketAddr>,
+) -> usize {
+    let mut sent = 0;
+    let on_branch = s.tm.borrow().get(id).and_then(|c| c.user.on_branch.clone());
+    for spec in group {
+        let Some(r) = s.tm.borrow().next_branch(id) else {
+            break;
+        };
+        // The branch route sees (and may change) this branch's R-URI, $du
+        // and headers; the changes stay with the branch.
+        let saved = s.with_msg(|m| {
+            let saved = (
+                m.new_ruri.clone(),
+                m.dst_uri.clone(),
+                m.edits.clone(),
+                m.tm.kind,
+                m.bflags,
+                m.dropped,
+            );
+            m.new_ruri = Some(spec.uri.clone());
+            m.dst_uri = spec.dst_uri.clone();
+            m.bflags = spec.bflags;
+            m.tm.branch_idx = Some(r.branch);
+            saved
+        });
+        let Ok(saved) = saved else { break };
+        let mut dropped = false;
+        if let Some(name) = &on_branch {
+            let _ = s.with_msg(|m| m.tm.kind = RouteKind::Branch);
+            let f = lua
+                .app_data_ref::<Rc<super::NamedRoutes>>()
+                .and_then(|r| r.get(lua, name));
+            if let Some(f) = f {
+                let t0 = std::time::Instant::now();
+                if let Err(e) = f.call::<()>(()) {
+                    tracing::error!(
+                        shard = s.shard_id,
+                        "branch route {name}: {}",
+                        super::format_lua_error(&e)
+                    );
+                }
+                s.record_route_time(name, t0.elapsed());
+            }
+            dropped = s.with_msg(|m| m.dropped).unwrap_or(true);
+        }
+        let built = s.with_msg(|m| {
+            let dst = forced.or_else(|| {
+                let target = m.dst_uri.as_deref().or(m.new_ruri.as_deref()).unwrap_or(b"");
+                resolve_uri(target)
+            });
+            let uri = m.new_ruri.clone().unwrap_or_default();
+            let mut branch = Vec::with_capacity(40);
+            s.tm.borrow().write_branch(r, &mut branch);
+            let mut out = Vec::with_capacity(m.len + 200);
+            write_request(s, m, &uri, spec.path.as_deref(), &branch, &mut out);
+            let bflags = m.bflags;
+            // Restore the request route's view.
+            m.new_ruri = saved.0.clone();
+            m.dst_uri = saved.1.clone();
+            m.edits = saved.2.clone();
+            m.tm.kind = saved.3;
+            m.bflags = saved.4;
+            m.dropped = saved.5;
+            m.tm.branch_idx = None;
+            (dst, out, bflags)
+        });
+        let Ok((dst, out, bflags)) = built else { break };
+        if dropped {
+            continue;
+        }
+        let Some(dst) = dst else {
+            s.counters.incr(crate::stats::Counter::TmUnresolvable);
+            continue;
+        };
+        let now = now_ms(s);
+        let mut t = s.tm.borrow_mut();
+        if t.add_branch(id, out, dst, now).is_ok() {
+            if let Some(c) = t.get_mut(id) {
+                c.user.bflags.push(bflags);
+            }
+            sent += 1;
+            s.counters.incr(crate::stats::Counter::TmBranches);
+        }
+    }
+    sent
+}
+
+/// The request as relayed: `uri` as R-URI, our Via on top, the Record-Route
+/// the route asked for, the branch's Path as Route headers, the route's
+/// header edits.
+fn write_request(
+    s: &Shared,
+    m: &MsgCtx,
+    uri: &[u8],
+    path: Option<&[u8]>,
+    branch: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let mut e = m.edits.clone();
+    if !uri.is_empty() {
+        e.set_ruri(uri);
+    }
+    let mut via = Vec::with_capacity(64);
+    via.extend_from_slice(b"SIP/2.0/UDP ");
+    push_host_port(&mut via, m.local);
+    via.extend_from_slice(b";branch=");
+    via.extend_from_slice(branch);
+    e.prepend_via(&via);
+    let mut rr = Vec::new();
+    super::rr::write_record_route(s, m, &mut rr);
+    for line in rr.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if !line.is_empty() {
+            e.insert_header_first(line);
+        }
+    }
+    if let Some(p) = path.filter(|p| !p.is_empty()) {
+        let mut line = b"Route: ".to_vec();
+        line.extend_from_slice(p);
+        e.insert_header_first(&line);
+    }
+    e.assemble(&m.buf[..m.len], &m.parsed, out);
+}
+
+pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
+    match a.ip() {
+        IpAddr::V4(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
+        IpAddr::V6(v6) => {
+            out.push(b'[');
+            out.extend_from_slice(v6.to_string().as_bytes());
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    out.extend_from_slice(a.port().to_string().as_bytes());
+}
+
+/// A SIP URI's address: its host must be an IP literal (or `localhost`).
+pub(crate) fn resolve_uri(uri: &[u8]) -> Option<SocketAddr> {
+    let u = SipUri::parse(uri).ok()?;
+    let port = u.port.or(if u.scheme == crate::sip::Scheme::Sips {
+        Some(5061)
+    } else {
+        None
+    });
+    resolve_host(u.host, port)
+}
+
+pub(crate) fn resolve_host(host: &[u8], port: Option<u16>) -> Option<SocketAddr> {
+    let port = port.unwrap_or(5060);
+    let h = std::str::from_utf8(host).ok()?;
+    let h = h.trim_start_matches('[').trim_end_matches(']');
+    if h.eq_ignore_ascii_case("localhost") {
+        return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    let ip: IpAddr = h.parse().ok()?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// `KSR.forward()`: the request, statelessly, to `uri` / `$du` / the R-URI.
+fn forward_stateless(s: &Shared, uri: Option<Vec<u8>>) -> i32 {
+    forward_stateless_to(s, uri, None)
+}
+
+fn forward_stateless_to(s: &Shared, uri: Option<Vec<u8>>, forced: Option<SocketAddr>) -> i32 {
+    s.with_msg(|m| {
+        let msg = m.msg();
+        if !msg.is_request() {
+            return -1;
+        }
+        let target = match &uri {
+            Some(u) => u.clone(),
+            None => m
+                .dst_uri
+                .clone()
+                .or_else(|| m.ruri().map(<[u8]>::to_vec))
+                .unwrap_or_default(),
+        };
+        let Some(dst) = forced.or_else(|| resolve_uri(&target)) else {
+            return -1;
+        };
+        // A stateless branch: the same for a retransmission (RFC 3261
+        // §16.11), derived from the received top Via branch.
+        let mut branch = Vec::with_capacity(40);
+        crate::txn::build::write_branch(
+            &mut branch,
+            s.shard_id,
+            0,
+            crate::txn::BranchRef {
+                slot: u32::MAX,
+                gen: stateless_hash(&msg),
+                branch: 0,
+            },
+        );
+        let ruri = m.ruri().unwrap_or(b"").to_vec();
+        let mut out = Vec::with_capacity(m.len + 200);
+        write_request(s, m, &ruri, m.path.clone().as_deref(), &branch, &mut out);
+        m.push_out(&out, dst);
+        s.counters.incr(crate::stats::Counter::FwdRequests);
+        1
+    })
+    .unwrap_or(-1)
+}
+
+fn stateless_hash(msg: &SipMsg<'_>) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for part in [
+        msg.top_via().ok().and_then(|v| v.branch()).unwrap_or(b""),
+        msg.call_id().unwrap_or(b""),
+        msg.method_bytes(),
+    ] {
+        for &b in part {
+            h ^= b as u32;
+            h = h.wrapping_mul(0x0100_0193);
+        }
+    }
+    h
+}
+
+/// A reply no transaction claims: when its top Via is ours, strip it and
+/// send the reply to the next Via (RFC 3261 §18.2.2); else drop it.
+pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
+    let msg = m.msg();
+    let Ok(top) = msg.top_via() else { return false };
+    let ours = resolve_host(top.host, top.port).is_some_and(|a| a == m.local)
+        || s.myself.matches(top.host, top.port);
+    if !ours {
+        return false;
+    }
+    let Some(next) = msg.vias().nth(1).and_then(|v| v.ok()) else {
+        return false;
+    };
+    let host = next.received().unwrap_or(next.host);
+    let port = match next.rport() {
+        Some(Some(p)) => Some(p),
+        _ => next.port,
+    };
+    let Some(dst) = resolve_host(host, port) else {
+        return false;
+    };
+    let mut e = crate::sip::Edits::new();
+    e.remove_top_via();
+    let mut out = Vec::with_capacity(m.len);
+    e.assemble(&m.buf[..m.len], &m.parsed, &mut out);
+    m.push_out(&out, dst);
+    s.counters.incr(crate::stats::Counter::FwdReplies);
+    true
+}
+
+/// Runs a reply through its transaction: onreply route, §16.7, failure
+/// route. Returns the context (for the shard to send and recycle).
+pub(super) async fn reply_flow(
+    s: Rc<Shared>,
+    lua: Lua,
+    routes: Rc<super::NamedRoutes>,
+    core_route: Option<Function>,
+    mut ctx: Box<MsgCtx>,
+) -> (Box<MsgCtx>, RouteOutcome) {
+    ctx.tm.kind = RouteKind::Reply;
+    if let Some(f) = core_route {
+        let (c, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+        ctx = c;
+        if outcome != RouteOutcome::Done {
+            return (ctx, outcome);
+        }
+    }
+    let found = s.tm.borrow().match_response(&ctx.msg());
+    let Some((id, b, is_cancel)) = found else {
+        forward_reply_stateless(&s, &mut ctx);
+        return (ctx, RouteOutcome::Done);
+    };
+    let code = ctx.msg().status().unwrap_or(0);
+    let on_reply = s.tm.borrow().get(id).and_then(|c| c.user.on_reply.clone());
+    if let (false, Some(name)) = (is_cancel, on_reply) {
+        if let Some(f) = routes.get(&lua, &name) {
+            ctx.tm.cell = Some(id);
+            ctx.tm.kind = RouteKind::OnReply;
+            ctx.tm.branch_idx = Some(b);
+            ctx.tm.reply_code = code;
+            let t0 = std::time::Instant::now();
+            let (c, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+            ctx = c;
+            s.record_route_time(&name, t0.elapsed());
+            if outcome == RouteOutcome::Drop && code < 200 {
+                return (ctx, RouteOutcome::Done);
+            }
+        }
+    }
+    let now = now_ms(&s);
+    let action = s
+        .tm
+        .borrow_mut()
+        .on_response(id, b, is_cancel, &ctx.msg(), now);
+    match action {
+        RespAction::Absorbed => {}
+        RespAction::Forward(bytes) => {
+            s.tm.borrow_mut().reply(id, code, bytes, now);
+        }
+        RespAction::Completed => completed_flow(s.clone(), lua, routes, id).await,
+    }
+    (ctx, RouteOutcome::Done)
+}
+
+/// Every branch failed: the next q group, or the failure route, or the best
+/// reply upstream (§16.7 step 6; a 503 goes up as 500).
+pub(super) async fn completed_flow(
+    s: Rc<Shared>,
+    lua: Lua,
+    routes: Rc<super::NamedRoutes>,
+    id: CellId,
+) {
+    let (group, on_failure, req, src, flags, best) = {
+        let mut t = s.tm.borrow_mut();
+        let best = t.best(id);
+        let Some(c) = t.get_mut(id) else { return };
+        let six = best.is_some_and(|(_, code)| code >= 600);
+        let group = if !c.canceled && !six && !c.user.next_groups.is_empty() {
+            Some(c.user.next_groups.remove(0))
+        } else {
+            None
+        };
+        let on_failure = if group.is_none() {
+            c.user.on_failure.take()
+        } else {
+            None
+        };
+        (
+            group,
+            on_failure,
+            c.req.clone(),
+            c.user.src,
+            c.user.flags,
+            best,
+        )
+    };
+    let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    if let Some(group) = group {
+        // Serial forking: the next q group, from the stored request.
+        let mut ctx = Box::new(MsgCtx::new(req.len().max(1024), 128));
+        ctx.load(&req, src, s.local_addr);
+        if ctx.parse(&crate::sip::Limits::default()).is_ok() {
+            ctx.tm.cell = Some(id);
+            ctx.tm.kind = RouteKind::Failure;
+            let prev = s.cur.borrow_mut().replace(ctx);
+            let sent = relay_group(&lua, &s, id, group, None);
+            let ctx = s.cur.borrow_mut().take();
+            *s.cur.borrow_mut() = prev;
+            if let Some(ctx) = ctx {
+                s.push_extra(&ctx);
+            }
+            if sent > 0 {
+                return;
+            }
+        }
+    }
+    if let Some(name) = on_failure {
+        if let Some(f) = routes.get(&lua, &name) {
+            let mut ctx = Box::new(MsgCtx::new(req.len().max(1024), 128));
+            ctx.load(&req, src, s.local_addr);
+            if ctx.parse(&crate::sip::Limits::default()).is_ok() {
+                ctx.tm.cell = Some(id);
+                ctx.tm.kind = RouteKind::Failure;
+                ctx.tm.matched = Some(ReqMatch::None);
+                ctx.flags = flags;
+                if let Some((b, code)) = best {
+                    ctx.tm.branch_idx = Some(b);
+                    ctx.tm.reply_code = code;
+                }
+                let t0 = std::time::Instant::now();
+                let (ctx, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+                s.record_route_time(&name, t0.elapsed());
+                if let RouteOutcome::Error(text) = &outcome {
+                    tracing::error!(shard = s.shard_id, "failure route {name}: {text}");
+                }
+                s.push_extra(&ctx);
+            }
+        }
+    }
+    let t = s.tm.borrow();
+    let Some(c) = t.get(id) else { return };
+    if c.is_final() || c.pending_branches() > 0 {
+        return;
+    }
+    drop(t);
+    forward_best(&s, id);
+}
+
+/// Sends the best branch reply upstream (or a local one for a timeout).
+fn forward_best(s: &Shared, id: CellId) {
+    let best = s.tm.borrow().best(id);
+    let Some((b, code)) = best else {
+        local_reply_on_cell(s, id, 500, b"Server Internal Error");
+        return;
+    };
+    let bytes = s
+        .tm
+        .borrow()
+        .get(id)
+        .and_then(|c| c.branches.get(b as usize))
+        .and_then(|br| br.reply.clone());
+    match bytes {
+        Some(bytes) if code != 503 => {
+            s.tm.borrow_mut().reply(id, code, bytes, now_ms(s));
+        }
+        _ => {
+            let (code, reason): (u16, &[u8]) = match code {
+                503 => (500, b"Server Internal Error"),
+                408 => (408, b"Request Timeout"),
+                c => (c, b""),
+            };
+            local_reply_on_cell(s, id, code, reason);
+        }
+    }
+}
+
+/// Timer work: fires due transaction timers and returns the cells whose
+/// completion the user must handle (each is then run with
+/// [`completed_flow`]); expired cells are answered 408 here.
+pub(super) fn tick(s: &Shared) -> Vec<CellId> {
+    let now = now_ms(s);
+    let mut done = Vec::new();
+    {
+        let mut t = s.tm.borrow_mut();
+        if t.poll_timeout().is_some_and(|at| at <= now) {
+            t.handle_timeout(now);
+        }
+    }
+    loop {
+        let ev = s.tm.borrow_mut().poll_event();
+        match ev {
+            Some(Event::Completed(id)) => done.push(id),
+            Some(Event::Expired(id)) => {
+                local_reply_on_cell(s, id, 408, b"Request Timeout");
+            }
+            None => break,
+        }
+    }
+    done
+}
+
+/// Reads `$T_*` pseudo-variables.
+pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<mlua::Value> {
+    match name {
+        "$T_branch_idx" => {
+            let b = s.with_msg(|m| m.tm.branch_idx)?;
+            return Ok(mlua::Value::Integer(b.map(i64::from).unwrap_or(0)));
+        }
+        "$T_reply_code" => {
+            let c = s.with_msg(|m| m.tm.reply_code)?;
+            return Ok(if c == 0 {
+                mlua::Value::Nil
+            } else {
+                mlua::Value::Integer(c as i64)
+            });
+        }
+        _ => {}
+    }
+    let inner = |p: &str| {
+        name.strip_prefix(p)
+            .and_then(|r| r.strip_suffix(')'))
+            .map(str::to_string)
+    };
+    let (bytes, src) = if let Some(inner_name) = inner("$T_req(") {
+        let cell = s.with_msg(|m| m.tm.cell)?;
+        let Some(id) = cell else {
+            return Ok(mlua::Value::Nil);
+        };
+        let t = s.tm.borrow();
+        let Some(c) = t.get(id) else {
+            return Ok(mlua::Value::Nil);
+        };
+        ((c.req.clone(), c.user.src), inner_name)
+    } else if let Some(inner_name) = inner("$T_rpl(") {
+        let (cell, b) = s.with_msg(|m| (m.tm.cell, m.tm.branch_idx))?;
+        let (Some(id), Some(b)) = (cell, b) else {
+            return Ok(mlua::Value::Nil);
+        };
+        let t = s.tm.borrow();
+        let Some(r) = t
+            .get(id)
+            .and_then(|c| c.branches.get(b as usize))
+            .and_then(|br| br.reply.clone())
+        else {
+            return Ok(mlua::Value::Nil);
+        };
+        ((r, None), inner_name)
+    } else {
+        return Ok(mlua::Value::Nil);
+    };
+    let (bytes, from) = bytes;
+    let mut ctx = Box::new(MsgCtx::new(bytes.len().max(512), 128));
+    ctx.load(
+        &bytes,
+        from.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        s.local_addr,
+    );
+    if ctx.parse(&crate::sip::Limits::default()).is_err() {
+        return Ok(mlua::Value::Nil);
+    }
+    let prev = s.cur.borrow_mut().replace(ctx);
+    let v = super::pv::get(lua, s, &src);
+    *s.cur.borrow_mut() = prev;
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q_groups_are_serial_highest_first() {
+        let t = |uri: &str, q: Option<u16>| Target {
+            spec: BranchSpec {
+                uri: uri.as_bytes().to_vec(),
+                q,
+                ..BranchSpec::default()
+            },
+        };
+        let g = group_by_q(vec![
+            t("a", Some(500)),
+            t("b", None),
+            t("c", Some(500)),
+            t("d", Some(1000)),
+        ]);
+        let names: Vec<Vec<&[u8]>> = g
+            .iter()
+            .map(|g| g.iter().map(|b| b.uri.as_slice()).collect())
+            .collect();
+        assert_eq!(names, vec![vec![&b"b"[..], b"d"], vec![b"a", b"c"]]);
+    }
+
+    #[test]
+    fn resolves_ip_literals_only() {
+        assert_eq!(
+            resolve_uri(b"sip:bob@127.0.0.1:5070"),
+            Some("127.0.0.1:5070".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_uri(b"sip:bob@[::1]"),
+            Some("[::1]:5060".parse().unwrap())
+        );
+        assert_eq!(
+            resolve_uri(b"sip:localhost:7"),
+            Some("127.0.0.1:7".parse().unwrap())
+        );
+        assert_eq!(resolve_uri(b"sip:bob@example.com"), None);
+    }
+}
