@@ -22,10 +22,12 @@ mod ctx;
 mod hdr;
 mod kx;
 mod pv;
-pub(crate) mod rr;
 pub mod registrar;
+pub(crate) mod rr;
 pub mod services;
 mod sl;
+#[cfg(test)]
+mod testutil;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -440,6 +442,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     hdr::register(lua, ksr, shared)?;
     auth::register(lua, ksr, shared)?;
     registrar::register(lua, ksr, shared)?;
+    rr::register(lua, ksr, shared)?;
     Ok(())
 }
 
