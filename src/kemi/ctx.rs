@@ -57,6 +57,10 @@ pub struct MsgCtx {
     /// Record-Route the route asked for (`KSR.rr.record_route*`), added to
     /// the request when it is relayed.
     pub rr: super::rr::RrPending,
+    /// Max-Forwards value `KSR.maxfwd.process_maxfwd` gave the request
+    /// (header added or decremented through `edits`); None when not called
+    /// or the value was 0.
+    pub maxfwd: Option<u32>,
     /// Complete header lines (CRLF-terminated) to add to the next local reply.
     pub reply_headers: Vec<u8>,
     /// Encoded datagrams to send, back to back in `out_buf`.
@@ -98,6 +102,7 @@ impl MsgCtx {
             bflags: 0,
             branches: Vec::new(),
             rr: Default::default(),
+            maxfwd: None,
             reply_headers: Vec::new(),
             out_buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(2),
@@ -146,6 +151,7 @@ impl MsgCtx {
         self.bflags = 0;
         self.branches.clear();
         self.rr = Default::default();
+        self.maxfwd = None;
         self.reply_headers.clear();
         self.out_buf.clear();
         self.out.clear();

@@ -21,10 +21,12 @@ mod core;
 mod ctx;
 mod hdr;
 mod kx;
+mod maxfwd;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
 pub mod services;
+mod siputils;
 mod sl;
 #[cfg(test)]
 mod testutil;
@@ -443,6 +445,8 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     auth::register(lua, ksr, shared)?;
     registrar::register(lua, ksr, shared)?;
     rr::register(lua, ksr, shared)?;
+    siputils::register(lua, ksr, shared)?;
+    maxfwd::register(lua, ksr, shared)?;
     Ok(())
 }
 
