@@ -18,6 +18,7 @@
 
 mod auth;
 mod core;
+mod corex;
 mod ctx;
 mod hdr;
 mod kx;
@@ -447,6 +448,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     rr::register(lua, ksr, shared)?;
     siputils::register(lua, ksr, shared)?;
     maxfwd::register(lua, ksr, shared)?;
+    corex::register(lua, ksr, shared)?;
     Ok(())
 }
 
