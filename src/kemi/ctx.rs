@@ -59,6 +59,10 @@ pub struct MsgCtx {
     pub rr: super::rr::RrPending,
     /// Transaction state of this message (KSR.tm).
     pub tm: super::tm::TmCtx,
+    /// Max-Forwards value `KSR.maxfwd.process_maxfwd` gave the request
+    /// (header added or decremented through `edits`); None when not called
+    /// or the value was 0.
+    pub maxfwd: Option<u32>,
     /// Complete header lines (CRLF-terminated) to add to the next local reply.
     pub reply_headers: Vec<u8>,
     /// Encoded datagrams to send, back to back in `out_buf`.
@@ -101,6 +105,7 @@ impl MsgCtx {
             branches: Vec::new(),
             rr: Default::default(),
             tm: Default::default(),
+            maxfwd: None,
             reply_headers: Vec::new(),
             out_buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(2),
@@ -150,6 +155,7 @@ impl MsgCtx {
         self.branches.clear();
         self.rr = Default::default();
         self.tm = Default::default();
+        self.maxfwd = None;
         self.reply_headers.clear();
         self.out_buf.clear();
         self.out.clear();

@@ -18,15 +18,20 @@
 
 mod auth;
 mod core;
+mod corex;
 mod ctx;
 mod hdr;
 mod kx;
+mod maxfwd;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
 pub mod tm;
 pub mod services;
+mod siputils;
 mod sl;
+#[cfg(test)]
+mod testutil;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -577,6 +582,10 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     auth::register(lua, ksr, shared)?;
     registrar::register(lua, ksr, shared)?;
     tm::register(lua, ksr, shared)?;
+    rr::register(lua, ksr, shared)?;
+    siputils::register(lua, ksr, shared)?;
+    maxfwd::register(lua, ksr, shared)?;
+    corex::register(lua, ksr, shared)?;
     Ok(())
 }
 

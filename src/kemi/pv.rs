@@ -10,7 +10,7 @@
 //! | `KSR.pv.unset(name)` | `void (str)` | nothing |
 //! | `KSR.pv.is_null(name)` | `bool (str)` | true when null |
 //!
-//! Readable: `$rm $ru $rU $rd $rp $rz $du $si $sp $Ri $Rp $pr $proto $ua $ci $fu
+//! Readable: `$rm $ru $rU $rd $rp $rz $du $bf $si $sp $Ri $Rp $pr $proto $ua $ci $fu
 //! $fU $fd $fn $ft $tu $tU $td $tn $tt $cs $rs $rr $mb $ml $ct $au $ar $adu
 //! $hdr(Name) $var(name) $shard $Ts`. Writable: `$ru $rU $rd $rp $du $var(name)`.
 //! `$shard` (the shard number) is a sipshard extension.
@@ -164,6 +164,7 @@ fn read_msg_pv(lua: &Lua, m: &MsgCtx, name: &str) -> mlua::Result<Value> {
             )
         }),
         "$du" => str_val(lua, m.dst_uri.as_deref()),
+        "$bf" => Ok(Value::Integer(i64::from(m.bflags))),
         "$si" => ip_text(m.src.ip()).into_lua(lua),
         "$sp" => Ok(Value::Integer(m.src.port() as i64)),
         "$Ri" => ip_text(m.local.ip()).into_lua(lua),

@@ -1,0 +1,331 @@
+//! Destination URI, branch flags and branches: Kamailio core KEMI functions
+//! and the `corex` module.
+//!
+//! | KSR function | Kamailio signature | returns |
+//! |---|---|---|
+//! | `KSR.setdsturi(uri)` | `bool (str)` | true; false for a URI that is not `sip:`/`sips:` with a host |
+//! | `KSR.resetdsturi()` | `bool ()` | true |
+//! | `KSR.isdsturiset()` | `bool ()` | true when `$du` is set |
+//! | `KSR.setbflag(n)` / `KSR.resetbflag(n)` | `bool (int)` | true; false when `n` is outside 0..31 |
+//! | `KSR.isbflagset(n)` | `bool (int)` | branch flag `n` of the main branch (`$bf`) |
+//! | `KSR.setbiflag(n, branch)` / `KSR.resetbiflag(n, branch)` | `bool (int, int)` | as `setbflag` on branch `branch` (0 = main branch, 1.. = appended branches); false for a missing branch |
+//! | `KSR.isbiflagset(n, branch)` | `bool (int, int)` | as `isbflagset` on branch `branch` |
+//! | `KSR.corex.append_branch([uri[, q]])` | `int ([str, str])` | 1 / -1; without `uri`: a copy of the main branch (R-URI, `$du`, path, q, branch flags) |
+//! | `KSR.corex.append_branch_uri(uri)` | `int (str)` | 1 / -1 (bad URI, too many branches) |
+//! | `KSR.corex.append_branch_uri_q(uri, q)` | `int (str, str)` | 1 / -1; `q` like `"0.5"` (0..1, up to 3 decimals) |
+//!
+//! At most 12 branches per request (Kamailio's `max_branches` default): the
+//! main one and 11 appended.
+
+use std::rc::Rc;
+
+use mlua::{Lua, Table};
+
+use super::{BranchSpec, MsgCtx, Shared};
+use crate::sip::{Scheme, SipUri};
+
+/// Kamailio's `max_branches` default, counting the main branch.
+pub(crate) const MAX_BRANCHES: usize = 12;
+
+pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let s = shared.clone();
+    ksr.set(
+        "setdsturi",
+        lua.create_function(move |_, uri: mlua::String| {
+            let uri = uri.as_bytes();
+            if !valid_dst_uri(&uri) {
+                return Ok(false);
+            }
+            s.with_msg(|m| m.dst_uri = Some(uri.trim_ascii().to_vec()))?;
+            Ok(true)
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "resetdsturi",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.dst_uri = None).map(|_| true))?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "isdsturiset",
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| m.dst_uri.as_ref().is_some_and(|d| !d.is_empty()))
+        })?,
+    )?;
+    for (name, op) in [("setbflag", FlagOp::Set), ("resetbflag", FlagOp::Reset)] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, flag: i64| s.with_msg(|m| bflag(m, flag, 0, op)))?,
+        )?;
+    }
+    let s = shared.clone();
+    ksr.set(
+        "isbflagset",
+        lua.create_function(move |_, flag: i64| s.with_msg(|m| bflag(m, flag, 0, FlagOp::Test)))?,
+    )?;
+    for (name, op) in [
+        ("setbiflag", FlagOp::Set),
+        ("resetbiflag", FlagOp::Reset),
+        ("isbiflagset", FlagOp::Test),
+    ] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, (flag, branch): (i64, i64)| {
+                s.with_msg(|m| bflag(m, flag, branch, op))
+            })?,
+        )?;
+    }
+
+    let corex = lua.create_table()?;
+    let s = shared.clone();
+    corex.set(
+        "append_branch",
+        lua.create_function(
+            move |_, (uri, q): (Option<mlua::String>, Option<mlua::String>)| {
+                let uri = uri.map(|u| u.as_bytes().to_vec());
+                let q = q.map(|q| q.as_bytes().to_vec());
+                s.with_msg(|m| append_branch(m, uri.as_deref(), q.as_deref()))
+            },
+        )?,
+    )?;
+    let s = shared.clone();
+    corex.set(
+        "append_branch_uri",
+        lua.create_function(move |_, uri: mlua::String| {
+            let uri = uri.as_bytes();
+            s.with_msg(|m| append_branch(m, Some(&uri), None))
+        })?,
+    )?;
+    let s = shared.clone();
+    corex.set(
+        "append_branch_uri_q",
+        lua.create_function(move |_, (uri, q): (mlua::String, mlua::String)| {
+            let (uri, q) = (uri.as_bytes(), q.as_bytes());
+            s.with_msg(|m| append_branch(m, Some(&uri), Some(&q)))
+        })?,
+    )?;
+    ksr.set("corex", corex)?;
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum FlagOp {
+    Set,
+    Reset,
+    Test,
+}
+
+fn bflag(m: &mut MsgCtx, flag: i64, branch: i64, op: FlagOp) -> bool {
+    if !(0..32).contains(&flag) {
+        return false;
+    }
+    let flags = match branch {
+        0 => &mut m.bflags,
+        b if b > 0 => match m.branches.get_mut(b as usize - 1) {
+            Some(br) => &mut br.bflags,
+            None => return false,
+        },
+        _ => return false,
+    };
+    let bit = 1u32 << flag;
+    match op {
+        FlagOp::Set => *flags |= bit,
+        FlagOp::Reset => *flags &= !bit,
+        FlagOp::Test => return *flags & bit != 0,
+    }
+    true
+}
+
+/// `sip:`/`sips:` URI with a host.
+pub(crate) fn valid_dst_uri(uri: &[u8]) -> bool {
+    SipUri::parse(uri.trim_ascii())
+        .is_ok_and(|u| matches!(u.scheme, Scheme::Sip | Scheme::Sips) && !u.host.is_empty())
+}
+
+/// A branch Request-URI: `sip:`/`sips:` with a host, or `tel:`.
+fn valid_branch_uri(uri: &[u8]) -> bool {
+    SipUri::parse(uri).is_ok_and(|u| match u.scheme {
+        Scheme::Sip | Scheme::Sips => !u.host.is_empty(),
+        Scheme::Tel => true,
+        Scheme::Other => false,
+    })
+}
+
+/// A q-value `0`..`1` with up to three decimals, in thousandths.
+pub(crate) fn parse_q(q: &[u8]) -> Option<u16> {
+    let q = q.trim_ascii();
+    let (whole, frac) = match q.iter().position(|&c| c == b'.') {
+        Some(i) => (&q[..i], &q[i + 1..]),
+        None => (q, &[][..]),
+    };
+    if whole.len() != 1 || frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut f = 0u16;
+    for k in 0..3 {
+        f = f * 10 + frac.get(k).map_or(0, |&c| u16::from(c - b'0'));
+    }
+    match whole[0] {
+        b'0' => Some(f),
+        b'1' if f == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+fn append_branch(m: &mut MsgCtx, uri: Option<&[u8]>, q: Option<&[u8]>) -> i32 {
+    if m.branches.len() + 1 >= MAX_BRANCHES {
+        return -1;
+    }
+    let q = match q {
+        Some(q) => match parse_q(q) {
+            Some(q) => Some(q),
+            None => return -1,
+        },
+        None => None,
+    };
+    let branch = match uri {
+        Some(uri) => {
+            let uri = uri.trim_ascii();
+            if !valid_branch_uri(uri) {
+                return -1;
+            }
+            BranchSpec {
+                uri: uri.to_vec(),
+                q,
+                ..BranchSpec::default()
+            }
+        }
+        None => {
+            let Some(ruri) = m.ruri() else { return -1 };
+            BranchSpec {
+                uri: ruri.to_vec(),
+                dst_uri: m.dst_uri.clone(),
+                path: m.path.clone(),
+                q: q.or(m.ruri_q),
+                bflags: m.bflags,
+            }
+        }
+    };
+    m.branches.push(branch);
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{engine, global_int, request, run};
+    use super::*;
+
+    #[test]
+    fn q_values() {
+        for (q, want) in [
+            ("0.5", Some(500)),
+            ("1", Some(1000)),
+            ("1.0", Some(1000)),
+            ("0", Some(0)),
+            ("0.123", Some(123)),
+            (" 0.05 ", Some(50)),
+            ("1.5", None),
+            ("0.1234", None),
+            ("2", None),
+            ("", None),
+            (".5", None),
+            ("0.a", None),
+        ] {
+            assert_eq!(parse_q(q.as_bytes()), want, "{q:?}");
+        }
+    }
+
+    #[test]
+    fn dst_uri_and_bflags() {
+        let eng = engine(
+            r#"
+function ksr_request_route()
+    a = KSR.isdsturiset()
+    b = KSR.setdsturi("sip:192.0.2.40:5070;transport=udp")
+    c = KSR.isdsturiset()
+    bad = KSR.setdsturi("not a uri")
+    du = KSR.pv.get("$du")
+    f1 = KSR.setbflag(3)
+    f2 = KSR.isbflagset(3)
+    f3 = KSR.isbflagset(4)
+    f4 = KSR.setbflag(32)
+    KSR.setbflag(5)
+    KSR.resetbflag(5)
+    bf = KSR.pv.get("$bf")
+    n = KSR.corex.append_branch()
+    bi = KSR.setbiflag(1, 1)
+    bi2 = KSR.isbiflagset(1, 1)
+    bi3 = KSR.setbiflag(1, 2)
+    KSR.pv.sets("$du", "sip:192.0.2.41")
+    d2 = KSR.pv.get("$du")
+    n2 = KSR.corex.append_branch("sip:carol@192.0.2.50", "0.5")
+    n3 = KSR.corex.append_branch_uri_q("sip:dave@192.0.2.51", "7")
+    n4 = KSR.corex.append_branch_uri("urn:x")
+    KSR.resetdsturi()
+    e = KSR.isdsturiset()
+end
+"#,
+        );
+        let (m, _) = run(
+            &eng,
+            &request("INVITE sip:bob@example.com SIP/2.0", None, &[]),
+        );
+        for (g, want) in [
+            ("a", 0),
+            ("b", 1),
+            ("c", 1),
+            ("bad", 0),
+            ("f1", 1),
+            ("f2", 1),
+            ("f3", 0),
+            ("f4", 0),
+            ("bf", 8),
+            ("n", 1),
+            ("bi", 1),
+            ("bi2", 1),
+            ("bi3", 0),
+            ("n2", 1),
+            ("n3", -1),
+            ("n4", -1),
+            ("e", 0),
+        ] {
+            assert_eq!(global_int(&eng, g), want, "{g}");
+        }
+        let du: String = eng.lua().globals().get("du").unwrap();
+        assert_eq!(du, "sip:192.0.2.40:5070;transport=udp");
+        assert_eq!(m.dst_uri, None);
+        assert_eq!(m.bflags, 8);
+        assert_eq!(
+            m.branches,
+            vec![
+                BranchSpec {
+                    uri: b"sip:bob@example.com".to_vec(),
+                    dst_uri: Some(b"sip:192.0.2.40:5070;transport=udp".to_vec()),
+                    path: None,
+                    q: None,
+                    bflags: 8 | 2,
+                },
+                BranchSpec {
+                    uri: b"sip:carol@192.0.2.50".to_vec(),
+                    q: Some(500),
+                    ..BranchSpec::default()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn branch_limit() {
+        let eng = engine(
+            "function ksr_request_route() for i = 1, 12 do last = KSR.corex.append_branch() end end",
+        );
+        let (m, _) = run(
+            &eng,
+            &request("INVITE sip:bob@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(m.branches.len(), MAX_BRANCHES - 1);
+        assert_eq!(global_int(&eng, "last"), -1);
+    }
+}

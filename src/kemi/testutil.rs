@@ -1,0 +1,91 @@
+//! Test helpers: an [`Engine`] built from a script, run on one message.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+
+use super::services::{Services, SharedTables};
+use super::{Engine, EngineConfig, MsgCtx, Myself, RouteOutcome};
+use crate::config::{AuthConfig, RegistrarConfig, ShardTuning};
+use crate::sip::Limits;
+
+/// The address test engines listen on (also `m.local`).
+pub(crate) const LOCAL: &str = "10.0.0.1:5060";
+
+/// An engine running `script`, answering for [`LOCAL`] and `proxy.example.com`.
+pub(crate) fn engine(script: &str) -> Engine {
+    let tuning = ShardTuning::default();
+    let auth = AuthConfig::default();
+    let reg = RegistrarConfig::default();
+    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    let services = Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).unwrap());
+    Engine::new(&EngineConfig {
+        shard_id: 0,
+        shard_count: 1,
+        script,
+        script_name: "test.lua",
+        myself: Myself::new(LOCAL.parse().unwrap(), &["proxy.example.com".into()]),
+        server_header: "sipshard",
+        tuning: &tuning,
+        services,
+        test_hooks: false,
+        tm: &Default::default(),
+        local_addr: LOCAL.parse().unwrap(),
+    })
+    .unwrap()
+}
+
+/// Runs `ksr_request_route()` on `msg` (received from 192.0.2.9:5060 on
+/// [`LOCAL`]); the route must not suspend.
+pub(crate) fn run(eng: &Engine, msg: &[u8]) -> (Box<MsgCtx>, RouteOutcome) {
+    let mut m = Box::new(MsgCtx::new(65535, 128));
+    m.load(
+        msg,
+        "192.0.2.9:5060".parse().unwrap(),
+        LOCAL.parse().unwrap(),
+    );
+    m.parse(&Limits::default()).expect("test message parses");
+    let mut run = eng.run_request(m);
+    match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("test route suspended"),
+    }
+}
+
+/// The message as it would be written out with the route's header edits.
+pub(crate) fn assembled(m: &MsgCtx) -> String {
+    let mut out = Vec::new();
+    m.edits.assemble(&m.buf[..m.len], &m.parsed, &mut out);
+    String::from_utf8(out).unwrap()
+}
+
+/// A Lua global the script set (an integer, or a boolean as 1/0).
+pub(crate) fn global_int(eng: &Engine, name: &str) -> i64 {
+    match eng.lua().globals().get::<mlua::Value>(name).unwrap() {
+        mlua::Value::Integer(i) => i,
+        mlua::Value::Boolean(b) => b as i64,
+        other => panic!("global {name} is {other:?}"),
+    }
+}
+
+/// Builds a request from `start` (e.g. `"BYE sip:bob@192.0.2.20 SIP/2.0"`)
+/// and extra header lines, with the usual mandatory headers.
+pub(crate) fn request(start: &str, to_tag: Option<&str>, extra: &[&str]) -> Vec<u8> {
+    let method = start.split(' ').next().unwrap();
+    let mut s = format!(
+        "{start}\r\nVia: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-t1;rport\r\n\
+         From: <sip:alice@example.com>;tag=fromtag1\r\n"
+    );
+    match to_tag {
+        Some(t) => s.push_str(&format!("To: <sip:bob@example.com>;tag={t}\r\n")),
+        None => s.push_str("To: <sip:bob@example.com>\r\n"),
+    }
+    s.push_str(&format!("Call-ID: t1@192.0.2.9\r\nCSeq: 2 {method}\r\n"));
+    for h in extra {
+        s.push_str(h);
+        s.push_str("\r\n");
+    }
+    s.push_str("Content-Length: 0\r\n\r\n");
+    s.into_bytes()
+}
