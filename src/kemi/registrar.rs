@@ -307,27 +307,49 @@ async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     let Some(best) = contacts.first() else {
         return codes::LOOKUP_NOT_FOUND;
     };
+    // Kamailio's lookup: the R-URI becomes the best contact (highest q, most
+    // recent) and every other contact is appended as a branch, so t_relay()
+    // forks to all of them (parallel within a q value, serial across).
+    let spec = |c: &crate::usrloc::Ucontact| super::BranchSpec {
+        uri: c.contact.as_bytes().to_vec(),
+        dst_uri: contact_dst(c),
+        path: c.path.as_ref().map(|p| p.as_bytes().to_vec()),
+        q: c.q,
+        bflags: c.cflags,
+    };
+    let main = spec(best);
+    let rest: Vec<super::BranchSpec> = contacts.iter().skip(1).take(11).map(spec).collect();
     let _ = s.with_msg(|m| {
-        m.new_ruri = Some(best.contact.as_bytes().to_vec());
-        let first_path = best
-            .path
-            .as_deref()
-            .and_then(|p| p.split(',').next())
-            .map(|h| {
-                h.trim()
-                    .trim_start_matches('<')
-                    .split('>')
-                    .next()
-                    .unwrap_or("")
-                    .to_string()
-            });
-        m.dst_uri = match (first_path, &best.received) {
-            (Some(p), _) if !p.is_empty() => Some(p.into_bytes()),
-            (_, Some(r)) => Some(r.as_bytes().to_vec()),
-            _ => None,
-        };
+        m.new_ruri = Some(main.uri);
+        m.dst_uri = main.dst_uri;
+        m.path = main.path;
+        m.ruri_q = main.q;
+        m.bflags |= main.bflags;
+        m.branches.extend(rest);
     });
     codes::LOOKUP_FOUND
+}
+
+/// Where a contact's requests go: the first Path hop, else the NAT
+/// `received` address, else the contact itself (`None`).
+fn contact_dst(c: &crate::usrloc::Ucontact) -> Option<Vec<u8>> {
+    let first_path = c
+        .path
+        .as_deref()
+        .and_then(|p| p.split(',').next())
+        .map(|h| {
+            h.trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+    match (first_path, &c.received) {
+        (Some(p), _) if !p.is_empty() => Some(p.into_bytes()),
+        (_, Some(r)) => Some(r.as_bytes().to_vec()),
+        _ => None,
+    }
 }
 
 async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {

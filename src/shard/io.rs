@@ -292,10 +292,11 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
         shard.bell.unpark();
         return false;
     }
-    let until_timer = shard
-        .ex
-        .next_deadline()
-        .map(|at| at.saturating_duration_since(Instant::now()));
+    let deadline = match (shard.ex.next_deadline(), shard.engine.tm_next_deadline()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let until_timer = deadline.map(|at| at.saturating_duration_since(Instant::now()));
     match &mut io.wait {
         Wait::Block { timeout } => {
             let want = until_timer
@@ -331,7 +332,8 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
     }
 }
 
-/// Fires due timers and polls woken tasks.
+/// Fires due timers (the executor's and the transaction layer's) and
+/// polls woken tasks.
 fn run_tasks(shard: &Rc<Shard>) {
     if let Some(at) = shard.ex.next_deadline() {
         let now = Instant::now();
@@ -339,10 +341,36 @@ fn run_tasks(shard: &Rc<Shard>) {
             shard.ex.fire_timers(now);
         }
     }
+    if shard
+        .engine
+        .tm_next_deadline()
+        .is_some_and(|at| at <= Instant::now())
+    {
+        for work in shard.engine.tm_tick() {
+            run_work(shard, work);
+        }
+    }
     if shard.ex.has_ready() {
         shard
             .ex
             .run_ready(&mut |text| route_panicked(shard, text, "task"));
+    }
+}
+
+/// Polls transaction work (a failure route after a timeout) once inline;
+/// spawns it when it waits.
+fn run_work(shard: &Rc<Shard>, mut work: Pin<Box<dyn Future<Output = ()>>>) {
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        work.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    }));
+    match first {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            if shard.ex.spawn(work).is_err() {
+                shard.counters().incr(Counter::DropReplies);
+            }
+        }
+        Err(payload) => route_panicked(shard, panic_text(&*payload), "failure route"),
     }
 }
 
@@ -466,30 +494,22 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
             bad_input(shard, &ctx, e);
             return recycle(shard, ctx);
         }
-        if !shard.engine.has_reply_route() {
-            counters.incr(Counter::DropReplies);
-            return recycle(shard, ctx);
-        }
         if shard.inflight.get() >= shard.max_inflight {
             counters.incr(Counter::DropReplies);
             return recycle(shard, ctx);
         }
     }
     let t0 = Instant::now();
-    let run = if is_request {
-        shard.engine.run_request(ctx)
+    let mut run: Pin<Box<dyn Future<Output = (Box<MsgCtx>, RouteOutcome)>>> = if is_request {
+        Box::pin(shard.engine.run_request(ctx))
     } else {
-        match shard.engine.run_reply(ctx) {
-            Some(r) => r,
-            None => return,
-        }
+        shard.engine.process_reply(ctx)
     };
-    let mut run = run;
     // First poll inline, with a waker that does nothing: a route that does
     // not wait finishes here with no task, no allocation. One that waits is
     // spawned, and the task's first poll re-registers its real waker.
     let first = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop()))
+        run.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     }));
     match first {
         Ok(Poll::Ready((ctx, outcome))) => finish(shard, ctx, outcome, t0, is_request),
@@ -578,12 +598,7 @@ fn finish(
     }
     let counters = shard.counters();
     match outcome {
-        RouteOutcome::Done => {
-            if !request {
-                // No transaction layer yet: replies end at the reply route.
-                counters.incr(Counter::DropReplies);
-            }
-        }
+        RouteOutcome::Done => {}
         RouteOutcome::Drop => {
             counters.incr(if request {
                 Counter::DropRequests
@@ -626,9 +641,18 @@ fn send_out(shard: &Shard, ctx: &MsgCtx) {
     }
 }
 
-/// Sends what this turn queued.
+/// Sends what this turn queued (the routes' datagrams and the
+/// transaction layer's: relayed requests, replies, retransmissions).
 fn flush_sends(shard: &Shard) {
     let mut sends = shard.sends.borrow_mut();
+    if shard.engine.tm_has_output() {
+        shard.engine.drain_tm(|dst, bytes| {
+            sends.push(bytes, dst);
+            if sends.full() {
+                flush_batch(shard, &mut sends);
+            }
+        });
+    }
     if !sends.is_empty() {
         flush_batch(shard, &mut sends);
     }
