@@ -54,6 +54,11 @@ pub struct TmUser {
     pub bflags: Vec<u32>,
     /// Where the request came from (the failure route's `$si`).
     pub src: Option<SocketAddr>,
+    /// The request route's header edits and Record-Route, kept for the
+    /// branches a failure route or serial fork adds later (Kamailio keeps
+    /// the request's lumps in the transaction the same way).
+    pub edits: crate::sip::Edits,
+    pub rr: super::rr::RrPending,
 }
 
 pub type TmTable = txn::Table<TmUser>;
@@ -626,9 +631,18 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
     }) else {
         return -1;
     };
+    let kept = if kind == RouteKind::Request {
+        s.with_msg(|m| (m.edits.clone(), m.rr.clone())).ok()
+    } else {
+        None
+    };
     {
         let mut t = s.tm.borrow_mut();
         if let Some(c) = t.get_mut(id) {
+            if let Some((edits, rr)) = kept {
+                c.user.edits = edits;
+                c.user.rr = rr;
+            }
             c.user.on_failure = routes.0;
             if routes.1.is_some() || kind != RouteKind::Failure {
                 c.user.on_reply = routes.1;
@@ -998,7 +1012,7 @@ pub(super) async fn completed_flow(
     routes: Rc<super::NamedRoutes>,
     id: CellId,
 ) {
-    let (group, on_failure, req, src, flags, best) = {
+    let (group, on_failure, req, src, flags, best, edits, rr) = {
         let mut t = s.tm.borrow_mut();
         let best = t.best(id);
         let Some(c) = t.get_mut(id) else { return };
@@ -1020,6 +1034,8 @@ pub(super) async fn completed_flow(
             c.user.src,
             c.user.flags,
             best,
+            c.user.edits.clone(),
+            c.user.rr.clone(),
         )
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1030,6 +1046,8 @@ pub(super) async fn completed_flow(
         if ctx.parse(&crate::sip::Limits::default()).is_ok() {
             ctx.tm.cell = Some(id);
             ctx.tm.kind = RouteKind::Failure;
+            ctx.edits = edits.clone();
+            ctx.rr = rr.clone();
             let prev = s.cur.borrow_mut().replace(ctx);
             let sent = relay_group(&lua, &s, id, group, None);
             let ctx = s.cur.borrow_mut().take();
@@ -1051,6 +1069,8 @@ pub(super) async fn completed_flow(
                 ctx.tm.kind = RouteKind::Failure;
                 ctx.tm.matched = Some(ReqMatch::None);
                 ctx.flags = flags;
+                ctx.edits = edits;
+                ctx.rr = rr;
                 if let Some((b, code)) = best {
                     ctx.tm.branch_idx = Some(b);
                     ctx.tm.reply_code = code;
