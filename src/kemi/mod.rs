@@ -212,10 +212,9 @@ impl Shared {
         if times.len() >= 64 {
             return; // bounded: a script with more named routes is not timed beyond 64
         }
-        if let Ok(mut h) = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000_000, 3) {
-            h.saturating_record(ns);
-            times.push((name.clone(), h));
-        }
+        let mut h = crate::stats::new_histogram();
+        h.saturating_record(ns);
+        times.push((name.clone(), h));
     }
 
     /// Queues the datagrams of a context that no shard path will send.

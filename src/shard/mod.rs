@@ -638,13 +638,28 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                 route: "reply_route".into(),
                 hist: routes.reply.clone(),
             },
-        ],
+        ]
+        .into_iter()
+        .chain(
+            shared
+                .route_times
+                .borrow()
+                .iter()
+                .map(|(name, hist)| RouteHistogram {
+                    route: name.to_string(),
+                    hist: hist.clone(),
+                }),
+        )
+        .collect(),
         tuning: shard.tuning.clone(),
     };
     if reset {
         shared.counters.reset();
         routes.request.reset();
         routes.reply.reset();
+        for (_, h) in shared.route_times.borrow_mut().iter_mut() {
+            h.reset();
+        }
     }
     snap
 }

@@ -33,6 +33,8 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+#[doc(hidden)]
+pub mod fuzzing;
 mod table;
 
 pub use build::{BranchRef, BRANCH_PREFIX};

@@ -680,113 +680,21 @@ fn cancel_matches_its_invite() {
 }
 
 /// Random event sequences (a deterministic generator): the table never
-/// panics and never holds a cell without a timer.
+/// panics and never holds a cell without a timer; every cell ends.
 #[test]
 fn random_event_sequences_keep_the_invariants() {
-    for seed in 1..200u64 {
-        random_run(seed, 300);
-    }
-}
-
-pub(crate) fn random_run(seed: u64, steps: usize) {
-    let mut x = seed;
-    let mut rnd = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n.max(1)
-    };
-    let cfg = TxnConfig {
-        max_cells: 8,
-        max_branches: 3,
-        fr_timer_ms: 4000,
-        fr_inv_timer_ms: 8000,
-        ..TxnConfig::default()
-    };
-    let mut t: Table<()> = Table::new(cfg, 0, SALT);
-    let mut now = 0u64;
-    let mut cells: Vec<(CellId, Vec<u8>)> = Vec::new();
-    let mut branches: Vec<Vec<u8>> = Vec::new();
-    for _ in 0..steps {
-        match rnd(9) {
-            0 | 1 => {
-                let method = ["INVITE", "MESSAGE", "BYE", "CANCEL"][rnd(4) as usize];
-                let r = request(method, &format!("z9hG4bK{}", rnd(6)), 1);
-                let p = parse(&r);
-                let m = SipMsg::new(&r, &p);
-                if t.on_request(&m, now) == ReqMatch::None {
-                    if let Ok(id) = t.create(&m, client(), now, ()) {
-                        cells.push((id, r));
-                    }
-                }
-            }
-            2 => {
-                if let Some((id, orig)) = cells.get(rnd(cells.len() as u64 + 1) as usize) {
-                    if t.get(*id).is_some() && t.next_branch(*id).is_some() {
-                        let req = branch_request(&t, *id, orig);
-                        if t.add_branch(*id, req.clone(), callee(1), now).is_ok() {
-                            branches.push(req);
-                        }
-                    }
-                }
-            }
-            3 | 4 => {
-                if let Some(req) = branches.get(rnd(branches.len() as u64 + 1) as usize) {
-                    let code = [100, 180, 200, 404, 486, 487, 603][rnd(7) as usize];
-                    let cancel = rnd(5) == 0;
-                    let r = response(req, code, cancel.then_some("CANCEL"));
-                    let p = parse(&r);
-                    let m = SipMsg::new(&r, &p);
-                    if let Some((id, b, c)) = t.match_response(&m) {
-                        if let RespAction::Forward(bytes) = t.on_response(id, b, c, &m, now) {
-                            t.reply(id, code, bytes, now);
-                        }
-                    }
-                }
-            }
-            5 => {
-                if let Some((id, _)) = cells.get(rnd(cells.len() as u64 + 1) as usize) {
-                    let code = [100, 180, 200, 408, 486][rnd(5) as usize];
-                    t.reply(*id, code, b"SIP/2.0 x\r\n\r\n".to_vec(), now);
-                }
-            }
-            6 => {
-                if let Some((id, _)) = cells.get(rnd(cells.len() as u64 + 1) as usize) {
-                    t.cancel(*id, now);
-                }
-            }
-            7 => {
-                if let Some((_, orig)) = cells.get(rnd(cells.len() as u64 + 1) as usize) {
-                    let ack = String::from_utf8_lossy(orig)
-                        .replacen("INVITE sip", "ACK sip", 1)
-                        .replacen(" INVITE\r\n", " ACK\r\n", 1)
-                        .into_bytes();
-                    let p = parse(&ack);
-                    t.on_request(&SipMsg::new(&ack, &p), now);
-                }
-            }
-            _ => {
-                now += [1, 100, 1000, 10_000, 60_000][rnd(5) as usize];
-                t.handle_timeout(now);
-                while let Some(ev) = t.poll_event() {
-                    let (Event::Completed(id) | Event::Expired(id)) = ev;
-                    t.reply(id, 408, b"SIP/2.0 408 x\r\n\r\n".to_vec(), now);
-                }
-            }
-        }
-        t.drain_transmits(|_, _| {});
-        if let Err(e) = t.check_invariants() {
+    for seed in 1..300u64 {
+        let mut x = seed;
+        let bytes: Vec<u8> = (0..600)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        if let Err(e) = super::fuzzing::drive(&bytes) {
             panic!("seed {seed}: {e}");
         }
     }
-    // Everything ends: after long enough every cell is gone.
-    for _ in 0..50 {
-        now += 60_000;
-        t.handle_timeout(now);
-        while let Some(ev) = t.poll_event() {
-            let (Event::Completed(id) | Event::Expired(id)) = ev;
-            t.reply(id, 408, b"SIP/2.0 408 x\r\n\r\n".to_vec(), now);
-        }
-    }
-    assert!(t.is_empty(), "seed {seed}: {} cells never ended", t.len());
 }
