@@ -26,12 +26,12 @@ mod maxfwd;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
-pub mod tm;
 pub mod services;
 mod siputils;
 mod sl;
 #[cfg(test)]
 mod testutil;
+pub mod tm;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -519,7 +519,10 @@ impl Engine {
 
     /// A received reply: `ksr_reply_route()`, then its transaction (onreply
     /// route, response selection, failure route) or stateless forwarding.
-    pub fn process_reply(&self, ctx: Box<MsgCtx>) -> Pin<Box<dyn Future<Output = (Box<MsgCtx>, RouteOutcome)>>> {
+    pub fn process_reply(
+        &self,
+        ctx: Box<MsgCtx>,
+    ) -> Pin<Box<dyn Future<Output = (Box<MsgCtx>, RouteOutcome)>>> {
         Box::pin(tm::reply_flow(
             self.shared.clone(),
             self.lua.clone(),

@@ -88,7 +88,15 @@ pub fn reply_counted(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bo
 pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
     let reply_headers = std::mem::take(&mut m.reply_headers);
     let mut scratch = std::mem::take(&mut m.scratch);
-    let dst = build_local_reply(s, &m.msg(), m.src, code, reason, &reply_headers, &mut scratch);
+    let dst = build_local_reply(
+        s,
+        &m.msg(),
+        m.src,
+        code,
+        reason,
+        &reply_headers,
+        &mut scratch,
+    );
     if let Some(dst) = dst {
         m.push_out(&scratch, dst);
         m.replied = Some(code);

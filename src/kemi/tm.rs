@@ -217,18 +217,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     tm.set(
         "t_is_canceled",
-        lua.create_function(move |_, ()| {
-            Ok(ret(with_cell(&s, |c| c.canceled).unwrap_or(false)))
-        })?,
+        lua.create_function(move |_, ()| Ok(ret(with_cell(&s, |c| c.canceled).unwrap_or(false))))?,
     )?;
     let s = shared.clone();
     tm.set(
         "t_is_expired",
         lua.create_function(move |_, ()| {
             let cell = s.with_msg(|m| m.tm.cell)?;
-            Ok(ret(
-                cell.is_some_and(|id| s.tm.borrow().get(id).is_none())
-            ))
+            Ok(ret(cell.is_some_and(|id| s.tm.borrow().get(id).is_none())))
         })?,
     )?;
     for (name, timeout) in [("t_branch_timeout", true), ("t_branch_replied", false)] {
@@ -434,8 +430,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<CellId>, ()> {
     if invite {
         // §16.2 / §17.2.1: 100 Trying at once, absorbing retransmissions.
         let mut out = Vec::new();
-        if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out)
-            .is_some()
+        if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out).is_some()
         {
             s.tm.borrow_mut().reply(id, 100, out, now);
         }
@@ -748,7 +743,11 @@ fn relay_group(
         }
         let built = s.with_msg(|m| {
             let dst = forced.or_else(|| {
-                let target = m.dst_uri.as_deref().or(m.new_ruri.as_deref()).unwrap_or(b"");
+                let target = m
+                    .dst_uri
+                    .as_deref()
+                    .or(m.new_ruri.as_deref())
+                    .unwrap_or(b"");
                 resolve_uri(target)
             });
             let uri = m.new_ruri.clone().unwrap_or_default();
@@ -990,10 +989,9 @@ pub(super) async fn reply_flow(
         }
     }
     let now = now_ms(&s);
-    let action = s
-        .tm
-        .borrow_mut()
-        .on_response(id, b, is_cancel, &ctx.msg(), now);
+    let action =
+        s.tm.borrow_mut()
+            .on_response(id, b, is_cancel, &ctx.msg(), now);
     match action {
         RespAction::Absorbed => {}
         RespAction::Forward(bytes) => {
@@ -1101,12 +1099,11 @@ fn forward_best(s: &Shared, id: CellId) {
         local_reply_on_cell(s, id, 500, b"Server Internal Error");
         return;
     };
-    let bytes = s
-        .tm
-        .borrow()
-        .get(id)
-        .and_then(|c| c.branches.get(b as usize))
-        .and_then(|br| br.reply.clone());
+    let bytes =
+        s.tm.borrow()
+            .get(id)
+            .and_then(|c| c.branches.get(b as usize))
+            .and_then(|br| br.reply.clone());
     match bytes {
         Some(bytes) if code != 503 => {
             s.tm.borrow_mut().reply(id, code, bytes, now_ms(s));
@@ -1214,7 +1211,213 @@ pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<mlua::Va
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{engine, request, run};
     use super::*;
+    use crate::sip::{Limits, Parsed};
+
+    fn sent(eng: &super::super::Engine) -> Vec<(SocketAddr, String)> {
+        let mut v = Vec::new();
+        eng.drain_tm(|d, b| v.push((d, String::from_utf8_lossy(b).to_string())));
+        v
+    }
+
+    fn reply_to(req: &str, code: u16) -> Vec<u8> {
+        let b = req.as_bytes();
+        let mut p = Parsed::default();
+        crate::sip::parse(b, crate::sip::Framing::Datagram, &Limits::default(), &mut p).unwrap();
+        let m = SipMsg::new(b, &p);
+        let mut out = format!("SIP/2.0 {code} X\r\n");
+        for v in m.headers(crate::sip::HdrName::Via) {
+            out.push_str(&format!("Via: {}\r\n", String::from_utf8_lossy(v)));
+        }
+        out.push_str(&format!(
+            "From: {}\r\nTo: {};tag=callee\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            String::from_utf8_lossy(m.header(crate::sip::HdrName::From).unwrap()),
+            String::from_utf8_lossy(m.header(crate::sip::HdrName::To).unwrap()),
+            String::from_utf8_lossy(m.call_id().unwrap()),
+            String::from_utf8_lossy(m.header(crate::sip::HdrName::CSeq).unwrap()),
+        ));
+        out.into_bytes()
+    }
+
+    fn deliver_reply(eng: &super::super::Engine, bytes: &[u8]) {
+        use std::task::{Context, Poll, Waker};
+        let mut m = Box::new(MsgCtx::new(65535, 128));
+        m.load(
+            bytes,
+            "192.0.2.20:5060".parse().unwrap(),
+            "10.0.0.1:5060".parse().unwrap(),
+        );
+        m.parse(&Limits::default()).unwrap();
+        let mut f = eng.process_reply(m);
+        match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(_) => {}
+            Poll::Pending => panic!("reply flow suspended"),
+        }
+    }
+
+    const RELAY: &str = r#"
+        function ksr_request_route()
+            KSR.maxfwd.process_maxfwd(10)
+            KSR.rr.record_route()
+            KSR.tm.t_on_failure("failed")
+            KSR.tm.t_on_reply("onreply")
+            rc = KSR.tm.t_relay()
+        end
+        function onreply() replies = (replies or 0) + 1 end
+        function failed()
+            code = KSR.pv.get("$T_reply_code")
+            is_failure = KSR.tmx.t_is_failure_route()
+            if code == 486 then
+                KSR.setdsturi("sip:192.0.2.21:5060")
+                retry = KSR.tm.t_relay()
+            end
+        end
+    "#;
+
+    #[test]
+    fn t_relay_sends_100_and_the_relayed_invite() {
+        let eng = engine(RELAY);
+        let inv = request(
+            "INVITE sip:bob@192.0.2.20:5070 SIP/2.0",
+            None,
+            &["Max-Forwards: 70"],
+        );
+        let (_, out) = run(&eng, &inv);
+        assert_eq!(out, RouteOutcome::Done);
+        assert_eq!(super::super::testutil::global_int(&eng, "rc"), 1);
+        let out = sent(&eng);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].0, "192.0.2.9:5060".parse().unwrap());
+        assert!(out[0].1.starts_with("SIP/2.0 100 Trying\r\n"));
+        assert_eq!(out[1].0, "192.0.2.20:5070".parse().unwrap());
+        let fwd = &out[1].1;
+        assert!(
+            fwd.starts_with("INVITE sip:bob@192.0.2.20:5070 SIP/2.0\r\n"),
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsS0."),
+            "{fwd}"
+        );
+        assert!(
+            fwd.contains("Record-Route: <sip:10.0.0.1:5060;lr;ftag=fromtag1>"),
+            "{fwd}"
+        );
+        assert!(fwd.contains("Max-Forwards: 69"), "{fwd}");
+        // The top Via of the relayed request is ours; the client's follows.
+        let ours = fwd.find("Via: SIP/2.0/UDP 10.0.0.1").unwrap();
+        let theirs = fwd.find("Via: SIP/2.0/UDP 192.0.2.9").unwrap();
+        assert!(ours < theirs);
+
+        // A retransmission is absorbed: the 100 again, no second INVITE.
+        let (_, _) = run(&eng, &inv);
+        assert_eq!(super::super::testutil::global_int(&eng, "rc"), 0);
+        let again = sent(&eng);
+        assert_eq!(again.len(), 1);
+        assert!(again[0].1.starts_with("SIP/2.0 100"));
+
+        // 180 goes up through the onreply route, without our Via.
+        deliver_reply(&eng, &reply_to(fwd, 180));
+        let up = sent(&eng);
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].0, "192.0.2.9:5060".parse().unwrap());
+        assert!(up[0].1.starts_with("SIP/2.0 180"));
+        assert!(!up[0].1.contains("10.0.0.1:5060;branch"));
+        assert_eq!(super::super::testutil::global_int(&eng, "replies"), 1);
+
+        // 486: ACKed downstream; the failure route relays to a second hop.
+        deliver_reply(&eng, &reply_to(fwd, 486));
+        let out = sent(&eng);
+        assert_eq!(super::super::testutil::global_int(&eng, "code"), 486);
+        assert_eq!(super::super::testutil::global_int(&eng, "is_failure"), 1);
+        assert_eq!(super::super::testutil::global_int(&eng, "retry"), 1);
+        assert!(
+            out.iter()
+                .any(|(d, b)| *d == "192.0.2.20:5070".parse().unwrap() && b.starts_with("ACK ")),
+            "{out:?}"
+        );
+        let second = out
+            .iter()
+            .find(|(d, b)| *d == "192.0.2.21:5060".parse().unwrap() && b.starts_with("INVITE "))
+            .expect("second branch");
+        assert!(
+            second
+                .1
+                .contains("Record-Route: <sip:10.0.0.1:5060;lr;ftag=fromtag1>"),
+            "the failure route's branch keeps the Record-Route"
+        );
+        assert!(
+            second.1.contains(".1\r\n") || second.1.contains(".1;"),
+            "branch 1: {}",
+            second.1
+        );
+        // Its 200 goes upstream.
+        deliver_reply(&eng, &reply_to(&second.1, 200));
+        let up = sent(&eng);
+        assert!(
+            up.iter()
+                .any(|(d, b)| *d == "192.0.2.9:5060".parse().unwrap()
+                    && b.starts_with("SIP/2.0 200")),
+            "{up:?}"
+        );
+    }
+
+    #[test]
+    fn cancel_is_answered_and_sent_to_the_ringing_branch() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 if KSR.is_CANCEL() then
+                    found = KSR.tm.t_check_trans()
+                    KSR.tm.t_relay()
+                    return
+                 end
+                 KSR.tm.t_relay()
+               end"#,
+        );
+        let inv = request("INVITE sip:bob@192.0.2.20 SIP/2.0", None, &[]);
+        run(&eng, &inv);
+        let out = sent(&eng);
+        let fwd = out[1].1.clone();
+        deliver_reply(&eng, &reply_to(&fwd, 180));
+        sent(&eng);
+        let cancel = String::from_utf8(inv)
+            .unwrap()
+            .replacen("INVITE sip", "CANCEL sip", 1)
+            .replacen("2 INVITE", "2 CANCEL", 1);
+        run(&eng, cancel.as_bytes());
+        assert_eq!(super::super::testutil::global_int(&eng, "found"), 1);
+        let out = sent(&eng);
+        assert!(
+            out.iter()
+                .any(|(_, b)| b.starts_with("SIP/2.0 200 canceling")),
+            "{out:?}"
+        );
+        let c = out
+            .iter()
+            .find(|(d, b)| {
+                *d == "192.0.2.20:5060".parse().unwrap()
+                    && b.starts_with("CANCEL sip:bob@192.0.2.20 SIP/2.0")
+            })
+            .expect("CANCEL downstream");
+        assert!(c.1.contains("CSeq: 2 CANCEL"));
+        // The 487 goes upstream as the final answer.
+        deliver_reply(&eng, &reply_to(&fwd, 487));
+        let up = sent(&eng);
+        assert!(
+            up.iter().any(|(_, b)| b.starts_with("SIP/2.0 487")),
+            "{up:?}"
+        );
+    }
+
+    #[test]
+    fn unresolvable_destination_fails_and_leaves_no_transaction() {
+        let eng = engine("function ksr_request_route() rc = KSR.tm.t_relay() end");
+        let inv = request("MESSAGE sip:bob@example.com SIP/2.0", None, &[]);
+        run(&eng, &inv);
+        assert_eq!(super::super::testutil::global_int(&eng, "rc"), -1);
+        assert!(eng.shared().tm.borrow().is_empty());
+    }
 
     #[test]
     fn q_groups_are_serial_highest_first() {

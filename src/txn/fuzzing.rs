@@ -38,7 +38,11 @@ fn response(req: &[u8], code: u16, method: Option<&str>) -> Option<Vec<u8>> {
     let cseq = m.cseq().ok()?;
     let method = method.unwrap_or(std::str::from_utf8(cseq.method_bytes).ok()?);
     out.extend_from_slice(
-        format!("\r\nCSeq: {} {method}\r\nContent-Length: 0\r\n\r\n", cseq.num).as_bytes(),
+        format!(
+            "\r\nCSeq: {} {method}\r\nContent-Length: 0\r\n\r\n",
+            cseq.num
+        )
+        .as_bytes(),
     );
     Some(out)
 }

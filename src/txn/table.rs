@@ -903,18 +903,16 @@ impl<U> Table<U> {
         if key < BRANCH_KEY_BASE {
             let Some(cell) = self.get_mut(id) else { return };
             match key {
-                T_SRV_RETRANS => {
-                    if cell.server == ServerState::Completed {
-                        cell.server_retrans_ms = (cell.server_retrans_ms * 2).min(cfg.t2_ms);
-                        let next = cell.server_retrans_ms;
-                        let dst = cell.reply_dst;
-                        self.out.push_back(Transmit {
-                            dst,
-                            what: Payload::LastReply(id),
-                        });
-                        self.stats.retransmissions_sent += 1;
-                        self.arm(id, T_SRV_RETRANS, now + next);
-                    }
+                T_SRV_RETRANS if cell.server == ServerState::Completed => {
+                    cell.server_retrans_ms = (cell.server_retrans_ms * 2).min(cfg.t2_ms);
+                    let next = cell.server_retrans_ms;
+                    let dst = cell.reply_dst;
+                    self.out.push_back(Transmit {
+                        dst,
+                        what: Payload::LastReply(id),
+                    });
+                    self.stats.retransmissions_sent += 1;
+                    self.arm(id, T_SRV_RETRANS, now + next);
                 }
                 T_SRV_END => {
                     // Timer H: the ACK never came.
