@@ -6,6 +6,7 @@
 #   perf/compare.sh                      # full run (~5-6 min on 2 cores)
 #   QUICK=1 perf/compare.sh              # smoke run (short drives, 10k contacts)
 #   SKIP_KAMAILIO=1 SKIP_FLOOR=1 perf/compare.sh
+#   ONLY=calls perf/compare.sh           # only the CALLS section
 #
 # What runs (every server on 127.0.0.1 with 2 workers, started, measured and
 # stopped before the next one starts):
@@ -26,6 +27,17 @@
 #             test0..test9, credentials injected from the CSV as a whole
 #             `[authentication ...]` keyword, (b) 16 sipp processes, one per
 #             user test0..test15 with -au/-ap (as scripts/stress-register.sh)
+#   CALLS     sipp callee (tests/sipp/uas-call.xml) registered once
+#             (tests/sipp/register-contact.xml), sipp caller
+#             (tests/sipp/uac-call.xml): INVITE, 180, 200, ACK, CALL_HOLD_MS
+#             pause, BYE, 200, record-routed, no auth, through the proxy
+#             running perf/calls.lua (both servers run that file, on a
+#             database of its own); CALL_SECS s at each of CALL_RATES
+#             calls/s, stepping up until a call fails. Reported: the highest
+#             rate with 0 failed calls, server CPU per call, the sipp
+#             processes' own CPU (a sipp near 100 % of a core means sipp,
+#             not the server, is the limit), route avg/p99 (Kamailio: a
+#             repeat at that rate with route logging)
 #   idle      IDLE_S seconds without traffic
 #   memory    sipshard: perf/memory.sh (if present and executable);
 #             Kamailio: shm used (kamcmd core.shmmem real_used) with CONTACTS
@@ -37,7 +49,8 @@
 #             (/proc/PID/task/*/schedstat, field 1, ns) over the drive
 #             (including the drain), divided by requests answered; a
 #             REGISTER-with-auth registration is 2 requests
-#   loss      OPTIONS: unanswered / sent; REGISTER: failed registrations
+#   loss      OPTIONS: unanswered / sent; REGISTER: failed registrations;
+#             CALLS: failed calls (caller or callee)
 #   route     sipshard: `ctl kemi.route_latency` after `stats.reset`;
 #             Kamailio: core latency_cfg_log/latency_limit_cfg=0 logs
 #             "request-route executed in: N usec" per request; that logging
@@ -47,7 +60,9 @@
 # Environment: QUICK=1, SKIP_KAMAILIO=1, SKIP_FLOOR=1, RATES ("5000 50000
 # 100000"), DURATION (4; QUICK 1), SOCKETS (8), REG_RATE (4000), REG_CALLS
 # (20000; QUICK 4000), IDLE_S (10; QUICK 5), CONTACTS (100000; QUICK
-# 10000), BUF_BYTES (4194304: SO_RCVBUF/SNDBUF of every server), ports
+# 10000), SKIP_CALLS=1, ONLY=calls, CALL_RATES ("500 1000 2000 3000 4000 6000"),
+# CALL_SECS (5; QUICK 2), CALL_HOLD_MS (1000), CALL_UAS_PORT (25360),
+# CALL_UAC_PORT (25361), BUF_BYTES (4194304: SO_RCVBUF/SNDBUF of every server), ports
 # SIPSHARD_PORT (25060), RPC_PORT (25070), KAM_PORT (25160), FLOOR_PORT (25260),
 # OUT (result file), SIPSHARD_BIN (use this binary, skip the build;
 # SIPSHARD_LABEL says what it is in the report),
@@ -61,6 +76,14 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SKIP_FLOOR=${SKIP_FLOOR:-0}
+SKIP_CALLS=${SKIP_CALLS:-0}
+ONLY=${ONLY:-}
+case "$ONLY" in ""|calls) ;; *) echo "ONLY must be empty or calls" >&2; exit 2;; esac
+if [ "$ONLY" = calls ]; then SKIP_CALLS=0; fi
+CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 6000"}
+CALL_HOLD_MS=${CALL_HOLD_MS:-1000}
+CALL_UAS_PORT=${CALL_UAS_PORT:-25360}
+CALL_UAC_PORT=${CALL_UAC_PORT:-25361}
 RATES=${RATES:-"5000 50000 100000"}
 SOCKETS=${SOCKETS:-8}
 REG_RATE=${REG_RATE:-4000}
@@ -77,8 +100,10 @@ DRAIN_MS=${DRAIN_MS:-500}
 KAM_MEM_PKG_MB=${KAM_MEM_PKG_MB:-256}   # Kamailio -M for the memory runs only
 if [ "$QUICK" = 1 ]; then
   DURATION=${DURATION:-1}; REG_CALLS=${REG_CALLS:-4000}; IDLE_S=${IDLE_S:-5}; CONTACTS=${CONTACTS:-10000}
+  CALL_SECS=${CALL_SECS:-2}
 else
   DURATION=${DURATION:-4}; REG_CALLS=${REG_CALLS:-20000}; IDLE_S=${IDLE_S:-10}; CONTACTS=${CONTACTS:-100000}
+  CALL_SECS=${CALL_SECS:-5}
 fi
 STAMP=$(date +%Y%m%d-%H%M%S)
 OUT=${OUT:-perf/results/compare-$STAMP.md}
@@ -157,8 +182,10 @@ stop_server() {
   SERVER_PID=; SERVER_NAME=
 }
 stop_sipps() {
-  local p
-  for p in "${SIPP_PIDS[@]}"; do alive "$p" && kill -TERM "$p" 2>/dev/null || true; done
+  local p q
+  for p in "${SIPP_PIDS[@]}"; do
+    for q in $(tree_pids "$p"); do alive "$q" && kill -TERM "$q" 2>/dev/null || true; done
+  done
   for p in "${SIPP_PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   SIPP_PIDS=()
 }
@@ -178,6 +205,9 @@ port_free() {
   [ -z "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]
 }
 for p in "$SIPSHARD_PORT" "$KAM_PORT" "$FLOOR_PORT"; do port_free "$p" || die "UDP port $p is in use (set SIPSHARD_PORT/KAM_PORT/FLOOR_PORT)"; done
+if [ "$SKIP_CALLS" != 1 ]; then
+  for p in "$CALL_UAS_PORT" "$CALL_UAC_PORT"; do port_free "$p" || die "UDP port $p is in use (set CALL_UAS_PORT/CALL_UAC_PORT)"; done
+fi
 # sipshard binds with SO_REUSEPORT: another server started later on the same
 # port would silently take part of the traffic. After each drive, check that
 # only the server's own processes hold the port.
@@ -309,6 +339,7 @@ sed -e 's/^\([[:space:]]*\)\[authentication\][[:space:]]*$/\1[field2]/' "$ROOT/b
 sum_col() {  # $1 = column name, rest = stats files (last line of each)
   local name=$1 total=0 f v; shift
   for f in "$@"; do
+    [ -f "$f" ] || continue
     v=$(awk -F';' -v name="$name" 'NR == 1 { for (i = 1; i <= NF; i++) if ($i == name) c = i } END { if (c) print $c }' "$f")
     total=$((total + ${v:-0}))
   done
@@ -421,10 +452,11 @@ TOML
 
 # ================================================================ Kamailio
 KAMRUN=$WORK/kamrun
+KAM_LUA=$ROOT/etc/sipshard.lua   # perf/calls.lua for the CALLS section
 kam_cfg() {  # $1 = db url -> cfg path
   mkdir -p "$KAMRUN"
   sed -e "s|@CHILDREN@|$WORKERS|g; s|@BUF_BYTES@|$BUF_BYTES|g; s|@PORT@|$KAM_PORT|g; s|@MPATH@|$MPATH|g" \
-      -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$ROOT/etc/sipshard.lua|g" \
+      -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$KAM_LUA|g" \
       "$ROOT/perf/kamailio/kamailio.cfg" > "$WORK/kamailio.cfg"
   grep -q '@[A-Z_]*@' "$WORK/kamailio.cfg" && die "unfilled placeholder in kamailio.cfg"
   echo "$WORK/kamailio.cfg"
@@ -554,12 +586,230 @@ run_sipshard_memory() {
   log "sipshard: per contact: ${R[sipshard.mem]}"
 }
 
+# ================================================================ CALLS
+# sipp callee + caller through the proxy running perf/calls.lua, stepping up
+# CALL_RATES; the same sipp command lines for every server.
+CALLS_DB=$WORK/calls.db
+CALLS_DB_URL=sqlite://$CALLS_DB
+CLK_TCK=$(getconf CLK_TCK 2>/dev/null || echo 100)
+CALL_TIMEOUT_S=$((CALL_SECS + CALL_HOLD_MS / 1000 + 30))   # a stuck sipp ends (as failed) after this
+
+# sipp in directory $1, in the background (appended to SIPP_PIDS), killed
+# after $2 s; writes its exit status to $1/rc and its CPU time (user +
+# system, clock ticks) to $1/cpu_ticks.
+sipp_timed() {
+  local d=$1 to=$2; shift 2
+  mkdir -p "$d"
+  ( cd "$d" && exec sh -c 'to=$1; shift
+      timeout "$to" sipp "$@" > sipp.out 2>&1; rc=$?; echo "$rc" > rc
+      set -- $(cat /proc/$$/stat); echo $((${14} + ${15} + ${16} + ${17})) > cpu_ticks
+      exit "$rc"' sipp-timed "$to" "$@" ) &
+  SIPP_PIDS+=($!)
+}
+wait_udp_bound() {  # $1 = port; up to 10 s
+  if ! command -v ss >/dev/null; then sleep 1; return 0; fi
+  local deadline=$((SECONDS + 10))
+  while [ -z "$(ss -Hlun "sport = :$1" 2>/dev/null)" ]; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.05
+  done
+}
+# Binds AOR callee to the sipp callee's address (no auth); 0 when answered 200.
+register_callee() {  # $1 = port
+  local d=$WORK/register-callee-$1
+  rm -rf "$d"; mkdir -p "$d"
+  ( cd "$d" && timeout 20 sipp "127.0.0.1:$1" -sf "$ROOT/tests/sipp/register-contact.xml" -s callee \
+      -key contact "sip:callee@127.0.0.1:$CALL_UAS_PORT" -i 127.0.0.1 -p "$CALL_UAC_PORT" -m 1 \
+      -nostdin -timeout 10s -timeout_error -trace_err -error_file errors.log > sipp.out 2>&1 )
+}
+# One CALLS drive: key $1, server port $2, rate $3 calls/s for CALL_SECS s.
+# Returns 1 when a call failed (caller or callee) or a sipp did not exit 0.
+drive_calls() {
+  local key=$1 port=$2 rate=$3 d=$WORK/$1 a=$WORK/cpu.a b=$WORK/cpu.b
+  local n=$((rate * CALL_SECS)) limit ns t0 t1 uas_pid uac_pid deadline rc_uac rc_uas p
+  limit=$((rate * (CALL_HOLD_MS / 1000 + 3)))
+  rm -rf "$d"; mkdir -p "$d"
+  SIPP_PIDS=()
+  sipp_timed "$d/uas" $((CALL_TIMEOUT_S + 15)) -sf "$ROOT/tests/sipp/uas-call.xml" \
+    -i 127.0.0.1 -p "$CALL_UAS_PORT" -t u1 -set proxy "127.0.0.1:$port" -m "$n" -buff_size "$BUF_BYTES" \
+    -nostdin -trace_stat -stf stats.csv -fd 1 -trace_err -error_file errors.log \
+    -timeout "$((CALL_TIMEOUT_S + 10))s" -timeout_error
+  uas_pid=$!
+  wait_udp_bound "$CALL_UAS_PORT" || { log "$key: the sipp callee did not bind $CALL_UAS_PORT"; stop_sipps; return 1; }
+  server_snap "$a"
+  t0=$(date +%s.%N)
+  sipp_timed "$d/uac" $((CALL_TIMEOUT_S + 5)) "127.0.0.1:$port" -sf "$ROOT/tests/sipp/uac-call.xml" -s callee \
+    -i 127.0.0.1 -p "$CALL_UAC_PORT" -t u1 -r "$rate" -l "$limit" -m "$n" -d "$CALL_HOLD_MS" -buff_size "$BUF_BYTES" \
+    -nostdin -trace_stat -stf stats.csv -fd 1 -trace_err -error_file errors.log \
+    -timeout "${CALL_TIMEOUT_S}s" -timeout_error
+  uac_pid=$!
+  wait "$uac_pid" 2>/dev/null || true
+  t1=$(date +%s.%N)
+  # the callee ends with the last BYE (+ its 1 s timewait); a failed run
+  # leaves it waiting for calls that will not come
+  deadline=$((SECONDS + 5))
+  while alive "$uas_pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  if alive "$uas_pid"; then
+    # stop the callee sipp itself, so its wrapper still writes rc and CPU
+    for p in $(tree_pids "$uas_pid"); do
+      [ "$(cat /proc/"$p"/comm 2>/dev/null)" = sipp ] && kill -TERM "$p" 2>/dev/null || true
+    done
+    deadline=$((SECONDS + 3))
+    while alive "$uas_pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+  fi
+  stop_sipps
+  server_snap "$b"
+  check_port_owner "$port" "$key"
+  ns=$(cpu_delta "$a" "$b")
+  rc_uac=$(cat "$d/uac/rc" 2>/dev/null || echo "-"); rc_uas=$(cat "$d/uas/rc" 2>/dev/null || echo "-")
+  R[$key.rate]=$rate
+  R[$key.n]=$n
+  R[$key.ok]=$(sum_col 'SuccessfulCall(C)' "$d/uac/stats.csv")
+  R[$key.failed]=$(sum_col 'FailedCall(C)' "$d/uac/stats.csv")
+  R[$key.uas_ok]=$(sum_col 'SuccessfulCall(C)' "$d/uas/stats.csv")
+  R[$key.uas_failed]=$(sum_col 'FailedCall(C)' "$d/uas/stats.csv")
+  R[$key.retrans]=$(( $(sum_col 'Retransmissions(C)' "$d/uac/stats.csv") + $(sum_col 'Retransmissions(C)' "$d/uas/stats.csv") ))
+  R[$key.rc]="$rc_uac/$rc_uas"
+  R[$key.wall]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+  # calls/s the caller achieved: its calls over its run minus one call's length
+  R[$key.cps]=$(awk -v n="${R[$key.ok]}" -v w="${R[$key.wall]}" -v h="$CALL_HOLD_MS" 'BEGIN { t = w - h / 1000; printf "%.0f", (t > 0) ? n / t : 0 }')
+  R[$key.busy]=$(machine_busy "$a" "$b")
+  R[$key.cpu_s]=$(awk -v ns="$ns" 'BEGIN { printf "%.3f", ns / 1e9 }')
+  R[$key.cpu]=$(awk -v ns="$ns" -v n="${R[$key.ok]}" 'BEGIN { if (n > 0) printf "%.1f", ns / 1e3 / n; else print "-" }')
+  R[$key.threads]=$(cpu_by_name "$a" "$b")
+  # sipp's own CPU, % of one core (sipp is single-threaded) over the drive's
+  # nominal length (CALL_SECS + one call): a stuck run does not dilute it
+  local nominal
+  nominal=$(awk -v s="$CALL_SECS" -v h="$CALL_HOLD_MS" 'BEGIN { print s + h / 1000 }')
+  R[$key.sipp_uac]=$(awk -v t="$(cat "$d/uac/cpu_ticks" 2>/dev/null || echo -)" -v hz="$CLK_TCK" -v w="$nominal" 'BEGIN { if (t ~ /^[0-9]+$/) printf "%.0f", t / hz * 100 / w; else print "-" }')
+  R[$key.sipp_uas]=$(awk -v t="$(cat "$d/uas/cpu_ticks" 2>/dev/null || echo -)" -v hz="$CLK_TCK" -v w="$nominal" 'BEGIN { if (t ~ /^[0-9]+$/) printf "%.0f", t / hz * 100 / w; else print "-" }')
+  log "$key: $rate calls/s x ${CALL_SECS}s: ${R[$key.ok]}/$n ok, ${R[$key.failed]} failed (callee ${R[$key.uas_ok]} ok, ${R[$key.uas_failed]} failed), sipp rc ${R[$key.rc]}, ${R[$key.cps]} calls/s achieved; server CPU ${R[$key.cpu_s]} s = ${R[$key.cpu]} us/call; sipp CPU caller ${R[$key.sipp_uac]} %, callee ${R[$key.sipp_uas]} % of a core; machine ${R[$key.busy]} %"
+  if [ "$rc_uac" = 0 ] && [ "$rc_uas" = 0 ] && [ "${R[$key.ok]}" = "$n" ] && [ "${R[$key.uas_ok]}" = "$n" ] \
+      && [ "${R[$key.failed]}" = 0 ] && [ "${R[$key.uas_failed]}" = 0 ]; then
+    return 0
+  fi
+  cat "$d"/uac/errors.log "$d"/uas/errors.log 2>/dev/null | head -c 1500 >&2 || true
+  return 1
+}
+# Steps up CALL_RATES against $2 (server name $1) until a drive fails; $3 =
+# per-drive hook run after each drive with its key (route figures).
+# Sets R[$1.calls.best] (highest rate with 0 failed, or -), R[$1.calls.rates]
+# (the rates driven) and R[$1.calls.limit] (what stopped the steps).
+calls_steps() {
+  local srv=$1 port=$2 hook=${3:-} r key last_ok=- driven=
+  R[$srv.calls.limit]="every rate passed (raise CALL_RATES)"
+  if ! register_callee "$port"; then
+    R[$srv.calls.best]=-
+    R[$srv.calls.limit]="the callee's REGISTER was not answered 200: $(grep -o "received 'SIP/2.0 [^']*" "$WORK/register-callee-$port/errors.log" 2>/dev/null | head -n 1 | cut -c 11-60 || true)"
+    log "$srv: CALLS: ${R[$srv.calls.limit]}"
+    return 0
+  fi
+  for r in $CALL_RATES; do
+    key=$srv.call$r
+    driven="$driven $r"
+    if drive_calls "$key" "$port" "$r"; then
+      last_ok=$r
+      [ -z "$hook" ] || "$hook" "$key"
+    else
+      [ -z "$hook" ] || "$hook" "$key"
+      R[$srv.calls.limit]="$r calls/s failed $(( ${R[$key.n]} - ${R[$key.ok]} )) calls"
+      if awk -v a="${R[$key.sipp_uac]}" -v b="${R[$key.sipp_uas]}" 'BEGIN { exit !((a ~ /^[0-9]+$/ && a >= 85) || (b ~ /^[0-9]+$/ && b >= 85)) }'; then
+        R[$srv.calls.limit]="${R[$srv.calls.limit]}; sipp-bound: a sipp used ${R[$key.sipp_uac]} % (caller) / ${R[$key.sipp_uas]} % (callee) of a core"
+      elif [ "${R[$key.busy]:-0}" -ge 95 ] 2>/dev/null; then
+        R[$srv.calls.limit]="${R[$srv.calls.limit]}; the machine was saturated (${R[$key.busy]} % of all CPUs: server and both sipps)"
+      fi
+      break
+    fi
+  done
+  R[$srv.calls.best]=$last_ok
+  R[$srv.calls.rates]=$driven
+  log "$srv: CALLS: highest rate with 0 failed calls: $last_ok/s (${R[$srv.calls.limit]})"
+}
+
+run_sipshard_calls() {
+  cat > "$WORK/sipshard-calls.toml" <<TOML
+[core]
+listen = "127.0.0.1:$SIPSHARD_PORT"
+cores = [0, 1]
+log_level = "info"
+script = "$ROOT/perf/calls.lua"
+[shard]
+recv_buffer_bytes = $BUF_BYTES
+send_buffer_bytes = $BUF_BYTES
+[rpc]
+listen = "127.0.0.1:$RPC_PORT"
+[db]
+url = "$CALLS_DB_URL"
+[registrar]
+db_mode = 2
+TOML
+  log "sipshard: start for CALLS (perf/calls.lua, 2 shards, 127.0.0.1:$SIPSHARD_PORT)"
+  SERVER_NAME=sipshard
+  "$BIN" run --config "$WORK/sipshard-calls.toml" > "$WORK/sipshard-calls.out" 2> "$WORK/sipshard.err" &
+  SERVER_PID=$!
+  wait_sip "$SIPSHARD_PORT" 30
+  local deadline=$((SECONDS + 30))
+  until sipshard_ctl core.uptime >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "sipshard RPC on 127.0.0.1:$RPC_PORT not answering"
+    sleep 0.2
+  done
+  sipshard_ctl stats.reset >/dev/null
+  calls_steps sipshard "$SIPSHARD_PORT" sipshard_calls_hook
+  stop_server
+  R[sipshard.calls_logerr]=$(grep -cE ' (WARN|ERROR) ' "$WORK/sipshard.err" || true)
+}
+sipshard_calls_hook() {  # route figures of the drive, then reset for the next
+  sipshard_route "$1"
+  sipshard_ctl stats.reset >/dev/null
+}
+
+# The rate the summary compares at: the highest both servers passed (or the
+# one that passed, or -).
+calls_common_rate() {
+  local a=${R[sipshard.calls.best]:--} b=${R[kamailio.calls.best]:--}
+  if [ "$a" != - ] && [ "$b" != - ]; then
+    if [ "$a" -le "$b" ]; then echo "$a"; else echo "$b"; fi
+  elif [ "$a" != - ]; then echo "$a"
+  else echo "$b"
+  fi
+}
+
+run_kamailio_calls() {
+  local best off
+  KAM_LUA=$ROOT/perf/calls.lua
+  : > "$WORK/kamailio.err"
+  kam_start "$CALLS_DB_URL" "CALLS: perf/calls.lua, route-time logging off" 16
+  wait_sip "$KAM_PORT" 30
+  calls_steps kamailio "$KAM_PORT"
+  stop_server
+  R[kamailio.calls_logerr]=$(grep -E '(ERROR|CRITICAL|BUG):' "$WORK/kamailio.err" | grep -c . || true)
+  # route time: the compared rate (or the first) again, every route logged
+  best=$(calls_common_rate)
+  [ "$best" != - ] || best=${CALL_RATES%% *}
+  : > "$WORK/kamailio.err"
+  kam_start "$CALLS_DB_URL" "CALLS route-time run at $best calls/s" 16 -A ROUTE_TIME
+  wait_sip "$KAM_PORT" 30
+  if register_callee "$KAM_PORT"; then
+    off=$(stat -c %s "$WORK/kamailio.err")
+    drive_calls "kamailio_rt.call$best" "$KAM_PORT" "$best" || log "kamailio: the route-time repeat at $best calls/s had failed calls"
+    kam_route "kamailio.call$best" "$WORK/kamailio.err" "$off"
+  fi
+  stop_server
+  : > "$WORK/kamailio.err"
+  KAM_LUA=$ROOT/etc/sipshard.lua
+}
+
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
-run_sipshard
-if [ "$SKIP_KAMAILIO" != 1 ]; then run_kamailio; run_kamailio_memory; fi
-if [ "$SKIP_FLOOR" != 1 ]; then run_floor; fi
-run_sipshard_memory
+if [ "$SKIP_CALLS" != 1 ]; then "$BIN" db init --db "$CALLS_DB_URL" >/dev/null; fi
+if [ "$ONLY" != calls ]; then run_sipshard; fi
+if [ "$SKIP_CALLS" != 1 ]; then run_sipshard_calls; fi
+if [ "$SKIP_KAMAILIO" != 1 ]; then
+  if [ "$ONLY" != calls ]; then run_kamailio; run_kamailio_memory; fi
+  if [ "$SKIP_CALLS" != 1 ]; then run_kamailio_calls; fi
+fi
+if [ "$SKIP_FLOOR" != 1 ] && [ "$ONLY" != calls ]; then run_floor; fi
+if [ "$ONLY" != calls ]; then run_sipshard_memory; fi
 ELAPSED=$((SECONDS - T_START))
 
 # ================================================================ report
@@ -584,12 +834,15 @@ fi
   if [ "$SKIP_KAMAILIO" != 1 ]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
   echo "- each server: 2 workers, 127.0.0.1, alone on the machine with its load generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
   echo "- OPTIONS: \`sipshard bench\`, $SOCKETS sockets, ${DURATION} s per rate (+ ${DRAIN_MS} ms drain); REGISTER: sipp digest auth, $REG_RATE/s, $REG_CALLS registrations; idle ${IDLE_S} s; QUICK=$QUICK"
+  if [ "$SKIP_CALLS" != 1 ]; then echo "- CALLS: sipp tests/sipp/uac-call.xml → proxy (perf/calls.lua) → tests/sipp/uas-call.xml, INVITE–180–200–ACK–${CALL_HOLD_MS} ms–BYE–200, record-routed, no auth; ${CALL_SECS} s per rate, rates $CALL_RATES (stepping up until a call fails)"; fi
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- server log lines at WARN/ERROR level during the drives: sipshard $(g sipshard.logerr), Kamailio (ERROR and worse, CPU run) $(g kamailio.logerr)"
+  if [ "$SKIP_CALLS" != 1 ]; then echo "- the same during the CALLS drives: sipshard $(g sipshard.calls_logerr), Kamailio $(g kamailio.calls_logerr)"; fi
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
   echo
   echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
   echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  if [ "$ONLY" != calls ]; then
   for r in $RATES; do
     s=$(g "sipshard.opt$r.cpu"); k=$(g "kamailio.opt$r.cpu"); f=$(g "floor.opt$r.cpu")
     echo "| OPTIONS $(fmt_rate "$r")/s | $s | $k | $f | $(sub "$s" "$f") | $(ratio "$s" "$k") | $(pct "$(g "sipshard.opt$r.loss")") | $(pct "$(g "kamailio.opt$r.loss")") | $(g "sipshard.opt$r.route") | $(g "kamailio.opt$r.route") | $(g "sipshard.opt$r.shards") |"
@@ -600,20 +853,29 @@ fi
   done
   echo "| idle ${IDLE_S} s: CPU % of a core per worker | $(g sipshard.idle) | $(g kamailio.idle) | $(g floor.idle) | – | $(ratio "$(g sipshard.idle)" "$(g kamailio.idle)") | – | – | – | – | – |"
   echo "| memory per contact ($CONTACTS contacts) | $(g sipshard.mem) | $(g kamailio.mem) | – | – | – | – | – | – | – | – |"
+  fi
+  if [ "$SKIP_CALLS" != 1 ]; then
+    c=$(calls_common_rate)
+    s=$(g "sipshard.call$c.cpu"); k=$(g "kamailio.call$c.cpu")
+    echo "| CALLS at $c/s: CPU per **call** (highest rate with 0 failed calls: sipshard $(g sipshard.calls.best)/s, Kamailio $(g kamailio.calls.best)/s) | $s | $k | – | – | $(ratio "$s" "$k") | $(g "sipshard.call$c.failed") calls | $(g "kamailio.call$c.failed") calls | $(g "sipshard.call$c.route") | $(g "kamailio.call$c.route") | $(g "sipshard.call$c.shards") |"
+  fi
   echo
   echo "- **CPU/req**: run time (\`/proc/PID/task/*/schedstat\`) of every thread of every server process over the drive"
   echo "  (including the drain), divided by the requests answered; a REGISTER-with-auth registration is 2 requests (401, 200)."
   echo "  The load generator runs on the same 2 CPUs and is not counted."
-  echo "- **loss**: OPTIONS unanswered / sent; REGISTER failed registrations / all (sipp)."
+  echo "- **loss**: OPTIONS unanswered / sent; REGISTER failed registrations / all (sipp); CALLS failed calls of the caller."
   echo "- **route**: sipshard \`ctl kemi.route_latency\` (request_route, both shards merged, \`stats.reset\` before each drive);"
   echo "  Kamailio \`latency_cfg_log\` + \`latency_limit_cfg=0\` lines (\"request-route executed in: N usec\", 1 µs resolution)"
   echo "  from a **separate repeat** of the same drives with that logging on, so Kamailio's CPU figures are without it."
   echo '- **shard0/shard1**: share of sipshard'"'"'s request routes per shard (udp_socket = "spread": a BPF program picks a shard per datagram, so one source is split too).'
+  echo "- **CALLS**: CPU per call = server run time over the drive / successful calls (each call: INVITE, ACK, BYE and their replies"
+  echo "  through the proxy, both legs); route = request_route of every request (Kamailio: a repeat at the same rate with route logging)."
   echo "- **memory**: sipshard: \`perf/memory.sh\` (RSS growth with the location table preloaded); Kamailio: \`kamcmd core.shmmem\`"
   echo "  real_used growth with $CONTACTS preloaded usrloc rows vs none, plus PSS / RSS growth summed over its processes."
   echo
   echo "## Details per drive"
   echo
+  if [ "$ONLY" != calls ]; then
   echo "| server | line | sent / answered | loss | non-2xx | server CPU s | machine busy % | client p50 / p99 µs | routes counted |"
   echo "|---|---|---|---|---|---|---|---|---|"
   for srv in sipshard kamailio kamailio_rt floor; do
@@ -636,15 +898,42 @@ fi
     done
   done
   echo
+  fi
+  if [ "$SKIP_CALLS" != 1 ]; then
+    echo "## CALLS per rate"
+    echo
+    echo "| server | calls/s | caller ok / failed | callee ok / failed | achieved calls/s | retransmissions | sipp rc caller/callee | server CPU s | CPU/call µs | sipp CPU % of a core caller / callee | machine busy % | route avg / p99 µs |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    for srv in sipshard kamailio kamailio_rt; do
+      for r in $CALL_RATES; do
+        [ -n "${R[$srv.call$r.n]:-}" ] || continue
+        rt=$(g "$srv.call$r.route"); [ "$srv" = kamailio_rt ] && rt=$(g "kamailio.call$r.route")
+        echo "| $srv | $r | $(g "$srv.call$r.ok") / $(g "$srv.call$r.failed") | $(g "$srv.call$r.uas_ok") / $(g "$srv.call$r.uas_failed") | $(g "$srv.call$r.cps") | $(g "$srv.call$r.retrans") | $(g "$srv.call$r.rc") | $(g "$srv.call$r.cpu_s") | $(g "$srv.call$r.cpu") | $(g "$srv.call$r.sipp_uac") / $(g "$srv.call$r.sipp_uas") | $(g "$srv.call$r.busy") | $rt |"
+      done
+    done
+    echo
+    for srv in sipshard kamailio; do
+      [ -n "${R[$srv.calls.limit]:-}" ] || continue
+      echo "- $srv: highest rate with 0 failed calls $(g "$srv.calls.best")/s; stopped by: $(g "$srv.calls.limit")"
+    done
+    echo "- sipp CPU % = its run time over the drive's nominal length (CALL_SECS + one call). A sipp at ≥ 85 % of a core, or the"
+    echo "  machine at ≥ 95 % (all CPUs, anything running), means the load generator or the machine, not the server, set the limit."
+    echo
+  fi
   echo "kamailio_rt = the route-time repeat (every route logged to stderr; its CPU is not used above)."
   echo "machine busy % = all CPUs (/proc/stat) over the drive: server + load generator + anything else running;"
   echo "idle windows: sipshard $(g sipshard.idle_busy) %, Kamailio $(g kamailio.idle_busy) %, floor $(g floor.idle_busy) % (should be ~0)."
   echo
   echo "sipshard CPU by thread (ms over the drive):"
   echo
-  echo "- idle ${IDLE_S} s: $(g sipshard.idle_threads)"
-  for r in $RATES; do echo "- OPTIONS $(fmt_rate "$r")/s: $(g "sipshard.opt$r.threads")"; done
-  for m in one multi; do echo "- $(reg_label $m): $(g "sipshard.reg$m.threads")"; done
+  if [ "$ONLY" != calls ]; then
+    echo "- idle ${IDLE_S} s: $(g sipshard.idle_threads)"
+    for r in $RATES; do echo "- OPTIONS $(fmt_rate "$r")/s: $(g "sipshard.opt$r.threads")"; done
+    for m in one multi; do echo "- $(reg_label $m): $(g "sipshard.reg$m.threads")"; done
+  fi
+  for r in $CALL_RATES; do
+    if [ -n "${R[sipshard.call$r.n]:-}" ]; then echo "- CALLS $r/s: $(g "sipshard.call$r.threads")"; fi
+  done
 } > "$WORK/report.md"
 
 mkdir -p "$(dirname "$OUT")"

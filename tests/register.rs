@@ -14,9 +14,22 @@ fn contacts_of(reply: &str) -> Vec<String> {
     headers(reply, "Contact")
 }
 
+/// The default script, except that requests for local users are redirected
+/// (302) to their contact instead of relayed: these tests check lookups, and
+/// their contacts (10.0.0.x) are not to be called.
+fn registrar_script() -> String {
+    format!(
+        "{}\n{}",
+        include_str!("../etc/sipshard.lua"),
+        "function ksr_route_location()\n    return ksr_route_redirect()\nend\n"
+    )
+}
+
 fn start(db: &TestDb, extra: &str) -> Server {
     let toml = format!("[db]\nurl = \"{}\"\n{extra}", db.url);
+    let script = registrar_script();
     Server::start(ServerOpts {
+        script: Some(&script),
         cores: "2",
         extra_toml: &toml,
         ..Default::default()

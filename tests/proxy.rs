@@ -1,0 +1,819 @@
+//! The stateful proxy end to end: real sipp callers and callees (the
+//! scenarios in tests/sipp/) calling each other through the proxy, which
+//! runs tests/lua/proxy.lua (no auth) or the default etc/sipshard.lua (auth).
+//!
+//! The proxy under test is sipshard (the default) or, with
+//! `PROXY_UNDER_TEST=kamailio`, Kamailio 5.6 running the same Lua scripts
+//! with tests/kamailio/kamailio.cfg: the reference the scenarios and scripts
+//! were checked against.
+//!
+//!   cargo test --test proxy                              # sipshard
+//!   PROXY_UNDER_TEST=kamailio cargo test --test proxy    # Kamailio 5.6
+//!
+//! Callees register with a REGISTER the test sends (Contact = the sipp
+//! callee's address); every sipp runs with `-m N` and a global timeout, and
+//! the tests assert its exit status, its call counts and, where it matters,
+//! which messages it sent and received (`-trace_msg`).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use common::*;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// Longest any one sipp may run (its own `-timeout` is a little shorter).
+const SIPP_DEADLINE: Duration = Duration::from_secs(60);
+
+fn scenario(name: &str) -> String {
+    format!("{ROOT}/tests/sipp/{name}")
+}
+
+fn proxy_lua() -> String {
+    format!("{ROOT}/tests/lua/proxy.lua")
+}
+
+fn default_lua() -> String {
+    format!("{ROOT}/etc/sipshard.lua")
+}
+
+fn kamailio_selected() -> bool {
+    std::env::var("PROXY_UNDER_TEST").is_ok_and(|v| v.eq_ignore_ascii_case("kamailio"))
+}
+
+// ---------------------------------------------------------------- proxies
+
+/// Kamailio 5.6 with tests/kamailio/kamailio.cfg, stopped on drop.
+struct Kamailio {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+fn kamailio_mpath() -> String {
+    for d in [
+        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+        "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+        "/usr/lib/kamailio/modules",
+        "/usr/lib64/kamailio/modules",
+    ] {
+        if Path::new(d).join("tm.so").exists() && Path::new(d).join("app_lua.so").exists() {
+            return format!("{d}/");
+        }
+    }
+    panic!(
+        "Kamailio modules (tm, app_lua) not found: apt-get install -y kamailio \
+         kamailio-lua-modules kamailio-sqlite-modules kamailio-extra-modules"
+    );
+}
+
+impl Kamailio {
+    /// `lua`: script path; `db_url`: Some = load auth/auth_db (-A WITH_AUTH).
+    fn start(lua: &str, db_url: Option<&str>) -> Kamailio {
+        let dir = TempDir::new("kam");
+        let port = free_udp_port();
+        let cfg = std::fs::read_to_string(format!("{ROOT}/tests/kamailio/kamailio.cfg"))
+            .unwrap()
+            .replace("@DEBUG@", "2")
+            .replace("@PORT@", &port.to_string())
+            .replace("@MPATH@", &kamailio_mpath())
+            .replace("@LUA@", lua)
+            .replace("@DB_URL@", db_url.unwrap_or(""));
+        for p in ["@DEBUG@", "@PORT@", "@MPATH@", "@LUA@", "@DB_URL@"] {
+            assert!(!cfg.contains(p), "unfilled {p} in kamailio.cfg");
+        }
+        let cfg_path = dir.path("kamailio.cfg");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let mut cmd = Command::new("kamailio");
+        cmd.arg("-f")
+            .arg(&cfg_path)
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-P"])
+            .arg(dir.path("kamailio.pid"))
+            .arg("-Y")
+            .arg(&dir.0);
+        if db_url.is_some() {
+            cmd.args(["-A", "WITH_AUTH"]);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kamailio is installed");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut k = Kamailio {
+            child: Some(child),
+            addr,
+            log,
+            _dir: dir,
+        };
+        // up when it answers anything
+        let c = client();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = k.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kamailio exited during start ({st}):\n{}", k.log());
+            }
+            c.set_read_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let probe = request(&c, "OPTIONS", &format!("sip:{addr}"), "");
+            if exchange(&c, addr, probe.as_bytes()).is_some() {
+                return k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not answer:\n{}",
+                k.log()
+            );
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM: the main process stops its children
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The proxy under test: sipshard or Kamailio.
+enum Proxy {
+    Sipshard(Server),
+    Kamailio(Kamailio),
+}
+
+impl Proxy {
+    /// tests/lua/proxy.lua: registrar without auth + proxy.
+    fn start() -> Proxy {
+        Self::start_with(2, "")
+    }
+
+    /// `shards` shards; `core_toml` extra `[core]` lines (sipshard only).
+    fn start_with(shards: u32, core_toml: &str) -> Proxy {
+        if kamailio_selected() {
+            return Proxy::Kamailio(Kamailio::start(&proxy_lua(), None));
+        }
+        let script = std::fs::read_to_string(proxy_lua()).unwrap();
+        let cores = shards.to_string();
+        Proxy::Sipshard(Server::start(ServerOpts {
+            script: Some(&script),
+            cores: &cores,
+            core_toml,
+            ..Default::default()
+        }))
+    }
+
+    /// The default script etc/sipshard.lua with digest auth against `db`.
+    fn start_default(db: &TestDb) -> Proxy {
+        if kamailio_selected() {
+            return Proxy::Kamailio(Kamailio::start(&default_lua(), Some(&db.url)));
+        }
+        let toml = format!("[db]\nurl = \"{}\"\n", db.url);
+        Proxy::Sipshard(Server::start(ServerOpts {
+            cores: "2",
+            extra_toml: &toml,
+            ..Default::default()
+        }))
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Proxy::Sipshard(s) => s.addr,
+            Proxy::Kamailio(k) => k.addr,
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Proxy::Sipshard(s) => s.log(),
+            Proxy::Kamailio(k) => k.log(),
+        }
+    }
+
+    /// The domain part callers and callees use: `127.0.0.1:PORT`.
+    fn domain(&self) -> String {
+        self.addr().to_string()
+    }
+
+    /// Binds `user` (AOR `user@127.0.0.1`) to the sipp at `port`, no auth.
+    fn register(&self, user: &str, port: u16) {
+        let c = client();
+        let call_id = format!("reg-{user}-{port}-{}", std::process::id());
+        let msg = register_msg(
+            &c,
+            user,
+            &self.domain(),
+            &call_id,
+            1,
+            &format!("Contact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 600\r\n"),
+        );
+        let r = exchange(&c, self.addr(), msg.as_bytes())
+            .unwrap_or_else(|| panic!("REGISTER {user} unanswered:\n{}", self.log()));
+        assert_eq!(status(&r), 200, "REGISTER {user}: {r}\n{}", self.log());
+    }
+
+    /// As `register`, answering the digest challenge.
+    fn register_auth(&self, user: &str, password: &str, port: u16) {
+        let c = client();
+        let r = register_with_auth(
+            &c,
+            self.addr(),
+            user,
+            &self.domain(),
+            password,
+            &format!("rega-{user}-{port}-{}", std::process::id()),
+            1,
+            &format!("Contact: <sip:{user}@127.0.0.1:{port}>\r\nExpires: 600\r\n"),
+        );
+        assert_eq!(status(&r), 200, "REGISTER {user}: {r}\n{}", self.log());
+    }
+
+    /// Summed over shards (sipshard only; None for Kamailio).
+    fn stat(&self, name: &str) -> Option<u64> {
+        match self {
+            Proxy::Sipshard(s) => {
+                let v = rpc(s.rpc_port, "stats.fetch", json!([name]));
+                Some(
+                    v[name]
+                        .as_u64()
+                        .unwrap_or_else(|| panic!("no {name} in {v}")),
+                )
+            }
+            Proxy::Kamailio(_) => None,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- sipp
+
+/// One sipp process running in its own directory.
+struct Sipp {
+    name: String,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// What a finished sipp left behind.
+struct SippResult {
+    name: String,
+    code: Option<i32>,
+    stats: HashMap<String, String>,
+    /// `-trace_msg` log: every message sent and received.
+    messages: String,
+    errors: String,
+    out: String,
+    elapsed: Duration,
+}
+
+impl Sipp {
+    /// A callee (UAS) on 127.0.0.1:`port`, `calls` calls; checks that the
+    /// proxy at `proxy` is the top Via of what it receives.
+    fn uas(
+        dir: &TempDir,
+        name: &str,
+        scen: &str,
+        port: u16,
+        proxy: SocketAddr,
+        calls: u32,
+        extra: &[&str],
+    ) -> Sipp {
+        let mut args: Vec<String> = vec![
+            "-sf".into(),
+            scenario(scen),
+            "-set".into(),
+            "proxy".into(),
+            proxy.to_string(),
+            "-m".into(),
+            calls.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let s = Self::spawn(dir, name, port, &args);
+        // ready once it holds its port
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            assert!(Instant::now() < deadline, "sipp {name} did not bind {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    /// A caller (UAC) sending `calls` calls to `service`@proxy.
+    fn uac(
+        dir: &TempDir,
+        name: &str,
+        scen: &str,
+        proxy: SocketAddr,
+        service: &str,
+        calls: u32,
+        extra: &[&str],
+    ) -> Sipp {
+        let mut args: Vec<String> = vec![
+            proxy.to_string(),
+            "-sf".into(),
+            scenario(scen),
+            "-s".into(),
+            service.into(),
+            "-m".into(),
+            calls.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(dir, name, free_udp_port(), &args)
+    }
+
+    fn spawn(dir: &TempDir, name: &str, port: u16, args: &[String]) -> Sipp {
+        let d = dir.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let out = std::fs::File::create(d.join("sipp.out")).unwrap();
+        let child = Command::new("sipp")
+            .args(args)
+            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-nostdin", "-timeout", "50s", "-timeout_error"])
+            .args(["-trace_msg", "-message_file", "messages.log"])
+            .args(["-trace_err", "-error_file", "errors.log"])
+            .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
+            .current_dir(&d)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("sipp (sip-tester) is installed: scripts/deps.sh");
+        Sipp {
+            name: name.into(),
+            dir: d,
+            child: Some(child),
+        }
+    }
+
+    fn wait(self) -> SippResult {
+        self.wait_within(SIPP_DEADLINE)
+    }
+
+    /// A callee of a caller that `failed`: its calls will not come, so it
+    /// gets 3 s to finish before it is stopped.
+    fn wait_after(self, caller: &SippResult) -> SippResult {
+        if caller.code == Some(0) {
+            self.wait()
+        } else {
+            self.wait_within(Duration::from_secs(3))
+        }
+    }
+
+    fn wait_within(mut self, limit: Duration) -> SippResult {
+        let started = Instant::now();
+        let mut child = self.child.take().unwrap();
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.code();
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
+        SippResult {
+            name: self.name.clone(),
+            code,
+            stats: parse_stats(&read("stats.csv")),
+            messages: read("messages.log"),
+            errors: read("errors.log"),
+            out: read("sipp.out"),
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Sipp {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The last row of a sipp `-trace_stat` file, by column name.
+fn parse_stats(csv: &str) -> HashMap<String, String> {
+    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+    let Some(head) = lines.next() else {
+        return HashMap::new();
+    };
+    let Some(last) = lines.next_back() else {
+        return HashMap::new();
+    };
+    head.split(';')
+        .zip(last.split(';'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl SippResult {
+    fn count(&self, col: &str) -> u64 {
+        self.stats
+            .get(col)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{}: no {col} in the stats:\n{}", self.name, self.report()))
+    }
+
+    fn successful(&self) -> u64 {
+        self.count("SuccessfulCall(C)")
+    }
+
+    fn failed(&self) -> u64 {
+        self.count("FailedCall(C)")
+    }
+
+    /// Messages whose first line starts with `start` that this sipp sent
+    /// (`dir` = "sent") or received ("received"), retransmissions included.
+    fn traced(&self, dir: &str, start: &str) -> usize {
+        self.messages
+            .split("----------------------------------------------- ")
+            .filter(|entry| {
+                let mut lines = entry.lines().skip(1);
+                let what = lines.next().unwrap_or("");
+                let first = lines.find(|l| !l.trim().is_empty()).unwrap_or("");
+                what.contains(&format!("message {dir}")) && first.starts_with(start)
+            })
+            .count()
+    }
+
+    fn report(&self) -> String {
+        let tail = |s: &str, n: usize| {
+            let s = s.trim_end();
+            s[s.len().saturating_sub(n)..].to_string()
+        };
+        format!(
+            "--- sipp {} (exit {:?}, {:.1} s)\nstdout/stderr:\n{}\nerrors:\n{}\nmessages (tail):\n{}",
+            self.name,
+            self.code,
+            self.elapsed.as_secs_f64(),
+            tail(&self.out, 1500),
+            tail(&self.errors, 3000),
+            tail(&self.messages, 4000)
+        )
+    }
+}
+
+/// Asserts that every sipp exited 0 with `calls` successful calls and none
+/// failed; prints all of them and the proxy's log otherwise.
+fn assert_all_ok(proxy: &Proxy, runs: &[(&SippResult, u64)]) {
+    let bad = runs
+        .iter()
+        .any(|(r, calls)| r.code != Some(0) || r.successful() != *calls || r.failed() != 0);
+    if bad {
+        let mut text = String::new();
+        for (r, calls) in runs {
+            text.push_str(&format!(
+                "{}: exit {:?}, successful {:?} (want {calls}), failed {:?}\n",
+                r.name,
+                r.code,
+                r.stats.get("SuccessfulCall(C)"),
+                r.stats.get("FailedCall(C)")
+            ));
+        }
+        for (r, _) in runs {
+            text.push_str(&r.report());
+            text.push('\n');
+        }
+        let log = proxy.log();
+        let log = &log[log.len().saturating_sub(6000)..];
+        panic!("{text}--- proxy log (tail):\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+/// INVITE, 100/180, 200, ACK, 0.5 s, BYE, 200 through a record-routing
+/// proxy: ACK and BYE follow the route set and reach the callee through the
+/// proxy (uas-call.xml checks the top Via of INVITE, ACK and BYE and the
+/// Record-Route of the INVITE).
+#[test]
+fn call_with_record_route() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("call");
+    let port = free_udp_port();
+    let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, proxy.addr(), 3, &[]);
+    proxy.register("bob", port);
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-call.xml",
+        proxy.addr(),
+        "bob",
+        3,
+        &["-d", "500", "-r", "5", "-l", "3"],
+    );
+    let uac = uac.wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 3), (&uas, 3)]);
+    // the dialog went through the proxy: the callee got ACK and BYE
+    assert_eq!(uas.traced("received", "ACK "), 3, "{}", uas.report());
+    assert_eq!(uas.traced("received", "BYE "), 3, "{}", uas.report());
+    assert!(uac.messages.contains("Record-Route:"), "{}", uac.report());
+}
+
+/// The caller cancels a ringing call: CANCEL answered 200, the INVITE 487
+/// and ACKed; the callee receives the CANCEL from the proxy and the ACK of
+/// its 487 hop by hop (uas-ring.xml).
+#[test]
+fn cancel_of_a_ringing_call() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("cancel");
+    let port = free_udp_port();
+    let uas = Sipp::uas(&dir, "uas", "uas-ring.xml", port, proxy.addr(), 1, &[]);
+    proxy.register("carl", port);
+    let uac = Sipp::uac(&dir, "uac", "uac-cancel.xml", proxy.addr(), "carl", 1, &[]).wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&uas, 1)]);
+    assert_eq!(uas.traced("received", "CANCEL "), 1, "{}", uas.report());
+    assert!(uas.traced("received", "ACK ") >= 1, "{}", uas.report());
+    assert!(
+        uac.traced("received", "SIP/2.0 487") >= 1,
+        "{}",
+        uac.report()
+    );
+    assert!(
+        uac.traced("received", "SIP/2.0 200") >= 1,
+        "{}",
+        uac.report()
+    );
+}
+
+/// The callee is busy (486): the failure route retries the AOR's second
+/// line ("<user>-2"), which answers; the call completes.
+#[test]
+fn busy_callee_then_second_contact() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("busy");
+    let (p_busy, p_ok) = (free_udp_port(), free_udp_port());
+    let busy = Sipp::uas(
+        &dir,
+        "uas-busy",
+        "uas-busy.xml",
+        p_busy,
+        proxy.addr(),
+        1,
+        &[],
+    );
+    let ok = Sipp::uas(&dir, "uas-ok", "uas-call.xml", p_ok, proxy.addr(), 1, &[]);
+    proxy.register("dan", p_busy);
+    proxy.register("dan-2", p_ok);
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-call.xml",
+        proxy.addr(),
+        "dan",
+        1,
+        &["-d", "300"],
+    )
+    .wait();
+    let busy = busy.wait_after(&uac);
+    let ok = ok.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&busy, 1), (&ok, 1)]);
+    assert_eq!(busy.traced("sent", "SIP/2.0 486"), 1, "{}", busy.report());
+    assert_eq!(ok.traced("received", "INVITE "), 1, "{}", ok.report());
+    // the caller never saw the 486
+    assert_eq!(uac.traced("received", "SIP/2.0 486"), 0, "{}", uac.report());
+}
+
+/// The callee rings and never answers: the proxy's fr_inv timer (2 s, set by
+/// the script for "noanswer*" users) cancels the branch and the caller gets
+/// 408; the callee receives the CANCEL.
+#[test]
+fn callee_never_answers() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("noanswer");
+    let port = free_udp_port();
+    let uas = Sipp::uas(&dir, "uas", "uas-ring.xml", port, proxy.addr(), 1, &[]);
+    proxy.register("noanswer", port);
+    let t0 = Instant::now();
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-noanswer.xml",
+        proxy.addr(),
+        "noanswer",
+        1,
+        &[],
+    )
+    .wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&uas, 1)]);
+    assert_eq!(uac.traced("received", "SIP/2.0 408"), 1, "{}", uac.report());
+    assert_eq!(uas.traced("received", "CANCEL "), 1, "{}", uas.report());
+    // after the script's 2 s, well before tm's default 120 s
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(15),
+        "408 after {took:?}"
+    );
+}
+
+/// A non-INVITE answered after 2.5 s: the caller retransmits (T1 = 500 ms),
+/// the proxy absorbs the retransmissions, the callee sees the request once.
+/// (The callee sends 100 Trying at once, so the proxy's own retransmission
+/// timer slows down to T2 = 4 s, as Kamailio does.)
+#[test]
+fn slow_non_invite_retransmissions_are_absorbed() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("slow");
+    let port = free_udp_port();
+    let uas = Sipp::uas(
+        &dir,
+        "uas",
+        "uas-slow-message.xml",
+        port,
+        proxy.addr(),
+        1,
+        &[],
+    );
+    proxy.register("dave", port);
+    let uac = Sipp::uac(&dir, "uac", "uac-message.xml", proxy.addr(), "dave", 1, &[]).wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&uas, 1)]);
+    let sent = uac.traced("sent", "MESSAGE ");
+    assert!(
+        sent >= 3,
+        "the caller retransmitted (sent {sent}):\n{}",
+        uac.report()
+    );
+    assert_eq!(
+        uas.traced("received", "MESSAGE "),
+        1,
+        "the callee saw the MESSAGE once:\n{}",
+        uas.report()
+    );
+}
+
+/// Parallel forking: one AOR, two contacts. One answers after 0.5 s of
+/// ringing, the other rings and receives a CANCEL.
+#[test]
+fn parallel_forking_cancels_the_other_branch() {
+    let proxy = Proxy::start();
+    let dir = TempDir::new("fork");
+    let (p_ans, p_ring) = (free_udp_port(), free_udp_port());
+    let ans = Sipp::uas(
+        &dir,
+        "uas-answer",
+        "uas-call.xml",
+        p_ans,
+        proxy.addr(),
+        1,
+        &["-d", "500"],
+    );
+    let ring = Sipp::uas(
+        &dir,
+        "uas-ring",
+        "uas-ring.xml",
+        p_ring,
+        proxy.addr(),
+        1,
+        &[],
+    );
+    proxy.register("erin", p_ans);
+    proxy.register("erin", p_ring);
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-call.xml",
+        proxy.addr(),
+        "erin",
+        1,
+        &["-d", "300"],
+    )
+    .wait();
+    let ans = ans.wait_after(&uac);
+    let ring = ring.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&ans, 1), (&ring, 1)]);
+    assert_eq!(ring.traced("received", "INVITE "), 1, "{}", ring.report());
+    assert_eq!(ring.traced("received", "CANCEL "), 1, "{}", ring.report());
+    assert_eq!(ans.traced("received", "BYE "), 1, "{}", ans.report());
+}
+
+/// The default script: a local user's INVITE is challenged (407,
+/// Proxy-Authenticate), answered with Proxy-Authorization (sipp
+/// `[authentication]`), then relayed to the registered (authenticated) callee.
+#[test]
+fn authenticated_call_through_the_default_script() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@127.0.0.1", "secret"), ("bob@127.0.0.1", "pw-bob")]);
+    let proxy = Proxy::start_default(&db);
+    let dir = TempDir::new("auth");
+    let port = free_udp_port();
+    let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, proxy.addr(), 1, &[]);
+    proxy.register_auth("bob", "pw-bob", port);
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-call-auth.xml",
+        proxy.addr(),
+        "bob",
+        1,
+        &[
+            "-d", "300", "-key", "caller", "alice", "-au", "alice", "-ap", "secret",
+        ],
+    )
+    .wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, 1), (&uas, 1)]);
+    assert_eq!(uac.traced("received", "SIP/2.0 407"), 1, "{}", uac.report());
+    assert_eq!(uas.traced("received", "INVITE "), 1, "{}", uas.report());
+    // a wrong password gets no call through
+    let dir2 = TempDir::new("auth-bad");
+    let bad = Sipp::uac(
+        &dir2,
+        "uac-bad",
+        "uac-call-auth.xml",
+        proxy.addr(),
+        "bob",
+        1,
+        &[
+            "-key",
+            "caller",
+            "alice",
+            "-au",
+            "alice",
+            "-ap",
+            "wrong",
+            "-recv_timeout",
+            "3s",
+        ],
+    )
+    .wait();
+    assert_ne!(bad.code, Some(0), "{}", bad.report());
+    assert_eq!(bad.traced("received", "SIP/2.0 200"), 0, "{}", bad.report());
+    assert!(
+        bad.traced("received", "SIP/2.0 407") >= 2,
+        "{}",
+        bad.report()
+    );
+}
+
+/// Two shards, `udp_socket = "spread"`: every datagram goes to a random
+/// shard, so replies and in-dialog requests often arrive on a shard that
+/// does not own the transaction; they are handed over and every call
+/// completes.
+#[test]
+fn replies_on_another_shard_still_complete_the_call() {
+    const CALLS: u32 = 20;
+    let proxy = Proxy::start_with(2, "udp_socket = \"spread\"");
+    let dir = TempDir::new("spread");
+    let port = free_udp_port();
+    let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, proxy.addr(), CALLS, &[]);
+    proxy.register("frank", port);
+    let uac = Sipp::uac(
+        &dir,
+        "uac",
+        "uac-call.xml",
+        proxy.addr(),
+        "frank",
+        CALLS,
+        &["-d", "200", "-r", "10", "-l", "20"],
+    )
+    .wait();
+    let uas = uas.wait_after(&uac);
+    assert_all_ok(&proxy, &[(&uac, CALLS as u64), (&uas, CALLS as u64)]);
+    match proxy.stat("shard.dispatch_recv") {
+        Some(n) => assert!(n > 0, "no message was handed to another shard"),
+        None => eprintln!("(Kamailio: no shard statistics; calls checked only)"),
+    }
+}
