@@ -67,14 +67,15 @@ function ksr_request_route()
         KSR.rr.record_route()
     end
 
+    -- handle registrations: saved here whatever their domain (the
+    -- subscriber table decides who may register), never relayed
+    ksr_route_registrar()
+
     -- dispatch requests to foreign domains (authenticated local users only:
     -- ksr_route_auth refused the rest)
     ksr_route_sipout()
 
     -- -- requests for my local domains
-
-    -- handle registrations
-    ksr_route_registrar()
 
     if KSR.pv.get("$rU") == nil then
         -- request with no Username in RURI
