@@ -22,12 +22,6 @@ local REALM = ""  -- empty: use the From domain, as Kamailio does with "$fd"
 
 -- SIP request routing: Kamailio's request_route{}
 function ksr_request_route()
-    -- A sipshard build without the stateful proxy modules (tm, tmx, rr,
-    -- maxfwd, siputils) keeps working as a registrar that redirects calls.
-    if not ksr_have_proxy() then
-        return ksr_route_noproxy()
-    end
-
     -- per request initial checks
     ksr_route_reqinit()
 
@@ -88,11 +82,6 @@ function ksr_request_route()
 end
 
 -- The KSR modules the proxy path needs.
-function ksr_have_proxy()
-    return KSR.tm ~= nil and KSR.tmx ~= nil and KSR.rr ~= nil
-        and KSR.maxfwd ~= nil and KSR.siputils ~= nil
-end
-
 -- Wrapper around tm's relay: stateful forwarding to the R-URI (or $du) and
 -- every branch; a failure route for INVITE.
 function ksr_route_relay()
@@ -244,42 +233,4 @@ end
 -- go to them after this; others are forwarded statelessly by Via.
 function ksr_reply_route()
     return 1
-end
-
--- Without the proxy modules: keepalive, REGISTER, and a redirect (302) of
--- requests for local users to their registered contact (RFC 3261 8.3).
-function ksr_route_noproxy()
-    if KSR.is_OPTIONS() and KSR.is_myself_ruri() then
-        KSR.sl.sl_send_reply(200, "Keepalive")
-        return KSR.x.exit()
-    end
-    if KSR.is_REGISTER() then
-        ksr_route_auth()
-        return ksr_route_registrar()
-    end
-    if KSR.is_ACK() then
-        -- an ACK to a locally generated negative reply ends here
-        return KSR.x.exit()
-    end
-    if not KSR.is_myself_ruri() then
-        KSR.sl.sl_send_reply(403, "Relaying Forbidden")
-        return KSR.x.exit()
-    end
-    return ksr_route_redirect()
-end
-
--- Redirect (302) a request for a local user to the registered contact.
-function ksr_route_redirect()
-    local rc = KSR.registrar.lookup("location")
-    if rc < 0 then
-        if rc == -2 then
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
-        else
-            KSR.sl.sl_send_reply(404, "Not Found")
-        end
-        return KSR.x.exit()
-    end
-    KSR.hdr.append_to_reply("Contact: <" .. (KSR.pv.get("$ru") or "") .. ">\r\n")
-    KSR.sl.sl_send_reply(302, "Moved Temporarily")
-    return KSR.x.exit()
 end

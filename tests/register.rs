@@ -21,7 +21,23 @@ fn registrar_script() -> String {
     format!(
         "{}\n{}",
         include_str!("../etc/sipshard.lua"),
-        "function ksr_route_location()\n    return ksr_route_redirect()\nend\n"
+        r#"
+-- Redirect (302) a request for a local user to the registered contact.
+function ksr_route_location()
+    local rc = KSR.registrar.lookup("location")
+    if rc < 0 then
+        if rc == -2 then
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+        else
+            KSR.sl.sl_send_reply(404, "Not Found")
+        end
+        return KSR.x.exit()
+    end
+    KSR.hdr.append_to_reply("Contact: <" .. (KSR.pv.get("$ru") or "") .. ">\r\n")
+    KSR.sl.sl_send_reply(302, "Moved Temporarily")
+    return KSR.x.exit()
+end
+"#
     )
 }
 

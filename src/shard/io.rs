@@ -160,6 +160,9 @@ enum Wait {
 /// often (an idle shard costs one empty `recvmmsg` a second).
 const BLOCK_TIMEOUT_MAX: Duration = Duration::from_secs(1);
 
+/// How often a blocked shard with a timer due within the second wakes.
+const TIMER_TICK: Duration = Duration::from_millis(10);
+
 /// The shard's wait and read machinery.
 pub(super) struct LoopIo {
     wait: Wait,
@@ -303,8 +306,16 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
                 .map(|d| d.max(Duration::from_millis(1)))
                 .unwrap_or(BLOCK_TIMEOUT_MAX)
                 .min(BLOCK_TIMEOUT_MAX);
-            // Millisecond steps: SO_RCVTIMEO is only reset when it changes.
-            let want = Duration::from_millis(want.as_millis().max(1) as u64);
+            // Two steps: a timer due within a second is checked every
+            // TIMER_TICK (it fires at most that late; SIP's timers count
+            // in T1 = 500 ms), otherwise once a second. SO_RCVTIMEO then
+            // changes rarely, not on every park while transaction timers
+            // keep moving (a setsockopt per wake-up before).
+            let want = if want < BLOCK_TIMEOUT_MAX {
+                TIMER_TICK
+            } else {
+                BLOCK_TIMEOUT_MAX
+            };
             if *timeout != Some(want) {
                 if let Err(e) = shard.sock.set_read_timeout(Some(want)) {
                     if shard.log.allow(Instant::now()) {

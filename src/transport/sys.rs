@@ -461,6 +461,14 @@ pub fn malloc_trim_threshold(threshold_bytes: usize) {
     let _ = unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, threshold_bytes as libc::c_int) };
 }
 
+/// glibc malloc: grow a heap by at least `pad_bytes` at a time
+/// (`M_TOP_PAD`), so a shard whose live memory goes up and down with its
+/// transactions does not call `mprotect` on every few allocations.
+pub fn malloc_top_pad(pad_bytes: usize) {
+    // SAFETY: mallopt takes two integers and changes allocator settings only.
+    let _ = unsafe { libc::mallopt(libc::M_TOP_PAD, pad_bytes as libc::c_int) };
+}
+
 /// glibc malloc: give free memory of every arena back to the system (after
 /// the start-up load, whose buffers are gone).
 pub fn malloc_trim() {
