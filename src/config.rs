@@ -138,7 +138,8 @@ pub struct TmConfig {
     pub fr_inv_timer_ms: u64,
     /// A finished transaction stays this long for retransmissions (`wt_timer`), ms.
     pub wait_ms: u64,
-    /// Transactions per shard at most; beyond it new ones are refused (500).
+    /// Transactions at most, over every shard (64 lock stripes of
+    /// max_transactions/64); beyond it new ones are refused (500).
     pub max_transactions: usize,
     /// Branches per transaction at most (`max_branches`).
     pub max_branches: usize,
@@ -313,7 +314,7 @@ impl Default for ShardTuning {
             lua_gc_pause: 200,
             control_queue: 64,
             dispatch_queue: 4096,
-            dispatch: Dispatch::Callid,
+            dispatch: Dispatch::Local,
         }
     }
 }

@@ -59,7 +59,6 @@ fn engine(script: &str) -> Engine {
         tuning: &tuning,
         services,
         test_hooks: false,
-        tm: &Default::default(),
         local_addr: "127.0.0.1:5060".parse().unwrap(),
     })
     .unwrap()

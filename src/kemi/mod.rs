@@ -32,6 +32,7 @@ mod sl;
 #[cfg(test)]
 mod testutil;
 pub mod tm;
+pub mod tm_store;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -187,10 +188,8 @@ pub struct Shared {
     pub server_header: Option<Vec<u8>>,
     /// Location partition, credential cache, nonces, DB handle, mesh.
     pub services: Rc<services::Services>,
-    /// This shard's transactions (KSR.tm).
-    pub tm: RefCell<tm::TmTable>,
-    /// The transaction clock's zero.
-    pub clock: std::time::Instant,
+    /// The transaction store (KSR.tm), shared by every shard.
+    pub tm: tm::TmHandle,
     /// The address the shard listens on (Via, Record-Route).
     pub local_addr: std::net::SocketAddr,
     /// Datagrams produced outside a message's own route (failure routes,
@@ -254,8 +253,6 @@ pub struct EngineConfig<'a> {
     pub services: Rc<services::Services>,
     /// Registers `KSR.sipshard_test` (config `core.test_hooks`).
     pub test_hooks: bool,
-    /// Transaction timers and limits.
-    pub tm: &'a crate::config::TmConfig,
     /// The shard's listen address.
     pub local_addr: std::net::SocketAddr,
 }
@@ -424,8 +421,7 @@ impl Engine {
             server_header: (!cfg.server_header.is_empty())
                 .then(|| cfg.server_header.as_bytes().to_vec()),
             services: cfg.services.clone(),
-            tm: RefCell::new(tm::new_table(cfg.tm, cfg.shard_id)),
-            clock: std::time::Instant::now(),
+            tm: tm::TmHandle::new(cfg.services.tables.tm.clone(), cfg.shard_id),
             local_addr: cfg.local_addr,
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
@@ -548,16 +544,25 @@ impl Engine {
             .collect()
     }
 
-    /// The next transaction deadline, as an `Instant`.
-    pub fn tm_next_deadline(&self) -> Option<std::time::Instant> {
-        let at = self.shared.tm.borrow_mut().poll_timeout()?;
-        Some(self.shared.clock + std::time::Duration::from_millis(at.saturating_sub(1)))
+    /// The next deadline of this shard's transaction stripes, in ms on the
+    /// store's clock (compare with [`Engine::tm_now_ms`]).
+    pub fn tm_next_deadline_ms(&self) -> Option<u64> {
+        self.shared.tm.next_deadline()
+    }
+
+    /// How the transaction layer sends replies at once (the shard's socket).
+    pub fn set_tm_sender(&self, send: tm_store::DirectSend) {
+        self.shared.tm.set_direct_sender(send);
+    }
+
+    pub fn tm_now_ms(&self) -> u64 {
+        self.shared.tm.now_ms()
     }
 
     /// Hands every datagram the transaction layer (and failure routes)
     /// queued to `send`.
     pub fn drain_tm(&self, mut send: impl FnMut(std::net::SocketAddr, &[u8])) {
-        self.shared.tm.borrow_mut().drain_transmits(&mut send);
+        self.shared.tm.drain(&mut send);
         let extra = std::mem::take(&mut *self.shared.extra_out.borrow_mut());
         for (dst, bytes) in extra {
             send(dst, &bytes);
@@ -566,7 +571,7 @@ impl Engine {
 
     /// True when the transaction layer has datagrams to send.
     pub fn tm_has_output(&self) -> bool {
-        self.shared.tm.borrow().has_transmits() || !self.shared.extra_out.borrow().is_empty()
+        self.shared.tm.has_output() || !self.shared.extra_out.borrow().is_empty()
     }
 
     /// Lua memory in use, bytes.

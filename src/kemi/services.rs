@@ -107,12 +107,20 @@ pub struct SharedTables {
     pub nc: Striped<NcTracker>,
     /// Shared values: a cache hit is a reference count, not three strings.
     pub creds: Striped<CredCache<Arc<CachedCred>>>,
+    /// Transactions (KSR.tm), lock-striped as well.
+    pub tm: Arc<super::tm::SharedTm>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
 pub const STRIPES: usize = 64;
 
 impl SharedTables {
+    /// With the transaction timers and limits of `[tm]`.
+    pub fn with_tm(mut self, cfg: &crate::config::TmConfig, shard_count: usize) -> SharedTables {
+        self.tm = Arc::new(super::tm::SharedTm::new(cfg, shard_count));
+        self
+    }
+
     pub fn new(
         shard_count: usize,
         auth: &AuthConfig,
@@ -137,6 +145,10 @@ impl SharedTables {
                     auth.cache_negative_ttl_s,
                 )
             }),
+            tm: Arc::new(super::tm::SharedTm::new(
+                &crate::config::TmConfig::default(),
+                shard_count,
+            )),
         }
     }
 

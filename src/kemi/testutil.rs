@@ -30,7 +30,6 @@ pub(crate) fn engine(script: &str) -> Engine {
         tuning: &tuning,
         services,
         test_hooks: false,
-        tm: &Default::default(),
         local_addr: LOCAL.parse().unwrap(),
     })
     .unwrap()

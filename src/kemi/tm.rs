@@ -38,7 +38,7 @@ use mlua::{Function, Lua, Table};
 
 use super::{BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
 use crate::sip::{Method, SipMsg, SipUri};
-use crate::txn::{self, CellId, Event, ReqMatch, RespAction};
+use crate::txn::{self, Event, ReqMatch, RespAction};
 
 /// What the transaction user keeps in each cell.
 #[derive(Debug, Default)]
@@ -54,6 +54,8 @@ pub struct TmUser {
     pub bflags: Vec<u32>,
     /// Where the request came from (the failure route's `$si`).
     pub src: Option<SocketAddr>,
+    /// The shard whose route created the transaction.
+    pub origin_shard: usize,
     /// The request route's header edits and Record-Route, kept for the
     /// branches a failure route or serial fork adds later (Kamailio keeps
     /// the request's lumps in the transaction the same way).
@@ -61,7 +63,8 @@ pub struct TmUser {
     pub rr: super::rr::RrPending,
 }
 
-pub type TmTable = txn::Table<TmUser>;
+use super::tm_store::CreateError;
+pub use super::tm_store::{SharedTm, TmHandle, TxId};
 
 /// Which kind of route a message runs in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,7 +81,7 @@ pub enum RouteKind {
 #[derive(Clone, Debug, Default)]
 pub struct TmCtx {
     /// The transaction this message created or belongs to.
-    pub cell: Option<CellId>,
+    pub cell: Option<TxId>,
     /// The request's match against the table, once looked up.
     pub matched: Option<ReqMatch>,
     pub on_failure: Option<Arc<str>>,
@@ -93,28 +96,9 @@ pub struct TmCtx {
     pub reply_code: u16,
 }
 
-/// Milliseconds since the shard's engine started (the txn clock).
+/// Milliseconds on the transaction store's clock.
 pub fn now_ms(s: &Shared) -> u64 {
-    s.clock.elapsed().as_millis() as u64 + 1
-}
-
-pub fn new_table(cfg: &crate::config::TmConfig, shard: usize) -> TmTable {
-    let mut salt = [0u8; 4];
-    let _ = getrandom::getrandom(&mut salt);
-    txn::Table::new(
-        txn::TxnConfig {
-            t1_ms: cfg.t1_ms,
-            t2_ms: cfg.t2_ms,
-            t4_ms: cfg.t4_ms,
-            fr_timer_ms: cfg.fr_timer_ms,
-            fr_inv_timer_ms: cfg.fr_inv_timer_ms,
-            wait_ms: cfg.wait_ms,
-            max_cells: cfg.max_transactions,
-            max_branches: cfg.max_branches,
-        },
-        shard,
-        u32::from_le_bytes(salt),
-    )
+    s.tm.now_ms()
 }
 
 fn ret(b: bool) -> i32 {
@@ -200,10 +184,16 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })?;
             let (mut f, mut b, mut r, cell) = set;
             if let Some(id) = cell {
-                if let Some(c) = s.tm.borrow().get(id) {
-                    f |= c.user.on_failure.is_some();
-                    b |= c.user.on_branch.is_some();
-                    r |= c.user.on_reply.is_some();
+                if let Some((cf, cb, cr)) = s.tm.get_map(id, |c| {
+                    (
+                        c.user.on_failure.is_some(),
+                        c.user.on_branch.is_some(),
+                        c.user.on_reply.is_some(),
+                    )
+                }) {
+                    f |= cf;
+                    b |= cb;
+                    r |= cr;
                 }
             }
             Ok(ret(match what.as_str() {
@@ -224,7 +214,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "t_is_expired",
         lua.create_function(move |_, ()| {
             let cell = s.with_msg(|m| m.tm.cell)?;
-            Ok(ret(cell.is_some_and(|id| s.tm.borrow().get(id).is_none())))
+            Ok(ret(cell.is_some_and(|id| !s.tm.exists(id))))
         })?,
     )?;
     for (name, timeout) in [("t_branch_timeout", true), ("t_branch_replied", false)] {
@@ -236,11 +226,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 let (Some(id), Some(b)) = (cell, idx) else {
                     return Ok(-1);
                 };
-                let t = s.tm.borrow();
-                let Some(br) = t.get(id).and_then(|c| c.branches.get(b as usize)) else {
-                    return Ok(-1);
-                };
-                Ok(ret(if timeout { br.timed_out } else { br.replied }))
+                let v = s.tm.get_map(id, |c| {
+                    c.branches
+                        .get(b as usize)
+                        .map(|br| if timeout { br.timed_out } else { br.replied })
+                });
+                Ok(ret(v.flatten().unwrap_or(false)))
             })?,
         )?;
     }
@@ -294,8 +285,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_function(move |_, ()| {
             let cell = s.with_msg(|m| m.tm.cell.take())?;
             match cell {
-                Some(id) if s.tm.borrow().get(id).is_some() => {
-                    s.tm.borrow_mut().release(id);
+                Some(id) if s.tm.exists(id) => {
+                    s.tm.release(id);
                     Ok(1)
                 }
                 _ => Ok(-1),
@@ -355,18 +346,16 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
 
 fn with_cell<R>(s: &Shared, f: impl FnOnce(&txn::Cell<TmUser>) -> R) -> Option<R> {
     let id = s.with_msg(|m| m.tm.cell).ok()??;
-    let t = s.tm.borrow();
-    t.get(id).map(f)
+    s.tm.get_map(id, f)
 }
 
-fn apply_fr(s: &Shared, id: CellId, fr: Option<(u64, u64)>) {
-    let mut t = s.tm.borrow_mut();
-    let (def_inv, def_fr) = (t.config().fr_inv_timer_ms, t.config().fr_timer_ms);
-    if let Some(c) = t.get_mut(id) {
+fn apply_fr(s: &Shared, id: TxId, fr: Option<(u64, u64)>) {
+    let (def_inv, def_fr) = (s.tm.config().fr_inv_timer_ms, s.tm.config().fr_timer_ms);
+    s.tm.get_mut_map(id, |c| {
         let (inv, fr) = fr.unwrap_or((0, 0));
         c.fr_inv_timer_ms = if inv == 0 { def_inv } else { inv };
         c.fr_timer_ms = if fr == 0 { def_fr } else { fr };
-    }
+    });
 }
 
 /// The request's match against the table, looked up once per message
@@ -378,7 +367,7 @@ fn lookup(s: &Shared, m: &mut MsgCtx) -> ReqMatch {
     if m.tm.kind != RouteKind::Request {
         return ReqMatch::None;
     }
-    let r = s.tm.borrow_mut().on_request(&m.msg(), now_ms(s));
+    let r = s.tm.on_request(&m.msg(), now_ms(s));
     m.tm.matched = Some(r);
     r
 }
@@ -386,13 +375,13 @@ fn lookup(s: &Shared, m: &mut MsgCtx) -> ReqMatch {
 /// The message's transaction, created if needed. `Ok(None)`: the request
 /// is a retransmission (absorbed); `Err`: the table is full or the request
 /// cannot have one.
-fn ensure_cell(s: &Shared) -> Result<Option<CellId>, ()> {
+fn ensure_cell(s: &Shared) -> Result<Option<TxId>, ()> {
     s.with_msg(|m| ensure_cell_in(s, m)).unwrap_or(Err(()))
 }
 
-fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<CellId>, ()> {
+fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
     if let Some(id) = m.tm.cell {
-        if s.tm.borrow().get(id).is_some() {
+        if s.tm.exists(id) {
             return Ok(Some(id));
         }
         return Err(());
@@ -411,13 +400,19 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<CellId>, ()> {
     let user = TmUser {
         flags: m.flags,
         src: Some(m.src),
+        origin_shard: s.shard_id,
         ..TmUser::default()
     };
     let invite = m.msg().method() == Some(Method::Invite);
-    let created = s.tm.borrow_mut().create(&m.msg(), dst, now, user);
+    let created = s.tm.create(&m.msg(), dst, now, user);
     let id = match created {
         Ok(id) => id,
-        Err(_) => {
+        Err(CreateError::Exists) => {
+            // Another shard read a retransmission first and created it.
+            m.tm.matched = Some(ReqMatch::None);
+            return Ok(None);
+        }
+        Err(CreateError::Full) => {
             s.counters.incr(crate::stats::Counter::TmFull);
             return Err(());
         }
@@ -432,7 +427,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<CellId>, ()> {
         let mut out = Vec::new();
         if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out).is_some()
         {
-            s.tm.borrow_mut().reply(id, 100, out, now);
+            s.tm.reply(id, 100, out, now);
         }
     }
     Ok(Some(id))
@@ -443,7 +438,7 @@ fn t_check_trans(s: &Shared) -> i32 {
         let msg = m.msg();
         match msg.method() {
             Some(Method::Cancel) => {
-                let found = s.tm.borrow_mut().find_invite_for_cancel(&msg);
+                let found = s.tm.find_invite_for_cancel(&msg);
                 ret(found.is_some())
             }
             Some(Method::Ack) => ret(matches!(lookup(s, m), ReqMatch::Ack(_))),
@@ -485,7 +480,7 @@ fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
         ok.then_some(out)
     });
     match r {
-        Ok(Some(bytes)) => ret(s.tm.borrow_mut().reply(id, code, bytes, now_ms(s))),
+        Ok(Some(bytes)) => ret(s.tm.reply(id, code, bytes, now_ms(s))),
         _ => -1,
     }
 }
@@ -496,8 +491,7 @@ fn t_reply_callid(s: &Shared, callid: &str, cseq: &str, code: i64, reason: &[u8]
     };
     let num: u32 = cseq.trim().parse().unwrap_or(u32::MAX);
     let found = {
-        let t = s.tm.borrow();
-        t.find(|c| {
+        s.tm.find(|c| {
             let mut p = crate::sip::Parsed::default();
             if crate::sip::parse(
                 &c.req,
@@ -522,13 +516,16 @@ fn t_reply_callid(s: &Shared, callid: &str, cseq: &str, code: i64, reason: &[u8]
 }
 
 /// Sends a locally built reply on a cell, from its stored request.
-pub(crate) fn local_reply_on_cell(s: &Shared, id: CellId, code: u16, reason: &[u8]) -> bool {
+pub(crate) fn local_reply_on_cell(s: &Shared, id: TxId, code: u16, reason: &[u8]) -> bool {
+    let Some((req, src)) =
+        s.tm.get_map(id, |c| (c.req.clone(), c.user.src.unwrap_or(c.reply_dst)))
+    else {
+        return false;
+    };
     let bytes = {
-        let t = s.tm.borrow();
-        let Some(c) = t.get(id) else { return false };
         let mut p = crate::sip::Parsed::default();
         if crate::sip::parse(
-            &c.req,
+            &req,
             crate::sip::Framing::Datagram,
             &crate::sip::Limits::default(),
             &mut p,
@@ -537,15 +534,14 @@ pub(crate) fn local_reply_on_cell(s: &Shared, id: CellId, code: u16, reason: &[u
         {
             return false;
         }
-        let msg = SipMsg::new(&c.req, &p);
-        let src = c.user.src.unwrap_or(c.reply_dst);
+        let msg = SipMsg::new(&req, &p);
         let mut out = Vec::new();
         if super::sl::build_local_reply(s, &msg, src, code, reason, &[], &mut out).is_none() {
             return false;
         }
         out
     };
-    s.tm.borrow_mut().reply(id, code, bytes, now_ms(s))
+    s.tm.reply(id, code, bytes, now_ms(s))
 }
 
 /// One destination to relay to.
@@ -574,7 +570,7 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
             }
             Some(Method::Cancel) => {
                 let inv = s
-                    .with_msg(|m| s.tm.borrow_mut().find_invite_for_cancel(&m.msg()))
+                    .with_msg(|m| s.tm.find_invite_for_cancel(&m.msg()))
                     .ok()
                     .flatten();
                 let Some(inv) = inv else {
@@ -586,7 +582,7 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
                     Err(()) => return -1,
                 }
                 t_reply(s, 200, b"canceling");
-                s.tm.borrow_mut().cancel(inv, now_ms(s));
+                s.tm.cancel(inv, now_ms(s));
                 return 1;
             }
             _ => {}
@@ -631,36 +627,31 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
     } else {
         None
     };
-    {
-        let mut t = s.tm.borrow_mut();
-        if let Some(c) = t.get_mut(id) {
-            if let Some((edits, rr)) = kept {
-                c.user.edits = edits;
-                c.user.rr = rr;
-            }
-            c.user.on_failure = routes.0;
-            if routes.1.is_some() || kind != RouteKind::Failure {
-                c.user.on_reply = routes.1;
-            }
-            c.user.on_branch = routes.2;
+    s.tm.get_mut_map(id, |c| {
+        if let Some((edits, rr)) = kept {
+            c.user.edits = edits;
+            c.user.rr = rr;
         }
-    }
+        c.user.on_failure = routes.0;
+        if routes.1.is_some() || kind != RouteKind::Failure {
+            c.user.on_reply = routes.1;
+        }
+        c.user.on_branch = routes.2;
+    });
     let mut groups = group_by_q(targets);
     if groups.is_empty() {
         return -1;
     }
     let first = groups.remove(0);
-    if let Some(c) = s.tm.borrow_mut().get_mut(id) {
-        c.user.next_groups = groups;
-    }
+    s.tm.get_mut_map(id, |c| c.user.next_groups = groups);
     let sent = relay_group(lua, s, id, first, forced);
     if sent == 0 {
         let _ = s.with_msg(|m| m.last_error = Some((478, "Unresolvable destination")));
         // Nothing went out: leave no transaction behind a stateless error
         // reply (unless it has other branches, e.g. in a failure route).
-        let empty = s.tm.borrow().get(id).is_some_and(|c| c.branches.is_empty());
+        let empty = s.tm.get_map(id, |c| c.branches.is_empty()).unwrap_or(false);
         if empty && kind == RouteKind::Request {
-            s.tm.borrow_mut().release(id);
+            s.tm.release(id);
             let _ = s.with_msg(|m| m.tm.cell = None);
         }
         return -1;
@@ -694,14 +685,14 @@ fn group_by_q(mut targets: Vec<Target>) -> Vec<Vec<BranchSpec>> {
 fn relay_group(
     lua: &Lua,
     s: &Shared,
-    id: CellId,
+    id: TxId,
     group: Vec<BranchSpec>,
     forced: Option<SocketAddr>,
 ) -> usize {
     let mut sent = 0;
-    let on_branch = s.tm.borrow().get(id).and_then(|c| c.user.on_branch.clone());
+    let on_branch = s.tm.get_map(id, |c| c.user.on_branch.clone()).flatten();
     for spec in group {
-        let Some(r) = s.tm.borrow().next_branch(id) else {
+        let Some((r, branch)) = s.tm.next_branch(id) else {
             break;
         };
         // The branch route sees (and may change) this branch's R-URI, $du
@@ -751,8 +742,6 @@ fn relay_group(
                 resolve_uri(target)
             });
             let uri = m.new_ruri.clone().unwrap_or_default();
-            let mut branch = Vec::with_capacity(40);
-            s.tm.borrow().write_branch(r, &mut branch);
             let mut out = Vec::with_capacity(m.len + 200);
             write_request(s, m, &uri, spec.path.as_deref(), &branch, &mut out);
             let bflags = m.bflags;
@@ -775,11 +764,7 @@ fn relay_group(
             continue;
         };
         let now = now_ms(s);
-        let mut t = s.tm.borrow_mut();
-        if t.add_branch(id, out, dst, now).is_ok() {
-            if let Some(c) = t.get_mut(id) {
-                c.user.bflags.push(bflags);
-            }
+        if s.tm.add_branch(id, out, dst, now, bflags).is_ok() {
             sent += 1;
             s.counters.incr(crate::stats::Counter::TmBranches);
         }
@@ -966,13 +951,20 @@ pub(super) async fn reply_flow(
             return (ctx, outcome);
         }
     }
-    let found = s.tm.borrow().match_response(&ctx.msg());
+    let found = s.tm.match_response(&ctx.msg());
     let Some((id, b, is_cancel)) = found else {
         forward_reply_stateless(&s, &mut ctx);
         return (ctx, RouteOutcome::Done);
     };
     let code = ctx.msg().status().unwrap_or(0);
-    let on_reply = s.tm.borrow().get(id).and_then(|c| c.user.on_reply.clone());
+    let Some((on_reply, origin)) =
+        s.tm.get_map(id, |c| (c.user.on_reply.clone(), c.user.origin_shard))
+    else {
+        return (ctx, RouteOutcome::Done);
+    };
+    if origin != s.shard_id {
+        s.counters.incr(crate::stats::Counter::TmForeignReplies);
+    }
     if let (false, Some(name)) = (is_cancel, on_reply) {
         if let Some(f) = routes.get(&lua, &name) {
             ctx.tm.cell = Some(id);
@@ -989,14 +981,11 @@ pub(super) async fn reply_flow(
         }
     }
     let now = now_ms(&s);
-    let action =
-        s.tm.borrow_mut()
-            .on_response(id, b, is_cancel, &ctx.msg(), now);
+    let action = s.tm.on_response(id, b, is_cancel, &ctx.msg(), now);
     match action {
         RespAction::Absorbed => {}
-        RespAction::Forward(bytes) => {
-            s.tm.borrow_mut().reply(id, code, bytes, now);
-        }
+        // Sent upstream already, in the same locked step.
+        RespAction::Forward(_) => {}
         RespAction::Completed => completed_flow(s.clone(), lua, routes, id).await,
     }
     (ctx, RouteOutcome::Done)
@@ -1008,12 +997,10 @@ pub(super) async fn completed_flow(
     s: Rc<Shared>,
     lua: Lua,
     routes: Rc<super::NamedRoutes>,
-    id: CellId,
+    id: TxId,
 ) {
-    let (group, on_failure, req, src, flags, best, edits, rr) = {
-        let mut t = s.tm.borrow_mut();
-        let best = t.best(id);
-        let Some(c) = t.get_mut(id) else { return };
+    let best = s.tm.best(id);
+    let taken = s.tm.get_mut_map(id, |c| {
         let six = best.is_some_and(|(_, code)| code >= 600);
         let group = if !c.canceled && !six && !c.user.next_groups.is_empty() {
             Some(c.user.next_groups.remove(0))
@@ -1035,6 +1022,9 @@ pub(super) async fn completed_flow(
             c.user.edits.clone(),
             c.user.rr.clone(),
         )
+    });
+    let Some((group, on_failure, req, src, flags, best, edits, rr)) = taken else {
+        return;
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     if let Some(group) = group {
@@ -1083,30 +1073,29 @@ pub(super) async fn completed_flow(
             }
         }
     }
-    let t = s.tm.borrow();
-    let Some(c) = t.get(id) else { return };
-    if c.is_final() || c.pending_branches() > 0 {
-        return;
+    let open =
+        s.tm.get_map(id, |c| !c.is_final() && c.pending_branches() == 0)
+            .unwrap_or(false);
+    if open {
+        forward_best(&s, id);
     }
-    drop(t);
-    forward_best(&s, id);
 }
 
 /// Sends the best branch reply upstream (or a local one for a timeout).
-fn forward_best(s: &Shared, id: CellId) {
-    let best = s.tm.borrow().best(id);
+fn forward_best(s: &Shared, id: TxId) {
+    let best = s.tm.best(id);
     let Some((b, code)) = best else {
         local_reply_on_cell(s, id, 500, b"Server Internal Error");
         return;
     };
     let bytes =
-        s.tm.borrow()
-            .get(id)
-            .and_then(|c| c.branches.get(b as usize))
-            .and_then(|br| br.reply.clone());
+        s.tm.get_map(id, |c| {
+            c.branches.get(b as usize).and_then(|br| br.reply.clone())
+        })
+        .flatten();
     match bytes {
         Some(bytes) if code != 503 => {
-            s.tm.borrow_mut().reply(id, code, bytes, now_ms(s));
+            s.tm.reply(id, code, bytes, now_ms(s));
         }
         _ => {
             let (code, reason): (u16, &[u8]) = match code {
@@ -1122,23 +1111,15 @@ fn forward_best(s: &Shared, id: CellId) {
 /// Timer work: fires due transaction timers and returns the cells whose
 /// completion the user must handle (each is then run with
 /// [`completed_flow`]); expired cells are answered 408 here.
-pub(super) fn tick(s: &Shared) -> Vec<CellId> {
+pub(super) fn tick(s: &Shared) -> Vec<TxId> {
     let now = now_ms(s);
     let mut done = Vec::new();
-    {
-        let mut t = s.tm.borrow_mut();
-        if t.poll_timeout().is_some_and(|at| at <= now) {
-            t.handle_timeout(now);
-        }
-    }
-    loop {
-        let ev = s.tm.borrow_mut().poll_event();
+    for (id, ev) in s.tm.tick(now) {
         match ev {
-            Some(Event::Completed(id)) => done.push(id),
-            Some(Event::Expired(id)) => {
+            Event::Completed(_) => done.push(id),
+            Event::Expired(_) => {
                 local_reply_on_cell(s, id, 408, b"Request Timeout");
             }
-            None => break,
         }
     }
     done
@@ -1171,21 +1152,20 @@ pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<mlua::Va
         let Some(id) = cell else {
             return Ok(mlua::Value::Nil);
         };
-        let t = s.tm.borrow();
-        let Some(c) = t.get(id) else {
+        let Some(got) = s.tm.get_map(id, |c| (c.req.clone(), c.user.src)) else {
             return Ok(mlua::Value::Nil);
         };
-        ((c.req.clone(), c.user.src), inner_name)
+        (got, inner_name)
     } else if let Some(inner_name) = inner("$T_rpl(") {
         let (cell, b) = s.with_msg(|m| (m.tm.cell, m.tm.branch_idx))?;
         let (Some(id), Some(b)) = (cell, b) else {
             return Ok(mlua::Value::Nil);
         };
-        let t = s.tm.borrow();
-        let Some(r) = t
-            .get(id)
-            .and_then(|c| c.branches.get(b as usize))
-            .and_then(|br| br.reply.clone())
+        let Some(r) =
+            s.tm.get_map(id, |c| {
+                c.branches.get(b as usize).and_then(|br| br.reply.clone())
+            })
+            .flatten()
         else {
             return Ok(mlua::Value::Nil);
         };
@@ -1297,7 +1277,7 @@ mod tests {
             "{fwd}"
         );
         assert!(
-            fwd.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsS0."),
+            fwd.contains("Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKsS"),
             "{fwd}"
         );
         assert!(
@@ -1416,7 +1396,7 @@ mod tests {
         let inv = request("MESSAGE sip:bob@example.com SIP/2.0", None, &[]);
         run(&eng, &inv);
         assert_eq!(super::super::testutil::global_int(&eng, "rc"), -1);
-        assert!(eng.shared().tm.borrow().is_empty());
+        assert!(eng.shared().tm.is_empty());
     }
 
     #[test]

@@ -295,7 +295,10 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
         shard.bell.unpark();
         return false;
     }
-    let deadline = match (shard.ex.next_deadline(), shard.engine.tm_next_deadline()) {
+    let tm_deadline = shard.engine.tm_next_deadline_ms().map(|at| {
+        Instant::now() + Duration::from_millis(at.saturating_sub(shard.engine.tm_now_ms()))
+    });
+    let deadline = match (shard.ex.next_deadline(), tm_deadline) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
@@ -354,8 +357,8 @@ fn run_tasks(shard: &Rc<Shard>) {
     }
     if shard
         .engine
-        .tm_next_deadline()
-        .is_some_and(|at| at <= Instant::now())
+        .tm_next_deadline_ms()
+        .is_some_and(|at| at <= shard.engine.tm_now_ms())
     {
         for work in shard.engine.tm_tick() {
             run_work(shard, work);

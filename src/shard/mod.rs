@@ -85,12 +85,10 @@ impl ShardParams {
             sha2::Sha256::digest(config.auth.secret.as_bytes()).into()
         };
         let epoch_unix_s = unix_now_s();
-        let tables = Arc::new(SharedTables::new(
-            shard_count,
-            &config.auth,
-            &config.registrar,
-            epoch_unix_s,
-        ));
+        let tables = Arc::new(
+            SharedTables::new(shard_count, &config.auth, &config.registrar, epoch_unix_s)
+                .with_tm(&config.tm, shard_count),
+        );
         ShardParams {
             config,
             script,
@@ -148,7 +146,6 @@ impl ShardParams {
             tuning,
             services: self.services(shard_id)?,
             test_hooks: self.config.core.test_hooks,
-            tm: &self.config.tm,
             local_addr,
         })
     }
@@ -484,6 +481,23 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         Ok(e) => e,
         Err(e) => return fail(e),
     };
+    {
+        // Replies the transaction layer relays upstream leave at once, under
+        // their transaction's lock (ordering across shards); MSG_DONTWAIT,
+        // as every send of the shard.
+        let sock = sock.clone();
+        let shared = Rc::downgrade(engine.shared());
+        engine.set_tm_sender(Box::new(move |dst, bytes| {
+            let to = socket2::SockAddr::from(dst);
+            let r =
+                socket2::SockRef::from(&*sock).send_to_with_flags(bytes, &to, libc::MSG_DONTWAIT);
+            if r.is_err() {
+                if let Some(s) = shared.upgrade() {
+                    s.counters.incr(crate::stats::Counter::SendErrors);
+                }
+            }
+        }));
+    }
     let mut tuning = serde_json::to_value(t).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(m) = &mut tuning {
         m.insert("cpu".into(), serde_json::json!(spec.cpu));

@@ -58,6 +58,18 @@ pub fn write_branch(out: &mut Vec<u8>, shard: usize, salt: u32, r: BranchRef) {
     push_hex(out, r.branch as u64);
 }
 
+/// The number after [`BRANCH_PREFIX`] (the stripe or shard that wrote the
+/// branch), if `b` is a sipshard branch.
+pub fn branch_stripe(b: &[u8]) -> Option<usize> {
+    let rest = b.strip_prefix(BRANCH_PREFIX.as_bytes())?;
+    let dot = rest.iter().position(|&c| c == b'.')?;
+    let digits = &rest[..dot];
+    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// Reads a branch id written by [`write_branch`] for this shard and salt.
 pub fn parse_branch(b: &[u8], shard: usize, salt: u32) -> Option<BranchRef> {
     let rest = b.strip_prefix(BRANCH_PREFIX.as_bytes())?;
