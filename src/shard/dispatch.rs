@@ -2,15 +2,14 @@
 //!
 //! Decided once, after parsing and before any route runs, so no route ever
 //! waits for another core:
-//! - a reply whose top Via branch carries a sipshard shard id
-//!   ([`BRANCH_PREFIX`]) goes to that shard: it owns the transaction that
-//!   sent the request;
-//! - with `dispatch = "key"`, a REGISTER goes to the shard of its To AOR and
-//!   any other request to the shard of its Call-ID (so a dialog's requests,
-//!   its CANCEL and its ACK meet on one shard);
-//! - everything else runs where it was read (`dispatch = "local"`, the
-//!   default: the tables a REGISTER touches are shared, see
-//!   `kemi::services::SharedTables`).
+//! - replies run where they were read: the transaction store is shared
+//!   (`kemi::tm_store`, docs/ARCHITECTURE.md decision 6);
+//! - with `dispatch = "local"` (the default) so do requests: the tables
+//!   they touch are shared;
+//! - with `dispatch = "callid"`, REGISTER and OPTIONS pings stay and every
+//!   other request goes to the shard of its Call-ID (a dialog's requests
+//!   meet on one shard); with `dispatch = "key"`, a REGISTER goes to the
+//!   shard of its To AOR and any other request to the shard of its Call-ID.
 //!
 //! A hand-over moves the message's context (its buffer and parse index) to
 //! the owner's bounded inbox and rings the owner's doorbell if it sleeps.
