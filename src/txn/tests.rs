@@ -698,3 +698,90 @@ fn random_event_sequences_keep_the_invariants() {
         }
     }
 }
+
+#[test]
+fn timer_k_ends_a_completed_non_invite_branch_after_t4() {
+    // wait_ms (timer J of the server side) longer than T4, so the cell
+    // outlives its branch.
+    let cfg = TxnConfig {
+        wait_ms: 20_000,
+        ..TxnConfig::default()
+    };
+    let mut s = setup("MESSAGE", cfg);
+    let (_, req) = add_branch(&mut s, 1, 0);
+    sent(&mut s.t);
+    assert!(matches!(
+        respond(&mut s, &req, 200, 100),
+        RespAction::Forward(_)
+    ));
+    assert!(s
+        .t
+        .reply(s.id, 200, b"SIP/2.0 200 OK\r\n\r\n".to_vec(), 100));
+    // Completed: a retransmitted 200 is absorbed, nothing is resent.
+    assert_eq!(respond(&mut s, &req, 200, 200), RespAction::Absorbed);
+    assert_eq!(
+        s.t.get(s.id).unwrap().branches[0].state,
+        ClientState::Completed
+    );
+    run_until(&mut s.t, 100 + 5000 - 1);
+    assert_eq!(
+        s.t.get(s.id).unwrap().branches[0].state,
+        ClientState::Completed
+    );
+    run_until(&mut s.t, 100 + 5000);
+    assert_eq!(
+        s.t.get(s.id).map(|c| c.branches[0].state),
+        Some(ClientState::Terminated),
+        "K = T4 after the final reply"
+    );
+}
+
+#[test]
+fn timer_d_ends_a_completed_invite_branch_after_wait() {
+    let cfg = TxnConfig {
+        wait_ms: 2000,
+        ..TxnConfig::default()
+    };
+    let mut s = setup("INVITE", cfg);
+    let (_, req) = add_branch(&mut s, 1, 0);
+    sent(&mut s.t);
+    assert_eq!(respond(&mut s, &req, 486, 100), RespAction::Completed);
+    run_until(&mut s.t, 100 + 2000 - 1);
+    assert_eq!(
+        s.t.get(s.id).unwrap().branches[0].state,
+        ClientState::Completed
+    );
+    // A 486 retransmission inside D is ACKed again.
+    assert_eq!(respond(&mut s, &req, 486, 1500), RespAction::Absorbed);
+    assert!(sent(&mut s.t)
+        .iter()
+        .any(|(_, b)| first_line(b).starts_with("ACK")));
+    run_until(&mut s.t, 100 + 2000);
+    assert_eq!(
+        s.t.get(s.id).map(|c| c.branches[0].state),
+        Some(ClientState::Terminated),
+        "D = wait_ms after the final reply"
+    );
+}
+
+#[test]
+fn timers_l_and_m_keep_an_answered_invite_for_wait_ms() {
+    let cfg = TxnConfig {
+        wait_ms: 3000,
+        ..TxnConfig::default()
+    };
+    let mut s = setup("INVITE", cfg);
+    let (_, req) = add_branch(&mut s, 1, 0);
+    let RespAction::Forward(ok) = respond(&mut s, &req, 200, 100) else {
+        panic!()
+    };
+    assert!(s.t.reply(s.id, 200, ok, 100));
+    run_until(&mut s.t, 100 + 3000 - 1);
+    assert!(s.t.get(s.id).is_some(), "Accepted until L/M");
+    assert!(matches!(
+        respond(&mut s, &req, 200, 2000),
+        RespAction::Forward(_)
+    ));
+    run_until(&mut s.t, 100 + 3000);
+    assert!(s.t.is_empty(), "L and M = wait_ms");
+}
