@@ -1,13 +1,6 @@
 //! `sipshard` command line: parse arguments, load the config, start the shards
 //! (or run a tool subcommand). Nothing else lives here.
 
-/// mimalloc: thread-local heaps with lock-free frees from other threads. A
-/// message's context crosses shards (dispatch hand-over), and with glibc's
-/// arenas the freeing shard then took the allocating shard's arena lock
-/// (futex waits on every few calls at 2000 calls/s) and the arenas grew and
-/// shrank a page at a time (an mprotect per call).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -153,10 +146,10 @@ fn run(a: ServerArgs) -> Result<(), String> {
     // A fixed trim threshold: glibc's dynamic one grows with the largest
     // buffer ever freed (the location load) and then keeps that much free
     // memory resident for good.
-    // It is 4 MiB, and heaps grow 1 MiB at a time: a proxy's live memory
-    // rises and falls with its transactions, and a smaller threshold and pad
-    // made glibc shrink and regrow the shard arenas with an mprotect call
-    // about once per call (strace -c of a 2000 calls/s drive).
+    // It is 4 MiB (and the main heap grows 1 MiB at a time): a proxy's live
+    // memory rises and falls with its transactions, and with 128 KiB glibc
+    // shrank and regrew the shard arenas with an mprotect call about once
+    // per call (strace -c of a 2000 calls/s drive).
     sipshard::transport::sys::malloc_trim_threshold(4 << 20);
     sipshard::transport::sys::malloc_top_pad(1 << 20);
     let (mut params, specs) = prepare(&a)?;
