@@ -1,7 +1,6 @@
 //! `sipshard` command line: parse arguments, load the config, start the shards
 //! (or run a tool subcommand). Nothing else lives here.
 
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;

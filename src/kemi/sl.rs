@@ -3,7 +3,7 @@
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.sl.sl_send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error |
-//! | `KSR.sl.send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error |
+//! | `KSR.sl.send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error; stateful (as `KSR.tm.t_reply`) when the request has a transaction |
 //! | `KSR.sl.sl_reply_error()` | `int ()` | 1 sent, -1 error |
 //!
 //! The reply goes to the request's source address, to the Via `rport` when the
@@ -22,15 +22,26 @@ use crate::stats::Counter;
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let sl = lua.create_table()?;
-    for name in ["sl_send_reply", "send_reply"] {
-        let s = shared.clone();
-        sl.set(
-            name,
-            lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
-                Ok(send_reply(&s, code, &reason.as_bytes()))
-            })?,
-        )?;
-    }
+    let s = shared.clone();
+    sl.set(
+        "sl_send_reply",
+        lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
+            Ok(send_reply(&s, code, &reason.as_bytes()))
+        })?,
+    )?;
+    // Kamailio's sl `send_reply`: stateful when the request has a
+    // transaction (t_newtran / t_relay created one), stateless otherwise.
+    let s = shared.clone();
+    sl.set(
+        "send_reply",
+        lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
+            let has_txn = s.with_msg(|m| m.tm.cell.is_some()).unwrap_or(false);
+            if has_txn {
+                return Ok(super::tm::t_reply(&s, code, &reason.as_bytes()));
+            }
+            Ok(send_reply(&s, code, &reason.as_bytes()))
+        })?,
+    )?;
     let s = shared.clone();
     sl.set(
         "sl_reply_error",

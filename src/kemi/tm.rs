@@ -456,7 +456,7 @@ fn t_check_trans(s: &Shared) -> i32 {
     .unwrap_or(-1)
 }
 
-fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
+pub(super) fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
     let Ok(code) = u16::try_from(code) else {
         return -1;
     };
@@ -1387,6 +1387,32 @@ mod tests {
         assert!(
             up.iter().any(|(_, b)| b.starts_with("SIP/2.0 487")),
             "{up:?}"
+        );
+    }
+
+    #[test]
+    fn sl_send_reply_is_stateful_once_a_transaction_exists() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 KSR.tm.t_newtran()
+                 rc = KSR.sl.send_reply(486, "Busy Here")
+               end"#,
+        );
+        let inv = request("INVITE sip:bob@192.0.2.20 SIP/2.0", None, &[]);
+        let (ctx, _) = run(&eng, &inv);
+        assert!(ctx.out.is_empty(), "not sent statelessly");
+        assert_eq!(super::super::testutil::global_int(&eng, "rc"), 1);
+        let out = sent(&eng);
+        assert!(out.iter().any(|(_, b)| b.starts_with("SIP/2.0 100")));
+        assert!(out
+            .iter()
+            .any(|(_, b)| b.starts_with("SIP/2.0 486 Busy Here")));
+        // A retransmission gets the 486 again from the transaction.
+        run(&eng, &inv);
+        let again = sent(&eng);
+        assert!(
+            again.iter().any(|(_, b)| b.starts_with("SIP/2.0 486")),
+            "{again:?}"
         );
     }
 
