@@ -544,8 +544,13 @@ impl<U> Table<U> {
         });
         self.arm(id, branch_key(b, T_BR_RETRANS), now + t1);
         self.arm(id, branch_key(b, T_BR_FR), now + fr);
-        // The guard outlives every branch (serial forks add branches late).
-        let guard = now + self.guard_ms();
+        // The guard outlives every branch (serial forks add branches late;
+        // t_set_fr may have lengthened this cell's timers).
+        let own = self
+            .get(id)
+            .map(|c| c.fr_timer_ms.max(c.fr_inv_timer_ms) + 64 * t1)
+            .unwrap_or(0);
+        let guard = now + self.guard_ms().max(own);
         if self.deadline_of(id, T_GUARD).is_some_and(|g| g < guard) {
             self.arm(id, T_GUARD, guard);
         }

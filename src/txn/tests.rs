@@ -785,3 +785,20 @@ fn timers_l_and_m_keep_an_answered_invite_for_wait_ms() {
     run_until(&mut s.t, 100 + 3000);
     assert!(s.t.is_empty(), "L and M = wait_ms");
 }
+
+#[test]
+fn a_longer_per_cell_fr_inv_timer_is_not_cut_by_the_guard() {
+    let mut s = setup("INVITE", TxnConfig::default());
+    s.t.get_mut(s.id).unwrap().fr_inv_timer_ms = 300_000;
+    let (_, req) = add_branch(&mut s, 1, 0);
+    sent(&mut s.t);
+    assert!(matches!(
+        respond(&mut s, &req, 180, 100),
+        RespAction::Forward(_)
+    ));
+    run_until(&mut s.t, 299_000);
+    assert_eq!(s.t.poll_event(), None, "still ringing at 299 s");
+    run_until(&mut s.t, 300_100);
+    assert_eq!(s.t.poll_event(), Some(Event::Completed(s.id)));
+    assert_eq!(s.t.best(s.id), Some((0, 408)));
+}
