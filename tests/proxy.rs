@@ -613,6 +613,16 @@ fn busy_callee_then_second_contact() {
     assert_eq!(ok.traced("received", "INVITE "), 1, "{}", ok.report());
     // the caller never saw the 486
     assert_eq!(uac.traced("received", "SIP/2.0 486"), 0, "{}", uac.report());
+    // the failure route ran once, timed in its own histogram
+    if let Proxy::Sipshard(s) = &proxy {
+        let v = rpc(s.rpc_port, "kemi.route_latency", json!([]));
+        let routes = v["routes"].as_array().expect("routes");
+        let failure = routes
+            .iter()
+            .find(|r| r["route"] == "ksr_failure_manage")
+            .unwrap_or_else(|| panic!("no ksr_failure_manage histogram in {v}"));
+        assert_eq!(failure["merged"]["cnt"], 1, "{failure}");
+    }
 }
 
 /// The callee rings and never answers: the proxy's fr_inv timer (2 s, set by
