@@ -555,6 +555,11 @@ impl Engine {
         self.shared.tm.set_direct_sender(send);
     }
 
+    /// True when this shard's transaction timers need a scan.
+    pub fn tm_tick_due(&self) -> bool {
+        self.shared.tm.tick_due(self.shared.tm.now_ms())
+    }
+
     pub fn tm_now_ms(&self) -> u64 {
         self.shared.tm.now_ms()
     }

@@ -111,6 +111,8 @@ pub struct TmHandle {
     /// shards relaying replies of one transaction (a 180 and the 200) can
     /// never send them out of order.
     direct: RefCell<Option<DirectSend>>,
+    /// When this shard last scanned its stripes (store clock, ms).
+    last_tick: std::cell::Cell<u64>,
 }
 
 impl TmHandle {
@@ -121,6 +123,7 @@ impl TmHandle {
             out: RefCell::new(OutQueue::default()),
             key: RefCell::new(Vec::with_capacity(128)),
             direct: RefCell::new(None),
+            last_tick: std::cell::Cell::new(0),
         }
     }
 
@@ -172,10 +175,10 @@ impl TmHandle {
             });
         }
         let d = t.poll_timeout().unwrap_or(u64::MAX);
-        if self.shared.deadlines[stripe].swap(d, Ordering::AcqRel) != d && d != u64::MAX {
+        if self.shared.deadlines[stripe].swap(d, Ordering::SeqCst) != d && d != u64::MAX {
             let owner = &self.shared.shard_min[stripe % self.shared.shards];
-            if d < owner.load(Ordering::Acquire) {
-                owner.fetch_min(d, Ordering::AcqRel);
+            if d < owner.load(Ordering::SeqCst) {
+                owner.fetch_min(d, Ordering::SeqCst);
             }
         }
     }
@@ -343,8 +346,16 @@ impl TmHandle {
     /// The earliest deadline among this shard's stripes (a lower bound:
     /// it may be earlier than the real one, never later).
     pub fn next_deadline(&self) -> Option<u64> {
-        let d = self.shared.shard_min[self.shard % self.shared.shards].load(Ordering::Acquire);
+        let d = self.shared.shard_min[self.shard % self.shared.shards].load(Ordering::SeqCst);
         (d != u64::MAX).then_some(d)
+    }
+
+    /// True when the shard should scan its stripes: a deadline is due, or
+    /// a second passed since the last scan (a safety net: the published
+    /// minimum is a hint written by other shards without a lock).
+    pub fn tick_due(&self, now: u64) -> bool {
+        self.next_deadline().is_some_and(|d| d <= now)
+            || now.saturating_sub(self.last_tick.get()) >= 1000
     }
 
     /// Fires the due timers of this shard's stripes; returns the events
@@ -353,9 +364,12 @@ impl TmHandle {
         let n = self.shared.shards;
         let me = self.shard % n;
         let mut events = Vec::new();
-        self.shared.shard_min[me].store(u64::MAX, Ordering::Release);
+        self.last_tick.set(now);
+        // A swap (a full barrier), so no other shard's minimum published
+        // before the scan reads its stripe is overwritten after it.
+        self.shared.shard_min[me].swap(u64::MAX, Ordering::SeqCst);
         for st in (me..STRIPES).step_by(n) {
-            let d = self.shared.deadlines[st].load(Ordering::Acquire);
+            let d = self.shared.deadlines[st].load(Ordering::SeqCst);
             if d <= now {
                 self.with(st, |t| {
                     t.handle_timeout(now);

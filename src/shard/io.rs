@@ -355,11 +355,7 @@ fn run_tasks(shard: &Rc<Shard>) {
             shard.ex.fire_timers(now);
         }
     }
-    if shard
-        .engine
-        .tm_next_deadline_ms()
-        .is_some_and(|at| at <= shard.engine.tm_now_ms())
-    {
+    if shard.engine.tm_tick_due() {
         for work in shard.engine.tm_tick() {
             run_work(shard, work);
         }
