@@ -42,11 +42,16 @@ pub enum CreateError {
     Exists,
 }
 
+/// An atomic alone on its cache line.
+#[repr(align(64))]
+struct PaddedU64(AtomicU64);
+
 /// The stripes, shared by every shard.
 pub struct SharedTm {
     stripes: Box<[Mutex<TmTable>]>,
-    /// Next deadline of each stripe (ms on the store's clock; MAX = none).
-    deadlines: Box<[AtomicU64]>,
+    /// Next deadline of each stripe (ms on the store's clock; MAX = none),
+    /// one cache line each (shards write them from both cores).
+    deadlines: Box<[PaddedU64]>,
     /// Earliest deadline among each shard's stripes (a lower bound).
     shard_min: Box<[AtomicU64]>,
     shards: usize,
@@ -74,7 +79,9 @@ impl SharedTm {
             stripes: (0..STRIPES)
                 .map(|i| Mutex::new(txn::Table::new(tcfg.clone(), i, salt)))
                 .collect(),
-            deadlines: (0..STRIPES).map(|_| AtomicU64::new(u64::MAX)).collect(),
+            deadlines: (0..STRIPES)
+                .map(|_| PaddedU64(AtomicU64::new(u64::MAX)))
+                .collect(),
             shard_min: (0..shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
             shards,
             epoch: Instant::now(),
@@ -175,7 +182,11 @@ impl TmHandle {
             });
         }
         let d = t.poll_timeout().unwrap_or(u64::MAX);
-        if self.shared.deadlines[stripe].swap(d, Ordering::SeqCst) != d && d != u64::MAX {
+        let slot = &self.shared.deadlines[stripe].0;
+        // Read first: most operations leave the deadline as it was, and a
+        // read keeps the cache line shared between the cores.
+        if slot.load(Ordering::SeqCst) != d && slot.swap(d, Ordering::SeqCst) != d && d != u64::MAX
+        {
             let owner = &self.shared.shard_min[stripe % self.shared.shards];
             if d < owner.load(Ordering::SeqCst) {
                 owner.fetch_min(d, Ordering::SeqCst);
@@ -369,7 +380,7 @@ impl TmHandle {
         // before the scan reads its stripe is overwritten after it.
         self.shared.shard_min[me].swap(u64::MAX, Ordering::SeqCst);
         for st in (me..STRIPES).step_by(n) {
-            let d = self.shared.deadlines[st].load(Ordering::SeqCst);
+            let d = self.shared.deadlines[st].0.load(Ordering::SeqCst);
             if d <= now {
                 self.with(st, |t| {
                     t.handle_timeout(now);
