@@ -496,21 +496,10 @@ impl Engine {
         &self.lua
     }
 
-    pub fn has_reply_route(&self) -> bool {
-        self.reply_route.is_some()
-    }
-
     /// Starts `ksr_request_route()` for `ctx`. Poll the returned future; it
     /// hands the context back with the outcome.
     pub fn run_request(&self, ctx: Box<MsgCtx>) -> RouteRun {
         RouteRun::new(self.shared.clone(), ctx, &self.request_route)
-    }
-
-    /// Starts `ksr_reply_route()` (caller checks [`Engine::has_reply_route`]).
-    pub fn run_reply(&self, ctx: Box<MsgCtx>) -> Option<RouteRun> {
-        self.reply_route
-            .as_ref()
-            .map(|f| RouteRun::new(self.shared.clone(), ctx, f))
     }
 
     /// A received reply: `ksr_reply_route()`, then its transaction (onreply

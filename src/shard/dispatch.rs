@@ -26,30 +26,6 @@ use crate::kemi::MsgCtx;
 use crate::partition;
 use crate::sip::{Method, SipMsg, SipUri};
 
-/// Branches sipshard writes start with this, then the shard id in decimal,
-/// then `.`: `z9hG4bKsS1.<unique>`. RFC 3261 §8.1.1.7 only asks for the
-/// magic cookie and uniqueness; the rest is the server's to use.
-pub const BRANCH_PREFIX: &str = crate::txn::BRANCH_PREFIX;
-
-/// The shard id in a sipshard branch, if it is one.
-pub fn branch_shard(branch: &[u8]) -> Option<usize> {
-    let rest = branch.strip_prefix(BRANCH_PREFIX.as_bytes())?;
-    let dot = rest.iter().position(|&b| b == b'.')?;
-    let digits = &rest[..dot];
-    if digits.is_empty() || digits.len() > 4 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
-}
-
-/// Writes `BRANCH_PREFIX`, the shard id and the dot; the caller appends a
-/// unique tail.
-pub fn write_branch_prefix(out: &mut Vec<u8>, shard: usize) {
-    out.extend_from_slice(BRANCH_PREFIX.as_bytes());
-    out.extend_from_slice(shard.to_string().as_bytes());
-    out.push(b'.');
-}
-
 /// The shard that runs `msg` (`me` when it stays here).
 pub fn target(msg: &SipMsg<'_>, me: usize, shards: usize, mode: Dispatch) -> usize {
     if shards <= 1 || !msg.is_request() {
@@ -169,23 +145,6 @@ mod tests {
         let mut p = Parsed::default();
         crate::sip::parse(&buf, Framing::Datagram, &Limits::default(), &mut p).unwrap();
         (buf, p)
-    }
-
-    #[test]
-    fn branch_ids_round_trip_and_reject_others() {
-        let mut b = Vec::new();
-        write_branch_prefix(&mut b, 17);
-        b.extend_from_slice(b"abc");
-        assert_eq!(branch_shard(&b), Some(17));
-        for bad in [
-            &b"z9hG4bK776asdhds"[..],
-            b"z9hG4bKsS.x",
-            b"z9hG4bKsS12345.x",
-            b"z9hG4bKsS1x.y",
-            b"z9hG4bKsS1",
-        ] {
-            assert_eq!(branch_shard(bad), None, "{}", String::from_utf8_lossy(bad));
-        }
     }
 
     #[test]

@@ -213,6 +213,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn branch_stripe_reads_the_prefix_and_rejects_others() {
+        let r = BranchRef {
+            slot: 1,
+            gen: 2,
+            branch: 0,
+        };
+        let mut b = Vec::new();
+        write_branch(&mut b, 17, 9, r);
+        assert_eq!(branch_stripe(&b), Some(17));
+        for bad in [
+            &b"z9hG4bK776asdhds"[..],
+            b"z9hG4bKsS.x",
+            b"z9hG4bKsS12345.x",
+            b"z9hG4bKsS1x.y",
+            b"z9hG4bKsS1",
+        ] {
+            assert_eq!(branch_stripe(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
     fn branch_roundtrip() {
         let r = BranchRef {
             slot: 0x1234,
