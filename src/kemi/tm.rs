@@ -695,70 +695,22 @@ fn relay_group(
         let Some((r, branch)) = s.tm.next_branch(id) else {
             break;
         };
-        // The branch route sees (and may change) this branch's R-URI, $du
-        // and headers; the changes stay with the branch.
-        let saved = s.with_msg(|m| {
-            let saved = (
-                m.new_ruri.clone(),
-                m.dst_uri.clone(),
-                m.edits.clone(),
-                m.tm.kind,
-                m.bflags,
-                m.dropped,
-            );
-            m.new_ruri = Some(spec.uri.clone());
-            m.dst_uri = spec.dst_uri.clone();
-            m.bflags = spec.bflags;
-            m.tm.branch_idx = Some(r.branch);
-            saved
-        });
-        let Ok(saved) = saved else { break };
-        let mut dropped = false;
-        if let Some(name) = &on_branch {
-            let _ = s.with_msg(|m| m.tm.kind = RouteKind::Branch);
-            let f = lua
-                .app_data_ref::<Rc<super::NamedRoutes>>()
-                .and_then(|r| r.get(lua, name));
-            if let Some(f) = f {
-                let t0 = std::time::Instant::now();
-                if let Err(e) = f.call::<()>(()) {
-                    tracing::error!(
-                        shard = s.shard_id,
-                        "branch route {name}: {}",
-                        super::format_lua_error(&e)
-                    );
-                }
-                s.record_route_time(name, t0.elapsed());
-            }
-            dropped = s.with_msg(|m| m.dropped).unwrap_or(true);
-        }
-        let built = s.with_msg(|m| {
-            let dst = forced.or_else(|| {
-                let target = m
-                    .dst_uri
-                    .as_deref()
-                    .or(m.new_ruri.as_deref())
-                    .unwrap_or(b"");
-                resolve_uri(target)
-            });
-            let uri = m.new_ruri.clone().unwrap_or_default();
-            let mut out = Vec::with_capacity(m.len + 200);
-            write_request(s, m, &uri, spec.path.as_deref(), &branch, &mut out);
-            let bflags = m.bflags;
-            // Restore the request route's view.
-            m.new_ruri = saved.0.clone();
-            m.dst_uri = saved.1.clone();
-            m.edits = saved.2.clone();
-            m.tm.kind = saved.3;
-            m.bflags = saved.4;
-            m.dropped = saved.5;
-            m.tm.branch_idx = None;
-            (dst, out, bflags)
-        });
-        let Ok((dst, out, bflags)) = built else { break };
-        if dropped {
-            continue;
-        }
+        let built = match &on_branch {
+            Some(name) => build_with_branch_route(lua, s, name, &spec, r.branch, &branch, forced),
+            // No branch route: the branch as specified, nothing to save.
+            None => s
+                .with_msg(|m| {
+                    let target = spec.dst_uri.as_deref().unwrap_or(&spec.uri);
+                    let dst = forced.or_else(|| resolve_uri(target));
+                    let mut out = Vec::with_capacity(m.len + 200);
+                    write_request(s, m, &spec.uri, spec.path.as_deref(), &branch, &mut out);
+                    (dst, out, spec.bflags)
+                })
+                .ok(),
+        };
+        let Some((dst, out, bflags)) = built else {
+            continue; // dropped by the branch route
+        };
         let Some(dst) = dst else {
             s.counters.incr(crate::stats::Counter::TmUnresolvable);
             continue;
@@ -770,6 +722,76 @@ fn relay_group(
         }
     }
     sent
+}
+
+/// Runs the branch route `name` for one branch: it sees (and may change)
+/// the branch's R-URI, `$du`, branch flags and headers; the changes stay
+/// with the branch and the request route's view is restored after.
+/// `None` when the branch route dropped the branch.
+fn build_with_branch_route(
+    lua: &Lua,
+    s: &Shared,
+    name: &Arc<str>,
+    spec: &BranchSpec,
+    idx: u8,
+    branch: &[u8],
+    forced: Option<SocketAddr>,
+) -> Option<(Option<SocketAddr>, Vec<u8>, u32)> {
+    let saved = s
+        .with_msg(|m| {
+            let saved = (
+                m.new_ruri.replace(spec.uri.clone()),
+                std::mem::replace(&mut m.dst_uri, spec.dst_uri.clone()),
+                m.edits.clone(),
+                m.tm.kind,
+                std::mem::replace(&mut m.bflags, spec.bflags),
+                m.dropped,
+            );
+            m.tm.branch_idx = Some(idx);
+            m.tm.kind = RouteKind::Branch;
+            saved
+        })
+        .ok()?;
+    let f = lua
+        .app_data_ref::<Rc<super::NamedRoutes>>()
+        .and_then(|r| r.get(lua, name));
+    if let Some(f) = f {
+        let t0 = std::time::Instant::now();
+        if let Err(e) = f.call::<()>(()) {
+            tracing::error!(
+                shard = s.shard_id,
+                "branch route {name}: {}",
+                super::format_lua_error(&e)
+            );
+        }
+        s.record_route_time(name, t0.elapsed());
+    }
+    s.with_msg(|m| {
+        let dropped = m.dropped;
+        let dst = forced.or_else(|| {
+            let target = m
+                .dst_uri
+                .as_deref()
+                .or(m.new_ruri.as_deref())
+                .unwrap_or(b"");
+            resolve_uri(target)
+        });
+        let uri = m.new_ruri.clone().unwrap_or_default();
+        let mut out = Vec::with_capacity(m.len + 200);
+        write_request(s, m, &uri, spec.path.as_deref(), branch, &mut out);
+        let bflags = m.bflags;
+        // Restore the request route's view.
+        m.new_ruri = saved.0;
+        m.dst_uri = saved.1;
+        m.edits = saved.2;
+        m.tm.kind = saved.3;
+        m.bflags = saved.4;
+        m.dropped = saved.5;
+        m.tm.branch_idx = None;
+        (!dropped).then_some((dst, out, bflags))
+    })
+    .ok()
+    .flatten()
 }
 
 /// The request as relayed: `uri` as R-URI, our Via on top, the Record-Route
@@ -1387,6 +1409,47 @@ mod tests {
         assert!(
             up.iter().any(|(_, b)| b.starts_with("SIP/2.0 487")),
             "{up:?}"
+        );
+    }
+
+    #[test]
+    fn branch_route_changes_stay_with_its_branch() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 KSR.corex.append_branch("sip:carol@192.0.2.22")
+                 KSR.tm.t_on_branch("per_branch")
+                 rc = KSR.tm.t_relay()
+                 after = KSR.pv.get("$ru")
+               end
+               function per_branch()
+                 idx = KSR.pv.get("$T_branch_idx")
+                 in_branch = KSR.tmx.t_is_branch_route()
+                 if KSR.pv.get("$rU") == "carol" then
+                   KSR.hdr.append("X-Branch: carol\r\n")
+                 end
+               end"#,
+        );
+        let inv = request("MESSAGE sip:bob@192.0.2.20 SIP/2.0", None, &[]);
+        run(&eng, &inv);
+        assert_eq!(super::super::testutil::global_int(&eng, "rc"), 1);
+        assert_eq!(super::super::testutil::global_int(&eng, "idx"), 1);
+        assert_eq!(super::super::testutil::global_int(&eng, "in_branch"), 1);
+        let out = sent(&eng);
+        let bob = out
+            .iter()
+            .find(|(d, _)| *d == "192.0.2.20:5060".parse().unwrap())
+            .expect("bob's branch");
+        let carol = out
+            .iter()
+            .find(|(d, _)| *d == "192.0.2.22:5060".parse().unwrap())
+            .expect("carol's branch");
+        assert!(carol.1.starts_with("MESSAGE sip:carol@192.0.2.22 SIP/2.0"));
+        assert!(carol.1.contains("X-Branch: carol"), "{}", carol.1);
+        assert!(!bob.1.contains("X-Branch"), "{}", bob.1);
+        let after: String = eng.lua().globals().get("after").unwrap();
+        assert_eq!(
+            after, "sip:bob@192.0.2.20",
+            "the request route's R-URI is restored"
         );
     }
 
