@@ -1072,7 +1072,32 @@ impl<U> Table<U> {
         let at = at.max(1);
         if self.set_deadline(id, key, at) {
             self.heap.push(Reverse((at, id.slot, id.gen, key)));
+            if self.heap.len() > 1024 + 16 * self.live {
+                self.compact_timers();
+            }
         }
+    }
+
+    /// Drops heap entries whose timer was re-armed, disarmed or whose cell
+    /// is gone. Stale entries otherwise stay until their deadline (the
+    /// guard: minutes), so a high call rate would grow the heap with the
+    /// rate instead of with the live cells.
+    fn compact_timers(&mut self) {
+        let heap = std::mem::take(&mut self.heap);
+        let live: Vec<Reverse<(u64, u32, u32, u16)>> = heap
+            .into_vec()
+            .into_iter()
+            .filter(|Reverse((at, slot, gen, key))| {
+                self.deadline_of(
+                    CellId {
+                        slot: *slot,
+                        gen: *gen,
+                    },
+                    *key,
+                ) == Some(*at)
+            })
+            .collect();
+        self.heap = BinaryHeap::from(live);
     }
 
     fn disarm(&mut self, id: CellId, key: u16) {
@@ -1128,6 +1153,11 @@ impl<U> Table<U> {
                 send(t.dst, bytes);
             }
         }
+    }
+
+    /// Timer entries held (armed and stale), for tests and statistics.
+    pub fn timer_entries(&self) -> usize {
+        self.heap.len()
     }
 
     /// Datagrams queued and not yet drained.

@@ -802,3 +802,32 @@ fn a_longer_per_cell_fr_inv_timer_is_not_cut_by_the_guard() {
     assert_eq!(s.t.poll_event(), Some(Event::Completed(s.id)));
     assert_eq!(s.t.best(s.id), Some((0, 408)));
 }
+
+#[test]
+fn the_timer_heap_grows_with_live_cells_not_with_the_call_rate() {
+    let cfg = TxnConfig {
+        wait_ms: 100,
+        ..TxnConfig::default()
+    };
+    let mut t: Table<()> = Table::new(cfg, 0, SALT);
+    // 20 000 short transactions, each answered at once and gone after
+    // wait_ms; their guard timers (minutes) must not pile up.
+    let mut now = 1;
+    for i in 0..20_000u32 {
+        let r = request("MESSAGE", &format!("z9hG4bKrate{i}"), 1);
+        let p = parse(&r);
+        let id = t.create(&SipMsg::new(&r, &p), client(), now, ()).unwrap();
+        assert!(t.reply(id, 200, b"SIP/2.0 200 OK\r\n\r\n".to_vec(), now));
+        t.drain_transmits(|_, _| {});
+        now += 1;
+        t.handle_timeout(now);
+    }
+    t.check_invariants().unwrap();
+    assert!(t.len() <= 101, "{} cells alive", t.len());
+    assert!(
+        t.timer_entries() <= 1024 + 16 * t.len() + 1,
+        "{} heap entries for {} cells",
+        t.timer_entries(),
+        t.len()
+    );
+}
