@@ -7,6 +7,7 @@
 #   QUICK=1 perf/compare.sh              # smoke run (short drives, 10k contacts)
 #   SKIP_KAMAILIO=1 SKIP_FLOOR=1 perf/compare.sh
 #   ONLY=calls perf/compare.sh           # only the CALLS section
+#   ONLY=basic perf/compare.sh           # only the BASIC section
 #
 # What runs (every server on 127.0.0.1 with 2 workers, started, measured and
 # stopped before the next one starts):
@@ -38,6 +39,14 @@
 #             processes' own CPU (a sipp near 100 % of a core means sipp,
 #             not the server, is the limit), route avg/p99 (Kamailio: a
 #             repeat at that rate with route logging)
+#   BASIC     REGISTER with auth as above (16 sipp processes) at REG_RATE/s
+#             through Kamailio's own basic KEMI Lua example, unchanged, as
+#             Debian installs it (KAMAILIO_BASIC_LUA): sipshard with the
+#             settings that script expects (BASIC_TOML below), the same on
+#             SIPSHARD_ALT_BIN if set (e.g. a Lua 5.4 build, labelled
+#             SIPSHARD_ALT_LABEL), sipshard's default script on the same
+#             drive, and Kamailio with perf/kamailio/basic.cfg (CPU run, then
+#             a route-time repeat). Reported: CPU/req and route avg/p99.
 #   idle      IDLE_S seconds without traffic
 #   memory    sipshard: perf/memory.sh (if present and executable);
 #             Kamailio: shm used (kamcmd core.shmmem real_used) with CONTACTS
@@ -78,8 +87,11 @@ SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SKIP_FLOOR=${SKIP_FLOOR:-0}
 SKIP_CALLS=${SKIP_CALLS:-0}
 ONLY=${ONLY:-}
-case "$ONLY" in ""|calls) ;; *) echo "ONLY must be empty or calls" >&2; exit 2;; esac
-if [ "$ONLY" = calls ]; then SKIP_CALLS=0; fi
+case "$ONLY" in ""|calls|basic) ;; *) echo "ONLY must be empty, calls or basic" >&2; exit 2;; esac
+if [ "$ONLY" = calls ]; then SKIP_CALLS=0; SKIP_BASIC=1; fi
+if [ "$ONLY" = basic ]; then SKIP_CALLS=1; SKIP_BASIC=0; fi
+SKIP_BASIC=${SKIP_BASIC:-0}
+KAMAILIO_BASIC_LUA=${KAMAILIO_BASIC_LUA:-/usr/share/doc/kamailio/examples/kemi/kamailio-basic-kemi-lua.lua}
 CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 6000"}
 CALL_HOLD_MS=${CALL_HOLD_MS:-1000}
 CALL_UAS_PORT=${CALL_UAS_PORT:-25360}
@@ -453,11 +465,12 @@ TOML
 # ================================================================ Kamailio
 KAMRUN=$WORK/kamrun
 KAM_LUA=$ROOT/etc/sipshard.lua   # perf/calls.lua for the CALLS section
+KAM_CFG_SRC=$ROOT/perf/kamailio/kamailio.cfg   # perf/kamailio/basic.cfg for BASIC
 kam_cfg() {  # $1 = db url -> cfg path
   mkdir -p "$KAMRUN"
   sed -e "s|@CHILDREN@|$WORKERS|g; s|@BUF_BYTES@|$BUF_BYTES|g; s|@PORT@|$KAM_PORT|g; s|@MPATH@|$MPATH|g" \
       -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$KAM_LUA|g" \
-      "$ROOT/perf/kamailio/kamailio.cfg" > "$WORK/kamailio.cfg"
+      "$KAM_CFG_SRC" > "$WORK/kamailio.cfg"
   grep -q '@[A-Z_]*@' "$WORK/kamailio.cfg" && die "unfilled placeholder in kamailio.cfg"
   echo "$WORK/kamailio.cfg"
 }
@@ -799,17 +812,109 @@ run_kamailio_calls() {
   KAM_LUA=$ROOT/etc/sipshard.lua
 }
 
+# ================================================================ BASIC
+# Kamailio's basic KEMI Lua example, unchanged, on sipshard and on Kamailio:
+# REGISTER with auth from 16 sipp processes (drive_register multi).
+# What that script expects around it, as sipshard settings (Kamailio's
+# kamailio-basic-kemi.cfg with WITH_AUTH, WITH_NAT, WITH_IPAUTH,
+# WITH_ANTIFLOOD; perf/kamailio/basic.cfg for Kamailio).
+BASIC_TOML='
+[kemi]
+defines = ["WITH_AUTH", "WITH_NAT", "WITH_IPAUTH", "WITH_ANTIFLOOD"]
+[[htable]]
+name = "ipban"
+size = 8
+autoexpire = 300
+[pike]
+sampling_time_unit = 2
+reqs_density_per_unit = 16
+remove_latency = 4
+[nathelper]
+enable = true
+[permissions]
+enable = true
+'
+# $1 key, $2 binary, $3 script ("" = the default etc/sipshard.lua), $4 label
+run_basic_sipshard() {
+  local key=$1 bin=$2 script=$3 label=$4
+  {
+    cat <<TOML
+[core]
+listen = "127.0.0.1:$SIPSHARD_PORT"
+cores = [0, 1]
+log_level = "info"
+TOML
+    [ -z "$script" ] || echo "script = \"$script\""
+    cat <<TOML
+[shard]
+recv_buffer_bytes = $BUF_BYTES
+send_buffer_bytes = $BUF_BYTES
+[rpc]
+listen = "127.0.0.1:$RPC_PORT"
+[db]
+url = "$DB_URL"
+[registrar]
+db_mode = 2
+TOML
+    [ -z "$script" ] || echo "$BASIC_TOML"
+  } > "$WORK/$key.toml"
+  log "$key: start ($label)"
+  SERVER_NAME=sipshard
+  "$bin" run --config "$WORK/$key.toml" > "$WORK/$key.out" 2> "$WORK/sipshard.err" &
+  SERVER_PID=$!
+  wait_sip "$SIPSHARD_PORT" 30
+  local deadline=$((SECONDS + 30))
+  until sipshard_ctl core.uptime >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || die "sipshard RPC on 127.0.0.1:$RPC_PORT not answering"
+    sleep 0.2
+  done
+  sipshard_ctl stats.reset >/dev/null
+  drive_register "$key.regmulti" "$SIPSHARD_PORT" multi
+  sipshard_route "$key.regmulti"
+  R[$key.label]=$label
+  stop_server
+  R[$key.logerr]=$(grep -cE ' (WARN|ERROR) ' "$WORK/sipshard.err" || true)
+}
+run_basic() {
+  [ -f "$KAMAILIO_BASIC_LUA" ] || die "$KAMAILIO_BASIC_LUA missing (Debian package kamailio)"
+  run_basic_sipshard sipshard_bdef "$BIN" "" "sipshard, its default etc/sipshard.lua"
+  run_basic_sipshard sipshard_basic "$BIN" "$KAMAILIO_BASIC_LUA" "sipshard${SIPSHARD_LABEL:+ ($SIPSHARD_LABEL)}, Kamailio's basic example"
+  if [ -n "${SIPSHARD_ALT_BIN:-}" ]; then
+    run_basic_sipshard sipshard_balt "$(realpath "$SIPSHARD_ALT_BIN")" "$KAMAILIO_BASIC_LUA" "sipshard ${SIPSHARD_ALT_LABEL:-SIPSHARD_ALT_BIN}, Kamailio's basic example"
+  fi
+  [ "$SKIP_KAMAILIO" != 1 ] || return 0
+  local off cfg_keep=$KAM_CFG_SRC
+  KAM_CFG_SRC=$ROOT/perf/kamailio/basic.cfg KAM_LUA=$KAMAILIO_BASIC_LUA
+  : > "$WORK/kamailio.err"
+  kam_start "$DB_URL" "BASIC: Kamailio's basic example, route-time logging off" 16
+  wait_sip "$KAM_PORT" 30
+  drive_register kamailio_basic.regmulti "$KAM_PORT" multi
+  R[kamailio_basic.label]="Kamailio 5.6, its basic example (perf/kamailio/basic.cfg)"
+  stop_server
+  R[kamailio_basic.logerr]=$(grep -E '(ERROR|CRITICAL|BUG):' "$WORK/kamailio.err" | grep -c . || true)
+  : > "$WORK/kamailio.err"
+  kam_start "$DB_URL" "BASIC route-time run" 16 -A ROUTE_TIME
+  wait_sip "$KAM_PORT" 30
+  off=$(stat -c %s "$WORK/kamailio.err")
+  drive_register kamailio_basic_rt.regmulti "$KAM_PORT" multi
+  kam_route kamailio_basic.regmulti "$WORK/kamailio.err" "$off"
+  stop_server
+  : > "$WORK/kamailio.err"
+  KAM_CFG_SRC=$cfg_keep KAM_LUA=$ROOT/etc/sipshard.lua
+}
+
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
 if [ "$SKIP_CALLS" != 1 ]; then "$BIN" db init --db "$CALLS_DB_URL" >/dev/null; fi
-if [ "$ONLY" != calls ]; then run_sipshard; fi
+if [ -z "$ONLY" ]; then run_sipshard; fi
 if [ "$SKIP_CALLS" != 1 ]; then run_sipshard_calls; fi
 if [ "$SKIP_KAMAILIO" != 1 ]; then
-  if [ "$ONLY" != calls ]; then run_kamailio; run_kamailio_memory; fi
+  if [ -z "$ONLY" ]; then run_kamailio; run_kamailio_memory; fi
   if [ "$SKIP_CALLS" != 1 ]; then run_kamailio_calls; fi
 fi
-if [ "$SKIP_FLOOR" != 1 ] && [ "$ONLY" != calls ]; then run_floor; fi
-if [ "$ONLY" != calls ]; then run_sipshard_memory; fi
+if [ "$SKIP_FLOOR" != 1 ] && [ -z "$ONLY" ]; then run_floor; fi
+if [ -z "$ONLY" ]; then run_sipshard_memory; fi
+if [ "$SKIP_BASIC" != 1 ]; then run_basic; fi
 ELAPSED=$((SECONDS - T_START))
 
 # ================================================================ report
@@ -840,9 +945,9 @@ fi
   if [ "$SKIP_CALLS" != 1 ]; then echo "- the same during the CALLS drives: sipshard $(g sipshard.calls_logerr), Kamailio $(g kamailio.calls_logerr)"; fi
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
   echo
-  echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
-  echo "|---|---|---|---|---|---|---|---|---|---|---|"
-  if [ "$ONLY" != calls ]; then
+  [ "$ONLY" = basic ] || echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
+  [ "$ONLY" = basic ] || echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  if [ -z "$ONLY" ]; then
   for r in $RATES; do
     s=$(g "sipshard.opt$r.cpu"); k=$(g "kamailio.opt$r.cpu"); f=$(g "floor.opt$r.cpu")
     echo "| OPTIONS $(fmt_rate "$r")/s | $s | $k | $f | $(sub "$s" "$f") | $(ratio "$s" "$k") | $(pct "$(g "sipshard.opt$r.loss")") | $(pct "$(g "kamailio.opt$r.loss")") | $(g "sipshard.opt$r.route") | $(g "kamailio.opt$r.route") | $(g "sipshard.opt$r.shards") |"
@@ -875,7 +980,7 @@ fi
   echo
   echo "## Details per drive"
   echo
-  if [ "$ONLY" != calls ]; then
+  if [ -z "$ONLY" ]; then
   echo "| server | line | sent / answered | loss | non-2xx | server CPU s | machine busy % | client p50 / p99 µs | routes counted |"
   echo "|---|---|---|---|---|---|---|---|---|"
   for srv in sipshard kamailio kamailio_rt floor; do
@@ -920,13 +1025,27 @@ fi
     echo "  machine at ≥ 95 % (all CPUs, anything running), means the load generator or the machine, not the server, set the limit."
     echo
   fi
+  if [ "$SKIP_BASIC" != 1 ]; then
+    echo "## BASIC: Kamailio's basic KEMI Lua example, REGISTER with auth $(fmt_rate "$REG_RATE")/s, 16 sources"
+    echo
+    echo "| server, script | registrations ok / failed | CPU/req µs | route avg / p99 µs | routes counted | / Kamailio CPU |"
+    echo "|---|---|---|---|---|---|"
+    for srv in sipshard_bdef sipshard_basic sipshard_balt kamailio_basic; do
+      [ -n "${R[$srv.regmulti.ok]:-}" ] || continue
+      echo "| $(g "$srv.label") | $(g "$srv.regmulti.ok") / $(g "$srv.regmulti.failed") | $(g "$srv.regmulti.cpu") | $(g "$srv.regmulti.route") | $(g "$srv.regmulti.route_n") | $(ratio "$(g "$srv.regmulti.cpu")" "$(g kamailio_basic.regmulti.cpu)") |"
+    done
+    echo
+    echo "- script: $KAMAILIO_BASIC_LUA (unchanged); Kamailio route times from a repeat with route logging (kamailio_basic_rt: $(g kamailio_basic_rt.regmulti.ok) ok / $(g kamailio_basic_rt.regmulti.failed) failed)."
+    echo "- WARN/ERROR log lines: sipshard default $(g sipshard_bdef.logerr), sipshard basic $(g sipshard_basic.logerr), alt $(g sipshard_balt.logerr), Kamailio $(g kamailio_basic.logerr)"
+    echo
+  fi
   echo "kamailio_rt = the route-time repeat (every route logged to stderr; its CPU is not used above)."
   echo "machine busy % = all CPUs (/proc/stat) over the drive: server + load generator + anything else running;"
   echo "idle windows: sipshard $(g sipshard.idle_busy) %, Kamailio $(g kamailio.idle_busy) %, floor $(g floor.idle_busy) % (should be ~0)."
   echo
   echo "sipshard CPU by thread (ms over the drive):"
   echo
-  if [ "$ONLY" != calls ]; then
+  if [ -z "$ONLY" ]; then
     echo "- idle ${IDLE_S} s: $(g sipshard.idle_threads)"
     for r in $RATES; do echo "- OPTIONS $(fmt_rate "$r")/s: $(g "sipshard.opt$r.threads")"; done
     for m in one multi; do echo "- $(reg_label $m): $(g "sipshard.reg$m.threads")"; done

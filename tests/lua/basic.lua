@@ -1,0 +1,294 @@
+-- A registrar + proxy script that calls every KSR function Kamailio's basic
+-- KEMI Lua example calls, the way that example calls them: NAT detection
+-- (nathelper), flood protection (pike + an `ipban` htable), sanity checks,
+-- scanner filtering, keepalives, IP authorization (permissions) with digest
+-- auth as the fallback, record routing, branch/onreply/failure routes and an
+-- RTP-relay hook guarded by module presence (rtpproxy/rtpengine are not
+-- loaded, so those guards must see nil).
+--
+-- Written for sipshard's tests (tests/proxy.rs, "basic script" section);
+-- Kamailio 5.6 runs it too with tests/kamailio/basic.cfg
+-- (PROXY_UNDER_TEST=kamailio). It expects: auth against the `subscriber`
+-- table, usrloc table "location", an htable named "ipban", pike, and the
+-- defines WITH_NAT and WITH_ANTIFLOOD.
+
+-- Flags as the Kamailio example numbers them.
+local F_ACC, F_ACCMISSED, F_ACCFAILED, F_NAT = 1, 2, 3, 5
+local BF_NAT, BF_NATPING = 6, 7
+
+local stop = function() KSR.x.exit() end
+
+-- Requests whose User-Agent marks a scanner are answered 200 and forgotten.
+local SCANNERS = { "friendly", "scanner", "sipcli", "sipvicious", "VaxSIPUserAgent", "pplsip" }
+
+local function from_scanner()
+    local ua = KSR.kx.gete_ua()
+    for _, s in ipairs(SCANNERS) do
+        if string.find(ua, s, 1, true) then
+            return true
+        end
+    end
+    return false
+end
+
+-- Flood control for sources other than ourselves.
+local function flood_check()
+    if KSR.is_myself_srcip() then
+        return
+    end
+    local ip = KSR.kx.get_srcip()
+    if KSR.htable.sht_match_name("ipban", "eq", ip) > 0 then
+        KSR.dbg("banned source " .. ip .. ":" .. KSR.kx.get_srcport() .. " "
+            .. KSR.kx.get_method() .. " from " .. KSR.kx.get_furi() .. "\n")
+        stop()
+    end
+    if KSR.pike.pike_check_req() < 0 then
+        KSR.err("pike: flood from " .. ip .. ":" .. KSR.kx.get_srcport() .. " ("
+            .. KSR.kx.get_method() .. " from " .. KSR.kx.get_furi() .. ")\n")
+        KSR.htable.sht_seti("ipban", ip, 1)
+        stop()
+    end
+end
+
+local function initial_checks()
+    KSR.set_reply_no_connect()
+    KSR.force_rport()
+    if KSR.kx.ifdef("WITH_ANTIFLOOD") then
+        flood_check()
+    end
+    if from_scanner() then
+        KSR.sl.sl_send_reply(200, "OK")
+        stop()
+    end
+    if KSR.maxfwd.process_maxfwd(10) < 0 then
+        KSR.sl.sl_send_reply(483, "Too Many Hops")
+        stop()
+    end
+    if KSR.is_OPTIONS() and KSR.is_myself_ruri() and KSR.corex.has_ruri_user() < 0 then
+        KSR.sl.sl_send_reply(200, "Keepalive")
+        stop()
+    end
+    if KSR.sanity.sanity_check(17895, 7) < 0 then
+        KSR.err("malformed request from " .. KSR.kx.get_srcip() .. ":"
+            .. KSR.kx.get_srcport() .. "\n")
+        stop()
+    end
+end
+
+local function detect_nat()
+    if not KSR.nathelper then
+        return
+    end
+    if KSR.nathelper.nat_uac_test(19) > 0 then
+        if KSR.is_REGISTER() then
+            KSR.nathelper.fix_nated_register()
+        elseif KSR.siputils.is_first_hop() > 0 then
+            KSR.nathelper.set_contact_alias()
+        end
+        KSR.setflag(F_NAT)
+    end
+end
+
+-- RTP relay hook: nothing to do unless an RTP relay module is loaded.
+function media_relay()
+    if not KSR.rtpproxy and not KSR.rtpengine then
+        return 1
+    end
+    if KSR.siputils.is_request() > 0 and KSR.siputils.has_totag() > 0
+            and KSR.rr.check_route_param("nat=yes") > 0 then
+        KSR.setbflag(BF_NAT)
+    end
+    if not (KSR.isflagset(F_NAT) or KSR.isbflagset(BF_NAT)) then
+        return 1
+    end
+    local behind = KSR.nathelper.nat_uac_test(8) > 0
+    if KSR.kx.ifdef("WITH_RTPENGINE") then
+        KSR.rtpengine.rtpengine_manage(behind and "replace-origin SIP-source-address" or "replace-origin")
+    else
+        KSR.rtpproxy.rtpproxy_manage(behind and "co" or "cor")
+    end
+    if KSR.siputils.is_request() > 0 and KSR.siputils.has_totag() < 0
+            and KSR.tmx.t_is_branch_route() > 0 then
+        KSR.rr.add_rr_param(";nat=yes")
+    end
+    if KSR.siputils.is_reply() > 0 and KSR.isbflagset(BF_NAT) then
+        KSR.nathelper.set_contact_alias()
+    end
+    return 1
+end
+
+function relay()
+    if KSR.is_method_in("IBSU") and KSR.tm.t_is_set("branch_route") < 0 then
+        KSR.tm.t_on_branch("on_branch")
+    end
+    if KSR.is_method_in("ISU") and KSR.tm.t_is_set("onreply_route") < 0 then
+        KSR.tm.t_on_reply("on_reply")
+    end
+    if KSR.is_INVITE() and KSR.tm.t_is_set("failure_route") < 0 then
+        KSR.tm.t_on_failure("on_failure")
+    end
+    if KSR.tm.t_relay() < 0 then
+        KSR.sl.sl_reply_error()
+    end
+    stop()
+end
+
+local function in_dialog()
+    if KSR.siputils.has_totag() < 0 then
+        return
+    end
+    if KSR.rr.loose_route() > 0 then
+        if KSR.nathelper and not KSR.isdsturiset() then
+            KSR.nathelper.handle_ruri_alias()
+        end
+        if KSR.is_BYE() then
+            KSR.setflag(F_ACC)
+            KSR.setflag(F_ACCFAILED)
+        elseif KSR.is_ACK() then
+            media_relay()
+        elseif KSR.is_NOTIFY() then
+            KSR.rr.record_route()
+        end
+        relay()
+    end
+    if KSR.is_ACK() then
+        if KSR.tm.t_check_trans() > 0 then
+            relay()
+        end
+        stop()
+    end
+    KSR.sl.sl_send_reply(404, "Not here")
+    stop()
+end
+
+local function authenticate()
+    if not KSR.auth then
+        return
+    end
+    if KSR.permissions and not KSR.is_REGISTER()
+            and KSR.permissions.allow_source_address(1) > 0 then
+        return -- trusted peer
+    end
+    if KSR.is_REGISTER() or KSR.is_myself_furi() then
+        local realm = KSR.kx.gete_fhost()
+        if KSR.auth_db.auth_check(realm, "subscriber", 1) < 0 then
+            KSR.auth.auth_challenge(realm, 0)
+            stop()
+        end
+        if not KSR.is_method_in("RP") then
+            KSR.auth.consume_credentials()
+        end
+    end
+    if not KSR.is_myself_furi() and not KSR.is_myself_ruri() then
+        KSR.sl.sl_send_reply(403, "Not relaying")
+        stop()
+    end
+end
+
+local function registrar()
+    if not KSR.is_REGISTER() then
+        return
+    end
+    if KSR.isflagset(F_NAT) then
+        KSR.setbflag(BF_NAT)
+        KSR.setbflag(BF_NATPING)
+    end
+    if KSR.registrar.save("location", 0) < 0 then
+        KSR.sl.sl_reply_error()
+    end
+    stop()
+end
+
+local function location()
+    local rc = KSR.registrar.lookup("location")
+    if rc < 0 then
+        KSR.tm.t_newtran()
+        if rc == -2 then
+            KSR.sl.send_reply(405, "Method Not Allowed")
+        else
+            KSR.sl.send_reply(404, "Not Found")
+        end
+        stop()
+    end
+    if KSR.is_INVITE() then
+        KSR.setflag(F_ACCMISSED)
+    end
+    relay()
+end
+
+function ksr_request_route()
+    initial_checks()
+    detect_nat()
+
+    if KSR.is_CANCEL() then
+        if KSR.tm.t_check_trans() > 0 then
+            relay()
+        end
+        return 1
+    end
+    if not KSR.is_ACK() then
+        if KSR.tmx.t_precheck_trans() > 0 then
+            KSR.tm.t_check_trans()
+            return 1
+        end
+        if KSR.tm.t_check_trans() == 0 then
+            return 1
+        end
+    end
+
+    in_dialog()
+    authenticate()
+
+    KSR.hdr.remove("Route")
+    if KSR.is_method_in("IS") then
+        KSR.rr.record_route()
+    end
+    if KSR.is_INVITE() then
+        KSR.setflag(F_ACC)
+    end
+
+    if not KSR.is_myself_ruri() then
+        KSR.hdr.append("P-Hint: outbound\r\n")
+        relay()
+    end
+
+    registrar()
+    if KSR.corex.has_ruri_user() < 0 then
+        KSR.sl.sl_send_reply(484, "Address Incomplete")
+        return 1
+    end
+    location()
+    return 1
+end
+
+function on_branch()
+    KSR.dbg("branch " .. KSR.pv.get("$T_branch_idx") .. " to " .. KSR.kx.get_ruri() .. "\n")
+    media_relay()
+    return 1
+end
+
+function on_reply()
+    local code = KSR.kx.get_status()
+    KSR.info("reply " .. code .. "\n")
+    if code > 100 and code < 299 then
+        media_relay()
+    end
+    return 1
+end
+
+function on_failure()
+    media_relay()
+    if KSR.tm.t_is_canceled() > 0 then
+        return 1
+    end
+    return 1
+end
+
+function ksr_reply_route()
+    if KSR.sanity.sanity_check(17604, 6) < 0 then
+        KSR.err("malformed reply from " .. KSR.kx.get_srcip() .. ":"
+            .. KSR.kx.get_srcport() .. "\n")
+        KSR.x.drop()
+    end
+    return 1
+end
