@@ -166,6 +166,14 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
     let svc = &s.services;
     let first = s.with_msg(|m| {
         let msg = m.msg();
+        // Kamailio's auth API passes these without a check (they cannot be
+        // challenged): the functions return 1.
+        if matches!(
+            msg.method(),
+            Some(crate::sip::Method::Ack | crate::sip::Method::Cancel | crate::sip::Method::Prack)
+        ) {
+            return Err(AuthCode::Ok);
+        }
         let is_register = msg.method() == Some(crate::sip::Method::Register);
         let hdr = header_for(which, is_register);
         match pre_auth(msg.headers(hdr), realm, &svc.nonce_key, now) {
@@ -183,6 +191,7 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
     });
     match first {
         Ok(Ok(p)) => Ok(p),
+        Ok(Err(AuthCode::Ok)) => Err(AuthCode::Ok.code()),
         Ok(Err(code)) => {
             s.counters.incr(if code == AuthCode::NonceExpired {
                 Counter::AuthStaleNonce
@@ -205,9 +214,8 @@ fn step_verify(
     flags: u32,
 ) -> i32 {
     let svc = s.services.clone();
-    let use_domain = svc.auth.use_domain;
     let res = s.with_msg(|m| {
-        let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags, use_domain);
+        let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags);
         if code == AuthCode::Ok {
             m.auth_user = Some(pending.username.clone());
             m.auth_realm = Some(pending.realm.clone());
@@ -227,6 +235,7 @@ fn step_verify(
 /// The check without suspending: `None` when the subscriber is not in the
 /// shard's cache (the async path asks the database).
 fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Option<i32> {
+    let realm = s.services.auth.strip_realm(realm);
     let now = unix_now_s();
     let pending = match step_credentials(s, realm, which, now) {
         Ok(p) => p,
@@ -237,7 +246,7 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
         .tables
         .creds
         .get(pending.username.as_bytes())
-        .lookup(&pending.username, realm, now)
+        .lookup(&pending.username, lookup_domain(s, realm), now)
         .map(|v| v.cloned());
     let cred = cached?;
     Some(step_verify(
@@ -252,13 +261,14 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
 
 async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
     let svc = s.services.clone();
+    let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
     let pending = match step_credentials(s, realm, which, now) {
         Ok(p) => p,
         Err(code) => return code,
     };
     // Step 2: the subscriber, from the shared cache or the database.
-    let domain = realm.to_string();
+    let domain = lookup_domain(s, realm).to_string();
     let cached = svc
         .tables
         .creds
@@ -311,6 +321,16 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
     step_verify(s, &pending, cred.as_deref(), realm, which, flags)
 }
 
+/// The subscriber's domain to look up: the realm with auth_db `use_domain`,
+/// else none (the username alone; the cache keys on the same).
+fn lookup_domain<'a>(s: &Shared, realm: &'a str) -> &'a str {
+    if s.services.auth.use_domain {
+        realm
+    } else {
+        ""
+    }
+}
+
 /// Steps 3 and 4 on the message: digest, nonce count, identity.
 #[allow(clippy::too_many_arguments)]
 fn verify_in(
@@ -321,7 +341,6 @@ fn verify_in(
     realm: &str,
     which: Which,
     flags: u32,
-    use_domain: bool,
 ) -> (AuthCode, Option<String>) {
     {
         let msg = m.msg();
@@ -331,8 +350,10 @@ fn verify_in(
             return (AuthCode::GenericError, None);
         };
         let secret = cred.map(|c| {
-            if creds.algorithm == Algorithm::Md5 {
-                let h = if use_domain || pending.username.contains('@') {
+            // auth_db calculate_ha1 = 0: the stored HA1 (password_column_2,
+            // ha1b, when the username carries a domain).
+            if creds.algorithm == Algorithm::Md5 && !svc.auth.calculate_ha1 {
+                let h = if pending.username.contains('@') {
                     &c.ha1b
                 } else {
                     &c.ha1
@@ -351,8 +372,14 @@ fn verify_in(
             cseq: cseq.map(|c| c.num).unwrap_or(0),
             cseq_method: cseq.map(|c| c.method_bytes).unwrap_or(b""),
         };
-        let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
-        let code = post_auth(&creds, secret, &req, Some(&mut nc));
+        // auth nonce_count: off (Kamailio's default), a nonce is good until
+        // it expires whatever its nc.
+        let code = if svc.auth.nonce_count {
+            let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
+            post_auth(&creds, secret, &req, Some(&mut nc))
+        } else {
+            post_auth(&creds, secret, &req, None)
+        };
         if code != AuthCode::Ok {
             return (code, None);
         }
@@ -404,6 +431,7 @@ fn verify_in(
 /// Sends 401/407 with one challenge per configured algorithm.
 fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<ChallengeKind>) -> i32 {
     let svc = s.services.clone();
+    let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
     let r = s.with_msg(|m| {
         let method = std::str::from_utf8(m.msg().method_bytes())

@@ -18,8 +18,8 @@ use crate::db::{DbHandle, LocationRow};
 use crate::partition::Striped;
 use crate::stats::Counter;
 use crate::usrloc::{
-    ContactSpec, LocationParams, LookupCode, RegistrarParams, RuidGen, SaveError, SaveFlags,
-    SaveOutcome, SaveRequest, Ucontact, Unregister,
+    ContactSpec, LocationParams, LookupCode, MatchingMode, MinExpiresMode, PathMode,
+    RegistrarParams, RuidGen, SaveError, SaveFlags, SaveOutcome, SaveRequest, Ucontact, Unregister,
 };
 
 /// Unix seconds now (the KSR layer's clock; the pure modules take it as input).
@@ -186,18 +186,39 @@ fn location_params(
         .saturating_mul(shard_count.max(1));
     let params = LocationParams {
         max_aors: total.div_ceil(STRIPES).max(1),
+        max_contacts_per_aor: registrar.contacts_per_aor_cap.max(1),
         use_domain: registrar.use_domain,
+        case_sensitive: registrar.case_sensitive,
+        realm_prefix: registrar.realm_prefix.clone(),
+        matching_mode: match registrar.matching_mode {
+            1 => MatchingMode::ContactCallid,
+            2 => MatchingMode::ContactPath,
+            3 => MatchingMode::Callid,
+            _ => MatchingMode::Contact,
+        },
+        cseq_delay_s: registrar.cseq_delay,
         track_dirty: registrar.db_mode == 2,
         ..LocationParams::default()
     };
     let reg = RegistrarParams {
-        default_expires_s: registrar.default_expires_s,
-        min_expires_s: registrar.min_expires_s,
-        min_expires_mode: crate::usrloc::MinExpiresMode::Reject,
-        max_expires_s: registrar.max_expires_s,
-        max_contacts: registrar.max_contacts as u32,
-        use_path: true,
-        ..RegistrarParams::default()
+        default_expires_s: registrar.default_expires,
+        min_expires_s: registrar.min_expires,
+        min_expires_mode: if registrar.min_expires_mode == 1 {
+            MinExpiresMode::Reject
+        } else {
+            MinExpiresMode::Clamp
+        },
+        max_expires_s: registrar.max_expires,
+        default_q: u16::try_from(registrar.default_q).ok().map(|q| q.min(1000)),
+        max_contacts: u32::try_from(registrar.max_contacts).unwrap_or(u32::MAX),
+        contact_max_size: registrar.contact_max_size,
+        use_path: registrar.use_path,
+        path_mode: match registrar.path_mode {
+            0 => PathMode::Off,
+            1 => PathMode::Lazy,
+            _ => PathMode::Strict,
+        },
+        retry_after_s: registrar.retry_after,
     };
     (params, reg)
 }
@@ -242,7 +263,7 @@ impl Services {
             RuidGen::new(u16::MAX, epoch_unix_s),
         );
         let algorithms = auth
-            .algorithms
+            .offered_algorithms()
             .iter()
             .map(|a| {
                 crate::auth::Algorithm::from_token(a)
@@ -255,7 +276,7 @@ impl Services {
             tables,
             location_rules,
             db,
-            nonce_key: NonceKey::new(nonce_secret).with_expire_s(auth.nonce_expire_s),
+            nonce_key: NonceKey::new(nonce_secret).with_expire_s(auth.nonce_expire),
             nonce_gen: RefCell::new(NonceGen::new(shard_id as u16, epoch_unix_s << 16)),
             auth: auth.clone(),
             algorithms,
