@@ -355,7 +355,7 @@ fn bool_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error>
 
 /// Digest authentication settings (Kamailio `auth` and `auth_db` module
 /// parameters, same names and defaults; the sipshard-only keys say so).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// Nonce HMAC secret (auth `secret`; any string, hashed to 32 bytes).
@@ -461,7 +461,7 @@ pub const CONTACTS_PER_AOR_CAP_DEFAULT: usize = 256;
 /// Registrar / usrloc settings (Kamailio `registrar` and `usrloc` module
 /// parameters, same names and defaults; the sipshard-only keys say so, and
 /// the old `*_s` names are still accepted).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrarConfig {
     /// registrar `default_expires` (3600): used when neither the Contact nor
@@ -666,10 +666,7 @@ impl Config {
         }
         let r = &self.registrar;
         if r.max_expires != 0 && r.min_expires > r.max_expires {
-            return Err(self.invalid(
-                "registrar.min_expires",
-                "is above registrar.max_expires",
-            ));
+            return Err(self.invalid("registrar.min_expires", "is above registrar.max_expires"));
         }
         if r.min_expires_mode > 1 {
             return Err(self.invalid("registrar.min_expires_mode", "must be 0 or 1"));
@@ -684,10 +681,7 @@ impl Config {
             return Err(self.invalid("registrar.default_q", "must be -1 or 0..=1000"));
         }
         if r.contacts_per_aor_cap == 0 || r.contacts_per_aor_cap > 65_536 {
-            return Err(self.invalid(
-                "registrar.contacts_per_aor_cap",
-                "must be within 1..=65536",
-            ));
+            return Err(self.invalid("registrar.contacts_per_aor_cap", "must be within 1..=65536"));
         }
         if r.contact_max_size == 0 {
             return Err(self.invalid("registrar.contact_max_size", "must be at least 1"));
@@ -851,6 +845,8 @@ mod tests {
         assert_eq!(c.core.listen, d.core.listen);
         assert_eq!(c.db, d.db);
         assert_eq!(c.rpc, d.rpc);
+        assert_eq!(c.auth, d.auth);
+        assert_eq!(c.registrar, d.registrar);
     }
 
     #[test]
@@ -913,5 +909,127 @@ mod tests {
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].tuning.recv_batch, 4);
         assert_eq!(specs[0].cpu, Some(0));
+    }
+
+    #[test]
+    fn registrar_and_auth_defaults_are_kamailios() {
+        let c = Config::embedded();
+        let r = &c.registrar;
+        assert_eq!(
+            (
+                r.default_expires,
+                r.min_expires,
+                r.min_expires_mode,
+                r.max_expires
+            ),
+            (3600, 60, 0, 0)
+        );
+        assert_eq!((r.max_contacts, r.default_q), (0, -1));
+        assert_eq!(r.contacts_per_aor_cap, CONTACTS_PER_AOR_CAP_DEFAULT);
+        assert!(!r.use_path);
+        assert_eq!(r.path_mode, 2);
+        assert!(!r.case_sensitive && !r.use_domain);
+        assert_eq!((r.contact_max_size, r.retry_after), (512, 0));
+        assert_eq!((r.matching_mode, r.cseq_delay), (0, 20));
+        let a = &c.auth;
+        assert_eq!(a.nonce_expire, 300);
+        assert!(!a.nonce_count && !a.use_domain && !a.calculate_ha1);
+        assert_eq!(a.offered_algorithms(), vec!["MD5".to_string()]);
+        assert!(a.realm_prefix.is_empty());
+    }
+
+    #[test]
+    fn kamailio_names_old_names_and_numeric_booleans() {
+        let c = Config::from_toml(
+            "[registrar]\ndefault_expires = 600\nmin_expires = 30\nmax_expires = 7200\n\
+             min_expires_mode = 1\nuse_path = 1\npath_mode = 0\ncase_sensitive = true\n\
+             timer_interval = 10\n[auth]\nnonce_expire = 30\nnonce_count = 1\n\
+             use_domain = 0\ncalculate_ha1 = 1\nalgorithm = \"SHA-256\"\nnc_array_size = 64\n",
+            "k.toml",
+        )
+        .unwrap();
+        let r = &c.registrar;
+        assert_eq!(
+            (r.default_expires, r.min_expires, r.max_expires),
+            (600, 30, 7200)
+        );
+        assert_eq!(
+            (r.min_expires_mode, r.path_mode, r.timer_interval_s),
+            (1, 0, 10)
+        );
+        assert!(r.use_path && r.case_sensitive);
+        let a = &c.auth;
+        assert_eq!((a.nonce_expire, a.nc_max_entries), (30, 64));
+        assert!(a.nonce_count && !a.use_domain && a.calculate_ha1);
+        assert_eq!(a.offered_algorithms(), vec!["SHA-256".to_string()]);
+
+        // the keys sipshard had before keep working
+        let c = Config::from_toml(
+            "[registrar]\ndefault_expires_s = 900\nmin_expires_s = 20\nmax_expires_s = 1000\n\
+             timer_interval_s = 5\n[auth]\nnonce_expire_s = 3\nalgorithms = [\"SHA-256\", \"MD5\"]\n",
+            "old.toml",
+        )
+        .unwrap();
+        let r = &c.registrar;
+        assert_eq!(
+            (r.default_expires, r.min_expires, r.max_expires),
+            (900, 20, 1000)
+        );
+        assert_eq!(r.timer_interval_s, 5);
+        assert_eq!(c.auth.nonce_expire, 3);
+        assert_eq!(c.auth.offered_algorithms().len(), 2);
+
+        let e = Config::from_toml("[registrar]\nuse_path = 2\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_path") && e.contains("0/1"), "{e}");
+    }
+
+    #[test]
+    fn registrar_and_auth_ranges() {
+        let bad = [
+            (
+                "[registrar]\nmin_expires = 100\nmax_expires = 50\n",
+                "registrar.min_expires",
+            ),
+            (
+                "[registrar]\nmin_expires_mode = 2\n",
+                "registrar.min_expires_mode",
+            ),
+            ("[registrar]\npath_mode = 3\n", "registrar.path_mode"),
+            (
+                "[registrar]\nmatching_mode = 4\n",
+                "registrar.matching_mode",
+            ),
+            ("[registrar]\ndefault_q = 1001\n", "registrar.default_q"),
+            (
+                "[registrar]\ncontacts_per_aor_cap = 0\n",
+                "registrar.contacts_per_aor_cap",
+            ),
+            ("[auth]\nnonce_expire = 0\n", "auth.nonce_expire"),
+            (
+                "[auth]\nalgorithm = \"MD5\"\nalgorithms = [\"SHA-256\"]\n",
+                "auth.algorithm",
+            ),
+        ];
+        for (text, key) in bad {
+            let e = Config::from_toml(text, "r.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        // max_expires 0 is "no maximum": any min_expires is fine
+        Config::from_toml("[registrar]\nmin_expires = 100000\n", "r.toml").unwrap();
+    }
+
+    #[test]
+    fn auth_realm_prefix_is_stripped() {
+        let a = AuthConfig {
+            realm_prefix: "sip.".into(),
+            ..AuthConfig::default()
+        };
+        assert_eq!(a.strip_realm("sip.example.com"), "example.com");
+        assert_eq!(a.strip_realm("SIP.example.com"), "example.com");
+        assert_eq!(a.strip_realm("example.com"), "example.com");
+        assert_eq!(a.strip_realm("si"), "si");
+        assert_eq!(AuthConfig::default().strip_realm("sip.x"), "sip.x");
     }
 }

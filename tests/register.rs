@@ -602,11 +602,18 @@ end
 fn contact_expires(reply: &str) -> Option<u32> {
     let c = contacts_of(reply).into_iter().next()?;
     let v = c.split(";expires=").nth(1)?;
-    v.split(|ch: char| !ch.is_ascii_digit()).next()?.parse().ok()
+    v.split(|ch: char| !ch.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn ul_contacts(srv: &Server, aor: &str) -> serde_json::Value {
-    let v = rpc(srv.rpc_port, "ul.lookup", serde_json::json!(["location", aor]));
+    let v = rpc(
+        srv.rpc_port,
+        "ul.lookup",
+        serde_json::json!(["location", aor]),
+    );
     v["contacts"].clone()
 }
 

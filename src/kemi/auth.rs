@@ -15,8 +15,22 @@
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
 //! on internal errors, 16 `stale=true`. A challenge after a stale nonce
 //! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` are set after
-//! a successful check. The `table` argument is accepted for compatibility;
-//! credentials come from the configured database's `subscriber` table.
+//! a successful check. ACK, CANCEL and PRACK are not checked: the functions
+//! return 1, as Kamailio's. The `table` argument is accepted for
+//! compatibility; credentials come from the configured database's
+//! `subscriber` table (Kamailio's default columns).
+//!
+//! `[auth]` carries the auth/auth_db modparam names and defaults:
+//! `nonce_expire` 300 s; `nonce_count` off, so a nonce may be reused with
+//! the same `nc` until it expires (on: -6 for a replay; a UDP retransmission,
+//! same Call-ID and CSeq, still passes); `realm_prefix` stripped from the
+//! realm; `algorithm` (MD5); auth_db `use_domain` (subscriber looked up by
+//! username and realm) and `calculate_ha1` (HA1 from the plain password
+//! instead of the `ha1`/`ha1b` columns). Differences from Kamailio:
+//! `algorithms` may offer several challenges (RFC 8760); nonces are
+//! checked for expiry and integrity only (`auth_checks_register` /
+//! `_no_dlg` / `_in_dlg`, `one_time_nonce` and the `qop` parameter, which
+//! KEMI challenges do not use, are not implemented).
 
 use std::rc::Rc;
 use std::time::Duration;

@@ -317,6 +317,12 @@ impl Services {
             Some(c) => Unregister::Contact(c),
             None => Unregister::All,
         };
+        self.unregister_what(aor, what)
+    }
+
+    /// Removes what `what` names; the ruids removed, or the
+    /// `unregister()` return code.
+    pub fn unregister_what(&self, aor: &str, what: Unregister<'_>) -> Result<Vec<String>, i32> {
         self.tables
             .location
             .get(aor.as_bytes())
@@ -584,4 +590,53 @@ pub fn from_row(r: &LocationRow, use_domain: bool) -> (String, Ucontact) {
         last_modified_unix_s: r.last_modified_unix_s.max(0) as u64,
     };
     (aor, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registrar_config_maps_to_usrloc_params() {
+        let (p, r) = location_params(2, &RegistrarConfig::default());
+        assert_eq!(r.min_expires_mode, MinExpiresMode::Clamp);
+        assert_eq!((r.max_expires_s, r.max_contacts), (0, 0));
+        assert!(!r.use_path);
+        assert_eq!(r.path_mode, PathMode::Strict);
+        assert_eq!(r.default_q, None);
+        assert_eq!(
+            p.max_contacts_per_aor,
+            crate::config::CONTACTS_PER_AOR_CAP_DEFAULT
+        );
+        assert_eq!(p.matching_mode, MatchingMode::Contact);
+
+        let cfg = RegistrarConfig {
+            min_expires_mode: 1,
+            max_expires: 7200,
+            max_contacts: 3,
+            contacts_per_aor_cap: 8,
+            use_path: true,
+            path_mode: 1,
+            default_q: 500,
+            case_sensitive: true,
+            realm_prefix: "sip.".into(),
+            contact_max_size: 100,
+            retry_after: 9,
+            matching_mode: 3,
+            cseq_delay: 0,
+            ..RegistrarConfig::default()
+        };
+        let (p, r) = location_params(1, &cfg);
+        assert_eq!(r.min_expires_mode, MinExpiresMode::Reject);
+        assert_eq!((r.max_expires_s, r.max_contacts), (7200, 3));
+        assert!(r.use_path);
+        assert_eq!(r.path_mode, PathMode::Lazy);
+        assert_eq!(r.default_q, Some(500));
+        assert_eq!((r.contact_max_size, r.retry_after_s), (100, 9));
+        assert_eq!(p.max_contacts_per_aor, 8);
+        assert!(p.case_sensitive);
+        assert_eq!(p.realm_prefix, "sip.");
+        assert_eq!(p.matching_mode, MatchingMode::Callid);
+        assert_eq!(p.cseq_delay_s, 0);
+    }
 }
