@@ -476,3 +476,188 @@ fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<Challeng
         _ => -1,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::auth::{ha1, ha2, response, Algorithm, Qop};
+    use crate::config::{AuthConfig, RegistrarConfig};
+    use crate::kemi::services::{unix_now_s, CachedCred};
+    use crate::kemi::testutil::{engine_with, global_int, request, run};
+    use crate::kemi::Engine;
+
+    const SCRIPT: &str = r#"
+function ksr_request_route()
+    rc = KSR.auth_db.www_authorize(REALM, "subscriber")
+    if rc < 0 then
+        KSR.auth.www_challenge(REALM, 1)
+    end
+end
+"#;
+
+    fn eng(auth: AuthConfig, realm: &str) -> Engine {
+        let e = engine_with(SCRIPT, &auth, &RegistrarConfig::default());
+        e.lua().globals().set("REALM", realm).unwrap();
+        e
+    }
+
+    /// Caches alice's subscriber row under `domain` ("" = username only).
+    fn cache_alice(e: &Engine, domain: &str, ha1_hex: &str) {
+        let cred = CachedCred {
+            password: "pw".into(),
+            ha1: ha1_hex.into(),
+            ha1b: String::new(),
+        };
+        e.shared().services.tables.creds.get(b"alice").insert(
+            "alice",
+            domain,
+            Some(Arc::new(cred)),
+            unix_now_s(),
+        );
+    }
+
+    /// The nonce and realm of the challenge a credential-less REGISTER gets.
+    fn challenge(e: &Engine) -> (String, String) {
+        let (m, _) = run(e, &request("REGISTER sip:example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(e, "rc"), -5);
+        let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+        assert!(reply.starts_with("SIP/2.0 401"), "{reply}");
+        let param = |name: &str| {
+            let start = reply.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+            reply[start..].split('"').next().unwrap().to_string()
+        };
+        (param("nonce"), param("realm"))
+    }
+
+    /// A REGISTER (CSeq `cseq`) answering with nc=1 and qop=auth.
+    fn answer(nonce: &str, realm: &str, cseq: u32) -> Vec<u8> {
+        let uri = "sip:example.com";
+        let h1 = ha1(Algorithm::Md5, b"alice", realm.as_bytes(), b"pw");
+        let h2 = ha2(
+            Algorithm::Md5,
+            b"REGISTER",
+            uri.as_bytes(),
+            Some(Qop::Auth),
+            b"",
+        );
+        let r = response(
+            Algorithm::Md5,
+            h1.as_bytes(),
+            nonce.as_bytes(),
+            Some((Qop::Auth, b"00000001", b"c1")),
+            h2.as_bytes(),
+        );
+        let auth = format!(
+            "Authorization: Digest username=\"alice\", realm=\"{realm}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c1\""
+        );
+        let msg = request("REGISTER sip:example.com SIP/2.0", None, &[&auth]);
+        String::from_utf8(msg)
+            .unwrap()
+            .replace("CSeq: 2 ", &format!("CSeq: {cseq} "))
+            .into_bytes()
+    }
+
+    fn md5_ha1(realm: &str) -> String {
+        ha1(Algorithm::Md5, b"alice", realm.as_bytes(), b"pw")
+            .as_str()
+            .to_string()
+    }
+
+    #[test]
+    fn nonce_count_off_by_default_on_when_configured() {
+        for (nonce_count, want_reuse) in [(false, 1), (true, -6)] {
+            let e = eng(
+                AuthConfig {
+                    nonce_count,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "", &md5_ha1("example.com"));
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), 1, "nonce_count {nonce_count}");
+            // a retransmission (same Call-ID and CSeq) always passes
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), 1, "nonce_count {nonce_count}");
+            // the same nc in a new request
+            run(&e, &answer(&nonce, &realm, 4));
+            assert_eq!(
+                global_int(&e, "rc"),
+                want_reuse,
+                "nonce_count {nonce_count}"
+            );
+        }
+    }
+
+    #[test]
+    fn realm_prefix_is_stripped() {
+        let e = eng(
+            AuthConfig {
+                realm_prefix: "sip.".into(),
+                ..AuthConfig::default()
+            },
+            "sip.example.com",
+        );
+        cache_alice(&e, "", &md5_ha1("example.com"));
+        let (nonce, realm) = challenge(&e);
+        assert_eq!(realm, "example.com");
+        run(&e, &answer(&nonce, &realm, 3));
+        assert_eq!(global_int(&e, "rc"), 1);
+    }
+
+    #[test]
+    fn calculate_ha1_uses_the_password() {
+        // the stored ha1 is wrong; only calculate_ha1 ignores it
+        let bogus = "0".repeat(32);
+        for (calculate_ha1, want) in [(false, -2), (true, 1)] {
+            let e = eng(
+                AuthConfig {
+                    calculate_ha1,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "", &bogus);
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), want, "calculate_ha1 {calculate_ha1}");
+        }
+    }
+
+    #[test]
+    fn use_domain_looks_the_subscriber_up_by_realm() {
+        // alice is known only as alice@example.com; without use_domain the
+        // lookup is by username alone, which the cache does not hold and
+        // (no database here) fails with -1
+        for (use_domain, want) in [(true, 1), (false, -1)] {
+            let e = eng(
+                AuthConfig {
+                    use_domain,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "example.com", &md5_ha1("example.com"));
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), want, "use_domain {use_domain}");
+        }
+    }
+
+    #[test]
+    fn ack_cancel_prack_are_not_checked() {
+        let e = eng(AuthConfig::default(), "example.com");
+        for start in [
+            "ACK sip:bob@example.com SIP/2.0",
+            "CANCEL sip:bob@example.com SIP/2.0",
+            "PRACK sip:bob@example.com SIP/2.0",
+        ] {
+            let (m, _) = run(&e, &request(start, None, &[]));
+            assert_eq!(global_int(&e, "rc"), 1, "{start}");
+            assert!(m.out.is_empty(), "{start}: no challenge");
+        }
+    }
+}
