@@ -6,9 +6,9 @@
 //! | `KSR.auth_db.auth_check(realm, table, flags)` | `int (str, str, int)` | 1 ok; -1 error/bad nonce; -2 wrong password; -3 unknown user; -4 stale nonce; -5 no credentials; -6 nonce reused; -8 auth user mismatch |
 //! | `KSR.auth_db.www_authorize(realm, table)` | `int (str, str)` | as above (Authorization header) |
 //! | `KSR.auth_db.proxy_authorize(realm, table)` | `int (str, str)` | as above (Proxy-Authorization header) |
-//! | `KSR.auth.auth_challenge(realm, flags)` | `int (str, int)` | 1 sent (401 for REGISTER, else 407), -1 error |
-//! | `KSR.auth.www_challenge(realm, flags)` | `int (str, int)` | 1 sent 401, -1 error |
-//! | `KSR.auth.proxy_challenge(realm, flags)` | `int (str, int)` | 1 sent 407, -1 error |
+//! | `KSR.auth.auth_challenge(realm, flags)` | `int (str, int)` | 1 sent (401 for REGISTER, else 407), -3 reply not sent (e.g. ACK), -1 error |
+//! | `KSR.auth.www_challenge(realm, flags)` | `int (str, int)` | 1 sent 401, -3 / -1 as above |
+//! | `KSR.auth.proxy_challenge(realm, flags)` | `int (str, int)` | 1 sent 407, -3 / -1 as above |
 //! | `KSR.auth.consume_credentials()` | `int ()` | 1 removed, -1 none |
 //! | `KSR.auth.has_credentials(realm)` | `int (str)` | 1 present, -1 absent |
 //!
@@ -468,12 +468,14 @@ fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<Challeng
         }
         super::sl::reply_counted(s, m, kind.status(), kind.reason().as_bytes())
     });
+    // Kamailio: 1 sent, -3 the reply could not be sent, -1 no message.
     match r {
         Ok(true) => {
             s.counters.incr(Counter::AuthChallenges);
             1
         }
-        _ => -1,
+        Ok(false) => -3,
+        Err(_) => -1,
     }
 }
 
@@ -659,5 +661,29 @@ end
             assert_eq!(global_int(&e, "rc"), 1, "{start}");
             assert!(m.out.is_empty(), "{start}: no challenge");
         }
+    }
+
+    #[test]
+    fn challenge_return_codes() {
+        let script = r#"
+function ksr_request_route()
+    ch = KSR.auth.auth_challenge("example.com", 1)
+end
+"#;
+        let e = engine_with(script, &AuthConfig::default(), &RegistrarConfig::default());
+        let (m, _) = run(
+            &e,
+            &request("INVITE sip:bob@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&e, "ch"), 1);
+        let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+        assert!(
+            reply.starts_with("SIP/2.0 407 Proxy Authentication Required"),
+            "{reply}"
+        );
+        assert!(reply.contains("Proxy-Authenticate: Digest"), "{reply}");
+        // an ACK cannot be answered: the reply is not sent
+        run(&e, &request("ACK sip:bob@example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(&e, "ch"), -3);
     }
 }
