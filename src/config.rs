@@ -497,6 +497,15 @@ pub struct RegistrarConfig {
     /// 2 (RFC 3327) without `Supported: path` answer `420 Bad Extension`
     /// with `Unsupported: path`, else store and echo.
     pub path_mode: u8,
+    /// registrar `append_branches` (on): `lookup` appends the AOR's other
+    /// contacts as branches; off, only the R-URI is rewritten.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub append_branches: bool,
+    /// registrar `method_filtering` (off): on, `lookup` of an initial
+    /// request (no To tag) returns only contacts whose REGISTER `Allow`
+    /// listed its method (-2 when none did).
+    #[serde(deserialize_with = "bool_or_int")]
+    pub method_filtering: bool,
     /// registrar `case_sensitive` (off): AORs are lowercased unless on.
     #[serde(deserialize_with = "bool_or_int")]
     pub case_sensitive: bool,
@@ -538,6 +547,8 @@ impl Default for RegistrarConfig {
             contacts_per_aor_cap: CONTACTS_PER_AOR_CAP_DEFAULT,
             use_path: false,
             path_mode: 2,
+            append_branches: true,
+            method_filtering: false,
             case_sensitive: false,
             realm_prefix: String::new(),
             contact_max_size: 512,
@@ -929,6 +940,7 @@ mod tests {
         assert!(!r.use_path);
         assert_eq!(r.path_mode, 2);
         assert!(!r.case_sensitive && !r.use_domain);
+        assert!(r.append_branches && !r.method_filtering);
         assert_eq!((r.contact_max_size, r.retry_after), (512, 0));
         assert_eq!((r.matching_mode, r.cseq_delay), (0, 20));
         let a = &c.auth;

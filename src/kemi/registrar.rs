@@ -23,7 +23,10 @@
 //! (beyond it: `503 Service Unavailable`, `P-Registrar-Error: Too many
 //! registered contacts`, -2), Path ignored unless `use_path` (then
 //! `path_mode`, default 2: 420 + `Unsupported: path` without `Supported:
-//! path`). Error replies carry `P-Registrar-Error` with Kamailio's texts.
+//! path`), `lookup` appends the other contacts (`append_branches`) and does
+//! no method filtering unless `method_filtering` (initial requests: only
+//! contacts whose `Allow` had the method, else -2). Error replies carry
+//! `P-Registrar-Error` with Kamailio's texts.
 //! Differences from Kamailio: `contacts_per_aor_cap` (default 256) bounds an
 //! AOR's bindings even with `max_contacts = 0` and is answered the same way;
 //! a lookup adds at most 11 branches; `unregister` returns 1 on success
@@ -342,7 +345,12 @@ async fn lookup_specs(s: &Rc<Shared>, uri: Option<Vec<u8>>) -> Result<Vec<super:
             Some(u) => u.clone(),
             None => m.ruri().map(<[u8]>::to_vec).unwrap_or_default(),
         };
-        let bit = m.msg().method().map(method_bit).unwrap_or(0);
+        // registrar method_filtering: initial requests only; 0 = no filter
+        let bit = if svc.registrar.method_filtering && !super::siputils::has_totag(m) {
+            m.msg().method().map(method_bit).unwrap_or(0)
+        } else {
+            0
+        };
         (aor_of(s, &ruri), bit)
     });
     let Ok((Some(aor), bit)) = target else {
@@ -389,9 +397,12 @@ async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
         Err(code) => return code,
     };
     let main = specs.remove(0);
+    let append = s.services.registrar.append_branches;
     let _ = s.with_msg(|m| {
         set_ruri_branch(m, main);
-        m.branches.extend(specs);
+        if append {
+            m.branches.extend(specs);
+        }
     });
     codes::LOOKUP_FOUND
 }
@@ -668,6 +679,52 @@ end
             &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
         );
         assert_eq!(global_int(&eng, "rc"), -1);
+    }
+
+    #[test]
+    fn method_filtering_and_append_branches() {
+        use crate::config::{AuthConfig, RegistrarConfig};
+        use crate::kemi::testutil::engine_with;
+        let with = |method_filtering, append_branches| {
+            let reg = RegistrarConfig {
+                method_filtering,
+                append_branches,
+                ..RegistrarConfig::default()
+            };
+            let eng = engine_with(SCRIPT, &AuthConfig::default(), &reg);
+            let register = request(
+                "REGISTER sip:example.com SIP/2.0",
+                None,
+                &[
+                    "Contact: <sip:bob@192.0.2.20>;q=0.9, <sip:bob@192.0.2.21>;q=0.5",
+                    "Allow: INVITE, ACK, BYE",
+                ],
+            );
+            run(&eng, &register);
+            assert_eq!(global_int(&eng, "rc"), 1);
+            set_mode(&eng, "lookup");
+            eng
+        };
+        let message = request("MESSAGE sip:bob@example.com SIP/2.0", None, &[]);
+        let in_dialog = request("MESSAGE sip:bob@example.com SIP/2.0", Some("t"), &[]);
+        // Kamailio's defaults: no method filtering, other contacts appended
+        let eng = with(false, true);
+        let (m, _) = run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(m.new_ruri.as_deref(), Some(&b"sip:bob@192.0.2.20"[..]));
+        assert_eq!(m.branches.len(), 1);
+        // method_filtering: MESSAGE was not in Allow (initial request only)
+        let eng = with(true, true);
+        run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), -2);
+        run(&eng, &in_dialog);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        // append_branches off: the R-URI only
+        let eng = with(false, false);
+        let (m, _) = run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(m.new_ruri.as_deref(), Some(&b"sip:bob@192.0.2.20"[..]));
+        assert!(m.branches.is_empty());
     }
 
     #[test]
