@@ -533,6 +533,9 @@ impl Services {
     }
 }
 
+/// Latest Unix second every database backend stores in `expires`.
+const DB_TIME_UNIX_S_MAX: i64 = i32::MAX as i64;
+
 /// A location row for the database.
 pub fn to_row(aor: &str, c: &Ucontact, use_domain: bool) -> LocationRow {
     let (username, domain) = match (use_domain, aor.split_once('@')) {
@@ -546,7 +549,12 @@ pub fn to_row(aor: &str, c: &Ucontact, use_domain: bool) -> LocationRow {
         contact: c.contact.clone(),
         received: c.received.clone(),
         path: c.path.clone(),
-        expires_unix_s: c.expires_unix_s as i64,
+        // With max_expires = 0 (Kamailio's default: no maximum) a binding
+        // may outlive what every backend's `expires` column holds
+        // (2038-01-19); the row says that date rather than failing its batch.
+        expires_unix_s: i64::try_from(c.expires_unix_s)
+            .unwrap_or(i64::MAX)
+            .min(DB_TIME_UNIX_S_MAX),
         q: c.q.map(|q| q as f32 / 1000.0).unwrap_or(-1.0),
         callid: c.callid.clone(),
         cseq: c.cseq as i32,
@@ -595,6 +603,35 @@ pub fn from_row(r: &LocationRow, use_domain: bool) -> (String, Ucontact) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn far_expires_fit_the_database_column() {
+        let c = Ucontact {
+            ruid: "r".into(),
+            contact: "sip:alice@192.0.2.1".into(),
+            received: None,
+            path: None,
+            expires_unix_s: u64::from(u32::MAX) * 4,
+            q: None,
+            callid: "c".into(),
+            cseq: 1,
+            flags: 0,
+            cflags: 0,
+            user_agent: String::new(),
+            socket: None,
+            methods: 0,
+            instance: None,
+            reg_id: 0,
+            last_modified_unix_s: 1_700_000_000,
+        };
+        let row = to_row("alice", &c, false);
+        assert_eq!(row.expires_unix_s, i64::from(i32::MAX));
+        let c = Ucontact {
+            expires_unix_s: 1_800_000_000,
+            ..c
+        };
+        assert_eq!(to_row("alice", &c, false).expires_unix_s, 1_800_000_000);
+    }
 
     #[test]
     fn registrar_config_maps_to_usrloc_params() {
