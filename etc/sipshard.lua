@@ -191,7 +191,8 @@ function ksr_route_auth()
         -- proxy_challenge). Kamailio 5.6's KEMI exports only these two.
         local realm = ksr_realm()
         if KSR.auth_db.auth_check(realm, "subscriber", 1) < 0 then
-            -- flags 1: qop="auth", so nonce counts protect against replays
+            -- flags 1: qop="auth"; with [auth] nonce_count = 1 the nonce
+            -- counts then protect against replays
             KSR.auth.auth_challenge(realm, 1)
             return KSR.x.exit()
         end

@@ -335,75 +335,226 @@ pub struct ShardOverride {
     pub lua_gc_pause: Option<i32>,
 }
 
-/// Digest authentication settings (auth and auth_db modules).
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// Accepts `true`/`false` and Kamailio's `0`/`1` for a boolean modparam.
+fn bool_or_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bool(bool),
+        Int(i64),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Bool(b) => Ok(b),
+        Raw::Int(0) => Ok(false),
+        Raw::Int(1) => Ok(true),
+        Raw::Int(n) => Err(serde::de::Error::custom(format!(
+            "expected true/false or 0/1, got {n}"
+        ))),
+    }
+}
+
+/// Digest authentication settings (Kamailio `auth` and `auth_db` module
+/// parameters, same names and defaults; the sipshard-only keys say so).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Nonce HMAC secret (any string; hashed to 32 bytes). Empty = random at
-    /// start, which is fine for one process: all shards share it.
+    /// Nonce HMAC secret (auth `secret`; any string, hashed to 32 bytes).
+    /// Empty = random at start, which is fine for one process: all shards
+    /// share it.
     pub secret: String,
-    /// Seconds a nonce is valid (Kamailio `nonce_expire`).
-    pub nonce_expire_s: u64,
-    /// Credential cache (shared by the shards) TTL and size.
+    /// Seconds a nonce is valid (auth `nonce_expire`, default 300; the old
+    /// key `nonce_expire_s` is accepted).
+    #[serde(alias = "nonce_expire_s")]
+    pub nonce_expire: u64,
+    /// auth `nonce_count` (default off, as Kamailio): remember the `nc` of
+    /// each nonce and refuse (-6) a response whose `nc` is not higher than
+    /// the last one seen for that nonce (a replay). Off: a nonce may be
+    /// reused until it expires, whatever its `nc`. sipshard answers a UDP
+    /// retransmission (same Call-ID and CSeq) as before, even when on.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub nonce_count: bool,
+    /// auth `realm_prefix` (default ""): stripped from the front of the
+    /// realm given to the auth functions (`sip.example.com` → `example.com`).
+    pub realm_prefix: String,
+    /// auth `algorithm` (default "" = MD5): the one digest algorithm
+    /// challenges offer, "MD5" or "SHA-256" ("SHA-512-256" too in sipshard).
+    /// Set this or `algorithms`, not both.
+    pub algorithm: String,
+    /// sipshard extension: several challenges, one per algorithm, in
+    /// preference order (RFC 8760), e.g. `["SHA-256", "MD5"]`. Default
+    /// `["MD5"]`; ignored when `algorithm` is set. SHA-* need the plain-text
+    /// `password` column.
+    pub algorithms: Vec<String>,
+    /// auth_db `use_domain` (default off, as Kamailio): look the subscriber
+    /// up by username and domain (= the realm), not by username alone.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub use_domain: bool,
+    /// auth_db `calculate_ha1` (default off): off, MD5 responses are
+    /// checked against the stored `ha1` column (`ha1b` when the username
+    /// carries `@domain`), falling back to `password` when that column is
+    /// empty; on, HA1 is computed from the plain-text `password` column.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub calculate_ha1: bool,
+    /// sipshard: credential cache (shared by the shards) TTL and size.
     pub cache_ttl_s: u64,
     pub cache_negative_ttl_s: u64,
     pub cache_max_entries: usize,
-    /// Nonce-count (replay) table size, shared by the shards.
+    /// sipshard: nonce-count table size (Kamailio `nc_array_size`), shared
+    /// by the shards; the oldest nonces are forgotten beyond it.
+    #[serde(alias = "nc_array_size")]
     pub nc_max_entries: usize,
-    /// Milliseconds a credential lookup may wait for the database before the
-    /// request is answered 500.
+    /// sipshard: milliseconds a credential lookup may wait for the database
+    /// before the request is answered 500.
     pub db_timeout_ms: u64,
-    /// Use the `ha1b` column (user@domain) instead of `ha1` (Kamailio `use_domain`).
-    pub use_domain: bool,
-    /// Digest algorithms offered in challenges, in preference order
-    /// (Kamailio auth `algorithm`): "MD5", "SHA-256", "SHA-512-256".
-    /// SHA-* need the plain-text `password` column.
-    pub algorithms: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             secret: String::new(),
-            nonce_expire_s: 300,
+            nonce_expire: 300,
+            nonce_count: false,
+            realm_prefix: String::new(),
+            algorithm: String::new(),
+            algorithms: vec!["MD5".to_string()],
+            use_domain: false,
+            calculate_ha1: false,
             cache_ttl_s: 60,
             cache_negative_ttl_s: 5,
             cache_max_entries: 100_000,
             nc_max_entries: 100_000,
             db_timeout_ms: 2_000,
-            use_domain: false,
-            algorithms: vec!["MD5".to_string()],
         }
     }
 }
 
-/// Registrar / usrloc settings.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+impl AuthConfig {
+    /// The algorithms challenges offer: `algorithm` when set, else `algorithms`.
+    pub fn offered_algorithms(&self) -> Vec<String> {
+        if self.algorithm.is_empty() {
+            self.algorithms.clone()
+        } else {
+            vec![self.algorithm.clone()]
+        }
+    }
+
+    /// `realm` without `realm_prefix` (auth `realm_prefix`).
+    pub fn strip_realm<'a>(&self, realm: &'a str) -> &'a str {
+        if self.realm_prefix.is_empty() {
+            return realm;
+        }
+        match realm.get(..self.realm_prefix.len()) {
+            Some(p) if p.eq_ignore_ascii_case(&self.realm_prefix) => {
+                &realm[self.realm_prefix.len()..]
+            }
+            _ => realm,
+        }
+    }
+}
+
+/// Hard bound of bindings per AOR, whatever `max_contacts` says (0 =
+/// unlimited, Kamailio's default): every table has a maximum. A REGISTER
+/// that would pass it gets `503` with `P-Registrar-Error: Too many
+/// registered contacts` and `save` returns -2, as with `max_contacts`.
+pub const CONTACTS_PER_AOR_CAP_DEFAULT: usize = 256;
+
+/// Registrar / usrloc settings (Kamailio `registrar` and `usrloc` module
+/// parameters, same names and defaults; the sipshard-only keys say so, and
+/// the old `*_s` names are still accepted).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RegistrarConfig {
-    pub default_expires_s: u32,
-    pub min_expires_s: u32,
-    pub max_expires_s: u32,
-    /// Most contacts per AOR (0 = no limit besides the table maxima).
+    /// registrar `default_expires` (3600): used when neither the Contact nor
+    /// the request gives an expires.
+    #[serde(alias = "default_expires_s")]
+    pub default_expires: u32,
+    /// registrar `min_expires` (60; 0 disables the check).
+    #[serde(alias = "min_expires_s")]
+    pub min_expires: u32,
+    /// registrar `min_expires_mode` (0): 0 raises a shorter expires to
+    /// `min_expires`; 1 answers `423 Interval Too Brief` with `Min-Expires`.
+    pub min_expires_mode: u8,
+    /// registrar `max_expires` (0 = no maximum): larger values are lowered to it.
+    #[serde(alias = "max_expires_s")]
+    pub max_expires: u32,
+    /// registrar `default_q` (-1 = unspecified; else 0..=1000 thousandths)
+    /// for contacts without `q`.
+    pub default_q: i32,
+    /// registrar `max_contacts` (0 = no limit but `contacts_per_aor_cap`):
+    /// more valid contacts for one AOR are refused with `503 Service
+    /// Unavailable` (`P-Registrar-Error: Too many registered contacts`) and
+    /// `save` returns -2.
     pub max_contacts: usize,
-    /// Most AORs the location table keeps, per shard (the table is shared:
-    /// its maximum is this times the shard count).
+    /// sipshard: hard cap of bindings per AOR, whatever `max_contacts` says
+    /// (it keeps the location table bounded when `max_contacts = 0`).
+    pub contacts_per_aor_cap: usize,
+    /// registrar `use_path` (default off): off ignores Path headers; on
+    /// stores them and handles them per `path_mode`.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub use_path: bool,
+    /// registrar `path_mode` (2), with `use_path`: 0 store Path, never echo
+    /// it; 1 store it, echo it when the REGISTER has `Supported: path`;
+    /// 2 (RFC 3327) without `Supported: path` answer `420 Bad Extension`
+    /// with `Unsupported: path`, else store and echo.
+    pub path_mode: u8,
+    /// registrar `append_branches` (on): `lookup` appends the AOR's other
+    /// contacts as branches; off, only the R-URI is rewritten.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub append_branches: bool,
+    /// registrar `method_filtering` (off): on, `lookup` of an initial
+    /// request (no To tag) returns only contacts whose REGISTER `Allow`
+    /// listed its method (-2 when none did).
+    #[serde(deserialize_with = "bool_or_int")]
+    pub method_filtering: bool,
+    /// registrar `case_sensitive` (off): AORs are lowercased unless on.
+    #[serde(deserialize_with = "bool_or_int")]
+    pub case_sensitive: bool,
+    /// registrar `realm_prefix` (""): stripped from the domain of AORs.
+    pub realm_prefix: String,
+    /// registrar `contact_max_size` (512): longer contact URIs get 400.
+    pub contact_max_size: usize,
+    /// registrar `retry_after` (0 = none): `Retry-After` on 5xx replies.
+    pub retry_after: u32,
+    /// usrloc `matching_mode` (0): how a Contact finds its binding: 0 contact
+    /// URI, 1 contact and Call-ID, 2 contact and Path, 3 Call-ID.
+    pub matching_mode: u8,
+    /// usrloc `cseq_delay` (20 s): a REGISTER with the Call-ID and CSeq of a
+    /// binding changed less than this ago is a retransmission (answered,
+    /// nothing changed), later a 400; 0 disables the tolerance.
+    pub cseq_delay: u32,
+    /// sipshard: most AORs the location table keeps, per shard (the table
+    /// is shared: its maximum is this times the shard count).
     pub max_aors_per_shard: usize,
     /// usrloc `db_mode`: 0 memory, 1 write-through, 2 write-back, 3 DB only.
     pub db_mode: u8,
-    /// Write-back flush / expiry timer interval (usrloc `timer_interval`).
+    /// usrloc `timer_interval` (60 s): write-back flush / expiry timer.
+    #[serde(alias = "timer_interval")]
     pub timer_interval_s: u64,
-    /// Use `user@domain` as AOR (usrloc `use_domain`).
+    /// usrloc `use_domain` (off): the AOR is `user@domain`, else `user`.
+    #[serde(deserialize_with = "bool_or_int")]
     pub use_domain: bool,
 }
 
 impl Default for RegistrarConfig {
     fn default() -> Self {
         RegistrarConfig {
-            default_expires_s: 3600,
-            min_expires_s: 60,
-            max_expires_s: 86_400,
-            max_contacts: 10,
+            default_expires: 3600,
+            min_expires: 60,
+            min_expires_mode: 0,
+            max_expires: 0,
+            default_q: -1,
+            max_contacts: 0,
+            contacts_per_aor_cap: CONTACTS_PER_AOR_CAP_DEFAULT,
+            use_path: false,
+            path_mode: 2,
+            append_branches: true,
+            method_filtering: false,
+            case_sensitive: false,
+            realm_prefix: String::new(),
+            contact_max_size: 512,
+            retry_after: 0,
+            matching_mode: 0,
+            cseq_delay: 20,
             max_aors_per_shard: 1_000_000,
             db_mode: 0,
             timer_interval_s: 60,
@@ -525,11 +676,26 @@ impl Config {
             }
         }
         let r = &self.registrar;
-        if r.min_expires_s > r.max_expires_s {
-            return Err(self.invalid(
-                "registrar.min_expires_s",
-                "is above registrar.max_expires_s",
-            ));
+        if r.max_expires != 0 && r.min_expires > r.max_expires {
+            return Err(self.invalid("registrar.min_expires", "is above registrar.max_expires"));
+        }
+        if r.min_expires_mode > 1 {
+            return Err(self.invalid("registrar.min_expires_mode", "must be 0 or 1"));
+        }
+        if r.path_mode > 2 {
+            return Err(self.invalid("registrar.path_mode", "must be 0, 1 or 2"));
+        }
+        if r.matching_mode > 3 {
+            return Err(self.invalid("registrar.matching_mode", "must be 0, 1, 2 or 3"));
+        }
+        if r.default_q != -1 && !(0..=1000).contains(&r.default_q) {
+            return Err(self.invalid("registrar.default_q", "must be -1 or 0..=1000"));
+        }
+        if r.contacts_per_aor_cap == 0 || r.contacts_per_aor_cap > 65_536 {
+            return Err(self.invalid("registrar.contacts_per_aor_cap", "must be within 1..=65536"));
+        }
+        if r.contact_max_size == 0 {
+            return Err(self.invalid("registrar.contact_max_size", "must be at least 1"));
         }
         if r.db_mode > 3 {
             return Err(self.invalid("registrar.db_mode", "must be 0, 1, 2 or 3"));
@@ -537,8 +703,18 @@ impl Config {
         if let Err(e) = self.rpc.validate() {
             return Err(self.invalid("rpc", e));
         }
-        if self.auth.nonce_expire_s == 0 {
-            return Err(self.invalid("auth.nonce_expire_s", "must be at least 1"));
+        let a = &self.auth;
+        if a.nonce_expire == 0 {
+            return Err(self.invalid("auth.nonce_expire", "must be at least 1"));
+        }
+        if !a.algorithm.is_empty() && a.algorithms != AuthConfig::default().algorithms {
+            return Err(self.invalid(
+                "auth.algorithm",
+                "set auth.algorithm (one) or auth.algorithms (several), not both",
+            ));
+        }
+        if a.offered_algorithms().is_empty() {
+            return Err(self.invalid("auth.algorithms", "must name at least one algorithm"));
         }
         let tm = &self.tm;
         if tm.t1_ms == 0 || tm.t2_ms < tm.t1_ms {
@@ -680,6 +856,8 @@ mod tests {
         assert_eq!(c.core.listen, d.core.listen);
         assert_eq!(c.db, d.db);
         assert_eq!(c.rpc, d.rpc);
+        assert_eq!(c.auth, d.auth);
+        assert_eq!(c.registrar, d.registrar);
     }
 
     #[test]
@@ -742,5 +920,128 @@ mod tests {
         assert_eq!(specs.len(), 1);
         assert_eq!(specs[0].tuning.recv_batch, 4);
         assert_eq!(specs[0].cpu, Some(0));
+    }
+
+    #[test]
+    fn registrar_and_auth_defaults_are_kamailios() {
+        let c = Config::embedded();
+        let r = &c.registrar;
+        assert_eq!(
+            (
+                r.default_expires,
+                r.min_expires,
+                r.min_expires_mode,
+                r.max_expires
+            ),
+            (3600, 60, 0, 0)
+        );
+        assert_eq!((r.max_contacts, r.default_q), (0, -1));
+        assert_eq!(r.contacts_per_aor_cap, CONTACTS_PER_AOR_CAP_DEFAULT);
+        assert!(!r.use_path);
+        assert_eq!(r.path_mode, 2);
+        assert!(!r.case_sensitive && !r.use_domain);
+        assert!(r.append_branches && !r.method_filtering);
+        assert_eq!((r.contact_max_size, r.retry_after), (512, 0));
+        assert_eq!((r.matching_mode, r.cseq_delay), (0, 20));
+        let a = &c.auth;
+        assert_eq!(a.nonce_expire, 300);
+        assert!(!a.nonce_count && !a.use_domain && !a.calculate_ha1);
+        assert_eq!(a.offered_algorithms(), vec!["MD5".to_string()]);
+        assert!(a.realm_prefix.is_empty());
+    }
+
+    #[test]
+    fn kamailio_names_old_names_and_numeric_booleans() {
+        let c = Config::from_toml(
+            "[registrar]\ndefault_expires = 600\nmin_expires = 30\nmax_expires = 7200\n\
+             min_expires_mode = 1\nuse_path = 1\npath_mode = 0\ncase_sensitive = true\n\
+             timer_interval = 10\n[auth]\nnonce_expire = 30\nnonce_count = 1\n\
+             use_domain = 0\ncalculate_ha1 = 1\nalgorithm = \"SHA-256\"\nnc_array_size = 64\n",
+            "k.toml",
+        )
+        .unwrap();
+        let r = &c.registrar;
+        assert_eq!(
+            (r.default_expires, r.min_expires, r.max_expires),
+            (600, 30, 7200)
+        );
+        assert_eq!(
+            (r.min_expires_mode, r.path_mode, r.timer_interval_s),
+            (1, 0, 10)
+        );
+        assert!(r.use_path && r.case_sensitive);
+        let a = &c.auth;
+        assert_eq!((a.nonce_expire, a.nc_max_entries), (30, 64));
+        assert!(a.nonce_count && !a.use_domain && a.calculate_ha1);
+        assert_eq!(a.offered_algorithms(), vec!["SHA-256".to_string()]);
+
+        // the keys sipshard had before keep working
+        let c = Config::from_toml(
+            "[registrar]\ndefault_expires_s = 900\nmin_expires_s = 20\nmax_expires_s = 1000\n\
+             timer_interval_s = 5\n[auth]\nnonce_expire_s = 3\nalgorithms = [\"SHA-256\", \"MD5\"]\n",
+            "old.toml",
+        )
+        .unwrap();
+        let r = &c.registrar;
+        assert_eq!(
+            (r.default_expires, r.min_expires, r.max_expires),
+            (900, 20, 1000)
+        );
+        assert_eq!(r.timer_interval_s, 5);
+        assert_eq!(c.auth.nonce_expire, 3);
+        assert_eq!(c.auth.offered_algorithms().len(), 2);
+
+        let e = Config::from_toml("[registrar]\nuse_path = 2\n", "b.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("use_path") && e.contains("0/1"), "{e}");
+    }
+
+    #[test]
+    fn registrar_and_auth_ranges() {
+        let bad = [
+            (
+                "[registrar]\nmin_expires = 100\nmax_expires = 50\n",
+                "registrar.min_expires",
+            ),
+            (
+                "[registrar]\nmin_expires_mode = 2\n",
+                "registrar.min_expires_mode",
+            ),
+            ("[registrar]\npath_mode = 3\n", "registrar.path_mode"),
+            (
+                "[registrar]\nmatching_mode = 4\n",
+                "registrar.matching_mode",
+            ),
+            ("[registrar]\ndefault_q = 1001\n", "registrar.default_q"),
+            (
+                "[registrar]\ncontacts_per_aor_cap = 0\n",
+                "registrar.contacts_per_aor_cap",
+            ),
+            ("[auth]\nnonce_expire = 0\n", "auth.nonce_expire"),
+            (
+                "[auth]\nalgorithm = \"MD5\"\nalgorithms = [\"SHA-256\"]\n",
+                "auth.algorithm",
+            ),
+        ];
+        for (text, key) in bad {
+            let e = Config::from_toml(text, "r.toml").unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        // max_expires 0 is "no maximum": any min_expires is fine
+        Config::from_toml("[registrar]\nmin_expires = 100000\n", "r.toml").unwrap();
+    }
+
+    #[test]
+    fn auth_realm_prefix_is_stripped() {
+        let a = AuthConfig {
+            realm_prefix: "sip.".into(),
+            ..AuthConfig::default()
+        };
+        assert_eq!(a.strip_realm("sip.example.com"), "example.com");
+        assert_eq!(a.strip_realm("SIP.example.com"), "example.com");
+        assert_eq!(a.strip_realm("example.com"), "example.com");
+        assert_eq!(a.strip_realm("si"), "si");
+        assert_eq!(AuthConfig::default().strip_realm("sip.x"), "sip.x");
     }
 }

@@ -60,7 +60,9 @@ fn registrar_flow(db: TestDb) {
     ]);
     let srv = start(
         &db,
-        "[auth]\nsecret = \"k\"\n[registrar]\nmin_expires_s = 60\nmax_contacts = 5\n",
+        // 423 below min_expires (min_expires_mode 1; Kamailio's default 0
+        // stretches the expires instead, see kamailio_registrar_defaults)
+        "[auth]\nsecret = \"k\"\n[registrar]\nmin_expires_s = 60\nmin_expires_mode = 1\nmax_contacts = 5\n",
     );
     let c = client();
 
@@ -239,7 +241,8 @@ fn registrar_mariadb() {
 
 fn stale_tampered_and_replayed_nonces(db: TestDb) {
     db.init(&[("alice@example.com", "secret")]);
-    let srv = start(&db, "[auth]\nnonce_expire_s = 3\n");
+    // nonce_count on (Kamailio's default is off, see nonce_count_off_by_default)
+    let srv = start(&db, "[auth]\nnonce_expire_s = 3\nnonce_count = 1\n");
     let c = client();
     let contact = "Contact: <sip:alice@10.0.0.1>\r\n";
     let r = exchange(
@@ -593,4 +596,270 @@ end
     }
     let r = register_with_auth(&c, srv.addr, "alice", DOMAIN, "nope", "w-9", 1, "");
     assert_eq!(status(&r), 401, "{r}");
+}
+
+/// `expires=N` of the first Contact of a reply.
+fn contact_expires(reply: &str) -> Option<u32> {
+    let c = contacts_of(reply).into_iter().next()?;
+    let v = c.split(";expires=").nth(1)?;
+    v.split(|ch: char| !ch.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn ul_contacts(srv: &Server, aor: &str) -> serde_json::Value {
+    let v = rpc(
+        srv.rpc_port,
+        "ul.lookup",
+        serde_json::json!(["location", aor]),
+    );
+    v["contacts"].clone()
+}
+
+/// With no registrar settings, Kamailio's defaults: a too-short expires is
+/// stretched to min_expires (min_expires_mode 0), no max_expires, no
+/// max_contacts (only the per-AOR cap), Path ignored (use_path 0).
+#[test]
+fn kamailio_registrar_defaults() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret")]);
+    let srv = start(&db, "[auth]\nsecret = \"k\"\n");
+    let c = client();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "kd-1",
+        1,
+        "Contact: <sip:alice@10.0.0.1:5060>\r\nExpires: 10\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let e = contact_expires(&r).expect("expires in the 200");
+    assert!((59..=60).contains(&e), "stretched to min_expires: {r}");
+
+    // no max_expires: a day and more is kept
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "kd-2",
+        1,
+        "Contact: <sip:alice@10.0.0.2:5060>\r\nExpires: 200000\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert!(
+        r.contains("<sip:alice@10.0.0.2:5060>;expires=200000")
+            || r.contains("<sip:alice@10.0.0.2:5060>;expires=199999"),
+        "{r}"
+    );
+
+    // Path without Supported: path is ignored: 200, nothing stored or echoed
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "kd-3",
+        1,
+        "Path: <sip:edge.example.net;lr>\r\nContact: <sip:alice@10.0.0.3:5060>\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(header(&r, "Path"), None, "{r}");
+    let cs = ul_contacts(&srv, "alice");
+    let stored = cs
+        .as_array()
+        .expect("contacts")
+        .iter()
+        .find(|c| c["contact"] == "sip:alice@10.0.0.3:5060")
+        .expect("binding stored")
+        .clone();
+    assert!(stored["path"].is_null(), "{stored}");
+
+    // no max_contacts: 12 more contacts in one REGISTER are all accepted
+    let many: Vec<String> = (10..22)
+        .map(|i| format!("<sip:alice@10.0.1.{i}:5060>"))
+        .collect();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "kd-4",
+        1,
+        &format!("Contact: {}\r\n", many.join(", ")),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(contacts_of(&r).len(), 15, "{r}");
+}
+
+/// The stricter behaviours, configured: 423 (min_expires_mode 1), 503
+/// beyond max_contacts, Path stored and echoed with use_path (path_mode 2:
+/// 420 without Supported: path), and the per-AOR cap.
+#[test]
+fn registrar_limits_when_configured() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret"), ("bob@example.com", "pw")]);
+    let srv = start(
+        &db,
+        "[auth]\nsecret = \"k\"\n[registrar]\nmin_expires = 60\nmin_expires_mode = 1\n\
+         max_contacts = 2\nuse_path = 1\nretry_after = 30\n",
+    );
+    let c = client();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "rl-1",
+        1,
+        "Contact: <sip:alice@10.0.0.1>\r\nExpires: 10\r\n",
+    );
+    assert_eq!(status(&r), 423, "{r}");
+    assert_eq!(reason(&r), "Interval Too Brief", "{r}");
+    assert_eq!(header(&r, "Min-Expires").as_deref(), Some("60"), "{r}");
+
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "rl-2",
+        1,
+        "Contact: <sip:alice@10.0.0.1>, <sip:alice@10.0.0.2>\r\n",
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "alice",
+        DOMAIN,
+        "secret",
+        "rl-3",
+        1,
+        "Contact: <sip:alice@10.0.0.3>\r\n",
+    );
+    assert_eq!(status(&r), 503, "{r}");
+    assert_eq!(reason(&r), "Service Unavailable", "{r}");
+    assert_eq!(
+        header(&r, "P-Registrar-Error").as_deref(),
+        Some("Too many registered contacts"),
+        "{r}"
+    );
+    assert_eq!(header(&r, "Retry-After").as_deref(), Some("30"), "{r}");
+    assert_eq!(ul_contacts(&srv, "alice").as_array().map(Vec::len), Some(2));
+
+    // use_path with path_mode 2: Path needs Supported: path
+    let path = "Path: <sip:edge.example.net;lr>\r\n";
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw",
+        "rl-4",
+        1,
+        &format!("{path}Contact: <sip:bob@10.0.0.5>\r\n"),
+    );
+    assert_eq!(status(&r), 420, "{r}");
+    assert_eq!(header(&r, "Unsupported").as_deref(), Some("path"), "{r}");
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw",
+        "rl-5",
+        1,
+        &format!("{path}Supported: path\r\nContact: <sip:bob@10.0.0.5>\r\n"),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(
+        header(&r, "Path").as_deref(),
+        Some("<sip:edge.example.net;lr>"),
+        "{r}"
+    );
+    let cs = ul_contacts(&srv, "bob");
+    assert_eq!(cs[0]["path"], "<sip:edge.example.net;lr>", "{cs}");
+    let (ok, _) = srv.stop();
+    assert!(ok);
+
+    // max_contacts 0 (unlimited) still meets the per-AOR cap
+    let srv = start(
+        &db,
+        "[auth]\nsecret = \"k\"\n[registrar]\ncontacts_per_aor_cap = 3\n",
+    );
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "pw",
+        "rl-6",
+        1,
+        "Contact: <sip:bob@10.0.0.6>, <sip:bob@10.0.0.7>, <sip:bob@10.0.0.8>, <sip:bob@10.0.0.9>\r\n",
+    );
+    assert_eq!(status(&r), 503, "{r}");
+    assert_eq!(
+        header(&r, "P-Registrar-Error").as_deref(),
+        Some("Too many registered contacts"),
+        "{r}"
+    );
+}
+
+/// Answers the challenge `ch` with nc=1 twice, from two requests (another
+/// CSeq, so not a retransmission): the second status.
+fn reuse_nonce(srv: &Server, c: &std::net::UdpSocket, call_id: &str) -> (u16, u16) {
+    let contact = "Contact: <sip:alice@10.0.0.1>\r\n";
+    let r = exchange(
+        c,
+        srv.addr,
+        register_msg(c, "alice", DOMAIN, call_id, 1, contact).as_bytes(),
+    )
+    .unwrap();
+    let ch = header(&r, "WWW-Authenticate").expect("challenge");
+    assert!(ch.contains("qop=\"auth\""), "{ch}");
+    let auth = digest_authorization(&ch, "alice", "secret", "REGISTER", "sip:example.com", 1);
+    let mut got = Vec::new();
+    for cseq in [2, 3] {
+        let r = exchange(
+            c,
+            srv.addr,
+            register_msg(
+                c,
+                "alice",
+                DOMAIN,
+                call_id,
+                cseq,
+                &format!("Authorization: {auth}\r\n{contact}"),
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        got.push(status(&r));
+    }
+    (got[0], got[1])
+}
+
+/// auth `nonce_count` is off by default (Kamailio): a nonce is reusable with
+/// the same nc until it expires; on, the reuse is refused and re-challenged.
+#[test]
+fn nonce_count_off_by_default() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@example.com", "secret")]);
+    let srv = start(&db, "[auth]\nsecret = \"k\"\n");
+    let c = client();
+    assert_eq!(reuse_nonce(&srv, &c, "nc-1"), (200, 200));
+    let (ok, _) = srv.stop();
+    assert!(ok);
+    let srv = start(&db, "[auth]\nsecret = \"k\"\nnonce_count = true\n");
+    assert_eq!(reuse_nonce(&srv, &c, "nc-2"), (200, 401));
 }

@@ -6,17 +6,31 @@
 //! | `KSR.auth_db.auth_check(realm, table, flags)` | `int (str, str, int)` | 1 ok; -1 error/bad nonce; -2 wrong password; -3 unknown user; -4 stale nonce; -5 no credentials; -6 nonce reused; -8 auth user mismatch |
 //! | `KSR.auth_db.www_authorize(realm, table)` | `int (str, str)` | as above (Authorization header) |
 //! | `KSR.auth_db.proxy_authorize(realm, table)` | `int (str, str)` | as above (Proxy-Authorization header) |
-//! | `KSR.auth.auth_challenge(realm, flags)` | `int (str, int)` | 1 sent (401 for REGISTER, else 407), -1 error |
-//! | `KSR.auth.www_challenge(realm, flags)` | `int (str, int)` | 1 sent 401, -1 error |
-//! | `KSR.auth.proxy_challenge(realm, flags)` | `int (str, int)` | 1 sent 407, -1 error |
+//! | `KSR.auth.auth_challenge(realm, flags)` | `int (str, int)` | 1 sent (401 for REGISTER, else 407), -3 reply not sent (e.g. ACK), -1 error |
+//! | `KSR.auth.www_challenge(realm, flags)` | `int (str, int)` | 1 sent 401, -3 / -1 as above |
+//! | `KSR.auth.proxy_challenge(realm, flags)` | `int (str, int)` | 1 sent 407, -3 / -1 as above |
 //! | `KSR.auth.consume_credentials()` | `int ()` | 1 removed, -1 none |
 //! | `KSR.auth.has_credentials(realm)` | `int (str)` | 1 present, -1 absent |
 //!
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
 //! on internal errors, 16 `stale=true`. A challenge after a stale nonce
 //! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` are set after
-//! a successful check. The `table` argument is accepted for compatibility;
-//! credentials come from the configured database's `subscriber` table.
+//! a successful check. ACK, CANCEL and PRACK are not checked: the functions
+//! return 1, as Kamailio's. The `table` argument is accepted for
+//! compatibility; credentials come from the configured database's
+//! `subscriber` table (Kamailio's default columns).
+//!
+//! `[auth]` carries the auth/auth_db modparam names and defaults:
+//! `nonce_expire` 300 s; `nonce_count` off, so a nonce may be reused with
+//! the same `nc` until it expires (on: -6 for a replay; a UDP retransmission,
+//! same Call-ID and CSeq, still passes); `realm_prefix` stripped from the
+//! realm; `algorithm` (MD5); auth_db `use_domain` (subscriber looked up by
+//! username and realm) and `calculate_ha1` (HA1 from the plain password
+//! instead of the `ha1`/`ha1b` columns). Differences from Kamailio:
+//! `algorithms` may offer several challenges (RFC 8760); nonces are
+//! checked for expiry and integrity only (`auth_checks_register` /
+//! `_no_dlg` / `_in_dlg`, `one_time_nonce` and the `qop` parameter, which
+//! KEMI challenges do not use, are not implemented).
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -166,6 +180,14 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
     let svc = &s.services;
     let first = s.with_msg(|m| {
         let msg = m.msg();
+        // Kamailio's auth API passes these without a check (they cannot be
+        // challenged): the functions return 1.
+        if matches!(
+            msg.method(),
+            Some(crate::sip::Method::Ack | crate::sip::Method::Cancel | crate::sip::Method::Prack)
+        ) {
+            return Err(AuthCode::Ok);
+        }
         let is_register = msg.method() == Some(crate::sip::Method::Register);
         let hdr = header_for(which, is_register);
         match pre_auth(msg.headers(hdr), realm, &svc.nonce_key, now) {
@@ -183,6 +205,7 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
     });
     match first {
         Ok(Ok(p)) => Ok(p),
+        Ok(Err(AuthCode::Ok)) => Err(AuthCode::Ok.code()),
         Ok(Err(code)) => {
             s.counters.incr(if code == AuthCode::NonceExpired {
                 Counter::AuthStaleNonce
@@ -205,9 +228,8 @@ fn step_verify(
     flags: u32,
 ) -> i32 {
     let svc = s.services.clone();
-    let use_domain = svc.auth.use_domain;
     let res = s.with_msg(|m| {
-        let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags, use_domain);
+        let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags);
         if code == AuthCode::Ok {
             m.auth_user = Some(pending.username.clone());
             m.auth_realm = Some(pending.realm.clone());
@@ -227,6 +249,7 @@ fn step_verify(
 /// The check without suspending: `None` when the subscriber is not in the
 /// shard's cache (the async path asks the database).
 fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Option<i32> {
+    let realm = s.services.auth.strip_realm(realm);
     let now = unix_now_s();
     let pending = match step_credentials(s, realm, which, now) {
         Ok(p) => p,
@@ -237,7 +260,7 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
         .tables
         .creds
         .get(pending.username.as_bytes())
-        .lookup(&pending.username, realm, now)
+        .lookup(&pending.username, lookup_domain(s, realm), now)
         .map(|v| v.cloned());
     let cred = cached?;
     Some(step_verify(
@@ -252,13 +275,14 @@ fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Opti
 
 async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
     let svc = s.services.clone();
+    let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
     let pending = match step_credentials(s, realm, which, now) {
         Ok(p) => p,
         Err(code) => return code,
     };
     // Step 2: the subscriber, from the shared cache or the database.
-    let domain = realm.to_string();
+    let domain = lookup_domain(s, realm).to_string();
     let cached = svc
         .tables
         .creds
@@ -311,6 +335,16 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
     step_verify(s, &pending, cred.as_deref(), realm, which, flags)
 }
 
+/// The subscriber's domain to look up: the realm with auth_db `use_domain`,
+/// else none (the username alone; the cache keys on the same).
+fn lookup_domain<'a>(s: &Shared, realm: &'a str) -> &'a str {
+    if s.services.auth.use_domain {
+        realm
+    } else {
+        ""
+    }
+}
+
 /// Steps 3 and 4 on the message: digest, nonce count, identity.
 #[allow(clippy::too_many_arguments)]
 fn verify_in(
@@ -321,7 +355,6 @@ fn verify_in(
     realm: &str,
     which: Which,
     flags: u32,
-    use_domain: bool,
 ) -> (AuthCode, Option<String>) {
     {
         let msg = m.msg();
@@ -331,8 +364,10 @@ fn verify_in(
             return (AuthCode::GenericError, None);
         };
         let secret = cred.map(|c| {
-            if creds.algorithm == Algorithm::Md5 {
-                let h = if use_domain || pending.username.contains('@') {
+            // auth_db calculate_ha1 = 0: the stored HA1 (password_column_2,
+            // ha1b, when the username carries a domain).
+            if creds.algorithm == Algorithm::Md5 && !svc.auth.calculate_ha1 {
+                let h = if pending.username.contains('@') {
                     &c.ha1b
                 } else {
                     &c.ha1
@@ -351,8 +386,14 @@ fn verify_in(
             cseq: cseq.map(|c| c.num).unwrap_or(0),
             cseq_method: cseq.map(|c| c.method_bytes).unwrap_or(b""),
         };
-        let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
-        let code = post_auth(&creds, secret, &req, Some(&mut nc));
+        // auth nonce_count: off (Kamailio's default), a nonce is good until
+        // it expires whatever its nc.
+        let code = if svc.auth.nonce_count {
+            let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
+            post_auth(&creds, secret, &req, Some(&mut nc))
+        } else {
+            post_auth(&creds, secret, &req, None)
+        };
         if code != AuthCode::Ok {
             return (code, None);
         }
@@ -404,6 +445,7 @@ fn verify_in(
 /// Sends 401/407 with one challenge per configured algorithm.
 fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<ChallengeKind>) -> i32 {
     let svc = s.services.clone();
+    let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
     let r = s.with_msg(|m| {
         let method = std::str::from_utf8(m.msg().method_bytes())
@@ -426,11 +468,222 @@ fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<Challeng
         }
         super::sl::reply_counted(s, m, kind.status(), kind.reason().as_bytes())
     });
+    // Kamailio: 1 sent, -3 the reply could not be sent, -1 no message.
     match r {
         Ok(true) => {
             s.counters.incr(Counter::AuthChallenges);
             1
         }
-        _ => -1,
+        Ok(false) => -3,
+        Err(_) => -1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::auth::{ha1, ha2, response, Algorithm, Qop};
+    use crate::config::{AuthConfig, RegistrarConfig};
+    use crate::kemi::services::{unix_now_s, CachedCred};
+    use crate::kemi::testutil::{engine_with, global_int, request, run};
+    use crate::kemi::Engine;
+
+    const SCRIPT: &str = r#"
+function ksr_request_route()
+    rc = KSR.auth_db.www_authorize(REALM, "subscriber")
+    if rc < 0 then
+        KSR.auth.www_challenge(REALM, 1)
+    end
+end
+"#;
+
+    fn eng(auth: AuthConfig, realm: &str) -> Engine {
+        let e = engine_with(SCRIPT, &auth, &RegistrarConfig::default());
+        e.lua().globals().set("REALM", realm).unwrap();
+        e
+    }
+
+    /// Caches alice's subscriber row under `domain` ("" = username only).
+    fn cache_alice(e: &Engine, domain: &str, ha1_hex: &str) {
+        let cred = CachedCred {
+            password: "pw".into(),
+            ha1: ha1_hex.into(),
+            ha1b: String::new(),
+        };
+        e.shared().services.tables.creds.get(b"alice").insert(
+            "alice",
+            domain,
+            Some(Arc::new(cred)),
+            unix_now_s(),
+        );
+    }
+
+    /// The nonce and realm of the challenge a credential-less REGISTER gets.
+    fn challenge(e: &Engine) -> (String, String) {
+        let (m, _) = run(e, &request("REGISTER sip:example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(e, "rc"), -5);
+        let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+        assert!(reply.starts_with("SIP/2.0 401"), "{reply}");
+        let param = |name: &str| {
+            let start = reply.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+            reply[start..].split('"').next().unwrap().to_string()
+        };
+        (param("nonce"), param("realm"))
+    }
+
+    /// A REGISTER (CSeq `cseq`) answering with nc=1 and qop=auth.
+    fn answer(nonce: &str, realm: &str, cseq: u32) -> Vec<u8> {
+        let uri = "sip:example.com";
+        let h1 = ha1(Algorithm::Md5, b"alice", realm.as_bytes(), b"pw");
+        let h2 = ha2(
+            Algorithm::Md5,
+            b"REGISTER",
+            uri.as_bytes(),
+            Some(Qop::Auth),
+            b"",
+        );
+        let r = response(
+            Algorithm::Md5,
+            h1.as_bytes(),
+            nonce.as_bytes(),
+            Some((Qop::Auth, b"00000001", b"c1")),
+            h2.as_bytes(),
+        );
+        let auth = format!(
+            "Authorization: Digest username=\"alice\", realm=\"{realm}\", nonce=\"{nonce}\", \
+             uri=\"{uri}\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c1\""
+        );
+        let msg = request("REGISTER sip:example.com SIP/2.0", None, &[&auth]);
+        String::from_utf8(msg)
+            .unwrap()
+            .replace("CSeq: 2 ", &format!("CSeq: {cseq} "))
+            .into_bytes()
+    }
+
+    fn md5_ha1(realm: &str) -> String {
+        ha1(Algorithm::Md5, b"alice", realm.as_bytes(), b"pw")
+            .as_str()
+            .to_string()
+    }
+
+    #[test]
+    fn nonce_count_off_by_default_on_when_configured() {
+        for (nonce_count, want_reuse) in [(false, 1), (true, -6)] {
+            let e = eng(
+                AuthConfig {
+                    nonce_count,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "", &md5_ha1("example.com"));
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), 1, "nonce_count {nonce_count}");
+            // a retransmission (same Call-ID and CSeq) always passes
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), 1, "nonce_count {nonce_count}");
+            // the same nc in a new request
+            run(&e, &answer(&nonce, &realm, 4));
+            assert_eq!(
+                global_int(&e, "rc"),
+                want_reuse,
+                "nonce_count {nonce_count}"
+            );
+        }
+    }
+
+    #[test]
+    fn realm_prefix_is_stripped() {
+        let e = eng(
+            AuthConfig {
+                realm_prefix: "sip.".into(),
+                ..AuthConfig::default()
+            },
+            "sip.example.com",
+        );
+        cache_alice(&e, "", &md5_ha1("example.com"));
+        let (nonce, realm) = challenge(&e);
+        assert_eq!(realm, "example.com");
+        run(&e, &answer(&nonce, &realm, 3));
+        assert_eq!(global_int(&e, "rc"), 1);
+    }
+
+    #[test]
+    fn calculate_ha1_uses_the_password() {
+        // the stored ha1 is wrong; only calculate_ha1 ignores it
+        let bogus = "0".repeat(32);
+        for (calculate_ha1, want) in [(false, -2), (true, 1)] {
+            let e = eng(
+                AuthConfig {
+                    calculate_ha1,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "", &bogus);
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), want, "calculate_ha1 {calculate_ha1}");
+        }
+    }
+
+    #[test]
+    fn use_domain_looks_the_subscriber_up_by_realm() {
+        // alice is known only as alice@example.com; without use_domain the
+        // lookup is by username alone, which the cache does not hold and
+        // (no database here) fails with -1
+        for (use_domain, want) in [(true, 1), (false, -1)] {
+            let e = eng(
+                AuthConfig {
+                    use_domain,
+                    ..AuthConfig::default()
+                },
+                "example.com",
+            );
+            cache_alice(&e, "example.com", &md5_ha1("example.com"));
+            let (nonce, realm) = challenge(&e);
+            run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), want, "use_domain {use_domain}");
+        }
+    }
+
+    #[test]
+    fn ack_cancel_prack_are_not_checked() {
+        let e = eng(AuthConfig::default(), "example.com");
+        for start in [
+            "ACK sip:bob@example.com SIP/2.0",
+            "CANCEL sip:bob@example.com SIP/2.0",
+            "PRACK sip:bob@example.com SIP/2.0",
+        ] {
+            let (m, _) = run(&e, &request(start, None, &[]));
+            assert_eq!(global_int(&e, "rc"), 1, "{start}");
+            assert!(m.out.is_empty(), "{start}: no challenge");
+        }
+    }
+
+    #[test]
+    fn challenge_return_codes() {
+        let script = r#"
+function ksr_request_route()
+    ch = KSR.auth.auth_challenge("example.com", 1)
+end
+"#;
+        let e = engine_with(script, &AuthConfig::default(), &RegistrarConfig::default());
+        let (m, _) = run(
+            &e,
+            &request("INVITE sip:bob@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&e, "ch"), 1);
+        let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+        assert!(
+            reply.starts_with("SIP/2.0 407 Proxy Authentication Required"),
+            "{reply}"
+        );
+        assert!(reply.contains("Proxy-Authenticate: Digest"), "{reply}");
+        // an ACK cannot be answered: the reply is not sent
+        run(&e, &request("ACK sip:bob@example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(&e, "ch"), -3);
     }
 }

@@ -7,17 +7,39 @@
 //! | `KSR.registrar.save_uri(table, flags, uri)` | `int (str, int, str)` | as save, AOR from `uri` |
 //! | `KSR.registrar.lookup(table)` | `int (str)` | 1 found (R-URI rewritten), -1 not found, -2 method not allowed, -3 error |
 //! | `KSR.registrar.lookup_uri(table, uri)` | `int (str, str)` | as lookup, AOR from `uri` |
+//! | `KSR.registrar.lookup_to_dset(table, uri)` | `int (str, str)` | as lookup; every contact appended as a branch, R-URI unchanged (`uri` "" = the R-URI) |
+//! | `KSR.registrar.lookup_branches(table)` | `int (str)` | lookup on the R-URI and on each branch with only a URI: 1 if any found, else the last code |
 //! | `KSR.registrar.registered(table)` | `int (str)` | 1 registered (R-URI AOR), -1 not |
 //! | `KSR.registrar.registered_uri(table, uri)` | `int (str, str)` | 1 / -1 |
 //! | `KSR.registrar.unregister(table, uri)` | `int (str, str)` | 1 removed, -1 bad AOR, -2 error, -3 not found |
+//! | `KSR.registrar.unregister_ruid(table, uri, ruid)` | `int (str, str, str)` | as unregister, only the binding `ruid` |
 //!
-//! `save` flags: 0x01 memory only, 0x02 no reply, 0x04 single contact.
+//! `save` flags (as Kamailio): 0x01 memory only (no database write), 0x02 no
+//! reply, 0x04 one contact per AOR (the others are removed); 0x08 (no
+//! expires ranges) has nothing to turn off here. The `[registrar]` settings
+//! carry Kamailio's registrar/usrloc modparam names and defaults: a
+//! too-short expires is raised to `min_expires` (`min_expires_mode = 1`
+//! answers 423 with `Min-Expires`), no `max_expires`, no `max_contacts`
+//! (beyond it: `503 Service Unavailable`, `P-Registrar-Error: Too many
+//! registered contacts`, -2), Path ignored unless `use_path` (then
+//! `path_mode`, default 2: 420 + `Unsupported: path` without `Supported:
+//! path`), `lookup` appends the other contacts (`append_branches`) and does
+//! no method filtering unless `method_filtering` (initial requests: only
+//! contacts whose `Allow` had the method, else -2). Error replies carry
+//! `P-Registrar-Error` with Kamailio's texts.
+//! Differences from Kamailio: `contacts_per_aor_cap` (default 256) bounds an
+//! AOR's bindings even with `max_contacts = 0` and is answered the same way;
+//! a lookup adds at most 11 branches; `unregister` returns 1 on success
+//! (Kamailio documents 0, which Lua would read as success anyway; 1 keeps
+//! the ">0 is success" rule); not implemented: `registered_flags`,
+//! `registered_action`, `set_q_override`, `add_sock_hdr`,
+//! `reg_fetch_contacts` / `reg_free_contacts` (`$ulc`), `reg_send_reply`,
+//! and the `xavp_cfg` / `xavp_rcd` parameters.
+//!
 //! The location table is shared by every shard (lock-striped by AOR), so a
 //! save or lookup runs where the message is; only usrloc db_mode 3, which
 //! reads the AOR from the database first, suspends the route. `lookup` rewrites the R-URI to the best contact (highest q,
 //! then most recent) and sets `$du` from `received` or the first Path hop.
-//! `unregister` returns 1 on success (Kamailio documents 0, which Lua would
-//! read as success anyway; 1 keeps the ">0 is success" rule).
 
 use std::rc::Rc;
 
@@ -75,6 +97,22 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     )?;
     let s = shared.clone();
     reg.set(
+        "lookup_to_dset",
+        lua.create_async_function(move |_, (_table, uri): (mlua::Value, Option<String>)| {
+            let s = s.clone();
+            async move { Ok(lookup_to_dset(&s, uri.unwrap_or_default()).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "lookup_branches",
+        lua.create_async_function(move |_, _table: mlua::Value| {
+            let s = s.clone();
+            async move { Ok(lookup_branches(&s).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    reg.set(
         "registered",
         lua.create_async_function(move |_, _table: mlua::Value| {
             let s = s.clone();
@@ -96,6 +134,16 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             move |_, (_table, uri, ruid): (mlua::Value, String, Option<String>)| {
                 let s = s.clone();
                 async move { Ok(unregister(&s, &uri, ruid).await) }
+            },
+        )?,
+    )?;
+    let s = shared.clone();
+    reg.set(
+        "unregister_ruid",
+        lua.create_async_function(
+            move |_, (_table, uri, ruid): (mlua::Value, String, String)| {
+                let s = s.clone();
+                async move { Ok(unregister(&s, &uri, Some(ruid)).await) }
             },
         )?,
     )?;
@@ -284,32 +332,40 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
     finish_save(s, flags, result)
 }
 
-async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+/// Most branches one lookup adds (the R-URI's contact plus these): tm's
+/// default `max_branches` is 12.
+const LOOKUP_MAX_BRANCHES: usize = 11;
+
+/// The contacts of the AOR of `uri` (the R-URI when `None`) as branch
+/// specs, best first; `Err` is the lookup return code.
+async fn lookup_specs(s: &Rc<Shared>, uri: Option<Vec<u8>>) -> Result<Vec<super::BranchSpec>, i32> {
     let svc = s.services.clone();
     let target = s.with_msg(|m| {
         let ruri = match &uri {
-            Some(u) => u.as_bytes().to_vec(),
+            Some(u) => u.clone(),
             None => m.ruri().map(<[u8]>::to_vec).unwrap_or_default(),
         };
-        let bit = m.msg().method().map(method_bit).unwrap_or(0);
+        // registrar method_filtering: initial requests only; 0 = no filter
+        let bit = if svc.registrar.method_filtering && !super::siputils::has_totag(m) {
+            m.msg().method().map(method_bit).unwrap_or(0)
+        } else {
+            0
+        };
         (aor_of(s, &ruri), bit)
     });
     let Ok((Some(aor), bit)) = target else {
-        return codes::LOOKUP_NOT_FOUND;
+        return Err(codes::LOOKUP_NOT_FOUND);
     };
     if !svc.refresh_from_db(&aor).await {
-        return codes::LOOKUP_INTERNAL_ERROR;
+        return Err(codes::LOOKUP_INTERNAL_ERROR);
     }
     let (code, contacts) = svc.lookup(&aor, bit);
     if code != LookupCode::Found {
-        return code.code();
+        return Err(code.code());
     }
-    let Some(best) = contacts.first() else {
-        return codes::LOOKUP_NOT_FOUND;
-    };
-    // Kamailio's lookup: the R-URI becomes the best contact (highest q, most
-    // recent) and every other contact is appended as a branch, so t_relay()
-    // forks to all of them (parallel within a q value, serial across).
+    if contacts.is_empty() {
+        return Err(codes::LOOKUP_NOT_FOUND);
+    }
     let spec = |c: &crate::usrloc::Ucontact| super::BranchSpec {
         uri: c.contact.as_bytes().to_vec(),
         dst_uri: contact_dst(c),
@@ -317,17 +373,91 @@ async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
         q: c.q,
         bflags: c.cflags,
     };
-    let main = spec(best);
-    let rest: Vec<super::BranchSpec> = contacts.iter().skip(1).take(11).map(spec).collect();
+    Ok(contacts
+        .iter()
+        .take(LOOKUP_MAX_BRANCHES + 1)
+        .map(spec)
+        .collect())
+}
+
+/// Kamailio's lookup: the R-URI becomes the best contact (highest q, most
+/// recent) and every other contact is appended as a branch, so t_relay()
+/// forks to all of them (parallel within a q value, serial across).
+fn set_ruri_branch(m: &mut super::MsgCtx, main: super::BranchSpec) {
+    m.new_ruri = Some(main.uri);
+    m.dst_uri = main.dst_uri;
+    m.path = main.path;
+    m.ruri_q = main.q;
+    m.bflags |= main.bflags;
+}
+
+async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+    let mut specs = match lookup_specs(s, uri.map(String::into_bytes)).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let main = specs.remove(0);
+    let append = s.services.registrar.append_branches;
     let _ = s.with_msg(|m| {
-        m.new_ruri = Some(main.uri);
-        m.dst_uri = main.dst_uri;
-        m.path = main.path;
-        m.ruri_q = main.q;
-        m.bflags |= main.bflags;
-        m.branches.extend(rest);
+        set_ruri_branch(m, main);
+        if append {
+            m.branches.extend(specs);
+        }
     });
     codes::LOOKUP_FOUND
+}
+
+/// `lookup_to_dset`: every contact is appended as a branch; the R-URI stays.
+async fn lookup_to_dset(s: &Rc<Shared>, uri: String) -> i32 {
+    let uri = (!uri.is_empty()).then(|| uri.into_bytes());
+    let specs = match lookup_specs(s, uri).await {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let _ = s.with_msg(|m| m.branches.extend(specs));
+    codes::LOOKUP_FOUND
+}
+
+/// `lookup_branches`: `lookup` on the R-URI, then on every branch that
+/// carries nothing but its URI (no `$du`, Path or flags): such a branch
+/// becomes its best contact, the others are appended. 1 when any lookup
+/// found contacts, else the last lookup's code.
+async fn lookup_branches(s: &Rc<Shared>) -> i32 {
+    let Ok(start) = s.with_msg(|m| m.branches.len()) else {
+        return codes::LOOKUP_INTERNAL_ERROR;
+    };
+    let mut ret = lookup(s, None).await;
+    let mut found = ret == codes::LOOKUP_FOUND;
+    for i in 0..start {
+        let clean = s.with_msg(|m| {
+            m.branches
+                .get(i)
+                .filter(|b| b.dst_uri.is_none() && b.path.is_none() && b.bflags == 0)
+                .map(|b| b.uri.clone())
+        });
+        let Ok(Some(uri)) = clean else {
+            continue;
+        };
+        match lookup_specs(s, Some(uri)).await {
+            Ok(mut specs) => {
+                found = true;
+                ret = codes::LOOKUP_FOUND;
+                let main = specs.remove(0);
+                let _ = s.with_msg(|m| {
+                    if let Some(b) = m.branches.get_mut(i) {
+                        *b = main;
+                    }
+                    m.branches.extend(specs);
+                });
+            }
+            Err(code) => ret = code,
+        }
+    }
+    if found {
+        codes::LOOKUP_FOUND
+    } else {
+        ret
+    }
 }
 
 /// Where a contact's requests go: the first Path hop, else the NAT
@@ -374,7 +504,7 @@ async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     }
 }
 
-async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
+async fn unregister(s: &Rc<Shared>, uri: &str, ruid: Option<String>) -> i32 {
     let svc = s.services.clone();
     let Some(aor) = aor_of(s, uri.as_bytes()) else {
         return codes::UNREGISTER_BAD_AOR;
@@ -382,7 +512,11 @@ async fn unregister(s: &Rc<Shared>, uri: &str, _ruid: Option<String>) -> i32 {
     if !svc.refresh_from_db(&aor).await {
         return codes::UNREGISTER_ERROR;
     }
-    match svc.unregister(&aor, None) {
+    let what = match ruid.as_deref().filter(|r| !r.is_empty()) {
+        Some(r) => crate::usrloc::Unregister::Ruid(r),
+        None => crate::usrloc::Unregister::All,
+    };
+    match svc.unregister_what(&aor, what) {
         Ok(ruids) => {
             if matches!(svc.registrar.db_mode, 1 | 3) {
                 if let Some(db) = svc.db.clone() {
@@ -450,5 +584,167 @@ pub fn ul_json(
                 .unwrap_or(0);
             serde_json::json!({ "removed": removed })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::kemi::testutil::{engine, global_int, request, run};
+
+    const SCRIPT: &str = r#"
+function ksr_request_route()
+    if KSR.is_REGISTER() then
+        rc = KSR.registrar.save("location", 2)
+        return
+    end
+    if MODE == "dset" then
+        rc = KSR.registrar.lookup_to_dset("location", "sip:bob@example.com")
+    elseif MODE == "branches" then
+        KSR.corex.append_branch_uri("sip:bob@example.com")
+        KSR.corex.append_branch_uri("sip:nobody@example.com")
+        rc = KSR.registrar.lookup_branches("location")
+    elseif MODE == "unregister_ruid" then
+        rc = KSR.registrar.unregister_ruid("location", "sip:bob@example.com", RUID)
+        after = KSR.registrar.registered_uri("location", "sip:bob@example.com")
+    else
+        rc = KSR.registrar.lookup("location")
+    end
+end
+"#;
+
+    fn register_bob(eng: &crate::kemi::Engine) {
+        let reg = request(
+            "REGISTER sip:example.com SIP/2.0",
+            None,
+            &["Contact: <sip:bob@192.0.2.20>;q=0.9, <sip:bob@192.0.2.21>;q=0.5"],
+        );
+        run(eng, &reg);
+        assert_eq!(global_int(eng, "rc"), 1);
+    }
+
+    fn set_mode(eng: &crate::kemi::Engine, mode: &str) {
+        eng.lua().globals().set("MODE", mode).unwrap();
+    }
+
+    #[test]
+    fn lookup_to_dset_keeps_the_ruri() {
+        let eng = engine(SCRIPT);
+        register_bob(&eng);
+        set_mode(&eng, "dset");
+        let (m, _) = run(
+            &eng,
+            &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(m.new_ruri, None);
+        let uris: Vec<&[u8]> = m.branches.iter().map(|b| b.uri.as_slice()).collect();
+        assert_eq!(uris, [&b"sip:bob@192.0.2.20"[..], b"sip:bob@192.0.2.21"]);
+        // an AOR without bindings: -1, no branch
+        let eng = engine(SCRIPT);
+        set_mode(&eng, "dset");
+        let (m, _) = run(
+            &eng,
+            &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&eng, "rc"), -1);
+        assert!(m.branches.is_empty());
+    }
+
+    #[test]
+    fn lookup_branches_resolves_clean_branches() {
+        let eng = engine(SCRIPT);
+        register_bob(&eng);
+        set_mode(&eng, "branches");
+        // the R-URI (carol) is not registered, the first branch (bob) is,
+        // the second (nobody) is not: found overall
+        let (m, _) = run(
+            &eng,
+            &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&eng, "rc"), 1);
+        let uris: Vec<&[u8]> = m.branches.iter().map(|b| b.uri.as_slice()).collect();
+        assert_eq!(
+            uris,
+            [
+                &b"sip:bob@192.0.2.20"[..],
+                b"sip:nobody@example.com",
+                b"sip:bob@192.0.2.21"
+            ]
+        );
+        // nothing registered: the last lookup's code
+        let eng = engine(SCRIPT);
+        set_mode(&eng, "branches");
+        run(
+            &eng,
+            &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
+        );
+        assert_eq!(global_int(&eng, "rc"), -1);
+    }
+
+    #[test]
+    fn method_filtering_and_append_branches() {
+        use crate::config::{AuthConfig, RegistrarConfig};
+        use crate::kemi::testutil::engine_with;
+        let with = |method_filtering, append_branches| {
+            let reg = RegistrarConfig {
+                method_filtering,
+                append_branches,
+                ..RegistrarConfig::default()
+            };
+            let eng = engine_with(SCRIPT, &AuthConfig::default(), &reg);
+            let register = request(
+                "REGISTER sip:example.com SIP/2.0",
+                None,
+                &[
+                    "Contact: <sip:bob@192.0.2.20>;q=0.9, <sip:bob@192.0.2.21>;q=0.5",
+                    "Allow: INVITE, ACK, BYE",
+                ],
+            );
+            run(&eng, &register);
+            assert_eq!(global_int(&eng, "rc"), 1);
+            set_mode(&eng, "lookup");
+            eng
+        };
+        let message = request("MESSAGE sip:bob@example.com SIP/2.0", None, &[]);
+        let in_dialog = request("MESSAGE sip:bob@example.com SIP/2.0", Some("t"), &[]);
+        // Kamailio's defaults: no method filtering, other contacts appended
+        let eng = with(false, true);
+        let (m, _) = run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(m.new_ruri.as_deref(), Some(&b"sip:bob@192.0.2.20"[..]));
+        assert_eq!(m.branches.len(), 1);
+        // method_filtering: MESSAGE was not in Allow (initial request only)
+        let eng = with(true, true);
+        run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), -2);
+        run(&eng, &in_dialog);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        // append_branches off: the R-URI only
+        let eng = with(false, false);
+        let (m, _) = run(&eng, &message);
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(m.new_ruri.as_deref(), Some(&b"sip:bob@192.0.2.20"[..]));
+        assert!(m.branches.is_empty());
+    }
+
+    #[test]
+    fn unregister_ruid_removes_one_binding() {
+        let eng = engine(SCRIPT);
+        register_bob(&eng);
+        let svc = &eng.shared().services;
+        let (_, contacts) = svc.lookup("bob", u32::MAX);
+        assert_eq!(contacts.len(), 2);
+        let ruid = contacts[0].ruid.clone();
+        eng.lua().globals().set("RUID", ruid.as_str()).unwrap();
+        set_mode(&eng, "unregister_ruid");
+        run(&eng, &request("OPTIONS sip:example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "rc"), 1);
+        assert_eq!(global_int(&eng, "after"), 1);
+        let (_, left) = svc.lookup("bob", u32::MAX);
+        assert_eq!(left.len(), 1);
+        assert_ne!(left[0].ruid, ruid);
+        // the same ruid again: not found
+        run(&eng, &request("OPTIONS sip:example.com SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "rc"), -3);
     }
 }

@@ -18,8 +18,8 @@ use crate::db::{DbHandle, LocationRow};
 use crate::partition::Striped;
 use crate::stats::Counter;
 use crate::usrloc::{
-    ContactSpec, LocationParams, LookupCode, RegistrarParams, RuidGen, SaveError, SaveFlags,
-    SaveOutcome, SaveRequest, Ucontact, Unregister,
+    ContactSpec, LocationParams, LookupCode, MatchingMode, MinExpiresMode, PathMode,
+    RegistrarParams, RuidGen, SaveError, SaveFlags, SaveOutcome, SaveRequest, Ucontact, Unregister,
 };
 
 /// Unix seconds now (the KSR layer's clock; the pure modules take it as input).
@@ -186,18 +186,39 @@ fn location_params(
         .saturating_mul(shard_count.max(1));
     let params = LocationParams {
         max_aors: total.div_ceil(STRIPES).max(1),
+        max_contacts_per_aor: registrar.contacts_per_aor_cap.max(1),
         use_domain: registrar.use_domain,
+        case_sensitive: registrar.case_sensitive,
+        realm_prefix: registrar.realm_prefix.clone(),
+        matching_mode: match registrar.matching_mode {
+            1 => MatchingMode::ContactCallid,
+            2 => MatchingMode::ContactPath,
+            3 => MatchingMode::Callid,
+            _ => MatchingMode::Contact,
+        },
+        cseq_delay_s: registrar.cseq_delay,
         track_dirty: registrar.db_mode == 2,
         ..LocationParams::default()
     };
     let reg = RegistrarParams {
-        default_expires_s: registrar.default_expires_s,
-        min_expires_s: registrar.min_expires_s,
-        min_expires_mode: crate::usrloc::MinExpiresMode::Reject,
-        max_expires_s: registrar.max_expires_s,
-        max_contacts: registrar.max_contacts as u32,
-        use_path: true,
-        ..RegistrarParams::default()
+        default_expires_s: registrar.default_expires,
+        min_expires_s: registrar.min_expires,
+        min_expires_mode: if registrar.min_expires_mode == 1 {
+            MinExpiresMode::Reject
+        } else {
+            MinExpiresMode::Clamp
+        },
+        max_expires_s: registrar.max_expires,
+        default_q: u16::try_from(registrar.default_q).ok().map(|q| q.min(1000)),
+        max_contacts: u32::try_from(registrar.max_contacts).unwrap_or(u32::MAX),
+        contact_max_size: registrar.contact_max_size,
+        use_path: registrar.use_path,
+        path_mode: match registrar.path_mode {
+            0 => PathMode::Off,
+            1 => PathMode::Lazy,
+            _ => PathMode::Strict,
+        },
+        retry_after_s: registrar.retry_after,
     };
     (params, reg)
 }
@@ -242,7 +263,7 @@ impl Services {
             RuidGen::new(u16::MAX, epoch_unix_s),
         );
         let algorithms = auth
-            .algorithms
+            .offered_algorithms()
             .iter()
             .map(|a| {
                 crate::auth::Algorithm::from_token(a)
@@ -255,7 +276,7 @@ impl Services {
             tables,
             location_rules,
             db,
-            nonce_key: NonceKey::new(nonce_secret).with_expire_s(auth.nonce_expire_s),
+            nonce_key: NonceKey::new(nonce_secret).with_expire_s(auth.nonce_expire),
             nonce_gen: RefCell::new(NonceGen::new(shard_id as u16, epoch_unix_s << 16)),
             auth: auth.clone(),
             algorithms,
@@ -296,6 +317,12 @@ impl Services {
             Some(c) => Unregister::Contact(c),
             None => Unregister::All,
         };
+        self.unregister_what(aor, what)
+    }
+
+    /// Removes what `what` names; the ruids removed, or the
+    /// `unregister()` return code.
+    pub fn unregister_what(&self, aor: &str, what: Unregister<'_>) -> Result<Vec<String>, i32> {
         self.tables
             .location
             .get(aor.as_bytes())
@@ -506,6 +533,9 @@ impl Services {
     }
 }
 
+/// Latest Unix second every database backend stores in `expires`.
+const DB_TIME_UNIX_S_MAX: i64 = i32::MAX as i64;
+
 /// A location row for the database.
 pub fn to_row(aor: &str, c: &Ucontact, use_domain: bool) -> LocationRow {
     let (username, domain) = match (use_domain, aor.split_once('@')) {
@@ -519,7 +549,12 @@ pub fn to_row(aor: &str, c: &Ucontact, use_domain: bool) -> LocationRow {
         contact: c.contact.clone(),
         received: c.received.clone(),
         path: c.path.clone(),
-        expires_unix_s: c.expires_unix_s as i64,
+        // With max_expires = 0 (Kamailio's default: no maximum) a binding
+        // may outlive what every backend's `expires` column holds
+        // (2038-01-19); the row says that date rather than failing its batch.
+        expires_unix_s: i64::try_from(c.expires_unix_s)
+            .unwrap_or(i64::MAX)
+            .min(DB_TIME_UNIX_S_MAX),
         q: c.q.map(|q| q as f32 / 1000.0).unwrap_or(-1.0),
         callid: c.callid.clone(),
         cseq: c.cseq as i32,
@@ -563,4 +598,82 @@ pub fn from_row(r: &LocationRow, use_domain: bool) -> (String, Ucontact) {
         last_modified_unix_s: r.last_modified_unix_s.max(0) as u64,
     };
     (aor, c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn far_expires_fit_the_database_column() {
+        let c = Ucontact {
+            ruid: "r".into(),
+            contact: "sip:alice@192.0.2.1".into(),
+            received: None,
+            path: None,
+            expires_unix_s: u64::from(u32::MAX) * 4,
+            q: None,
+            callid: "c".into(),
+            cseq: 1,
+            flags: 0,
+            cflags: 0,
+            user_agent: String::new(),
+            socket: None,
+            methods: 0,
+            instance: None,
+            reg_id: 0,
+            last_modified_unix_s: 1_700_000_000,
+        };
+        let row = to_row("alice", &c, false);
+        assert_eq!(row.expires_unix_s, i64::from(i32::MAX));
+        let c = Ucontact {
+            expires_unix_s: 1_800_000_000,
+            ..c
+        };
+        assert_eq!(to_row("alice", &c, false).expires_unix_s, 1_800_000_000);
+    }
+
+    #[test]
+    fn registrar_config_maps_to_usrloc_params() {
+        let (p, r) = location_params(2, &RegistrarConfig::default());
+        assert_eq!(r.min_expires_mode, MinExpiresMode::Clamp);
+        assert_eq!((r.max_expires_s, r.max_contacts), (0, 0));
+        assert!(!r.use_path);
+        assert_eq!(r.path_mode, PathMode::Strict);
+        assert_eq!(r.default_q, None);
+        assert_eq!(
+            p.max_contacts_per_aor,
+            crate::config::CONTACTS_PER_AOR_CAP_DEFAULT
+        );
+        assert_eq!(p.matching_mode, MatchingMode::Contact);
+
+        let cfg = RegistrarConfig {
+            min_expires_mode: 1,
+            max_expires: 7200,
+            max_contacts: 3,
+            contacts_per_aor_cap: 8,
+            use_path: true,
+            path_mode: 1,
+            default_q: 500,
+            case_sensitive: true,
+            realm_prefix: "sip.".into(),
+            contact_max_size: 100,
+            retry_after: 9,
+            matching_mode: 3,
+            cseq_delay: 0,
+            ..RegistrarConfig::default()
+        };
+        let (p, r) = location_params(1, &cfg);
+        assert_eq!(r.min_expires_mode, MinExpiresMode::Reject);
+        assert_eq!((r.max_expires_s, r.max_contacts), (7200, 3));
+        assert!(r.use_path);
+        assert_eq!(r.path_mode, PathMode::Lazy);
+        assert_eq!(r.default_q, Some(500));
+        assert_eq!((r.contact_max_size, r.retry_after_s), (100, 9));
+        assert_eq!(p.max_contacts_per_aor, 8);
+        assert!(p.case_sensitive);
+        assert_eq!(p.realm_prefix, "sip.");
+        assert_eq!(p.matching_mode, MatchingMode::Callid);
+        assert_eq!(p.cseq_delay_s, 0);
+    }
 }

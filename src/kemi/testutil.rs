@@ -15,11 +15,14 @@ pub(crate) const LOCAL: &str = "10.0.0.1:5060";
 
 /// An engine running `script`, answering for [`LOCAL`] and `proxy.example.com`.
 pub(crate) fn engine(script: &str) -> Engine {
+    engine_with(script, &AuthConfig::default(), &RegistrarConfig::default())
+}
+
+/// As [`engine`], with these `[auth]` and `[registrar]` settings.
+pub(crate) fn engine_with(script: &str, auth: &AuthConfig, reg: &RegistrarConfig) -> Engine {
     let tuning = ShardTuning::default();
-    let auth = AuthConfig::default();
-    let reg = RegistrarConfig::default();
-    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
-    let services = Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).unwrap());
+    let tables = std::sync::Arc::new(SharedTables::new(1, auth, reg, 0));
+    let services = Rc::new(Services::new(0, 1, tables, auth, reg, [7u8; 32], None, 0).unwrap());
     Engine::new(&EngineConfig {
         shard_id: 0,
         shard_count: 1,

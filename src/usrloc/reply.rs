@@ -112,7 +112,8 @@ pub fn ok_headers(outcome: &SaveOutcome, opts: &ReplyOpts<'_>) -> String {
 }
 
 /// Extra headers of the error reply for `err`: `Min-Expires` for 423,
-/// `Unsupported: path` for 420, `Retry-After` for 5xx when configured.
+/// `Unsupported: path` for 420, then `P-Registrar-Error` with the reason
+/// (Kamailio's text), then `Retry-After` for 5xx when configured.
 pub fn error_headers(err: &SaveError, params: &RegistrarParams) -> String {
     let mut out = String::new();
     match err {
@@ -122,6 +123,9 @@ pub fn error_headers(err: &SaveError, params: &RegistrarParams) -> String {
         SaveError::PathNotSupported => out.push_str("Unsupported: path\r\n"),
         _ => {}
     }
+    out.push_str("P-Registrar-Error: ");
+    out.push_str(err.error_info());
+    out.push_str("\r\n");
     if err.status() >= 500 && params.retry_after_s > 0 {
         out.push_str(&format!("Retry-After: {}\r\n", params.retry_after_s));
     }
@@ -223,25 +227,28 @@ mod tests {
         let mut p = RegistrarParams::default();
         assert_eq!(
             error_headers(&SaveError::IntervalTooBrief { min_expires_s: 60 }, &p),
-            "Min-Expires: 60\r\n"
+            "Min-Expires: 60\r\nP-Registrar-Error: Interval too brief\r\n"
         );
         assert_eq!(
             error_headers(&SaveError::PathNotSupported, &p),
-            "Unsupported: path\r\n"
+            "Unsupported: path\r\nP-Registrar-Error: No support for found Path indicated\r\n"
         );
         assert_eq!(
             error_headers(&SaveError::TooManyContacts { max: 2 }, &p),
-            ""
+            "P-Registrar-Error: Too many registered contacts\r\n"
         );
         p.retry_after_s = 30;
         assert_eq!(
             error_headers(&SaveError::TooManyContacts { max: 2 }, &p),
-            "Retry-After: 30\r\n"
+            "P-Registrar-Error: Too many registered contacts\r\nRetry-After: 30\r\n"
         );
         assert_eq!(
             error_headers(&SaveError::TableFull, &p),
-            "Retry-After: 30\r\n"
+            "P-Registrar-Error: Location table full\r\nRetry-After: 30\r\n"
         );
-        assert_eq!(error_headers(&SaveError::InvalidCseq, &p), "");
+        assert_eq!(
+            error_headers(&SaveError::InvalidCseq, &p),
+            "P-Registrar-Error: Invalid CSeq number\r\n"
+        );
     }
 }

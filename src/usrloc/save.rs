@@ -209,6 +209,26 @@ impl SaveError {
         }
     }
 
+    /// Text of the `P-Registrar-Error` header of the error reply: Kamailio
+    /// registrar's wording where it has the case.
+    pub fn error_info(&self) -> &'static str {
+        match self {
+            SaveError::InvalidAor => "Error while parsing AOR",
+            SaveError::StarWithOtherContacts => "* used in contact and more than 1 contact",
+            SaveError::StarExpiresNotZero => "* used in contact and expires is not zero",
+            SaveError::EmptyContact => "Contact parse error",
+            SaveError::ContactTooLong => "Contact/received too long",
+            SaveError::FieldTooLong("Call-ID") => "Callid too long",
+            SaveError::FieldTooLong(_) => "Contact/received too long",
+            SaveError::InvalidQ => "Invalid q param in contact",
+            SaveError::InvalidCseq => "Invalid CSeq number",
+            SaveError::IntervalTooBrief { .. } => "Interval too brief",
+            SaveError::TooManyContacts { .. } => "Too many registered contacts",
+            SaveError::TableFull => "Location table full",
+            SaveError::PathNotSupported => "No support for found Path indicated",
+        }
+    }
+
     /// Kamailio `save()` return code: -2 for too many contacts, else -1.
     pub fn code(&self) -> i32 {
         match self {
