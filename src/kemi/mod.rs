@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod check_script;
 mod core;
 mod corex;
 mod ctx;
