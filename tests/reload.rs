@@ -119,7 +119,8 @@ fn reload_under_register_load_loses_nothing() {
         };
         let r = rpc_raw(srv.rpc_port, method);
         assert_eq!(
-            r["result"]["shards"], 2,
+            r["result"]["shards"],
+            2,
             "reload {v} via {method}: {r}\n{}",
             srv.log()
         );
@@ -181,9 +182,16 @@ fn a_broken_script_is_refused_and_sighup_reloads() {
     let script_path = srv.dir.path("route.lua");
 
     // Syntax error: refused with the line, the old script keeps answering.
-    std::fs::write(&script_path, "function ksr_request_route()\n  if then\nend\n").unwrap();
+    std::fs::write(
+        &script_path,
+        "function ksr_request_route()\n  if then\nend\n",
+    )
+    .unwrap();
     let r = rpc_raw(srv.rpc_port, "kemi.reload");
-    let msg = r["error"]["message"].as_str().unwrap_or_default().to_string();
+    let msg = r["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     assert!(msg.contains("route.lua:2:"), "{r}");
     assert_eq!(options_reasons(&srv, 4), ["v1"; 4]);
 
@@ -193,15 +201,18 @@ fn a_broken_script_is_refused_and_sighup_reloads() {
         .args(["ctl", "--url", &srv.rpc_url(), "app_lua.reload"])
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("ksr_request_route"), "{text}");
     assert_eq!(options_reasons(&srv, 4), ["v1"; 4]);
     let st = rpc(srv.rpc_port, "kemi.status", serde_json::json!([]));
     assert_eq!(st["reloads"], 0, "{st}");
     assert_eq!(st["reloads_failed"], 2, "{st}");
-    assert!(st["last_error"].as_str().unwrap().contains("ksr_request_route"));
+    assert!(st["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("ksr_request_route"));
 
     // SIGHUP loads the file again.
     std::fs::write(&script_path, script(2)).unwrap();
@@ -216,14 +227,21 @@ fn a_broken_script_is_refused_and_sighup_reloads() {
         if options_reasons(&srv, 4) == ["v2"; 4] {
             break;
         }
-        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", srv.log());
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP did not reload:\n{}",
+            srv.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(srv.log().contains("origin=\"SIGHUP\"") || srv.log().contains("origin=SIGHUP"));
     let st = rpc(srv.rpc_port, "kemi.status", serde_json::json!([]));
     assert_eq!(st["reloads"], 1, "{st}");
     let list = rpc(srv.rpc_port, "app_lua.list", serde_json::json!([]));
-    assert!(list[0]["path"].as_str().unwrap().ends_with("route.lua"), "{list}");
+    assert!(
+        list[0]["path"].as_str().unwrap().ends_with("route.lua"),
+        "{list}"
+    );
     let api = rpc(srv.rpc_port, "app_lua.api_list", serde_json::json!([]));
     assert!(api["msize"].as_u64().unwrap() > 50, "{api}");
     let (ok, _) = srv.stop();
