@@ -175,4 +175,78 @@ Call-ID: reload-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\
         let (m, _) = run(&eng, OPTIONS);
         assert_eq!(reason(&m), "SIP/2.0 200 v2");
     }
+
+    /// A transaction armed under the old script runs the failure route of
+    /// the same name in the new script (Kamailio's app_lua.reload: routes
+    /// are resolved by name in the script loaded when they run).
+    #[test]
+    fn an_old_transaction_runs_the_new_scripts_failure_route() {
+        use crate::sip::{HdrName, Parsed, SipMsg};
+        let script = |v: u32| {
+            format!(
+                "function ksr_request_route()\n\
+                   KSR.tm.t_on_failure('failed')\n\
+                   KSR.tm.t_relay()\n\
+                 end\n\
+                 function failed() which = {v}; code = KSR.pv.get('$T_reply_code') end\n"
+            )
+        };
+        let eng = engine(&script(1));
+        let inv = super::super::testutil::request(
+            "INVITE sip:bob@192.0.2.20:5070 SIP/2.0",
+            None,
+            &["Max-Forwards: 70"],
+        );
+        let (_, o) = run(&eng, &inv);
+        assert_eq!(o, RouteOutcome::Done);
+        let mut out = Vec::new();
+        eng.drain_tm(|_, b| out.push(String::from_utf8_lossy(b).to_string()));
+        let fwd = out
+            .iter()
+            .find(|m| m.starts_with("INVITE"))
+            .expect("relayed INVITE")
+            .clone();
+
+        let tuning = ShardTuning::default();
+        let s2 = script(2);
+        eng.reload(&cfg(&eng, &tuning, &s2)).unwrap();
+
+        // 486 from the callee to the relayed INVITE.
+        let b = fwd.as_bytes();
+        let mut p = Parsed::default();
+        crate::sip::parse(
+            b,
+            crate::sip::Framing::Datagram,
+            &crate::sip::Limits::default(),
+            &mut p,
+        )
+        .unwrap();
+        let m = SipMsg::new(b, &p);
+        let mut reply = "SIP/2.0 486 Busy Here\r\n".to_string();
+        for v in m.headers(HdrName::Via) {
+            reply.push_str(&format!("Via: {}\r\n", String::from_utf8_lossy(v)));
+        }
+        let h = |n| String::from_utf8_lossy(m.header(n).unwrap()).to_string();
+        reply.push_str(&format!(
+            "From: {}\r\nTo: {};tag=callee\r\nCall-ID: {}\r\nCSeq: {}\r\nContent-Length: 0\r\n\r\n",
+            h(HdrName::From),
+            h(HdrName::To),
+            String::from_utf8_lossy(m.call_id().unwrap()),
+            h(HdrName::CSeq),
+        ));
+        let mut ctx = Box::new(super::super::MsgCtx::new(65535, 128));
+        ctx.load(
+            reply.as_bytes(),
+            "192.0.2.20:5070".parse().unwrap(),
+            super::super::testutil::LOCAL.parse().unwrap(),
+        );
+        ctx.parse(&crate::sip::Limits::default()).unwrap();
+        let mut f = eng.process_reply(ctx);
+        assert!(f
+            .as_mut()
+            .poll(&mut Context::from_waker(Waker::noop()))
+            .is_ready());
+        assert_eq!(global_int(&eng, "which"), 2);
+        assert_eq!(global_int(&eng, "code"), 486);
+    }
 }
