@@ -110,9 +110,15 @@ Call-ID: reload-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\
         let (m, o) = run(&eng, OPTIONS);
         assert_eq!(o, RouteOutcome::Done);
         assert_eq!(reason(&m), "SIP/2.0 200 v1");
+        let old = eng.lua().weak();
         let tuning = ShardTuning::default();
         let s2 = script(2);
         eng.reload(&cfg(&eng, &tuning, &s2)).unwrap();
+        // Nothing holds the old VM: it is closed at once.
+        assert!(
+            old.try_upgrade().is_none(),
+            "the old Lua state is still alive"
+        );
         let (m, _) = run(&eng, OPTIONS);
         assert_eq!(reason(&m), "SIP/2.0 200 v2");
         assert_eq!(global_int(&eng, "version"), 2);
@@ -172,6 +178,12 @@ Call-ID: reload-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\
         };
         assert_eq!(o, RouteOutcome::Done);
         assert_eq!(reason(&m), "SIP/2.0 200 old");
+        let old = r._vm.as_ref().unwrap().lua.weak();
+        drop(r);
+        assert!(
+            old.try_upgrade().is_none(),
+            "the old VM outlived its last route"
+        );
         let (m, _) = run(&eng, OPTIONS);
         assert_eq!(reason(&m), "SIP/2.0 200 v2");
     }
