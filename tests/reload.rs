@@ -66,6 +66,45 @@ fn options_reasons(srv: &Server, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// A sipp in `dir` (stats.csv, errors.log, sipp.out) on 127.0.0.1:`port`.
+fn spawn_sipp(dir: &std::path::Path, port: u16, args: &[&str]) -> std::process::Child {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::fs::File::create(dir.join("sipp.out")).unwrap();
+    Command::new("sipp")
+        .args(args)
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
+        .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
+        .args(["-trace_err", "-error_file", "errors.log"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("sipp (sip-tester) is installed: scripts/deps.sh")
+}
+
+/// Waits (at most 90 s) for a sipp; its exit code and last stats row.
+fn wait_sipp(
+    mut sipp: std::process::Child,
+    dir: &std::path::Path,
+) -> (Option<i32>, std::collections::HashMap<String, String>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let code = loop {
+        if let Some(st) = sipp.try_wait().unwrap() {
+            break st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = sipp.kill();
+            let _ = sipp.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let csv = std::fs::read_to_string(dir.join("stats.csv")).unwrap_or_default();
+    (code, last_stats_row(&csv))
+}
+
 fn last_stats_row(csv: &str) -> std::collections::HashMap<String, String> {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let head = lines.next().unwrap_or("");
@@ -89,25 +128,26 @@ fn reload_under_register_load_loses_nothing() {
     // 200 REGISTER/s for 10 s.
     let calls = 2000;
     let sipp_dir = srv.dir.path("sipp");
-    std::fs::create_dir_all(&sipp_dir).unwrap();
-    let out = std::fs::File::create(sipp_dir.join("sipp.out")).unwrap();
-    let sipp_port = free_udp_port();
-    let mut sipp = Command::new("sipp")
-        .arg(srv.addr.to_string())
-        .args(["-sf", &format!("{ROOT}/tests/sipp/register-contact.xml")])
-        .args(["-s", "reloader"])
-        .args(["-key", "contact", "sip:reloader@127.0.0.1:5999"])
-        .args(["-r", "200", "-l", "400", "-m", &calls.to_string()])
-        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
-        .args(["-nostdin", "-timeout", "60s", "-timeout_error"])
-        .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
-        .args(["-trace_err", "-error_file", "errors.log"])
-        .current_dir(&sipp_dir)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("sipp (sip-tester) is installed: scripts/deps.sh");
+    let sipp = spawn_sipp(
+        &sipp_dir,
+        free_udp_port(),
+        &[
+            &srv.addr.to_string(),
+            "-sf",
+            &format!("{ROOT}/tests/sipp/register-contact.xml"),
+            "-s",
+            "reloader",
+            "-key",
+            "contact",
+            "sip:reloader@127.0.0.1:5999",
+            "-r",
+            "200",
+            "-l",
+            "400",
+            "-m",
+            &calls.to_string(),
+        ],
+    );
 
     std::thread::sleep(Duration::from_millis(300));
     for v in 1..=20u32 {
@@ -131,20 +171,8 @@ fn reload_under_register_load_loses_nothing() {
         std::thread::sleep(Duration::from_millis(350));
     }
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let code = loop {
-        if let Some(st) = sipp.try_wait().unwrap() {
-            break st.code();
-        }
-        if Instant::now() > deadline {
-            let _ = sipp.kill();
-            let _ = sipp.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (code, stats) = wait_sipp(sipp, &sipp_dir);
     let read = |f: &str| std::fs::read_to_string(sipp_dir.join(f)).unwrap_or_default();
-    let stats = last_stats_row(&read("stats.csv"));
     let get = |k: &str| stats.get(k).cloned().unwrap_or_default();
     let report = format!(
         "sipp exit {code:?}, successful {}, failed {}, retransmissions {}\n{}\n{}\n--- server log (tail)\n{}",
@@ -246,4 +274,82 @@ fn a_broken_script_is_refused_and_sighup_reloads() {
     assert!(api["msize"].as_u64().unwrap() > 50, "{api}");
     let (ok, _) = srv.stop();
     assert!(ok);
+}
+
+/// A transaction relayed under the old script times out after a reload:
+/// its failure route runs in the new script (by name, as Kamailio's
+/// app_lua.reload), and the caller gets its 408.
+#[test]
+fn a_call_in_progress_completes_across_a_reload() {
+    let proxy_lua = std::fs::read_to_string(format!("{ROOT}/tests/lua/proxy.lua")).unwrap();
+    let srv = Server::start(ServerOpts {
+        script: Some(&proxy_lua),
+        cores: "2",
+        ..Default::default()
+    });
+    let dir = srv.dir.path("calls");
+    let uas_port = free_udp_port();
+    let uas = spawn_sipp(
+        &dir.join("uas"),
+        uas_port,
+        &[
+            "-sf",
+            &format!("{ROOT}/tests/sipp/uas-ring.xml"),
+            "-set",
+            "proxy",
+            &srv.addr.to_string(),
+            "-m",
+            "1",
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::UdpSocket::bind(("127.0.0.1", uas_port)).is_ok() {
+        assert!(Instant::now() < deadline, "sipp uas did not bind");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Bind "noanswer" (a 2 s fr_inv in proxy.lua) to the ringing callee.
+    let c = client();
+    let reg = register_msg(
+        &c,
+        "noanswer",
+        &srv.addr.to_string(),
+        "reload-reg-1",
+        1,
+        &format!("Contact: <sip:noanswer@127.0.0.1:{uas_port}>\r\nExpires: 600\r\n"),
+    );
+    let r = exchange(&c, srv.addr, reg.as_bytes()).expect("REGISTER answered");
+    assert_eq!(status(&r), 200, "{r}");
+    let uac = spawn_sipp(
+        &dir.join("uac"),
+        free_udp_port(),
+        &[
+            &srv.addr.to_string(),
+            "-sf",
+            &format!("{ROOT}/tests/sipp/uac-noanswer.xml"),
+            "-s",
+            "noanswer",
+            "-m",
+            "1",
+        ],
+    );
+    // While the callee rings: reload a script whose failure route says so.
+    std::thread::sleep(Duration::from_millis(700));
+    let v2 = proxy_lua.replace(
+        "function ksr_failure_manage()\n",
+        "function ksr_failure_manage()\n    KSR.info(\"failure route of script v2\\n\")\n",
+    );
+    assert_ne!(v2, proxy_lua);
+    std::fs::write(srv.dir.path("route.lua"), &v2).unwrap();
+    let r = rpc_raw(srv.rpc_port, "kemi.reload");
+    assert_eq!(r["result"]["shards"], 2, "{r}");
+    let (uac_code, uac_stats) = wait_sipp(uac, &dir.join("uac"));
+    let (uas_code, _) = wait_sipp(uas, &dir.join("uas"));
+    let log = srv.log();
+    assert_eq!(uac_code, Some(0), "{uac_stats:?}\n{log}");
+    assert_eq!(uas_code, Some(0), "{log}");
+    assert_eq!(
+        uac_stats.get("SuccessfulCall(C)").map(String::as_str),
+        Some("1")
+    );
+    assert!(log.contains("failure route of script v2"), "{log}");
 }
