@@ -195,6 +195,9 @@ fn reload_under_register_load_loses_nothing() {
     let st = rpc(srv.rpc_port, "kemi.status", serde_json::json!([]));
     assert_eq!(st["reloads"], 20, "{st}");
     assert!(st["last_reload"].as_u64().is_some(), "{st}");
+    let st = rpc(srv.rpc_port, "stats.fetch", serde_json::json!(["kemi:"]));
+    assert_eq!(st["kemi.reloads"], 20, "{st}");
+    assert_eq!(st["kemi.reloads_failed"], 0, "{st}");
     assert_eq!(srv.log().matches("script reloaded").count(), 20);
     let (ok, _) = srv.stop();
     assert!(ok);

@@ -25,6 +25,20 @@ pub(crate) fn register(r: &mut Registry) {
         .register("app_lua.api_list", api_list);
 }
 
+/// `kemi.reloads` and `kemi.reloads_failed` for `stats.fetch`.
+pub(crate) fn reload_stats(r: &dyn ScriptReload) -> Vec<(String, i128)> {
+    let st = r.status();
+    ["reloads", "reloads_failed"]
+        .iter()
+        .map(|k| {
+            (
+                format!("kemi.{k}"),
+                i128::from(st[*k].as_u64().unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
 fn reloader(ctx: &RpcContext) -> Result<Arc<dyn ScriptReload>, MethodError> {
     ctx.ctl
         .reloader()

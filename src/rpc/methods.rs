@@ -5,7 +5,7 @@
 //! | `core.uptime` | – | `{"now": ctime, "up_since": ctime, "uptime": s}` (UTC) |
 //! | `core.version` | – | `"sipshard 0.1.0 (x86_64/linux)"` |
 //! | `core.shards` | – | `[{"id", "cpu", "uptime", "messages", "rcv_requests", "rcv_replies", "dispatch_sent", "dispatch_recv", "panics", "gauges": {..}, "tuning": {..}}]` |
-//! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards |
+//! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards (plus `kemi.reloads`, `kemi.reloads_failed`) |
 //! | `stats.reset` | – or `"all"` | `{"reset": shards}` (zeroes counters and histograms) |
 //! | `ul.dump` | – | `{"aors": [..], "shards": n, "truncated": bool}` |
 //! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}`; error 404 when absent |
@@ -165,7 +165,10 @@ async fn stats_fetch(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Meth
         selectors.push("all".into());
     }
     let snaps = ctx.shard_call(ctx.ctl.snapshot_all(false)).await?;
-    let stats = sum_stats(&snaps);
+    let mut stats = sum_stats(&snaps);
+    if let Some(r) = ctx.ctl.reloader() {
+        stats.extend(crate::rpc::kemi_methods::reload_stats(&*r));
+    }
     let mut out = Map::new();
     for sel in &selectors {
         let before = out.len();
