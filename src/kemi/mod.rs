@@ -425,23 +425,23 @@ impl Engine {
                 lua.gc_gen(cfg.tuning.lua_gc_step, cfg.tuning.lua_gc_pause);
             }
         }
-        let shared = reuse.unwrap_or_else(|| {
-            Rc::new(Shared {
-                cur: RefCell::new(None),
-                shard_id: cfg.shard_id,
-                shard_count: cfg.shard_count,
-                myself: cfg.myself.clone(),
-                counters: Counters::new(),
-                vars: RefCell::new(HashMap::new()),
-                server_header: (!cfg.server_header.is_empty())
-                    .then(|| cfg.server_header.as_bytes().to_vec()),
-                services: cfg.services.clone(),
-                tm: tm::TmHandle::new(cfg.services.tables.tm.clone(), cfg.shard_id),
-                local_addr: cfg.local_addr,
-                extra_out: RefCell::new(Vec::new()),
-                route_times: RefCell::new(Vec::new()),
-            })
+        let shared = Rc::new(Shared {
+            cur: RefCell::new(None),
+            shard_id: cfg.shard_id,
+            shard_count: cfg.shard_count,
+            myself: cfg.myself.clone(),
+            counters: Counters::new(),
+            vars: RefCell::new(HashMap::new()),
+            server_header: (!cfg.server_header.is_empty())
+                .then(|| cfg.server_header.as_bytes().to_vec()),
+            services: cfg.services.clone(),
+            tm: tm::TmHandle::new(cfg.services.tables.tm.clone(), cfg.shard_id),
+            local_addr: cfg.local_addr,
+            extra_out: RefCell::new(Vec::new()),
+            route_times: RefCell::new(Vec::new()),
         });
+        // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
+        let shared = reuse.unwrap_or(shared);
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
         if cfg.test_hooks {
