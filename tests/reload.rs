@@ -268,6 +268,11 @@ fn a_broken_script_is_refused_and_sighup_reloads() {
     assert!(srv.log().contains("origin=\"SIGHUP\"") || srv.log().contains("origin=SIGHUP"));
     let st = rpc(srv.rpc_port, "kemi.status", serde_json::json!([]));
     assert_eq!(st["reloads"], 1, "{st}");
+    // `sipshard ctl kemi.reload` (kamcmd-like) succeeds on a good script.
+    std::fs::write(&script_path, script(3)).unwrap();
+    let out = sipshard(&["ctl", "--url", &srv.rpc_url(), "kemi.reload"]);
+    assert!(out.contains("reloads"), "{out}");
+    assert_eq!(options_reasons(&srv, 2), ["v3"; 2]);
     let list = rpc(srv.rpc_port, "app_lua.list", serde_json::json!([]));
     assert!(
         list[0]["path"].as_str().unwrap().ends_with("route.lua"),
