@@ -53,6 +53,32 @@ enum Cmd {
     Ctl(sipshard::rpc::client::CtlArgs),
     /// Draw route latency from an HdrHistogram log or a live snapshot as a PNG.
     Report(sipshard::rpc::report::ReportArgs),
+    /// Check a Lua script: syntax, and every KSR call sipshard does not export.
+    CheckScript {
+        /// The Lua script.
+        file: PathBuf,
+        /// Only compile and scan; do not load it in an engine.
+        #[arg(long)]
+        no_load: bool,
+    },
+    /// The KSR API sipshard exports.
+    Kemi {
+        #[command(subcommand)]
+        cmd: KemiCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KemiCmd {
+    /// Every exported KSR function with its Kamailio signature.
+    List {
+        /// Markdown tables, one per module.
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+        /// JSON as Kamailio's `app_lua.api_list`.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -264,6 +290,29 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Cmd::Report(a) => sipshard::rpc::report::run_report(a).map_err(|e| e.to_string()),
+        Cmd::CheckScript { file, no_load } => {
+            return match sipshard::kemi::check_script::run_cli(&file, !no_load) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("sipshard: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Cmd::Kemi {
+            cmd: KemiCmd::List { markdown, json },
+        } => {
+            use sipshard::kemi::exports::{exports, render, ListFormat};
+            let format = if markdown {
+                ListFormat::Markdown
+            } else if json {
+                ListFormat::Json
+            } else {
+                ListFormat::Text
+            };
+            exports().map(|l| print!("{}", render(&l, format)))
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,9 +7,9 @@
 //! | `KSR.log(level, msg)` | `void (str, str)` | nothing |
 //! | `KSR.x.exit()` / `KSR.x.drop()` / `KSR.drop()` | `void ()` | stops the route |
 //! | `KSR.is_method_in(letters)` | `bool (str)` | true/false |
-//! | `KSR.is_INVITE()` ... `KSR.is_KDMQ()` | `bool ()` | true/false |
+//! | `KSR.is_INVITE/is_ACK/is_BYE/is_CANCEL/is_REGISTER/is_OPTIONS/is_SUBSCRIBE/is_NOTIFY/is_MESSAGE/is_INFO/is_UPDATE/is_PRACK/is_PUBLISH/is_REFER/is_KDMQ()` | `bool ()` | true/false |
 //! | `KSR.is_myself(uri)` | `bool (str)` | true/false |
-//! | `KSR.is_myself_ruri/furi/turi/srcip()` | `bool ()` | true/false |
+//! | `KSR.is_myself_ruri/is_myself_furi/is_myself_turi/is_myself_srcip()` | `bool ()` | true/false |
 //! | `KSR.setflag(n)` / `KSR.resetflag(n)` | `int (int)` | 1 / -1 |
 //! | `KSR.isflagset(n)` | `bool (int)` | true/false |
 //! | `KSR.sipshard_test.panic(text)` | sipshard extension, test only | panics (only with `core.test_hooks = true`; proves a panicking callback is answered 500 and counted in `shard.panics`) |

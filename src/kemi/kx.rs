@@ -6,17 +6,31 @@
 //!
 //! | KSR function | Kamailio signature | value |
 //! |---|---|---|
-//! | `get_ruri() get_ruser() get_rhost()` (+ `gete_`, `getw_` for user/host) | `xval ()` | `$ru $rU $rd` |
-//! | `get_rport()` | `int ()` | `$rp` |
-//! | `get_furi() get_fuser() get_fhost() get_ftag()` (+ `gete_`/`getw_` user/host) | `xval ()` | `$fu $fU $fd $ft` |
-//! | `get_turi() get_tuser() get_thost() get_ttag()` (+ `gete_`/`getw_` user/host) | `xval ()` | `$tu $tU $td $tt` |
-//! | `get_srcip() get_rcvip()` | `xval ()` | `$si $Ri` |
-//! | `get_srcport() get_rcvport()` | `int ()` | `$sp $Rp` |
-//! | `get_srcuri()` | `xval ()` | `sip:$si:$sp` |
-//! | `get_method() get_callid() get_ua() gete_ua() getw_ua() get_body() get_duri() get_proto()` | `xval ()` | `$rm $ci $ua $rb $du $pr` |
-//! | `get_status()` | `int ()` | `$rs`, -1 for a request |
-//! | `get_cseq()` `get_msglen()` | `int ()` | `$cs $ml` |
-//! | `get_timestamp()` | `int ()` | unix seconds |
+//! | `KSR.kx.get_ruri/gete_ruri/getw_ruri()` | `xval ()` | `$ru` |
+//! | `KSR.kx.get_ruser/gete_ruser/getw_ruser()` | `xval ()` | `$rU` |
+//! | `KSR.kx.get_rhost/gete_rhost/getw_rhost()` | `xval ()` | `$rd` |
+//! | `KSR.kx.get_rport()` | `int ()` | `$rp` |
+//! | `KSR.kx.get_furi/gete_furi/getw_furi()` | `xval ()` | `$fu` |
+//! | `KSR.kx.get_fuser/gete_fuser/getw_fuser()` | `xval ()` | `$fU` |
+//! | `KSR.kx.get_fhost/gete_fhost/getw_fhost()` | `xval ()` | `$fd` |
+//! | `KSR.kx.get_ftag/gete_ftag/getw_ftag()` | `xval ()` | `$ft` |
+//! | `KSR.kx.get_turi/gete_turi/getw_turi()` | `xval ()` | `$tu` |
+//! | `KSR.kx.get_tuser/gete_tuser/getw_tuser()` | `xval ()` | `$tU` |
+//! | `KSR.kx.get_thost/gete_thost/getw_thost()` | `xval ()` | `$td` |
+//! | `KSR.kx.get_ttag/gete_ttag/getw_ttag()` | `xval ()` | `$tt` |
+//! | `KSR.kx.get_srcip/gete_srcip/getw_srcip()` | `xval ()` | `$si` |
+//! | `KSR.kx.get_rcvip/gete_rcvip/getw_rcvip()` | `xval ()` | `$Ri` |
+//! | `KSR.kx.get_srcport()` / `get_rcvport()` | `int ()` | `$sp $Rp` |
+//! | `KSR.kx.get_srcuri()` | `xval ()` | `sip:$si:$sp` |
+//! | `KSR.kx.get_method/gete_method/getw_method()` | `xval ()` | `$rm` |
+//! | `KSR.kx.get_callid/gete_callid/getw_callid()` | `xval ()` | `$ci` |
+//! | `KSR.kx.get_ua/gete_ua/getw_ua()` | `xval ()` | `$ua` |
+//! | `KSR.kx.get_duri/gete_duri/getw_duri()` | `xval ()` | `$du` |
+//! | `KSR.kx.get_proto/gete_proto/getw_proto()` | `xval ()` | `$pr` |
+//! | `KSR.kx.get_body()` | `xval ()` | `$rb` |
+//! | `KSR.kx.get_status()` | `int ()` | `$rs`, -1 for a request |
+//! | `KSR.kx.get_cseq()` / `get_msglen()` | `int ()` | `$cs $ml` |
+//! | `KSR.kx.get_timestamp()` | `int ()` | unix seconds |
 
 use std::rc::Rc;
 

@@ -17,14 +17,17 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+pub mod check_script;
 mod core;
 mod corex;
 mod ctx;
+pub mod exports;
 mod hdr;
 mod kx;
 mod maxfwd;
 mod pv;
 pub mod registrar;
+pub mod reload;
 pub(crate) mod rr;
 pub mod services;
 mod siputils;
@@ -287,10 +290,16 @@ impl NamedRoutes {
     }
 }
 
-/// A shard's Lua VM with the script loaded.
+/// A shard's Lua VM with the script loaded. [`Engine::reload`] swaps the
+/// VM (see `reload.rs`); `Shared` (counters, `$var`, the cur slot) stays.
 pub struct Engine {
-    lua: Lua,
     shared: Rc<Shared>,
+    vm: RefCell<Rc<Vm>>,
+}
+
+/// One loaded script: its VM and routes. Routes running in it hold an `Rc`.
+pub(crate) struct Vm {
+    lua: Lua,
     request_route: Function,
     reply_route: Option<Function>,
     routes: Rc<NamedRoutes>,
@@ -391,6 +400,11 @@ impl Engine {
     /// Creates the VM, registers `KSR`, loads the script and finds its routes.
     /// Errors name the script and line (Lua's own message format).
     pub fn new(cfg: &EngineConfig<'_>) -> Result<Engine, String> {
+        Self::build(cfg, None)
+    }
+
+    /// [`Engine::new`], or a new VM around an existing shard's `Shared`.
+    fn build(cfg: &EngineConfig<'_>, reuse: Option<Rc<Shared>>) -> Result<Engine, String> {
         // Routes run as coroutines (they may wait for the database or another
         // shard); recycling them avoids a lua_newthread per message.
         let lua = Lua::new_with(
@@ -426,6 +440,8 @@ impl Engine {
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
         });
+        // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
+        let shared = reuse.unwrap_or(shared);
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
         if cfg.test_hooks {
@@ -480,11 +496,13 @@ impl Engine {
         });
         lua.set_app_data(routes.clone());
         Ok(Engine {
-            lua,
             shared,
-            request_route,
-            reply_route,
-            routes,
+            vm: RefCell::new(Rc::new(Vm {
+                lua,
+                request_route,
+                reply_route,
+                routes,
+            })),
         })
     }
 
@@ -492,14 +510,18 @@ impl Engine {
         &self.shared
     }
 
-    pub fn lua(&self) -> &Lua {
-        &self.lua
+    /// The current VM (a handle; after a reload, the new one).
+    pub fn lua(&self) -> Lua {
+        self.vm.borrow().lua.clone()
     }
 
     /// Starts `ksr_request_route()` for `ctx`. Poll the returned future; it
     /// hands the context back with the outcome.
     pub fn run_request(&self, ctx: Box<MsgCtx>) -> RouteRun {
-        RouteRun::new(self.shared.clone(), ctx, &self.request_route)
+        let vm = self.vm.borrow().clone();
+        let mut run = RouteRun::new(self.shared.clone(), ctx, &vm.request_route);
+        run._vm = Some(vm);
+        run
     }
 
     /// A received reply: `ksr_reply_route()`, then its transaction (onreply
@@ -508,11 +530,12 @@ impl Engine {
         &self,
         ctx: Box<MsgCtx>,
     ) -> Pin<Box<dyn Future<Output = (Box<MsgCtx>, RouteOutcome)>>> {
+        let vm = self.vm.borrow().clone();
         Box::pin(tm::reply_flow(
             self.shared.clone(),
-            self.lua.clone(),
-            self.routes.clone(),
-            self.reply_route.clone(),
+            vm.lua.clone(),
+            vm.routes.clone(),
+            vm.reply_route.clone(),
             ctx,
         ))
     }
@@ -520,13 +543,14 @@ impl Engine {
     /// Fires due transaction timers; returns the work for cells whose
     /// branches all failed (failure routes), to be polled by the shard.
     pub fn tm_tick(&self) -> Vec<Pin<Box<dyn Future<Output = ()>>>> {
+        let vm = self.vm.borrow().clone();
         tm::tick(&self.shared)
             .into_iter()
             .map(|id| {
                 Box::pin(tm::completed_flow(
                     self.shared.clone(),
-                    self.lua.clone(),
-                    self.routes.clone(),
+                    vm.lua.clone(),
+                    vm.routes.clone(),
                     id,
                 )) as Pin<Box<dyn Future<Output = ()>>>
             })
@@ -570,7 +594,7 @@ impl Engine {
 
     /// Lua memory in use, bytes.
     pub fn used_memory_bytes(&self) -> usize {
-        self.lua.used_memory()
+        self.vm.borrow().lua.used_memory()
     }
 }
 
@@ -611,6 +635,8 @@ pub struct RouteRun {
     shared: Rc<Shared>,
     ctx: Option<Box<MsgCtx>>,
     call: LuaCall,
+    /// Keeps the VM the route runs in alive across a reload (dropped after `call`).
+    _vm: Option<Rc<Vm>>,
 }
 
 impl RouteRun {
@@ -619,6 +645,7 @@ impl RouteRun {
             shared,
             ctx: Some(ctx),
             call: Box::pin(f.call_async::<()>(())),
+            _vm: None,
         }
     }
 }

@@ -5,13 +5,14 @@
 //! | `core.uptime` | – | `{"now": ctime, "up_since": ctime, "uptime": s}` (UTC) |
 //! | `core.version` | – | `"sipshard 0.1.0 (x86_64/linux)"` |
 //! | `core.shards` | – | `[{"id", "cpu", "uptime", "messages", "rcv_requests", "rcv_replies", "dispatch_sent", "dispatch_recv", "panics", "gauges": {..}, "tuning": {..}}]` |
-//! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards |
+//! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards (plus `kemi.reloads`, `kemi.reloads_failed`) |
 //! | `stats.reset` | – or `"all"` | `{"reset": shards}` (zeroes counters and histograms) |
 //! | `ul.dump` | – | `{"aors": [..], "shards": n, "truncated": bool}` |
 //! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}`; error 404 when absent |
 //! | `ul.rm` | table, aor | `{"removed": n}`; error 404 when nothing was removed |
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
+//! | `kemi.reload`, `app_lua.*`, `kemi.status` | | see `kemi_methods.rs` |
 //!
 //! Handlers ask shards through [`RpcContext::shard_call`], so a stuck shard
 //! costs a caller at most [`crate::rpc::SHARD_TIMEOUT`].
@@ -51,6 +52,7 @@ pub(crate) fn register_builtin(r: &mut Registry) {
         .register("ul.rm", ul_rm)
         .register("kemi.route_latency", route_latency)
         .register("system.listMethods", list_methods);
+    crate::rpc::kemi_methods::register(r);
 }
 
 async fn core_uptime(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
@@ -163,7 +165,10 @@ async fn stats_fetch(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Meth
         selectors.push("all".into());
     }
     let snaps = ctx.shard_call(ctx.ctl.snapshot_all(false)).await?;
-    let stats = sum_stats(&snaps);
+    let mut stats = sum_stats(&snaps);
+    if let Some(r) = ctx.ctl.reloader() {
+        stats.extend(crate::rpc::kemi_methods::reload_stats(&*r));
+    }
     let mut out = Map::new();
     for sel in &selectors {
         let before = out.len();

@@ -22,6 +22,7 @@ pub mod client;
 mod hlog_task;
 pub mod http;
 pub mod jsonrpc;
+mod kemi_methods;
 pub mod methods;
 pub mod report;
 #[cfg(test)]

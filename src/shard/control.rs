@@ -40,8 +40,24 @@ pub enum ShardCmd {
         cmd: UlCmd,
         reply: oneshot::Sender<serde_json::Value>,
     },
+    /// Load this (already validated) script into a new VM and swap it in
+    /// between messages; answers `(shard, result)` on `reply`.
+    Reload {
+        script: Arc<super::reload::ScriptSource>,
+        reply: std::sync::mpsc::SyncSender<(usize, Result<(), String>)>,
+    },
     /// Stop serving; pending writes are flushed first.
     Shutdown,
+}
+
+/// Script reload as the control plane sees it (`kemi.reload`,
+/// `app_lua.reload`, SIGHUP): implemented by [`super::reload::Reloader`].
+/// Blocking: call it from a thread that may wait (not an async task).
+pub trait ScriptReload: Send + Sync {
+    /// Re-reads the script file, validates it, loads it on every shard.
+    fn reload(&self, origin: &str) -> Result<serde_json::Value, String>;
+    /// Script path, reload count and time, last error.
+    fn status(&self) -> serde_json::Value;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +79,7 @@ pub struct ControlHandle {
     /// Set at shutdown: a stop that no full queue can hold up.
     stops: Vec<Arc<AtomicBool>>,
     started: Instant,
+    reloader: Option<Arc<dyn ScriptReload>>,
 }
 
 impl ControlHandle {
@@ -72,7 +89,19 @@ impl ControlHandle {
             bells: Vec::new(),
             stops: Vec::new(),
             started,
+            reloader: None,
         }
+    }
+
+    /// Adds the script reloader (`kemi.reload`).
+    pub fn with_reloader(mut self, r: Arc<dyn ScriptReload>) -> Self {
+        self.reloader = Some(r);
+        self
+    }
+
+    /// The script reloader, when the server has one.
+    pub fn reloader(&self) -> Option<Arc<dyn ScriptReload>> {
+        self.reloader.clone()
     }
 
     /// Rings `bells[i]` after each command to shard `i`; `stops[i]` is the

@@ -107,6 +107,9 @@ pub(super) struct Shard {
     pub sock: Arc<std::net::UdpSocket>,
     pub local: SocketAddr,
     pub engine: Engine,
+    /// What a script reload builds its new VM from.
+    pub params: Arc<super::ShardParams>,
+    pub engine_tuning: crate::config::ShardTuning,
     pub ex: Rc<Executor>,
     pub bell: Arc<Doorbell>,
     pub peers: Arc<Peers>,
@@ -397,6 +400,10 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
                     &shard.engine.shared().services,
                     cmd,
                 ));
+            }
+            Ok(ShardCmd::Reload { script, reply }) => {
+                let r = super::reload::apply(shard, &script);
+                let _ = reply.try_send((shard.id, r));
             }
             Ok(ShardCmd::Shutdown) | Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                 shard.stop.store(true, Ordering::Release);

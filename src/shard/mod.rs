@@ -20,6 +20,7 @@
 pub mod control;
 pub mod dispatch;
 mod io;
+pub mod reload;
 pub mod runtime;
 
 use std::cell::{Cell, RefCell};
@@ -136,18 +137,76 @@ impl ShardParams {
         tuning: &crate::config::ShardTuning,
         local_addr: SocketAddr,
     ) -> Result<Engine, String> {
-        Engine::new(&EngineConfig {
+        self.engine_from(
+            shard_id,
+            tuning,
+            local_addr,
+            &self.script,
+            &self.script_name,
+        )
+    }
+
+    fn engine_config<'a>(
+        &'a self,
+        shard_id: usize,
+        tuning: &'a crate::config::ShardTuning,
+        local_addr: SocketAddr,
+        script: &'a str,
+        script_name: &'a str,
+        services: Rc<Services>,
+    ) -> EngineConfig<'a> {
+        EngineConfig {
             shard_id,
             shard_count: self.shard_count,
-            script: &self.script,
-            script_name: &self.script_name,
+            script,
+            script_name,
             myself: self.myself.clone(),
             server_header: &self.config.core.server_header,
             tuning,
-            services: self.services(shard_id)?,
+            services,
             test_hooks: self.config.core.test_hooks,
             local_addr,
-        })
+        }
+    }
+
+    /// An engine running `script` (start-up, and reload validation).
+    fn engine_from(
+        &self,
+        shard_id: usize,
+        tuning: &crate::config::ShardTuning,
+        local_addr: SocketAddr,
+        script: &str,
+        script_name: &str,
+    ) -> Result<Engine, String> {
+        let services = self.services(shard_id)?;
+        Engine::new(&self.engine_config(
+            shard_id,
+            tuning,
+            local_addr,
+            script,
+            script_name,
+            services,
+        ))
+    }
+
+    /// Swaps `engine`'s VM for one running `script` (see `reload.rs`).
+    fn reload_engine(
+        &self,
+        engine: &Engine,
+        shard_id: usize,
+        tuning: &crate::config::ShardTuning,
+        local_addr: SocketAddr,
+        script: &str,
+        script_name: &str,
+    ) -> Result<(), String> {
+        engine.reload(&self.engine_config(
+            shard_id,
+            tuning,
+            local_addr,
+            script,
+            script_name,
+            engine.shared().services.clone(),
+        ))
     }
 }
 
@@ -246,6 +305,8 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     }
     drop(ready_tx);
     let control = ControlHandle::new(senders, started).with_bells(bells, stops);
+    let reloader = Arc::new(reload::Reloader::new(params.clone(), control.clone()));
+    let control = control.with_reloader(reloader);
     let mut local_addr = listen;
     for _ in 0..handles.len() {
         match ready_rx.recv() {
@@ -398,17 +459,26 @@ impl Running {
     /// shards and returns their final snapshots. Sleeps in blocking reads
     /// meanwhile: an idle server wakes for nothing.
     pub fn wait(self) -> Vec<ShardSnapshot> {
-        use signal_hook::consts::{SIGINT, SIGTERM};
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
         let (tx, rx) = std::sync::mpsc::channel::<&'static str>();
-        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
             Ok(mut signals) => {
                 let tx = tx.clone();
+                let reloader = self.control.reloader();
                 let _ = std::thread::Builder::new()
                     .name("signals".into())
                     .spawn(move || {
-                        if let Some(sig) = signals.forever().next() {
+                        for sig in signals.forever() {
+                            if sig == SIGHUP {
+                                // Reload the script; errors are logged there.
+                                if let Some(r) = &reloader {
+                                    let _ = r.reload("SIGHUP");
+                                }
+                                continue;
+                            }
                             tracing::info!(signal = sig, "stopping");
                             let _ = tx.send("signal");
+                            break;
                         }
                     });
             }
@@ -525,6 +595,8 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         sock,
         local,
         engine,
+        params: params.clone(),
+        engine_tuning: t.clone(),
         ex: ex.clone(),
         bell,
         peers,
