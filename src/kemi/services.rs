@@ -109,6 +109,14 @@ pub struct SharedTables {
     pub creds: Striped<CredCache<Arc<CachedCred>>>,
     /// Transactions (KSR.tm), lock-striped as well.
     pub tm: Arc<super::tm::SharedTm>,
+    /// KSR.htable tables (`[[htable]]`), each lock-striped.
+    pub htable: super::htable::Htables,
+    /// KSR.pike per-IP counters, lock-striped by IP.
+    pub pike: super::pike::Pike,
+    /// KSR.permissions address table (read-mostly, replaced whole on reload).
+    pub permissions: super::permissions::AddressTable,
+    /// `[permissions] enable`: register `KSR.permissions`.
+    pub permissions_enabled: bool,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -118,6 +126,15 @@ impl SharedTables {
     /// With the transaction timers and limits of `[tm]`.
     pub fn with_tm(mut self, cfg: &crate::config::TmConfig, shard_count: usize) -> SharedTables {
         self.tm = Arc::new(super::tm::SharedTm::new(cfg, shard_count));
+        self
+    }
+
+    /// With the htable tables, pike settings and permissions switch of
+    /// `config` (before any row is loaded).
+    pub fn with_modules(mut self, config: &crate::config::Config) -> SharedTables {
+        self.htable = super::htable::Htables::new(&config.htable);
+        self.pike = super::pike::Pike::new(&config.pike);
+        self.permissions_enabled = config.permissions.enable;
         self
     }
 
@@ -149,7 +166,55 @@ impl SharedTables {
                 &crate::config::TmConfig::default(),
                 shard_count,
             )),
+            htable: super::htable::Htables::default(),
+            pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
+            permissions: super::permissions::AddressTable::default(),
+            permissions_enabled: false,
         }
+    }
+
+    /// Loads every htable `dbtable` and (permissions enabled) the address
+    /// table from the database: at start, before the shards run.
+    pub async fn load_modules(
+        &self,
+        config: &crate::config::Config,
+        db: &DbHandle,
+    ) -> Result<(), String> {
+        let now = unix_now_s();
+        for t in self.htable.tables() {
+            if t.def.dbtable.is_empty() {
+                continue;
+            }
+            let what = format!("loading htable {} from {}", t.def.name, t.def.dbtable);
+            let rows = db
+                .htable_load(&t.def.dbtable, t.def.max_items)
+                .map_err(|e| format!("{what}: {e}"))?
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            let (loaded, skipped) = t.load_rows(&rows, now);
+            tracing::info!(table = %t.def.name, loaded, skipped, "htable loaded from the database");
+        }
+        if self.permissions_enabled {
+            let (n, skipped) = self
+                .reload_addresses(db, &config.permissions)
+                .await
+                .map_err(|e| format!("loading permissions: {e}"))?;
+            tracing::info!(entries = n, skipped, "permissions address table loaded");
+        }
+        Ok(())
+    }
+
+    /// Reads the permissions address table into [`SharedTables::permissions`];
+    /// (entries, skipped rows).
+    pub async fn reload_addresses(
+        &self,
+        db: &DbHandle,
+        cfg: &crate::config::PermissionsConfig,
+    ) -> Result<(usize, usize), crate::db::DbError> {
+        let rows = db
+            .address_load(&cfg.address_table, cfg.max_addresses)?
+            .await?;
+        Ok(self.permissions.replace(&rows))
     }
 
     /// Loads bindings read from the database at start (db_mode 1/2).

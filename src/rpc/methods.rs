@@ -12,6 +12,7 @@
 //! | `ul.rm` | table, aor | `{"removed": n}`; error 404 when nothing was removed |
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
+//! | `htable.*`, `pike.top`, `permissions.*` | see [`crate::rpc::modules`] | |
 //!
 //! Handlers ask shards through [`RpcContext::shard_call`], so a stuck shard
 //! costs a caller at most [`crate::rpc::SHARD_TIMEOUT`].
@@ -51,6 +52,7 @@ pub(crate) fn register_builtin(r: &mut Registry) {
         .register("ul.rm", ul_rm)
         .register("kemi.route_latency", route_latency)
         .register("system.listMethods", list_methods);
+    super::modules::register(r);
 }
 
 async fn core_uptime(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {

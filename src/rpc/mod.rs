@@ -23,6 +23,7 @@ mod hlog_task;
 pub mod http;
 pub mod jsonrpc;
 pub mod methods;
+pub mod modules;
 pub mod report;
 #[cfg(test)]
 mod tests;

@@ -63,6 +63,16 @@ pub struct ControlHandle {
     /// Set at shutdown: a stop that no full queue can hold up.
     stops: Vec<Arc<AtomicBool>>,
     started: Instant,
+    /// The tables every shard shares (htable, pike, permissions), which
+    /// the control plane reads and changes without a shard's help.
+    modules: Option<Arc<ModulesCtl>>,
+}
+
+/// What the `htable.*`, `pike.*` and `permissions.*` RPC methods use.
+pub struct ModulesCtl {
+    pub tables: Arc<crate::kemi::services::SharedTables>,
+    pub db: Option<crate::db::DbHandle>,
+    pub permissions: crate::config::PermissionsConfig,
 }
 
 impl ControlHandle {
@@ -72,7 +82,19 @@ impl ControlHandle {
             bells: Vec::new(),
             stops: Vec::new(),
             started,
+            modules: None,
         }
+    }
+
+    /// Gives the RPC methods the shared module tables.
+    pub fn with_modules(mut self, modules: Arc<ModulesCtl>) -> Self {
+        self.modules = Some(modules);
+        self
+    }
+
+    /// The shared module tables, when the shards run.
+    pub fn modules(&self) -> Option<&Arc<ModulesCtl>> {
+        self.modules.as_ref()
     }
 
     /// Rings `bells[i]` after each command to shard `i`; `stops[i]` is the

@@ -87,7 +87,8 @@ impl ShardParams {
         let epoch_unix_s = unix_now_s();
         let tables = Arc::new(
             SharedTables::new(shard_count, &config.auth, &config.registrar, epoch_unix_s)
-                .with_tm(&config.tm, shard_count),
+                .with_tm(&config.tm, shard_count)
+                .with_modules(&config),
         );
         ShardParams {
             config,
@@ -245,7 +246,13 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         handles.push(handle);
     }
     drop(ready_tx);
-    let control = ControlHandle::new(senders, started).with_bells(bells, stops);
+    let control = ControlHandle::new(senders, started)
+        .with_bells(bells, stops)
+        .with_modules(Arc::new(control::ModulesCtl {
+            tables: params.tables.clone(),
+            db: params.db.clone(),
+            permissions: params.config.permissions.clone(),
+        }));
     let mut local_addr = listen;
     for _ in 0..handles.len() {
         match ready_rx.recv() {
@@ -601,6 +608,9 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
         let shared = shard.engine.shared();
         let svc = shared.services.clone();
         svc.expire(shared.clone());
+        let now = unix_now_s();
+        svc.tables.htable.sweep(shard.id, shard.shard_count, now);
+        svc.tables.pike.sweep(shard.id, shard.shard_count, now);
         if svc.registrar.db_mode == 2 {
             svc.flush_dirty(shared.clone());
         }

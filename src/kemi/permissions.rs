@@ -1,0 +1,294 @@
+//! KSR.permissions: address permissions (Kamailio `permissions` module,
+//! `address` table). Registered only with `[permissions] enable = true`:
+//! otherwise `KSR.permissions` is nil, as in a Kamailio without
+//! permissions.so (Kamailio's basic script tests `if KSR.permissions then`).
+//!
+//! | KSR function | Kamailio signature | returns |
+//! |---|---|---|
+//! | `KSR.permissions.allow_source_address(group)` | `int (int)` | 1 the request's source IP and port match an entry of `group`; -1 not |
+//! | `KSR.permissions.allow_source_address_group()` | `int ()` | the group of the first entry the source IP and port match; -1 none |
+//! | `KSR.permissions.allow_address(group, ip, port)` | `int (int, str, int)` | 1 `ip`/`port` match an entry of `group`; -1 not |
+//! | `KSR.permissions.allow_address_group(ip, port)` | `int (str, int)` | the group of the first matching entry; -1 none |
+//!
+//! Entries come from the `address` table (`grp, ip_addr, mask, port, tag`) of
+//! `[db] url`, read at start and on `permissions.addressReload`. An entry
+//! whose `mask` covers the whole address (or is 0, as Kamailio's doc says) is
+//! an exact address, else a subnet; port 0 matches any port. An `ip_addr`
+//! that is not an IP address is a DNS name, compared (case-insensitively) with
+//! an argument that is not an IP either; no DNS lookup is made. Group lookups
+//! try exact addresses first, then subnets by group, then names. The table is
+//! shared by every shard and replaced whole on reload. Not implemented:
+//! `allow_trusted` (the `trusted` table), address files, `peer_tag_avp`.
+
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+
+use mlua::{Lua, Table};
+
+use super::Shared;
+use crate::db::AddressRow;
+
+/// What an entry matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Exact(IpAddr),
+    /// Network address (already masked) and prefix length.
+    Subnet(IpAddr, u8),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddrEntry {
+    pub grp: u32,
+    target: Target,
+    pub port: u16,
+    pub tag: Option<String>,
+    /// The row's `ip_addr` and `mask`, for the dump.
+    pub ip_addr: String,
+    pub mask: u8,
+}
+
+/// The loaded address table, ordered for group lookups.
+#[derive(Clone, Debug, Default)]
+pub struct AddrSet {
+    entries: Vec<AddrEntry>,
+}
+
+fn v6(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+fn bits(ip: &IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        32
+    } else {
+        128
+    }
+}
+
+/// `ip` with only its first `len` bits kept.
+fn masked(ip: IpAddr, len: u8) -> IpAddr {
+    let total = bits(&ip);
+    let len = len.min(total);
+    let keep = if len == 0 {
+        0
+    } else {
+        u128::MAX << (u32::from(total - len))
+    };
+    match ip {
+        IpAddr::V4(_) => {
+            let m = (keep & 0xffff_ffff) as u32;
+            IpAddr::V4(std::net::Ipv4Addr::from((v6(ip) as u32) & m))
+        }
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(v6(ip) & keep)),
+    }
+}
+
+/// IPv4-mapped IPv6 addresses compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v) => match v.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix('[')
+        .and_then(|x| x.strip_suffix(']'))
+        .unwrap_or(s);
+    s.parse::<IpAddr>().ok().map(canonical)
+}
+
+impl AddrSet {
+    /// Builds the set from rows; rows with a group outside 0..=u32::MAX, a
+    /// port outside 0..=65535 or a bad mask are skipped (counted in the
+    /// second value).
+    pub fn from_rows(rows: &[AddressRow]) -> (AddrSet, usize) {
+        let mut exact = Vec::new();
+        let mut subnets = Vec::new();
+        let mut names = Vec::new();
+        let mut skipped = 0;
+        for r in rows {
+            let (Ok(grp), Ok(port)) = (u32::try_from(r.grp), u16::try_from(r.port)) else {
+                skipped += 1;
+                continue;
+            };
+            let ip_addr = r.ip_addr.trim().to_string();
+            let (target, mask) = match parse_ip(&ip_addr) {
+                Some(ip) => {
+                    let total = bits(&ip);
+                    let Ok(mask) = u8::try_from(r.mask) else {
+                        skipped += 1;
+                        continue;
+                    };
+                    if mask > total {
+                        skipped += 1;
+                        continue;
+                    }
+                    if mask == 0 || mask == total {
+                        (Target::Exact(ip), total)
+                    } else {
+                        (Target::Subnet(masked(ip, mask), mask), mask)
+                    }
+                }
+                None if !ip_addr.is_empty() => (Target::Name(ip_addr.to_ascii_lowercase()), 0),
+                None => {
+                    skipped += 1;
+                    continue;
+                }
+            };
+            let e = AddrEntry {
+                grp,
+                target,
+                port,
+                tag: r.tag.clone(),
+                ip_addr,
+                mask,
+            };
+            match e.target {
+                Target::Exact(_) => exact.push(e),
+                Target::Subnet(..) => subnets.push(e),
+                Target::Name(_) => names.push(e),
+            }
+        }
+        subnets.sort_by_key(|e| e.grp);
+        exact.extend(subnets);
+        exact.extend(names);
+        (AddrSet { entries: exact }, skipped)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn entries(&self) -> &[AddrEntry] {
+        &self.entries
+    }
+
+    /// The first entry (of `grp`, when given) that `addr`/`port` match.
+    pub fn find(&self, grp: Option<u32>, addr: &str, port: u16) -> Option<&AddrEntry> {
+        let ip = parse_ip(addr);
+        let name = addr.trim().to_ascii_lowercase();
+        self.entries.iter().find(|e| {
+            grp.is_none_or(|g| g == e.grp)
+                && (e.port == 0 || e.port == port)
+                && match (&e.target, ip) {
+                    (Target::Exact(a), Some(ip)) => *a == ip,
+                    (Target::Subnet(net, len), Some(ip)) => {
+                        bits(net) == bits(&ip) && masked(ip, *len) == *net
+                    }
+                    (Target::Name(n), None) => *n == name,
+                    _ => false,
+                }
+        })
+    }
+}
+
+/// The address table every shard reads; replaced whole on reload.
+pub struct AddressTable {
+    set: RwLock<Arc<AddrSet>>,
+}
+
+impl Default for AddressTable {
+    fn default() -> Self {
+        AddressTable {
+            set: RwLock::new(Arc::new(AddrSet::default())),
+        }
+    }
+}
+
+impl AddressTable {
+    pub fn current(&self) -> Arc<AddrSet> {
+        match self.set.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the table with `rows`; returns (entries, skipped rows).
+    pub fn replace(&self, rows: &[AddressRow]) -> (usize, usize) {
+        let (set, skipped) = AddrSet::from_rows(rows);
+        let n = set.len();
+        let new = Arc::new(set);
+        match self.set.write() {
+            Ok(mut g) => *g = new,
+            Err(p) => *p.into_inner() = new,
+        }
+        (n, skipped)
+    }
+}
+
+fn port_of(p: i64) -> Option<u16> {
+    u16::try_from(p).ok()
+}
+
+fn allow(s: &Shared, grp: i64, addr: &str, port: i64) -> i64 {
+    let (Ok(grp), Some(port)) = (u32::try_from(grp), port_of(port)) else {
+        return -1;
+    };
+    let set = s.services.tables.permissions.current();
+    if set.find(Some(grp), addr, port).is_some() {
+        1
+    } else {
+        -1
+    }
+}
+
+fn group_of(s: &Shared, addr: &str, port: i64) -> i64 {
+    let Some(port) = port_of(port) else {
+        return -1;
+    };
+    let set = s.services.tables.permissions.current();
+    set.find(None, addr, port)
+        .map(|e| i64::from(e.grp))
+        .unwrap_or(-1)
+}
+
+pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    let s = shared.clone();
+    t.set(
+        "allow_source_address",
+        lua.create_function(move |_, grp: i64| {
+            let src = s.with_msg(|m| m.src)?;
+            Ok(allow(&s, grp, &src.ip().to_string(), i64::from(src.port())))
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "allow_source_address_group",
+        lua.create_function(move |_, ()| {
+            let src = s.with_msg(|m| m.src)?;
+            Ok(group_of(&s, &src.ip().to_string(), i64::from(src.port())))
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "allow_address",
+        lua.create_function(move |_, (grp, ip, port): (i64, mlua::String, i64)| {
+            Ok(allow(&s, grp, &ip.to_str()?, port))
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "allow_address_group",
+        lua.create_function(move |_, (ip, port): (mlua::String, i64)| {
+            Ok(group_of(&s, &ip.to_str()?, port))
+        })?,
+    )?;
+    ksr.set("permissions", t)?;
+    Ok(())
+}
