@@ -292,3 +292,111 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("permissions", t)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kemi::testutil::{engine, engine_on, global_int, request, run, run_from, tables_with};
+
+    fn row(grp: i64, ip: &str, mask: i64, port: i64) -> AddressRow {
+        AddressRow {
+            grp,
+            ip_addr: ip.into(),
+            mask,
+            port,
+            tag: None,
+        }
+    }
+
+    fn set() -> AddrSet {
+        let (s, skipped) = AddrSet::from_rows(&[
+            row(1, "192.0.2.9", 32, 0),
+            row(2, "10.1.0.0", 16, 5060),
+            row(3, "2001:db8::", 32, 0),
+            row(4, "gw.example.com", 0, 0),
+            row(5, "198.51.100.7", 0, 5070),
+            row(1, "not valid", 99, 0),
+            row(1, "192.0.2.1", 33, 0),
+            row(-1, "192.0.2.2", 32, 0),
+            row(1, "192.0.2.3", 32, 70_000),
+        ]);
+        assert_eq!(skipped, 3, "bad mask, negative group, bad port");
+        s
+    }
+
+    #[test]
+    fn exact_subnet_name_and_port_matching() {
+        let s = set();
+        assert_eq!(s.len(), 6);
+        assert!(s.find(Some(1), "192.0.2.9", 1234).is_some(), "port 0 = any");
+        assert!(s.find(Some(2), "192.0.2.9", 1234).is_none(), "other group");
+        assert!(s.find(Some(2), "10.1.200.3", 5060).is_some(), "in the /16");
+        assert!(s.find(Some(2), "10.1.200.3", 5061).is_none(), "port differs");
+        assert!(s.find(Some(2), "10.2.0.1", 5060).is_none(), "outside the /16");
+        assert!(s.find(Some(3), "2001:db8:1::5", 1).is_some());
+        assert!(s.find(Some(3), "[2001:db9::5]", 1).is_none());
+        assert!(s.find(Some(4), "GW.example.com", 9).is_some(), "names: case-insensitive");
+        assert!(s.find(Some(4), "gw.example.org", 9).is_none());
+        assert!(s.find(Some(5), "198.51.100.7", 5070).is_some(), "mask 0 = exact");
+        assert!(s.find(Some(5), "198.51.100.8", 5070).is_none());
+        assert!(s.find(Some(1), "::ffff:192.0.2.9", 1).is_some(), "v4-mapped");
+        assert_eq!(s.find(None, "10.1.0.1", 5060).map(|e| e.grp), Some(2));
+    }
+
+    #[test]
+    fn ksr_allow_functions() {
+        let tables = tables_with("[permissions]\nenable = true\n");
+        tables.permissions.replace(&[
+            row(1, "192.0.2.9", 32, 0),
+            row(7, "192.0.2.0", 24, 5060),
+        ]);
+        let eng = engine_on(
+            r#"
+            function ksr_request_route()
+                a = KSR.permissions.allow_source_address(1)
+                b = KSR.permissions.allow_source_address(2)
+                g = KSR.permissions.allow_source_address_group()
+                c = KSR.permissions.allow_address(7, "192.0.2.44", 5060)
+                d = KSR.permissions.allow_address(7, "192.0.2.44", 5080)
+                e = KSR.permissions.allow_address_group("192.0.2.44", 5060)
+                f = KSR.permissions.allow_address_group("203.0.113.1", 5060)
+                h = KSR.permissions.allow_address(1, "192.0.2.9", 99999)
+            end"#,
+            tables,
+            0,
+            1,
+        );
+        let msg = request("OPTIONS sip:x@10.0.0.1 SIP/2.0", None, &[]);
+        run(&eng, &msg);
+        for (g, v) in [
+            ("a", 1),
+            ("b", -1),
+            ("g", 1),
+            ("c", 1),
+            ("d", -1),
+            ("e", 7),
+            ("f", -1),
+            ("h", -1),
+        ] {
+            assert_eq!(global_int(&eng, g), v, "{g}");
+        }
+        run_from(&eng, &msg, "192.0.2.10:5060");
+        assert_eq!(global_int(&eng, "a"), -1);
+        assert_eq!(global_int(&eng, "g"), 7, "the /24 of group 7 at port 5060");
+    }
+
+    #[test]
+    fn module_is_nil_unless_enabled() {
+        let eng = engine("function ksr_request_route() present = KSR.permissions ~= nil end");
+        run(&eng, &request("OPTIONS sip:x@10.0.0.1 SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "present"), 0);
+        let eng = engine_on(
+            "function ksr_request_route() present = KSR.permissions ~= nil end",
+            tables_with("[permissions]\nenable = true\n"),
+            0,
+            1,
+        );
+        run(&eng, &request("OPTIONS sip:x@10.0.0.1 SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "present"), 1);
+    }
+}

@@ -226,3 +226,105 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("pike", t)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kemi::testutil::{engine_on, global_int, request, run, run_from, tables_with};
+
+    fn pike(density: u32, unit: u64, latency: u64, max_ips: usize) -> Pike {
+        Pike::new(&PikeConfig {
+            sampling_time_unit: unit,
+            reqs_density_per_unit: density,
+            remove_latency: latency,
+            max_ips,
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn blocks_at_the_density_then_reports_minus_one() {
+        let p = pike(3, 2, 120, 100);
+        let a = ip("192.0.2.1");
+        assert_eq!(p.check(a, 100), 1);
+        assert_eq!(p.check(a, 100), 1);
+        assert_eq!(p.check(a, 101), -2, "third request in the unit: new flood");
+        assert_eq!(p.check(a, 101), -1, "already detected");
+        assert_eq!(p.check(ip("192.0.2.2"), 101), 1, "other IPs are not affected");
+        assert_eq!(p.check(ip("2001:db8::1"), 101), 1);
+    }
+
+    #[test]
+    fn unblocks_at_a_quiet_unit_boundary() {
+        let p = pike(3, 2, 120, 100);
+        let a = ip("192.0.2.1");
+        for _ in 0..4 {
+            p.check(a, 100);
+        }
+        // Next unit: the previous one (4 hits) is still hot.
+        assert_eq!(p.check(a, 102), -1);
+        // Two units later both counters are low again: unblocked.
+        assert_eq!(p.check(a, 106), 1);
+    }
+
+    #[test]
+    fn forgets_after_remove_latency_and_stays_bounded() {
+        let p = pike(2, 1, 10, 64);
+        let a = ip("192.0.2.1");
+        p.check(a, 100);
+        p.check(a, 100);
+        assert_eq!(p.top(true, 100, 10).len(), 1);
+        assert_eq!(p.sweep(0, 1, 105), 0);
+        assert_eq!(p.sweep(0, 1, 111), 1);
+        assert!(p.is_empty());
+        // 64 IPs at most (one per stripe): 1000 distinct sources never grow it.
+        for i in 0..1000u32 {
+            p.check(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i)), 200);
+        }
+        assert!(p.len() <= 64, "{}", p.len());
+    }
+
+    #[test]
+    fn top_lists_hot_or_all() {
+        let p = pike(2, 2, 120, 100);
+        p.check(ip("192.0.2.1"), 100);
+        p.check(ip("192.0.2.1"), 100);
+        p.check(ip("192.0.2.2"), 100);
+        let hot = p.top(true, 100, 10);
+        assert_eq!(hot.len(), 1);
+        assert_eq!(hot[0].ip, ip("192.0.2.1"));
+        assert!(hot[0].blocked);
+        assert_eq!(hot[0].hits_curr, 2);
+        assert_eq!(p.top(false, 100, 10).len(), 2);
+    }
+
+    #[test]
+    fn ksr_functions_and_shared_state_across_shards() {
+        let tables = tables_with("[pike]\nreqs_density_per_unit = 3\nsampling_time_unit = 3600\n");
+        let script = r#"
+            function ksr_request_route()
+                rc = KSR.pike.pike_check_req()
+                bad = KSR.pike.pike_check_ip("not-an-ip")
+                other = KSR.pike.pike_check_ip("[2001:db8::9]")
+            end"#;
+        let a = engine_on(script, tables.clone(), 0, 2);
+        let b = engine_on(script, tables.clone(), 1, 2);
+        let msg = request("OPTIONS sip:x@10.0.0.1 SIP/2.0", None, &[]);
+        run(&a, &msg);
+        assert_eq!(global_int(&a, "rc"), 1);
+        assert_eq!(global_int(&a, "bad"), -1);
+        assert_eq!(global_int(&a, "other"), 1);
+        run(&b, &msg);
+        assert_eq!(global_int(&b, "rc"), 1);
+        // Third request from 192.0.2.9 on the other shard: the count is shared.
+        run(&a, &msg);
+        assert_eq!(global_int(&a, "rc"), -2);
+        run(&b, &msg);
+        assert_eq!(global_int(&b, "rc"), -1);
+        run_from(&b, &msg, "192.0.2.50:5060");
+        assert_eq!(global_int(&b, "rc"), 1);
+    }
+}
