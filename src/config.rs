@@ -672,7 +672,10 @@ impl Config {
                 return Err(self.invalid(&key("name"), "must be 1..=64 bytes without `=>`"));
             }
             if self.htable[..i].iter().any(|o| o.name == t.name) {
-                return Err(self.invalid(&key("name"), format!("table {:?} is declared twice", t.name)));
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("table {:?} is declared twice", t.name),
+                ));
             }
             if t.max_items == 0 {
                 return Err(self.invalid(&key("max_items"), "must be at least 1"));
@@ -827,6 +830,49 @@ mod tests {
         assert_eq!(c.core.listen, d.core.listen);
         assert_eq!(c.db, d.db);
         assert_eq!(c.rpc, d.rpc);
+        assert_eq!(c.pike, d.pike);
+        assert_eq!(c.permissions, d.permissions);
+        assert_eq!(c.htable, d.htable);
+    }
+
+    #[test]
+    fn htable_pike_permissions_sections() {
+        let c = Config::from_toml(
+            r#"
+[[htable]]
+name = "ipban"
+size = 8
+autoexpire = 300
+initval = 0
+dbtable = "htable"
+
+[pike]
+reqs_density_per_unit = 10
+
+[permissions]
+enable = true
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.htable[0].name, "ipban");
+        assert_eq!(c.htable[0].autoexpire, 300);
+        assert_eq!(c.htable[0].initval, Some(0));
+        assert!(c.htable[0].updateexpire);
+        assert_eq!(c.pike.reqs_density_per_unit, 10);
+        assert_eq!(c.pike.sampling_time_unit, 2);
+        assert!(c.permissions.enable);
+        for bad in [
+            "[[htable]]\nname = \"\"\n",
+            "[[htable]]\nname = \"a\"\n[[htable]]\nname = \"a\"\n",
+            "[[htable]]\nname = \"a\"\ndbtable = \"x; drop\"\n",
+            "[[htable]]\nname = \"a\"\ndbmode = 1\n",
+            "[[htable]]\nname = \"a\"\nmax_items = 0\n",
+            "[pike]\nsampling_time_unit = 0\n",
+            "[permissions]\naddress_table = \"a b\"\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

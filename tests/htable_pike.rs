@@ -37,7 +37,8 @@ end
 
 fn client_at(ip: &str) -> UdpSocket {
     let s = UdpSocket::bind(format!("{ip}:0")).expect("bind a loopback alias");
-    s.set_read_timeout(Some(Duration::from_millis(400))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(400)))
+        .unwrap();
     s
 }
 
@@ -139,7 +140,11 @@ fn pike_bans_a_flooding_source_into_htable_and_other_sources_are_answered() {
     assert_eq!(tables[0]["name"], "ipban");
 
     // Banning and unbanning over RPC.
-    rpc(srv.rpc_port, "htable.seti", json!(["ipban", "127.0.0.3", 1]));
+    rpc(
+        srv.rpc_port,
+        "htable.seti",
+        json!(["ipban", "127.0.0.3", 1]),
+    );
     assert_eq!(options(&srv, &other), None, "banned over RPC");
     rpc(srv.rpc_port, "htable.delete", json!(["ipban", "127.0.0.3"]));
     assert_eq!(options(&srv, &other), Some(200), "unbanned over RPC");

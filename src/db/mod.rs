@@ -1,6 +1,7 @@
 //! Database access: subscriber credentials and persisted location contacts,
 //! kept in Kamailio's own table layout (`version`, `subscriber`, `location`,
-//! `location_attrs`) on SQLite, PostgreSQL or MySQL/MariaDB.
+//! `location_attrs`; `htable` and `address` read at start by KSR.htable and
+//! KSR.permissions) on SQLite, PostgreSQL or MySQL/MariaDB.
 //!
 //! Owns: the sqlx pools, the schema (`init_schema`), the request queue between
 //! shards and the database, and the `kamctl`-like CLI (`cli`).
@@ -351,7 +352,11 @@ impl DbHandle {
     }
 
     /// Every row of the permissions address table (at most `max`).
-    pub fn address_load(&self, table: &str, max: usize) -> Result<DbReply<Vec<AddressRow>>, DbError> {
+    pub fn address_load(
+        &self,
+        table: &str,
+        max: usize,
+    ) -> Result<DbReply<Vec<AddressRow>>, DbError> {
         self.send(|reply| DbReq::AddressLoad {
             table: table.to_owned(),
             max,

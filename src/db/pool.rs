@@ -673,7 +673,10 @@ impl DbPool {
             })
             .await?;
         if rows.len() > max {
-            return Err(DbError::TooManyRows { table: "htable", max });
+            return Err(DbError::TooManyRows {
+                table: "htable",
+                max,
+            });
         }
         Ok(rows)
     }
@@ -719,7 +722,10 @@ impl DbPool {
             })
             .await?;
         if rows.len() > max {
-            return Err(DbError::TooManyRows { table: "address", max });
+            return Err(DbError::TooManyRows {
+                table: "address",
+                max,
+            });
         }
         Ok(rows)
     }

@@ -660,7 +660,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     t.set(
         "sht_seti",
         lua.create_function(move |_, (tn, k, v): (S, S, i64)| {
-            Ok(set_code(&s, &tn.to_str()?, &k.to_str()?, HtValue::Int(v), 0, 1))
+            Ok(set_code(
+                &s,
+                &tn.to_str()?,
+                &k.to_str()?,
+                HtValue::Int(v),
+                0,
+                1,
+            ))
         })?,
     )?;
     let s = shared.clone();
@@ -681,7 +688,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     t.set(
         "sht_setxi",
         lua.create_function(move |_, (tn, k, v, ex): (S, S, i64, i64)| {
-            Ok(set_code(&s, &tn.to_str()?, &k.to_str()?, HtValue::Int(v), ex, 0))
+            Ok(set_code(
+                &s,
+                &tn.to_str()?,
+                &k.to_str()?,
+                HtValue::Int(v),
+                ex,
+                0,
+            ))
         })?,
     )?;
     let s = shared.clone();
@@ -724,7 +738,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         t.set(
             name,
             lua.create_function(move |_, (tn, op, v): (S, S, S)| {
-                Ok(rm_code(&s, &tn.to_str()?, &op.to_str()?, &v.to_str()?, values))
+                Ok(rm_code(
+                    &s,
+                    &tn.to_str()?,
+                    &op.to_str()?,
+                    &v.to_str()?,
+                    values,
+                ))
             })?,
         )?;
     }
@@ -733,7 +753,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         t.set(
             name,
             lua.create_function(move |_, (tn, op, v): (S, S, S)| {
-                Ok(match_code(&s, &tn.to_str()?, &op.to_str()?, &v.to_str()?, values))
+                Ok(match_code(
+                    &s,
+                    &tn.to_str()?,
+                    &op.to_str()?,
+                    &v.to_str()?,
+                    values,
+                ))
             })?,
         )?;
     }
@@ -811,7 +837,11 @@ pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> Option<mlua::Result<V
 
 /// `KSR.pv.sets/seti/unset` of `$sht(table=>key)` and `$shtex(table=>key)`;
 /// `None` when `name` is not one of them.
-pub(super) fn pv_set(s: &Shared, name: &str, value: Option<super::PvValue>) -> Option<mlua::Result<()>> {
+pub(super) fn pv_set(
+    s: &Shared,
+    name: &str,
+    value: Option<super::PvValue>,
+) -> Option<mlua::Result<()>> {
     let (pv, t, k) = pv_parts(name)?;
     if pv != "$sht" && pv != "$shtex" {
         return None;
@@ -1143,7 +1173,10 @@ autoexpire = 10
         });
         assert!(t.set("k", HtValue::Int(1), 0, 100));
         assert_eq!(t.get("k", 110), Some(HtValue::Int(1)));
-        assert!(t.set("k", HtValue::Int(2), 0, 105), "update resets the expiry");
+        assert!(
+            t.set("k", HtValue::Int(2), 0, 105),
+            "update resets the expiry"
+        );
         assert_eq!(t.get("k", 115), Some(HtValue::Int(2)));
         assert_eq!(t.get("k", 116), None, "expired reads as absent");
         assert_eq!(t.matches(MatchOp::Eq, "k", false, 116), Some(false));

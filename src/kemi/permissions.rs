@@ -296,7 +296,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kemi::testutil::{engine, engine_on, global_int, request, run, run_from, tables_with};
+    use crate::kemi::testutil::{
+        engine, engine_on, global_int, request, run, run_from, tables_with,
+    };
 
     fn row(grp: i64, ip: &str, mask: i64, port: i64) -> AddressRow {
         AddressRow {
@@ -331,25 +333,39 @@ mod tests {
         assert!(s.find(Some(1), "192.0.2.9", 1234).is_some(), "port 0 = any");
         assert!(s.find(Some(2), "192.0.2.9", 1234).is_none(), "other group");
         assert!(s.find(Some(2), "10.1.200.3", 5060).is_some(), "in the /16");
-        assert!(s.find(Some(2), "10.1.200.3", 5061).is_none(), "port differs");
-        assert!(s.find(Some(2), "10.2.0.1", 5060).is_none(), "outside the /16");
+        assert!(
+            s.find(Some(2), "10.1.200.3", 5061).is_none(),
+            "port differs"
+        );
+        assert!(
+            s.find(Some(2), "10.2.0.1", 5060).is_none(),
+            "outside the /16"
+        );
         assert!(s.find(Some(3), "2001:db8:1::5", 1).is_some());
         assert!(s.find(Some(3), "[2001:db9::5]", 1).is_none());
-        assert!(s.find(Some(4), "GW.example.com", 9).is_some(), "names: case-insensitive");
+        assert!(
+            s.find(Some(4), "GW.example.com", 9).is_some(),
+            "names: case-insensitive"
+        );
         assert!(s.find(Some(4), "gw.example.org", 9).is_none());
-        assert!(s.find(Some(5), "198.51.100.7", 5070).is_some(), "mask 0 = exact");
+        assert!(
+            s.find(Some(5), "198.51.100.7", 5070).is_some(),
+            "mask 0 = exact"
+        );
         assert!(s.find(Some(5), "198.51.100.8", 5070).is_none());
-        assert!(s.find(Some(1), "::ffff:192.0.2.9", 1).is_some(), "v4-mapped");
+        assert!(
+            s.find(Some(1), "::ffff:192.0.2.9", 1).is_some(),
+            "v4-mapped"
+        );
         assert_eq!(s.find(None, "10.1.0.1", 5060).map(|e| e.grp), Some(2));
     }
 
     #[test]
     fn ksr_allow_functions() {
         let tables = tables_with("[permissions]\nenable = true\n");
-        tables.permissions.replace(&[
-            row(1, "192.0.2.9", 32, 0),
-            row(7, "192.0.2.0", 24, 5060),
-        ]);
+        tables
+            .permissions
+            .replace(&[row(1, "192.0.2.9", 32, 0), row(7, "192.0.2.0", 24, 5060)]);
         let eng = engine_on(
             r#"
             function ksr_request_route()

@@ -253,7 +253,11 @@ mod tests {
         assert_eq!(p.check(a, 100), 1);
         assert_eq!(p.check(a, 101), -2, "third request in the unit: new flood");
         assert_eq!(p.check(a, 101), -1, "already detected");
-        assert_eq!(p.check(ip("192.0.2.2"), 101), 1, "other IPs are not affected");
+        assert_eq!(
+            p.check(ip("192.0.2.2"), 101),
+            1,
+            "other IPs are not affected"
+        );
         assert_eq!(p.check(ip("2001:db8::1"), 101), 1);
     }
 

@@ -689,13 +689,7 @@ mod module_load_tests {
                 sqlx::query(s).execute(&mut c).await.unwrap();
             }
         });
-        let tables = SharedTables::new(
-            1,
-            &config.auth,
-            &config.registrar,
-            0,
-        )
-        .with_modules(&config);
+        let tables = SharedTables::new(1, &config.auth, &config.registrar, 0).with_modules(&config);
         rt.block_on(tables.load_modules(&config, &db)).unwrap();
         let ipban = tables.htable.table("ipban").unwrap();
         assert_eq!(ipban.get("192.0.2.66", unix_now_s()), Some(HtValue::Int(1)));
@@ -706,7 +700,10 @@ mod module_load_tests {
         assert!(tables.htable.table("plain").unwrap().is_empty());
         let set = tables.permissions.current();
         assert_eq!(set.len(), 2);
-        assert_eq!(set.find(Some(1), "10.20.30.40", 5).map(|e| e.tag.clone()), Some(Some("lan".into())));
+        assert_eq!(
+            set.find(Some(1), "10.20.30.40", 5).map(|e| e.tag.clone()),
+            Some(Some("lan".into()))
+        );
         assert!(set.find(Some(2), "192.0.2.7", 5060).is_some());
         assert!(set.find(Some(2), "192.0.2.7", 5061).is_none());
         // Reload picks up a new row.
@@ -714,16 +711,22 @@ mod module_load_tests {
         rt.block_on(async move {
             use sqlx::Connection;
             let mut c = sqlx::SqliteConnection::connect(&url3).await.unwrap();
-            sqlx::query("INSERT INTO address (grp, ip_addr, mask, port) VALUES (3, '203.0.113.5', 32, 0)")
-                .execute(&mut c)
-                .await
-                .unwrap();
+            sqlx::query(
+                "INSERT INTO address (grp, ip_addr, mask, port) VALUES (3, '203.0.113.5', 32, 0)",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
         });
         let (n, skipped) = rt
             .block_on(tables.reload_addresses(&db, &config.permissions))
             .unwrap();
         assert_eq!((n, skipped), (3, 0));
-        assert!(tables.permissions.current().find(Some(3), "203.0.113.5", 1).is_some());
+        assert!(tables
+            .permissions
+            .current()
+            .find(Some(3), "203.0.113.5", 1)
+            .is_some());
         // A missing dbtable is an error at start, naming the table.
         let bad = crate::config::Config::from_toml(
             "[[htable]]\nname = \"x\"\ndbtable = \"no_such_table\"\n",

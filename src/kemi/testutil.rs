@@ -25,9 +25,7 @@ pub(crate) fn engine(script: &str) -> Engine {
 /// `[permissions]`) of the TOML text `config`.
 pub(crate) fn tables_with(config: &str) -> std::sync::Arc<SharedTables> {
     let cfg = crate::config::Config::from_toml(config, "test").expect("test config");
-    std::sync::Arc::new(
-        SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg),
-    )
+    std::sync::Arc::new(SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg))
 }
 
 /// An engine of shard `shard_id` (of `shard_count`) over `tables`, so two
@@ -42,7 +40,17 @@ pub(crate) fn engine_on(
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
     let services = Rc::new(
-        Services::new(shard_id, shard_count, tables, &auth, &reg, [7u8; 32], None, 0).unwrap(),
+        Services::new(
+            shard_id,
+            shard_count,
+            tables,
+            &auth,
+            &reg,
+            [7u8; 32],
+            None,
+            0,
+        )
+        .unwrap(),
     );
     Engine::new(&EngineConfig {
         shard_id,

@@ -59,7 +59,9 @@ fn text(params: &Params, pos: usize, name: &str) -> Result<String, MethodError> 
     match params.value(pos, name) {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
-        None | Some(Value::Null) => Err(MethodError::InvalidParams(format!("missing param {name}"))),
+        None | Some(Value::Null) => {
+            Err(MethodError::InvalidParams(format!("missing param {name}")))
+        }
         Some(_) => Err(MethodError::InvalidParams(format!(
             "param {name} must be a string"
         ))),
@@ -145,7 +147,9 @@ async fn get(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError>
     let key = text(&params, 1, "key")?;
     match t.get_raw(&key, unix_now_s()) {
         Some(v) => Ok(json!({"item": item_json(&key, &v, 0)})),
-        None => Err(MethodError::NotFound("Key name doesn't exist in htable.".into())),
+        None => Err(MethodError::NotFound(
+            "Key name doesn't exist in htable.".into(),
+        )),
     }
 }
 
