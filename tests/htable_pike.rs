@@ -150,6 +150,26 @@ fn pike_bans_a_flooding_source_into_htable_and_other_sources_are_answered() {
     assert_eq!(options(&srv, &other), Some(200), "unbanned over RPC");
     rpc(srv.rpc_port, "htable.delete", json!(["ipban", "127.0.0.5"]));
     assert_eq!(options(&srv, &client_at("127.0.0.5")), Some(200));
+    // (a fresh source: 127.0.0.3 is close to pike's density by now)
+    let seven = client_at("127.0.0.7");
+    rpc(
+        srv.rpc_port,
+        "htable.setxi",
+        json!(["ipban", "127.0.0.7", 1, 60]),
+    );
+    assert_eq!(options(&srv, &seven), None, "banned with an expiry");
+    // htable.reload: the table is read again from its dbtable.
+    rpc(srv.rpc_port, "htable.reload", json!(["ipban"]));
+    assert_eq!(
+        options(&srv, &seven),
+        Some(200),
+        "reload drops RPC-set items"
+    );
+    assert_eq!(
+        options(&srv, &client_at("127.0.0.5")),
+        None,
+        "DB ban is back"
+    );
 
     // permissions: a new address row after addressReload.
     sqlite(

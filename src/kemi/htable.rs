@@ -21,6 +21,13 @@
 //! | `KSR.htable.sht_dec(table, key)` | `int (str, str)` | as sht_inc, minus one |
 //! | `KSR.htable.sht_is_null(table, key)` | `int (str, str)` | 1 absent; -1 present; -2 table has `initval`; 2 unknown table |
 //! | `KSR.htable.sht_reset(table)` | `int (str)` | 0 emptied (as Kamailio 5.6); -1 unknown table |
+//! | `KSR.htable.sht_iterator_start(iname, table)` | `int (str, str)` | 1; -1 unknown table, 4 iterators already open, name empty or 32+ bytes |
+//! | `KSR.htable.sht_iterator_next(iname)` | `int (str)` | 1 moved to the next item (`$shtitkey(iname)`, `$shtitval(iname)`); -1 no more items or no such iterator |
+//! | `KSR.htable.sht_iterator_end(iname)` | `int (str)` | 1; -1 no such iterator |
+//! | `KSR.htable.sht_iterator_rm(iname)` | `int (str)` | 1 current item removed and moved to the next; -2 removed, no next item; -1 no current item |
+//! | `KSR.htable.sht_iterator_sets(iname, value)` | `int (str, str)` | 1 current item set; -1 no current item or not stored |
+//! | `KSR.htable.sht_iterator_seti(iname, value)` | `int (str, int)` | as sht_iterator_sets |
+//! | `KSR.htable.sht_iterator_setex(iname, expire)` | `int (str, int)` | 1 current item's expiry set; -1 no current item |
 //! | `KSR.htable.sht_lock(table, key)` | `int (str, str)` | 1; sipshard: no lock is held (every htable call is atomic on its own, and a route never holds a lock another core waits for) |
 //! | `KSR.htable.sht_unlock(table, key)` | `int (str, str)` | 1; see sht_lock |
 //!
@@ -28,8 +35,14 @@
 //! sht_get, `KSR.pv.sets/seti` set it, `KSR.pv.unset` removes it;
 //! `$shtex(table=>key)` reads the seconds until the item expires (0 = never
 //! or absent), `KSR.pv.seti` on it is sht_setex; `$shtinc(table=>key)` reads
-//! as sht_inc. The key is taken literally (build it in Lua, e.g.
+//! as sht_inc; `$shtitkey(iname)` / `$shtitval(iname)` read an iterator's
+//! current item. The key is taken literally (build it in Lua, e.g.
 //! `"$sht(ipban=>" .. ip .. ")"`).
+//!
+//! Iterators belong to the shard's VM (at most 4 open, as Kamailio) and walk
+//! a snapshot of the table's keys taken at sht_iterator_start, reading each
+//! item live; unlike Kamailio they hold no lock, so other shards may change
+//! the table meanwhile (a key removed since is skipped).
 //!
 //! Tables are declared in the config (`[[htable]]`, Kamailio's `htable`
 //! modparam attributes as keys) and shared by every shard: each is
@@ -38,8 +51,8 @@
 //! expire items, `autoexpire` seconds after the last set (`updateexpire`) or
 //! at the time a sht_setx*/sht_setex call gave; an expired item reads as
 //! absent at once and is removed by the shard's periodic sweep or when a set
-//! finds the table full. Not implemented: the iterators (`sht_iterator_*`),
-//! `$shtcn/$shtcv`, DMQ replication, `dbmode=1`.
+//! finds the table full. Not implemented: `$shtcn/$shtcv/$shtrecord`, DMQ
+//! replication, `dbmode=1`.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -803,8 +816,204 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             lua.create_function(move |_, (_tn, _k): (S, S)| Ok(1))?,
         )?;
     }
+    register_iterators(lua, &t, shared)?;
     ksr.set("htable", t)?;
     Ok(())
+}
+
+/// Iterators a VM may have open at once (Kamailio's `HT_ITERATOR_SIZE`).
+pub const ITERATORS_MAX: usize = 4;
+/// Longest iterator name (Kamailio's `HT_ITERATOR_NAME_SIZE`).
+const ITERATOR_NAME_MAX: usize = 32;
+
+/// One `sht_iterator_start` iterator: a snapshot of the table's keys,
+/// walked on demand (each step reads the live item).
+struct Iter {
+    name: String,
+    table: String,
+    keys: Vec<String>,
+    next: usize,
+    cur: Option<String>,
+}
+
+/// This VM's open iterators (in the Lua app data).
+#[derive(Default)]
+pub(super) struct Iters(Vec<Iter>);
+
+impl Iters {
+    fn find(&mut self, name: &str) -> Option<&mut Iter> {
+        self.0.iter_mut().find(|i| i.name == name)
+    }
+}
+
+fn iters(lua: &Lua) -> mlua::Result<mlua::AppDataRefMut<'_, Iters>> {
+    lua.app_data_mut::<Iters>()
+        .ok_or_else(|| mlua::Error::RuntimeError("htable iterators unavailable".into()))
+}
+
+/// Moves `it` to the next key still in `ht`; false at the end.
+fn iter_advance(it: &mut Iter, ht: &Htable, now: u64) -> bool {
+    while let Some(k) = it.keys.get(it.next) {
+        it.next += 1;
+        if ht.get_raw(k, now).is_some() {
+            it.cur = Some(k.clone());
+            return true;
+        }
+    }
+    it.cur = None;
+    false
+}
+
+fn iter_start(lua: &Lua, s: &Shared, name: &str, table: &str) -> mlua::Result<i64> {
+    let Some(ht) = tables(s).table(table) else {
+        return Ok(-1);
+    };
+    if name.is_empty() || name.len() >= ITERATOR_NAME_MAX {
+        return Ok(-1);
+    }
+    let mut its = iters(lua)?;
+    if its.find(name).is_none() && its.0.len() >= ITERATORS_MAX {
+        return Ok(-1);
+    }
+    let (items, _) = ht.dump(unix_now_s(), ht.def.max_items);
+    let it = Iter {
+        name: name.to_string(),
+        table: table.to_string(),
+        keys: items.into_iter().map(|(k, _, _)| k).collect(),
+        next: 0,
+        cur: None,
+    };
+    match its.find(name) {
+        Some(old) => *old = it,
+        None => its.0.push(it),
+    }
+    Ok(1)
+}
+
+/// Runs `f` on iterator `name` and its table; -1 when either is gone.
+fn with_iter(
+    lua: &Lua,
+    s: &Shared,
+    name: &str,
+    f: impl FnOnce(&mut Iter, &Htable) -> i64,
+) -> mlua::Result<i64> {
+    let mut its = iters(lua)?;
+    let Some(it) = its.find(name) else {
+        return Ok(-1);
+    };
+    let Some(ht) = tables(s).table(&it.table) else {
+        return Ok(-1);
+    };
+    Ok(f(it, ht))
+}
+
+fn register_iterators(lua: &Lua, t: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    lua.set_app_data(Iters::default());
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_start",
+        lua.create_function(move |lua, (name, tn): (S, S)| {
+            iter_start(lua, &s, &name.to_str()?, &tn.to_str()?)
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_next",
+        lua.create_function(move |lua, name: S| {
+            with_iter(lua, &s, &name.to_str()?, |it, ht| {
+                if iter_advance(it, ht, unix_now_s()) {
+                    1
+                } else {
+                    -1
+                }
+            })
+        })?,
+    )?;
+    t.set(
+        "sht_iterator_end",
+        lua.create_function(move |lua, name: S| {
+            let name = name.to_str()?;
+            let mut its = iters(lua)?;
+            let before = its.0.len();
+            its.0.retain(|i| i.name != *name);
+            Ok(if its.0.len() < before { 1 } else { -1 })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_rm",
+        lua.create_function(move |lua, name: S| {
+            with_iter(lua, &s, &name.to_str()?, |it, ht| {
+                let Some(k) = it.cur.take() else {
+                    return -1;
+                };
+                ht.remove(&k);
+                if iter_advance(it, ht, unix_now_s()) {
+                    1
+                } else {
+                    -2
+                }
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_sets",
+        lua.create_function(move |lua, (name, v): (S, S)| {
+            let v = v.to_str()?.to_string();
+            with_iter(lua, &s, &name.to_str()?, |it, ht| match &it.cur {
+                Some(k) if ht.set(k, HtValue::Str(v), 0, unix_now_s()) => 1,
+                _ => -1,
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_seti",
+        lua.create_function(move |lua, (name, v): (S, i64)| {
+            with_iter(lua, &s, &name.to_str()?, |it, ht| match &it.cur {
+                Some(k) if ht.set(k, HtValue::Int(v), 0, unix_now_s()) => 1,
+                _ => -1,
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "sht_iterator_setex",
+        lua.create_function(move |lua, (name, ex): (S, i64)| {
+            with_iter(lua, &s, &name.to_str()?, |it, ht| match &it.cur {
+                Some(k) => {
+                    ht.set_expire(k, ex, unix_now_s());
+                    1
+                }
+                None => -1,
+            })
+        })?,
+    )?;
+    Ok(())
+}
+
+/// `$shtitkey(iname)` / `$shtitval(iname)`: the iterator's current key and
+/// its value now.
+fn pv_iter(lua: &Lua, s: &Shared, name: &str) -> Option<mlua::Result<Value>> {
+    let (pv, iname) = name.split_once('(')?;
+    let iname = iname.strip_suffix(')')?;
+    if pv != "$shtitkey" && pv != "$shtitval" {
+        return None;
+    }
+    let (table, cur) = {
+        let its = lua.app_data_ref::<Iters>()?;
+        let it = its.0.iter().find(|i| i.name == iname)?;
+        (it.table.clone(), it.cur.clone()?)
+    };
+    Some(if pv == "$shtitkey" {
+        to_lua(lua, Some(HtValue::Str(cur)))
+    } else {
+        let v = tables(s)
+            .table(&table)
+            .and_then(|ht| ht.get_raw(&cur, unix_now_s()));
+        to_lua(lua, v)
+    })
 }
 
 /// `table=>key` of `$sht(...)`-style names, with the PV's prefix.
@@ -819,6 +1028,9 @@ fn pv_parts(name: &str) -> Option<(&str, &str, &str)> {
 /// `KSR.pv.get` of `$sht / $shtex / $shtinc(table=>key)`; `None` when
 /// `name` is not one of them.
 pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> Option<mlua::Result<Value>> {
+    if name.starts_with("$shtit") {
+        return Some(pv_iter(lua, s, name).unwrap_or(Ok(Value::Nil)));
+    }
     let (pv, t, k) = pv_parts(name)?;
     let now = unix_now_s();
     let ht = tables(s).table(t);
@@ -1163,6 +1375,68 @@ autoexpire = 10
         assert_eq!(global_int(&eng, "p7"), 1);
         assert_eq!(global_int(&eng, "p8"), 2);
         assert_eq!(global_int(&eng, "p9"), 0, "unknown table is a script error");
+    }
+
+    #[test]
+    fn iterators_walk_set_and_remove() {
+        let eng = route(
+            r#"
+            for i = 1, 5 do KSR.htable.sht_seti("ipban", "k" .. i, i) end
+            s1 = KSR.htable.sht_iterator_start("i1", "ipban")
+            s2 = KSR.htable.sht_iterator_start("i2", "nope")
+            sum, n = 0, 0
+            while KSR.htable.sht_iterator_next("i1") > 0 do
+                local k = KSR.pv.get("$shtitkey(i1)")
+                local v = KSR.pv.get("$shtitval(i1)")
+                sum = sum + v
+                n = n + 1
+                if k == "k2" then KSR.htable.sht_iterator_seti("i1", 20) end
+                if k == "k3" then KSR.htable.sht_iterator_sets("i1", "three") end
+            end
+            after_end = KSR.htable.sht_iterator_next("i1")
+            v2 = KSR.htable.sht_get("ipban", "k2")
+            v3 = KSR.htable.sht_get("ipban", "k3") == "three"
+            -- remove every item through an iterator
+            KSR.htable.sht_iterator_start("i1", "ipban")
+            KSR.htable.sht_iterator_next("i1")
+            local rc = 1
+            removed = 0
+            while rc == 1 do
+                rc = KSR.htable.sht_iterator_rm("i1")
+                removed = removed + 1
+            end
+            last_rc = rc
+            rm_none = KSR.htable.sht_iterator_rm("i1")
+            left = KSR.htable.sht_match_name("ipban", "re", ".")
+            e1 = KSR.htable.sht_iterator_end("i1")
+            e2 = KSR.htable.sht_iterator_end("i1")
+            nx = KSR.htable.sht_iterator_next("i1")
+            for i = 1, 4 do KSR.htable.sht_iterator_start("x" .. i, "cnt") end
+            fifth = KSR.htable.sht_iterator_start("x5", "cnt")
+            again = KSR.htable.sht_iterator_start("x1", "cnt")
+            "#,
+        );
+        let want = [
+            ("s1", 1),
+            ("s2", -1),
+            ("sum", 15),
+            ("n", 5),
+            ("after_end", -1),
+            ("v2", 20),
+            ("v3", 1),
+            ("removed", 5),
+            ("last_rc", -2),
+            ("rm_none", -1),
+            ("left", -1),
+            ("e1", 1),
+            ("e2", -1),
+            ("nx", -1),
+            ("fifth", -1),
+            ("again", 1),
+        ];
+        for (g, v) in want {
+            assert_eq!(global_int(&eng, g), v, "{g}");
+        }
     }
 
     #[test]

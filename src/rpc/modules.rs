@@ -12,6 +12,9 @@
 //! | `htable.sets` | table, key, value | `"Ok. Key set to new value."` |
 //! | `htable.seti` | table, key, integer | as sets |
 //! | `htable.setex` | table, key, expire | `"Ok. Key expire set to new value."` |
+//! | `htable.setxs` | table, key, value, expire | as sets |
+//! | `htable.setxi` | table, key, integer, expire | as sets |
+//! | `htable.reload` | table | `"Ok. Table reloaded."`: the table emptied and read again from its `dbtable` |
 //! | `htable.delete` | table, key | `"Ok. Key deleted."` |
 //! | `htable.flush` | table | `"Ok. Table flushed."` |
 //! | `pike.top` | – or `"ALL"`/`"HOT"`/`"WARM"` | `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"}]` (default HOT: blocked IPs) |
@@ -41,6 +44,9 @@ pub(crate) fn register(r: &mut Registry) {
         .register("htable.sets", sets)
         .register("htable.seti", seti)
         .register("htable.setex", setex)
+        .register("htable.setxs", setxs)
+        .register("htable.setxi", setxi)
+        .register("htable.reload", reload)
         .register("htable.delete", delete)
         .register("htable.flush", flush)
         .register("pike.top", pike_top)
@@ -154,7 +160,16 @@ async fn get(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError>
 }
 
 fn set(ctx: &RpcContext, params: &Params, int_value: bool) -> Result<Value, MethodError> {
-    params.at_most(3)?;
+    set_ex(ctx, params, int_value, false)
+}
+
+fn set_ex(
+    ctx: &RpcContext,
+    params: &Params,
+    int_value: bool,
+    with_expire: bool,
+) -> Result<Value, MethodError> {
+    params.at_most(if with_expire { 4 } else { 3 })?;
     let m = modules(ctx)?;
     let t = table(m, params)?;
     let key = text(params, 1, "key")?;
@@ -163,7 +178,12 @@ fn set(ctx: &RpcContext, params: &Params, int_value: bool) -> Result<Value, Meth
     } else {
         HtValue::Str(text(params, 2, "value")?)
     };
-    if !t.set(&key, value, 0, unix_now_s()) {
+    let exv = if with_expire {
+        int(params, 3, "expire")?
+    } else {
+        0
+    };
+    if !t.set(&key, value, exv, unix_now_s()) {
         return Err(MethodError::Internal(
             "Unable to set value (table full or key too long)".into(),
         ));
@@ -177,6 +197,38 @@ async fn sets(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError
 
 async fn seti(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
     set(&ctx, &params, true)
+}
+
+async fn setxs(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set_ex(&ctx, &params, false, true)
+}
+
+async fn setxi(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set_ex(&ctx, &params, true, true)
+}
+
+async fn reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    if t.def.dbtable.is_empty() {
+        return Err(MethodError::InvalidParams(format!(
+            "htable {} has no dbtable",
+            t.def.name
+        )));
+    }
+    let Some(db) = m.db.as_ref() else {
+        return Err(MethodError::Internal("no database".into()));
+    };
+    let rows = db
+        .htable_load(&t.def.dbtable, t.def.max_items)
+        .map_err(|e| MethodError::Internal(format!("Reload failed: {e}")))?
+        .await
+        .map_err(|e| MethodError::Internal(format!("Reload failed: {e}")))?;
+    t.reset();
+    let (loaded, skipped) = t.load_rows(&rows, unix_now_s());
+    tracing::info!(table = %t.def.name, loaded, skipped, "htable reloaded from the database");
+    Ok(json!("Ok. Table reloaded."))
 }
 
 async fn setex(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
