@@ -4,7 +4,7 @@
 //! |---|---|---|
 //! | `KSR.htable.sht_get(table, key)` | `xval (str, str)` | string or integer; the table's `initval` for an absent key when set, else nil (also for an unknown table) |
 //! | `KSR.htable.sht_gete(table, key)` | `xval (str, str)` | like sht_get, `""` instead of nil |
-//! | `KSR.htable.sht_getw(table, key)` | `xval (str, str)` | like sht_get, `"<<null>>"` instead of nil |
+//! | `KSR.htable.sht_getw(table, key)` | `xval (str, str)` | like sht_get, `"<null>"` instead of nil (as Kamailio 5.6 prints null) |
 //! | `KSR.htable.sht_sets(table, key, value)` | `int (str, str, str)` | 1; -1 unknown table or table full (`max_items`) |
 //! | `KSR.htable.sht_seti(table, key, value)` | `int (str, str, int)` | 1; -1 unknown table or table full |
 //! | `KSR.htable.sht_setex(table, key, expire)` | `int (str, str, int)` | 1 (expiry of an existing item set to now+expire, 0 = never; only on tables with `autoexpire`); -1 unknown table |
@@ -638,7 +638,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     for (name, null) in [
         ("sht_get", None),
         ("sht_gete", Some("")),
-        ("sht_getw", Some("<<null>>")),
+        ("sht_getw", Some("<null>")),
     ] {
         let s = shared.clone();
         t.set(
@@ -1170,7 +1170,7 @@ autoexpire = 10
             g2 = KSR.htable.sht_get("ipban", "k2")
             g3 = KSR.htable.sht_get("ipban", "absent") == nil
             g4 = KSR.htable.sht_gete("ipban", "absent") == ""
-            g5 = KSR.htable.sht_getw("ipban", "absent") == "<<null>>"
+            g5 = KSR.htable.sht_getw("ipban", "absent") == "<null>"
             g6 = KSR.htable.sht_get("nope", "k") == nil
             g7 = KSR.htable.sht_get("cnt", "absent")
             "#,

@@ -14,9 +14,11 @@
 //! `[db] url`, read at start and on `permissions.addressReload`. An entry
 //! whose `mask` covers the whole address (or is 0, as Kamailio's doc says) is
 //! an exact address, else a subnet; port 0 matches any port. An `ip_addr`
-//! that is not an IP address is a DNS name, compared (case-insensitively) with
-//! an argument that is not an IP either; no DNS lookup is made. Group lookups
-//! try exact addresses first, then subnets by group, then names. The table is
+//! that is not an IP address is a DNS name, compared (exactly, as Kamailio)
+//! with an argument that is not an IP either; no DNS lookup is made. Group
+//! lookups try exact addresses first (the last loaded first, as Kamailio's
+//! hash table), then subnets by group, then names (checked against Kamailio
+//! 5.6 with the same address rows). The table is
 //! shared by every shard and replaced whole on reload. Not implemented:
 //! `allow_trusted` (the `trusted` table), address files, `peer_tag_avp`.
 
@@ -105,7 +107,7 @@ fn parse_ip(s: &str) -> Option<IpAddr> {
         .strip_prefix('[')
         .and_then(|x| x.strip_suffix(']'))
         .unwrap_or(s);
-    s.parse::<IpAddr>().ok().map(canonical)
+    s.parse::<IpAddr>().ok()
 }
 
 impl AddrSet {
@@ -140,7 +142,7 @@ impl AddrSet {
                         (Target::Subnet(masked(ip, mask), mask), mask)
                     }
                 }
-                None if !ip_addr.is_empty() => (Target::Name(ip_addr.to_ascii_lowercase()), 0),
+                None if !ip_addr.is_empty() => (Target::Name(ip_addr.clone()), 0),
                 None => {
                     skipped += 1;
                     continue;
@@ -161,6 +163,8 @@ impl AddrSet {
             }
         }
         subnets.sort_by_key(|e| e.grp);
+        // Kamailio finds the last loaded of several equal addresses first.
+        exact.reverse();
         exact.extend(subnets);
         exact.extend(names);
         (AddrSet { entries: exact }, skipped)
@@ -181,7 +185,7 @@ impl AddrSet {
     /// The first entry (of `grp`, when given) that `addr`/`port` match.
     pub fn find(&self, grp: Option<u32>, addr: &str, port: u16) -> Option<&AddrEntry> {
         let ip = parse_ip(addr);
-        let name = addr.trim().to_ascii_lowercase();
+        let name = addr.trim();
         self.entries.iter().find(|e| {
             grp.is_none_or(|g| g == e.grp)
                 && (e.port == 0 || e.port == port)
@@ -190,7 +194,7 @@ impl AddrSet {
                     (Target::Subnet(net, len), Some(ip)) => {
                         bits(net) == bits(&ip) && masked(ip, *len) == *net
                     }
-                    (Target::Name(n), None) => *n == name,
+                    (Target::Name(n), None) => n == name,
                     _ => false,
                 }
         })
@@ -264,7 +268,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "allow_source_address",
         lua.create_function(move |_, grp: i64| {
             let src = s.with_msg(|m| m.src)?;
-            Ok(allow(&s, grp, &src.ip().to_string(), i64::from(src.port())))
+            let ip = canonical(src.ip()).to_string();
+            Ok(allow(&s, grp, &ip, i64::from(src.port())))
         })?,
     )?;
     let s = shared.clone();
@@ -272,7 +277,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "allow_source_address_group",
         lua.create_function(move |_, ()| {
             let src = s.with_msg(|m| m.src)?;
-            Ok(group_of(&s, &src.ip().to_string(), i64::from(src.port())))
+            let ip = canonical(src.ip()).to_string();
+            Ok(group_of(&s, &ip, i64::from(src.port())))
         })?,
     )?;
     let s = shared.clone();

@@ -10,8 +10,11 @@
 //! current or the previous unit, or their average, reaches
 //! `reqs_density_per_unit`; it is unblocked at the first unit boundary where
 //! that no longer holds, and forgotten `remove_latency` seconds after its last
-//! request. sipshard counts per IP only (Kamailio also counts per address
-//! prefix in its IP tree, which can block a busy prefix earlier). The state is
+//! request. sipshard counts per IP only and blocks at exactly
+//! `reqs_density_per_unit`: Kamailio's IP tree grows one address byte per
+//! request before it counts the IP itself, so it blocks between x and 3x
+//! (measured with Kamailio 5.6, x = 5: a fresh IPv4 source is blocked at its
+//! 9th request, -2, then -1; sipshard at its 5th). The state is
 //! shared by every shard (lock-striped by IP), and at most `max_ips` IPs are
 //! tracked: beyond it the least recently seen IP of the stripe is forgotten.
 
