@@ -90,7 +90,7 @@ fn masked(ip: IpAddr, len: u8) -> IpAddr {
     }
 }
 
-/// IPv4-mapped IPv6 addresses compare as IPv4.
+/// An IPv4-mapped IPv6 source address as IPv4 (as Kamailio's `$si`).
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v) => match v.to_ipv4_mapped() {
@@ -349,9 +349,10 @@ mod tests {
         );
         assert!(s.find(Some(3), "2001:db8:1::5", 1).is_some());
         assert!(s.find(Some(3), "[2001:db9::5]", 1).is_none());
+        assert!(s.find(Some(4), "gw.example.com", 9).is_some());
         assert!(
-            s.find(Some(4), "GW.example.com", 9).is_some(),
-            "names: case-insensitive"
+            s.find(Some(4), "GW.example.com", 9).is_none(),
+            "names: exact"
         );
         assert!(s.find(Some(4), "gw.example.org", 9).is_none());
         assert!(
@@ -360,10 +361,14 @@ mod tests {
         );
         assert!(s.find(Some(5), "198.51.100.8", 5070).is_none());
         assert!(
-            s.find(Some(1), "::ffff:192.0.2.9", 1).is_some(),
-            "v4-mapped"
+            s.find(Some(1), "::ffff:192.0.2.9", 1).is_none(),
+            "as Kamailio"
         );
         assert_eq!(s.find(None, "10.1.0.1", 5060).map(|e| e.grp), Some(2));
+        // Equal exact addresses: the last loaded is found first (Kamailio).
+        let (two, _) =
+            AddrSet::from_rows(&[row(1, "192.0.2.9", 32, 0), row(8, "192.0.2.9", 32, 0)]);
+        assert_eq!(two.find(None, "192.0.2.9", 1).map(|e| e.grp), Some(8));
     }
 
     #[test]
