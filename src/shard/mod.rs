@@ -646,6 +646,28 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                 "auth.cache_entries",
                 mine(&|i| creds.at(i).len(), creds.parts()),
             ),
+            // Whole-table figures, reported by shard 0 only (sums stay true).
+            (
+                "htable.items",
+                if shard.id == 0 {
+                    svc.tables
+                        .htable
+                        .tables()
+                        .iter()
+                        .map(|t| t.len())
+                        .sum::<usize>() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "pike.ips",
+                if shard.id == 0 {
+                    svc.tables.pike.len() as i64
+                } else {
+                    0
+                },
+            ),
             ("shard.inflight", shard.inflight.get() as i64),
             ("shard.tasks", shard.ex.live() as i64),
             (
