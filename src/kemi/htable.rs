@@ -36,7 +36,10 @@
 //! `$shtex(table=>key)` reads the seconds until the item expires (0 = never
 //! or absent), `KSR.pv.seti` on it is sht_setex; `$shtinc(table=>key)` reads
 //! as sht_inc; `$shtitkey(iname)` / `$shtitval(iname)` read an iterator's
-//! current item. The key is taken literally (build it in Lua, e.g.
+//! current item; `$shtcn(table=>expr)` / `$shtcv(table=>expr)` count the
+//! items whose names / string values match `expr` (`~~regexp` or a bare
+//! regexp, `~%suffix`, `%~prefix`, `==text`, `eqN` for integer values,
+//! `**` all). The key is taken literally (build it in Lua, e.g.
 //! `"$sht(ipban=>" .. ip .. ")"`).
 //!
 //! Iterators belong to the shard's VM (at most 4 open, as Kamailio) and walk
@@ -51,7 +54,7 @@
 //! expire items, `autoexpire` seconds after the last set (`updateexpire`) or
 //! at the time a sht_setx*/sht_setex call gave; an expired item reads as
 //! absent at once and is removed by the shard's periodic sweep or when a set
-//! finds the table full. Not implemented: `$shtcn/$shtcv/$shtrecord`, DMQ
+//! finds the table full. Not implemented: `$shtrecord`, DMQ
 //! replication, `dbmode=1`.
 
 use std::collections::HashMap;
@@ -407,6 +410,69 @@ impl Htable {
             }
         }
         Some(false)
+    }
+
+    /// `$shtcn` / `$shtcv` (`values`): how many live items' names (string
+    /// values) match `expr`: `~~re` (also a bare `re`), `~%suffix`,
+    /// `%~prefix`, `==text`, `eqN` (integer values equal to N; names: 0),
+    /// `**` (every item). A bad regexp counts 0.
+    pub fn count(&self, expr: &str, values: bool, now: u64) -> i64 {
+        enum Op {
+            Re(regex::Regex),
+            Suffix,
+            Prefix,
+            Eq,
+            IntEq(i64),
+            All,
+        }
+        let (op, arg) = match expr.get(..2) {
+            Some("**") => (Op::All, ""),
+            Some("~~") | Some("~%") | Some("%~") | Some("==") | Some("eq") if expr.len() <= 2 => {
+                return 0
+            }
+            Some("~~") => match compile_re(&expr[2..]) {
+                Some(re) => (Op::Re(re), ""),
+                None => return 0,
+            },
+            Some("~%") => (Op::Suffix, &expr[2..]),
+            Some("%~") => (Op::Prefix, &expr[2..]),
+            Some("==") => (Op::Eq, &expr[2..]),
+            Some("eq") => {
+                if !values {
+                    return 0;
+                }
+                (Op::IntEq(expr[2..].trim().parse().unwrap_or(0)), "")
+            }
+            _ => match compile_re(expr) {
+                Some(re) => (Op::Re(re), ""),
+                None => return 0,
+            },
+        };
+        let mut n = 0i64;
+        for i in 0..self.stripes.parts() {
+            let stripe = self.stripes.at(i);
+            for (k, it) in stripe.iter() {
+                if self.is_expired(it, now) {
+                    continue;
+                }
+                let text = match (values, &it.value) {
+                    (false, _) => Some(k.as_str()),
+                    (true, HtValue::Str(s)) => Some(s.as_str()),
+                    (true, HtValue::Int(_)) => None,
+                };
+                let hit = match (&op, text) {
+                    (Op::All, _) => true,
+                    (Op::IntEq(want), _) => it.value == HtValue::Int(*want),
+                    (_, None) => false,
+                    (Op::Re(re), Some(t)) => re.is_match(t),
+                    (Op::Suffix, Some(t)) => t.ends_with(arg),
+                    (Op::Prefix, Some(t)) => t.starts_with(arg),
+                    (Op::Eq, Some(t)) => t == arg,
+                };
+                n += i64::from(hit);
+            }
+        }
+        n
     }
 
     /// Removes the items whose name (or string value) matches; `None`: bad
@@ -1043,6 +1109,9 @@ pub(super) fn pv_get(lua: &Lua, s: &Shared, name: &str) -> Option<mlua::Result<V
             .and_then(|ht| ht.add(k, 1, now))
             .map(Value::Integer)
             .unwrap_or(Value::Nil)),
+        "$shtcn" | "$shtcv" => Ok(ht
+            .map(|ht| Value::Integer(ht.count(k, pv == "$shtcv", now)))
+            .unwrap_or(Value::Nil)),
         _ => return None,
     })
 }
@@ -1360,6 +1429,17 @@ autoexpire = 10
             KSR.pv.seti("$shtex(ipban=>b)", 50)
             p6 = KSR.pv.get("$shtex(ipban=>b)")
             p7 = KSR.pv.get("$shtinc(cnt=>c)")
+            KSR.htable.sht_sets("ipban", "u1", "alice")
+            KSR.htable.sht_sets("ipban", "u2", "alicia")
+            KSR.htable.sht_seti("ipban", "n1", 3)
+            c1 = KSR.pv.get("$shtcn(ipban=>~~^u)")
+            c2 = KSR.pv.get("$shtcv(ipban=>%~ali)")
+            c3 = KSR.pv.get("$shtcv(ipban=>==alice)")
+            c4 = KSR.pv.get("$shtcv(ipban=>eq3)")
+            c5 = KSR.pv.get("$shtcn(ipban=>**)")
+            c6 = KSR.pv.get("$shtcn(ipban=>~%1)")
+            c7 = KSR.pv.get("$shtcn(ipban=>U)")
+            c8 = KSR.pv.get("$shtcn(nope=>**)") == nil
             p8 = KSR.pv.get("$shtinc(cnt=>c)")
             ok, err = pcall(KSR.pv.sets, "$sht(nope=>a)", "x")
             p9 = ok
@@ -1374,6 +1454,19 @@ autoexpire = 10
         assert!((49..=50).contains(&ex), "{ex}");
         assert_eq!(global_int(&eng, "p7"), 1);
         assert_eq!(global_int(&eng, "p8"), 2);
+        // ipban holds b, u1, u2, n1 here
+        for (g, v) in [
+            ("c1", 2),
+            ("c2", 2),
+            ("c3", 1),
+            ("c4", 2), // b and n1 are 3
+            ("c5", 4),
+            ("c6", 2),
+            ("c7", 2),
+            ("c8", 1),
+        ] {
+            assert_eq!(global_int(&eng, g), v, "{g}");
+        }
         assert_eq!(global_int(&eng, "p9"), 0, "unknown table is a script error");
     }
 
