@@ -14,7 +14,8 @@
 //! $fU $fd $fn $ft $tu $tU $td $tn $tt $cs $rs $rr $mb $ml $ct $au $ar $adu
 //! $hdr(Name) $var(name) $shard $Ts`. Writable: `$ru $rU $rd $rp $du $var(name)`.
 //! `$shard` (the shard number) is a sipshard extension. `$sht(t=>k)`,
-//! `$shtex(t=>k)` and `$shtinc(t=>k)`: see the htable module.
+//! `$shtex(t=>k)`, `$shtinc`, `$shtcn`, `$shtcv`, `$shtitkey`, `$shtitval`:
+//! see the htable module.
 
 use std::rc::Rc;
 
