@@ -1471,6 +1471,18 @@ autoexpire = 10
     }
 
     #[test]
+    fn numbers_and_numeric_strings_are_coerced_as_in_kamailio_lua() {
+        let eng = route(
+            r#"
+            a = KSR.htable.sht_seti("ipban", 15, "7")
+            b = KSR.htable.sht_get("ipban", "15")
+            "#,
+        );
+        assert_eq!(global_int(&eng, "a"), 1);
+        assert_eq!(global_int(&eng, "b"), 7);
+    }
+
+    #[test]
     fn iterators_walk_set_and_remove() {
         let eng = route(
             r#"
