@@ -15,46 +15,14 @@ pub(crate) const LOCAL: &str = "10.0.0.1:5060";
 
 /// An engine running `script`, answering for [`LOCAL`] and `proxy.example.com`.
 pub(crate) fn engine(script: &str) -> Engine {
-    let auth = AuthConfig::default();
-    let reg = RegistrarConfig::default();
-    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
-    engine_on(script, tables, 0, 1)
-}
-
-/// Shared tables with the module settings (`[[htable]]`, `[pike]`,
-/// `[permissions]`) of the TOML text `config`.
-pub(crate) fn tables_with(config: &str) -> std::sync::Arc<SharedTables> {
-    let cfg = crate::config::Config::from_toml(config, "test").expect("test config");
-    std::sync::Arc::new(SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg))
-}
-
-/// An engine of shard `shard_id` (of `shard_count`) over `tables`, so two
-/// engines can share one set of tables as two shards do.
-pub(crate) fn engine_on(
-    script: &str,
-    tables: std::sync::Arc<SharedTables>,
-    shard_id: usize,
-    shard_count: usize,
-) -> Engine {
     let tuning = ShardTuning::default();
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
-    let services = Rc::new(
-        Services::new(
-            shard_id,
-            shard_count,
-            tables,
-            &auth,
-            &reg,
-            [7u8; 32],
-            None,
-            0,
-        )
-        .unwrap(),
-    );
+    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    let services = Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).unwrap());
     Engine::new(&EngineConfig {
-        shard_id,
-        shard_count,
+        shard_id: 0,
+        shard_count: 1,
         script,
         script_name: "test.lua",
         myself: Myself::new(LOCAL.parse().unwrap(), &["proxy.example.com".into()]),
@@ -70,13 +38,12 @@ pub(crate) fn engine_on(
 /// Runs `ksr_request_route()` on `msg` (received from 192.0.2.9:5060 on
 /// [`LOCAL`]); the route must not suspend.
 pub(crate) fn run(eng: &Engine, msg: &[u8]) -> (Box<MsgCtx>, RouteOutcome) {
-    run_from(eng, msg, "192.0.2.9:5060")
-}
-
-/// [`run`] with the message received from `src` (`ip:port`).
-pub(crate) fn run_from(eng: &Engine, msg: &[u8], src: &str) -> (Box<MsgCtx>, RouteOutcome) {
     let mut m = Box::new(MsgCtx::new(65535, 128));
-    m.load(msg, src.parse().unwrap(), LOCAL.parse().unwrap());
+    m.load(
+        msg,
+        "192.0.2.9:5060".parse().unwrap(),
+        LOCAL.parse().unwrap(),
+    );
     m.parse(&Limits::default()).expect("test message parses");
     let mut run = eng.run_request(m);
     match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
@@ -120,4 +87,62 @@ pub(crate) fn request(start: &str, to_tag: Option<&str>, extra: &[&str]) -> Vec<
     }
     s.push_str("Content-Length: 0\r\n\r\n");
     s.into_bytes()
+}
+
+/// Shared tables with the module settings (`[[htable]]`, `[pike]`,
+/// `[permissions]`) of the TOML text `config`.
+pub(crate) fn tables_with(config: &str) -> std::sync::Arc<SharedTables> {
+    let cfg = crate::config::Config::from_toml(config, "test").expect("test config");
+    std::sync::Arc::new(SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg))
+}
+
+/// [`engine`] for shard `shard_id` (of `shard_count`) over `tables`, so two
+/// engines can share one set of tables as two shards do.
+pub(crate) fn engine_on(
+    script: &str,
+    tables: std::sync::Arc<SharedTables>,
+    shard_id: usize,
+    shard_count: usize,
+) -> Engine {
+    let tuning = ShardTuning::default();
+    let auth = AuthConfig::default();
+    let reg = RegistrarConfig::default();
+    let services = Rc::new(
+        Services::new(
+            shard_id,
+            shard_count,
+            tables,
+            &auth,
+            &reg,
+            [7u8; 32],
+            None,
+            0,
+        )
+        .unwrap(),
+    );
+    Engine::new(&EngineConfig {
+        shard_id,
+        shard_count,
+        script,
+        script_name: "test.lua",
+        myself: Myself::new(LOCAL.parse().unwrap(), &["proxy.example.com".into()]),
+        server_header: "sipshard",
+        tuning: &tuning,
+        services,
+        test_hooks: false,
+        local_addr: LOCAL.parse().unwrap(),
+    })
+    .unwrap()
+}
+
+/// [`run`] with the message received from `src` (`ip:port`).
+pub(crate) fn run_from(eng: &Engine, msg: &[u8], src: &str) -> (Box<MsgCtx>, RouteOutcome) {
+    let mut m = Box::new(MsgCtx::new(65535, 128));
+    m.load(msg, src.parse().unwrap(), LOCAL.parse().unwrap());
+    m.parse(&Limits::default()).expect("test message parses");
+    let mut run = eng.run_request(m);
+    match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("test route suspended"),
+    }
 }
