@@ -48,6 +48,13 @@ pub struct Config {
     pub registrar: RegistrarConfig,
     /// Transactions (Kamailio's tm module parameters).
     pub tm: TmConfig,
+    /// Hash tables (Kamailio's htable module `htable` modparam), one
+    /// `[[htable]]` entry per table.
+    pub htable: Vec<HtableDef>,
+    /// Flood detection (Kamailio's pike module parameters).
+    pub pike: PikeConfig,
+    /// Address permissions (Kamailio's permissions module, `address` table).
+    pub permissions: PermissionsConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -452,6 +459,108 @@ impl AuthConfig {
     }
 }
 
+/// One `[[htable]]` entry: Kamailio's `htable` modparam
+/// `name=>size=..;autoexpire=..;initval=..;updateexpire=..;dbtable=..;dbmode=..`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HtableDef {
+    /// Table name, as in `$sht(name=>key)` and `KSR.htable.sht_*("name", ..)`.
+    pub name: String,
+    /// Slots are 2^size (Kamailio clamps to 2..=14); here the lock stripes
+    /// are min(2^size, 64). Does not limit the items (see `max_items`).
+    pub size: u32,
+    /// Seconds after its last set an item expires; 0 = never.
+    pub autoexpire: u64,
+    /// Integer returned instead of null for absent keys (and the start value
+    /// of `sht_inc`/`sht_dec` on an absent key); none by default.
+    pub initval: Option<i64>,
+    /// Reset the expiry when an item is updated (Kamailio default 1).
+    pub updateexpire: bool,
+    /// Database table loaded at start (Kamailio's `htable` layout); empty = none.
+    pub dbtable: String,
+    /// Only 0 (no write-back at shutdown) is supported.
+    pub dbmode: u8,
+    /// Load the `expires` column too (Kamailio's module-wide `db_expires`).
+    pub db_expires: bool,
+    /// Most items the table holds (sipshard; Kamailio has no limit): a set
+    /// of a new key beyond it fails (-1) after expired items are swept.
+    pub max_items: usize,
+}
+
+impl Default for HtableDef {
+    fn default() -> Self {
+        HtableDef {
+            name: String::new(),
+            size: 4,
+            autoexpire: 0,
+            initval: None,
+            updateexpire: true,
+            dbtable: String::new(),
+            dbmode: 0,
+            db_expires: false,
+            max_items: 100_000,
+        }
+    }
+}
+
+/// `[pike]`: Kamailio's pike module parameters.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PikeConfig {
+    /// Sampling period, seconds.
+    pub sampling_time_unit: u64,
+    /// Requests per unit from one IP before it is blocked.
+    pub reqs_density_per_unit: u32,
+    /// Seconds an IP is remembered after its last request.
+    pub remove_latency: u64,
+    /// Most source IPs tracked (sipshard); beyond it the least recently
+    /// seen is forgotten.
+    pub max_ips: usize,
+}
+
+impl Default for PikeConfig {
+    fn default() -> Self {
+        PikeConfig {
+            sampling_time_unit: 2,
+            reqs_density_per_unit: 30,
+            remove_latency: 120,
+            max_ips: 100_000,
+        }
+    }
+}
+
+/// `[permissions]`: Kamailio's permissions module, address matching only.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PermissionsConfig {
+    /// Load the module (`KSR.permissions` is nil otherwise, as in a
+    /// Kamailio without permissions.so).
+    pub enable: bool,
+    /// Table read from `[db] url` at start and on `permissions.addressReload`.
+    pub address_table: String,
+    /// Most rows loaded from the address table.
+    pub max_addresses: usize,
+}
+
+impl Default for PermissionsConfig {
+    fn default() -> Self {
+        PermissionsConfig {
+            enable: false,
+            address_table: "address".to_string(),
+            max_addresses: 100_000,
+        }
+    }
+}
+
+/// A safe SQL table name (letters, digits, `_`; 1..=64 bytes).
+pub fn is_sql_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+}
+
+
 /// Hard bound of bindings per AOR, whatever `max_contacts` says (0 =
 /// unlimited, Kamailio's default): every table has a maximum. A REGISTER
 /// that would pass it gets `503` with `P-Registrar-Error: Too many
@@ -729,6 +838,48 @@ impl Config {
                 "max_transactions must be at least 1, max_branches 1..=64",
             ));
         }
+        self.validate_modules()
+    }
+
+    /// htable, pike and permissions settings.
+    fn validate_modules(&self) -> Result<(), ConfigError> {
+        for (i, t) in self.htable.iter().enumerate() {
+            let key = |k: &str| format!("htable[{i}].{k}");
+            if t.name.is_empty() || t.name.len() > 64 || t.name.contains("=>") {
+                return Err(self.invalid(&key("name"), "must be 1..=64 bytes without `=>`"));
+            }
+            if self.htable[..i].iter().any(|o| o.name == t.name) {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("table {:?} is declared twice", t.name),
+                ));
+            }
+            if t.max_items == 0 {
+                return Err(self.invalid(&key("max_items"), "must be at least 1"));
+            }
+            if t.dbmode != 0 {
+                return Err(self.invalid(&key("dbmode"), "only 0 (no write-back) is supported"));
+            }
+            if !t.dbtable.is_empty() && !is_sql_ident(&t.dbtable) {
+                return Err(self.invalid(&key("dbtable"), "must be a plain table name"));
+            }
+        }
+        if self.htable.len() > 256 {
+            return Err(self.invalid("htable", "at most 256 tables"));
+        }
+        let p = &self.pike;
+        if p.sampling_time_unit == 0 || p.reqs_density_per_unit == 0 || p.max_ips == 0 {
+            return Err(self.invalid(
+                "pike",
+                "sampling_time_unit, reqs_density_per_unit and max_ips must be at least 1",
+            ));
+        }
+        if !is_sql_ident(&self.permissions.address_table) {
+            return Err(self.invalid("permissions.address_table", "must be a plain table name"));
+        }
+        if self.permissions.max_addresses == 0 {
+            return Err(self.invalid("permissions.max_addresses", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -858,6 +1009,49 @@ mod tests {
         assert_eq!(c.rpc, d.rpc);
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.registrar, d.registrar);
+        assert_eq!(c.pike, d.pike);
+        assert_eq!(c.permissions, d.permissions);
+        assert_eq!(c.htable, d.htable);
+    }
+
+    #[test]
+    fn htable_pike_permissions_sections() {
+        let c = Config::from_toml(
+            r#"
+[[htable]]
+name = "ipban"
+size = 8
+autoexpire = 300
+initval = 0
+dbtable = "htable"
+
+[pike]
+reqs_density_per_unit = 10
+
+[permissions]
+enable = true
+"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.htable[0].name, "ipban");
+        assert_eq!(c.htable[0].autoexpire, 300);
+        assert_eq!(c.htable[0].initval, Some(0));
+        assert!(c.htable[0].updateexpire);
+        assert_eq!(c.pike.reqs_density_per_unit, 10);
+        assert_eq!(c.pike.sampling_time_unit, 2);
+        assert!(c.permissions.enable);
+        for bad in [
+            "[[htable]]\nname = \"\"\n",
+            "[[htable]]\nname = \"a\"\n[[htable]]\nname = \"a\"\n",
+            "[[htable]]\nname = \"a\"\ndbtable = \"x; drop\"\n",
+            "[[htable]]\nname = \"a\"\ndbmode = 1\n",
+            "[[htable]]\nname = \"a\"\nmax_items = 0\n",
+            "[pike]\nsampling_time_unit = 0\n",
+            "[permissions]\naddress_table = \"a b\"\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

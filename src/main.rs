@@ -201,6 +201,9 @@ fn run(a: ServerArgs) -> Result<(), String> {
         // should be its table, not its start-up buffers).
         sipshard::transport::sys::malloc_trim();
     }
+    control_rt
+        .handle()
+        .block_on(params.tables.load_modules(&params.config, &db))?;
     params.db = Some(db);
     let params = Arc::new(params);
     let rpc_cfg = params.config.rpc.clone();

@@ -853,7 +853,14 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.challenges"], 2, "{st}");
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
-    assert_eq!(methods.as_array().unwrap().len(), 15, "{methods}");
+    // the 15 core and kemi methods plus 15 of htable, pike and permissions
+    assert_eq!(methods.as_array().unwrap().len(), 30, "{methods}");
+    for m in ["htable.dump", "pike.top", "permissions.addressReload"] {
+        assert!(
+            methods.as_array().unwrap().iter().any(|x| x == m),
+            "{methods}"
+        );
+    }
 
     // kemi.route_latency prints a table: merged row, then one per shard
     let (code, table, err) = ctl(&srv, &["kemi.route_latency"]);

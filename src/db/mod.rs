@@ -1,6 +1,7 @@
 //! Database access: subscriber credentials and persisted location contacts,
 //! kept in Kamailio's own table layout (`version`, `subscriber`, `location`,
-//! `location_attrs`) on SQLite, PostgreSQL or MySQL/MariaDB.
+//! `location_attrs`; `htable` and `address` read at start by KSR.htable and
+//! KSR.permissions) on SQLite, PostgreSQL or MySQL/MariaDB.
 //!
 //! Owns: the sqlx pools, the schema (`init_schema`), the request queue between
 //! shards and the database, and the `kamctl`-like CLI (`cli`).
@@ -115,6 +116,29 @@ pub struct LocationRow {
     pub partition: i32,
 }
 
+/// One row of a Kamailio `htable` table (htable module `dbtable`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HtableRow {
+    pub key_name: String,
+    /// 0 simple key, 1 array key (`name[n]` plus `name::size`).
+    pub key_type: i64,
+    /// 0 string, 1 integer.
+    pub value_type: i64,
+    pub key_value: String,
+    /// Absolute expiry, Unix seconds; 0 = none.
+    pub expires: i64,
+}
+
+/// One row of Kamailio's permissions `address` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressRow {
+    pub grp: i64,
+    pub ip_addr: String,
+    pub mask: i64,
+    pub port: i64,
+    pub tag: Option<String>,
+}
+
 #[derive(thiserror::Error, Debug)]
 #[non_exhaustive]
 pub enum DbError {
@@ -213,6 +237,16 @@ enum DbReq {
     LocationLoadAll {
         reply: Reply<Vec<LocationRow>>,
     },
+    HtableLoad {
+        table: String,
+        max: usize,
+        reply: Reply<Vec<HtableRow>>,
+    },
+    AddressLoad {
+        table: String,
+        max: usize,
+        reply: Reply<Vec<AddressRow>>,
+    },
 }
 
 /// Cheap, cloneable sender side of the database queue. Every method returns at
@@ -307,6 +341,29 @@ impl DbHandle {
         self.send(|reply| DbReq::LocationLoadAll { reply })
     }
 
+    /// Every row of an htable `dbtable` (at most `max`; more is
+    /// `TooManyRows`). `table` must be a plain identifier.
+    pub fn htable_load(&self, table: &str, max: usize) -> Result<DbReply<Vec<HtableRow>>, DbError> {
+        self.send(|reply| DbReq::HtableLoad {
+            table: table.to_owned(),
+            max,
+            reply,
+        })
+    }
+
+    /// Every row of the permissions address table (at most `max`).
+    pub fn address_load(
+        &self,
+        table: &str,
+        max: usize,
+    ) -> Result<DbReply<Vec<AddressRow>>, DbError> {
+        self.send(|reply| DbReq::AddressLoad {
+            table: table.to_owned(),
+            max,
+            reply,
+        })
+    }
+
     fn send<T>(&self, build: impl FnOnce(Reply<T>) -> DbReq) -> Result<DbReply<T>, DbError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(build(reply)) {
@@ -392,6 +449,16 @@ async fn answer(pool: &DbPool, req: DbReq) {
             reply,
         } => {
             let _ = reply.send(pool.location_load_aor(&username, &domain).await);
+        }
+        DbReq::HtableLoad { table, max, reply } => {
+            if !reply.is_closed() {
+                let _ = reply.send(pool.htable_load(&table, max).await);
+            }
+        }
+        DbReq::AddressLoad { table, max, reply } => {
+            if !reply.is_closed() {
+                let _ = reply.send(pool.address_load(&table, max).await);
+            }
         }
         DbReq::LocationLoadAll { reply } => {
             if !reply.is_closed() {

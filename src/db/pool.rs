@@ -13,7 +13,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::{schema, Credentials, DbConfig, DbError, LocationRow};
+use super::{schema, AddressRow, Credentials, DbConfig, DbError, HtableRow, LocationRow};
 
 /// The SQL flavour of a backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -626,6 +626,104 @@ impl DbPool {
         if rows.len() > max {
             return Err(DbError::TooManyRows {
                 table: "location",
+                max,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Every row of an htable `dbtable` in Kamailio's layout (`key_name,
+    /// key_type, value_type, key_value, expires`), at most `max`.
+    pub async fn htable_load(&self, table: &str, max: usize) -> Result<Vec<HtableRow>, DbError> {
+        if !crate::config::is_sql_ident(table) {
+            return Err(DbError::BadConfig(format!("bad table name {table:?}")));
+        }
+        let d = self.dialect;
+        let sql = format!(
+            "SELECT {}, {}, {}, {}, {} FROM {} ORDER BY id LIMIT {}",
+            d.ident("key_name"),
+            d.int64_column("key_type"),
+            d.int64_column("value_type"),
+            d.ident("key_value"),
+            d.int64_column("expires"),
+            d.ident(table),
+            d.param(1)
+        );
+        let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .bounded(async {
+                let rows = with_pool!(self, pool => {
+                    sqlx::query(&sql)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(|row| {
+                            Ok(HtableRow {
+                                key_name: row.try_get(0)?,
+                                key_type: row.try_get(1)?,
+                                value_type: row.try_get(2)?,
+                                key_value: row.try_get(3)?,
+                                expires: row.try_get(4)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                });
+                Ok(rows)
+            })
+            .await?;
+        if rows.len() > max {
+            return Err(DbError::TooManyRows {
+                table: "htable",
+                max,
+            });
+        }
+        Ok(rows)
+    }
+
+    /// Every row of the permissions address table (`grp, ip_addr, mask,
+    /// port, tag`), at most `max`.
+    pub async fn address_load(&self, table: &str, max: usize) -> Result<Vec<AddressRow>, DbError> {
+        if !crate::config::is_sql_ident(table) {
+            return Err(DbError::BadConfig(format!("bad table name {table:?}")));
+        }
+        let d = self.dialect;
+        let sql = format!(
+            "SELECT {}, {}, {}, {}, {} FROM {} ORDER BY id LIMIT {}",
+            d.int64_column("grp"),
+            d.ident("ip_addr"),
+            d.int64_column("mask"),
+            d.int64_column("port"),
+            d.ident("tag"),
+            d.ident(table),
+            d.param(1)
+        );
+        let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .bounded(async {
+                let rows = with_pool!(self, pool => {
+                    sqlx::query(&sql)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(|row| {
+                            Ok(AddressRow {
+                                grp: row.try_get(0)?,
+                                ip_addr: row.try_get(1)?,
+                                mask: row.try_get(2)?,
+                                port: row.try_get(3)?,
+                                tag: row.try_get(4)?,
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                });
+                Ok(rows)
+            })
+            .await?;
+        if rows.len() > max {
+            return Err(DbError::TooManyRows {
+                table: "address",
                 max,
             });
         }

@@ -1,7 +1,7 @@
 //! Kamailio's table layout for the tables sipshard uses, rendered per backend.
 //!
 //! Owns: the DDL of `version`, `subscriber` (auth_db), `location` and
-//! `location_attrs` (usrloc), their indexes and `version` rows, with
+//! `location_attrs` (usrloc), `htable` (htable) and `address` (permissions), their indexes and `version` rows, with
 //! Kamailio's column names, types, defaults and index names (on PostgreSQL and
 //! SQLite index names are global, so Kamailio prefixes them with the table
 //! name; on MySQL it does not), so that sipshard and Kamailio can share one
@@ -15,11 +15,13 @@ use super::DbError;
 
 /// The `version` rows sipshard writes and expects: (table_name, table_version),
 /// the versions of Kamailio 5.x/6.x.
-pub const SCHEMA_VERSIONS: [(&str, i64); 4] = [
+pub const SCHEMA_VERSIONS: [(&str, i64); 6] = [
     ("version", 1),
     ("subscriber", 7),
     ("location", 9),
     ("location_attrs", 1),
+    ("htable", 2),
+    ("address", 6),
 ];
 
 /// Creates the tables, indexes and `version` rows that are missing.
@@ -165,7 +167,44 @@ const LOCATION_ATTRS: Table = Table {
     ],
 };
 
-const TABLES: [&Table; 4] = [&VERSION, &SUBSCRIBER, &LOCATION, &LOCATION_ATTRS];
+/// htable module `dbtable` (Kamailio's default table name `htable`).
+const HTABLE: Table = Table {
+    name: "htable",
+    columns: &[
+        ("id", Ty::Id),
+        ("key_name", Ty::Text(64, "")),
+        ("key_type", Ty::Int(0)),
+        ("value_type", Ty::Int(0)),
+        ("key_value", Ty::Text(128, "")),
+        ("expires", Ty::Int(0)),
+    ],
+    unique: &[],
+    indexes: &[],
+};
+
+/// permissions module address table.
+const ADDRESS: Table = Table {
+    name: "address",
+    columns: &[
+        ("id", Ty::Id),
+        ("grp", Ty::UInt(1)),
+        ("ip_addr", Ty::Text(50, "")),
+        ("mask", Ty::Int(32)),
+        ("port", Ty::UInt(0)),
+        ("tag", Ty::TextNull(64)),
+    ],
+    unique: &[],
+    indexes: &[],
+};
+
+const TABLES: [&Table; 6] = [
+    &VERSION,
+    &SUBSCRIBER,
+    &LOCATION,
+    &LOCATION_ATTRS,
+    &HTABLE,
+    &ADDRESS,
+];
 
 /// Every statement of the schema, in order, for one dialect.
 fn statements(d: Dialect) -> Vec<String> {

@@ -40,6 +40,9 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("siputils", include_str!("siputils.rs")),
     ("maxfwd", include_str!("maxfwd.rs")),
     ("corex", include_str!("corex.rs")),
+    ("htable", include_str!("htable.rs")),
+    ("pike", include_str!("pike.rs")),
+    ("permissions", include_str!("permissions.rs")),
 ];
 
 /// One documented KSR function.
@@ -261,7 +264,10 @@ pub fn standalone_engine(script: &str, test_hooks: bool) -> Result<Engine, Strin
     let tuning = ShardTuning::default();
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
-    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    // every optional module loaded, so the list shows all sipshard can export
+    let mut config = crate::config::Config::embedded();
+    config.permissions.enable = true;
+    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0).with_modules(&config));
     let services = Rc::new(Services::new(
         0, 1, tables, &auth, &reg, [0u8; 32], None, 0,
     )?);

@@ -23,8 +23,11 @@ mod corex;
 mod ctx;
 pub mod exports;
 mod hdr;
+pub mod htable;
 mod kx;
 mod maxfwd;
+pub mod permissions;
+pub mod pike;
 mod pv;
 pub mod registrar;
 pub mod reload;
@@ -611,6 +614,11 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     siputils::register(lua, ksr, shared)?;
     maxfwd::register(lua, ksr, shared)?;
     corex::register(lua, ksr, shared)?;
+    htable::register(lua, ksr, shared)?;
+    pike::register(lua, ksr, shared)?;
+    if shared.services.tables.permissions_enabled {
+        permissions::register(lua, ksr, shared)?;
+    }
     Ok(())
 }
 

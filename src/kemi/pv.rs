@@ -13,7 +13,9 @@
 //! Readable: `$rm $ru $rU $rd $rp $rz $du $bf $si $sp $Ri $Rp $pr $proto $ua $ci $fu
 //! $fU $fd $fn $ft $tu $tU $td $tn $tt $cs $rs $rr $mb $ml $ct $au $ar $adu
 //! $hdr(Name) $var(name) $shard $Ts`. Writable: `$ru $rU $rd $rp $du $var(name)`.
-//! `$shard` (the shard number) is a sipshard extension.
+//! `$shard` (the shard number) is a sipshard extension. `$sht(t=>k)`,
+//! `$shtex(t=>k)`, `$shtinc`, `$shtcn`, `$shtcv`, `$shtitkey`, `$shtitval`:
+//! see the htable module.
 
 use std::rc::Rc;
 
@@ -105,6 +107,11 @@ pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
     }
     if name.starts_with("$T_") {
         return super::tm::pv_get(lua, s, name);
+    }
+    if name.starts_with("$sht") {
+        if let Some(v) = super::htable::pv_get(lua, s, name) {
+            return v;
+        }
     }
     match name {
         "$shard" => return Ok(Value::Integer(s.shard_id as i64)),
@@ -245,6 +252,11 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<()> {
             }
         }
         return Ok(());
+    }
+    if name.starts_with("$sht") {
+        if let Some(r) = super::htable::pv_set(s, name, value.clone()) {
+            return r;
+        }
     }
     let text = match &value {
         Some(PvValue::Str(b)) => Some(b.clone()),

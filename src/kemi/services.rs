@@ -109,6 +109,14 @@ pub struct SharedTables {
     pub creds: Striped<CredCache<Arc<CachedCred>>>,
     /// Transactions (KSR.tm), lock-striped as well.
     pub tm: Arc<super::tm::SharedTm>,
+    /// KSR.htable tables (`[[htable]]`), each lock-striped.
+    pub htable: super::htable::Htables,
+    /// KSR.pike per-IP counters, lock-striped by IP.
+    pub pike: super::pike::Pike,
+    /// KSR.permissions address table (read-mostly, replaced whole on reload).
+    pub permissions: super::permissions::AddressTable,
+    /// `[permissions] enable`: register `KSR.permissions`.
+    pub permissions_enabled: bool,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -118,6 +126,15 @@ impl SharedTables {
     /// With the transaction timers and limits of `[tm]`.
     pub fn with_tm(mut self, cfg: &crate::config::TmConfig, shard_count: usize) -> SharedTables {
         self.tm = Arc::new(super::tm::SharedTm::new(cfg, shard_count));
+        self
+    }
+
+    /// With the htable tables, pike settings and permissions switch of
+    /// `config` (before any row is loaded).
+    pub fn with_modules(mut self, config: &crate::config::Config) -> SharedTables {
+        self.htable = super::htable::Htables::new(&config.htable);
+        self.pike = super::pike::Pike::new(&config.pike);
+        self.permissions_enabled = config.permissions.enable;
         self
     }
 
@@ -149,7 +166,55 @@ impl SharedTables {
                 &crate::config::TmConfig::default(),
                 shard_count,
             )),
+            htable: super::htable::Htables::default(),
+            pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
+            permissions: super::permissions::AddressTable::default(),
+            permissions_enabled: false,
         }
+    }
+
+    /// Loads every htable `dbtable` and (permissions enabled) the address
+    /// table from the database: at start, before the shards run.
+    pub async fn load_modules(
+        &self,
+        config: &crate::config::Config,
+        db: &DbHandle,
+    ) -> Result<(), String> {
+        let now = unix_now_s();
+        for t in self.htable.tables() {
+            if t.def.dbtable.is_empty() {
+                continue;
+            }
+            let what = format!("loading htable {} from {}", t.def.name, t.def.dbtable);
+            let rows = db
+                .htable_load(&t.def.dbtable, t.def.max_items)
+                .map_err(|e| format!("{what}: {e}"))?
+                .await
+                .map_err(|e| format!("{what}: {e}"))?;
+            let (loaded, skipped) = t.load_rows(&rows, now);
+            tracing::info!(table = %t.def.name, loaded, skipped, "htable loaded from the database");
+        }
+        if self.permissions_enabled {
+            let (n, skipped) = self
+                .reload_addresses(db, &config.permissions)
+                .await
+                .map_err(|e| format!("loading permissions: {e}"))?;
+            tracing::info!(entries = n, skipped, "permissions address table loaded");
+        }
+        Ok(())
+    }
+
+    /// Reads the permissions address table into [`SharedTables::permissions`];
+    /// (entries, skipped rows).
+    pub async fn reload_addresses(
+        &self,
+        db: &DbHandle,
+        cfg: &crate::config::PermissionsConfig,
+    ) -> Result<(usize, usize), crate::db::DbError> {
+        let rows = db
+            .address_load(&cfg.address_table, cfg.max_addresses)?
+            .await?;
+        Ok(self.permissions.replace(&rows))
     }
 
     /// Loads bindings read from the database at start (db_mode 1/2).
@@ -675,5 +740,117 @@ mod tests {
         assert_eq!(p.realm_prefix, "sip.");
         assert_eq!(p.matching_mode, MatchingMode::Callid);
         assert_eq!(p.cseq_delay_s, 0);
+    }
+}
+
+#[cfg(test)]
+mod module_load_tests {
+    use super::*;
+    use crate::kemi::htable::HtValue;
+
+    /// A current-thread tokio runtime driven by its own thread (as the
+    /// control plane runs the database).
+    fn control_rt() -> (tokio::runtime::Handle, tokio::sync::oneshot::Sender<()>) {
+        let (htx, hrx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            htx.send(rt.handle().clone()).expect("handle");
+            rt.block_on(async {
+                let _ = stopped.await;
+            });
+        });
+        (hrx.recv().expect("runtime started"), stop)
+    }
+
+    #[test]
+    fn htable_dbtable_and_address_table_load_from_sqlite() {
+        let path = std::env::temp_dir().join(format!(
+            "sipshard_modload_{}_{}.db",
+            std::process::id(),
+            unix_now_s()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let url = format!("sqlite://{}", path.display());
+        let config = crate::config::Config::from_toml(
+            &format!(
+                "[db]\nurl = \"{url}\"\n\n[[htable]]\nname = \"ipban\"\ndbtable = \"htable\"\n\n\
+                 [[htable]]\nname = \"plain\"\n\n[permissions]\nenable = true\n"
+            ),
+            "test",
+        )
+        .unwrap();
+        let (rt, stop) = control_rt();
+        // DbHandle::start creates the SQLite schema, htable and address included.
+        let db = DbHandle::start(&config.db, &rt).unwrap();
+        let seed = [
+            "INSERT INTO htable (key_name, key_type, value_type, key_value, expires) \
+             VALUES ('192.0.2.66', 0, 1, '1', 0)",
+            "INSERT INTO htable (key_name, key_type, value_type, key_value, expires) \
+             VALUES ('note', 0, 0, 'hello', 0)",
+            "INSERT INTO address (grp, ip_addr, mask, port, tag) VALUES (1, '10.0.0.0', 8, 0, 'lan')",
+            "INSERT INTO address (grp, ip_addr, mask, port, tag) VALUES (2, '192.0.2.7', 32, 5060, NULL)",
+        ];
+        let url2 = url.clone();
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url2).await.unwrap();
+            for s in seed {
+                sqlx::query(s).execute(&mut c).await.unwrap();
+            }
+        });
+        let tables = SharedTables::new(1, &config.auth, &config.registrar, 0).with_modules(&config);
+        rt.block_on(tables.load_modules(&config, &db)).unwrap();
+        let ipban = tables.htable.table("ipban").unwrap();
+        assert_eq!(ipban.get("192.0.2.66", unix_now_s()), Some(HtValue::Int(1)));
+        assert_eq!(
+            ipban.get("note", unix_now_s()),
+            Some(HtValue::Str("hello".into()))
+        );
+        assert!(tables.htable.table("plain").unwrap().is_empty());
+        let set = tables.permissions.current();
+        assert_eq!(set.len(), 2);
+        assert_eq!(
+            set.find(Some(1), "10.20.30.40", 5).map(|e| e.tag.clone()),
+            Some(Some("lan".into()))
+        );
+        assert!(set.find(Some(2), "192.0.2.7", 5060).is_some());
+        assert!(set.find(Some(2), "192.0.2.7", 5061).is_none());
+        // Reload picks up a new row.
+        let url3 = url.clone();
+        rt.block_on(async move {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url3).await.unwrap();
+            sqlx::query(
+                "INSERT INTO address (grp, ip_addr, mask, port) VALUES (3, '203.0.113.5', 32, 0)",
+            )
+            .execute(&mut c)
+            .await
+            .unwrap();
+        });
+        let (n, skipped) = rt
+            .block_on(tables.reload_addresses(&db, &config.permissions))
+            .unwrap();
+        assert_eq!((n, skipped), (3, 0));
+        assert!(tables
+            .permissions
+            .current()
+            .find(Some(3), "203.0.113.5", 1)
+            .is_some());
+        // A missing dbtable is an error at start, naming the table.
+        let bad = crate::config::Config::from_toml(
+            "[[htable]]\nname = \"x\"\ndbtable = \"no_such_table\"\n",
+            "test",
+        )
+        .unwrap();
+        let t2 = SharedTables::new(1, &bad.auth, &bad.registrar, 0).with_modules(&bad);
+        let err = rt.block_on(t2.load_modules(&bad, &db)).unwrap_err();
+        assert!(err.contains("no_such_table"), "{err}");
+        drop(db);
+        let _ = stop.send(());
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -91,3 +91,61 @@ pub(crate) fn request(start: &str, to_tag: Option<&str>, extra: &[&str]) -> Vec<
     s.push_str("Content-Length: 0\r\n\r\n");
     s.into_bytes()
 }
+
+/// Shared tables with the module settings (`[[htable]]`, `[pike]`,
+/// `[permissions]`) of the TOML text `config`.
+pub(crate) fn tables_with(config: &str) -> std::sync::Arc<SharedTables> {
+    let cfg = crate::config::Config::from_toml(config, "test").expect("test config");
+    std::sync::Arc::new(SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg))
+}
+
+/// [`engine`] for shard `shard_id` (of `shard_count`) over `tables`, so two
+/// engines can share one set of tables as two shards do.
+pub(crate) fn engine_on(
+    script: &str,
+    tables: std::sync::Arc<SharedTables>,
+    shard_id: usize,
+    shard_count: usize,
+) -> Engine {
+    let tuning = ShardTuning::default();
+    let auth = AuthConfig::default();
+    let reg = RegistrarConfig::default();
+    let services = Rc::new(
+        Services::new(
+            shard_id,
+            shard_count,
+            tables,
+            &auth,
+            &reg,
+            [7u8; 32],
+            None,
+            0,
+        )
+        .unwrap(),
+    );
+    Engine::new(&EngineConfig {
+        shard_id,
+        shard_count,
+        script,
+        script_name: "test.lua",
+        myself: Myself::new(LOCAL.parse().unwrap(), &["proxy.example.com".into()]),
+        server_header: "sipshard",
+        tuning: &tuning,
+        services,
+        test_hooks: false,
+        local_addr: LOCAL.parse().unwrap(),
+    })
+    .unwrap()
+}
+
+/// [`run`] with the message received from `src` (`ip:port`).
+pub(crate) fn run_from(eng: &Engine, msg: &[u8], src: &str) -> (Box<MsgCtx>, RouteOutcome) {
+    let mut m = Box::new(MsgCtx::new(65535, 128));
+    m.load(msg, src.parse().unwrap(), LOCAL.parse().unwrap());
+    m.parse(&Limits::default()).expect("test message parses");
+    let mut run = eng.run_request(m);
+    match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => panic!("test route suspended"),
+    }
+}

@@ -13,6 +13,7 @@
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
 //! | `kemi.reload`, `app_lua.*`, `kemi.status` | | see `kemi_methods.rs` |
+//! | `htable.*`, `pike.top`, `permissions.*` | see [`crate::rpc::modules`] | |
 //!
 //! Handlers ask shards through [`RpcContext::shard_call`], so a stuck shard
 //! costs a caller at most [`crate::rpc::SHARD_TIMEOUT`].
@@ -53,6 +54,7 @@ pub(crate) fn register_builtin(r: &mut Registry) {
         .register("kemi.route_latency", route_latency)
         .register("system.listMethods", list_methods);
     crate::rpc::kemi_methods::register(r);
+    super::modules::register(r);
 }
 
 async fn core_uptime(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {

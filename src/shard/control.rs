@@ -80,6 +80,16 @@ pub struct ControlHandle {
     stops: Vec<Arc<AtomicBool>>,
     started: Instant,
     reloader: Option<Arc<dyn ScriptReload>>,
+    /// The tables every shard shares (htable, pike, permissions), which
+    /// the control plane reads and changes without a shard's help.
+    modules: Option<Arc<ModulesCtl>>,
+}
+
+/// What the `htable.*`, `pike.*` and `permissions.*` RPC methods use.
+pub struct ModulesCtl {
+    pub tables: Arc<crate::kemi::services::SharedTables>,
+    pub db: Option<crate::db::DbHandle>,
+    pub permissions: crate::config::PermissionsConfig,
 }
 
 impl ControlHandle {
@@ -90,6 +100,7 @@ impl ControlHandle {
             stops: Vec::new(),
             started,
             reloader: None,
+            modules: None,
         }
     }
 
@@ -102,6 +113,17 @@ impl ControlHandle {
     /// The script reloader, when the server has one.
     pub fn reloader(&self) -> Option<Arc<dyn ScriptReload>> {
         self.reloader.clone()
+    }
+
+    /// Gives the RPC methods the shared module tables.
+    pub fn with_modules(mut self, modules: Arc<ModulesCtl>) -> Self {
+        self.modules = Some(modules);
+        self
+    }
+
+    /// The shared module tables, when the shards run.
+    pub fn modules(&self) -> Option<&Arc<ModulesCtl>> {
+        self.modules.as_ref()
     }
 
     /// Rings `bells[i]` after each command to shard `i`; `stops[i]` is the

@@ -88,7 +88,8 @@ impl ShardParams {
         let epoch_unix_s = unix_now_s();
         let tables = Arc::new(
             SharedTables::new(shard_count, &config.auth, &config.registrar, epoch_unix_s)
-                .with_tm(&config.tm, shard_count),
+                .with_tm(&config.tm, shard_count)
+                .with_modules(&config),
         );
         ShardParams {
             config,
@@ -304,7 +305,13 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         handles.push(handle);
     }
     drop(ready_tx);
-    let control = ControlHandle::new(senders, started).with_bells(bells, stops);
+    let control = ControlHandle::new(senders, started)
+        .with_bells(bells, stops)
+        .with_modules(Arc::new(control::ModulesCtl {
+            tables: params.tables.clone(),
+            db: params.db.clone(),
+            permissions: params.config.permissions.clone(),
+        }));
     let reloader = Arc::new(reload::Reloader::new(params.clone(), control.clone()));
     let control = control.with_reloader(reloader);
     let mut local_addr = listen;
@@ -673,6 +680,9 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
         let shared = shard.engine.shared();
         let svc = shared.services.clone();
         svc.expire(shared.clone());
+        let now = unix_now_s();
+        svc.tables.htable.sweep(shard.id, shard.shard_count, now);
+        svc.tables.pike.sweep(shard.id, shard.shard_count, now);
         if svc.registrar.db_mode == 2 {
             svc.flush_dirty(shared.clone());
         }
@@ -707,6 +717,28 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
             (
                 "auth.cache_entries",
                 mine(&|i| creds.at(i).len(), creds.parts()),
+            ),
+            // Whole-table figures, reported by shard 0 only (sums stay true).
+            (
+                "htable.items",
+                if shard.id == 0 {
+                    svc.tables
+                        .htable
+                        .tables()
+                        .iter()
+                        .map(|t| t.len())
+                        .sum::<usize>() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "pike.ips",
+                if shard.id == 0 {
+                    svc.tables.pike.len() as i64
+                } else {
+                    0
+                },
             ),
             ("shard.inflight", shard.inflight.get() as i64),
             ("shard.tasks", shard.ex.live() as i64),

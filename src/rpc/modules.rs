@@ -1,0 +1,325 @@
+//! JSON-RPC methods of the shared-state KSR modules (htable, pike,
+//! permissions), with Kamailio's names. They read and change the tables
+//! every shard shares directly (each call locks one stripe at a time), so no
+//! shard is asked.
+//!
+//! | method | params | result |
+//! |---|---|---|
+//! | `htable.listTables` | – | `[{"name", "dbtable", "dbmode", "expire", "updateexpire", "size", "dmqreplicate": 0, "items"}]` |
+//! | `htable.stats` | – | `[{"name", "slots", "all", "min", "max"}]` (stripes as slots) |
+//! | `htable.dump` | table | `[{"name", "value", "expires"?}]` sorted by name, at most 100000 |
+//! | `htable.get` | table, key | `{"item": {"name", "value"}}`; error 404 when absent |
+//! | `htable.sets` | table, key, value | `"Ok. Key set to new value."` |
+//! | `htable.seti` | table, key, integer | as sets |
+//! | `htable.setex` | table, key, expire | `"Ok. Key expire set to new value."` |
+//! | `htable.setxs` | table, key, value, expire | as sets |
+//! | `htable.setxi` | table, key, integer, expire | as sets |
+//! | `htable.reload` | table | `"Ok. Table reloaded."`: the table emptied and read again from its `dbtable` |
+//! | `htable.delete` | table, key | `"Ok. Key deleted."` |
+//! | `htable.flush` | table | `"Ok. Table flushed."` |
+//! | `pike.top` | – or `"ALL"`/`"HOT"`/`"WARM"` | `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"}]` (default HOT: blocked IPs) |
+//! | `permissions.addressReload` | – | `"Ok. Reload successful."` (reads the address table again) |
+//! | `permissions.addressDump` | – | `[{"grp", "ip_addr", "mask", "port", "tag"}]` |
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::kemi::htable::{item_json, HtValue, Htable, DUMP_MAX};
+use crate::kemi::services::unix_now_s;
+use crate::rpc::jsonrpc::{MethodError, Params, Registry};
+use crate::rpc::RpcContext;
+use crate::shard::control::ModulesCtl;
+
+/// Most entries `pike.top` lists.
+pub const PIKE_TOP_MAX: usize = 10_000;
+
+pub(crate) fn register(r: &mut Registry) {
+    r.register("htable.listTables", list_tables)
+        .register("htable.stats", stats)
+        .register("htable.dump", dump)
+        .register("htable.get", get)
+        .register("htable.sets", sets)
+        .register("htable.seti", seti)
+        .register("htable.setex", setex)
+        .register("htable.setxs", setxs)
+        .register("htable.setxi", setxi)
+        .register("htable.reload", reload)
+        .register("htable.delete", delete)
+        .register("htable.flush", flush)
+        .register("pike.top", pike_top)
+        .register("permissions.addressReload", address_reload)
+        .register("permissions.addressDump", address_dump);
+}
+
+fn modules(ctx: &RpcContext) -> Result<&Arc<ModulesCtl>, MethodError> {
+    ctx.ctl
+        .modules()
+        .ok_or_else(|| MethodError::Internal("no shards are running".into()))
+}
+
+/// A string param; numbers are taken as their text (a key `15`).
+fn text(params: &Params, pos: usize, name: &str) -> Result<String, MethodError> {
+    match params.value(pos, name) {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Number(n)) => Ok(n.to_string()),
+        None | Some(Value::Null) => {
+            Err(MethodError::InvalidParams(format!("missing param {name}")))
+        }
+        Some(_) => Err(MethodError::InvalidParams(format!(
+            "param {name} must be a string"
+        ))),
+    }
+}
+
+fn int(params: &Params, pos: usize, name: &str) -> Result<i64, MethodError> {
+    match params.value(pos, name) {
+        Some(Value::Number(n)) => n.as_i64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| MethodError::InvalidParams(format!("param {name} must be an integer")))
+}
+
+fn table<'a>(m: &'a ModulesCtl, params: &Params) -> Result<&'a Htable, MethodError> {
+    let name = params.str(0, "htable")?;
+    m.tables
+        .htable
+        .table(name)
+        .ok_or_else(|| MethodError::NotFound(format!("htable not found: {name}")))
+}
+
+async fn list_tables(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(0)?;
+    let m = modules(&ctx)?;
+    let list: Vec<Value> = m
+        .tables
+        .htable
+        .tables()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.def.name,
+                "dbtable": t.def.dbtable,
+                "dbmode": t.def.dbmode,
+                "expire": t.def.autoexpire,
+                "updateexpire": u8::from(t.def.updateexpire),
+                "size": 1u64 << t.def.size.clamp(2, 14),
+                "dmqreplicate": 0,
+                "items": t.len(),
+                "max_items": t.def.max_items,
+            })
+        })
+        .collect();
+    Ok(Value::Array(list))
+}
+
+async fn stats(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(0)?;
+    let m = modules(&ctx)?;
+    let list: Vec<Value> = m
+        .tables
+        .htable
+        .tables()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.def.name,
+                "slots": 1u64 << t.def.size.clamp(2, 14),
+                "all": t.len(),
+                "full_errors": t.full_errors.load(std::sync::atomic::Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Ok(Value::Array(list))
+}
+
+async fn dump(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    let (items, _truncated) = t.dump(unix_now_s(), DUMP_MAX);
+    Ok(Value::Array(
+        items.iter().map(|(k, v, e)| item_json(k, v, *e)).collect(),
+    ))
+}
+
+async fn get(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(2)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    let key = text(&params, 1, "key")?;
+    match t.get_raw(&key, unix_now_s()) {
+        Some(v) => Ok(json!({"item": item_json(&key, &v, 0)})),
+        None => Err(MethodError::NotFound(
+            "Key name doesn't exist in htable.".into(),
+        )),
+    }
+}
+
+fn set(ctx: &RpcContext, params: &Params, int_value: bool) -> Result<Value, MethodError> {
+    set_ex(ctx, params, int_value, false)
+}
+
+fn set_ex(
+    ctx: &RpcContext,
+    params: &Params,
+    int_value: bool,
+    with_expire: bool,
+) -> Result<Value, MethodError> {
+    params.at_most(if with_expire { 4 } else { 3 })?;
+    let m = modules(ctx)?;
+    let t = table(m, params)?;
+    let key = text(params, 1, "key")?;
+    let value = if int_value {
+        HtValue::Int(int(params, 2, "value")?)
+    } else {
+        HtValue::Str(text(params, 2, "value")?)
+    };
+    let exv = if with_expire {
+        int(params, 3, "expire")?
+    } else {
+        0
+    };
+    if !t.set(&key, value, exv, unix_now_s()) {
+        return Err(MethodError::Internal(
+            "Unable to set value (table full or key too long)".into(),
+        ));
+    }
+    Ok(json!("Ok. Key set to new value."))
+}
+
+async fn sets(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set(&ctx, &params, false)
+}
+
+async fn seti(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set(&ctx, &params, true)
+}
+
+async fn setxs(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set_ex(&ctx, &params, false, true)
+}
+
+async fn setxi(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    set_ex(&ctx, &params, true, true)
+}
+
+async fn reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    if t.def.dbtable.is_empty() {
+        return Err(MethodError::InvalidParams(format!(
+            "htable {} has no dbtable",
+            t.def.name
+        )));
+    }
+    let Some(db) = m.db.as_ref() else {
+        return Err(MethodError::Internal("no database".into()));
+    };
+    let rows = db
+        .htable_load(&t.def.dbtable, t.def.max_items)
+        .map_err(|e| MethodError::Internal(format!("Reload failed: {e}")))?
+        .await
+        .map_err(|e| MethodError::Internal(format!("Reload failed: {e}")))?;
+    t.reset();
+    let (loaded, skipped) = t.load_rows(&rows, unix_now_s());
+    tracing::info!(table = %t.def.name, loaded, skipped, "htable reloaded from the database");
+    Ok(json!("Ok. Table reloaded."))
+}
+
+async fn setex(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(3)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    let key = text(&params, 1, "key")?;
+    t.set_expire(&key, int(&params, 2, "expire")?, unix_now_s());
+    Ok(json!("Ok. Key expire set to new value."))
+}
+
+async fn delete(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(2)?;
+    let m = modules(&ctx)?;
+    let t = table(m, &params)?;
+    t.remove(&text(&params, 1, "key")?);
+    Ok(json!("Ok. Key deleted."))
+}
+
+async fn flush(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    table(m, &params)?.reset();
+    Ok(json!("Ok. Table flushed."))
+}
+
+async fn pike_top(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let filter = params.opt_str(0, "filter")?.unwrap_or("HOT");
+    let hot_only = match filter.to_ascii_uppercase().as_str() {
+        "HOT" => true,
+        "ALL" | "WARM" => false,
+        _ => {
+            return Err(MethodError::InvalidParams(
+                "filter must be ALL, HOT or WARM".into(),
+            ))
+        }
+    };
+    let list: Vec<Value> = m
+        .tables
+        .pike
+        .top(hot_only, unix_now_s(), PIKE_TOP_MAX)
+        .iter()
+        .map(|e| {
+            json!({
+                "ip_addr": e.ip.to_string(),
+                "leaf_hits_prev": e.hits_prev,
+                "leaf_hits_curr": e.hits_curr,
+                "expires": e.expires,
+                "status": if e.blocked { "HOT" } else { "WARM" },
+            })
+        })
+        .collect();
+    Ok(Value::Array(list))
+}
+
+async fn address_reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(0)?;
+    let m = modules(&ctx)?;
+    if !m.tables.permissions_enabled {
+        return Err(MethodError::Internal("permissions is not enabled".into()));
+    }
+    let Some(db) = m.db.as_ref() else {
+        return Err(MethodError::Internal("no database".into()));
+    };
+    match m.tables.reload_addresses(db, &m.permissions).await {
+        Ok((n, skipped)) => {
+            tracing::info!(entries = n, skipped, "permissions address table reloaded");
+            Ok(json!("Ok. Reload successful."))
+        }
+        Err(e) => Err(MethodError::Internal(format!("Reload failed: {e}"))),
+    }
+}
+
+async fn address_dump(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(0)?;
+    let m = modules(&ctx)?;
+    let set = m.tables.permissions.current();
+    Ok(Value::Array(
+        set.entries()
+            .iter()
+            .map(|e| {
+                json!({
+                    "grp": e.grp,
+                    "ip_addr": e.ip_addr,
+                    "mask": e.mask,
+                    "port": e.port,
+                    "tag": e.tag,
+                })
+            })
+            .collect(),
+    ))
+}
