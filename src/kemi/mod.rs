@@ -26,6 +26,7 @@ mod maxfwd;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
+mod sanity;
 pub mod services;
 mod siputils;
 mod sl;
@@ -587,6 +588,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     siputils::register(lua, ksr, shared)?;
     maxfwd::register(lua, ksr, shared)?;
     corex::register(lua, ksr, shared)?;
+    sanity::register(lua, ksr, shared)?;
     Ok(())
 }
 
