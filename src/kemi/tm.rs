@@ -393,7 +393,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         ReqMatch::None => {}
         _ => return Ok(None),
     }
-    let Some(dst) = super::sl::reply_dst_of(&m.msg(), m.src) else {
+    let Some(dst) = super::sl::reply_dst_of(&m.msg(), m.src, m.force_rport) else {
         return Err(());
     };
     let now = now_ms(s);
@@ -425,7 +425,17 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
     if invite {
         // §16.2 / §17.2.1: 100 Trying at once, absorbing retransmissions.
         let mut out = Vec::new();
-        if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out).is_some()
+        if super::sl::build_local_reply(
+            s,
+            &m.msg(),
+            m.src,
+            m.force_rport,
+            100,
+            b"Trying",
+            &[],
+            &mut out,
+        )
+        .is_some()
         {
             s.tm.reply(id, 100, out, now);
         }
@@ -471,8 +481,17 @@ pub(super) fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
     let r = s.with_msg(|m| {
         let mut out = Vec::new();
         let hdrs = std::mem::take(&mut m.reply_headers);
-        let ok = super::sl::build_local_reply(s, &m.msg(), m.src, code, reason, &hdrs, &mut out)
-            .is_some();
+        let ok = super::sl::build_local_reply(
+            s,
+            &m.msg(),
+            m.src,
+            m.force_rport,
+            code,
+            reason,
+            &hdrs,
+            &mut out,
+        )
+        .is_some();
         m.reply_headers = hdrs;
         if ok {
             m.replied = Some(code);
@@ -536,7 +555,8 @@ pub(crate) fn local_reply_on_cell(s: &Shared, id: TxId, code: u16, reason: &[u8]
         }
         let msg = SipMsg::new(&req, &p);
         let mut out = Vec::new();
-        if super::sl::build_local_reply(s, &msg, src, code, reason, &[], &mut out).is_none() {
+        if super::sl::build_local_reply(s, &msg, src, false, code, reason, &[], &mut out).is_none()
+        {
             return false;
         }
         out
