@@ -23,6 +23,7 @@ mod ctx;
 mod hdr;
 mod kx;
 mod maxfwd;
+mod nathelper;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
@@ -602,6 +603,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     maxfwd::register(lua, ksr, shared)?;
     corex::register(lua, ksr, shared)?;
     sanity::register(lua, ksr, shared)?;
+    nathelper::register(lua, ksr, shared)?;
     Ok(())
 }
 
