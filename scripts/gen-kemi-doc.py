@@ -2,7 +2,7 @@
 """Regenerates docs/kemi.md from the //! tables of src/kemi/<module>.rs."""
 import os
 os.chdir(os.path.join(os.path.dirname(__file__), '..'))
-ORDER = ['core', 'sl', 'pv', 'kx', 'hdr', 'auth', 'registrar', 'tm', 'rr', 'siputils', 'maxfwd', 'corex']
+ORDER = ['core', 'sl', 'pv', 'kx', 'hdr', 'auth', 'registrar', 'tm', 'rr', 'siputils', 'maxfwd', 'corex', 'sanity', 'nathelper']
 out = ["# KSR reference\n",
        "Every `KSR` function sipshard exports, with its Kamailio-compatible signature\n"
        "(`int`/`bool`/`xval`/`void` and argument types as Kamailio's KEMI docs write\n"
