@@ -530,7 +530,7 @@ mod tests {
         );
         for (msg, code, reason) in [
             (
-                req("", "").iter().copied().collect::<Vec<u8>>(),
+                req("", ""),
                 0,
                 "",
             ),
