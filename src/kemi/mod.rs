@@ -27,7 +27,7 @@ mod nathelper;
 mod pv;
 pub mod registrar;
 pub(crate) mod rr;
-mod sanity;
+pub mod sanity;
 pub mod services;
 mod siputils;
 mod sl;

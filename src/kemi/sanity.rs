@@ -29,10 +29,11 @@
 //!
 //! Replies and ACKs are never answered. Like Kamailio's KEMI export, the
 //! call returns -1 on a failure whatever `autodrop` says: the script stops
-//! itself (`KSR.x.exit()` / `KSR.x.drop()`). Module parameters (Kamailio
-//! defaults, not yet read from the config file): `default_checks` 3047,
-//! `uri_checks` 7, `proxy_require` empty, `noreply` 0. Failures are counted
-//! in `sanity.failed`.
+//! itself (`KSR.x.exit()` / `KSR.x.drop()`). Module parameters come from
+//! the config's `[sanity]` section, with Kamailio's names and defaults:
+//! `default_checks` 3047, `uri_checks` 7, `proxy_require` "" (comma
+//! separated), `noreply` false, `autodrop` true (accepted, no effect on the
+//! KEMI return). Failures are counted in `sanity.failed`.
 
 use std::rc::Rc;
 
@@ -106,8 +107,36 @@ fn silent() -> Failure {
     }
 }
 
+impl SanityParams {
+    pub fn from_config(c: &crate::config::SanityConfig) -> SanityParams {
+        SanityParams {
+            default_checks: c.default_checks,
+            uri_checks: c.uri_checks,
+            proxy_require: c
+                .proxy_require
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            noreply: c.noreply,
+        }
+    }
+}
+
+/// The `[sanity]` section, set once at startup before any shard builds
+/// its engine (read-only afterwards; engines built without it, as in unit
+/// tests, use Kamailio's defaults).
+static CONFIGURED: std::sync::OnceLock<SanityParams> = std::sync::OnceLock::new();
+
+/// Installs the `[sanity]` parameters for every engine built afterwards.
+pub fn configure(c: &crate::config::SanityConfig) {
+    let _ = CONFIGURED.set(SanityParams::from_config(c));
+}
+
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
-    register_with(lua, ksr, shared, SanityParams::default())
+    let params = CONFIGURED.get().cloned().unwrap_or_default();
+    register_with(lua, ksr, shared, params)
 }
 
 pub(super) fn register_with(
@@ -509,6 +538,29 @@ mod tests {
     }
 
     const SCRIPT: &str = "function ksr_request_route() rc = KSR.sanity.sanity_check(17895, 7) end";
+
+    #[test]
+    fn params_from_config() {
+        let c = crate::config::SanityConfig {
+            proxy_require: " foo, ,bar ".into(),
+            ..Default::default()
+        };
+        let p = SanityParams::from_config(&c);
+        assert_eq!(p.proxy_require, vec!["foo".to_string(), "bar".to_string()]);
+        assert_eq!(
+            (p.default_checks, p.uri_checks, p.noreply),
+            (3047, 7, false)
+        );
+        let mut m = MsgCtx::new(65535, 128);
+        m.load(
+            &req("Proxy-Require: bar\r\n", ""),
+            "192.0.2.9:5060".parse().unwrap(),
+            "10.0.0.1:5060".parse().unwrap(),
+        );
+        m.parse(&crate::sip::Limits::default()).unwrap();
+        assert_eq!(check(&m, &p, PROXY_REQUIRE, 7), Ok(()));
+        assert!(check(&m, &SanityParams::default(), PROXY_REQUIRE, 7).is_err());
+    }
 
     #[test]
     fn good_request_passes() {
