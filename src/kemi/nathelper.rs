@@ -30,8 +30,9 @@
 //!
 //! `KSR.nathelper` is always registered (sipshard has no loadmodule: the
 //! basic script's `if KSR.nathelper then` NAT handling is on). Contact
-//! rewrites apply to the message as relayed; `set_contact_alias` on a
-//! relayed *reply* is not applied yet (replies are forwarded as received).
+//! and SDP rewrites apply to the message as relayed: a request's branches,
+//! and a reply edited in the reply or onreply route (the 200 OK of a callee
+//! behind a NAT carries its alias upstream).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;

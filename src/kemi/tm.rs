@@ -967,13 +967,34 @@ pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
     let Some(dst) = resolve_host(host, port) else {
         return false;
     };
-    let mut e = crate::sip::Edits::new();
+    // The route's header edits, plus removing our Via.
+    let mut e = m.edits.clone();
     e.remove_top_via();
     let mut out = Vec::with_capacity(m.len);
     e.assemble(&m.buf[..m.len], &m.parsed, &mut out);
     m.push_out(&out, dst);
     s.counters.incr(crate::stats::Counter::FwdReplies);
     true
+}
+
+/// The reply with the route's header edits applied, re-parsed; `None`
+/// without edits (or, defensively, when the edited bytes do not parse).
+fn edited_reply(m: &MsgCtx) -> Option<(Vec<u8>, crate::sip::Parsed)> {
+    if m.edits.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(m.len + 64);
+    m.edits.assemble(&m.buf[..m.len], &m.parsed, &mut out);
+    let mut p = crate::sip::Parsed::default();
+    match crate::sip::parse(
+        &out,
+        crate::sip::Framing::Datagram,
+        &crate::sip::Limits::default(),
+        &mut p,
+    ) {
+        Ok(crate::sip::Status::Complete(_)) => Some((out, p)),
+        _ => None,
+    }
 }
 
 /// Runs a reply through its transaction: onreply route, §16.7, failure
@@ -1023,7 +1044,15 @@ pub(super) async fn reply_flow(
         }
     }
     let now = now_ms(&s);
-    let action = s.tm.on_response(id, b, is_cancel, &ctx.msg(), now);
+    // Header edits of the reply / onreply route (e.g. nathelper's
+    // set_contact_alias) go upstream with the reply.
+    let edited = edited_reply(&ctx);
+    let action = match &edited {
+        Some((bytes, p)) => {
+            s.tm.on_response(id, b, is_cancel, &SipMsg::new(bytes, p), now)
+        }
+        None => s.tm.on_response(id, b, is_cancel, &ctx.msg(), now),
+    };
     match action {
         RespAction::Absorbed => {}
         // Sent upstream already, in the same locked step.
@@ -1383,6 +1412,43 @@ mod tests {
                     && b.starts_with("SIP/2.0 200")),
             "{up:?}"
         );
+    }
+
+    #[test]
+    fn onreply_contact_alias_goes_upstream() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 KSR.tm.t_on_reply("onreply")
+                 KSR.tm.t_relay()
+               end
+               function onreply()
+                 if KSR.siputils.is_reply() > 0 then
+                    alias = KSR.nathelper.set_contact_alias()
+                 end
+               end"#,
+        );
+        let inv = request("INVITE sip:bob@192.0.2.20 SIP/2.0", None, &[]);
+        run(&eng, &inv);
+        let out = sent(&eng);
+        let fwd = out[1].1.clone();
+        let ok = String::from_utf8(reply_to(&fwd, 200)).unwrap().replacen(
+            "Content-Length: 0",
+            "Contact: <sip:bob@192.168.1.9:5060>\r\nContent-Length: 0",
+            1,
+        );
+        deliver_reply(&eng, ok.as_bytes());
+        assert_eq!(super::super::testutil::global_int(&eng, "alias"), 1);
+        let up = sent(&eng);
+        let r = up
+            .iter()
+            .find(|(_, b)| b.starts_with("SIP/2.0 200"))
+            .expect("200 upstream");
+        assert!(
+            r.1.contains("Contact: <sip:bob@192.168.1.9:5060;alias=192.0.2.20~5060~1>\r\n"),
+            "{}",
+            r.1
+        );
+        assert!(!r.1.contains("10.0.0.1:5060;branch"), "{}", r.1);
     }
 
     #[test]
