@@ -563,6 +563,36 @@ mod tests {
     }
 
     #[test]
+    fn reply_checks() {
+        let load = |text: &str| {
+            let mut m = MsgCtx::new(65535, 128);
+            m.load(
+                text.as_bytes(),
+                "192.0.2.9:5060".parse().unwrap(),
+                "10.0.0.1:5060".parse().unwrap(),
+            );
+            m.parse(&crate::sip::Limits::default()).unwrap();
+            m
+        };
+        let ok = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-r\r\n\
+            From: <sip:alice@example.com>;tag=f\r\nTo: <sip:bob@example.com>;tag=t\r\n\
+            Call-ID: r@x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let p = SanityParams::default();
+        // The basic script's reply check.
+        assert_eq!(check(&load(ok), &p, 17604, 6), Ok(()));
+        let bad = ok.replace("To: <sip:bob@example.com>", "To: <bob-at-example>");
+        assert_eq!(
+            check(&load(&bad), &p, 17604, 6),
+            Err(fail(400, "Ivalid To Header"))
+        );
+        // A reply is never answered: nothing goes out.
+        let eng = engine("function ksr_request_route() end");
+        let mut m = load(&bad);
+        assert_eq!(sanity_check(eng.shared(), &mut m, &p, 17604, 6), -1);
+        assert!(m.out.is_empty());
+    }
+
+    #[test]
     fn good_request_passes() {
         let eng = engine(SCRIPT);
         let (m, _) = run(&eng, &req("Expires: 60\r\n", "v=0\r\n"));

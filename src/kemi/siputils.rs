@@ -22,9 +22,9 @@
 //! | `KSR.siputils.cmp_aor(a, b)` | `int (str, str)` | 1 same user, host (case-insensitive) and port (absent = 5060), -1 otherwise |
 //! | `KSR.siputils.cmp_hdr_name(a, b)` | `int (str, str)` | 1 the two header names are the same (case-insensitive, compact forms match), -1 otherwise |
 //! | `KSR.siputils.is_gruu()` | `int ()` | 1 the R-URI is a public GRUU (`gr=value`), 2 a temporary GRUU (`gr`), -1 no `gr` parameter |
+//! | `KSR.siputils.options_reply()` | `int ()` | 1 a 200 OK sent with Kamailio's default `Accept: */*`, `Accept-Encoding:`, `Accept-Language: en`, `Supported:`; -1 for a request other than OPTIONS or an R-URI with a user part |
 //!
-//! Not implemented yet (Kamailio has them): `options_reply`,
-//! `encode_contact` / `decode_contact*`, `contact_param_*`, `hdr_date_check`.
+//! Not implemented yet (Kamailio has them): `encode_contact` / `decode_contact*`, `contact_param_*`, `hdr_date_check`.
 
 use std::rc::Rc;
 
@@ -179,6 +179,27 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 Some(Some(_)) => 1,
                 Some(None) => 2,
                 None => -1,
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "options_reply",
+        lua.create_function(move |_, ()| {
+            let ok = s.with_msg(|m| {
+                m.msg().method() == Some(crate::sip::Method::Options)
+                    && m.ruri()
+                        .and_then(|r| SipUri::parse(r).ok())
+                        .is_some_and(|u| u.user.is_none_or(<[u8]>::is_empty))
+            })?;
+            if !ok {
+                return Ok(-1);
+            }
+            s.with_msg(|m| {
+                m.reply_headers.extend_from_slice(
+                    b"Accept: */*\r\nAccept-Encoding: \r\nAccept-Language: en\r\nSupported: \r\n",
+                );
+                rc(super::sl::reply_counted(&s, m, 200, b"OK"))
             })
         })?,
     )?;
@@ -480,6 +501,30 @@ end"#,
             ),
         );
         assert_eq!(global_int(&eng, "a"), -1);
+    }
+
+    #[test]
+    fn options_reply() {
+        let eng = engine("function ksr_request_route() o = KSR.siputils.options_reply() end");
+        let (m, _) = run(&eng, &request("OPTIONS sip:10.0.0.1 SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "o"), 1);
+        let o = m.out[0];
+        let w = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]).into_owned();
+        assert!(w.starts_with("SIP/2.0 200 OK\r\n"), "{w}");
+        assert!(
+            w.contains(
+                "\r\nAccept: */*\r\nAccept-Encoding: \r\nAccept-Language: en\r\nSupported: \r\n"
+            ),
+            "{w}"
+        );
+        for start in [
+            "OPTIONS sip:bob@10.0.0.1 SIP/2.0",
+            "INVITE sip:10.0.0.1 SIP/2.0",
+        ] {
+            let (m, _) = run(&eng, &request(start, None, &[]));
+            assert_eq!(global_int(&eng, "o"), -1, "{start}");
+            assert!(m.out.is_empty());
+        }
     }
 
     #[test]
