@@ -12,7 +12,7 @@
 //! | bit | check | reply on failure |
 //! |---|---|---|
 //! | 1 | R-URI SIP version is 2.0 | 505 Version Not Supported (R-URI) |
-//! | 2 | R-URI scheme is sip/sips/tel/tels | 400 Bad Request URI (unparseable), 416 Unsupported URI Scheme in Request URI |
+//! | 2 | R-URI scheme is sip/sips/tel/tels/urn | 400 Bad Request URI (unparseable), 416 Unsupported URI Scheme in Request URI |
 //! | 4 | From, To, Call-ID, CSeq present, none of them twice | none (the message is not answered) |
 //! | 8 | Via SIP version (a no-op in Kamailio too) | - |
 //! | 16 | Via protocol (a no-op in Kamailio too) | - |
@@ -275,11 +275,7 @@ fn ruri_scheme(m: &MsgCtx, _: &SanityParams, _: i64) -> Result<(), Failure> {
     };
     match SipUri::parse(ruri) {
         Err(_) => Err(fail(400, "Bad Request URI")),
-        Ok(u)
-            if !known_scheme(&u) || u.raw.len() > 4 && u.raw[..4].eq_ignore_ascii_case(b"urn:") =>
-        {
-            Err(fail(416, "Unsupported URI Scheme in Request URI"))
-        }
+        Ok(u) if !known_scheme(&u) => Err(fail(416, "Unsupported URI Scheme in Request URI")),
         Ok(_) => Ok(()),
     }
 }
