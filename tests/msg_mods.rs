@@ -77,7 +77,7 @@ fn nat_register_sanity_and_force_rport() {
     let bad = request(&sock, "INVITE", "sip:bob@example.com", "Expires: 1x\r\n");
     let reply = exchange(&sock, srv.addr, bad.as_bytes()).expect("400");
     assert_eq!(status(&reply), 400, "{reply}");
-    assert_eq!(reason(&reply), "Bad Expires Header");
+    assert_eq!(reason(&reply), "Expires value is illegal");
     let (clean, log) = srv.stop();
     assert!(clean, "{log}");
 }

@@ -12,17 +12,17 @@
 //! | bit | check | reply on failure |
 //! |---|---|---|
 //! | 1 | R-URI SIP version is 2.0 | 505 Version Not Supported (R-URI) |
-//! | 2 | R-URI scheme is sip/sips/tel/tels/urn | 400 Bad Request URI (unparseable), 416 Unsupported URI Scheme in Request URI |
+//! | 2 | R-URI scheme is sip/sips/tel/tels/urn | 400 Bad Request URI (unparseable or another scheme, as Kamailio's parser refuses it before its 416 test) |
 //! | 4 | From, To, Call-ID, CSeq present, none of them twice | none (the message is not answered) |
 //! | 8 | Via SIP version (a no-op in Kamailio too) | - |
 //! | 16 | Via protocol (a no-op in Kamailio too) | - |
 //! | 32 | CSeq method equals the request method | 400 Missing method in CSeq header / CSeq method does not match request method |
 //! | 64 | CSeq number is an unsigned 32-bit integer | 400 Missing number in CSeq header / CSeq number is illegal |
 //! | 128 | Content-Length equals the body size | 400 Content-Length Failure / Content-Length mis-match |
-//! | 256 | Expires is an unsigned integer | 400 Bad Expires Header / Missing number in Expires header / Expires value is illegal |
+//! | 256 | Expires is an unsigned integer | 400 Bad Expires Header (empty) / Expires value is illegal |
 //! | 512 | every Proxy-Require token is in `proxy_require` (empty by default) | 420 Bad Proxy Require Extension with `Unsupported: <token>`; 400 Bad Proxy Require Header |
 //! | 1024 | the URIs `uri_checks` selects parse (1 R-URI, 2 From, 4 To, 8 Contact) | 400 Bad Request URI / Invalid From Header / Ivalid To Header (Kamailio's spelling) / Bad Contact Header / Bad Contact URI |
-//! | 2048 | digest credentials (Authorization, Proxy-Authorization) complete; a non-digest scheme fails | 400 Bad Auth Header / Bad Auth Credentials / Auth Empty User / Auth Empty Nonce / Auth Empty Response |
+//! | 2048 | digest credentials (Authorization, Proxy-Authorization) have username, realm, nonce, uri and response (their form is not checked); a non-digest scheme fails without a reply | 400 Bad Auth Header / Bad Auth Credentials / Auth Empty User / Auth Empty Nonce / Auth Empty Response |
 //! | 4096 | From and To carry at most one tag | 400 Many From Tag Params / Many To Tag Params |
 //! | 8192 | as 2048, but a non-digest scheme passes | as 2048 |
 //! | 16384 | the top Via parses and has a host | none |
@@ -275,7 +275,8 @@ fn ruri_scheme(m: &MsgCtx, _: &SanityParams, _: i64) -> Result<(), Failure> {
     };
     match SipUri::parse(ruri) {
         Err(_) => Err(fail(400, "Bad Request URI")),
-        Ok(u) if !known_scheme(&u) => Err(fail(416, "Unsupported URI Scheme in Request URI")),
+        // Kamailio's URI parser already refuses other schemes: 400, not 416.
+        Ok(u) if !known_scheme(&u) => Err(fail(400, "Bad Request URI")),
         Ok(_) => Ok(()),
     }
 }
@@ -367,9 +368,6 @@ fn expires_value(m: &MsgCtx, _: &SanityParams, _: i64) -> Result<(), Failure> {
     };
     let v = v.trim_ascii();
     if v.is_empty() {
-        return Err(fail(400, "Missing number in Expires header"));
-    }
-    if !v.iter().all(u8::is_ascii_digit) {
         return Err(fail(400, "Bad Expires Header"));
     }
     if !valid_uint(v) {
@@ -455,12 +453,16 @@ fn digest_only(m: &MsgCtx) -> Result<bool, Failure> {
         let c = match Credentials::parse(v) {
             Ok(c) => c,
             Err(CredentialsError::NotDigest) => return Ok(false),
+            Err(CredentialsError::NotUtf8 | CredentialsError::Unterminated) => {
+                return Err(fail(400, "Bad Auth Header"))
+            }
+            // Kamailio checks that the fields are there, not their form.
             Err(
-                CredentialsError::NotUtf8
-                | CredentialsError::Syntax
-                | CredentialsError::Unterminated
-                | CredentialsError::Duplicate,
-            ) => return Err(fail(400, "Bad Auth Header")),
+                CredentialsError::BadResponse
+                | CredentialsError::BadNc
+                | CredentialsError::UnsupportedQop
+                | CredentialsError::UnsupportedAlgorithm,
+            ) => continue,
             Err(_) => return Err(fail(400, "Bad Auth Credentials")),
         };
         if c.username.raw().is_empty() {
@@ -628,7 +630,18 @@ mod tests {
                 400,
                 "CSeq number is illegal",
             ),
-            (req("Expires: 1x\r\n", ""), 400, "Bad Expires Header"),
+            (req("Expires: 1x\r\n", ""), 400, "Expires value is illegal"),
+            (req("Expires: \r\n", ""), 400, "Bad Expires Header"),
+            (
+                req("Authorization: Digest username=\"\", realm=\"r\", nonce=\"n\", uri=\"sip:x\", response=\"0123456789abcdef0123456789abcdef\"\r\n", ""),
+                400,
+                "Auth Empty User",
+            ),
+            (
+                req("Authorization: Digest username=\"a\", realm=\"r\", nonce=\"n\", uri=\"sip:x\", response=\"0123\"\r\n", ""),
+                0,
+                "",
+            ),
             (req("Expires: 99999999999\r\n", ""), 400, "Expires value is illegal"),
             (
                 req("Proxy-Require: foo\r\n", ""),
@@ -640,8 +653,8 @@ mod tests {
                     .unwrap()
                     .replacen("INVITE sip:bob@example.com", "INVITE http://example.com/", 1)
                     .into_bytes(),
-                416,
-                "Unsupported URI Scheme in Request URI",
+                400,
+                "Bad Request URI",
             ),
             (
                 req("Authorization: Digest realm=\"r\", nonce=\"n\", uri=\"sip:x\", response=\"0123456789abcdef0123456789abcdef\"\r\n", ""),
@@ -747,16 +760,16 @@ mod tests {
         };
         assert_eq!(
             check(&m, &p, p.default_checks, p.uri_checks),
-            Err(fail(400, "Bad Expires Header"))
+            Err(fail(400, "Expires value is illegal"))
         );
         // Through the engine: noreply stores, sanity_reply sends.
         let eng = engine("function ksr_request_route() end");
         let s = eng.shared();
         assert_eq!(sanity_check(s, &mut m, &p, 256, 7), -1);
         assert!(m.out.is_empty());
-        assert_eq!(m.sanity_error, Some((400, "Bad Expires Header")));
+        assert_eq!(m.sanity_error, Some((400, "Expires value is illegal")));
         assert_eq!(sanity_reply(s, &mut m, &p), 1);
-        assert!(wire(&m).starts_with("SIP/2.0 400 Bad Expires Header\r\n"));
+        assert!(wire(&m).starts_with("SIP/2.0 400 Expires value is illegal\r\n"));
         // Without noreply, sanity_reply sends nothing.
         let mut m2 = MsgCtx::new(65535, 128);
         m2.load(

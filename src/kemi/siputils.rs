@@ -13,10 +13,10 @@
 //! | `KSR.siputils.uri_param_value(name, value)` | `int (str, str)` | 1 the R-URI has `name=value` (value compared exactly), -1 otherwise |
 //! | `KSR.siputils.uri_param_any(name)` | `int (str)` | 1 the R-URI has parameter `name`, with or without a value |
 //! | `KSR.siputils.uri_param_rm(name)` | `int (str)` | 1 every `name` parameter removed from the R-URI (also when there was none), -1 no usable R-URI |
-//! | `KSR.siputils.add_uri_param(param)` | `int (str)` | 1 `;param` appended to the R-URI's parameters, -1 for a reply, an empty parameter, or a tel: R-URI |
-//! | `KSR.siputils.is_tel_number(s)` | `int (str)` | 1 an optional `+` then one or more digits, -1 otherwise |
-//! | `KSR.siputils.is_numeric(s)` | `int (str)` | 1 digits only (at least one), -1 otherwise |
-//! | `KSR.siputils.is_alphanum(s)` | `int (str)` | 1 ASCII letters and digits only (at least one), -1 otherwise |
+//! | `KSR.siputils.add_uri_param(param)` | `int (str)` | 1 `;param` appended to the R-URI's parameters (also 1 for an empty `param`: nothing added), -1 for a reply or a tel: R-URI |
+//! | `KSR.siputils.is_tel_number(s)` | `int (str)` | 1 digits, optionally after `+` and a first digit 1-9; -2 otherwise (Kamailio's code) |
+//! | `KSR.siputils.is_numeric(s)` | `int (str)` | 1 digits only (at least one), -2 otherwise |
+//! | `KSR.siputils.is_alphanum(s)` | `int (str)` | 1 ASCII letters and digits only; -2 empty; -3 another character |
 //! | `KSR.siputils.is_alphanumex(s, extra)` | `int (str, str)` | as `is_alphanum`, also allowing the characters of `extra` |
 //! | `KSR.siputils.cmp_uri(a, b)` | `int (str, str)` | 1 the two URIs are equal by RFC 3261 §19.1.4 (user case-sensitive, host case-insensitive, port, `user`/`ttl`/`method`/`maddr`/`transport` parameters, common parameters), -1 otherwise or when one does not parse |
 //! | `KSR.siputils.cmp_aor(a, b)` | `int (str, str)` | 1 same user, host (case-insensitive) and port (absent = 5060), -1 otherwise |
@@ -114,36 +114,27 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     )?;
     t.set(
         "is_tel_number",
-        lua.create_function(|_, v: mlua::String| {
-            let v = v.as_bytes();
-            let digits = v.strip_prefix(b"+").unwrap_or(&v);
-            Ok(rc(
-                !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
-            ))
-        })?,
+        lua.create_function(|_, v: mlua::String| Ok(is_tel_number(&v.as_bytes())))?,
     )?;
     t.set(
         "is_numeric",
         lua.create_function(|_, v: mlua::String| {
             let v = v.as_bytes();
-            Ok(rc(!v.is_empty() && v.iter().all(u8::is_ascii_digit)))
+            Ok(if !v.is_empty() && v.iter().all(u8::is_ascii_digit) {
+                1
+            } else {
+                -2
+            })
         })?,
     )?;
     t.set(
         "is_alphanum",
-        lua.create_function(|_, v: mlua::String| {
-            let v = v.as_bytes();
-            Ok(rc(!v.is_empty() && v.iter().all(u8::is_ascii_alphanumeric)))
-        })?,
+        lua.create_function(|_, v: mlua::String| Ok(alphanum(&v.as_bytes(), b"")))?,
     )?;
     t.set(
         "is_alphanumex",
         lua.create_function(|_, (v, extra): (mlua::String, mlua::String)| {
-            let (v, extra) = (v.as_bytes(), extra.as_bytes());
-            Ok(rc(!v.is_empty()
-                && v.iter().all(|c| {
-                    c.is_ascii_alphanumeric() || extra.contains(c)
-                })))
+            Ok(alphanum(&v.as_bytes(), &extra.as_bytes()))
         })?,
     )?;
     t.set(
@@ -222,6 +213,35 @@ pub(crate) fn has_totag(m: &MsgCtx) -> bool {
         .ok()
         .and_then(|t| t.tag())
         .is_some_and(|t| !t.is_empty())
+}
+
+/// Kamailio's `is_tel_number`: 1, or -2 (empty, or not `[+[1-9]]digits`).
+fn is_tel_number(v: &[u8]) -> i32 {
+    let digits = match v.strip_prefix(b"+") {
+        Some(rest) => match rest.first() {
+            Some(b'1'..=b'9') => rest,
+            _ => return -2,
+        },
+        None => v,
+    };
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return -2;
+    }
+    1
+}
+
+/// Kamailio's `is_alphanum(ex)`: 1; -2 empty; -3 another character.
+fn alphanum(v: &[u8], extra: &[u8]) -> i32 {
+    if v.is_empty() {
+        return -2;
+    }
+    if v.iter()
+        .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    {
+        1
+    } else {
+        -3
+    }
 }
 
 fn is_first_hop(s: &Shared, mode: i64) -> mlua::Result<bool> {
@@ -341,7 +361,10 @@ fn uri_param_rm(m: &mut MsgCtx, name: &[u8]) -> i32 {
 fn add_uri_param(m: &mut MsgCtx, param: &[u8]) -> i32 {
     let param = param.trim_ascii();
     let param = param.strip_prefix(b";").unwrap_or(param);
-    if param.is_empty() || !m.msg().is_request() || param.iter().any(|c| *c <= b' ') {
+    if param.is_empty() {
+        return 1; // Kamailio: nothing to add
+    }
+    if !m.msg().is_request() || param.iter().any(|c| *c <= b' ') {
         return -1;
     }
     let Some(ruri) = m.ruri().map(<[u8]>::to_vec) else {
@@ -473,12 +496,12 @@ end"#,
             ("b", 1),
             ("c", -1),
             ("d", 1),
-            ("e", -1),
+            ("e", -2),
             ("f", 1),
-            ("g", -1),
+            ("g", -2),
             ("h", 1),
             ("i", 1),
-            ("j", -1),
+            ("j", -3),
             ("k", 1),
             ("l", -1),
             ("n", -1),
@@ -525,6 +548,23 @@ end"#,
             assert_eq!(global_int(&eng, "o"), -1, "{start}");
             assert!(m.out.is_empty());
         }
+    }
+
+    #[test]
+    fn kamailio_codes_of_string_checks() {
+        for (v, want) in [
+            ("+4930", 1),
+            ("0301", 1),
+            ("+", -2),
+            ("+030", -2),
+            ("", -2),
+            ("12a", -2),
+        ] {
+            assert_eq!(super::is_tel_number(v.as_bytes()), want, "{v}");
+        }
+        assert_eq!(super::alphanum(b"", b""), -2);
+        assert_eq!(super::alphanum(b"a_b", b""), -3);
+        assert_eq!(super::alphanum(b"a_b", b"_"), 1);
     }
 
     #[test]
