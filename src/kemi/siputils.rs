@@ -8,7 +8,7 @@
 //! | `KSR.siputils.is_first_hop()` | `int ()` | request: 1 when it carries a single Via value; reply: 1 when the top Record-Route URI is ours, its host an IP, and the source is not ours; -1 otherwise |
 //! | `KSR.siputils.is_first_hop_mode(mode)` | `int (int)` | as `is_first_hop`; mode 1 for replies only asks that the top Record-Route is ours |
 //! | `KSR.siputils.is_uri(s)` | `int (str)` | 1 `s` parses as a sip/sips/tel URI, -1 otherwise |
-//! | `KSR.siputils.is_user(username)` | `int (str)` | 1 the username of the Authorization / Proxy-Authorization credentials is `username`, -1 otherwise |
+//! | `KSR.siputils.is_user(username)` | `int (str)` | 1 the credentials an `auth_check` / `www_authorize` / `proxy_authorize` accepted for this message have user `username` (`$au`), -1 otherwise (also before any succeeded) |
 //! | `KSR.siputils.uri_param(name)` | `int (str)` | 1 the R-URI has parameter `name` without a value, -1 otherwise |
 //! | `KSR.siputils.uri_param_value(name, value)` | `int (str, str)` | 1 the R-URI has `name=value` (value compared exactly), -1 otherwise |
 //! | `KSR.siputils.uri_param_any(name)` | `int (str)` | 1 the R-URI has parameter `name`, with or without a value |
@@ -286,17 +286,10 @@ fn is_uri(u: &[u8]) -> bool {
     SipUri::parse(u).is_ok_and(|u| u.scheme != Scheme::Other)
 }
 
+/// Kamailio reads the credentials an authorize call accepted: before one
+/// succeeded (`$au` unset), no user matches.
 fn is_user(m: &MsgCtx, user: &[u8]) -> bool {
-    let msg = m.msg();
-    let values = msg
-        .headers(HdrName::Authorization)
-        .chain(msg.headers(HdrName::ProxyAuthorization));
-    for v in values {
-        if let Ok(c) = crate::auth::Credentials::parse(v) {
-            return c.username.raw().as_bytes() == user;
-        }
-    }
-    false
+    m.auth_user.as_deref().is_some_and(|u| u.as_bytes() == user)
 }
 
 /// A parameter of the current R-URI: `Some(None)` present without a value.
@@ -509,7 +502,7 @@ end"#,
             ("p", 1),
             ("q", 1),
             ("r", -1),
-            ("s", 1),
+            ("s", -1),
             ("t", -1),
         ] {
             assert_eq!(global_int(&eng, g), want, "{g}");
@@ -548,6 +541,15 @@ end"#,
             assert_eq!(global_int(&eng, "o"), -1, "{start}");
             assert!(m.out.is_empty());
         }
+    }
+
+    #[test]
+    fn is_user_reads_authorized_credentials() {
+        let mut m = super::MsgCtx::new(65535, 128);
+        assert!(!super::is_user(&m, b"alice"));
+        m.auth_user = Some("alice".into());
+        assert!(super::is_user(&m, b"alice"));
+        assert!(!super::is_user(&m, b"bob"));
     }
 
     #[test]
