@@ -334,7 +334,7 @@ fn first_contact_pos(m: &MsgCtx) -> Option<ContactPos> {
     // The first comma-separated value of this line.
     let na = contact_values(&value).next()?;
     let Contact::Addr(na) = na else { return None };
-    let start = na.uri.as_ptr() as usize - value.as_ptr() as usize;
+    let start = offset_in(&value, na.uri)?;
     let end = start + na.uri.len();
     if end > value.len() {
         return None;
@@ -387,13 +387,20 @@ fn first_contact_uri(m: &MsgCtx) -> Option<Vec<u8>> {
     p.value.get(p.uri.0..p.uri.1).map(<[u8]>::to_vec)
 }
 
+/// Where `part` (a sub-slice of `whole`) starts in `whole`; `None` when it
+/// is not inside it.
+pub(crate) fn offset_in(whole: &[u8], part: &[u8]) -> Option<usize> {
+    let off = (part.as_ptr() as usize).checked_sub(whole.as_ptr() as usize)?;
+    (off + part.len() <= whole.len()).then_some(off)
+}
+
 /// The `[host start, host:port end)` range of a SIP URI.
 fn hostport_range(uri: &[u8]) -> Option<(usize, usize)> {
     let u = SipUri::parse(uri).ok()?;
     if u.host.is_empty() {
         return None;
     }
-    let hs = u.host.as_ptr() as usize - uri.as_ptr() as usize;
+    let hs = offset_in(uri, u.host)?;
     let mut he = hs + u.host.len();
     if u.port.is_some() && uri.get(he) == Some(&b':') {
         he += 1;
@@ -606,7 +613,10 @@ fn add_rcv_param(m: &mut MsgCtx, in_uri: bool) -> i32 {
                 out.extend_from_slice(part);
                 continue;
             };
-            let us = na.uri.as_ptr() as usize - trimmed.as_ptr() as usize;
+            let Some(us) = offset_in(trimmed, na.uri) else {
+                out.extend_from_slice(part);
+                continue;
+            };
             let ue = us + na.uri.len();
             let bracketed = us > 0 && trimmed.get(us - 1) == Some(&b'<');
             if in_uri {

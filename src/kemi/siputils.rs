@@ -310,7 +310,7 @@ fn split_uri_params(ruri: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     }
     let raw = u.raw;
     let ps = if u.params.raw.is_empty() {
-        let hs = u.host.as_ptr() as usize - raw.as_ptr() as usize + u.host.len();
+        let hs = super::nathelper::offset_in(raw, u.host)? + u.host.len();
         let mut e = hs;
         if u.port.is_some() && raw.get(e) == Some(&b':') {
             e += 1;
@@ -320,7 +320,7 @@ fn split_uri_params(ruri: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
         }
         e
     } else {
-        u.params.raw.as_ptr() as usize - raw.as_ptr() as usize
+        super::nathelper::offset_in(raw, u.params.raw)?
     };
     let pe = ps + u.params.raw.len();
     Some((raw.get(..ps)?, raw.get(ps..pe)?, raw.get(pe..)?))
