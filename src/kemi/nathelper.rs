@@ -769,6 +769,64 @@ mod tests {
     }
 
     #[test]
+    fn odd_messages_never_break_a_route() {
+        let eng = engine(
+            r#"function ksr_request_route()
+    local n = KSR.nathelper
+    r = {
+        n.nat_uac_test(1023), n.set_contact_alias_trim(), n.add_rcv_param(1), n.add_rcv_param(0),
+        n.fix_nated_contact(), n.handle_ruri_alias_mode(1), n.add_contact_alias(),
+        n.fix_nated_sdp(15), KSR.sanity.sanity_check(32767, 15), KSR.siputils.uri_param_rm("x"),
+        KSR.siputils.add_uri_param("y=1"), KSR.siputils.is_first_hop_mode(1),
+    }
+    done = 1
+end"#,
+        );
+        let mut ran = 0;
+        for (contact, ruri) in [
+            ("*", "sip:a@h;alias=1.2.3.4~5~1"),
+            ("<>", "sip:a@h;alias="),
+            ("\"unterminated <sip:a@192.168.0.1>", "sip:a@h;alias=~~"),
+            (
+                "<sip:a@[2001:db8::1]:5070;alias=x>, <sip:b@10.0.0.1>",
+                "sip:a@[::1];alias=[::1]~5060~9",
+            ),
+            ("sip:a@10.0.0.1?x=1", "sip:a@h;alias=1.2.3.4~70000~1"),
+            ("<tel:+123>", "tel:+123;alias=1.2.3.4~5~1"),
+        ] {
+            let msg = reg(contact, "192.168.1.5")
+                .iter()
+                .copied()
+                .collect::<Vec<u8>>();
+            let msg = String::from_utf8(msg).unwrap().replacen(
+                "REGISTER sip:example.com",
+                &format!("REGISTER {ruri}"),
+                1,
+            );
+            let mut m = Box::new(MsgCtx::new(65535, 128));
+            m.load(
+                msg.as_bytes(),
+                "[2001:db8::9]:5060".parse().unwrap(),
+                "10.0.0.1:5060".parse().unwrap(),
+            );
+            if m.parse(&Limits::default()).is_err() {
+                continue;
+            }
+            let mut run = eng.run_request(m);
+            let (m, outcome) =
+                match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => panic!("suspended"),
+                };
+            assert_eq!(outcome, super::super::RouteOutcome::Done, "{contact}");
+            assert_eq!(global_int(&eng, "done"), 1);
+            let _ = assembled(&m);
+            ran += 1;
+        }
+        assert!(ran >= 4, "only {ran} of the odd messages parsed");
+    }
+
+    #[test]
     fn rfc1918() {
         for (ip, want) in [
             ("10.1.2.3", true),
