@@ -794,15 +794,9 @@ end"#,
             ("sip:a@10.0.0.1?x=1", "sip:a@h;alias=1.2.3.4~70000~1"),
             ("<tel:+123>", "tel:+123;alias=1.2.3.4~5~1"),
         ] {
-            let msg = reg(contact, "192.168.1.5")
-                .iter()
-                .copied()
-                .collect::<Vec<u8>>();
-            let msg = String::from_utf8(msg).unwrap().replacen(
-                "REGISTER sip:example.com",
-                &format!("REGISTER {ruri}"),
-                1,
-            );
+            let msg = String::from_utf8(reg(contact, "192.168.1.5"))
+                .unwrap()
+                .replacen("REGISTER sip:example.com", &format!("REGISTER {ruri}"), 1);
             let mut m = Box::new(MsgCtx::new(65535, 128));
             m.load(
                 msg.as_bytes(),
