@@ -527,9 +527,11 @@ fn handle_ruri_alias(m: &mut MsgCtx, last: bool) -> i32 {
     };
     let q = ruri.iter().position(|&c| c == b'?').unwrap_or(ruri.len());
     let (main, headers) = ruri.split_at(q);
-    // Parameter ranges after the host part.
+    // Parameter ranges after the host part (a user part may hold ';').
     let mut found: Option<(usize, usize)> = None;
-    let mut i = 0;
+    let Some((_, mut i)) = hostport_range(main) else {
+        return -1;
+    };
     while let Some(off) = main
         .get(i..)
         .and_then(|t| t.iter().position(|&c| c == b';'))
@@ -986,7 +988,7 @@ end"#,
             "function ksr_request_route() h = KSR.nathelper.handle_ruri_alias() du = KSR.pv.get('$du') ru = KSR.pv.get('$ru') end",
         );
         let bye = request(
-            "BYE sip:alice@192.168.1.5:5060;transport=udp;alias=203.0.113.5~40000~1;lr SIP/2.0",
+            "BYE sip:alice;alias=9.9.9.9~1~1@192.168.1.5:5060;transport=udp;alias=203.0.113.5~40000~1;lr SIP/2.0",
             Some("t"),
             &[],
         );
@@ -995,7 +997,10 @@ end"#,
         let du: String = eng.lua().globals().get("du").unwrap();
         let ru: String = eng.lua().globals().get("ru").unwrap();
         assert_eq!(du, "sip:203.0.113.5:40000");
-        assert_eq!(ru, "sip:alice@192.168.1.5:5060;transport=udp;lr");
+        assert_eq!(
+            ru,
+            "sip:alice;alias=9.9.9.9~1~1@192.168.1.5:5060;transport=udp;lr"
+        );
         // No alias: 2; bad alias: -1; TCP alias: transport in $du.
         for (uri, want, du_want) in [
             ("sip:alice@192.0.2.1", 2, None),
