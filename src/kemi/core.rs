@@ -22,7 +22,7 @@
 //! | `KSR.isflagset(n)` | `bool (int)` | message flag `n` |
 //! | `KSR.setsflag(n)` / `KSR.resetsflag(n)` | `bool (int)` | script flags: true; false outside 0..31 (zero at the start of each route run) |
 //! | `KSR.issflagset(n)` | `bool (int)` | script flag `n` |
-//! | `KSR.force_rport()` | `bool ()` | true; replies go to the source port and the top Via of a local reply gets `rport=<source port>` even when the request did not ask for it (RFC 3581) |
+//! | `KSR.force_rport()` | `bool ()` | true; as if the client's Via carried `rport` (RFC 3581): local replies go to the source port with `rport=<source port>` in their Via, and a relayed request's client Via gets `received=`/`rport=` so replies forwarded statelessly return to the source address (a relayed request always gets `received=` when the sent-by host is not the source IP, and `rport=` when the client asked) |
 //! | `KSR.add_local_rport()` | `bool ()` | true (sipshard's own Via needs no rport: replies come back to the port it sends from) |
 //! | `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()` | `bool ()` | true; recorded (UDP only, so they change nothing) |
 //! | `KSR.set_reply_close()` / `KSR.set_forward_close()` | `bool ()` | true; no effect over UDP |

@@ -829,6 +829,7 @@ fn write_request(
     if !uri.is_empty() {
         e.set_ruri(uri);
     }
+    mark_client_via(m, &mut e);
     let mut via = Vec::with_capacity(64);
     via.extend_from_slice(b"SIP/2.0/UDP ");
     push_host_port(&mut via, m.local);
@@ -849,6 +850,29 @@ fn write_request(
         e.insert_header_first(&line);
     }
     e.assemble(&m.buf[..m.len], &m.parsed, out);
+}
+
+/// RFC 3261 §18.2.1 / RFC 3581 on the client's Via of a relayed request:
+/// `received=<source IP>` when the sent-by host is not the source address
+/// or the client asked for `rport`; `rport=<source port>` when it asked
+/// for it or the script called `KSR.force_rport()` (as Kamailio). Replies
+/// forwarded statelessly then find their way back through a NAT.
+fn mark_client_via(m: &MsgCtx, e: &mut crate::sip::Edits) {
+    let msg = m.msg();
+    let Ok(v) = msg.top_via() else { return };
+    let asked = v.rport().is_some();
+    let rport = (asked || m.force_rport).then_some(m.src.port());
+    let host = std::str::from_utf8(v.host).unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let differs = host.parse::<IpAddr>().ok() != Some(m.src.ip());
+    if !(differs || rport.is_some()) {
+        return;
+    }
+    let ip = m.src.ip().to_string();
+    e.set_top_via_received(Some(ip.as_bytes()), rport);
 }
 
 pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
@@ -1411,6 +1435,40 @@ mod tests {
                 .any(|(d, b)| *d == "192.0.2.9:5060".parse().unwrap()
                     && b.starts_with("SIP/2.0 200")),
             "{up:?}"
+        );
+    }
+
+    #[test]
+    fn relayed_request_marks_the_client_via() {
+        let msg = b"MESSAGE sip:bob@192.0.2.30 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bK-cv\r\n\
+            From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@192.0.2.30>\r\n\
+            Call-ID: cv@x\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        for (force, want) in [
+            (false, ";branch=z9hG4bK-cv;received=192.0.2.9\r\n"),
+            (true, ";branch=z9hG4bK-cv;received=192.0.2.9;rport=5060\r\n"),
+        ] {
+            let eng = engine(&format!(
+                "function ksr_request_route() {} KSR.forward() end",
+                if force { "KSR.force_rport()" } else { "" }
+            ));
+            let (m, _) = run(&eng, msg);
+            let o = m.out[0];
+            let fwd = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+            assert!(
+                fwd.contains(&format!("Via: SIP/2.0/UDP 192.168.1.5:5070{want}")),
+                "{fwd}"
+            );
+        }
+        // Sent-by already the source and no rport: untouched.
+        let eng = engine("function ksr_request_route() KSR.forward() end");
+        let same = String::from_utf8_lossy(msg).replace("192.168.1.5:5070", "192.0.2.9:5060");
+        let (m, _) = run(&eng, same.as_bytes());
+        let o = m.out[0];
+        let fwd = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+        assert!(
+            fwd.contains("Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-cv\r\n"),
+            "{fwd}"
         );
     }
 
