@@ -55,6 +55,8 @@ pub struct Config {
     pub pike: PikeConfig,
     /// Address permissions (Kamailio's permissions module, `address` table).
     pub permissions: PermissionsConfig,
+    /// `KSR.sanity` (Kamailio's sanity module parameters).
+    pub sanity: SanityConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -127,6 +129,36 @@ pub enum Dispatch {
     /// and its ACK meet the shard that owns it, and so do a dialog's
     /// in-dialog requests.
     Callid,
+}
+
+/// `[sanity]`: Kamailio sanity module parameters (same names).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SanityConfig {
+    /// Checks `sanity_check_defaults()` runs (sum of check bits).
+    pub default_checks: i64,
+    /// URIs the "parse URIs" check (1024) parses by default: 1 R-URI,
+    /// 2 From, 4 To, 8 Contact.
+    pub uri_checks: i64,
+    /// Extensions a Proxy-Require may name, comma-separated.
+    pub proxy_require: String,
+    /// Kamailio's `autodrop`: accepted for compatibility; the KEMI
+    /// `sanity_check()` returns -1 on a failure either way.
+    pub autodrop: bool,
+    /// Do not reply on a failure; `KSR.sanity.sanity_reply()` sends it.
+    pub noreply: bool,
+}
+
+impl Default for SanityConfig {
+    fn default() -> Self {
+        SanityConfig {
+            default_checks: 3047,
+            uri_checks: 7,
+            proxy_require: String::new(),
+            autodrop: true,
+            noreply: false,
+        }
+    }
 }
 
 /// `[tm]`: transaction timers and limits (Kamailio tm names in brackets).
@@ -825,6 +857,12 @@ impl Config {
         if a.offered_algorithms().is_empty() {
             return Err(self.invalid("auth.algorithms", "must name at least one algorithm"));
         }
+        if !(1..1 << 15).contains(&self.sanity.default_checks) {
+            return Err(self.invalid("sanity.default_checks", "must be within 1..=32767"));
+        }
+        if !(1..16).contains(&self.sanity.uri_checks) {
+            return Err(self.invalid("sanity.uri_checks", "must be within 1..=15"));
+        }
         let tm = &self.tm;
         if tm.t1_ms == 0 || tm.t2_ms < tm.t1_ms {
             return Err(self.invalid("tm.t1_ms", "must be at least 1 and at most tm.t2_ms"));
@@ -1012,6 +1050,7 @@ mod tests {
         assert_eq!(c.pike, d.pike);
         assert_eq!(c.permissions, d.permissions);
         assert_eq!(c.htable, d.htable);
+        assert_eq!(c.sanity, d.sanity);
     }
 
     #[test]
@@ -1052,6 +1091,21 @@ enable = true
         ] {
             assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sanity_section() {
+        let c = Config::from_toml(
+            "[sanity]\ndefault_checks = 1\nuri_checks = 3\nproxy_require = \"foo, bar\"\nnoreply = true\n",
+            "s.toml",
+        )
+        .unwrap();
+        assert_eq!(c.sanity.default_checks, 1);
+        assert_eq!(c.sanity.proxy_require, "foo, bar");
+        assert!(c.sanity.noreply && c.sanity.autodrop);
+        assert_eq!(Config::embedded().sanity, SanityConfig::default());
+        let err = Config::from_toml("[sanity]\nuri_checks = 16\n", "s.toml").unwrap_err();
+        assert!(err.to_string().contains("sanity.uri_checks"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn main() {
         if what == "parse_reply" {
             let msg = SipMsg::new(buf, &parsed);
             let opts = ReplyOpts {
+                force_rport: false,
                 to_tag: Some(b"ss0123456789abcdef"),
                 src_ip: Some(b"192.0.2.44"),
                 src_port: Some(5060),

@@ -128,6 +128,7 @@ fn bench_reply(c: &mut Criterion) {
 
     let contact = b"Contact: <sip:alice@192.0.2.44:5060;rinstance=6f8d2a1b3c4e5f60;transport=UDP>;expires=3600\r\n";
     let ok = ReplyOpts {
+        force_rport: false,
         to_tag: Some(b"ss1c4d2e3f4a5b6c7d"),
         src_ip: Some(b"198.51.100.20"),
         src_port: Some(50123),
@@ -145,6 +146,7 @@ fn bench_reply(c: &mut Criterion) {
     });
 
     let unauth = ReplyOpts {
+        force_rport: false,
         extra_headers: WWW_AUTH,
         ..ok
     };

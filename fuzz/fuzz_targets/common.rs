@@ -103,6 +103,7 @@ pub fn run(data: &[u8], want_request: bool) {
         if m.is_request() {
             let mut out = Vec::new();
             let opts = ReplyOpts {
+                force_rport: false,
                 to_tag: Some(b"fuzztag"),
                 src_ip: Some(b"203.0.113.7"),
                 src_port: Some(40000),

@@ -1,17 +1,36 @@
-//! KSR core functions: logging, `KSR.x.exit/drop`, method tests, `is_myself*`
-//! and message flags.
+//! KSR core functions: logging, `KSR.x.exit/drop`, method and transport
+//! tests, `is_myself*`, message and script flags, rport and connection flags.
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.dbg/info/notice/warn/err/crit(msg)` | `void (str)` | nothing |
 //! | `KSR.log(level, msg)` | `void (str, str)` | nothing |
 //! | `KSR.x.exit()` / `KSR.x.drop()` / `KSR.drop()` | `void ()` | stops the route |
+//! | `KSR.x.modf(fname, ...)` | `int (str, ...)` | raises the Lua error "KSR.x.modf('fname') is not supported by sipshard" (native module functions do not exist here) |
+//! | `KSR.set_drop()` | `void ()` | marks the message dropped without stopping the route |
+//! | `KSR.is_method(name)` | `bool (str)` | true when the request method (a reply's CSeq method) is `name`, case-insensitive; `name` may be a `|` list (`"INVITE|BYE"`) |
 //! | `KSR.is_method_in(letters)` | `bool (str)` | true/false |
 //! | `KSR.is_INVITE/is_ACK/is_BYE/is_CANCEL/is_REGISTER/is_OPTIONS/is_SUBSCRIBE/is_NOTIFY/is_MESSAGE/is_INFO/is_UPDATE/is_PRACK/is_PUBLISH/is_REFER/is_KDMQ()` | `bool ()` | true/false |
-//! | `KSR.is_myself(uri)` | `bool (str)` | true/false |
-//! | `KSR.is_myself_ruri/is_myself_furi/is_myself_turi/is_myself_srcip()` | `bool ()` | true/false |
-//! | `KSR.setflag(n)` / `KSR.resetflag(n)` | `int (int)` | 1 / -1 |
-//! | `KSR.isflagset(n)` | `bool (int)` | true/false |
+//! | `KSR.is_GET/is_POST/is_PUT/is_DELETE()` | `bool ()` | false (no HTTP here) |
+//! | `KSR.is_myself(uri)` | `bool (str)` | a `sip:`/`sips:` URI whose host (and port, when it has one; none matches any of ours) is ours, or a bare host that is ours |
+//! | `KSR.is_myself_ruri/is_myself_furi/is_myself_turi()` | `bool ()` | `is_myself` of the R-URI / From URI / To URI |
+//! | `KSR.is_myself_duri()` | `bool ()` | `is_myself($du)`; false when `$du` is unset |
+//! | `KSR.is_myself_nhuri()` | `bool ()` | `is_myself` of the next hop: `$du`, else the R-URI |
+//! | `KSR.is_myself_suri()` | `bool ()` | `is_myself` of the source address URI (`sip:ip:port`) |
+//! | `KSR.is_myself_srcip()` | `bool ()` | the source IP is one of ours (any port) |
+//! | `KSR.setflag(n)` / `KSR.resetflag(n)` | `bool (int)` | true; false when `n` is outside 0..31 |
+//! | `KSR.isflagset(n)` | `bool (int)` | message flag `n` |
+//! | `KSR.setsflag(n)` / `KSR.resetsflag(n)` | `bool (int)` | script flags: true; false outside 0..31 (zero at the start of each route run) |
+//! | `KSR.issflagset(n)` | `bool (int)` | script flag `n` |
+//! | `KSR.force_rport()` | `bool ()` | true; as if the client's Via carried `rport` (RFC 3581): local replies go to the source port with `rport=<source port>` in their Via, and a relayed request's client Via gets `received=`/`rport=` so replies forwarded statelessly return to the source address (a relayed request always gets `received=` when the sent-by host is not the source IP, and `rport=` when the client asked) |
+//! | `KSR.add_local_rport()` | `bool ()` | true (sipshard's own Via needs no rport: replies come back to the port it sends from) |
+//! | `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()` | `bool ()` | true; recorded (UDP only, so they change nothing) |
+//! | `KSR.set_reply_close()` / `KSR.set_forward_close()` | `bool ()` | true; no effect over UDP |
+//! | `KSR.is_UDP()` | `bool ()` | true (sipshard receives over UDP) |
+//! | `KSR.is_TCP/is_TLS/is_WS/is_WSS/is_WSX/is_SCTP()` | `bool ()` | false |
+//! | `KSR.is_proto(letters)` | `bool ()` | true when the letters name the receive protocol (`u` UDP, `t` TCP, `e` TLS, `s` SCTP, `v` WS, `w` WSS) |
+//! | `KSR.is_IPv4()` / `KSR.is_IPv6()` | `bool ()` | address family of the source |
+//! | `KSR.is_src_port(port)` / `KSR.is_dst_port(port)` | `bool (int)` | the source / local port equals `port` |
 //! | `KSR.sipshard_test.panic(text)` | sipshard extension, test only | panics (only with `core.test_hooks = true`; proves a panicking callback is answered 500 and counted in `shard.panics`) |
 
 use std::rc::Rc;
@@ -63,7 +82,24 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "__mark_drop",
         lua.create_function(move |_, ()| s.with_msg(|m| m.dropped = true))?,
     )?;
+    x.set(
+        "modf",
+        lua.create_function(|_, args: mlua::MultiValue| -> mlua::Result<i32> {
+            let name = match args.front() {
+                Some(mlua::Value::String(s)) => s.to_string_lossy(),
+                _ => String::new(),
+            };
+            Err(mlua::Error::RuntimeError(format!(
+                "KSR.x.modf('{name}') is not supported by sipshard"
+            )))
+        })?,
+    )?;
     ksr.set("x", x)?;
+    let s = shared.clone();
+    ksr.set(
+        "set_drop",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.dropped = true))?,
+    )?;
 
     let s = shared.clone();
     ksr.set(
@@ -76,6 +112,22 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })
         })?,
     )?;
+
+    let s = shared.clone();
+    ksr.set(
+        "is_method",
+        lua.create_function(move |_, name: mlua::String| {
+            let name = name.as_bytes();
+            s.with_msg(|m| is_method(m, &name))
+        })?,
+    )?;
+    for name in ["is_GET", "is_POST", "is_PUT", "is_DELETE"] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, ()| s.with_msg(|_| false))?,
+        )?;
+    }
 
     for (name, method) in [
         ("is_INVITE", Method::Invite),
@@ -132,6 +184,34 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     )?;
     let s = shared.clone();
     ksr.set(
+        "is_myself_duri",
+        lua.create_function(move |_, ()| {
+            let du = s.with_msg(|m| m.dst_uri.clone())?;
+            Ok(du.is_some_and(|u| uri_is_myself(&s, &u)))
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "is_myself_nhuri",
+        lua.create_function(move |_, ()| {
+            let nh = s.with_msg(|m| m.dst_uri.clone().or_else(|| m.ruri().map(<[u8]>::to_vec)))?;
+            Ok(nh.is_some_and(|u| uri_is_myself(&s, &u)))
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "is_myself_suri",
+        lua.create_function(move |_, ()| {
+            let src = s.with_msg(|m| m.src)?;
+            let uri = match src.ip() {
+                std::net::IpAddr::V4(v4) => format!("sip:{v4}:{}", src.port()),
+                std::net::IpAddr::V6(v6) => format!("sip:[{v6}]:{}", src.port()),
+            };
+            Ok(uri_is_myself(&s, uri.as_bytes()))
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
         "is_myself_srcip",
         lua.create_function(move |_, ()| {
             let src = s.with_msg(|m| m.src)?;
@@ -140,44 +220,98 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 std::net::IpAddr::V6(v6) => format!("[{v6}]"),
             };
             // Kamailio compares the address only, on any listening port.
-            Ok(s.myself
-                .names
-                .iter()
-                .any(|(h, _)| h.eq_ignore_ascii_case(&host)))
+            Ok(s.myself.matches_any_port(host.as_bytes(), None))
         })?,
     )?;
 
+    for (name, op) in [
+        ("setflag", FlagOp::Set),
+        ("resetflag", FlagOp::Reset),
+        ("isflagset", FlagOp::Test),
+    ] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, flag: i64| {
+                s.with_msg(|m| flag_op(&mut m.flags, flag, op))
+            })?,
+        )?;
+    }
+    for (name, op) in [
+        ("setsflag", FlagOp::Set),
+        ("resetsflag", FlagOp::Reset),
+        ("issflagset", FlagOp::Test),
+    ] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, flag: i64| {
+                s.with_msg(|m| flag_op(&mut m.sflags, flag, op))
+            })?,
+        )?;
+    }
+
     let s = shared.clone();
     ksr.set(
-        "setflag",
-        lua.create_function(move |_, flag: i64| {
-            if !(0..32).contains(&flag) {
-                return Ok(-1);
-            }
-            s.with_msg(|m| m.flags |= 1 << flag)?;
-            Ok(1)
-        })?,
+        "force_rport",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.force_rport = true).map(|_| true))?,
     )?;
     let s = shared.clone();
     ksr.set(
-        "resetflag",
-        lua.create_function(move |_, flag: i64| {
-            if !(0..32).contains(&flag) {
-                return Ok(-1);
-            }
-            s.with_msg(|m| m.flags &= !(1 << flag))?;
-            Ok(1)
-        })?,
+        "set_reply_no_connect",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.reply_no_connect = true).map(|_| true))?,
     )?;
     let s = shared.clone();
     ksr.set(
-        "isflagset",
-        lua.create_function(move |_, flag: i64| {
-            if !(0..32).contains(&flag) {
-                return Ok(false);
-            }
-            s.with_msg(|m| m.flags & (1 << flag) != 0)
+        "set_forward_no_connect",
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| m.forward_no_connect = true).map(|_| true)
         })?,
+    )?;
+    for name in ["add_local_rport", "set_reply_close", "set_forward_close"] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, ()| s.with_msg(|_| true))?,
+        )?;
+    }
+
+    for (name, udp) in [
+        ("is_UDP", true),
+        ("is_TCP", false),
+        ("is_TLS", false),
+        ("is_WS", false),
+        ("is_WSS", false),
+        ("is_WSX", false),
+        ("is_SCTP", false),
+    ] {
+        let s = shared.clone();
+        ksr.set(name, lua.create_function(move |_, ()| s.with_msg(|_| udp))?)?;
+    }
+    let s = shared.clone();
+    ksr.set(
+        "is_proto",
+        lua.create_function(move |_, letters: mlua::String| {
+            let udp = letters.as_bytes().iter().any(|c| matches!(c, b'u' | b'U'));
+            s.with_msg(|_| udp)
+        })?,
+    )?;
+    for (name, v6) in [("is_IPv4", false), ("is_IPv6", true)] {
+        let s = shared.clone();
+        ksr.set(
+            name,
+            lua.create_function(move |_, ()| s.with_msg(|m| m.src.is_ipv6() == v6))?,
+        )?;
+    }
+    let s = shared.clone();
+    ksr.set(
+        "is_src_port",
+        lua.create_function(move |_, port: i64| s.with_msg(|m| i64::from(m.src.port()) == port))?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "is_dst_port",
+        lua.create_function(move |_, port: i64| s.with_msg(|m| i64::from(m.local.port()) == port))?,
     )?;
     Ok(())
 }
@@ -225,9 +359,217 @@ fn method_letter(c: u8) -> Option<Method> {
     })
 }
 
+/// KEMI `is_myself`: a `sip:`/`sips:` URI (no port = any of our ports) or
+/// a bare host.
 pub(super) fn uri_is_myself(s: &Shared, uri: &[u8]) -> bool {
+    let uri = uri.trim_ascii();
+    let is_sip = uri.len() > 4
+        && (uri[..4].eq_ignore_ascii_case(b"sip:")
+            || uri.len() > 5 && uri[..5].eq_ignore_ascii_case(b"sips:"));
+    if !is_sip {
+        return !uri.is_empty() && s.myself.matches_any_port(uri, None);
+    }
     match SipUri::parse(uri) {
-        Ok(u) => s.myself.matches(u.host, u.port),
+        Ok(u) => s.myself.matches_any_port(u.host, u.port),
         Err(_) => false,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum FlagOp {
+    Set,
+    Reset,
+    Test,
+}
+
+/// Kamailio's flag functions: flags 0..31; false for one outside.
+fn flag_op(flags: &mut u32, flag: i64, op: FlagOp) -> bool {
+    if !(0..32).contains(&flag) {
+        return false;
+    }
+    let bit = 1u32 << flag;
+    match op {
+        FlagOp::Set => *flags |= bit,
+        FlagOp::Reset => *flags &= !bit,
+        FlagOp::Test => return *flags & bit != 0,
+    }
+    true
+}
+
+/// `KSR.is_method(name)`: one name, or a `|` list of standard methods.
+fn is_method(m: &super::MsgCtx, name: &[u8]) -> bool {
+    let msg = m.msg();
+    let actual = msg.method_bytes();
+    if actual.is_empty() || name.is_empty() {
+        return false;
+    }
+    if !name.contains(&b'|') {
+        return actual.eq_ignore_ascii_case(name);
+    }
+    let method = request_or_cseq_method(m);
+    if method == Method::Other {
+        return false;
+    }
+    name.split(|&c| c == b'|')
+        .map(|n| n.trim_ascii().to_ascii_uppercase())
+        .any(|n| !n.is_empty() && Method::from_bytes(&n) == method)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{engine, global_int, request, run};
+
+    #[test]
+    fn is_myself_forms() {
+        let eng = engine(
+            r#"function ksr_request_route()
+    a = KSR.is_myself("sip:10.0.0.1")
+    b = KSR.is_myself("sip:10.0.0.1:5060")
+    c = KSR.is_myself("sip:10.0.0.1:5070")
+    d = KSR.is_myself("10.0.0.1")
+    e = KSR.is_myself("proxy.example.com")
+    f = KSR.is_myself("sip:bob@PROXY.example.com:7000")
+    g = KSR.is_myself("192.0.2.1")
+    h = KSR.is_myself_ruri()
+    i = KSR.is_myself_duri()
+    KSR.setdsturi("sip:10.0.0.1;transport=udp")
+    j = KSR.is_myself_duri()
+    k = KSR.is_myself_nhuri()
+    l = KSR.is_myself_suri()
+    n = KSR.is_myself_srcip()
+end"#,
+        );
+        run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
+        for (g, want) in [
+            ("a", 1),
+            ("b", 1),
+            ("c", 0),
+            ("d", 1),
+            ("e", 1),
+            ("f", 1),
+            ("g", 0),
+            ("h", 1),
+            ("i", 0),
+            ("j", 1),
+            ("k", 1),
+            ("l", 0),
+            ("n", 0),
+        ] {
+            assert_eq!(global_int(&eng, g), want, "{g}");
+        }
+    }
+
+    #[test]
+    fn flags_are_bools() {
+        let eng = engine(
+            r#"function ksr_request_route()
+    a = KSR.setflag(3)
+    b = KSR.isflagset(3)
+    c = KSR.setflag(32)
+    d = KSR.resetflag(3)
+    e = KSR.isflagset(3)
+    f = KSR.setsflag(5)
+    g = KSR.issflagset(5)
+    h = KSR.issflagset(4)
+    KSR.resetsflag(5)
+    i = KSR.issflagset(5)
+    KSR.setflag(1)
+    t = type(a)
+end"#,
+        );
+        let (m, _) = run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
+        for (g, want) in [
+            ("a", 1),
+            ("b", 1),
+            ("c", 0),
+            ("d", 1),
+            ("e", 0),
+            ("f", 1),
+            ("g", 1),
+            ("h", 0),
+            ("i", 0),
+        ] {
+            assert_eq!(global_int(&eng, g), want, "{g}");
+        }
+        let t: String = eng.lua().globals().get("t").unwrap();
+        assert_eq!(t, "boolean");
+        assert_eq!(m.flags, 2);
+        assert_eq!(m.sflags, 0);
+    }
+
+    #[test]
+    fn method_proto_and_ports() {
+        let eng = engine(
+            r#"function ksr_request_route()
+    a = KSR.is_method("invite")
+    b = KSR.is_method("BYE")
+    c = KSR.is_method("BYE|INVITE")
+    d = KSR.is_method("BYE|ACK")
+    e = KSR.is_UDP()
+    f = KSR.is_TCP()
+    g = KSR.is_proto("tu")
+    h = KSR.is_proto("tw")
+    i = KSR.is_IPv4()
+    j = KSR.is_IPv6()
+    k = KSR.is_src_port(5060)
+    l = KSR.is_src_port(5061)
+    n = KSR.is_dst_port(5060)
+    o = KSR.set_reply_no_connect()
+    p = KSR.set_forward_no_connect()
+end"#,
+        );
+        let (m, _) = run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
+        for (g, want) in [
+            ("a", 1),
+            ("b", 0),
+            ("c", 1),
+            ("d", 0),
+            ("e", 1),
+            ("f", 0),
+            ("g", 1),
+            ("h", 0),
+            ("i", 1),
+            ("j", 0),
+            ("k", 1),
+            ("l", 0),
+            ("n", 1),
+            ("o", 1),
+            ("p", 1),
+        ] {
+            assert_eq!(global_int(&eng, g), want, "{g}");
+        }
+        assert!(m.reply_no_connect && m.forward_no_connect);
+    }
+
+    #[test]
+    fn modf_names_the_function() {
+        let eng = engine(r#"function ksr_request_route() KSR.x.modf("rtpproxy_manage", "co") end"#);
+        let (_, outcome) = run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
+        match outcome {
+            super::super::RouteOutcome::Error(e) => assert!(
+                e.contains("KSR.x.modf('rtpproxy_manage') is not supported by sipshard"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn force_rport_sends_to_source_port() {
+        let msg = b"OPTIONS sip:10.0.0.1 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.0.2.9:5070;branch=z9hG4bK-fr\r\n\
+            From: <sip:alice@example.com>;tag=1\r\nTo: <sip:10.0.0.1>\r\n\
+            Call-ID: fr@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n";
+        for (force, port) in [(false, 5070), (true, 5060)] {
+            let eng = engine(&format!(
+                "function ksr_request_route() {} KSR.sl.sl_send_reply(200, 'OK') end",
+                if force { "KSR.force_rport()" } else { "" }
+            ));
+            let (m, _) = run(&eng, msg);
+            let o = m.out[0];
+            assert_eq!(o.dst.port(), port);
+            let wire = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+            assert_eq!(wire.contains(";rport=5060"), force, "{wire}");
+        }
     }
 }

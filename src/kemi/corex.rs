@@ -13,6 +13,19 @@
 //! | `KSR.corex.append_branch([uri[, q]])` | `int ([str, str])` | 1 / -1; without `uri`: a copy of the main branch (R-URI, `$du`, path, q, branch flags) |
 //! | `KSR.corex.append_branch_uri(uri)` | `int (str)` | 1 / -1 (bad URI, too many branches) |
 //! | `KSR.corex.append_branch_uri_q(uri, q)` | `int (str, str)` | 1 / -1; `q` like `"0.5"` (0..1, up to 3 decimals) |
+//! | `KSR.corex.has_ruri_user()` | `int ()` | 1 the R-URI has a user part, -1 otherwise (also for a reply) |
+//! | `KSR.corex.has_user_agent()` | `int ()` | 1 the message has a User-Agent header, -1 otherwise |
+//! | `KSR.corex.setxflag(n)` / `KSR.corex.resetxflag(n)` | `int (int)` | extended message flags 0..63: 1; -1 outside the range |
+//! | `KSR.corex.isxflagset(n)` | `int (int)` | 1 set, -1 not set or outside 0..63 |
+//! | `KSR.corex.set_send_socket(addr)` | `int (str)` | 1 when `addr` (`udp:ip:port`, `ip:port`) is the shard's own socket (the only one it sends from), -1 otherwise |
+//! | `KSR.corex.set_send_socket_name(name)` / `set_recv_socket(addr)` / `set_recv_socket_name(name)` | `int (str)` | -1 (sipshard has no named or alternative sockets) |
+//! | `KSR.corex.is_socket_name(name)` | `int (str)` | -1 (no named sockets) |
+//! | `KSR.corex.set_source_address(addr)` | `int (str)` | 1 the message's source (`$si`, `$sp`, where stateless replies go) becomes `addr` (`udp:ip:port`, `ip:port`, `[v6]:port`); -1 for a malformed address |
+//! | `KSR.corex.via_add_srvid(flags)` | `int (int)` | 1 (accepted; sipshard adds no `srvid` Via parameter) |
+//! | `KSR.corex.is_faked_msg()` | `int ()` | -1 (route messages are always real) |
+//! | `KSR.corex.send_data(uri, data)` | `int (str, str)` | 1 `data` queued as one UDP datagram to the URI's host:port (an IP literal; port 5060 when absent); -1 otherwise |
+//! | `KSR.corex.file_read(path)` | `xval (str)` | the file's content (at most 1 MiB), nil when it cannot be read; blocking file I/O in the shard: keep it for small local files |
+//! | `KSR.corex.file_write(path, content)` | `int (str, str)` | 1 written (the file is replaced), -1 error; blocking, as `file_read` |
 //!
 //! At most 12 branches per request (Kamailio's `max_branches` default): the
 //! main one and 11 appended.
@@ -106,8 +119,171 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             s.with_msg(|m| append_branch(m, Some(&uri), Some(&q)))
         })?,
     )?;
+    let s = shared.clone();
+    corex.set(
+        "has_ruri_user",
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| {
+                let has = m.msg().is_request()
+                    && m.ruri()
+                        .and_then(|r| SipUri::parse(r).ok())
+                        .is_some_and(|u| u.user.is_some_and(|u| !u.is_empty()));
+                if has {
+                    1
+                } else {
+                    -1
+                }
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    corex.set(
+        "has_user_agent",
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| {
+                if m.msg().user_agent().is_some() {
+                    1
+                } else {
+                    -1
+                }
+            })
+        })?,
+    )?;
+    for (name, op) in [
+        ("setxflag", FlagOp::Set),
+        ("resetxflag", FlagOp::Reset),
+        ("isxflagset", FlagOp::Test),
+    ] {
+        let s = shared.clone();
+        corex.set(
+            name,
+            lua.create_function(move |_, flag: i64| {
+                s.with_msg(|m| {
+                    if !(0..64).contains(&flag) {
+                        return -1;
+                    }
+                    let bit = 1u64 << flag;
+                    match op {
+                        FlagOp::Set => m.xflags |= bit,
+                        FlagOp::Reset => m.xflags &= !bit,
+                        FlagOp::Test => {
+                            if m.xflags & bit == 0 {
+                                return -1;
+                            }
+                        }
+                    }
+                    1
+                })
+            })?,
+        )?;
+    }
+    let s = shared.clone();
+    corex.set(
+        "set_send_socket",
+        lua.create_function(move |_, addr: mlua::String| {
+            let ours = parse_socket(&addr.as_bytes()).is_some_and(|a| a == s.local_addr);
+            s.with_msg(|_| if ours { 1 } else { -1 })
+        })?,
+    )?;
+    for name in [
+        "set_send_socket_name",
+        "set_recv_socket",
+        "set_recv_socket_name",
+        "is_socket_name",
+    ] {
+        corex.set(name, lua.create_function(|_, _: mlua::Value| Ok(-1))?)?;
+    }
+    let s = shared.clone();
+    corex.set(
+        "set_source_address",
+        lua.create_function(move |_, addr: mlua::String| {
+            let Some(a) = parse_socket(&addr.as_bytes()) else {
+                return Ok(-1);
+            };
+            s.with_msg(|m| {
+                m.src = a;
+                1
+            })
+        })?,
+    )?;
+    corex.set("via_add_srvid", lua.create_function(|_, _: i64| Ok(1))?)?;
+    let s = shared.clone();
+    corex.set(
+        "is_faked_msg",
+        lua.create_function(move |_, ()| s.with_msg(|_| -1))?,
+    )?;
+    let s = shared.clone();
+    corex.set(
+        "send_data",
+        lua.create_function(move |_, (uri, data): (mlua::String, mlua::String)| {
+            let Some(dst) = uri_addr(&uri.as_bytes()) else {
+                return Ok(-1);
+            };
+            let data = data.as_bytes();
+            if data.is_empty() || data.len() > 65_507 {
+                return Ok(-1);
+            }
+            s.with_msg(|m| {
+                m.push_out(&data, dst);
+                1
+            })
+        })?,
+    )?;
+    corex.set(
+        "file_read",
+        lua.create_function(|lua, path: String| {
+            use std::io::Read;
+            let Ok(f) = std::fs::File::open(&path) else {
+                return Ok(mlua::Value::Nil);
+            };
+            let mut buf = Vec::new();
+            if f.take(FILE_READ_MAX + 1).read_to_end(&mut buf).is_err()
+                || buf.len() as u64 > FILE_READ_MAX
+            {
+                return Ok(mlua::Value::Nil);
+            }
+            Ok(mlua::Value::String(lua.create_string(&buf)?))
+        })?,
+    )?;
+    corex.set(
+        "file_write",
+        lua.create_function(|_, (path, content): (String, mlua::String)| {
+            Ok(match std::fs::write(&path, &*content.as_bytes()) {
+                Ok(()) => 1,
+                Err(_) => -1,
+            })
+        })?,
+    )?;
     ksr.set("corex", corex)?;
     Ok(())
+}
+
+/// Largest file `KSR.corex.file_read` returns.
+const FILE_READ_MAX: u64 = 1 << 20;
+
+/// `udp:ip:port`, `ip:port` or `[v6]:port`.
+fn parse_socket(a: &[u8]) -> Option<std::net::SocketAddr> {
+    let t = std::str::from_utf8(a).ok()?.trim();
+    let t = t
+        .strip_prefix("udp:")
+        .or_else(|| t.strip_prefix("UDP:"))
+        .unwrap_or(t);
+    t.parse().ok()
+}
+
+/// The UDP address of a `sip:` URI whose host is an IP literal.
+fn uri_addr(uri: &[u8]) -> Option<std::net::SocketAddr> {
+    let u = SipUri::parse(uri).ok()?;
+    if !matches!(u.scheme, Scheme::Sip | Scheme::Sips) {
+        return None;
+    }
+    let host = std::str::from_utf8(u.host).ok()?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, u.port.unwrap_or(5060)))
 }
 
 #[derive(Clone, Copy)]
@@ -314,6 +490,64 @@ end
                 },
             ]
         );
+    }
+
+    #[test]
+    fn corex_breadth() {
+        let dir = std::env::temp_dir().join(format!("sipshard-corex-{}", std::process::id()));
+        let path = dir.to_string_lossy().into_owned();
+        let eng = engine(&format!(
+            r#"function ksr_request_route()
+    a = KSR.corex.has_ruri_user()
+    b = KSR.corex.has_user_agent()
+    c = KSR.corex.setxflag(40)
+    d = KSR.corex.isxflagset(40)
+    e = KSR.corex.isxflagset(41)
+    f = KSR.corex.setxflag(64)
+    g = KSR.corex.set_send_socket("udp:10.0.0.1:5060")
+    h = KSR.corex.set_send_socket("udp:10.0.0.2:5060")
+    i = KSR.corex.set_source_address("udp:198.51.100.7:7000")
+    si = KSR.pv.get("$si")
+    j = KSR.corex.send_data("sip:192.0.2.33:5090", "hello")
+    k = KSR.corex.send_data("sip:example.com", "hello")
+    l = KSR.corex.file_write("{path}", "data 1")
+    fr = KSR.corex.file_read("{path}")
+    nf = KSR.corex.file_read("{path}.missing")
+    n = KSR.corex.is_faked_msg()
+end"#
+        ));
+        let (m, _) = run(
+            &eng,
+            &request("OPTIONS sip:10.0.0.1 SIP/2.0", None, &["User-Agent: x"]),
+        );
+        let _ = std::fs::remove_file(&dir);
+        for (g, want) in [
+            ("a", -1),
+            ("b", 1),
+            ("c", 1),
+            ("d", 1),
+            ("e", -1),
+            ("f", -1),
+            ("g", 1),
+            ("h", -1),
+            ("i", 1),
+            ("j", 1),
+            ("k", -1),
+            ("l", 1),
+            ("n", -1),
+        ] {
+            assert_eq!(global_int(&eng, g), want, "{g}");
+        }
+        let g = eng.lua().globals();
+        assert_eq!(g.get::<String>("si").unwrap(), "198.51.100.7");
+        assert_eq!(g.get::<String>("fr").unwrap(), "data 1");
+        assert!(g.get::<mlua::Value>("nf").unwrap().is_nil());
+        assert_eq!(m.xflags, 1 << 40);
+        assert_eq!(m.out.len(), 1);
+        assert_eq!(m.out[0].dst, "192.0.2.33:5090".parse().unwrap());
+        run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
+        assert_eq!(global_int(&eng, "a"), 1);
+        assert_eq!(global_int(&eng, "b"), -1);
     }
 
     #[test]

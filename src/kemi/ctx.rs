@@ -83,6 +83,23 @@ pub struct MsgCtx {
     pub auth_digest_uri: Option<String>,
     /// The last credentials check found a stale nonce (challenge with stale=true).
     pub auth_stale: bool,
+    /// `KSR.force_rport()`: replies go to the source port and carry `rport=`
+    /// even when the top Via did not ask for it.
+    pub force_rport: bool,
+    /// `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()`: recorded
+    /// (sipshard sends over UDP only, where they change nothing).
+    pub reply_no_connect: bool,
+    pub forward_no_connect: bool,
+    /// Script flags (`KSR.setsflag`): like Kamailio's, zero at the start of
+    /// each route run.
+    pub sflags: u32,
+    /// Extended flags (`KSR.corex.setxflag`, 0..63).
+    pub xflags: u64,
+    /// Source URI `KSR.nathelper.fix_nated_register()` stored for the
+    /// registrar (`received` of the saved contacts).
+    pub nat_received: Option<String>,
+    /// Reply a failed sanity check asked for (`KSR.sanity.sanity_reply()`).
+    pub sanity_error: Option<(u16, &'static str)>,
 }
 
 impl MsgCtx {
@@ -118,6 +135,13 @@ impl MsgCtx {
             auth_realm: None,
             auth_digest_uri: None,
             auth_stale: false,
+            force_rport: false,
+            reply_no_connect: false,
+            forward_no_connect: false,
+            sflags: 0,
+            xflags: 0,
+            nat_received: None,
+            sanity_error: None,
         }
     }
 
@@ -167,6 +191,13 @@ impl MsgCtx {
         self.auth_realm = None;
         self.auth_digest_uri = None;
         self.auth_stale = false;
+        self.force_rport = false;
+        self.reply_no_connect = false;
+        self.forward_no_connect = false;
+        self.sflags = 0;
+        self.xflags = 0;
+        self.nat_received = None;
+        self.sanity_error = None;
     }
 
     /// Parses `buf[..len]` as one datagram.

@@ -43,6 +43,8 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("htable", include_str!("htable.rs")),
     ("pike", include_str!("pike.rs")),
     ("permissions", include_str!("permissions.rs")),
+    ("sanity", include_str!("sanity.rs")),
+    ("nathelper", include_str!("nathelper.rs")),
 ];
 
 /// One documented KSR function.

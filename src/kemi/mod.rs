@@ -28,10 +28,12 @@ mod kx;
 mod maxfwd;
 pub mod permissions;
 pub mod pike;
+mod nathelper;
 mod pv;
 pub mod registrar;
 pub mod reload;
 pub(crate) mod rr;
+pub mod sanity;
 pub mod services;
 mod siputils;
 mod sl;
@@ -109,12 +111,25 @@ impl Myself {
         }
     }
 
-    /// Host (and optional port) match, case-insensitive; an absent port means 5060.
+    /// Host (and optional port) match, case-insensitive; an absent port means
+    /// 5060 (how Kamailio's rr and Via checks read a URI without a port).
     pub fn matches(&self, host: &[u8], port: Option<u16>) -> bool {
         let port = port.unwrap_or(self.default_port);
         self.names
             .iter()
             .any(|(h, p)| h.as_bytes().eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port))
+    }
+
+    /// KEMI `is_myself`: like [`Myself::matches`], but an absent port matches
+    /// any port of ours (Kamailio's `check_self` with port 0).
+    pub fn matches_any_port(&self, host: &[u8], port: Option<u16>) -> bool {
+        match port {
+            Some(_) => self.matches(host, port),
+            None => self
+                .names
+                .iter()
+                .any(|(h, _)| h.as_bytes().eq_ignore_ascii_case(host)),
+        }
     }
 }
 
@@ -619,6 +634,8 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     if shared.services.tables.permissions_enabled {
         permissions::register(lua, ksr, shared)?;
     }
+    sanity::register(lua, ksr, shared)?;
+    nathelper::register(lua, ksr, shared)?;
     Ok(())
 }
 
@@ -733,5 +750,10 @@ mod tests {
         assert!(m.matches(b"sip.example.org", Some(5070)));
         assert!(!m.matches(b"sip.example.org", None));
         assert!(!m.matches(b"10.0.0.1", None));
+        // KEMI is_myself: no port in the URI matches any of our ports.
+        assert!(m.matches_any_port(b"sip.example.org", None));
+        assert!(m.matches_any_port(b"127.0.0.1", None));
+        assert!(!m.matches_any_port(b"127.0.0.1", Some(5061)));
+        assert!(!m.matches_any_port(b"10.0.0.1", None));
     }
 }

@@ -240,7 +240,12 @@ fn build_save(
 fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSave, i32> {
     let built = s.with_msg(|m| {
         let local = m.local;
-        build_save(s, &m.msg(), local, flags, uri)
+        // KSR.nathelper.fix_nated_register(): the source address becomes
+        // the contacts' `received` (Kamailio's received_avp).
+        build_save(s, &m.msg(), local, flags, uri).map(|mut r| {
+            r.received = m.nat_received.clone();
+            r
+        })
     });
     match built {
         Ok(Ok(r)) => Ok(r),

@@ -103,6 +103,7 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
         s,
         &m.msg(),
         m.src,
+        m.force_rport,
         code,
         reason,
         &reply_headers,
@@ -119,11 +120,14 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
 
 /// Writes a locally generated reply to request `msg` (received from `src`)
 /// into `out`, and returns where it goes. `None` for a reply or an ACK
-/// (nothing to answer) or an unusable Via.
+/// (nothing to answer) or an unusable Via. `force_rport`: the script called
+/// `KSR.force_rport()`.
+#[allow(clippy::too_many_arguments)]
 pub fn build_local_reply(
     s: &Shared,
     msg: &crate::sip::SipMsg<'_>,
     src: SocketAddr,
+    force_rport: bool,
     code: u16,
     reason: &[u8],
     extra_headers: &[u8],
@@ -133,7 +137,7 @@ pub fn build_local_reply(
         return None;
     }
     let via = msg.top_via().ok()?;
-    let dst = reply_destination(src, via.port, via.rport());
+    let dst = reply_destination(src, via.port, via.rport(), force_rport);
     let mut tag_buf = [0u8; 18];
     let tag = to_tag(msg, via.branch(), &mut tag_buf);
     let mut ip_buf = [0u8; 48];
@@ -145,15 +149,21 @@ pub fn build_local_reply(
         extra_headers,
         body: &[],
         server: s.server_header.as_deref(),
+        force_rport,
     };
     build_reply(msg, code, reason, &opts, out);
     Some(dst)
 }
 
-/// Where replies to a request from `src` go (RFC 3261 §18.2.2, RFC 3581).
-pub fn reply_dst_of(msg: &crate::sip::SipMsg<'_>, src: SocketAddr) -> Option<SocketAddr> {
+/// Where replies to a request from `src` go (RFC 3261 §18.2.2, RFC 3581);
+/// `force_rport` as if the Via carried `rport`.
+pub fn reply_dst_of(
+    msg: &crate::sip::SipMsg<'_>,
+    src: SocketAddr,
+    force_rport: bool,
+) -> Option<SocketAddr> {
     let via = msg.top_via().ok()?;
-    Some(reply_destination(src, via.port, via.rport()))
+    Some(reply_destination(src, via.port, via.rport(), force_rport))
 }
 
 /// RFC 3581 / RFC 3261 §18.2.2 (unreliable transport, no maddr).
@@ -161,9 +171,11 @@ fn reply_destination(
     src: SocketAddr,
     via_port: Option<u16>,
     rport: Option<Option<u16>>,
+    force_rport: bool,
 ) -> SocketAddr {
     match rport {
         Some(_) => src,
+        None if force_rport => src,
         None => SocketAddr::new(src.ip(), via_port.unwrap_or(5060)),
     }
 }

@@ -393,7 +393,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         ReqMatch::None => {}
         _ => return Ok(None),
     }
-    let Some(dst) = super::sl::reply_dst_of(&m.msg(), m.src) else {
+    let Some(dst) = super::sl::reply_dst_of(&m.msg(), m.src, m.force_rport) else {
         return Err(());
     };
     let now = now_ms(s);
@@ -425,7 +425,17 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
     if invite {
         // §16.2 / §17.2.1: 100 Trying at once, absorbing retransmissions.
         let mut out = Vec::new();
-        if super::sl::build_local_reply(s, &m.msg(), m.src, 100, b"Trying", &[], &mut out).is_some()
+        if super::sl::build_local_reply(
+            s,
+            &m.msg(),
+            m.src,
+            m.force_rport,
+            100,
+            b"Trying",
+            &[],
+            &mut out,
+        )
+        .is_some()
         {
             s.tm.reply(id, 100, out, now);
         }
@@ -471,8 +481,17 @@ pub(super) fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
     let r = s.with_msg(|m| {
         let mut out = Vec::new();
         let hdrs = std::mem::take(&mut m.reply_headers);
-        let ok = super::sl::build_local_reply(s, &m.msg(), m.src, code, reason, &hdrs, &mut out)
-            .is_some();
+        let ok = super::sl::build_local_reply(
+            s,
+            &m.msg(),
+            m.src,
+            m.force_rport,
+            code,
+            reason,
+            &hdrs,
+            &mut out,
+        )
+        .is_some();
         m.reply_headers = hdrs;
         if ok {
             m.replied = Some(code);
@@ -536,7 +555,8 @@ pub(crate) fn local_reply_on_cell(s: &Shared, id: TxId, code: u16, reason: &[u8]
         }
         let msg = SipMsg::new(&req, &p);
         let mut out = Vec::new();
-        if super::sl::build_local_reply(s, &msg, src, code, reason, &[], &mut out).is_none() {
+        if super::sl::build_local_reply(s, &msg, src, false, code, reason, &[], &mut out).is_none()
+        {
             return false;
         }
         out
@@ -809,6 +829,7 @@ fn write_request(
     if !uri.is_empty() {
         e.set_ruri(uri);
     }
+    mark_client_via(m, &mut e);
     let mut via = Vec::with_capacity(64);
     via.extend_from_slice(b"SIP/2.0/UDP ");
     push_host_port(&mut via, m.local);
@@ -829,6 +850,29 @@ fn write_request(
         e.insert_header_first(&line);
     }
     e.assemble(&m.buf[..m.len], &m.parsed, out);
+}
+
+/// RFC 3261 §18.2.1 / RFC 3581 on the client's Via of a relayed request:
+/// `received=<source IP>` when the sent-by host is not the source address
+/// or the client asked for `rport`; `rport=<source port>` when it asked
+/// for it or the script called `KSR.force_rport()` (as Kamailio). Replies
+/// forwarded statelessly then find their way back through a NAT.
+fn mark_client_via(m: &MsgCtx, e: &mut crate::sip::Edits) {
+    let msg = m.msg();
+    let Ok(v) = msg.top_via() else { return };
+    let asked = v.rport().is_some();
+    let rport = (asked || m.force_rport).then_some(m.src.port());
+    let host = std::str::from_utf8(v.host).unwrap_or("");
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let differs = host.parse::<IpAddr>().ok() != Some(m.src.ip());
+    if !(differs || rport.is_some()) {
+        return;
+    }
+    let ip = m.src.ip().to_string();
+    e.set_top_via_received(Some(ip.as_bytes()), rport);
 }
 
 pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
@@ -947,13 +991,34 @@ pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
     let Some(dst) = resolve_host(host, port) else {
         return false;
     };
-    let mut e = crate::sip::Edits::new();
+    // The route's header edits, plus removing our Via.
+    let mut e = m.edits.clone();
     e.remove_top_via();
     let mut out = Vec::with_capacity(m.len);
     e.assemble(&m.buf[..m.len], &m.parsed, &mut out);
     m.push_out(&out, dst);
     s.counters.incr(crate::stats::Counter::FwdReplies);
     true
+}
+
+/// The reply with the route's header edits applied, re-parsed; `None`
+/// without edits (or, defensively, when the edited bytes do not parse).
+fn edited_reply(m: &MsgCtx) -> Option<(Vec<u8>, crate::sip::Parsed)> {
+    if m.edits.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(m.len + 64);
+    m.edits.assemble(&m.buf[..m.len], &m.parsed, &mut out);
+    let mut p = crate::sip::Parsed::default();
+    match crate::sip::parse(
+        &out,
+        crate::sip::Framing::Datagram,
+        &crate::sip::Limits::default(),
+        &mut p,
+    ) {
+        Ok(crate::sip::Status::Complete(_)) => Some((out, p)),
+        _ => None,
+    }
 }
 
 /// Runs a reply through its transaction: onreply route, §16.7, failure
@@ -1003,7 +1068,15 @@ pub(super) async fn reply_flow(
         }
     }
     let now = now_ms(&s);
-    let action = s.tm.on_response(id, b, is_cancel, &ctx.msg(), now);
+    // Header edits of the reply / onreply route (e.g. nathelper's
+    // set_contact_alias) go upstream with the reply.
+    let edited = edited_reply(&ctx);
+    let action = match &edited {
+        Some((bytes, p)) => {
+            s.tm.on_response(id, b, is_cancel, &SipMsg::new(bytes, p), now)
+        }
+        None => s.tm.on_response(id, b, is_cancel, &ctx.msg(), now),
+    };
     match action {
         RespAction::Absorbed => {}
         // Sent upstream already, in the same locked step.
@@ -1363,6 +1436,77 @@ mod tests {
                     && b.starts_with("SIP/2.0 200")),
             "{up:?}"
         );
+    }
+
+    #[test]
+    fn relayed_request_marks_the_client_via() {
+        let msg = b"MESSAGE sip:bob@192.0.2.30 SIP/2.0\r\n\
+            Via: SIP/2.0/UDP 192.168.1.5:5070;branch=z9hG4bK-cv\r\n\
+            From: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@192.0.2.30>\r\n\
+            Call-ID: cv@x\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n";
+        for (force, want) in [
+            (false, ";branch=z9hG4bK-cv;received=192.0.2.9\r\n"),
+            (true, ";branch=z9hG4bK-cv;received=192.0.2.9;rport=5060\r\n"),
+        ] {
+            let eng = engine(&format!(
+                "function ksr_request_route() {} KSR.forward() end",
+                if force { "KSR.force_rport()" } else { "" }
+            ));
+            let (m, _) = run(&eng, msg);
+            let o = m.out[0];
+            let fwd = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+            assert!(
+                fwd.contains(&format!("Via: SIP/2.0/UDP 192.168.1.5:5070{want}")),
+                "{fwd}"
+            );
+        }
+        // Sent-by already the source and no rport: untouched.
+        let eng = engine("function ksr_request_route() KSR.forward() end");
+        let same = String::from_utf8_lossy(msg).replace("192.168.1.5:5070", "192.0.2.9:5060");
+        let (m, _) = run(&eng, same.as_bytes());
+        let o = m.out[0];
+        let fwd = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+        assert!(
+            fwd.contains("Via: SIP/2.0/UDP 192.0.2.9:5060;branch=z9hG4bK-cv\r\n"),
+            "{fwd}"
+        );
+    }
+
+    #[test]
+    fn onreply_contact_alias_goes_upstream() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 KSR.tm.t_on_reply("onreply")
+                 KSR.tm.t_relay()
+               end
+               function onreply()
+                 if KSR.siputils.is_reply() > 0 then
+                    alias = KSR.nathelper.set_contact_alias()
+                 end
+               end"#,
+        );
+        let inv = request("INVITE sip:bob@192.0.2.20 SIP/2.0", None, &[]);
+        run(&eng, &inv);
+        let out = sent(&eng);
+        let fwd = out[1].1.clone();
+        let ok = String::from_utf8(reply_to(&fwd, 200)).unwrap().replacen(
+            "Content-Length: 0",
+            "Contact: <sip:bob@192.168.1.9:5060>\r\nContent-Length: 0",
+            1,
+        );
+        deliver_reply(&eng, ok.as_bytes());
+        assert_eq!(super::super::testutil::global_int(&eng, "alias"), 1);
+        let up = sent(&eng);
+        let r = up
+            .iter()
+            .find(|(_, b)| b.starts_with("SIP/2.0 200"))
+            .expect("200 upstream");
+        assert!(
+            r.1.contains("Contact: <sip:bob@192.168.1.9:5060;alias=192.0.2.20~5060~1>\r\n"),
+            "{}",
+            r.1
+        );
+        assert!(!r.1.contains("10.0.0.1:5060;branch"), "{}", r.1);
     }
 
     #[test]

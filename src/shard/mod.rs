@@ -69,6 +69,7 @@ impl ShardParams {
         shard_count: usize,
     ) -> ShardParams {
         let myself = Myself::new(config.core.listen, &config.core.alias);
+        crate::kemi::sanity::configure(&config.sanity);
         let nonce_secret = if config.auth.secret.is_empty() {
             let mut k = [0u8; 32];
             // Without OS randomness, fall back to a time-derived key: still

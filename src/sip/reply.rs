@@ -19,6 +19,9 @@ pub struct ReplyOpts<'b> {
     pub body: &'b [u8],
     /// Value for a `Server:` header, if any.
     pub server: Option<&'b [u8]>,
+    /// Write `rport=src_port` even when the Via did not ask for it
+    /// (Kamailio's `force_rport()`).
+    pub force_rport: bool,
 }
 
 /// The RFC 3261 §21 (and common extension) reason phrase for `code`, or a
@@ -183,7 +186,11 @@ pub fn build_reply(
                 let received = opts
                     .src_ip
                     .filter(|ip| plan.received_at.is_some() || !same_host(plan.via.host, ip));
-                let rport = plan.rport_at.and(opts.src_port);
+                let rport = if opts.force_rport {
+                    opts.src_port
+                } else {
+                    plan.rport_at.and(opts.src_port)
+                };
                 if received.is_none() && rport.is_none() {
                     out.extend_from_slice(val);
                 } else {
@@ -273,6 +280,7 @@ mod tests {
     #[test]
     fn ok_to_register() {
         let opts = ReplyOpts {
+            force_rport: false,
             to_tag: Some(b"srv1"),
             src_ip: Some(b"198.51.100.7"),
             src_port: Some(49152),
@@ -302,6 +310,7 @@ Content-Length: 0\r\n\r\n");
     #[test]
     fn unauthorized_with_challenge_and_body() {
         let opts = ReplyOpts {
+            force_rport: false,
             to_tag: Some(b"t401"),
             extra_headers: b"WWW-Authenticate: Digest realm=\"atlanta.example.com\", qop=\"auth\", nonce=\"ea9c8e88df84f1cec4341ae6cbe5a359\", opaque=\"\", stale=FALSE, algorithm=MD5",
             body: b"denied",
@@ -382,6 +391,7 @@ Content-Length: 0\r\n\r\n");
         for &(via, ip, port, want) in table {
             let req = format!("OPTIONS sip:a@b SIP/2.0\r\nVia: {via}, SIP/2.0/UDP second\r\nv: SIP/2.0/TCP third;branch=z9hG4bK3\r\nFrom: <sip:a@b>;tag=f\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n");
             let opts = ReplyOpts {
+                force_rport: false,
                 src_ip: Some(ip),
                 src_port: Some(port),
                 ..Default::default()
@@ -407,6 +417,7 @@ Content-Length: 0\r\n\r\n");
     #[test]
     fn to_tag_rules() {
         let opts = ReplyOpts {
+            force_rport: false,
             to_tag: Some(b"new"),
             ..Default::default()
         };
@@ -450,6 +461,7 @@ Content-Length: 0\r\n\r\n");
         // CR/LF in caller-supplied reason and server cannot inject headers;
         // the code is clamped; extra headers without CRLF get one.
         let opts = ReplyOpts {
+            force_rport: false,
             server: Some(b"x\r\nEvil: 1"),
             extra_headers: b"X-A: 1",
             ..Default::default()
@@ -486,6 +498,7 @@ Content-Length: 0\r\n\r\n");
         let m = SipMsg::new(REGISTER, &p);
         let mut out = Vec::new();
         let opts = ReplyOpts {
+            force_rport: false,
             to_tag: Some(b"t"),
             src_ip: Some(b"1.2.3.4"),
             src_port: Some(5),

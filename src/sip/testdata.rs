@@ -148,6 +148,7 @@ pub(crate) fn exercise(buf: &[u8], framing: Framing) {
     let mut out = Vec::new();
     if m.is_request() {
         let opts = ReplyOpts {
+            force_rport: false,
             to_tag: Some(b"tt"),
             src_ip: Some(b"198.51.100.7"),
             src_port: Some(5062),

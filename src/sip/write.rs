@@ -245,6 +245,11 @@ impl Edits {
         self.ops.push(Op::SetBody(r));
     }
 
+    /// The value header line `idx` was last replaced with, if any.
+    pub fn replaced_value(&self, idx: usize) -> Option<&[u8]> {
+        self.replacement(idx).map(|r| self.data(r))
+    }
+
     fn removed(&self, idx: usize) -> bool {
         self.ops.contains(&Op::RemoveHeader(idx))
     }

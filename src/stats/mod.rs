@@ -79,6 +79,7 @@ counters! {
     TmFull => "tm.full", "transactions refused: the table was full";
     TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
     TmForeignReplies => "tm.foreign_replies", "replies handled by a shard other than the one whose route created their transaction";
+    SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
 }
 
 /// One route's histogram plus its name (`request_route`, `reply_route`, ...).

@@ -252,7 +252,10 @@ pub fn client() -> UdpSocket {
 
 static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-/// Builds a request from `sock`'s address with fresh Call-ID/branch.
+/// Builds a request from `sock`'s address with fresh Call-ID/branch. The
+/// caller is foreign (`client.example`): a From on our own address would be
+/// a local user for `KSR.is_myself_furi()` (any port, as in Kamailio) and
+/// the default script would challenge it.
 pub fn request(sock: &UdpSocket, method: &str, ruri: &str, extra_headers: &str) -> String {
     let local = sock.local_addr().unwrap();
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -260,7 +263,7 @@ pub fn request(sock: &UdpSocket, method: &str, ruri: &str, extra_headers: &str) 
         "{method} {ruri} SIP/2.0\r\n\
          Via: SIP/2.0/UDP {local};branch=z9hG4bK-t{n};rport\r\n\
          Max-Forwards: 70\r\n\
-         From: \"Tester\" <sip:tester@127.0.0.1>;tag=ft{n}\r\n\
+         From: \"Tester\" <sip:tester@client.example>;tag=ft{n}\r\n\
          To: <{ruri}>\r\n\
          Call-ID: call-{n}-{}@test\r\n\
          CSeq: {n} {method}\r\n\
