@@ -85,7 +85,7 @@ fn lua51_idioms() {
 #[test]
 fn module_and_fenv() {
     let script = r#"
-        local m = loadstring('module("mylib", package.seeall) VERSION = "1" return _M')()
+        local m = loadstring('module("mylib", package.seeall) return package.loaded.mylib')()
         R_MODULE = (package.loaded.mylib == m and mylib == m and m._NAME == "mylib") and 1 or 0
         R_GETFENV = (getfenv(1) ~= nil) and 1 or 0
         function ksr_request_route() end
@@ -207,4 +207,62 @@ fn flavour_is_the_configured_one() {
     let eng = engine("R_JIT = (jit ~= nil) and 1 or 0 function ksr_request_route() end");
     let want = if cfg!(feature = "luajit") { 1 } else { 0 };
     assert_eq!(crate::kemi::testutil::global_int(&eng, "R_JIT"), want);
+}
+
+/// A route that suspends (as auth_check / registrar.save do on their slow
+/// paths) inside the route wrapper's xpcall and a script pcall, then resumes
+/// and ends with `KSR.x.exit()`: coroutines yield across pcall in both
+/// flavours.
+#[test]
+fn suspending_route_resumes() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    let script = r#"
+        function ksr_request_route()
+            local ok, v = pcall(function() return WAIT_ONCE(41) end)
+            if ok and v == 42 then
+                KSR.sl.sl_send_reply(200, "Resumed")
+            else
+                KSR.sl.sl_send_reply(500, tostring(v))
+            end
+            KSR.x.exit()
+            KSR.sl.sl_send_reply(500, "after exit")
+        end
+    "#;
+    let eng = engine(script);
+    let wait = eng
+        .lua()
+        .create_async_function(|_, n: i64| async move {
+            futures_lite::future::yield_now().await;
+            Ok(n + 1)
+        })
+        .unwrap();
+    eng.lua().globals().set("WAIT_ONCE", wait).unwrap();
+    for _ in 0..3 {
+        let mut m = Box::new(crate::kemi::MsgCtx::new(65535, 128));
+        let msg = request("OPTIONS sip:x@10.0.0.1 SIP/2.0", None, &[]);
+        m.load(
+            &msg,
+            "192.0.2.9:5060".parse().unwrap(),
+            LOCAL.parse().unwrap(),
+        );
+        m.parse(&crate::sip::Limits::default()).unwrap();
+        let mut run = eng.run_request(m);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(
+            Pin::new(&mut run).poll(&mut cx).is_pending(),
+            "the route suspends"
+        );
+        let Poll::Ready((m, outcome)) = Pin::new(&mut run).poll(&mut cx) else {
+            panic!("the route did not finish")
+        };
+        assert_eq!(outcome, RouteOutcome::Done);
+        assert_eq!(m.out.len(), 1);
+        let reply =
+            String::from_utf8_lossy(&m.out_buf[m.out[0].start as usize..m.out[0].end as usize])
+                .into_owned();
+        assert!(reply.starts_with("SIP/2.0 200 Resumed"), "{reply}");
+    }
 }
