@@ -7,17 +7,120 @@
 //!   valgrind --tool=callgrind target/release/examples/instructions parse_reply 0   # baseline
 //!
 //! `perf/instructions.sh` runs both and prints the difference per operation.
+//!
+//! Route modes (one `ksr_request_route()` through the real engine, as in
+//! `route.rs`; compare Lua flavours with `--no-default-features --features lua54`):
+//!   route_options   the default script, OPTIONS keepalive (200)
+//!   route_register  the default script, REGISTER with stale credentials (401)
+//!   route_save      `KSR.registrar.save("location", 0)` of a REGISTER (refresh, 200)
+//!   route_lua       a Lua-heavy route: string/table work, no KSR call but the reply
 
+use std::rc::Rc;
+
+use sipshard::config::{AuthConfig, RegistrarConfig, ShardTuning, DEFAULT_SCRIPT};
+use sipshard::kemi::services::{Services, SharedTables};
+use sipshard::kemi::{Engine, EngineConfig, MsgCtx, Myself};
 use sipshard::sip::{build_reply, parse, Framing, Limits, Parsed, ReplyOpts, SipMsg};
 
 #[path = "samples.rs"]
 mod samples;
 use samples::REGISTER;
 
+const OPTIONS: &[u8] = b"OPTIONS sip:127.0.0.1:5060 SIP/2.0\r\n\
+Via: SIP/2.0/UDP 127.0.0.1:40000;branch=z9hG4bK-1-1;rport\r\n\
+Max-Forwards: 70\r\n\
+From: <sip:bench@127.0.0.1>;tag=1\r\n\
+To: <sip:127.0.0.1:5060>\r\n\
+Call-ID: bench-1@127.0.0.1\r\n\
+CSeq: 1 OPTIONS\r\n\
+User-Agent: sipshard-bench\r\n\
+Content-Length: 0\r\n\r\n";
+
+const SAVE: &str = r#"
+function ksr_request_route()
+    if KSR.is_REGISTER() then
+        if KSR.registrar.save("location", 0) < 0 then KSR.sl.sl_reply_error() end
+        return KSR.x.exit()
+    end
+    KSR.sl.sl_send_reply(404, "Not here")
+end
+"#;
+
+const LUA_HEAVY: &str = r#"
+local fmt, concat = string.format, table.concat
+function ksr_request_route()
+    local parts = {}
+    local ua = KSR.pv.get("$ua") or ""
+    for w in string.gmatch(ua, "[%w%.]+") do parts[#parts + 1] = w:lower() end
+    local acc = 0
+    for i = 1, 50 do acc = acc + (i % 7) * 3 end
+    local t = { user = KSR.pv.get("$fU") or "", n = acc, tag = fmt("%s-%d", concat(parts, "."), acc) }
+    if t.tag ~= "" and t.n > 0 then KSR.sl.sl_send_reply(200, "OK") end
+    return KSR.x.exit()
+end
+"#;
+
+fn engine(script: &str) -> Engine {
+    let tuning = ShardTuning::default();
+    let auth = AuthConfig::default();
+    let reg = RegistrarConfig::default();
+    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    let services =
+        Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).expect("services"));
+    Engine::new(&EngineConfig {
+        shard_id: 0,
+        shard_count: 1,
+        script,
+        script_name: "bench",
+        myself: Myself::new(
+            "127.0.0.1:5060".parse().expect("addr"),
+            &["registrar.example.com".into()],
+        ),
+        server_header: "sipshard",
+        tuning: &tuning,
+        services,
+        test_hooks: false,
+        local_addr: "127.0.0.1:5060".parse().expect("addr"),
+    })
+    .expect("engine")
+}
+
+/// Runs `msg` through `script`'s request route `n` times.
+fn route(script: &str, msg: &[u8], n: usize) {
+    let eng = engine(script);
+    let limits = Limits::default();
+    let local = "127.0.0.1:5060".parse().expect("addr");
+    let src = "192.0.2.44:5060".parse().expect("addr");
+    let mut ctx = Box::new(MsgCtx::new(65535, 128));
+    let mut first = String::new();
+    for i in 0..n {
+        ctx.load(msg, src, local);
+        ctx.parse(&limits).expect("valid message");
+        let (m, outcome) = futures_lite::future::block_on(eng.run_request(ctx));
+        ctx = m;
+        if i == 0 {
+            let out = ctx.out.first().map(|o| {
+                let b = &ctx.out_buf[o.start as usize..o.end as usize];
+                String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
+            });
+            first = format!("{outcome:?} {out:?}");
+        }
+        assert_eq!(ctx.out.len(), 1, "one reply per route");
+    }
+    println!("first route: {first}; lua: {}", sipshard::kemi::LUA_FLAVOUR);
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "parse_reply".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    match what.as_str() {
+        "route_options" => return route(DEFAULT_SCRIPT, OPTIONS, n),
+        "route_register" => return route(DEFAULT_SCRIPT, REGISTER, n),
+        "route_save" => return route(SAVE, REGISTER, n),
+        "route_lua" => return route(LUA_HEAVY, REGISTER, n),
+        _ => {}
+    }
     let limits = Limits::default();
     let mut parsed = Parsed::default();
     let mut out = Vec::with_capacity(1024);

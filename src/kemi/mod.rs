@@ -18,6 +18,7 @@
 
 mod auth;
 pub mod check_script;
+mod cjson;
 mod core;
 mod corex;
 mod ctx;
@@ -25,6 +26,7 @@ pub mod exports;
 mod hdr;
 pub mod htable;
 mod kx;
+mod luacompat;
 mod maxfwd;
 pub mod permissions;
 pub mod pike;
@@ -52,6 +54,7 @@ use std::task::{Context, Poll};
 use mlua::{Function, Lua, Table};
 
 pub use ctx::{BranchSpec, MsgCtx, Outgoing};
+pub use luacompat::LUA_FLAVOUR;
 pub use pv::PvValue;
 
 /// Sends a stateless reply to `m` outside the script (400 for a malformed
@@ -61,7 +64,7 @@ pub fn sl_reply(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
     sl::reply_counted(s, m, code, reason)
 }
 
-use crate::config::{LuaGc, ShardTuning};
+use crate::config::ShardTuning;
 use crate::stats::Counter;
 
 /// How a route run ended.
@@ -435,14 +438,8 @@ impl Engine {
             mlua::LuaOptions::new().thread_pool_size(256),
         )
         .map_err(|e| e.to_string())?;
-        match cfg.tuning.lua_gc {
-            LuaGc::Incremental => {
-                lua.gc_inc(cfg.tuning.lua_gc_pause, cfg.tuning.lua_gc_step, 0);
-            }
-            LuaGc::Generational => {
-                lua.gc_gen(cfg.tuning.lua_gc_step, cfg.tuning.lua_gc_pause);
-            }
-        }
+        luacompat::apply_gc(&lua, cfg.tuning);
+        luacompat::install(&lua, cfg.script_name).map_err(|e| e.to_string())?;
         let shared = Rc::new(Shared {
             cur: RefCell::new(None),
             shard_id: cfg.shard_id,
@@ -474,6 +471,7 @@ impl Engine {
             .set_name("=ksr_fast_paths")
             .call::<()>((ksr.clone(), TAKE_ASYNC_PATH))
             .map_err(|e| e.to_string())?;
+        luacompat::guard_modules(&lua, &ksr).map_err(|e| e.to_string())?;
         lua.globals().set("KSR", ksr).map_err(|e| e.to_string())?;
 
         lua.load(cfg.script)
