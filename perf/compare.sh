@@ -829,8 +829,6 @@ autoexpire = 300
 sampling_time_unit = 2
 reqs_density_per_unit = 16
 remove_latency = 4
-[nathelper]
-enable = true
 [permissions]
 enable = true
 '

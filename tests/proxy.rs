@@ -911,9 +911,6 @@ sampling_time_unit = 2
 reqs_density_per_unit = @PIKE_DENSITY@
 remove_latency = 4
 
-[nathelper]
-enable = true
-
 [permissions]
 enable = true
 "#;
