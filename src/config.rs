@@ -84,6 +84,10 @@ pub struct CoreConfig {
     /// Test-only KSR hooks (`KSR.sipshard_test.*`, e.g. a callback that
     /// panics). Never enable in production.
     pub test_hooks: bool,
+    /// Names the routing script sees as defined, like Kamailio's
+    /// `#!define NAME` / `#!define NAME value` (or `-A NAME`): `"NAME"` or
+    /// `"NAME=value"`. Read with `KSR.kx.ifdef`, `ifndef`, `get_def`, `get_defn`.
+    pub defines: Vec<String>,
 }
 
 /// How the shards read the UDP port.
@@ -174,6 +178,7 @@ impl Default for CoreConfig {
             udp_socket: UdpSocketMode::Spread,
             pin: false,
             test_hooks: false,
+            defines: Vec::new(),
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct MsgCtx {
     pub auth_digest_uri: Option<String>,
     /// The last credentials check found a stale nonce (challenge with stale=true).
     pub auth_stale: bool,
+    /// `$avp` / `$xavp` of this message (KSR.pv, KSR.pvx).
+    pub pv: super::pv::PvMsg,
 }
 
 impl MsgCtx {
@@ -118,6 +120,7 @@ impl MsgCtx {
             auth_realm: None,
             auth_digest_uri: None,
             auth_stale: false,
+            pv: Default::default(),
         }
     }
 
@@ -167,6 +170,7 @@ impl MsgCtx {
         self.auth_realm = None;
         self.auth_digest_uri = None;
         self.auth_stale = false;
+        self.pv.clear();
     }
 
     /// Parses `buf[..len]` as one datagram.

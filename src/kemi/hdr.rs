@@ -2,12 +2,19 @@
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
-//! | `KSR.hdr.append(txt)` | `int (str)` | 1 / -1 (txt is a full line, CRLF optional) |
-//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 / -1 (before the first header) |
-//! | `KSR.hdr.remove(name)` | `int (str)` | number removed (>0) or -1 when none |
+//! | `KSR.hdr.append(txt)` | `int (str)` | 1; -1 for an empty txt (txt is a full line, CRLF optional, added as given) |
+//! | `KSR.hdr.insert(txt)` | `int (str)` | 1; -1 for an empty txt (before the first header) |
+//! | `KSR.hdr.remove(name)` | `int (str)` | 1, whether or not a header was there (as Kamailio) |
+//! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt |
+//! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt |
 //! | `KSR.hdr.is_present(name)` | `int (str)` | 1 present / -1 absent |
 //! | `KSR.hdr.get(name)` | `xval (str)` | first value or nil |
+//! | `KSR.hdr.gete(name)` / `getw(name)` | `xval (str)` | first value, or `""` / `"<null>"` |
+//! | `KSR.hdr.get_idx(name, idx)` | `xval (str, int)` | value of the idx-th header of that name (0 first, -1 last), or nil |
+//! | `KSR.hdr.gete_idx(name, idx)` / `getw_idx(name, idx)` | `xval (str, int)` | same, `""` / `"<null>"` when absent |
 //! | `KSR.hdr.append_to_reply(txt)` | `int (str)` | 1 / -1 (added to the next local reply) |
+//!
+//! Not yet: `append_after`, `insert_before`, `match_content`.
 
 use std::rc::Rc;
 
@@ -27,6 +34,15 @@ fn line_without_crlf(b: &[u8]) -> &[u8] {
     b
 }
 
+/// Removes every header named `name` from the outgoing message.
+fn remove(s: &Shared, name: &[u8]) -> mlua::Result<usize> {
+    s.with_msg(|m| {
+        let kind = HdrName::from_bytes(name);
+        let buf = &m.buf[..m.len];
+        m.edits.remove_headers(&m.parsed, buf, kind, name)
+    })
+}
+
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let hdr = lua.create_table()?;
     let s = shared.clone();
@@ -35,7 +51,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_function(move |_, txt: mlua::String| {
             let txt = txt.as_bytes();
             let line = line_without_crlf(&txt);
-            if line.is_empty() || !line.contains(&b':') {
+            if line.is_empty() {
                 return Ok(-1);
             }
             s.with_msg(|m| m.edits.append_header(line))?;
@@ -48,7 +64,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_function(move |_, txt: mlua::String| {
             let txt = txt.as_bytes();
             let line = line_without_crlf(&txt);
-            if line.is_empty() || !line.contains(&b':') {
+            if line.is_empty() {
                 return Ok(-1);
             }
             s.with_msg(|m| m.edits.insert_header_first(line))?;
@@ -59,15 +75,32 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     hdr.set(
         "remove",
         lua.create_function(move |_, name: mlua::String| {
-            let name = name.as_bytes();
-            let n = s.with_msg(|m| {
-                let kind = HdrName::from_bytes(&name);
-                let buf = &m.buf[..m.len];
-                m.edits.remove_headers(&m.parsed, buf, kind, &name)
-            })?;
-            Ok(if n > 0 { n as i64 } else { -1 })
+            remove(&s, &name.as_bytes())?;
+            Ok(1)
         })?,
     )?;
+    for (fname, first) in [("rmappend", false), ("rminsert", true)] {
+        let s = shared.clone();
+        hdr.set(
+            fname,
+            lua.create_function(move |_, (name, txt): (mlua::String, mlua::String)| {
+                remove(&s, &name.as_bytes())?;
+                let txt = txt.as_bytes();
+                let line = line_without_crlf(&txt);
+                if line.is_empty() {
+                    return Ok(-1);
+                }
+                s.with_msg(|m| {
+                    if first {
+                        m.edits.insert_header_first(line)
+                    } else {
+                        m.edits.append_header(line)
+                    }
+                })?;
+                Ok(1)
+            })?,
+        )?;
+    }
     let s = shared.clone();
     hdr.set(
         "is_present",
@@ -90,6 +123,37 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             s.with_msg(|m| super::lua_opt_str(lua, m.msg().header_by_name(&name)))?
         })?,
     )?;
+    for (fname, null) in [("gete", Some("")), ("getw", Some(super::pv::NULL_TEXT))] {
+        let s = shared.clone();
+        hdr.set(
+            fname,
+            lua.create_function(move |lua, name: mlua::String| {
+                let name = name.as_bytes();
+                let v = s.with_msg(|m| m.msg().header_by_name(&name).map(<[u8]>::to_vec))?;
+                lua.create_string(v.as_deref().unwrap_or(null.unwrap_or("").as_bytes()))
+            })?,
+        )?;
+    }
+    for (fname, null) in [
+        ("get_idx", None),
+        ("gete_idx", Some("")),
+        ("getw_idx", Some(super::pv::NULL_TEXT)),
+    ] {
+        let s = shared.clone();
+        hdr.set(
+            fname,
+            lua.create_function(move |lua, (name, idx): (mlua::String, i64)| {
+                let name = name.to_str()?;
+                let v = super::pv::get_val(lua, &s, &format!("$(hdr({name})[{idx}])"))?;
+                match (v, null) {
+                    (super::pv::Val::Null, Some(t)) => {
+                        Ok(mlua::Value::String(lua.create_string(t)?))
+                    }
+                    (v, _) => v.into_lua(lua),
+                }
+            })?,
+        )?;
+    }
     let s = shared.clone();
     hdr.set(
         "append_to_reply",

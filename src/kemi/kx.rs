@@ -1,78 +1,162 @@
 //! KSR.kx: typed getters of common message attributes (Kamailio `kemix` module).
 //!
 //! `get_*` return the value or nil; `gete_*` return `""` instead of nil;
-//! `getw_*` return `"<<null>>"` instead of nil. Integer getters return -1 when
-//! the attribute is absent.
+//! `getw_*` return `"<null>"` instead of nil (what Kamailio 5.6 returns).
+//! Values are those of the pseudo-variable named in the last column, so an
+//! empty host or tag, a `tel:` host, or an R-URI of an unknown scheme is nil.
 //!
 //! | KSR function | Kamailio signature | value |
 //! |---|---|---|
-//! | `get_ruri() get_ruser() get_rhost()` (+ `gete_`, `getw_` for user/host) | `xval ()` | `$ru $rU $rd` |
-//! | `get_rport()` | `int ()` | `$rp` |
-//! | `get_furi() get_fuser() get_fhost() get_ftag()` (+ `gete_`/`getw_` user/host) | `xval ()` | `$fu $fU $fd $ft` |
-//! | `get_turi() get_tuser() get_thost() get_ttag()` (+ `gete_`/`getw_` user/host) | `xval ()` | `$tu $tU $td $tt` |
-//! | `get_srcip() get_rcvip()` | `xval ()` | `$si $Ri` |
-//! | `get_srcport() get_rcvport()` | `int ()` | `$sp $Rp` |
+//! | `get_ruri() get_ouri()` | `xval ()` | `$ru $ou` |
+//! | `get_ruser() get_rhost()` (+ `gete_`, `getw_`) | `xval ()` | `$rU $rd` |
+//! | `get_furi() get_turi()` | `xval ()` | `$fu $tu` |
+//! | `get_fuser() get_fhost() get_tuser() get_thost()` (+ `gete_`, `getw_`) | `xval ()` | `$fU $fd $tU $td` |
+//! | `get_duri() get_cturi() get_ua() get_au() get_body()` (+ `gete_`, `getw_`) | `xval ()` | `$du`, first Contact URI, `$ua $au`, body (nil when empty) |
+//! | `get_nhuri()` | `xval ()` | next hop: `$du`, else `$ru` |
+//! | `get_method() get_callid() get_proto() get_msgbuf()` | `xval ()` | `$rm $ci $pr $mb` |
+//! | `get_srcip() get_rcvip() get_rcvadvip()` | `xval ()` | `$si $Ri $Ri` (no advertised address) |
+//! | `get_srcport() get_rcvport() get_rcvadvport()` | `xval ()` | `$sp $Rp $Rp` (integers) |
 //! | `get_srcuri()` | `xval ()` | `sip:$si:$sp` |
-//! | `get_method() get_callid() get_ua() gete_ua() getw_ua() get_body() get_duri() get_proto()` | `xval ()` | `$rm $ci $ua $rb $du $pr` |
+//! | `get_srcaddr_sock() get_rcvaddr_sock()` | `xval ()` | `udp:$si:$sp`, `udp:$Ri:$Rp` |
+//! | `get_rcv_sock_name() get_send_sock() get_send_sock_name()` | `xval ()` | nil (no socket names; no send socket set) |
+//! | `get_send_sock_port()` | `int ()` | 0 |
 //! | `get_status()` | `int ()` | `$rs`, -1 for a request |
-//! | `get_cseq()` `get_msglen()` | `int ()` | `$cs $ml` |
+//! | `gets_status()` | `xval ()` | `$rs` as a string, nil for a request |
+//! | `get_msglen() get_bodylen()` | `int ()` | `$ml $bs` |
+//! | `get_msgtype()` | `int ()` | 1 request, 2 reply |
+//! | `get_protoid()` | `int ()` | 1 (UDP) |
+//! | `get_conid()` | `int ()` | -1 (no TCP connection) |
 //! | `get_timestamp()` | `int ()` | unix seconds |
+//! | `get_def(name)` | `xval (str)` | value of `core.defines` `NAME=value` (as written), `""` otherwise |
+//! | `get_defn(name)` | `int (str)` | that value as an integer, 0 otherwise |
+//! | `ifdef(name) ifndef(name)` | `bool (str)` | whether `core.defines` has `name` |
+//! | `get_env(name)` | `xval (str)` | environment variable, `""` when unset |
+//! | `get_envn(name)` | `int (str)` | environment variable as an integer, 0 otherwise |
+//! | `get_rport() get_cseq()` | `int ()` | `$rp $cs` as integers — sipshard extension |
+//! | `get_ftag() get_ttag()` (+ `gete_`, `getw_`) | `xval ()` | `$ft $tt` — sipshard extension |
+//! | `gete_ruri() getw_ruri() gete_furi() getw_furi() gete_turi() getw_turi()`, `gete_`/`getw_` of `srcip rcvip method callid proto` | `xval ()` | sipshard extension |
 
 use std::rc::Rc;
 
 use mlua::{Lua, Table, Value};
 
+use super::pv::{Val, NULL_TEXT};
 use super::Shared;
+
+fn null_as(lua: &Lua, v: Val, null: Option<&str>) -> mlua::Result<Value> {
+    match (v, null) {
+        (Val::Null, Some(t)) => Val::s_pub(t.as_bytes()).into_lua(lua),
+        (v, _) => v.into_lua(lua),
+    }
+}
+
+/// (suffix, how the value is read)
+type Getter = fn(&Lua, &Shared) -> mlua::Result<Val>;
+
+fn pv(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Val> {
+    super::pv::get_val(lua, s, name)
+}
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let kx = lua.create_table()?;
-    let strings: &[(&str, &str)] = &[
-        ("ruri", "$ru"),
-        ("ruser", "$rU"),
-        ("rhost", "$rd"),
-        ("furi", "$fu"),
-        ("fuser", "$fU"),
-        ("fhost", "$fd"),
-        ("ftag", "$ft"),
-        ("turi", "$tu"),
-        ("tuser", "$tU"),
-        ("thost", "$td"),
-        ("ttag", "$tt"),
-        ("srcip", "$si"),
-        ("rcvip", "$Ri"),
-        ("method", "$rm"),
-        ("callid", "$ci"),
-        ("ua", "$ua"),
-        ("duri", "$du"),
-        ("proto", "$pr"),
+    let strings: &[(&str, Getter)] = &[
+        ("ruri", |l, s| pv(l, s, "$ru")),
+        ("ruser", |l, s| pv(l, s, "$rU")),
+        ("rhost", |l, s| pv(l, s, "$rd")),
+        ("ouri", |l, s| pv(l, s, "$ou")),
+        ("furi", |l, s| pv(l, s, "$fu")),
+        ("fuser", |l, s| pv(l, s, "$fU")),
+        ("fhost", |l, s| pv(l, s, "$fd")),
+        ("ftag", |l, s| pv(l, s, "$ft")),
+        ("turi", |l, s| pv(l, s, "$tu")),
+        ("tuser", |l, s| pv(l, s, "$tU")),
+        ("thost", |l, s| pv(l, s, "$td")),
+        ("ttag", |l, s| pv(l, s, "$tt")),
+        ("srcip", |l, s| pv(l, s, "$si")),
+        ("rcvip", |l, s| pv(l, s, "$Ri")),
+        ("method", |l, s| pv(l, s, "$rm")),
+        ("callid", |l, s| pv(l, s, "$ci")),
+        ("ua", |l, s| pv(l, s, "$ua")),
+        ("duri", |l, s| pv(l, s, "$du")),
+        ("proto", |l, s| pv(l, s, "$pr")),
+        ("au", |l, s| pv(l, s, "$au")),
+        ("cturi", |l, s| pv(l, s, "$(ct{nameaddr.uri})")),
+        ("body", |l, s| {
+            Ok(match pv(l, s, "$rb")? {
+                Val::Str(b) if b.is_empty() => Val::Null,
+                v => v,
+            })
+        }),
     ];
-    for (suffix, pvname) in strings {
+    for (suffix, getter) in strings {
         for (prefix, null) in [
             ("get_", None),
             ("gete_", Some("")),
-            ("getw_", Some("<<null>>")),
+            ("getw_", Some(NULL_TEXT)),
         ] {
             let s = shared.clone();
-            let pvname = *pvname;
+            let getter = *getter;
             kx.set(
                 format!("{prefix}{suffix}"),
-                lua.create_function(move |lua, ()| {
-                    let v = super::pv::get(lua, &s, pvname)?;
-                    match (v, null) {
-                        (Value::Nil, Some(text)) => Ok(Value::String(lua.create_string(text)?)),
-                        (v, _) => Ok(v),
-                    }
-                })?,
+                lua.create_function(move |lua, ()| null_as(lua, getter(lua, &s)?, null))?,
             )?;
         }
     }
+    let xvals: &[(&str, Getter)] = &[
+        ("msgbuf", |l, s| pv(l, s, "$mb")),
+        ("srcport", |l, s| pv(l, s, "$sp")),
+        ("rcvport", |l, s| pv(l, s, "$Rp")),
+        ("rcvadvip", |l, s| pv(l, s, "$Ri")),
+        ("rcvadvport", |l, s| pv(l, s, "$Rp")),
+        ("rcv_sock_name", |_, _| Ok(Val::Null)),
+        ("send_sock", |_, _| Ok(Val::Null)),
+        ("send_sock_name", |_, _| Ok(Val::Null)),
+        ("nhuri", |l, s| match pv(l, s, "$du")? {
+            Val::Null => pv(l, s, "$ru"),
+            v => Ok(v),
+        }),
+        ("srcuri", |_, s| {
+            s.with_msg(|m| {
+                let t = match m.src.ip() {
+                    std::net::IpAddr::V4(ip) => format!("sip:{ip}:{}", m.src.port()),
+                    std::net::IpAddr::V6(ip) => format!("sip:[{ip}]:{}", m.src.port()),
+                };
+                Val::Str(t.into_bytes())
+            })
+        }),
+        ("srcaddr_sock", |_, s| {
+            s.with_msg(|m| Val::Str(sock_text(m.src).into_bytes()))
+        }),
+        ("rcvaddr_sock", |_, s| {
+            s.with_msg(|m| Val::Str(sock_text(m.local).into_bytes()))
+        }),
+        ("status_s", |l, s| {
+            Ok(match pv(l, s, "$rs")? {
+                Val::Int(i) => Val::Str(i.to_string().into_bytes()),
+                _ => Val::Null,
+            })
+        }),
+    ];
+    for (suffix, getter) in xvals {
+        let s = shared.clone();
+        let getter = *getter;
+        let name = if *suffix == "status_s" {
+            "gets_status".to_string()
+        } else {
+            format!("get_{suffix}")
+        };
+        kx.set(
+            name,
+            lua.create_function(move |lua, ()| getter(lua, &s)?.into_lua(lua))?,
+        )?;
+    }
     let ints: &[(&str, &str)] = &[
-        ("srcport", "$sp"),
-        ("rcvport", "$Rp"),
         ("rport", "$rp"),
         ("status", "$rs"),
         ("cseq", "$cs"),
         ("msglen", "$ml"),
+        ("bodylen", "$bs"),
+        ("msgtype", "$mt"),
         ("timestamp", "$Ts"),
     ];
     for (suffix, pvname) in ints {
@@ -80,27 +164,73 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         let pvname = *pvname;
         kx.set(
             format!("get_{suffix}"),
-            lua.create_function(move |lua, ()| match super::pv::get(lua, &s, pvname)? {
-                Value::Integer(i) => Ok(i),
-                _ => Ok(-1),
+            lua.create_function(move |lua, ()| match pv(lua, &s, pvname)? {
+                Val::Null => Ok(-1),
+                v => Ok(v.int_pub()),
             })?,
         )?;
     }
+    kx.set("get_protoid", lua.create_function(|_, ()| Ok(1))?)?;
+    kx.set("get_conid", lua.create_function(|_, ()| Ok(-1))?)?;
+    kx.set("get_send_sock_port", lua.create_function(|_, ()| Ok(0))?)?;
     let s = shared.clone();
     kx.set(
-        "get_srcuri",
-        lua.create_function(move |_, ()| {
-            s.with_msg(|m| match m.src.ip() {
-                std::net::IpAddr::V4(ip) => format!("sip:{ip}:{}", m.src.port()),
-                std::net::IpAddr::V6(ip) => format!("sip:[{ip}]:{}", m.src.port()),
-            })
+        "get_def",
+        lua.create_function(move |lua, name: String| {
+            let v = define(&s, &name).flatten().unwrap_or_default();
+            lua.create_string(v)
         })?,
     )?;
     let s = shared.clone();
     kx.set(
-        "get_body",
-        lua.create_function(move |lua, ()| s.with_msg(|m| lua.create_string(m.msg().body()))?)?,
+        "get_defn",
+        lua.create_function(move |_, name: String| {
+            Ok(define(&s, &name)
+                .flatten()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0))
+        })?,
+    )?;
+    let s = shared.clone();
+    kx.set(
+        "ifdef",
+        lua.create_function(move |_, name: String| Ok(define(&s, &name).is_some()))?,
+    )?;
+    let s = shared.clone();
+    kx.set(
+        "ifndef",
+        lua.create_function(move |_, name: String| Ok(define(&s, &name).is_none()))?,
+    )?;
+    kx.set(
+        "get_env",
+        lua.create_function(|lua, name: String| {
+            lua.create_string(std::env::var(&name).unwrap_or_default())
+        })?,
+    )?;
+    kx.set(
+        "get_envn",
+        lua.create_function(|_, name: String| {
+            Ok(std::env::var(&name)
+                .ok()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .unwrap_or(0))
+        })?,
     )?;
     ksr.set("kx", kx)?;
     Ok(())
+}
+
+/// `Some(value)` when `name` is defined (`Some(None)` without a value).
+fn define(s: &Shared, name: &str) -> Option<Option<String>> {
+    s.pv.defines
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
+}
+
+fn sock_text(a: std::net::SocketAddr) -> String {
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => format!("udp:{ip}:{}", a.port()),
+        std::net::IpAddr::V6(ip) => format!("udp:[{ip}]:{}", a.port()),
+    }
 }

@@ -197,6 +197,8 @@ pub struct Shared {
     pub extra_out: RefCell<Vec<(std::net::SocketAddr, Vec<u8>)>>,
     /// Execution times of named routes (failure, onreply, branch), ns.
     pub route_times: RefCell<Vec<(std::sync::Arc<str>, hdrhistogram::Histogram<u64>)>>,
+    /// Script-wide state of the pv module: defines, `$avp`, `$xavp`, `$rc`.
+    pub pv: pv::PvState,
 }
 
 impl Shared {
@@ -255,6 +257,8 @@ pub struct EngineConfig<'a> {
     pub test_hooks: bool,
     /// The shard's listen address.
     pub local_addr: std::net::SocketAddr,
+    /// `core.defines` (`NAME` or `NAME=value`), for `KSR.kx.ifdef`/`get_def`.
+    pub defines: &'a [String],
 }
 
 /// Named Lua functions run as failure / onreply / branch routes, each
@@ -425,6 +429,7 @@ impl Engine {
             local_addr: cfg.local_addr,
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
+            pv: pv::PvState::new(cfg.defines),
         });
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;

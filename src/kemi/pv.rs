@@ -17,7 +17,7 @@
 
 use std::rc::Rc;
 
-use mlua::{IntoLua, Lua, Table, Value};
+use mlua::{Lua, Table, Value};
 
 use super::{MsgCtx, Shared};
 use crate::sip::{HdrName, SipUri};
@@ -29,10 +29,271 @@ pub enum PvValue {
     Str(Vec<u8>),
 }
 
+/// A pseudo-variable's value as Kamailio gives it: null, integer or string.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Val {
+    Null,
+    Int(i64),
+    Str(Vec<u8>),
+}
+
+impl Val {
+    fn s(b: &[u8]) -> Val {
+        Val::Str(b.to_vec())
+    }
+    fn opt(b: Option<&[u8]>) -> Val {
+        b.map(Val::s).unwrap_or(Val::Null)
+    }
+    /// Null for an absent or empty value (Kamailio's empty host / tag).
+    fn non_empty(b: Option<&[u8]>) -> Val {
+        Val::opt(b.filter(|x| !x.is_empty()))
+    }
+    pub(super) fn s_pub(b: &[u8]) -> Val {
+        Val::s(b)
+    }
+    pub(super) fn int_pub(&self) -> i64 {
+        self.int()
+    }
+    fn text(&self) -> Option<Vec<u8>> {
+        match self {
+            Val::Null => None,
+            Val::Int(i) => Some(i.to_string().into_bytes()),
+            Val::Str(b) => Some(b.clone()),
+        }
+    }
+    /// The value as an integer: strings parse their leading digits (0 otherwise).
+    fn int(&self) -> i64 {
+        match self {
+            Val::Null => 0,
+            Val::Int(i) => *i,
+            Val::Str(b) => leading_int(b).unwrap_or(0),
+        }
+    }
+    pub(super) fn into_lua(self, lua: &Lua) -> mlua::Result<Value> {
+        Ok(match self {
+            Val::Null => Value::Nil,
+            Val::Int(i) => Value::Integer(i),
+            Val::Str(b) => Value::String(lua.create_string(&b)?),
+        })
+    }
+}
+
+impl From<&PvValue> for Val {
+    fn from(v: &PvValue) -> Val {
+        match v {
+            PvValue::Int(i) => Val::Int(*i),
+            PvValue::Str(b) => Val::Str(b.clone()),
+        }
+    }
+}
+
+/// What `getw` style functions return for null, as Kamailio 5.6 does.
+pub(super) const NULL_TEXT: &str = "<null>";
+
+fn leading_int(b: &[u8]) -> Option<i64> {
+    let t = std::str::from_utf8(b).ok()?.trim();
+    let (neg, digits) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let n: i64 = digits.get(..end)?.parse().ok()?;
+    Some(if neg { -n } else { n })
+}
+
+/// Whole-string integer (`{s.int}` fails on trailing garbage, as Kamailio).
+fn strict_int(b: &[u8]) -> Option<i64> {
+    let t = std::str::from_utf8(b).ok()?.trim();
+    t.parse().ok()
+}
+
 enum NullMode {
     Nil,
     Empty,
     Print,
+}
+
+/// Per-message pv state: `$avp` and `$xavp` (cleared with the message).
+#[derive(Default, Debug)]
+pub struct PvMsg {
+    /// name -> values, newest first.
+    avps: Vec<(String, Vec<PvValue>)>,
+    /// name -> items, newest first; an item is either a value or a list of fields.
+    xavps: Vec<(String, Vec<Xavp>)>,
+}
+
+#[derive(Clone, Debug)]
+enum Xavp {
+    Value(PvValue),
+    Fields(Vec<(String, PvValue)>),
+}
+
+/// Most `$avp` / `$xavp` names and values one message may hold.
+const MAX_AVPS: usize = 256;
+
+impl PvMsg {
+    pub fn clear(&mut self) {
+        self.avps.clear();
+        self.xavps.clear();
+    }
+    fn avp(&self, name: &str) -> Option<&Vec<PvValue>> {
+        self.avps.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+    fn avp_add(&mut self, name: &str, v: PvValue) -> bool {
+        if let Some((_, vals)) = self.avps.iter_mut().find(|(n, _)| n == name) {
+            if vals.len() >= MAX_AVPS {
+                return false;
+            }
+            vals.insert(0, v);
+            return true;
+        }
+        if self.avps.len() >= MAX_AVPS {
+            return false;
+        }
+        self.avps.push((name.to_string(), vec![v]));
+        true
+    }
+    fn avp_pop(&mut self, name: &str) {
+        if let Some((_, vals)) = self.avps.iter_mut().find(|(n, _)| n == name) {
+            if !vals.is_empty() {
+                vals.remove(0);
+            }
+        }
+        self.avps.retain(|(_, v)| !v.is_empty());
+    }
+    fn avp_rm(&mut self, name: &str) {
+        self.avps.retain(|(n, _)| n != name);
+    }
+    fn xavp(&self, name: &str) -> Option<&Vec<Xavp>> {
+        self.xavps.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+    fn xavp_rm(&mut self, name: &str) {
+        self.xavps.retain(|(n, _)| n != name);
+    }
+    /// Adds a new item at the head of `name`.
+    fn xavp_add(&mut self, name: &str, item: Xavp) -> bool {
+        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
+            if items.len() >= MAX_AVPS {
+                return false;
+            }
+            items.insert(0, item);
+            return true;
+        }
+        if self.xavps.len() >= MAX_AVPS {
+            return false;
+        }
+        self.xavps.push((name.to_string(), vec![item]));
+        true
+    }
+    /// Sets `field` in the first item of `name` (creating it), newest first.
+    fn xavp_child_set(&mut self, name: &str, field: &str, v: PvValue) -> bool {
+        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
+            if let Some(Xavp::Fields(f)) = items.first_mut() {
+                if f.len() >= MAX_AVPS {
+                    return false;
+                }
+                f.retain(|(n, _)| n != field);
+                f.push((field.to_string(), v));
+                return true;
+            }
+        }
+        self.xavp_add(name, Xavp::Fields(vec![(field.to_string(), v)]))
+    }
+    fn xavp_child_rm(&mut self, name: &str, field: &str) {
+        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
+            if let Some(Xavp::Fields(f)) = items.first_mut() {
+                f.retain(|(n, _)| n != field);
+            }
+        }
+    }
+    fn xavp_field(&self, name: &str, field: &str) -> Option<&PvValue> {
+        match self.xavp(name)?.first()? {
+            Xavp::Fields(f) => f.iter().find(|(n, _)| n == field).map(|(_, v)| v),
+            Xavp::Value(_) => None,
+        }
+    }
+}
+
+/// `$name(arg)[idx]{tr}...` split up.
+struct Spec<'a> {
+    class: &'a str,
+    arg: Option<&'a str>,
+    idx: Option<&'a str>,
+    trans: Vec<&'a str>,
+}
+
+/// Index of the `close` matching the `open` at position 0 of `s`.
+fn matching(s: &str, open: u8, close: u8) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, b) in s.bytes().enumerate() {
+        if b == open {
+            depth += 1;
+        } else if b == close {
+            depth = depth.checked_sub(1)?;
+            if depth == 0 {
+                return Some(i);
+            }
+        }
+    }
+    None
+}
+
+fn parse_spec(name: &str) -> Option<Spec<'_>> {
+    let rest = name.strip_prefix('$')?;
+    let body = if rest.starts_with('(') {
+        let end = matching(rest, b'(', b')')?;
+        if end + 1 != rest.len() {
+            return None;
+        }
+        rest.get(1..end)?
+    } else {
+        rest
+    };
+    let class_end = body
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(body.len());
+    let class = body.get(..class_end)?;
+    let mut tail = body.get(class_end..)?;
+    let mut spec = Spec {
+        class,
+        arg: None,
+        idx: None,
+        trans: Vec::new(),
+    };
+    if tail.starts_with('(') {
+        let end = matching(tail, b'(', b')')?;
+        spec.arg = Some(tail.get(1..end)?);
+        tail = tail.get(end + 1..)?;
+    }
+    if tail.starts_with('[') {
+        let end = tail.find(']')?;
+        spec.idx = Some(tail.get(1..end)?);
+        tail = tail.get(end + 1..)?;
+    }
+    while tail.starts_with('{') {
+        let end = matching(tail, b'{', b'}')?;
+        spec.trans.push(tail.get(1..end)?);
+        tail = tail.get(end + 1..)?;
+    }
+    if !tail.is_empty() {
+        return None;
+    }
+    Some(spec)
+}
+
+fn pick<T: Clone>(vals: &[T], idx: Option<&str>) -> Option<T> {
+    let i: i64 = match idx {
+        None => 0,
+        Some(t) => t.trim().parse().ok()?,
+    };
+    let n = vals.len() as i64;
+    let i = if i < 0 { n + i } else { i };
+    if i < 0 || i >= n {
+        return None;
+    }
+    vals.get(i as usize).cloned()
 }
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
@@ -46,16 +307,47 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         pv.set(
             name,
             lua.create_function(move |lua, name: mlua::String| {
-                let v = get(lua, &s, &name.to_str()?)?;
-                Ok(match (v, &mode) {
-                    (Value::Nil, NullMode::Nil) => Value::Nil,
-                    (Value::Nil, NullMode::Empty) => Value::String(lua.create_string("")?),
-                    (Value::Nil, NullMode::Print) => Value::String(lua.create_string("<<null>>")?),
-                    (v, _) => v,
-                })
+                let v = get_val(lua, &s, &name.to_str()?)?;
+                match (v, &mode) {
+                    (Val::Null, NullMode::Nil) => Ok(Value::Nil),
+                    (Val::Null, NullMode::Empty) => Val::s(b"").into_lua(lua),
+                    (Val::Null, NullMode::Print) => Val::s(NULL_TEXT.as_bytes()).into_lua(lua),
+                    (v, _) => v.into_lua(lua),
+                }
             })?,
         )?;
     }
+    let s = shared.clone();
+    pv.set(
+        "geti",
+        lua.create_function(move |lua, name: mlua::String| {
+            Ok(get_val(lua, &s, &name.to_str()?)?.int())
+        })?,
+    )?;
+    let s = shared.clone();
+    pv.set(
+        "getvs",
+        lua.create_function(
+            move |lua, (name, dflt): (mlua::String, mlua::String)| match get_val(
+                lua,
+                &s,
+                &name.to_str()?,
+            )? {
+                Val::Null => Ok(Value::String(dflt)),
+                v => Val::Str(v.text().unwrap_or_default()).into_lua(lua),
+            },
+        )?,
+    )?;
+    let s = shared.clone();
+    pv.set(
+        "getvn",
+        lua.create_function(move |lua, (name, dflt): (mlua::String, i64)| {
+            match get_val(lua, &s, &name.to_str()?)? {
+                Val::Int(i) => Ok(i),
+                _ => Ok(dflt),
+            }
+        })?,
+    )?;
     let s = shared.clone();
     pv.set(
         "sets",
@@ -83,151 +375,841 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     pv.set(
         "is_null",
         lua.create_function(move |lua, name: mlua::String| {
-            Ok(get(lua, &s, &name.to_str()?)?.is_nil())
+            Ok(get_val(lua, &s, &name.to_str()?)? == Val::Null)
         })?,
     )?;
     ksr.set("pv", pv)?;
+    register_pvx(lua, ksr, shared)?;
     Ok(())
 }
 
+/// Reads a pseudo-variable as a Lua value; nil for null or unknown.
+pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
+    if name.starts_with("$T_") {
+        return super::tm::pv_get(lua, s, name);
+    }
+    get_val(lua, s, name)?.into_lua(lua)
+}
+
+/// Reads a pseudo-variable with its index and transformations.
+pub(super) fn get_val(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Val> {
+    if name.starts_with("$T_") {
+        return Ok(match super::tm::pv_get(lua, s, name)? {
+            Value::Integer(i) => Val::Int(i),
+            Value::String(t) => Val::s(&t.as_bytes()),
+            _ => Val::Null,
+        });
+    }
+    let Some(spec) = parse_spec(name) else {
+        return Ok(Val::Null);
+    };
+    let mut v = base_val(s, &spec)?;
+    for tr in &spec.trans {
+        v = transform(v, tr);
+    }
+    Ok(v)
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn base_val(s: &Shared, spec: &Spec<'_>) -> mlua::Result<Val> {
+    match (spec.class, spec.arg) {
+        ("var", Some(v)) => {
+            // $var is never null in Kamailio: an unset one is 0.
+            return Ok(s.vars.borrow().get(v).map(Val::from).unwrap_or(Val::Int(0)));
+        }
+        ("shard", None) => return Ok(Val::Int(s.shard_id as i64)),
+        ("Ts" | "TS", None) => return Ok(Val::Int(now_unix())),
+        ("timef", Some(fmt)) => return Ok(Val::Str(strftime_utc(fmt, now_unix()))),
+        // KEMI never sets the cfg action return code: Kamailio reads 0.
+        ("rc" | "retcode", None) => return Ok(Val::Int(0)),
+        _ => {}
+    }
+    s.with_msg(|m| msg_val(m, spec))
+}
+
+/// `$avp`, `$xavp`, `$cnt` and message pseudo-variables.
+fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
+    match (spec.class, spec.arg) {
+        ("avp", Some(a)) => {
+            return m
+                .pv
+                .avp(a)
+                .and_then(|v| pick(v, spec.idx))
+                .map(|v| Val::from(&v))
+                .unwrap_or(Val::Null);
+        }
+        ("xavp", Some(a)) => return xavp_val(&m.pv, a, spec.idx),
+        ("cnt", Some(a)) => {
+            let inner = parse_spec(a);
+            return Val::Int(match inner {
+                Some(i) if i.class == "avp" => i
+                    .arg
+                    .and_then(|n| m.pv.avp(n))
+                    .map_or(0, |v| v.len() as i64),
+                Some(i) if i.class == "xavp" => i
+                    .arg
+                    .and_then(|n| m.pv.xavp(n))
+                    .map_or(0, |v| v.len() as i64),
+                _ => 0,
+            });
+        }
+        _ => {}
+    }
+    let msg = m.msg();
+    match (spec.class, spec.arg) {
+        ("hdr", Some(h)) => {
+            let vals = hdr_values(&msg, h.as_bytes());
+            if spec.idx == Some("*") {
+                if vals.is_empty() {
+                    return Val::Null;
+                }
+                return Val::Str(vals.join(&b","[..]));
+            }
+            return Val::opt(pick(&vals, spec.idx));
+        }
+        ("hdrc", Some(h)) => return Val::Int(hdr_values(&msg, h.as_bytes()).len() as i64),
+        _ => {}
+    }
+    if spec.arg.is_some() {
+        return Val::Null;
+    }
+    let ruri = m.ruri();
+    let from = msg.from().ok();
+    let to = msg.to().ok();
+    match spec.class {
+        "rm" => Val::s(msg.method_bytes()),
+        "ru" | "ruri" => uri_whole(ruri),
+        "rU" => uri_user(ruri),
+        "rd" => uri_host(ruri),
+        "rp" => uri_port(ruri),
+        "rz" => uri_scheme(ruri),
+        "ou" => uri_whole(msg.ruri()),
+        "oU" => uri_user(msg.ruri()),
+        "od" => uri_host(msg.ruri()),
+        "rv" => match msg.parsed.start {
+            crate::sip::StartLine::Request { version, .. } => Val::s(version.get(msg.buf)),
+            _ => Val::Null,
+        },
+        "du" => Val::opt(m.dst_uri.as_deref()),
+        "bf" => Val::Int(i64::from(m.bflags)),
+        "mf" => Val::Int(i64::from(m.flags)),
+        "si" => Val::Str(m.src.ip().to_string().into_bytes()),
+        "sp" => Val::Int(i64::from(m.src.port())),
+        "Ri" => Val::Str(m.local.ip().to_string().into_bytes()),
+        "Rp" => Val::Int(i64::from(m.local.port())),
+        "pr" | "proto" => Val::s(b"udp"),
+        "ua" => Val::opt(msg.user_agent()),
+        "ci" => Val::opt(msg.call_id()),
+        "fu" => Val::opt(from.as_ref().map(|f| f.uri)),
+        "fU" => uri_user(from.as_ref().map(|f| f.uri)),
+        "fd" => uri_host(from.as_ref().map(|f| f.uri)),
+        "fn" => Val::opt(from.as_ref().and_then(|f| raw_display(f.raw))),
+        "ft" => Val::non_empty(from.as_ref().and_then(|f| f.tag())),
+        "tu" => Val::opt(to.as_ref().map(|t| t.uri)),
+        "tU" => uri_user(to.as_ref().map(|t| t.uri)),
+        "td" => uri_host(to.as_ref().map(|t| t.uri)),
+        "tn" => Val::opt(to.as_ref().and_then(|t| raw_display(t.raw))),
+        "tt" => Val::non_empty(to.as_ref().and_then(|t| t.tag())),
+        "cs" => Val::opt(
+            msg.cseq()
+                .ok()
+                .map(|c| c.num.to_string().into_bytes())
+                .as_deref(),
+        ),
+        "rs" => msg.status().map_or(Val::Null, |c| Val::Int(i64::from(c))),
+        "rr" => Val::opt(msg.reason()),
+        "mb" => Val::s(msg.buf),
+        "ml" => Val::Int(m.len as i64),
+        "mt" => Val::Int(if msg.is_request() { 1 } else { 2 }),
+        "bs" => Val::Int(msg.body().len() as i64),
+        "rb" => Val::s(msg.body()),
+        "cl" => msg
+            .content_length()
+            .ok()
+            .flatten()
+            .map_or(Val::Null, |n| Val::Int(i64::from(n))),
+        "cT" => Val::opt(msg.header(HdrName::ContentType)),
+        "ct" => Val::opt(msg.header(HdrName::Contact)),
+        "au" => credential(m, b"username", m.auth_user.as_deref()),
+        "ar" => credential(m, b"realm", m.auth_realm.as_deref()),
+        "adu" => credential(m, b"uri", m.auth_digest_uri.as_deref()),
+        _ => Val::Null,
+    }
+}
+
+fn xavp_val(pv: &PvMsg, arg: &str, idx: Option<&str>) -> Val {
+    let (name, field) = match arg.split_once("=>") {
+        Some((n, f)) => (n, Some(f)),
+        None => (arg, None),
+    };
+    let Some(items) = pv.xavp(name) else {
+        return Val::Null;
+    };
+    let Some(item) = pick(items, idx) else {
+        return Val::Null;
+    };
+    match (item, field) {
+        (Xavp::Value(v), None) => Val::from(&v),
+        (Xavp::Fields(f), Some(field)) => f
+            .iter()
+            .find(|(n, _)| n == field)
+            .map_or(Val::Null, |(_, v)| Val::from(v)),
+        // `$xavp(name)` of a list of fields prints as Kamailio's `<<xavp:...>>`
+        (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{name}>>").into_bytes()),
+        (Xavp::Value(_), Some(_)) => Val::Null,
+    }
+}
+
+/// Every value of header `name` (any name, compact forms match), in order.
+fn hdr_values<'a>(msg: &crate::sip::SipMsg<'a>, name: &[u8]) -> Vec<&'a [u8]> {
+    let kind = HdrName::from_bytes(name);
+    if kind != HdrName::Other {
+        return msg.headers(kind).collect();
+    }
+    let buf = msg.buf;
+    msg.parsed
+        .headers
+        .iter()
+        .filter(|h| h.name == HdrName::Other && h.name_span.get(buf).eq_ignore_ascii_case(name))
+        .map(|h| h.value.get(buf))
+        .collect()
+}
+
+/// The display name as written (quotes kept, like Kamailio's `$fn`).
+fn raw_display(raw: &[u8]) -> Option<&[u8]> {
+    let lt = raw.iter().position(|&b| b == b'<')?;
+    let d = trim(raw.get(..lt)?);
+    (!d.is_empty()).then_some(d)
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    b.get(start..end).unwrap_or(&[])
+}
+
+/// A digest parameter of the request's credentials (Authorization, else
+/// Proxy-Authorization), read before any auth check; `fallback` is what an
+/// auth function recorded.
+fn credential(m: &MsgCtx, param: &[u8], fallback: Option<&str>) -> Val {
+    let msg = m.msg();
+    for h in [
+        HdrName::from_bytes(b"Authorization"),
+        HdrName::from_bytes(b"Proxy-Authorization"),
+    ] {
+        let vals: Vec<&[u8]> = if h == HdrName::Other {
+            Vec::new()
+        } else {
+            msg.headers(h).collect()
+        };
+        let vals = if vals.is_empty() {
+            let n: &[u8] = if h == HdrName::from_bytes(b"Authorization") {
+                b"Authorization"
+            } else {
+                b"Proxy-Authorization"
+            };
+            hdr_values(&msg, n)
+        } else {
+            vals
+        };
+        if let Some(v) = vals.first().and_then(|v| digest_param(v, param)) {
+            return Val::Str(v);
+        }
+    }
+    Val::opt(fallback.map(str::as_bytes))
+}
+
+fn digest_param(v: &[u8], name: &[u8]) -> Option<Vec<u8>> {
+    let v = trim(v);
+    let sp = v.iter().position(|c| c.is_ascii_whitespace())?;
+    let mut rest = v.get(sp..)?;
+    loop {
+        rest = trim(rest);
+        let eq = rest.iter().position(|&c| c == b'=')?;
+        let key = trim(rest.get(..eq)?);
+        let after = trim(rest.get(eq + 1..)?);
+        let (val, next) = if let Some(q) = after.strip_prefix(b"\"") {
+            let mut end = None;
+            let mut esc = false;
+            for (i, &c) in q.iter().enumerate() {
+                if esc {
+                    esc = false;
+                } else if c == b'\\' {
+                    esc = true;
+                } else if c == b'"' {
+                    end = Some(i);
+                    break;
+                }
+            }
+            let end = end?;
+            (q.get(..end)?, q.get(end + 1..)?)
+        } else {
+            let end = after.iter().position(|&c| c == b',').unwrap_or(after.len());
+            (trim(after.get(..end)?), after.get(end..)?)
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return Some(val.to_vec());
+        }
+        let comma = next.iter().position(|&c| c == b',')?;
+        rest = next.get(comma + 1..)?;
+    }
+}
+
+/// A URI as Kamailio sees it: sip/sips/tel only, `user=phone` SIP URIs
+/// handled as tel (core `phone2tel=1`).
+struct UriView<'a> {
+    scheme: &'static str,
+    user: Option<&'a [u8]>,
+    host: &'a [u8],
+    port: Option<u16>,
+    params: &'a [u8],
+}
+
+/// The user part of a `user=phone` SIP URI is the number without its
+/// parameters; `phone2tel` also names its scheme tel (the pvs do, the
+/// `{uri.*}` transformations do not).
+fn uri_view(raw: &[u8], phone2tel: bool) -> Option<UriView<'_>> {
+    use crate::sip::Scheme;
+    let u = SipUri::parse(raw).ok()?;
+    let phone = matches!(u.scheme, Scheme::Sip | Scheme::Sips)
+        && u.params
+            .get(b"user")
+            .flatten()
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"phone"));
+    let scheme = match (u.scheme, phone && phone2tel) {
+        (Scheme::Sip, false) => "sip",
+        (Scheme::Sips, false) => "sips",
+        (Scheme::Sip, true) | (Scheme::Tel, _) => "tel",
+        (Scheme::Sips, true) => "tels",
+        (Scheme::Other, _) => return None,
+    };
+    let user = if phone {
+        u.user.map(|x| x.split(|&c| c == b';').next().unwrap_or(x))
+    } else {
+        u.user
+    };
+    let params = if u.scheme == Scheme::Tel {
+        &[][..]
+    } else {
+        u.params.raw.strip_prefix(b";").unwrap_or(u.params.raw)
+    };
+    Some(UriView {
+        scheme,
+        user,
+        host: u.host,
+        port: u.port,
+        params,
+    })
+}
+
+fn uri_whole(raw: Option<&[u8]>) -> Val {
+    Val::opt(
+        raw.and_then(|r| uri_view(r, true))
+            .map(|_| raw.unwrap_or_default()),
+    )
+}
+
+fn uri_user(raw: Option<&[u8]>) -> Val {
+    Val::non_empty(raw.and_then(|r| uri_view(r, true)).and_then(|u| u.user))
+}
+
+fn uri_host(raw: Option<&[u8]>) -> Val {
+    Val::non_empty(raw.and_then(|r| uri_view(r, true)).map(|u| u.host))
+}
+
+fn uri_scheme(raw: Option<&[u8]>) -> Val {
+    Val::opt(
+        raw.and_then(|r| uri_view(r, true))
+            .map(|u| u.scheme.as_bytes()),
+    )
+}
+
+/// `$rp`: the port as a string, the scheme's default when absent.
+fn uri_port(raw: Option<&[u8]>) -> Val {
+    raw.and_then(|r| uri_view(r, true)).map_or(Val::Null, |u| {
+        let p = u
+            .port
+            .unwrap_or(if u.scheme.ends_with('s') { 5061 } else { 5060 });
+        Val::Str(p.to_string().into_bytes())
+    })
+}
+
+/// One transformation (`s.len`, `uri.user`, `param.value,name`...); an
+/// unknown one or one that does not apply gives null.
+fn transform(v: Val, tr: &str) -> Val {
+    let mut parts = tr.split(',');
+    let op = parts.next().unwrap_or("").trim();
+    let args: Vec<&str> = parts.collect();
+    if v == Val::Null {
+        return Val::Null;
+    }
+    let text = v.text().unwrap_or_default();
+    match op {
+        "s.len" => Val::Int(text.len() as i64),
+        "s.int" => match &v {
+            Val::Int(i) => Val::Int(*i),
+            _ => strict_int(&text).map_or(Val::Null, Val::Int),
+        },
+        "s.tolower" => Val::Str(text.to_ascii_lowercase()),
+        "s.toupper" => Val::Str(text.to_ascii_uppercase()),
+        "s.substr" => {
+            let (Some(a), Some(b)) = (
+                args.first().and_then(|a| a.trim().parse::<i64>().ok()),
+                args.get(1).and_then(|b| b.trim().parse::<i64>().ok()),
+            ) else {
+                return Val::Null;
+            };
+            let n = text.len() as i64;
+            let start = if a < 0 { n + a } else { a };
+            if start < 0 || start > n || b < 0 {
+                return Val::Null;
+            }
+            let end = if b == 0 { n } else { (start + b).min(n) };
+            Val::opt(text.get(start as usize..end as usize))
+        }
+        "uri.user" | "uri.host" | "uri.port" | "uri.params" | "uri.scheme" | "uri.param" => {
+            let Some(u) = uri_view(&text, false) else {
+                return Val::Null;
+            };
+            match op {
+                "uri.user" => Val::s(u.user.unwrap_or_default()),
+                "uri.host" => Val::s(u.host),
+                "uri.port" => Val::Int(u.port.map_or(0, i64::from)),
+                "uri.params" => Val::s(u.params),
+                "uri.scheme" => Val::s(u.scheme.as_bytes()),
+                _ => {
+                    let name = args.first().map_or("", |a| a.trim());
+                    Val::s(param_value(u.params, name).unwrap_or_default())
+                }
+            }
+        }
+        "tobody.user" | "tobody.host" | "tobody.uri" | "tobody.display" | "tobody.tag"
+        | "tobody.params" | "nameaddr.uri" | "nameaddr.name" => {
+            let Ok(na) = crate::sip::NameAddr::parse(&text) else {
+                return Val::Null;
+            };
+            if op.starts_with("tobody.") && uri_view(na.uri, true).is_none() {
+                return Val::Null;
+            }
+            match op {
+                "tobody.uri" | "nameaddr.uri" => Val::s(na.uri),
+                "tobody.display" => Val::s(raw_display(na.raw).unwrap_or_default()),
+                // the text before `<`, trailing spaces included (as Kamailio)
+                "nameaddr.name" => {
+                    let lt = na.raw.iter().position(|&b| b == b'<').unwrap_or(0);
+                    let d = na.raw.get(..lt).unwrap_or_default();
+                    let start = d
+                        .iter()
+                        .position(|c| !c.is_ascii_whitespace())
+                        .unwrap_or(d.len());
+                    Val::s(d.get(start..).unwrap_or_default())
+                }
+                "tobody.tag" => Val::s(na.tag().unwrap_or_default()),
+                "tobody.params" => {
+                    Val::s(na.params.raw.strip_prefix(b";").unwrap_or(na.params.raw))
+                }
+                _ => match uri_view(na.uri, false) {
+                    Some(u) if op == "tobody.user" => Val::s(u.user.unwrap_or_default()),
+                    Some(u) => Val::s(u.host),
+                    None => Val::Null,
+                },
+            }
+        }
+        "param.value" => {
+            let name = args.first().map_or("", |a| a.trim());
+            param_list_value(&text, name)
+        }
+        _ => Val::Null,
+    }
+}
+
+/// `name=value` in a `;`-separated list (URI params without the first `;`).
+fn param_value<'a>(params: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    params.split(|&c| c == b';').find_map(|p| {
+        let p = trim(p);
+        let (n, v) = match p.iter().position(|&c| c == b'=') {
+            Some(i) => (p.get(..i)?, p.get(i + 1..)?),
+            None => (p, &p[p.len()..]),
+        };
+        trim(n)
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| trim(v))
+    })
+}
+
+/// `{param.value,name}`: the list must be made of parameters (Kamailio fails
+/// on anything else, e.g. a whole Via); an absent name is "".
+fn param_list_value(text: &[u8], name: &str) -> Val {
+    for p in text.split(|&c| c == b';') {
+        let p = trim(p);
+        let n = p.split(|&c| c == b'=').next().unwrap_or_default();
+        let n = trim(n);
+        if !p.is_empty()
+            && !n
+                .iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.!~*'+%".contains(c))
+        {
+            return Val::Null;
+        }
+    }
+    Val::s(param_value(text, name).unwrap_or_default())
+}
+
+/// `$timef(format)`: a strftime subset, UTC.
+fn strftime_utc(fmt: &str, t: i64) -> Vec<u8> {
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // civil from days (proleptic Gregorian)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (hh, mm, ss) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let wday = (days + 4).rem_euclid(7) as usize;
+    const WD: [&str; 7] = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mut out = String::new();
+    let mut it = fmt.chars();
+    while let Some(c) = it.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let Some(f) = it.next() else {
+            out.push('%');
+            break;
+        };
+        let piece = match f {
+            'Y' => y.to_string(),
+            'y' => format!("{:02}", y.rem_euclid(100)),
+            'm' => format!("{m:02}"),
+            'd' => format!("{d:02}"),
+            'e' => format!("{d:2}"),
+            'H' => format!("{hh:02}"),
+            'M' => format!("{mm:02}"),
+            'S' => format!("{ss:02}"),
+            'T' => format!("{hh:02}:{mm:02}:{ss:02}"),
+            'F' => format!("{y}-{m:02}-{d:02}"),
+            's' => t.to_string(),
+            'a' => WD[wday].to_string(),
+            'b' => MO[(m - 1).clamp(0, 11) as usize].to_string(),
+            'j' => format!("{:03}", days - days_from_civil(y, 1, 1) + 1),
+            'Z' => "UTC".to_string(),
+            'z' => "+0000".to_string(),
+            '%' => "%".to_string(),
+            other => format!("%{other}"),
+        };
+        out.push_str(&piece);
+    }
+    out.into_bytes()
+}
+
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// KSR.pvx: `$var`, `$avp` and `$xavp` helpers of Kamailio's pv module.
+fn register_pvx(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
+    let t = lua.create_table()?;
+    macro_rules! f {
+        ($name:expr, $args:ty, $body:expr) => {{
+            let s = shared.clone();
+            let body = $body;
+            t.set(
+                $name,
+                lua.create_function(move |lua, a: $args| body(lua, &s, a))?,
+            )?;
+        }};
+    }
+    fn null_mode(lua: &Lua, v: Val, mode: u8) -> mlua::Result<Value> {
+        match (v, mode) {
+            (Val::Null, b'e') => Val::s(b"").into_lua(lua),
+            (Val::Null, b'w') => Val::s(NULL_TEXT.as_bytes()).into_lua(lua),
+            (v, _) => v.into_lua(lua),
+        }
+    }
+    fn pvs(v: &mlua::String) -> PvValue {
+        PvValue::Str(v.as_bytes().to_vec())
+    }
+    fn code(ok: bool) -> i64 {
+        if ok {
+            1
+        } else {
+            -1
+        }
+    }
+    f!("var_sets", (String, mlua::String), |_: &Lua,
+                                            s: &Rc<Shared>,
+                                            (n, v): (
+        String,
+        mlua::String
+    )| {
+        set(s, &format!("$var({n})"), Some(pvs(&v))).map(|_| 1)
+    });
+    f!(
+        "var_seti",
+        (String, i64),
+        |_: &Lua, s: &Rc<Shared>, (n, v): (String, i64)| {
+            set(s, &format!("$var({n})"), Some(PvValue::Int(v))).map(|_| 1)
+        }
+    );
+    f!("var_get", String, |lua: &Lua, s: &Rc<Shared>, n: String| {
+        get(lua, s, &format!("$var({n})"))
+    });
+    f!("avp_sets", (String, mlua::String), |_: &Lua,
+                                            s: &Rc<Shared>,
+                                            (n, v): (
+        String,
+        mlua::String
+    )| {
+        s.with_msg(|m| code(m.pv.avp_add(&n, pvs(&v))))
+    });
+    f!(
+        "avp_seti",
+        (String, i64),
+        |_: &Lua, s: &Rc<Shared>, (n, v): (String, i64)| {
+            s.with_msg(|m| code(m.pv.avp_add(&n, PvValue::Int(v))))
+        }
+    );
+    for (name, mode) in [("avp_get", b'n'), ("avp_gete", b'e'), ("avp_getw", b'w')] {
+        f!(name, String, move |lua: &Lua, s: &Rc<Shared>, n: String| {
+            let v = s.with_msg(|m| m.pv.avp(&n).and_then(|v| v.first()).map(Val::from))?;
+            null_mode(lua, v.unwrap_or(Val::Null), mode)
+        });
+    }
+    f!("avp_rm", String, |_: &Lua, s: &Rc<Shared>, n: String| {
+        s.with_msg(|m| {
+            m.pv.avp_rm(&n);
+            1
+        })
+    });
+    f!(
+        "avp_is_null",
+        String,
+        |_: &Lua, s: &Rc<Shared>, n: String| { s.with_msg(|m| code(m.pv.avp(&n).is_none())) }
+    );
+    f!("xavp_sets", (String, mlua::String), |_: &Lua,
+                                             s: &Rc<Shared>,
+                                             (n, v): (
+        String,
+        mlua::String
+    )| {
+        s.with_msg(|m| code(m.pv.xavp_add(&n, Xavp::Value(pvs(&v)))))
+    });
+    f!(
+        "xavp_seti",
+        (String, i64),
+        |_: &Lua, s: &Rc<Shared>, (n, v): (String, i64)| {
+            s.with_msg(|m| code(m.pv.xavp_add(&n, Xavp::Value(PvValue::Int(v)))))
+        }
+    );
+    for (name, mode) in [("xavp_get", b'n'), ("xavp_gete", b'e'), ("xavp_getw", b'w')] {
+        f!(name, String, move |lua: &Lua, s: &Rc<Shared>, n: String| {
+            let v = s.with_msg(|m| xavp_val(&m.pv, &n, None))?;
+            null_mode(lua, v, mode)
+        });
+    }
+    f!("xavp_rm", String, |_: &Lua, s: &Rc<Shared>, n: String| {
+        s.with_msg(|m| {
+            m.pv.xavp_rm(&n);
+            1
+        })
+    });
+    f!(
+        "xavp_is_null",
+        String,
+        |_: &Lua, s: &Rc<Shared>, n: String| { s.with_msg(|m| code(m.pv.xavp(&n).is_none())) }
+    );
+    f!(
+        "xavp_child_sets",
+        (String, String, mlua::String),
+        |_: &Lua, s: &Rc<Shared>, (n, c, v): (String, String, mlua::String)| {
+            s.with_msg(|m| code(m.pv.xavp_child_set(&n, &c, pvs(&v))))
+        }
+    );
+    f!("xavp_child_seti", (String, String, i64), |_: &Lua,
+                                                  s: &Rc<
+        Shared,
+    >,
+                                                  (n, c, v): (
+        String,
+        String,
+        i64
+    )| {
+        s.with_msg(|m| code(m.pv.xavp_child_set(&n, &c, PvValue::Int(v))))
+    });
+    for (name, mode) in [
+        ("xavp_child_get", b'n'),
+        ("xavp_child_gete", b'e'),
+        ("xavp_child_getw", b'w'),
+    ] {
+        f!(
+            name,
+            (String, String),
+            move |lua: &Lua, s: &Rc<Shared>, (n, c): (String, String)| {
+                let v = s.with_msg(|m| m.pv.xavp_field(&n, &c).map(Val::from))?;
+                null_mode(lua, v.unwrap_or(Val::Null), mode)
+            }
+        );
+    }
+    f!("xavp_child_rm", (String, String), |_: &Lua,
+                                           s: &Rc<Shared>,
+                                           (n, c): (
+        String,
+        String
+    )| {
+        s.with_msg(|m| {
+            m.pv.xavp_child_rm(&n, &c);
+            1
+        })
+    });
+    f!("xavp_child_is_null", (String, String), |_: &Lua,
+                                                s: &Rc<Shared>,
+                                                (n, c): (
+        String,
+        String
+    )| {
+        s.with_msg(|m| code(m.pv.xavp_field(&n, &c).is_none()))
+    });
+    f!("xavp_params_explode", (mlua::String, String), |_: &Lua,
+                                                       s: &Rc<
+        Shared,
+    >,
+                                                       (p, n): (
+        mlua::String,
+        String
+    )| {
+        let p = p.as_bytes();
+        let mut fields: Vec<(String, PvValue)> = Vec::new();
+        for part in p.split(|&c| c == b';') {
+            let part = trim(part);
+            if part.is_empty() || fields.len() >= MAX_AVPS {
+                continue;
+            }
+            let (k, v) = match part.iter().position(|&c| c == b'=') {
+                Some(i) => (&part[..i], &part[i + 1..]),
+                None => (part, &part[part.len()..]),
+            };
+            fields.push((
+                String::from_utf8_lossy(trim(k)).into_owned(),
+                PvValue::Str(trim(v).to_vec()),
+            ));
+        }
+        s.with_msg(|m| code(m.pv.xavp_add(&n, Xavp::Fields(fields))))
+    });
+    f!("xavp_params_implode", (String, String), |_: &Lua,
+                                                 s: &Rc<Shared>,
+                                                 (n, pv): (
+        String,
+        String
+    )| {
+        let text = s.with_msg(|m| match m.pv.xavp(&n).and_then(|i| i.first()) {
+            Some(Xavp::Fields(f)) => {
+                let mut out = Vec::new();
+                for (k, v) in f {
+                    out.extend_from_slice(k.as_bytes());
+                    out.push(b'=');
+                    out.extend_from_slice(&Val::from(v).text().unwrap_or_default());
+                    out.push(b';');
+                }
+                Some(out)
+            }
+            _ => None,
+        })?;
+        match text {
+            Some(t) => set(s, &pv, Some(PvValue::Str(t))).map(|_| 1),
+            None => Ok(-1),
+        }
+    });
+    f!(
+        "xavp_get_keys",
+        (String, i64),
+        |lua: &Lua, s: &Rc<Shared>, (n, idx): (String, i64)| {
+            let keys = s.with_msg(|m| {
+                let items = m.pv.xavp(&n)?;
+                match pick(items, Some(&idx.to_string()))? {
+                    Xavp::Fields(f) => Some(f.into_iter().map(|(k, _)| k).collect::<Vec<_>>()),
+                    Xavp::Value(_) => None,
+                }
+            })?;
+            match keys {
+                Some(k) => Ok(Value::Table(lua.create_sequence_from(k)?)),
+                None => Ok(Value::Nil),
+            }
+        }
+    );
+    f!("pv_var_to_xavp", (String, String), |_: &Lua,
+                                            s: &Rc<Shared>,
+                                            (v, n): (
+        String,
+        String
+    )| {
+        let fields: Vec<(String, PvValue)> = {
+            let vars = s.vars.borrow();
+            if v == "*" {
+                vars.iter()
+                    .take(MAX_AVPS)
+                    .map(|(k, x)| (k.clone(), x.clone()))
+                    .collect()
+            } else {
+                vec![(v.clone(), vars.get(&v).cloned().unwrap_or(PvValue::Int(0)))]
+            }
+        };
+        s.with_msg(|m| code(m.pv.xavp_add(&n, Xavp::Fields(fields))))
+    });
+    f!(
+        "pv_xavp_to_var",
+        String,
+        |_: &Lua, s: &Rc<Shared>, n: String| {
+            let fields = s.with_msg(|m| match m.pv.xavp(&n).and_then(|i| i.first()) {
+                Some(Xavp::Fields(f)) => f.clone(),
+                _ => Vec::new(),
+            })?;
+            if fields.is_empty() {
+                return Ok(-1);
+            }
+            for (k, v) in fields {
+                set(s, &format!("$var({k})"), Some(v))?;
+            }
+            Ok(1)
+        }
+    );
+    ksr.set("pvx", t)?;
+    Ok(())
+}
 fn var_name(name: &str) -> Option<&str> {
     name.strip_prefix("$var(").and_then(|r| r.strip_suffix(')'))
 }
 
-/// Reads a pseudo-variable; `Nil` for null or unknown.
-pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
-    if let Some(v) = var_name(name) {
-        return match s.vars.borrow().get(v) {
-            Some(PvValue::Int(i)) => Ok(Value::Integer(*i)),
-            Some(PvValue::Str(b)) => Ok(Value::String(lua.create_string(b)?)),
-            None => Ok(Value::Nil),
-        };
-    }
-    if name.starts_with("$T_") {
-        return super::tm::pv_get(lua, s, name);
-    }
-    match name {
-        "$shard" => return Ok(Value::Integer(s.shard_id as i64)),
-        "$Ts" => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            return Ok(Value::Integer(now as i64));
-        }
-        _ => {}
-    }
-    s.with_msg(|m| read_msg_pv(lua, m, name))?
-}
-
-fn str_val(lua: &Lua, b: Option<&[u8]>) -> mlua::Result<Value> {
-    super::lua_opt_str(lua, b)
-}
-
-fn ip_text(ip: std::net::IpAddr) -> String {
-    ip.to_string()
-}
-
-fn read_msg_pv(lua: &Lua, m: &MsgCtx, name: &str) -> mlua::Result<Value> {
-    let msg = m.msg();
-    if let Some(h) = name.strip_prefix("$hdr(").and_then(|r| r.strip_suffix(')')) {
-        return str_val(lua, msg.header_by_name(h.as_bytes()));
-    }
-    let ruri_part = |f: fn(&SipUri<'_>) -> Option<Vec<u8>>| -> mlua::Result<Value> {
-        let r = m
-            .ruri()
-            .and_then(|r| SipUri::parse(r).ok().and_then(|u| f(&u)));
-        str_val(lua, r.as_deref())
-    };
-    match name {
-        "$rm" => str_val(lua, Some(msg.method_bytes())),
-        "$ru" => str_val(lua, m.ruri()),
-        "$rU" => ruri_part(|u| u.user.map(|x| x.to_vec())),
-        "$rd" => ruri_part(|u| Some(u.host.to_vec())),
-        "$rp" => {
-            let port = m
-                .ruri()
-                .and_then(|r| SipUri::parse(r).ok())
-                .map(|u| u.port.unwrap_or(5060));
-            Ok(port.map(|p| Value::Integer(p as i64)).unwrap_or(Value::Nil))
-        }
-        "$rz" => ruri_part(|u| {
-            Some(
-                match u.scheme {
-                    crate::sip::Scheme::Sip => "sip",
-                    crate::sip::Scheme::Sips => "sips",
-                    crate::sip::Scheme::Tel => "tel",
-                    crate::sip::Scheme::Other => "",
-                }
-                .as_bytes()
-                .to_vec(),
-            )
-        }),
-        "$du" => str_val(lua, m.dst_uri.as_deref()),
-        "$bf" => Ok(Value::Integer(i64::from(m.bflags))),
-        "$si" => ip_text(m.src.ip()).into_lua(lua),
-        "$sp" => Ok(Value::Integer(m.src.port() as i64)),
-        "$Ri" => ip_text(m.local.ip()).into_lua(lua),
-        "$Rp" => Ok(Value::Integer(m.local.port() as i64)),
-        "$pr" | "$proto" => "udp".into_lua(lua),
-        "$ua" => str_val(lua, msg.user_agent()),
-        "$ci" => str_val(lua, msg.call_id()),
-        "$fu" => str_val(lua, msg.from().ok().map(|f| f.uri)),
-        "$fU" => str_val(
-            lua,
-            msg.from()
-                .ok()
-                .and_then(|f| f.uri_parsed().ok())
-                .and_then(|u| u.user),
-        ),
-        "$fd" => str_val(
-            lua,
-            msg.from()
-                .ok()
-                .and_then(|f| f.uri_parsed().ok())
-                .map(|u| u.host),
-        ),
-        "$fn" => str_val(lua, msg.from().ok().and_then(|f| f.display)),
-        "$ft" => str_val(lua, msg.from().ok().and_then(|f| f.tag())),
-        "$tu" => str_val(lua, msg.to().ok().map(|t| t.uri)),
-        "$tU" => str_val(
-            lua,
-            msg.to()
-                .ok()
-                .and_then(|t| t.uri_parsed().ok())
-                .and_then(|u| u.user),
-        ),
-        "$td" => str_val(
-            lua,
-            msg.to()
-                .ok()
-                .and_then(|t| t.uri_parsed().ok())
-                .map(|u| u.host),
-        ),
-        "$tn" => str_val(lua, msg.to().ok().and_then(|t| t.display)),
-        "$tt" => str_val(lua, msg.to().ok().and_then(|t| t.tag())),
-        "$cs" => Ok(msg
-            .cseq()
-            .map(|c| Value::Integer(c.num as i64))
-            .unwrap_or(Value::Nil)),
-        "$rs" => Ok(msg
-            .status()
-            .map(|c| Value::Integer(c as i64))
-            .unwrap_or(Value::Nil)),
-        "$rr" => str_val(lua, msg.reason()),
-        "$mb" => str_val(lua, Some(msg.buf)),
-        "$ml" => Ok(Value::Integer(m.len as i64)),
-        "$ct" => str_val(lua, msg.header(HdrName::Contact)),
-        "$au" => str_val(lua, m.auth_user.as_deref().map(str::as_bytes)),
-        "$ar" => str_val(lua, m.auth_realm.as_deref().map(str::as_bytes)),
-        "$adu" => str_val(lua, m.auth_digest_uri.as_deref().map(str::as_bytes)),
-        _ => Ok(Value::Nil),
-    }
-}
-
 /// Writes a pseudo-variable (`None` = unset). Unknown or read-only names are
 /// a script error, as in Kamailio.
-fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<()> {
+/// Ok(false) when the value cannot be assigned (Kamailio's false).
+fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
     if let Some(v) = var_name(name) {
         let mut vars = s.vars.borrow_mut();
         match value {
@@ -244,7 +1226,36 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<()> {
                 vars.remove(v);
             }
         }
-        return Ok(());
+        return Ok(true);
+    }
+    if let Some(spec) = parse_spec(name) {
+        match (spec.class, spec.arg) {
+            ("avp", Some(a)) => {
+                return s.with_msg(|m| match value {
+                    Some(v) => m.pv.avp_add(a, v),
+                    // unset removes the newest value, as Kamailio
+                    None => {
+                        m.pv.avp_pop(a);
+                        true
+                    }
+                });
+            }
+            ("xavp", Some(a)) => {
+                return s.with_msg(|m| match (a.split_once("=>"), value) {
+                    (Some((n, f)), Some(v)) => m.pv.xavp_child_set(n, f, v),
+                    (Some((n, f)), None) => {
+                        m.pv.xavp_child_rm(n, f);
+                        true
+                    }
+                    (None, Some(v)) => m.pv.xavp_add(a, Xavp::Value(v)),
+                    (None, None) => {
+                        m.pv.xavp_rm(a);
+                        true
+                    }
+                });
+            }
+            _ => {}
+        }
     }
     let text = match &value {
         Some(PvValue::Str(b)) => Some(b.clone()),
@@ -252,26 +1263,26 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<()> {
         None => None,
     };
     s.with_msg(|m| match name {
-        "$ru" => {
+        "$ru" | "$ruri" => {
             m.new_ruri = text;
-            Ok(())
+            Ok(true)
         }
         "$du" => {
             m.dst_uri = text;
-            Ok(())
+            Ok(true)
         }
         "$rU" | "$rd" | "$rp" => {
             let Some(cur) = m.ruri().map(<[u8]>::to_vec) else {
-                return Ok(());
+                return Ok(false);
             };
-            let Ok(u) = SipUri::parse(&cur) else {
-                return Err(mlua::Error::RuntimeError(
-                    "cannot rewrite a malformed R-URI".into(),
-                ));
+            // Kamailio fails the assignment (false) for an R-URI it cannot parse.
+            let u = match SipUri::parse(&cur) {
+                Ok(u) if u.scheme != crate::sip::Scheme::Other => u,
+                _ => return Ok(false),
             };
             let new = rebuild_uri(&u, name, text.as_deref());
             m.new_ruri = Some(new);
-            Ok(())
+            Ok(true)
         }
         _ => Err(mlua::Error::RuntimeError(format!(
             "pseudo-variable {name} is not writable"
@@ -289,7 +1300,37 @@ fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
         crate::sip::Scheme::Tel => b"tel:",
         _ => b"sip:",
     });
-    let user = if which == "$rU" { v } else { u.user };
+    if u.scheme == crate::sip::Scheme::Tel {
+        // tel:number;params — only the number can change
+        out.extend_from_slice(if which == "$rU" {
+            v.unwrap_or_default()
+        } else {
+            u.user.unwrap_or_default()
+        });
+        out.extend_from_slice(u.params.raw);
+        return out;
+    }
+    // user=phone (phone2tel): the number is the user part before its first
+    // `;`; its parameters stay.
+    let phone = u
+        .params
+        .get(b"user")
+        .flatten()
+        .is_some_and(|x| x.eq_ignore_ascii_case(b"phone"));
+    let kept: Vec<u8>;
+    let user = match (which == "$rU", v) {
+        (true, Some(new)) if phone => {
+            let old = u.user.unwrap_or_default();
+            let tail = old
+                .iter()
+                .position(|&c| c == b';')
+                .map_or(&[][..], |i| &old[i..]);
+            kept = [new, tail].concat();
+            Some(&kept[..])
+        }
+        (true, v) => v,
+        (false, _) => u.user,
+    };
     if let Some(user) = user.filter(|x| !x.is_empty()) {
         out.extend_from_slice(user);
         if let Some(pw) = u.password {
@@ -320,4 +1361,24 @@ fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
         out.extend_from_slice(u.headers);
     }
     out
+}
+
+/// Script-wide pv state of one shard: the `core.defines` names.
+pub struct PvState {
+    /// (name, value) from `core.defines`; value `None` for a bare `NAME`.
+    pub defines: Vec<(String, Option<String>)>,
+}
+
+impl PvState {
+    pub fn new(defines: &[String]) -> PvState {
+        PvState {
+            defines: defines
+                .iter()
+                .map(|d| match d.split_once('=') {
+                    Some((n, v)) => (n.trim().to_string(), Some(v.trim().to_string())),
+                    None => (d.trim().to_string(), None),
+                })
+                .collect(),
+        }
+    }
 }

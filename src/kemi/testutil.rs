@@ -30,6 +30,7 @@ pub(crate) fn engine(script: &str) -> Engine {
         tuning: &tuning,
         services,
         test_hooks: false,
+        defines: &[],
         local_addr: LOCAL.parse().unwrap(),
     })
     .unwrap()

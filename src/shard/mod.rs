@@ -146,6 +146,7 @@ impl ShardParams {
             tuning,
             services: self.services(shard_id)?,
             test_hooks: self.config.core.test_hooks,
+            defines: &self.config.core.defines,
             local_addr,
         })
     }

@@ -1,0 +1,236 @@
+-- Differential probe (tests/differential.rs): runs unchanged on Kamailio 5.6
+-- (app_lua) and on sipshard. For every request it evaluates one group of
+-- getters (header `X-Group: n`, PER getters a group) and answers 200 with one
+-- `X-P: <name>\t<type>:<value>` header per getter, plus `X-N: <count>`.
+-- Values are escaped (\r \n \t \\ and bytes outside printable ASCII as \xHH)
+-- so every value fits on one header line. Times are reported as "now" when
+-- within 10 s of the script's own clock.
+
+local PER = 12
+local P = {}
+
+local function add(name, f) P[#P + 1] = { name, f } end
+local function pv(name) add(name, function() return KSR.pv.get(name) end) end
+local function now_check(v)
+	if type(v) == "number" and math.abs(v - os.time()) < 10 then return "now" end
+	return v
+end
+
+-- pseudo-variables
+for _, n in ipairs({
+	"$rm", "$ru", "$ruri", "$rU", "$rd", "$rp", "$rz", "$rv", "$du", "$ou", "$oU", "$od",
+	"$fu", "$fU", "$fd", "$fn", "$ft", "$tu", "$tU", "$td", "$tn", "$tt",
+	"$ci", "$cs", "$rs", "$rr", "$ua", "$ct", "$cT", "$cl", "$mb", "$ml", "$mt", "$bs", "$rb",
+	"$si", "$sp", "$Ri", "$Rp", "$pr", "$proto", "$au", "$ar", "$adu", "$bf", "$mf",
+	"$var(probe_unset)", "$avp(probe_unset)", "$xavp(probe_unset)",
+	"$hdr(Via)", "$hdr(via)", "$hdr(v)", "$hdr(X-Multi)", "$hdr(Nope)", "$hdr(Contact)",
+	"$(hdr(X-Multi)[0])", "$(hdr(X-Multi)[1])", "$(hdr(X-Multi)[-1])", "$(hdr(X-Multi)[5])",
+	"$(hdr(Via)[*])", "$hdrc(Via)", "$hdrc(X-Multi)", "$hdrc(Nope)",
+	"$(ru{uri.user})", "$(ru{uri.host})", "$(ru{uri.port})", "$(ru{uri.params})",
+	"$(ru{uri.param,user})", "$(ru{uri.scheme})", "$(ru{s.len})", "$(ru{uri.user}{s.len})",
+	"$(fu{uri.user})", "$(fu{uri.host})", "$(hdr(From){tobody.user})",
+	"$(hdr(From){tobody.host})", "$(hdr(From){tobody.uri})", "$(hdr(From){tobody.display})",
+	"$(hdr(To){tobody.tag})", "$(hdr(From){tobody.params})",
+	"$(hdr(Contact){nameaddr.uri})", "$(hdr(Contact){nameaddr.name})",
+	"$(hdr(Contact){nameaddr.uri}{uri.host})",
+	"$(hdr(Via){param.value,branch})", "$(hdr(Via){param.value,rport})",
+	"$(hdr(Via){param.value,nope})",
+	"$(ci{s.toupper})", "$(rm{s.tolower})", "$(ci{s.substr,0,3})", "$(ci{s.substr,2,0})",
+	"$(cs{s.int})", "$(hdr(X-Num){s.int})", "$(fn{s.len})", "$(rb{s.len})",
+	"$(hdr(X-Num){s.int}{s.len})", "$(ru{s.tolower}{uri.user})",
+}) do pv(n) end
+
+add("$Ts", function() return now_check(KSR.pv.get("$Ts")) end)
+add("$TS", function() return now_check(KSR.pv.get("$TS")) end)
+add("$timef(%Y)", function()
+	local v = KSR.pv.get("$timef(%Y)")
+	if v == os.date("%Y") then return "this-year" end
+	return v
+end)
+
+-- KSR.pv API
+add("pv.gete(unset var)", function() return KSR.pv.gete("$var(probe_unset)") end)
+add("pv.getw(unset avp)", function() return KSR.pv.getw("$avp(probe_unset)") end)
+add("pv.gete(unset avp)", function() return KSR.pv.gete("$avp(probe_unset)") end)
+add("pv.getw($du)", function() return KSR.pv.getw("$du") end)
+add("pv.getvs($du)", function() return KSR.pv.getvs("$du", "dflt") end)
+add("pv.getvn($du)", function() return KSR.pv.getvn("$du", 7) end)
+add("pv.getvs($ci)", function() return KSR.pv.getvs("$ci", "dflt") end)
+add("pv.geti($cs)", function() return KSR.pv.geti("$cs") end)
+add("pv.geti($du)", function() return KSR.pv.geti("$du") end)
+add("pv.is_null($du)", function() return KSR.pv.is_null("$du") end)
+add("pv.is_null($var(unset))", function() return KSR.pv.is_null("$var(probe_unset)") end)
+add("pv.sets var", function()
+	local rc = KSR.pv.sets("$var(probe_s)", "abc")
+	return tostring(rc) .. "|" .. tostring(KSR.pv.get("$var(probe_s)"))
+end)
+add("pv.seti var", function()
+	local rc = KSR.pv.seti("$var(probe_i)", 12)
+	return tostring(rc) .. "|" .. tostring(KSR.pv.get("$var(probe_i)")) .. "|"
+		.. type(KSR.pv.get("$var(probe_i)"))
+end)
+add("pv.unset var", function()
+	KSR.pv.sets("$var(probe_u)", "x")
+	local rc = KSR.pv.unset("$var(probe_u)")
+	local v = KSR.pv.get("$var(probe_u)")
+	return tostring(rc) .. "|" .. tostring(v) .. "|" .. type(v)
+end)
+add("pv.avp set/get", function()
+	KSR.pv.sets("$avp(probe_a)", "one")
+	KSR.pv.sets("$avp(probe_a)", "two")
+	local v1, v0 = KSR.pv.get("$(avp(probe_a)[1])"), KSR.pv.get("$avp(probe_a)")
+	local c = KSR.pv.get("$cnt($avp(probe_a))")
+	KSR.pv.unset("$avp(probe_a)")
+	return tostring(v0) .. "|" .. tostring(v1) .. "|" .. tostring(c) .. "|"
+		.. tostring(KSR.pv.get("$avp(probe_a)"))
+end)
+add("pv.sets $ru", function()
+	local rc = KSR.pv.sets("$rU", "newuser")
+	local v = KSR.pv.get("$ru")
+	return tostring(rc) .. "|" .. tostring(v)
+end)
+
+-- KSR.pvx: xavp / avp / var
+local function dump(v)
+	if type(v) ~= "table" then return type(v) .. ":" .. tostring(v) end
+	local keys = {}
+	for k in pairs(v) do keys[#keys + 1] = tostring(k) end
+	table.sort(keys)
+	local out = {}
+	for _, k in ipairs(keys) do
+		local x = v[k]
+		if x == nil then x = v[tonumber(k)] end
+		out[#out + 1] = k .. "=" .. dump(x)
+	end
+	return "{" .. table.concat(out, ",") .. "}"
+end
+add("pvx.xavp_params_explode", function()
+	local rc = KSR.pvx.xavp_params_explode("a=1;b=two;c", "probe_x")
+	local r = tostring(rc) .. "|" .. dump(KSR.pv.get("$xavp(probe_x=>a)")) .. "|"
+		.. dump(KSR.pv.get("$xavp(probe_x=>b)")) .. "|" .. dump(KSR.pv.get("$xavp(probe_x=>c)"))
+		.. "|" .. dump(KSR.pvx.xavp_get_keys("probe_x", 0))
+	KSR.pvx.xavp_rm("probe_x")
+	return r .. "|" .. dump(KSR.pvx.xavp_is_null("probe_x"))
+end)
+add("pvx.xavp_child", function()
+	local a = KSR.pvx.xavp_child_sets("probe_c", "k", "v1")
+	local b = KSR.pvx.xavp_child_seti("probe_c", "n", 5)
+	local r = dump(a) .. dump(b) .. "|" .. dump(KSR.pvx.xavp_child_get("probe_c", "k")) .. "|"
+		.. dump(KSR.pvx.xavp_child_get("probe_c", "n")) .. "|"
+		.. dump(KSR.pvx.xavp_child_gete("probe_c", "zz")) .. "|"
+		.. dump(KSR.pvx.xavp_child_getw("probe_c", "zz")) .. "|"
+		.. dump(KSR.pvx.xavp_child_is_null("probe_c", "zz")) .. "|"
+		.. dump(KSR.pv.get("$xavp(probe_c=>k)"))
+	KSR.pvx.xavp_rm("probe_c")
+	return r
+end)
+add("pvx.xavp_sets/get", function()
+	local a = KSR.pvx.xavp_sets("probe_s", "v")
+	local r = dump(a) .. "|" .. dump(KSR.pvx.xavp_get("probe_s")) .. "|"
+		.. dump(KSR.pvx.xavp_gete("probe_none")) .. "|" .. dump(KSR.pvx.xavp_getw("probe_none"))
+		.. "|" .. dump(KSR.pvx.xavp_get("probe_none"))
+	KSR.pvx.xavp_rm("probe_s")
+	return r
+end)
+add("pvx.pv_var_to_xavp", function()
+	KSR.pv.sets("$var(probe_v1)", "x1")
+	KSR.pv.seti("$var(probe_v2)", 3)
+	local rc = KSR.pvx.pv_var_to_xavp("probe_v1", "probe_vx")
+	local r = dump(rc) .. "|" .. dump(KSR.pv.get("$xavp(probe_vx=>probe_v1)"))
+	KSR.pvx.xavp_rm("probe_vx")
+	return r
+end)
+add("pvx.xavp_params_implode", function()
+	KSR.pvx.xavp_params_explode("a=1;b=two", "probe_i")
+	local rc = KSR.pvx.xavp_params_implode("probe_i", "$var(probe_imp)")
+	KSR.pvx.xavp_rm("probe_i")
+	return dump(rc) .. "|" .. dump(KSR.pv.get("$var(probe_imp)"))
+end)
+add("pvx.avp", function()
+	local a = KSR.pvx.avp_sets("probe_pa", "s")
+	local r = dump(a) .. "|" .. dump(KSR.pvx.avp_get("probe_pa")) .. "|"
+		.. dump(KSR.pvx.avp_gete("probe_none")) .. "|" .. dump(KSR.pvx.avp_getw("probe_none"))
+		.. "|" .. dump(KSR.pvx.avp_is_null("probe_none"))
+	KSR.pvx.avp_rm("probe_pa")
+	return r .. "|" .. dump(KSR.pvx.avp_is_null("probe_pa"))
+end)
+add("pvx.var", function()
+	local a = KSR.pvx.var_sets("probe_pv", "s")
+	local b = KSR.pvx.var_seti("probe_pn", 4)
+	return dump(a) .. dump(b) .. "|" .. dump(KSR.pvx.var_get("probe_pv")) .. "|"
+		.. dump(KSR.pvx.var_get("probe_pn"))
+end)
+
+-- KSR.kx (not get_conid: Kamailio 5.6 crashes on it for a UDP message)
+for _, n in ipairs({
+	"get_ruri", "get_ruser", "gete_ruser", "getw_ruser", "get_rhost", "gete_rhost", "getw_rhost",
+	"get_ouri", "get_furi", "get_fuser", "gete_fuser", "getw_fuser", "get_fhost", "gete_fhost",
+	"getw_fhost", "get_turi", "get_tuser", "gete_tuser", "getw_tuser", "get_thost",
+	"gete_thost", "getw_thost", "get_duri", "gete_duri", "getw_duri", "get_cturi",
+	"gete_cturi", "getw_cturi", "get_nhuri", "get_srcuri", "get_srcaddr_sock", "get_ua",
+	"gete_ua", "getw_ua", "get_srcip", "get_srcport", "get_send_sock", "get_send_sock_name",
+	"get_send_sock_port", "get_rcvip", "get_rcv_sock_name", "get_rcvport", "get_rcvadvip",
+	"get_rcvadvport", "get_rcvaddr_sock", "get_proto", "get_protoid", "get_au", "getw_au",
+	"gete_au", "get_method", "get_status", "gets_status", "get_body", "getw_body", "gete_body",
+	"get_bodylen", "get_callid", "get_msgbuf", "get_msglen", "get_msgtype",
+}) do
+	add("kx." .. n, function() return KSR.kx[n]() end)
+end
+add("kx.get_timestamp", function() return now_check(KSR.kx.get_timestamp()) end)
+for _, a in ipairs({ { "get_def", "PROBE_DEF" }, { "get_def", "PROBE_FLAG" },
+	{ "get_def", "PROBE_NOPE" }, { "get_defn", "PROBE_NUM" }, { "get_defn", "PROBE_DEF" },
+	{ "get_defn", "PROBE_NOPE" }, { "ifdef", "PROBE_FLAG" }, { "ifdef", "PROBE_NOPE" },
+	{ "ifndef", "PROBE_FLAG" }, { "ifndef", "PROBE_NOPE" }, { "get_env", "PROBE_ENV" },
+	{ "get_env", "PROBE_NOPE" }, { "get_envn", "PROBE_ENVN" }, { "get_envn", "PROBE_ENV" },
+	{ "get_envn", "PROBE_NOPE" } }) do
+	add("kx." .. a[1] .. "(" .. a[2] .. ")", function() return KSR.kx[a[1]](a[2]) end)
+end
+
+-- KSR.hdr
+local H = {
+	{ "get", "Via" }, { "get", "X-Multi" }, { "get", "Nope" }, { "gete", "Nope" },
+	{ "getw", "Nope" }, { "gete", "Call-ID" }, { "getw", "f" }, { "is_present", "X-Multi" },
+	{ "is_present", "Nope" }, { "is_present", "i" },
+	{ "get_idx", "X-Multi", 0 }, { "get_idx", "X-Multi", 1 }, { "get_idx", "X-Multi", -1 },
+	{ "get_idx", "X-Multi", 9 }, { "gete_idx", "X-Multi", 9 }, { "getw_idx", "X-Multi", 9 },
+	{ "append", "X-App: 1\r\n" }, { "append", "bad" }, { "insert", "X-Ins: 1\r\n" },
+	{ "remove", "X-Multi" }, { "remove", "Nope" }, { "rmappend", "X-Num", "X-Num: 9\r\n" },
+	{ "rminsert", "Nope", "X-RI: 1\r\n" },
+}
+for _, a in ipairs(H) do
+	local label = "hdr." .. a[1] .. "(" .. table.concat(a, ",", 2):gsub("\r\n", "") .. ")"
+	add(label, function() return KSR.hdr[a[1]]((table.unpack or unpack)(a, 2)) end)
+end
+
+-- return code of the previous KSR call
+add("$rc after -1", function()
+	KSR.hdr.is_present("Nope")
+	return tostring(KSR.pv.get("$rc")) .. "|" .. tostring(KSR.pv.get("$retcode"))
+end)
+
+local function esc(s)
+	return (s:gsub("[^\32-\91\93-\126]", function(c)
+		if c == "\r" then return "\\r" elseif c == "\n" then return "\\n"
+		elseif c == "\t" then return "\\t" elseif c == "\\" then return "\\\\" end
+		return string.format("\\x%02x", c:byte())
+	end))
+end
+
+function ksr_request_route()
+	local g = tonumber(KSR.pv.get("$hdr(X-Group)") or "0") or 0
+	local last = math.min(#P, (g + 1) * PER)
+	for i = g * PER + 1, last do
+		local name, f = P[i][1], P[i][2]
+		local ok, v = pcall(f)
+		local line
+		if ok then
+			line = type(v) .. ":" .. esc(tostring(v))
+		else
+			line = "error:"
+		end
+		KSR.hdr.append_to_reply("X-P: " .. name .. "\t" .. line .. "\r\n")
+	end
+	KSR.hdr.append_to_reply("X-N: " .. #P .. "\r\n")
+	KSR.sl.sl_send_reply(200, "OK")
+	KSR.x.exit()
+end
