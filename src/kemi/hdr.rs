@@ -12,9 +12,16 @@
 //! | `KSR.hdr.gete(name)` / `getw(name)` | `xval (str)` | first value, or `""` / `"<null>"` |
 //! | `KSR.hdr.get_idx(name, idx)` | `xval (str, int)` | value of the idx-th header of that name (0 first, -1 last), or nil |
 //! | `KSR.hdr.gete_idx(name, idx)` / `getw_idx(name, idx)` | `xval (str, int)` | same, `""` / `"<null>"` when absent |
+//! | `KSR.hdr.match_content(name, op, value, which)` | `bool (str, str, str, str)` | see below |
 //! | `KSR.hdr.append_to_reply(txt)` | `int (str)` | 1 / -1 (added to the next local reply) |
 //!
-//! Not yet: `append_after`, `insert_before`, `match_content`.
+//! `match_content` compares header values with `value`, case-insensitively:
+//! op `eq` (equal), `sw` (starts with), `in` (contains), `ne` (true when the
+//! lengths differ: what Kamailio 5.6 computes); `which` is `f` (first
+//! header), `l` (last), `a` (all must match) or `o` (any one). Anything else,
+//! or no such header, is false.
+//!
+//! Not yet: `append_after`, `insert_before`.
 
 use std::rc::Rc;
 
@@ -32,6 +39,31 @@ fn line_without_crlf(b: &[u8]) -> &[u8] {
         b = rest;
     }
     b
+}
+
+/// `KSR.hdr.match_content` on the values of one header name.
+fn match_content(vals: &[Vec<u8>], op: &[u8], val: &[u8], which: &[u8]) -> bool {
+    let one = |h: &Vec<u8>| -> bool {
+        let h = h.to_ascii_lowercase();
+        let v = val.to_ascii_lowercase();
+        match op {
+            b"eq" => h == v,
+            b"ne" => h.len() != v.len(),
+            b"sw" => h.starts_with(&v),
+            b"in" => v.is_empty() || h.windows(v.len()).any(|w| w == &v[..]),
+            _ => false,
+        }
+    };
+    if vals.is_empty() || !matches!(op, b"eq" | b"ne" | b"sw" | b"in") {
+        return false;
+    }
+    match which {
+        b"f" => vals.first().is_some_and(one),
+        b"l" => vals.last().is_some_and(one),
+        b"a" => vals.iter().all(one),
+        b"o" => vals.iter().any(one),
+        _ => false,
+    }
 }
 
 /// Removes every header named `name` from the outgoing message.
@@ -154,6 +186,31 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })?,
         )?;
     }
+    let s = shared.clone();
+    hdr.set(
+        "match_content",
+        lua.create_function(
+            move |lua,
+                  (name, op, val, which): (
+                mlua::String,
+                mlua::String,
+                mlua::String,
+                mlua::String,
+            )| {
+                let name = name.to_str()?;
+                let (op, val, which) = (op.as_bytes(), val.as_bytes(), which.as_bytes());
+                let mut vals = Vec::new();
+                for i in 0.. {
+                    match super::pv::get_val(lua, &s, &format!("$(hdr({name})[{i}])"))?.into_bytes()
+                    {
+                        Some(v) if i < 1024 => vals.push(v),
+                        _ => break,
+                    }
+                }
+                Ok(match_content(&vals, &op, &val, &which))
+            },
+        )?,
+    )?;
     let s = shared.clone();
     hdr.set(
         "append_to_reply",

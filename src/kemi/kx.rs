@@ -45,7 +45,7 @@ use super::Shared;
 
 fn null_as(lua: &Lua, v: Val, null: Option<&str>) -> mlua::Result<Value> {
     match (v, null) {
-        (Val::Null, Some(t)) => Val::s_pub(t.as_bytes()).into_lua(lua),
+        (Val::Null, Some(t)) => Val::s(t.as_bytes()).into_lua(lua),
         (v, _) => v.into_lua(lua),
     }
 }
@@ -80,7 +80,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         ("duri", |l, s| pv(l, s, "$du")),
         ("proto", |l, s| pv(l, s, "$pr")),
         ("au", |l, s| pv(l, s, "$au")),
-        ("cturi", |l, s| pv(l, s, "$(ct{nameaddr.uri})")),
+        ("cturi", |_, s| s.with_msg(cturi)),
         ("body", |l, s| {
             Ok(match pv(l, s, "$rb")? {
                 Val::Str(b) if b.is_empty() => Val::Null,
@@ -218,6 +218,41 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     )?;
     ksr.set("kx", kx)?;
     Ok(())
+}
+
+/// The Contact URI as Kamailio 5.6's `get_cturi` gives it: the last contact
+/// of the first Contact header; nil for `*` or no Contact.
+fn cturi(m: &mut super::MsgCtx) -> Val {
+    let msg = m.msg();
+    let Some(first) = msg.header(crate::sip::HdrName::Contact) else {
+        return Val::Null;
+    };
+    let mut last = None;
+    let mut rest = first;
+    while let Some((_, uri)) = super::pv::first_nameaddr(rest) {
+        if uri == b"*" {
+            return Val::Null;
+        }
+        last = Some(uri);
+        // skip to the next top-level comma
+        let mut in_quote = false;
+        let mut in_angle = false;
+        let next = rest.iter().position(|&c| {
+            match c {
+                b'"' => in_quote = !in_quote,
+                b'<' if !in_quote => in_angle = true,
+                b'>' if !in_quote => in_angle = false,
+                b',' if !in_quote && !in_angle => return true,
+                _ => {}
+            }
+            false
+        });
+        match next.and_then(|i| rest.get(i + 1..)) {
+            Some(r) => rest = r,
+            None => break,
+        }
+    }
+    Val::opt(last)
 }
 
 /// `Some(value)` when `name` is defined (`Some(None)` without a value).

@@ -38,21 +38,25 @@ pub(super) enum Val {
 }
 
 impl Val {
-    fn s(b: &[u8]) -> Val {
+    pub(super) fn s(b: &[u8]) -> Val {
         Val::Str(b.to_vec())
     }
-    fn opt(b: Option<&[u8]>) -> Val {
+    pub(super) fn opt(b: Option<&[u8]>) -> Val {
         b.map(Val::s).unwrap_or(Val::Null)
     }
     /// Null for an absent or empty value (Kamailio's empty host / tag).
     fn non_empty(b: Option<&[u8]>) -> Val {
         Val::opt(b.filter(|x| !x.is_empty()))
     }
-    pub(super) fn s_pub(b: &[u8]) -> Val {
-        Val::s(b)
-    }
     pub(super) fn int_pub(&self) -> i64 {
         self.int()
+    }
+    /// The value as text; None for null.
+    pub(super) fn into_bytes(self) -> Option<Vec<u8>> {
+        match self {
+            Val::Str(b) => Some(b),
+            v => v.text(),
+        }
     }
     fn text(&self) -> Option<Vec<u8>> {
         match self {
@@ -333,8 +337,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 &s,
                 &name.to_str()?,
             )? {
+                // the value as it is (Kamailio does not convert), else the default
                 Val::Null => Ok(Value::String(dflt)),
-                v => Val::Str(v.text().unwrap_or_default()).into_lua(lua),
+                v => v.into_lua(lua),
             },
         )?,
     )?;
@@ -343,8 +348,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "getvn",
         lua.create_function(move |lua, (name, dflt): (mlua::String, i64)| {
             match get_val(lua, &s, &name.to_str()?)? {
-                Val::Int(i) => Ok(i),
-                _ => Ok(dflt),
+                Val::Null => Ok(Value::Integer(dflt)),
+                v => v.into_lua(lua),
             }
         })?,
     )?;
@@ -504,7 +509,7 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "Ri" => Val::Str(m.local.ip().to_string().into_bytes()),
         "Rp" => Val::Int(i64::from(m.local.port())),
         "pr" | "proto" => Val::s(b"udp"),
-        "ua" => Val::opt(msg.user_agent()),
+        "ua" => Val::opt(untrimmed(&msg, HdrName::UserAgent)),
         "ci" => Val::opt(msg.call_id()),
         "fu" => Val::opt(from.as_ref().map(|f| f.uri)),
         "fU" => uri_user(from.as_ref().map(|f| f.uri)),
@@ -564,6 +569,17 @@ fn xavp_val(pv: &PvMsg, arg: &str, idx: Option<&str>) -> Val {
         (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{name}>>").into_bytes()),
         (Xavp::Value(_), Some(_)) => Val::Null,
     }
+}
+
+/// The first header value of this kind with the blanks that end its line
+/// (Kamailio's `$ua` keeps them).
+fn untrimmed<'a>(msg: &crate::sip::SipMsg<'a>, kind: HdrName) -> Option<&'a [u8]> {
+    let h = msg.parsed.headers.iter().find(|h| h.name == kind)?;
+    let (start, mut end) = (h.value.start as usize, h.value.end as usize);
+    while matches!(msg.buf.get(end), Some(b' ' | b'\t')) {
+        end += 1;
+    }
+    msg.buf.get(start..end)
 }
 
 /// Every value of header `name` (any name, compact forms match), in order.
@@ -788,15 +804,26 @@ fn transform(v: Val, tr: &str) -> Val {
                 "uri.host" => Val::s(u.host),
                 "uri.port" => Val::Int(u.port.map_or(0, i64::from)),
                 "uri.params" => Val::s(u.params),
-                "uri.scheme" => Val::s(u.scheme.as_bytes()),
+                "uri.scheme" => Val::s(
+                    text.iter()
+                        .position(|&c| c == b':')
+                        .and_then(|i| text.get(..i))
+                        .unwrap_or_default(),
+                ),
                 _ => {
                     let name = args.first().map_or("", |a| a.trim());
                     Val::s(param_value(u.params, name).unwrap_or_default())
                 }
             }
         }
+        "nameaddr.uri" | "nameaddr.name" => {
+            let Some((name, uri)) = first_nameaddr(&text) else {
+                return Val::Null;
+            };
+            Val::s(if op == "nameaddr.uri" { uri } else { name })
+        }
         "tobody.user" | "tobody.host" | "tobody.uri" | "tobody.display" | "tobody.tag"
-        | "tobody.params" | "nameaddr.uri" | "nameaddr.name" => {
+        | "tobody.params" => {
             let Ok(na) = crate::sip::NameAddr::parse(&text) else {
                 return Val::Null;
             };
@@ -804,7 +831,7 @@ fn transform(v: Val, tr: &str) -> Val {
                 return Val::Null;
             }
             match op {
-                "tobody.uri" | "nameaddr.uri" => Val::s(na.uri),
+                "tobody.uri" => Val::s(na.uri),
                 "tobody.display" => Val::s(raw_display(na.raw).unwrap_or_default()),
                 // the text before `<`, trailing spaces included (as Kamailio)
                 "nameaddr.name" => {
@@ -833,6 +860,32 @@ fn transform(v: Val, tr: &str) -> Val {
         }
         _ => Val::Null,
     }
+}
+
+/// The first name-addr of a (possibly comma-separated) header value:
+/// (display name as written with its trailing blanks, URI). `*` is a URI.
+pub(super) fn first_nameaddr(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let t = trim(text);
+    let mut in_quote = false;
+    let mut esc = false;
+    for (i, &c) in t.iter().enumerate() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            b'\\' if in_quote => esc = true,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote => {
+                let close = t.get(i..)?.iter().position(|&c| c == b'>')? + i;
+                let name = t.get(..i)?;
+                return Some((name, t.get(i + 1..close)?));
+            }
+            b',' | b';' if !in_quote => return Some((&t[..0], trim(t.get(..i)?))),
+            _ => {}
+        }
+    }
+    (!t.is_empty() && !in_quote).then_some((&t[..0], t))
 }
 
 /// `name=value` in a `;`-separated list (URI params without the first `;`).

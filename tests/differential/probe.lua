@@ -38,6 +38,11 @@ for _, n in ipairs({
 	"$(ci{s.toupper})", "$(rm{s.tolower})", "$(ci{s.substr,0,3})", "$(ci{s.substr,2,0})",
 	"$(cs{s.int})", "$(hdr(X-Num){s.int})", "$(fn{s.len})", "$(rb{s.len})",
 	"$(hdr(X-Num){s.int}{s.len})", "$(ru{s.tolower}{uri.user})",
+	"$(ru{uri.param,transport})", "$(ct{nameaddr.uri})", "$(ct{tobody.user})",
+	"$(hdr(CSeq){s.int})", "$(ci{s.substr,-3,0})", "$(ci{s.substr,1,100})", "$(du{s.len})",
+	"$(hdr(Authorization)[0])", "$hdr(Proxy-Authorization)", "$(hdr(Record-Route)[-2])",
+	"$hdrc(Record-Route)", "$(fu{uri.params})", "$(tu{uri.port})", "$(hdr(Contact)[1])",
+	"$(hdr(m)[*])", "$(hdr(X-Empty){s.len})", "$hdr(X-Empty)", "$(fn{s.tolower})",
 }) do pv(n) end
 
 add("$Ts", function() return now_check(KSR.pv.get("$Ts")) end)
@@ -58,6 +63,13 @@ add("pv.getvn($du)", function() return KSR.pv.getvn("$du", 7) end)
 add("pv.getvs($ci)", function() return KSR.pv.getvs("$ci", "dflt") end)
 add("pv.geti($cs)", function() return KSR.pv.geti("$cs") end)
 add("pv.geti($du)", function() return KSR.pv.geti("$du") end)
+add("pv.geti($ru)", function() return KSR.pv.geti("$ru") end)
+add("pv.geti($sp)", function() return KSR.pv.geti("$sp") end)
+add("pv.getvn($cs)", function() return KSR.pv.getvn("$cs", 7) end)
+add("pv.getvn($ml)", function() return KSR.pv.getvn("$ml", 7) end)
+add("pv.getvs($sp)", function() return KSR.pv.getvs("$sp", "x") end)
+add("pv.gete($fd)", function() return KSR.pv.gete("$fd") end)
+add("pv.getw($ft)", function() return KSR.pv.getw("$ft") end)
 add("pv.is_null($du)", function() return KSR.pv.is_null("$du") end)
 add("pv.is_null($var(unset))", function() return KSR.pv.is_null("$var(probe_unset)") end)
 add("pv.sets var", function()
@@ -193,6 +205,12 @@ local H = {
 	{ "is_present", "Nope" }, { "is_present", "i" },
 	{ "get_idx", "X-Multi", 0 }, { "get_idx", "X-Multi", 1 }, { "get_idx", "X-Multi", -1 },
 	{ "get_idx", "X-Multi", 9 }, { "gete_idx", "X-Multi", 9 }, { "getw_idx", "X-Multi", 9 },
+	{ "match_content", "X-Multi", "eq", "m2", "a" }, { "match_content", "X-Multi", "eq", "M1", "f" },
+	{ "match_content", "X-Multi", "eq", "m2, m3", "l" }, { "match_content", "X-Multi", "ne", "m9", "a" },
+	{ "match_content", "X-Multi", "ne", "m9", "o" }, { "match_content", "X-Multi", "sw", "m", "a" },
+	{ "match_content", "X-Multi", "in", "2", "a" }, { "match_content", "X-Multi", "in", "2", "o" },
+	{ "match_content", "X-Multi", "re", "m", "a" }, { "match_content", "X-Multi", "eq", "m1", "0" },
+	{ "match_content", "Nope", "ne", "x", "o" }, { "match_content", "f", "sw", "\"alice", "f" },
 	{ "append", "X-App: 1\r\n" }, { "append", "bad" }, { "insert", "X-Ins: 1\r\n" },
 	{ "remove", "X-Multi" }, { "remove", "Nope" }, { "rmappend", "X-Num", "X-Num: 9\r\n" },
 	{ "rminsert", "Nope", "X-RI: 1\r\n" },
