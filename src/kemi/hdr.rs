@@ -233,3 +233,53 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("hdr", hdr)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::match_content;
+    use crate::kemi::testutil::{assembled, engine, request, run};
+
+    #[test]
+    fn match_content_as_kamailio() {
+        let v = vec![b"m1".to_vec(), b"m2, m3".to_vec()];
+        let m = |op: &str, val: &str, which: &str| {
+            match_content(&v, op.as_bytes(), val.as_bytes(), which.as_bytes())
+        };
+        assert!(m("eq", "M1", "f"));
+        assert!(!m("eq", "m1", "l"));
+        assert!(m("eq", "m2, m3", "l"));
+        assert!(m("eq", "m1", "o"));
+        assert!(!m("eq", "m1", "a"));
+        assert!(m("sw", "m", "a"));
+        assert!(m("in", "3", "o"));
+        assert!(!m("in", "3", "a"));
+        // Kamailio 5.6's `ne` is "lengths differ"
+        assert!(!m("ne", "m9", "a"));
+        assert!(m("ne", "9", "a"));
+        assert!(!m("re", "m", "o"));
+        assert!(!m("eq", "m1", "0"));
+        assert!(!match_content(&[], b"ne", b"x", b"o"));
+    }
+
+    #[test]
+    fn remove_rmappend_and_getters() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 r = table.concat({KSR.hdr.remove("X-Nope"), KSR.hdr.rmappend("X-A", "X-A: new\r\n"),
+                   KSR.hdr.gete("X-Nope"), KSR.hdr.getw("X-Nope"), KSR.hdr.get_idx("X-A", -1),
+                   KSR.hdr.gete_idx("X-A", 5)}, "|")
+               end"#,
+        );
+        let msg = request(
+            "OPTIONS sip:a@example.com SIP/2.0",
+            None,
+            &["X-A: one", "X-A: two"],
+        );
+        let (m, _) = run(&eng, &msg);
+        let r: String = eng.lua().globals().get("r").unwrap();
+        assert_eq!(r, "1|1||<null>|two|");
+        let out = assembled(&m);
+        assert!(out.contains("X-A: new\r\n"), "{out}");
+        assert!(!out.contains("X-A: one"), "{out}");
+    }
+}

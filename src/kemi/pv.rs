@@ -1,19 +1,61 @@
-//! KSR.pv: pseudo-variables (Kamailio `pv` module / core PVs).
+//! KSR.pv and KSR.pvx: pseudo-variables (Kamailio core PVs, `pv` module).
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.pv.get(name)` | `xval (str)` | string, integer, or nil when null |
 //! | `KSR.pv.gete(name)` | `xval (str)` | like get, `""` when null |
-//! | `KSR.pv.getw(name)` | `xval (str)` | like get, `"<<null>>"` when null |
-//! | `KSR.pv.sets(name, value)` | `void (str, str)` | nothing |
-//! | `KSR.pv.seti(name, value)` | `void (str, int)` | nothing |
-//! | `KSR.pv.unset(name)` | `void (str)` | nothing |
-//! | `KSR.pv.is_null(name)` | `bool (str)` | true when null |
+//! | `KSR.pv.getw(name)` | `xval (str)` | like get, `"<null>"` when null (Kamailio 5.6's marker) |
+//! | `KSR.pv.geti(name)` | `int (str)` | the value as an integer (leading digits of a string), 0 when null |
+//! | `KSR.pv.getvs(name, dflt)` | `xval (str, str)` | the value (its own type), dflt when null |
+//! | `KSR.pv.getvn(name, dflt)` | `xval (str, int)` | the value (its own type), dflt when null |
+//! | `KSR.pv.sets(name, value)` | `bool (str, str)` | true; false when it cannot be assigned (`$rU` of an unparsable R-URI) |
+//! | `KSR.pv.seti(name, value)` | `bool (str, int)` | as sets |
+//! | `KSR.pv.unset(name)` | `bool (str)` | true (`$avp`: removes the newest value) |
+//! | `KSR.pv.is_null(name)` | `bool (str)` | true when null (`$var` never is) |
+//! | `KSR.pvx.var_sets(name, v)` / `var_seti(name, v)` | `int (str, str/int)` | 1 (`$var(name)`) |
+//! | `KSR.pvx.var_get(name)` | `xval (str)` | `$var(name)` |
+//! | `KSR.pvx.avp_sets(name, v)` / `avp_seti(name, v)` | `int (str, str/int)` | 1, -1 when full; adds a value to `$avp(name)` |
+//! | `KSR.pvx.avp_get(name)` / `avp_gete` / `avp_getw` | `xval (str)` | newest value; nil / `""` / `"<null>"` |
+//! | `KSR.pvx.avp_rm(name)` | `int (str)` | 1 |
+//! | `KSR.pvx.avp_is_null(name)` | `int (str)` | 1 null, -1 set |
+//! | `KSR.pvx.xavp_sets(name, v)` / `xavp_seti(name, v)` | `int (str, str/int)` | 1; adds a value item to `$xavp(name)` |
+//! | `KSR.pvx.xavp_get(name)` / `xavp_gete` / `xavp_getw` | `xval (str)` | first item's value; nil / `""` / `"<null>"` |
+//! | `KSR.pvx.xavp_rm(name)` | `int (str)` | 1 |
+//! | `KSR.pvx.xavp_is_null(name)` | `int (str)` | 1 null, -1 set |
+//! | `KSR.pvx.xavp_child_sets(name, field, v)` / `xavp_child_seti` | `int (str, str, str/int)` | 1; sets `$xavp(name=>field)` |
+//! | `KSR.pvx.xavp_child_get(name, field)` / `_gete` / `_getw` | `xval (str, str)` | field value; nil / `""` / `"<null>"` |
+//! | `KSR.pvx.xavp_child_rm(name, field)` | `int (str, str)` | 1 |
+//! | `KSR.pvx.xavp_child_is_null(name, field)` | `int (str, str)` | 1 null, -1 set |
+//! | `KSR.pvx.xavp_params_explode(params, name)` | `int (str, str)` | 1; `a=1;b=2` becomes fields of a new `$xavp(name)` (string values) |
+//! | `KSR.pvx.xavp_params_implode(name, pv)` | `int (str, str)` | 1 (`a=1;b=2;` written to pv), -1 when no such xavp |
+//! | `KSR.pvx.xavp_get_keys(name, idx)` | `xval (str, int)` | Lua array of the field names of item idx, nil when none |
+//! | `KSR.pvx.pv_var_to_xavp(var, name)` | `int (str, str)` | 1; `$var(var)` (or every `$var` for `*`) as fields of a new `$xavp(name)` |
+//! | `KSR.pvx.pv_xavp_to_var(name)` | `int (str)` | 1; each field of `$xavp(name)` to `$var(field)`; -1 when none |
 //!
-//! Readable: `$rm $ru $rU $rd $rp $rz $du $bf $si $sp $Ri $Rp $pr $proto $ua $ci $fu
-//! $fU $fd $fn $ft $tu $tU $td $tn $tt $cs $rs $rr $mb $ml $ct $au $ar $adu
-//! $hdr(Name) $var(name) $shard $Ts`. Writable: `$ru $rU $rd $rp $du $var(name)`.
-//! `$shard` (the shard number) is a sipshard extension.
+//! Readable pseudo-variables: `$rm $ru $ruri $rU $rd $rp $rz $rv $ou $oU $od
+//! $du $bf $mf $si $sp $Ri $Rp $pr $proto $ua $ci $fu $fU $fd $fn $ft $tu $tU
+//! $td $tn $tt $cs $rs $rr $mb $ml $mt $bs $rb $ct $cT $cl $au $ar $adu
+//! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
+//! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name=>field)
+//! $cnt($avp(name)) $Ts $TS $timef(format) $rc $retcode $T_*` and `$shard`
+//! (the shard number, a sipshard extension). Writable: `$ru $ruri $rU $rd $rp
+//! $du $var(name) $avp(name) $xavp(name) $xavp(name=>field)`.
+//!
+//! Values follow Kamailio 5.6 (checked by tests/differential.rs): `$rp` and
+//! `$cs` are strings; `$fn`/`$tn` keep their quotes; an empty host, user or
+//! tag is null; a `tel:` URI has a null host; an R-URI of another scheme
+//! than sip/sips/tel makes `$ru`, `$rU`, `$rd`, `$rz` null; a `user=phone` SIP
+//! URI reads as tel (`$rz` is `tel`, `$rU` the number without its
+//! parameters), as Kamailio's default `phone2tel=1`; `$au`/`$ar`/`$adu` read
+//! the credentials header before any auth check; an unset `$var` is 0; `$rc`
+//! is 0 (KEMI functions do not set the cfg return code); `$timef` formats UTC.
+//! `$avp`/`$xavp` live for one message.
+//!
+//! Transformations (chainable, `$(ru{uri.user}{s.len})`): `s.len s.int
+//! s.tolower s.toupper s.substr,offset,length uri.user uri.host uri.port
+//! uri.params uri.param,name uri.scheme tobody.uri tobody.display tobody.user
+//! tobody.host tobody.tag tobody.params nameaddr.uri nameaddr.name
+//! param.value,name`; an unknown one, or one that does not apply, gives null.
 
 use std::rc::Rc;
 
@@ -1433,5 +1475,203 @@ impl PvState {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kemi::testutil::{engine, request, run};
+
+    fn tr(v: &str, t: &str) -> Val {
+        transform(Val::s(v.as_bytes()), t)
+    }
+
+    #[test]
+    fn spec_parsing() {
+        let s = parse_spec("$(hdr(X-A)[-1]{s.len}{s.int})").unwrap();
+        assert_eq!(
+            (s.class, s.arg, s.idx, s.trans),
+            ("hdr", Some("X-A"), Some("-1"), vec!["s.len", "s.int"])
+        );
+        let s = parse_spec("$cnt($avp(x))").unwrap();
+        assert_eq!((s.class, s.arg), ("cnt", Some("$avp(x)")));
+        let s = parse_spec("$xavp(a=>b)").unwrap();
+        assert_eq!((s.class, s.arg), ("xavp", Some("a=>b")));
+        assert!(parse_spec("$(hdr(X)").is_none());
+        assert!(parse_spec("ru").is_none());
+        assert!(parse_spec("$ru junk").is_none());
+    }
+
+    #[test]
+    fn transformations() {
+        let uri = "sip:bob@Example.com:5070;transport=udp;lr";
+        assert_eq!(tr(uri, "uri.user"), Val::s(b"bob"));
+        assert_eq!(tr(uri, "uri.host"), Val::s(b"Example.com"));
+        assert_eq!(tr(uri, "uri.port"), Val::Int(5070));
+        assert_eq!(tr("sip:a@b", "uri.port"), Val::Int(0));
+        assert_eq!(tr(uri, "uri.params"), Val::s(b"transport=udp;lr"));
+        assert_eq!(tr(uri, "uri.param,transport"), Val::s(b"udp"));
+        assert_eq!(tr(uri, "uri.param,nope"), Val::s(b""));
+        assert_eq!(tr("SIP:a@b", "uri.scheme"), Val::s(b"SIP"));
+        assert_eq!(tr("im:a@b", "uri.user"), Val::Null);
+        assert_eq!(tr("abc", "s.len"), Val::Int(3));
+        assert_eq!(tr("AbC", "s.tolower"), Val::s(b"abc"));
+        assert_eq!(tr("AbC", "s.toupper"), Val::s(b"ABC"));
+        assert_eq!(tr("abcdef", "s.substr,1,3"), Val::s(b"bcd"));
+        assert_eq!(tr("abcdef", "s.substr,2,0"), Val::s(b"cdef"));
+        assert_eq!(tr("abcdef", "s.substr,-2,0"), Val::s(b"ef"));
+        assert_eq!(tr("abcdef", "s.substr,9,1"), Val::Null);
+        assert_eq!(tr(" 42 ", "s.int"), Val::Int(42));
+        assert_eq!(tr("42abc", "s.int"), Val::Null);
+        let from = "\"Al Ice\" <sip:alice@example.com;user=phone>;tag=t1;x=y";
+        assert_eq!(tr(from, "tobody.user"), Val::s(b"alice"));
+        assert_eq!(tr(from, "tobody.host"), Val::s(b"example.com"));
+        assert_eq!(tr(from, "tobody.tag"), Val::s(b"t1"));
+        assert_eq!(tr(from, "tobody.params"), Val::s(b"tag=t1;x=y"));
+        assert_eq!(tr(from, "tobody.display"), Val::s(b"\"Al Ice\""));
+        assert_eq!(tr(from, "nameaddr.name"), Val::s(b"\"Al Ice\" "));
+        let list = "<sip:a@h1>;q=1, <sip:b@h2>";
+        assert_eq!(tr(list, "nameaddr.uri"), Val::s(b"sip:a@h1"));
+        assert_eq!(tr("*", "nameaddr.uri"), Val::s(b"*"));
+        assert_eq!(
+            tr("sip:c@h3;expires=5", "nameaddr.uri"),
+            Val::s(b"sip:c@h3")
+        );
+        assert_eq!(tr("a=1;b=two", "param.value,b"), Val::s(b"two"));
+        assert_eq!(tr("a=1;b=two", "param.value,c"), Val::s(b""));
+        assert_eq!(
+            tr("SIP/2.0/UDP h;branch=x", "param.value,branch"),
+            Val::Null
+        );
+        assert_eq!(tr("x", "no.such"), Val::Null);
+        assert_eq!(transform(Val::Null, "s.len"), Val::Null);
+        assert_eq!(transform(Val::Int(1234), "s.len"), Val::Int(4));
+    }
+
+    #[test]
+    fn timef_formats_utc() {
+        assert_eq!(
+            strftime_utc("%Y-%m-%d %H:%M:%S %a %b %j %%", 1_700_000_000),
+            b"2023-11-14 22:13:20 Tue Nov 318 %".to_vec()
+        );
+        assert_eq!(strftime_utc("%F %T", 0), b"1970-01-01 00:00:00".to_vec());
+    }
+
+    #[test]
+    fn credentials_params() {
+        let v = br#"Digest username="a\"b", realm=r.example.com, uri="sip:x", response="1""#;
+        assert_eq!(digest_param(v, b"username"), Some(br#"a\"b"#.to_vec()));
+        assert_eq!(digest_param(v, b"realm"), Some(b"r.example.com".to_vec()));
+        assert_eq!(digest_param(v, b"uri"), Some(b"sip:x".to_vec()));
+        assert_eq!(digest_param(v, b"nonce"), None);
+        assert_eq!(digest_param(b"Digest", b"uri"), None);
+    }
+
+    fn answer(script_body: &str, msg: &[u8]) -> String {
+        let eng = engine(&format!(
+            "function ksr_request_route()\n local r = {{}}\n \
+             local function p(v) r[#r + 1] = type(v) .. ':' .. tostring(v) end\n\
+             {script_body}\n out = table.concat(r, '|')\nend"
+        ));
+        let (_, outcome) = run(&eng, msg);
+        assert_eq!(outcome, super::super::RouteOutcome::Done);
+        eng.lua().globals().get::<String>("out").unwrap()
+    }
+
+    #[test]
+    fn kamailio_types_and_nulls() {
+        let msg = request(
+            "INVITE tel:+123;phone-context=x SIP/2.0",
+            Some(""),
+            &[
+                "Contact: \"A\" <sip:a@192.0.2.1>",
+                "X-M: 1",
+                "X-M: 2",
+                "Authorization: Digest username=\"u1\", realm=\"r1\", uri=\"sip:y\"",
+            ],
+        );
+        let got = answer(
+            r#"for _, n in ipairs({"$rp", "$cs", "$rd", "$rU", "$rz", "$tt", "$ft", "$fn",
+                "$var(nope)", "$au", "$ar", "$adu", "$(hdr(X-M)[-1])", "$hdrc(X-M)",
+                "$(hdr(X-M)[*])", "$mt", "$rv", "$bs", "$rb", "$ruri"}) do p(KSR.pv.get(n)) end
+               p(KSR.pv.getw("$du")) p(KSR.pv.is_null("$var(nope)")) p(KSR.kx.get_body())
+               p(KSR.kx.gete_body()) p(KSR.kx.get_bodylen()) p(KSR.kx.get_cturi())
+               p(KSR.hdr.get_idx("X-M", 1)) p(KSR.hdr.getw_idx("X-M", 2))
+               p(KSR.hdr.match_content("X-M", "eq", "2", "l"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "string:5060|string:2|nil:nil|string:+123|string:tel|nil:nil|string:fromtag1|\
+             nil:nil|number:0|string:u1|string:r1|string:sip:y|string:2|number:2|\
+             string:1,2|number:1|string:SIP/2.0|number:0|string:|\
+             string:tel:+123;phone-context=x|string:<null>|boolean:false|nil:nil|string:|\
+             number:0|string:sip:a@192.0.2.1|string:2|string:<null>|boolean:true"
+        );
+    }
+
+    #[test]
+    fn user_phone_and_unknown_scheme() {
+        let msg = request(
+            "INVITE sip:+155;npdi@gw.example.com;user=phone SIP/2.0",
+            None,
+            &[],
+        );
+        let got = answer(
+            r#"p(KSR.pv.get("$rz")) p(KSR.pv.get("$rU")) p(KSR.pv.get("$rd"))
+               p(KSR.pv.get("$(ru{uri.scheme})"))
+               p(KSR.pv.sets("$rU", "+199")) p(KSR.pv.get("$ru"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "string:tel|string:+155|string:gw.example.com|string:sip|boolean:true|\
+             string:sip:+199;npdi@gw.example.com;user=phone"
+        );
+        let msg = request("MESSAGE im:bob@example.com SIP/2.0", None, &[]);
+        let got = answer(
+            r#"p(KSR.pv.get("$ru")) p(KSR.pv.get("$rd")) p(KSR.kx.get_ruri())
+               p(KSR.pv.sets("$rU", "x")) p(KSR.pv.get("$tu"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "nil:nil|nil:nil|nil:nil|boolean:false|string:sip:bob@example.com"
+        );
+    }
+
+    #[test]
+    fn avp_and_xavp() {
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let got = answer(
+            r#"KSR.pv.sets("$avp(a)", "one") KSR.pv.seti("$avp(a)", 2)
+               p(KSR.pv.get("$avp(a)")) p(KSR.pv.get("$(avp(a)[1])")) p(KSR.pv.get("$cnt($avp(a))"))
+               KSR.pv.unset("$avp(a)") p(KSR.pv.get("$avp(a)")) p(KSR.pvx.avp_is_null("b"))
+               p(KSR.pvx.xavp_params_explode("k=v;n=1;e", "x"))
+               p(KSR.pv.get("$xavp(x=>n)")) p(KSR.pv.get("$xavp(x=>e)"))
+               p(table.concat(KSR.pvx.xavp_get_keys("x", 0), ","))
+               p(KSR.pvx.xavp_params_implode("x", "$var(imp)")) p(KSR.pv.get("$var(imp)"))
+               p(KSR.pvx.xavp_child_seti("c", "f", 3)) p(KSR.pvx.xavp_child_get("c", "f"))
+               p(KSR.pvx.xavp_child_getw("c", "g")) p(KSR.pvx.xavp_child_is_null("c", "g"))
+               KSR.pvx.xavp_rm("x") p(KSR.pvx.xavp_is_null("x"))
+               KSR.pv.sets("$var(v1)", "s1") p(KSR.pvx.pv_var_to_xavp("v1", "vx"))
+               p(KSR.pv.get("$xavp(vx=>v1)"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "number:2|string:one|number:2|string:one|number:1|number:1|string:1|string:|\
+             string:k,n,e|number:1|string:k=v;n=1;e=;|number:1|number:3|string:<null>|\
+             number:1|number:1|number:1|string:s1"
+        );
+        // $avp / $xavp do not outlive their message
+        let eng = engine(
+            "function ksr_request_route() if KSR.pv.get('$avp(z)') == nil then \
+             n = (n or 0) + 1 end KSR.pv.sets('$avp(z)', 'x') end",
+        );
+        run(&eng, &msg);
+        run(&eng, &msg);
+        assert_eq!(crate::kemi::testutil::global_int(&eng, "n"), 2);
     }
 }
