@@ -160,8 +160,10 @@ fn corpus() -> Vec<(String, String)> {
 }
 
 /// The message on the wire: CRLF lines, `X-Group`, a Content-Length.
-fn wire(msg: &str, group: usize, cport: u16) -> Vec<u8> {
-    let msg = msg.replace("@CPORT@", &cport.to_string());
+fn wire(msg: &str, group: usize, cport: u16, sport: u16) -> Vec<u8> {
+    let msg = msg
+        .replace("@CPORT@", &cport.to_string())
+        .replace("@SPORT@", &sport.to_string());
     let (head, body) = match msg.split_once("\n\n") {
         Some((h, b)) => (h.to_string(), b.to_string()),
         None => (msg.trim_end().to_string(), String::new()),
@@ -214,7 +216,7 @@ fn probe(
     let mut out = BTreeMap::new();
     let mut group = 0;
     loop {
-        let reply = ask(sock, to, &wire(msg, group, cport))
+        let reply = ask(sock, to, &wire(msg, group, cport, server_port))
             .ok_or_else(|| format!("no reply for group {group}"))?;
         let mut total = 0usize;
         for line in reply.split("\r\n") {
@@ -261,7 +263,7 @@ fn getters_agree_with_kamailio() {
     let corpus = corpus();
     let first = &corpus[0].1;
     let cport = sock.local_addr().unwrap().port();
-    while ask(&sock, kam.addr, &wire(first, 0, cport)).is_none() {
+    while ask(&sock, kam.addr, &wire(first, 0, cport, kam.addr.port())).is_none() {
         assert!(
             Instant::now() < deadline,
             "kamailio did not answer:\n{}",

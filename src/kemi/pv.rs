@@ -540,8 +540,8 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "oU" => uri_user(msg.ruri()),
         "od" => uri_host(msg.ruri()),
         "rv" => match msg.parsed.start {
-            crate::sip::StartLine::Request { version, .. } => Val::s(version.get(msg.buf)),
-            _ => Val::Null,
+            crate::sip::StartLine::Request { version, .. }
+            | crate::sip::StartLine::Response { version, .. } => Val::s(version.get(msg.buf)),
         },
         "du" => Val::opt(m.dst_uri.as_deref()),
         "bf" => Val::Int(i64::from(m.bflags)),

@@ -1,7 +1,9 @@
 -- Differential probe (tests/differential.rs): runs unchanged on Kamailio 5.6
 -- (app_lua) and on sipshard. For every request it evaluates one group of
 -- getters (header `X-Group: n`, PER getters a group) and answers 200 with one
--- `X-P: <name>\t<type>:<value>` header per getter, plus `X-N: <count>`.
+-- `X-P: <name>\t<type>:<value>` header per getter, plus `X-N: <count>`. A
+-- reply (top Via the server's, next Via the test's) gets the same headers
+-- added in ksr_reply_route and is forwarded back to the test.
 -- Values are escaped (\r \n \t \\ and bytes outside printable ASCII as \xHH)
 -- so every value fits on one header line. Times are reported as "now" when
 -- within 10 s of the script's own clock.
@@ -234,7 +236,7 @@ local function esc(s)
 	end))
 end
 
-function ksr_request_route()
+local function report(add_header)
 	local g = tonumber(KSR.pv.get("$hdr(X-Group)") or "0") or 0
 	local last = math.min(#P, (g + 1) * PER)
 	for i = g * PER + 1, last do
@@ -246,9 +248,17 @@ function ksr_request_route()
 		else
 			line = "error:"
 		end
-		KSR.hdr.append_to_reply("X-P: " .. name .. "\t" .. line .. "\r\n")
+		add_header("X-P: " .. name .. "\t" .. line .. "\r\n")
 	end
-	KSR.hdr.append_to_reply("X-N: " .. #P .. "\r\n")
+	add_header("X-N: " .. #P .. "\r\n")
+end
+
+function ksr_request_route()
+	report(KSR.hdr.append_to_reply)
 	KSR.sl.sl_send_reply(200, "OK")
 	KSR.x.exit()
+end
+
+function ksr_reply_route()
+	report(KSR.hdr.append)
 end
