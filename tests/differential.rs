@@ -219,6 +219,17 @@ fn probe(
         let reply = ask(sock, to, &wire(msg, group, cport, server_port))
             .ok_or_else(|| format!("no reply for group {group}"))?;
         let mut total = 0usize;
+        if msg.starts_with("SIP/2.0") {
+            // a forwarded reply: the reply route's header edits show in it
+            let rest: Vec<&str> = reply
+                .split("\r\n")
+                .filter(|l| !l.starts_with("X-P: ") && !l.starts_with("X-N: "))
+                .collect();
+            out.insert(
+                format!("(forwarded reply, group {group})"),
+                rest.join("|").replace(&server_port.to_string(), "@SPORT@"),
+            );
+        }
         for line in reply.split("\r\n") {
             if let Some(v) = line.strip_prefix("X-P: ") {
                 let (name, val) = v.split_once('\t').unwrap_or((v, "?"));

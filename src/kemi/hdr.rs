@@ -2,8 +2,8 @@
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
-//! | `KSR.hdr.append(txt)` | `int (str)` | 1; -1 for an empty txt (txt is a full line, CRLF optional, added as given) |
-//! | `KSR.hdr.insert(txt)` | `int (str)` | 1; -1 for an empty txt (before the first header) |
+//! | `KSR.hdr.append(txt)` | `int (str)` | 1 (txt is a full line, CRLF optional; an empty txt adds nothing) |
+//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 (before the first header) |
 //! | `KSR.hdr.remove(name)` | `int (str)` | 1, whether or not a header was there (as Kamailio) |
 //! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt |
 //! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt |
@@ -20,8 +20,8 @@
 //! lengths differ: what Kamailio 5.6 computes); `which` is `f` (first
 //! header), `l` (last), `a` (all must match) or `o` (any one). Anything else,
 //! or no such header, is false.
-//!
-//! Not yet: `append_after`, `insert_before`.
+//! | `KSR.hdr.append_after(txt, name)` | `int (str, str)` | 1: added after the first `name` header (after the last header when there is none, as Kamailio) |
+//! | `KSR.hdr.insert_before(txt, name)` | `int (str, str)` | 1: added before the first `name` header (before the first header when there is none) |
 
 use std::rc::Rc;
 
@@ -66,6 +66,19 @@ fn match_content(vals: &[Vec<u8>], op: &[u8], val: &[u8], which: &[u8]) -> bool 
     }
 }
 
+/// Index in `Parsed::headers` of the first header named `name`.
+fn header_index(m: &super::MsgCtx, name: &[u8]) -> Option<usize> {
+    let kind = HdrName::from_bytes(name);
+    let buf = &m.buf[..m.len];
+    m.parsed.headers.iter().position(|h| {
+        if kind == HdrName::Other {
+            h.name == HdrName::Other && h.name_span.get(buf).eq_ignore_ascii_case(name)
+        } else {
+            h.name == kind
+        }
+    })
+}
+
 /// Removes every header named `name` from the outgoing message.
 fn remove(s: &Shared, name: &[u8]) -> mlua::Result<usize> {
     s.with_msg(|m| {
@@ -84,7 +97,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             let txt = txt.as_bytes();
             let line = line_without_crlf(&txt);
             if line.is_empty() {
-                return Ok(-1);
+                return Ok(1); // nothing to add (Kamailio: 1)
             }
             s.with_msg(|m| m.edits.append_header(line))?;
             Ok(1)
@@ -97,7 +110,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             let txt = txt.as_bytes();
             let line = line_without_crlf(&txt);
             if line.is_empty() {
-                return Ok(-1);
+                return Ok(1);
             }
             s.with_msg(|m| m.edits.insert_header_first(line))?;
             Ok(1)
@@ -120,7 +133,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 let txt = txt.as_bytes();
                 let line = line_without_crlf(&txt);
                 if line.is_empty() {
-                    return Ok(-1);
+                    return Ok(1);
                 }
                 s.with_msg(|m| {
                     if first {
@@ -183,6 +196,29 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                     }
                     (v, _) => v.into_lua(lua),
                 }
+            })?,
+        )?;
+    }
+    for (fname, after) in [("append_after", true), ("insert_before", false)] {
+        let s = shared.clone();
+        hdr.set(
+            fname,
+            lua.create_function(move |_, (txt, name): (mlua::String, mlua::String)| {
+                let txt = txt.as_bytes();
+                let line = line_without_crlf(&txt);
+                let name = name.as_bytes();
+                if line.is_empty() {
+                    return Ok(1);
+                }
+                s.with_msg(|m| {
+                    match (header_index(m, &name), after) {
+                        (Some(idx), true) => m.edits.insert_header_after(idx, line),
+                        (Some(idx), false) => m.edits.insert_header_before(idx, line),
+                        (None, true) => m.edits.append_header(line),
+                        (None, false) => m.edits.insert_header_first(line),
+                    }
+                    1
+                })
             })?,
         )?;
     }
@@ -281,5 +317,27 @@ mod tests {
         let out = assembled(&m);
         assert!(out.contains("X-A: new\r\n"), "{out}");
         assert!(!out.contains("X-A: one"), "{out}");
+    }
+
+    #[test]
+    fn append_after_and_insert_before() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 r = table.concat({KSR.hdr.append_after("X-AA: 1\r\n", "call-id"),
+                   KSR.hdr.insert_before("X-IB: 1", "CSeq"), KSR.hdr.append_after("X-AB: 1", "Nope"),
+                   KSR.hdr.insert_before("X-IC: 1", "Nope"), KSR.hdr.append("")}, "|")
+               end"#,
+        );
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let (m, _) = run(&eng, &msg);
+        let r: String = eng.lua().globals().get("r").unwrap();
+        assert_eq!(r, "1|1|1|1|1");
+        let out = assembled(&m);
+        let lines: Vec<&str> = out.split("\r\n").collect();
+        let pos = |p: &str| lines.iter().position(|l| l.starts_with(p)).unwrap();
+        assert_eq!(pos("X-AA:"), pos("Call-ID:") + 1, "{out}");
+        assert_eq!(pos("X-IB:") + 1, pos("CSeq:"), "{out}");
+        assert_eq!(pos("X-IC:"), 1, "{out}");
+        assert!(pos("X-AB:") > pos("CSeq:"), "{out}");
     }
 }
