@@ -28,18 +28,26 @@
 //! | `KSR.pvx.xavp_child_is_null(name, field)` | `int (str, str)` | 1 null, -1 set |
 //! | `KSR.pvx.xavp_params_explode(params, name)` | `int (str, str)` | 1; `a=1;b=2` becomes fields of a new `$xavp(name)` (string values) |
 //! | `KSR.pvx.xavp_params_implode(name, pv)` | `int (str, str)` | 1 (`a=1;b=2;` written to pv), -1 when no such xavp |
-//! | `KSR.pvx.xavp_get_keys(name, idx)` | `xval (str, int)` | Lua array of the field names of item idx, nil when none |
+//! | `KSR.pvx.xavp_get_keys(name, idx)` | `xval (str, int)` | Lua array of the distinct field names of item idx (newest first), nil when none |
+//! | `KSR.pvx.xavp_getd_p1(name, idx)` | `xval (str, int)` | item idx as a Lua table field → array of values (newest first), nil when none |
+//! | `KSR.pvx.xavp_getd(name)` | `xval (str)` | Lua array of every item as xavp_getd_p1 gives it |
+//! | `KSR.pvx.xavp_slist_explode(list, seps, mode, name)` | `int (str, str, str, str)` | 1; the tokens of list (split at any char of seps, mode `t` trims, empty ones skipped) as fields `v` of a new item; -1 when none |
+//! | `KSR.pvx.xavp_copy(src, idx, dst)` | `int (str, int, str)` | 1; item idx of src appended to dst; -1 no such item |
+//! | `KSR.pvx.xavp_copy_dst(src, idx, dst, dst_idx)` | `int (str, int, str, int)` | 1; item idx of src replaces dst's item dst_idx (appended when absent); -1 no such item or no dst |
+//! | `KSR.pvx.pv_xavp_print()` | `int ()` | 1; logs each xavp's name and item count |
 //! | `KSR.pvx.pv_var_to_xavp(var, name)` | `int (str, str)` | 1; `$var(var)` (or every `$var` for `*`) as fields of a new `$xavp(name)` |
 //! | `KSR.pvx.pv_xavp_to_var(name)` | `int (str)` | 1; each field of `$xavp(name)` to `$var(field)`; -1 when none |
 //!
-//! Readable pseudo-variables: `$rm $ru $ruri $rU $rd $rp $rz $rv $ou $oU $od
-//! $du $bf $mf $si $sp $Ri $Rp $pr $proto $ua $ci $fu $fU $fd $fn $ft $tu $tU
+//! Readable pseudo-variables: `$rm $ru $ruri $rU $rd $rp $rz $rP $rv $ou $oU
+//! $od $du $dd $dp $dP $bf $mf $si $sp $su $sut $Ri $Rp $Ru $Rut $RAi $RAp $pr $proto $ua $ci $fu $fU $fd $fn $ft $tu $tU
 //! $td $tn $tt $cs $rs $rr $mb $ml $mt $bs $rb $ct $cT $cl $au $ar $adu
 //! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
-//! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name=>field)
+//! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name[i]=>field[j])
 //! $cnt($avp(name)) $Ts $TS $timef(format) $rc $retcode $T_*` and `$shard`
 //! (the shard number, a sipshard extension). Writable: `$ru $ruri $rU $rd $rp
-//! $du $var(name) $avp(name) $xavp(name) $xavp(name=>field)`.
+//! $du $var(name) $avp(name) $xavp(name) $xavp(name[i]=>field)`:
+//! `$xavp(a=>f) = v` pushes a new item, `$xavp(a[0]=>f) = v` adds the field
+//! to item 0; unsetting removes the newest item / field.
 //!
 //! Values follow Kamailio 5.6 (checked by tests/differential.rs): `$rp` and
 //! `$cs` are strings; `$fn`/`$tn` keep their quotes; an empty host, user or
@@ -215,12 +223,28 @@ impl PvMsg {
     fn xavp(&self, name: &str) -> Option<&Vec<Xavp>> {
         self.xavps.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
+    fn xavp_mut(&mut self, name: &str) -> Option<&mut Vec<Xavp>> {
+        self.xavps
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v)
+    }
+    /// Removes every item of `name`.
     fn xavp_rm(&mut self, name: &str) {
         self.xavps.retain(|(n, _)| n != name);
     }
+    /// Removes item `idx` of `name` (unset `$xavp(name)` drops the newest).
+    fn xavp_rm_item(&mut self, name: &str, idx: usize) {
+        if let Some(items) = self.xavp_mut(name) {
+            if idx < items.len() {
+                items.remove(idx);
+            }
+        }
+        self.xavps.retain(|(_, v)| !v.is_empty());
+    }
     /// Adds a new item at the head of `name`.
     fn xavp_add(&mut self, name: &str, item: Xavp) -> bool {
-        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
+        if let Some(items) = self.xavp_mut(name) {
             if items.len() >= MAX_AVPS {
                 return false;
             }
@@ -233,26 +257,37 @@ impl PvMsg {
         self.xavps.push((name.to_string(), vec![item]));
         true
     }
-    /// Sets `field` in the first item of `name` (creating it), newest first.
-    fn xavp_child_set(&mut self, name: &str, field: &str, v: PvValue) -> bool {
-        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
-            if let Some(Xavp::Fields(f)) = items.first_mut() {
+    /// Adds `field` (newest first) to item `idx` of `name`; creates the
+    /// first item when there is none.
+    fn xavp_field_add(&mut self, name: &str, idx: usize, field: &str, v: PvValue) -> bool {
+        let new = || Xavp::Fields(vec![(field.to_string(), v.clone())]);
+        match self.xavp_mut(name).map(|items| items.get_mut(idx)) {
+            Some(Some(Xavp::Fields(f))) => {
                 if f.len() >= MAX_AVPS {
                     return false;
                 }
-                f.retain(|(n, _)| n != field);
-                f.push((field.to_string(), v));
-                return true;
+                f.insert(0, (field.to_string(), v));
+                true
+            }
+            Some(Some(_)) => false,
+            Some(None) | None if idx == 0 => self.xavp_add(name, new()),
+            _ => false,
+        }
+    }
+    /// `xavp_child_sets`: a new field at the head of the first item.
+    fn xavp_child_set(&mut self, name: &str, field: &str, v: PvValue) -> bool {
+        self.xavp_field_add(name, 0, field, v)
+    }
+    /// Removes the newest `field` of item `idx`.
+    fn xavp_field_rm(&mut self, name: &str, idx: usize, field: &str) {
+        if let Some(Some(Xavp::Fields(f))) = self.xavp_mut(name).map(|i| i.get_mut(idx)) {
+            if let Some(pos) = f.iter().position(|(n, _)| n == field) {
+                f.remove(pos);
             }
         }
-        self.xavp_add(name, Xavp::Fields(vec![(field.to_string(), v)]))
     }
     fn xavp_child_rm(&mut self, name: &str, field: &str) {
-        if let Some((_, items)) = self.xavps.iter_mut().find(|(n, _)| n == name) {
-            if let Some(Xavp::Fields(f)) = items.first_mut() {
-                f.retain(|(n, _)| n != field);
-            }
-        }
+        self.xavp_field_rm(name, 0, field)
     }
     fn xavp_field(&self, name: &str, field: &str) -> Option<&PvValue> {
         match self.xavp(name)?.first()? {
@@ -260,6 +295,32 @@ impl PvMsg {
             Xavp::Value(_) => None,
         }
     }
+}
+
+/// `name`, `name[i]`, `name=>field`, `name[i]=>field[j]` of `$xavp(...)`.
+struct XavpRef<'a> {
+    name: &'a str,
+    idx: Option<i64>,
+    field: Option<(&'a str, Option<i64>)>,
+}
+
+fn split_index(t: &str) -> Option<(&str, Option<i64>)> {
+    match t.split_once('[') {
+        Some((n, rest)) => {
+            let i = rest.strip_suffix(']')?.trim().parse().ok()?;
+            Some((n.trim(), Some(i)))
+        }
+        None => Some((t.trim(), None)),
+    }
+}
+
+fn xavp_ref(arg: &str) -> Option<XavpRef<'_>> {
+    let (root, field) = match arg.split_once("=>") {
+        Some((r, f)) => (r, Some(split_index(f)?)),
+        None => (arg, None),
+    };
+    let (name, idx) = split_index(root)?;
+    Some(XavpRef { name, idx, field })
 }
 
 /// `$name(arg)[idx]{tr}...` split up.
@@ -464,7 +525,33 @@ fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// Pseudo-variables other modules own, by class name: `$sht(table=>key)`
+/// (htable) and the like hook in here, one arm each. None: no module owns it.
+fn module_pv_get(_s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
+    #[allow(clippy::match_single_binding)]
+    match spec.class {
+        // "sht" => Some(super::htable::pv_get(s, spec.arg?)),
+        _ => None,
+    }
+}
+
+/// Setter side of [`module_pv_get`] (`value` None = unset).
+fn module_pv_set(
+    _s: &Shared,
+    spec: &Spec<'_>,
+    _value: &Option<PvValue>,
+) -> Option<mlua::Result<bool>> {
+    #[allow(clippy::match_single_binding)]
+    match spec.class {
+        // "sht" => Some(super::htable::pv_set(s, spec.arg?, value)),
+        _ => None,
+    }
+}
+
 fn base_val(s: &Shared, spec: &Spec<'_>) -> mlua::Result<Val> {
+    if let Some(v) = module_pv_get(s, spec) {
+        return v;
+    }
     match (spec.class, spec.arg) {
         ("var", Some(v)) => {
             // $var is never null in Kamailio: an unset one is 0.
@@ -501,7 +588,9 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
                     .map_or(0, |v| v.len() as i64),
                 Some(i) if i.class == "xavp" => i
                     .arg
-                    .and_then(|n| m.pv.xavp(n))
+                    .and_then(xavp_ref)
+                    .filter(|r| r.field.is_none())
+                    .and_then(|r| m.pv.xavp(r.name))
                     .map_or(0, |v| v.len() as i64),
                 _ => 0,
             });
@@ -544,6 +633,16 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
             | crate::sip::StartLine::Response { version, .. } => Val::s(version.get(msg.buf)),
         },
         "du" => Val::opt(m.dst_uri.as_deref()),
+        "dd" | "dp" | "dP" => dst_part(m.dst_uri.as_deref(), spec.class),
+        "rP" => ruri.and_then(|r| uri_view(r, true)).map_or(Val::Null, |u| {
+            Val::s(param_value(u.params, "transport").unwrap_or(b"UDP"))
+        }),
+        "su" => Val::Str(addr_uri(m.src, false)),
+        "sut" => Val::Str(addr_uri(m.src, true)),
+        "Ru" => Val::Str(addr_uri(m.local, false)),
+        "Rut" => Val::Str(addr_uri(m.local, true)),
+        "RAi" => Val::Str(m.local.ip().to_string().into_bytes()),
+        "RAp" => Val::Int(i64::from(m.local.port())),
         "bf" => Val::Int(i64::from(m.bflags)),
         "mf" => Val::Int(i64::from(m.flags)),
         "si" => Val::Str(m.src.ip().to_string().into_bytes()),
@@ -591,25 +690,73 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
 }
 
 fn xavp_val(pv: &PvMsg, arg: &str, idx: Option<&str>) -> Val {
-    let (name, field) = match arg.split_once("=>") {
-        Some((n, f)) => (n, Some(f)),
-        None => (arg, None),
-    };
-    let Some(items) = pv.xavp(name) else {
+    // `$(xavp(a)[1])` is not how Kamailio indexes xavps (`$xavp(a[1])`): null
+    let (Some(r), None) = (xavp_ref(arg), idx) else {
         return Val::Null;
     };
-    let Some(item) = pick(items, idx) else {
+    let Some(items) = pv.xavp(r.name) else {
         return Val::Null;
     };
-    match (item, field) {
+    let Some(item) = pick(items, r.idx.map(|i| i.to_string()).as_deref()) else {
+        return Val::Null;
+    };
+    match (item, r.field) {
         (Xavp::Value(v), None) => Val::from(&v),
-        (Xavp::Fields(f), Some(field)) => f
-            .iter()
-            .find(|(n, _)| n == field)
-            .map_or(Val::Null, |(_, v)| Val::from(v)),
+        (Xavp::Fields(f), Some((field, j))) => {
+            let vals: Vec<&PvValue> = f
+                .iter()
+                .filter(|(n, _)| n == field)
+                .map(|(_, v)| v)
+                .collect();
+            pick(&vals, j.map(|j| j.to_string()).as_deref()).map_or(Val::Null, Val::from)
+        }
         // `$xavp(name)` of a list of fields prints as Kamailio's `<<xavp:...>>`
-        (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{name}>>").into_bytes()),
+        (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{}>>", r.name).into_bytes()),
         (Xavp::Value(_), Some(_)) => Val::Null,
+    }
+}
+
+/// An xavp item as a Lua table: field -> array of its values, newest first.
+fn xavp_item_table(lua: &Lua, item: &Xavp) -> mlua::Result<Value> {
+    let Xavp::Fields(f) = item else {
+        return Ok(Value::Nil);
+    };
+    let t = lua.create_table()?;
+    for (k, v) in f {
+        let arr = match t.get::<Value>(k.as_str())? {
+            Value::Table(a) => a,
+            _ => {
+                let a = lua.create_table()?;
+                t.set(k.as_str(), a.clone())?;
+                a
+            }
+        };
+        arr.push(Val::from(v).into_lua(lua)?)?;
+    }
+    Ok(Value::Table(t))
+}
+
+/// `sip:ip:port` (`;transport=udp` with `transport`), IPv6 in brackets.
+fn addr_uri(a: std::net::SocketAddr, transport: bool) -> Vec<u8> {
+    let mut t = match a.ip() {
+        std::net::IpAddr::V4(ip) => format!("sip:{ip}:{}", a.port()),
+        std::net::IpAddr::V6(ip) => format!("sip:[{ip}]:{}", a.port()),
+    };
+    if transport {
+        t.push_str(";transport=udp");
+    }
+    t.into_bytes()
+}
+
+/// `$dd`, `$dp` (a string, 5060 by default), `$dP` (UDP by default) of `$du`.
+fn dst_part(du: Option<&[u8]>, which: &str) -> Val {
+    let Some(u) = du.and_then(|d| uri_view(d, false)) else {
+        return Val::Null;
+    };
+    match which {
+        "dd" => Val::non_empty(Some(u.host)),
+        "dp" => Val::Str(u.port.unwrap_or(5060).to_string().into_bytes()),
+        _ => Val::s(param_value(u.params, "transport").unwrap_or(b"UDP")),
     }
 }
 
@@ -1248,7 +1395,16 @@ fn register_pvx(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
             let keys = s.with_msg(|m| {
                 let items = m.pv.xavp(&n)?;
                 match pick(items, Some(&idx.to_string()))? {
-                    Xavp::Fields(f) => Some(f.into_iter().map(|(k, _)| k).collect::<Vec<_>>()),
+                    Xavp::Fields(f) => {
+                        // distinct names, newest first
+                        let mut keys: Vec<String> = Vec::new();
+                        for (k, _) in f {
+                            if !keys.contains(&k) {
+                                keys.push(k);
+                            }
+                        }
+                        Some(keys)
+                    }
                     Xavp::Value(_) => None,
                 }
             })?;
@@ -1294,6 +1450,118 @@ fn register_pvx(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
             Ok(1)
         }
     );
+    f!(
+        "xavp_getd",
+        String,
+        |lua: &Lua, s: &Rc<Shared>, n: String| {
+            let items = s.with_msg(|m| m.pv.xavp(&n).cloned())?;
+            let Some(items) = items else {
+                return Ok(Value::Nil);
+            };
+            let arr = lua.create_table()?;
+            for it in &items {
+                arr.push(xavp_item_table(lua, it)?)?;
+            }
+            Ok(Value::Table(arr))
+        }
+    );
+    f!(
+        "xavp_getd_p1",
+        (String, i64),
+        |lua: &Lua, s: &Rc<Shared>, (n, i): (String, i64)| {
+            let item = s.with_msg(|m| m.pv.xavp(&n).and_then(|v| pick(v, Some(&i.to_string()))))?;
+            match item {
+                Some(it) => xavp_item_table(lua, &it),
+                None => Ok(Value::Nil),
+            }
+        }
+    );
+    f!(
+        "xavp_slist_explode",
+        (mlua::String, mlua::String, String, String),
+        |_: &Lua,
+         s: &Rc<Shared>,
+         (list, seps, mode, n): (mlua::String, mlua::String, String, String)| {
+            let (list, seps) = (list.as_bytes(), seps.as_bytes());
+            let mut fields: Vec<(String, PvValue)> = Vec::new();
+            for tok in list.split(|c| seps.contains(c)) {
+                let tok = if mode.contains('t') { trim(tok) } else { tok };
+                if tok.is_empty() || fields.len() >= MAX_AVPS {
+                    continue;
+                }
+                fields.push(("v".to_string(), PvValue::Str(tok.to_vec())));
+            }
+            if fields.is_empty() {
+                return Ok(-1);
+            }
+            s.with_msg(|m| code(m.pv.xavp_add(&n, Xavp::Fields(fields))))
+        }
+    );
+    f!("xavp_copy", (String, i64, String), |_: &Lua,
+                                            s: &Rc<Shared>,
+                                            (src, i, dst): (
+        String,
+        i64,
+        String
+    )| {
+        s.with_msg(|m| {
+            let Some(item) = m.pv.xavp(&src).and_then(|v| pick(v, Some(&i.to_string()))) else {
+                return -1;
+            };
+            // appended at the end of the destination stack
+            match m.pv.xavp_mut(&dst) {
+                Some(items) if items.len() < MAX_AVPS => {
+                    items.push(item);
+                    1
+                }
+                Some(_) => -1,
+                None => code(m.pv.xavp_add(&dst, item)),
+            }
+        })
+    });
+    f!("xavp_copy_dst", (String, i64, String, i64), |_: &Lua,
+                                                     s: &Rc<
+        Shared,
+    >,
+                                                     (
+        src,
+        i,
+        dst,
+        j,
+    ): (
+        String,
+        i64,
+        String,
+        i64
+    )| {
+        s.with_msg(|m| {
+            let Some(item) = m.pv.xavp(&src).and_then(|v| pick(v, Some(&i.to_string()))) else {
+                return -1;
+            };
+            match m.pv.xavp_mut(&dst) {
+                Some(items) => {
+                    let j = usize::try_from(j).unwrap_or(usize::MAX);
+                    if let Some(slot) = items.get_mut(j) {
+                        *slot = item;
+                    } else if items.len() < MAX_AVPS {
+                        items.push(item);
+                    } else {
+                        return -1;
+                    }
+                    1
+                }
+                None => -1,
+            }
+        })
+    });
+    f!("pv_xavp_print", (), |_: &Lua, s: &Rc<Shared>, (): ()| {
+        s.with_msg(|m| {
+            for (name, items) in &m.pv.xavps {
+                tracing::info!(xavp = %name, items = items.len(), "pv_xavp_print");
+            }
+            1
+        })
+    });
     ksr.set("pvx", t)?;
     Ok(())
 }
@@ -1324,6 +1592,9 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
         return Ok(true);
     }
     if let Some(spec) = parse_spec(name) {
+        if let Some(r) = module_pv_set(s, &spec, &value) {
+            return r;
+        }
         match (spec.class, spec.arg) {
             ("avp", Some(a)) => {
                 return s.with_msg(|m| match value {
@@ -1336,15 +1607,24 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
                 });
             }
             ("xavp", Some(a)) => {
-                return s.with_msg(|m| match (a.split_once("=>"), value) {
-                    (Some((n, f)), Some(v)) => m.pv.xavp_child_set(n, f, v),
-                    (Some((n, f)), None) => {
-                        m.pv.xavp_child_rm(n, f);
+                let Some(r) = xavp_ref(a) else {
+                    return Ok(false);
+                };
+                let idx = r.idx.unwrap_or(0).max(0) as usize;
+                return s.with_msg(|m| match (r.field, r.idx, value) {
+                    // `$xavp(a=>f) = v` pushes a new item; `$xavp(a[i]=>f) = v`
+                    // adds the field to item i (as Kamailio)
+                    (Some((f, _)), None, Some(v)) => {
+                        m.pv.xavp_add(r.name, Xavp::Fields(vec![(f.to_string(), v)]))
+                    }
+                    (Some((f, _)), Some(_), Some(v)) => m.pv.xavp_field_add(r.name, idx, f, v),
+                    (Some((f, _)), _, None) => {
+                        m.pv.xavp_field_rm(r.name, idx, f);
                         true
                     }
-                    (None, Some(v)) => m.pv.xavp_add(a, Xavp::Value(v)),
-                    (None, None) => {
-                        m.pv.xavp_rm(a);
+                    (None, _, Some(v)) => m.pv.xavp_add(r.name, Xavp::Value(v)),
+                    (None, _, None) => {
+                        m.pv.xavp_rm_item(r.name, idx);
                         true
                     }
                 });
@@ -1673,5 +1953,32 @@ mod tests {
         run(&eng, &msg);
         run(&eng, &msg);
         assert_eq!(crate::kemi::testutil::global_int(&eng, "n"), 2);
+    }
+
+    #[test]
+    fn xavp_stack_and_dst_parts() {
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let got = answer(
+            r#"KSR.pv.sets("$xavp(a=>x)", "a0x") KSR.pv.sets("$xavp(a[0]=>y)", "a0y")
+               KSR.pv.sets("$xavp(a=>x)", "a1x") KSR.pv.sets("$xavp(a[0]=>y)", "a1y")
+               KSR.pv.sets("$xavp(a[0]=>y)", "a1y2")
+               p(KSR.pv.get("$xavp(a[1]=>x)")) p(KSR.pv.get("$xavp(a=>y)"))
+               p(KSR.pv.get("$xavp(a=>y[1])")) p(KSR.pv.get("$cnt($xavp(a))"))
+               p(table.concat(KSR.pvx.xavp_get_keys("a", 0), ","))
+               p(KSR.pvx.xavp_getd_p1("a", 0).y[2]) p(#KSR.pvx.xavp_getd("a"))
+               KSR.pv.unset("$xavp(a)") p(KSR.pv.get("$xavp(a=>x)"))
+               p(KSR.pvx.xavp_slist_explode(" p ;q,, r", ";,", "t", "s"))
+               p(table.concat(KSR.pvx.xavp_getd_p1("s", 0).v, "/"))
+               KSR.pv.sets("$du", "sip:192.0.2.4:5099;transport=tcp")
+               p(KSR.pv.get("$dd")) p(KSR.pv.get("$dp")) p(KSR.pv.get("$dP"))
+               p(KSR.pv.get("$rP")) p(KSR.pv.get("$sut"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "string:a0x|string:a1y2|string:a1y|number:2|string:y,x|string:a1y|number:2|\
+             string:a0x|number:1|string:p/q/r|string:192.0.2.4|string:5099|string:tcp|\
+             string:UDP|string:sip:192.0.2.9:5060;transport=udp"
+        );
     }
 }

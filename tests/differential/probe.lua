@@ -45,7 +45,18 @@ for _, n in ipairs({
 	"$(hdr(Authorization)[0])", "$hdr(Proxy-Authorization)", "$(hdr(Record-Route)[-2])",
 	"$hdrc(Record-Route)", "$(fu{uri.params})", "$(tu{uri.port})", "$(hdr(Contact)[1])",
 	"$(hdr(m)[*])", "$(hdr(X-Empty){s.len})", "$hdr(X-Empty)", "$(fn{s.tolower})",
+	"$rP", "$su", "$sut", "$Ru", "$Rut", "$RAi", "$RAp", "$dd", "$dp", "$dP",
 }) do pv(n) end
+add("$du parts", function()
+	KSR.pv.sets("$du", "sip:192.0.2.4:5099;transport=tcp")
+	local a = tostring(KSR.pv.get("$dd")) .. "|" .. tostring(KSR.pv.get("$dp")) .. "|"
+		.. tostring(KSR.pv.get("$dP"))
+	KSR.pv.sets("$du", "sip:proxy.example.com")
+	a = a .. "|" .. tostring(KSR.pv.get("$dd")) .. "|" .. tostring(KSR.pv.get("$dp")) .. "|"
+		.. tostring(KSR.pv.get("$dP")) .. "|" .. type(KSR.pv.get("$dp"))
+	KSR.pv.unset("$du")
+	return a
+end)
 
 add("$Ts", function() return now_check(KSR.pv.get("$Ts")) end)
 add("$TS", function() return now_check(KSR.pv.get("$TS")) end)
@@ -173,6 +184,35 @@ add("pvx.var", function()
 	local b = KSR.pvx.var_seti("probe_pn", 4)
 	return dump(a) .. dump(b) .. "|" .. dump(KSR.pvx.var_get("probe_pv")) .. "|"
 		.. dump(KSR.pvx.var_get("probe_pn"))
+end)
+
+add("xavp stack", function()
+	KSR.pv.sets("$xavp(a=>x)", "a0x") KSR.pv.sets("$xavp(a[0]=>y)", "a0y")
+	KSR.pv.sets("$xavp(a=>x)", "a1x") KSR.pv.sets("$xavp(a[0]=>y)", "a1y")
+	KSR.pv.sets("$xavp(a[0]=>y)", "a1y2")
+	local r = { dump(KSR.pvx.xavp_getd_p1("a", 0)), dump(KSR.pvx.xavp_getd_p1("a", 1)),
+		dump(KSR.pvx.xavp_getd_p1("a", 5)), dump(KSR.pvx.xavp_get_keys("a", 1)),
+		dump(KSR.pv.get("$xavp(a[1]=>x)")), dump(KSR.pv.get("$xavp(a=>y)")),
+		dump(KSR.pv.get("$xavp(a=>y[1])")), dump(KSR.pv.get("$(xavp(a=>y)[1])")),
+		dump(KSR.pv.get("$cnt($xavp(a))")) }
+	KSR.pvx.xavp_child_sets("a", "z", "zz")
+	r[#r + 1] = dump(KSR.pvx.xavp_getd_p1("a", 0)) .. dump(KSR.pvx.xavp_get_keys("a", 0))
+	r[#r + 1] = dump(KSR.pvx.xavp_copy("a", 1, "b")) .. dump(KSR.pvx.xavp_getd_p1("b", 0))
+	KSR.pv.unset("$xavp(a=>y)")
+	r[#r + 1] = dump(KSR.pvx.xavp_getd_p1("a", 0))
+	KSR.pv.unset("$xavp(a)")
+	r[#r + 1] = dump(KSR.pv.get("$cnt($xavp(a))"))
+	KSR.pvx.xavp_rm("a") KSR.pvx.xavp_rm("b")
+	return table.concat(r, "|")
+end)
+add("xavp_slist_explode", function()
+	local r = dump(KSR.pvx.xavp_slist_explode(" a = b; c=d;;", "=;", "t", "s1"))
+		.. dump(KSR.pvx.xavp_getd_p1("s1", 0))
+		.. dump(KSR.pvx.xavp_slist_explode(" a = b; c=d;;", "=;", "", "s2"))
+		.. dump(KSR.pvx.xavp_getd_p1("s2", 0))
+		.. dump(KSR.pvx.xavp_child_rm("s1", "v")) .. dump(KSR.pvx.xavp_getd_p1("s1", 0))
+	KSR.pvx.xavp_rm("s1") KSR.pvx.xavp_rm("s2")
+	return r
 end)
 
 -- KSR.kx (not get_conid: Kamailio 5.6 crashes on it for a UDP message)
