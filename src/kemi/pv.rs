@@ -616,8 +616,9 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         return Val::Null;
     }
     let ruri = m.ruri();
-    let from = msg.from().ok();
-    let to = msg.to().ok();
+    // parsed only by the pvs that need them
+    let from = || msg.from().ok();
+    let to = || msg.to().ok();
     match spec.class {
         "rm" => Val::s(msg.method_bytes()),
         "ru" | "ruri" => uri_whole(ruri),
@@ -652,16 +653,16 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "pr" | "proto" => Val::s(b"udp"),
         "ua" => Val::opt(untrimmed(&msg, HdrName::UserAgent)),
         "ci" => Val::opt(msg.call_id()),
-        "fu" => Val::opt(from.as_ref().map(|f| f.uri)),
-        "fU" => uri_user(from.as_ref().map(|f| f.uri)),
-        "fd" => uri_host(from.as_ref().map(|f| f.uri)),
-        "fn" => Val::opt(from.as_ref().and_then(|f| raw_display(f.raw))),
-        "ft" => Val::non_empty(from.as_ref().and_then(|f| f.tag())),
-        "tu" => Val::opt(to.as_ref().map(|t| t.uri)),
-        "tU" => uri_user(to.as_ref().map(|t| t.uri)),
-        "td" => uri_host(to.as_ref().map(|t| t.uri)),
-        "tn" => Val::opt(to.as_ref().and_then(|t| raw_display(t.raw))),
-        "tt" => Val::non_empty(to.as_ref().and_then(|t| t.tag())),
+        "fu" => Val::opt(from().map(|f| f.uri)),
+        "fU" => uri_user(from().map(|f| f.uri)),
+        "fd" => uri_host(from().map(|f| f.uri)),
+        "fn" => Val::opt(from().and_then(|f| raw_display(f.raw))),
+        "ft" => Val::non_empty(from().and_then(|f| f.tag())),
+        "tu" => Val::opt(to().map(|t| t.uri)),
+        "tU" => uri_user(to().map(|t| t.uri)),
+        "td" => uri_host(to().map(|t| t.uri)),
+        "tn" => Val::opt(to().and_then(|t| raw_display(t.raw))),
+        "tt" => Val::non_empty(to().and_then(|t| t.tag())),
         "cs" => Val::opt(
             msg.cseq()
                 .ok()
@@ -1016,7 +1017,8 @@ fn transform(v: Val, tr: &str) -> Val {
             let Ok(na) = crate::sip::NameAddr::parse(&text) else {
                 return Val::Null;
             };
-            if op.starts_with("tobody.") && uri_view(na.uri, true).is_none() {
+            // one name-addr of a known scheme (a Contact list is no To body)
+            if uri_view(na.uri, true).is_none() || na.params.raw.contains(&b',') {
                 return Val::Null;
             }
             match op {

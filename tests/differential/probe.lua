@@ -46,6 +46,7 @@ for _, n in ipairs({
 	"$hdrc(Record-Route)", "$(fu{uri.params})", "$(tu{uri.port})", "$(hdr(Contact)[1])",
 	"$(hdr(m)[*])", "$(hdr(X-Empty){s.len})", "$hdr(X-Empty)", "$(fn{s.tolower})",
 	"$rP", "$su", "$sut", "$Ru", "$Rut", "$RAi", "$RAp", "$dd", "$dp", "$dP",
+	"$nope", "$(hdr(X-Multi)", "ru", "$hdr()", "$(ru{uri.nope})", "$(ru{s.substr,x,1})",
 }) do pv(n) end
 add("$du parts", function()
 	KSR.pv.sets("$du", "sip:192.0.2.4:5099;transport=tcp")
