@@ -42,6 +42,7 @@
 //! $od $du $dd $dp $dP $bf $mf $si $sp $su $sut $Ri $Rp $Ru $Rut $RAi $RAp $pr $proto $ua $ci $fu $fU $fd $fn $ft $tu $tU
 //! $td $tn $tt $cs $rs $rr $mb $ml $mt $bs $rb $ct $cT $cl $au $ar $adu
 //! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
+//! $hfl(Name) $(hfl(Name)[n]) $hflc(Name)
 //! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name[i]=>field[j])
 //! $cnt($avp(name)) $Ts $TS $timef(format) $rc $retcode $T_*` and `$shard`
 //! (the shard number, a sipshard extension). Writable: `$ru $ruri $rU $rd $rp
@@ -55,7 +56,10 @@
 //! than sip/sips/tel makes `$ru`, `$rU`, `$rd`, `$rz` null; a `user=phone` SIP
 //! URI reads as tel (`$rz` is `tel`, `$rU` the number without its
 //! parameters), as Kamailio's default `phone2tel=1`; `$au`/`$ar`/`$adu` read
-//! the credentials header before any auth check; an unset `$var` is 0; `$rc`
+//! the credentials header before any auth check; `$hfl` splits Via, Route,
+//! Record-Route and Contact bodies as Kamailio does (a Via body keeps its
+//! comma, Contacts of one header come last first, no negative index); an
+//! unset `$var` is 0; `$rc`
 //! is 0 (KEMI functions do not set the cfg return code); `$timef` formats UTC.
 //! `$avp`/`$xavp` live for one message.
 //!
@@ -396,7 +400,7 @@ fn pick<T: Clone>(vals: &[T], idx: Option<&str>) -> Option<T> {
         Some(t) => t.trim().parse().ok()?,
     };
     let n = vals.len() as i64;
-    let i = if i < 0 { n + i } else { i };
+    let i = if i < 0 { n.saturating_add(i) } else { i };
     if i < 0 || i >= n {
         return None;
     }
@@ -610,6 +614,36 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
             return Val::opt(pick(&vals, spec.idx));
         }
         ("hdrc", Some(h)) => return Val::Int(hdr_values(&msg, h.as_bytes()).len() as i64),
+        ("hfl" | "hflc", Some(h)) => {
+            let name = h.as_bytes();
+            let kind = HdrName::from_bytes(name);
+            let listy = matches!(
+                kind,
+                HdrName::Via | HdrName::Route | HdrName::RecordRoute | HdrName::Contact
+            );
+            let mut vals: Vec<&[u8]> = Vec::new();
+            for v in hdr_values(&msg, name) {
+                if !listy {
+                    vals.push(v);
+                    continue;
+                }
+                let mut parts = split_list(v, kind == HdrName::Via);
+                if kind == HdrName::Contact {
+                    // Kamailio's parsed contact list runs backwards per header
+                    parts.retain(|p| *p != b"*");
+                    parts.reverse();
+                }
+                vals.extend(parts);
+            }
+            if spec.class == "hflc" {
+                return Val::Int(vals.len() as i64);
+            }
+            // no negative indexes for $hfl in Kamailio
+            if spec.idx.is_some_and(|i| i.trim_start().starts_with('-')) {
+                return Val::Null;
+            }
+            return Val::opt(pick(&vals, spec.idx));
+        }
         _ => {}
     }
     if spec.arg.is_some() {
@@ -785,6 +819,45 @@ fn hdr_values<'a>(msg: &crate::sip::SipMsg<'a>, name: &[u8]) -> Vec<&'a [u8]> {
         .filter(|h| h.name == HdrName::Other && h.name_span.get(buf).eq_ignore_ascii_case(name))
         .map(|h| h.value.get(buf))
         .collect()
+}
+
+/// The comma-separated bodies of a list header (quotes and `<>` respected).
+/// `keep_sep`: a body keeps the comma that ends it (Kamailio's Via bodies).
+fn split_list(v: &[u8], keep_sep: bool) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut in_quote, mut in_angle, mut esc, mut start) = (false, false, false, 0);
+    for (i, &c) in v.iter().enumerate() {
+        if esc {
+            esc = false;
+            continue;
+        }
+        match c {
+            b'\\' if in_quote => esc = true,
+            b'"' => in_quote = !in_quote,
+            b'<' if !in_quote => in_angle = true,
+            b'>' if !in_quote => in_angle = false,
+            b',' if !in_quote && !in_angle => {
+                let raw = v.get(start..i).unwrap_or_default();
+                let part = trim(raw);
+                let next = i + 1;
+                if !part.is_empty() {
+                    if keep_sep {
+                        let lead = raw.len() - raw.trim_ascii_start().len();
+                        out.push(v.get(start + lead..next).unwrap_or(part));
+                    } else {
+                        out.push(part);
+                    }
+                }
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    let part = trim(v.get(start..).unwrap_or_default());
+    if !part.is_empty() {
+        out.push(part);
+    }
+    out
 }
 
 /// The display name as written (quotes kept, like Kamailio's `$fn`).
@@ -978,11 +1051,15 @@ fn transform(v: Val, tr: &str) -> Val {
                 return Val::Null;
             };
             let n = text.len() as i64;
-            let start = if a < 0 { n + a } else { a };
+            let start = if a < 0 { n.saturating_add(a) } else { a };
             if start < 0 || start > n || b < 0 {
                 return Val::Null;
             }
-            let end = if b == 0 { n } else { (start + b).min(n) };
+            let end = if b == 0 {
+                n
+            } else {
+                start.saturating_add(b).min(n)
+            };
             Val::opt(text.get(start as usize..end as usize))
         }
         "uri.user" | "uri.host" | "uri.port" | "uri.params" | "uri.scheme" | "uri.param" => {
@@ -1804,6 +1881,8 @@ mod tests {
         assert_eq!(tr("abcdef", "s.substr,2,0"), Val::s(b"cdef"));
         assert_eq!(tr("abcdef", "s.substr,-2,0"), Val::s(b"ef"));
         assert_eq!(tr("abcdef", "s.substr,9,1"), Val::Null);
+        assert_eq!(tr("abc", "s.substr,1,9223372036854775807"), Val::s(b"bc"));
+        assert_eq!(tr("abc", "s.substr,-9223372036854775808,1"), Val::Null);
         assert_eq!(tr(" 42 ", "s.int"), Val::Int(42));
         assert_eq!(tr("42abc", "s.int"), Val::Null);
         let from = "\"Al Ice\" <sip:alice@example.com;user=phone>;tag=t1;x=y";
@@ -1981,6 +2060,34 @@ mod tests {
             "string:a0x|string:a1y2|string:a1y|number:2|string:y,x|string:a1y|number:2|\
              string:a0x|number:1|string:p/q/r|string:192.0.2.4|string:5099|string:tcp|\
              string:UDP|string:sip:192.0.2.9:5060;transport=udp"
+        );
+    }
+
+    #[test]
+    fn header_field_lists() {
+        assert_eq!(
+            split_list(b"a;x=1, <sip:b,c>;q=1 ,\"d, e\" <f>", false),
+            vec![&b"a;x=1"[..], b"<sip:b,c>;q=1", b"\"d, e\" <f>"]
+        );
+        assert_eq!(split_list(b"v1, v2", true), vec![&b"v1,"[..], b"v2"]);
+        let msg = request(
+            "OPTIONS sip:a@example.com SIP/2.0",
+            None,
+            &[
+                "Contact: <sip:a@h>, <sip:b@h>",
+                "Contact: sip:c@h",
+                "Route: <sip:r1>, <sip:r2>",
+            ],
+        );
+        let got = answer(
+            r#"p(KSR.pv.get("$hfl(Contact)")) p(KSR.pv.get("$(hfl(Contact)[2])"))
+               p(KSR.pv.get("$hflc(Contact)")) p(KSR.pv.get("$(hfl(Route)[1])"))
+               p(KSR.pv.get("$(hfl(Route)[-1])")) p(KSR.pv.get("$hflc(Via)"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "string:<sip:b@h>|string:sip:c@h|number:3|string:<sip:r2>|nil:nil|number:1"
         );
     }
 }

@@ -46,6 +46,10 @@ for _, n in ipairs({
 	"$hdrc(Record-Route)", "$(fu{uri.params})", "$(tu{uri.port})", "$(hdr(Contact)[1])",
 	"$(hdr(m)[*])", "$(hdr(X-Empty){s.len})", "$hdr(X-Empty)", "$(fn{s.tolower})",
 	"$rP", "$su", "$sut", "$Ru", "$Rut", "$RAi", "$RAp", "$dd", "$dp", "$dP",
+	"$hfl(Via)", "$(hfl(Via)[1])", "$(hfl(Via)[-1])", "$hflc(Via)", "$hflc(Record-Route)",
+	"$(hfl(Record-Route)[2])", "$(hfl(Contact)[1])", "$hflc(Contact)", "$hflc(X-Multi)",
+	"$(hfl(Record-Route)[1])", "$hfl(Contact)", "$(hfl(Contact)[2])", "$(hfl(Via)[2])",
+	"$(hfl(X-Multi)[1])",
 	"$nope", "$(hdr(X-Multi)", "ru", "$hdr()", "$(ru{uri.nope})", "$(ru{s.substr,x,1})",
 }) do pv(n) end
 add("$du parts", function()
