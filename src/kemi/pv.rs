@@ -35,6 +35,8 @@
 //! | `KSR.pvx.xavp_copy(src, idx, dst)` | `int (str, int, str)` | 1; item idx of src appended to dst; -1 no such item |
 //! | `KSR.pvx.xavp_copy_dst(src, idx, dst, dst_idx)` | `int (str, int, str, int)` | 1; item idx of src replaces dst's item dst_idx (appended when absent); -1 no such item or no dst |
 //! | `KSR.pvx.pv_xavp_print()` | `int ()` | 1; logs each xavp's name and item count |
+//! | `KSR.pvx.xavu_sets/seti/get/gete/getw/rm/is_null`, `xavu_child_sets/seti/get/gete/getw/rm/is_null`, `xavu_params_explode/implode` | as the xavp ones | `$xavu(name)`: one item per name, one value per field, setting replaces |
+//! | `KSR.pvx.xavi_sets/seti/get/gete/getw/rm/is_null`, `xavi_child_*`, `xavi_getd/getd_p1/get_keys` | as the xavp ones | `$xavi(name)`: xavps whose names and fields ignore case |
 //! | `KSR.pvx.pv_var_to_xavp(var, name)` | `int (str, str)` | 1; `$var(var)` (or every `$var` for `*`) as fields of a new `$xavp(name)` |
 //! | `KSR.pvx.pv_xavp_to_var(name)` | `int (str)` | 1; each field of `$xavp(name)` to `$var(field)`; -1 when none |
 //!
@@ -44,9 +46,10 @@
 //! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
 //! $hfl(Name) $(hfl(Name)[n]) $hflc(Name)
 //! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name[i]=>field[j])
+//! $xavu(name=>field) $xavi(name[i]=>field)
 //! $cnt($avp(name)) $Ts $TS $timef(format) $rc $retcode $T_*` and `$shard`
 //! (the shard number, a sipshard extension). Writable: `$ru $ruri $rU $rd $rp
-//! $du $var(name) $avp(name) $xavp(name) $xavp(name[i]=>field)`:
+//! $du $var(name) $avp(name) $xavp(name) $xavp(name[i]=>field) $xavu(...) $xavi(...)`:
 //! `$xavp(a=>f) = v` pushes a new item, `$xavp(a[0]=>f) = v` adds the field
 //! to item 0; unsetting removes the newest item / field.
 //!
@@ -583,6 +586,9 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
                 .unwrap_or(Val::Null);
         }
         ("xavp", Some(a)) => return xavp_val(&m.pv, a, spec.idx),
+        ("xavu" | "xavi", Some(a)) => {
+            return xavp_val(&m.pv, &family_arg(spec.class, a), spec.idx);
+        }
         ("cnt", Some(a)) => {
             let inner = parse_spec(a);
             return Val::Int(match inner {
@@ -748,6 +754,15 @@ fn xavp_val(pv: &PvMsg, arg: &str, idx: Option<&str>) -> Val {
         // `$xavp(name)` of a list of fields prints as Kamailio's `<<xavp:...>>`
         (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{}>>", r.name).into_bytes()),
         (Xavp::Value(_), Some(_)) => Val::Null,
+    }
+}
+
+/// The xavp-store form of a `$xavu(...)` / `$xavi(...)` argument.
+fn family_arg(class: &str, arg: &str) -> String {
+    if class == "xavi" {
+        format!("\u{1}i{}", arg.to_ascii_lowercase())
+    } else {
+        format!("\u{1}u{arg}")
     }
 }
 
@@ -1641,9 +1656,46 @@ fn register_pvx(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
             1
         })
     });
-    ksr.set("pvx", t)?;
+    ksr.set("pvx", t.clone())?;
+    lua.load(XAVU_XAVI)
+        .set_name("=ksr_pvx_xavu_xavi")
+        .call::<()>(t)?;
     Ok(())
 }
+
+/// `xavu_*` (one item per name: setting replaces) and `xavi_*` (names and
+/// fields case-insensitive) over the xavp store, under names scripts cannot
+/// write (`\1u` / `\1i` prefix); `$xavu(...)` / `$xavi(...)` read the same.
+const XAVU_XAVI: &str = r#"
+local P = ...
+local function u(n) return "\1u" .. n end
+local function i(n) return "\1i" .. string.lower(n) end
+local lower = string.lower
+P.xavu_sets = function(n, v) P.xavp_rm(u(n)) return P.xavp_sets(u(n), v) end
+P.xavu_seti = function(n, v) P.xavp_rm(u(n)) return P.xavp_seti(u(n), v) end
+P.xavu_child_sets = function(n, c, v) P.xavp_child_rm(u(n), c) return P.xavp_child_sets(u(n), c, v) end
+P.xavu_child_seti = function(n, c, v) P.xavp_child_rm(u(n), c) return P.xavp_child_seti(u(n), c, v) end
+P.xavu_params_explode = function(p, n) P.xavp_rm(u(n)) return P.xavp_params_explode(p, u(n)) end
+P.xavu_params_implode = function(n, pv) return P.xavp_params_implode(u(n), pv) end
+P.xavi_sets = function(n, v) return P.xavp_sets(i(n), v) end
+P.xavi_seti = function(n, v) return P.xavp_seti(i(n), v) end
+P.xavi_child_sets = function(n, c, v) return P.xavp_child_sets(i(n), lower(c), v) end
+P.xavi_child_seti = function(n, c, v) return P.xavp_child_seti(i(n), lower(c), v) end
+P.xavi_getd = function(n) return P.xavp_getd(i(n)) end
+P.xavi_getd_p1 = function(n, x) return P.xavp_getd_p1(i(n), x) end
+P.xavi_get_keys = function(n, x) return P.xavp_get_keys(i(n), x) end
+for fam, key in pairs({ xavu = u, xavi = i }) do
+	local fld = fam == "xavi" and lower or function(c) return c end
+	for _, f in ipairs({ "get", "gete", "getw", "rm", "is_null" }) do
+		local g = P["xavp_" .. f]
+		P[fam .. "_" .. f] = function(n) return g(key(n)) end
+	end
+	for _, f in ipairs({ "get", "gete", "getw", "rm", "is_null" }) do
+		local g = P["xavp_child_" .. f]
+		P[fam .. "_child_" .. f] = function(n, c) return g(key(n), fld(c)) end
+	end
+end
+"#;
 fn var_name(name: &str) -> Option<&str> {
     name.strip_prefix("$var(").and_then(|r| r.strip_suffix(')'))
 }
@@ -1684,6 +1736,35 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
                         true
                     }
                 });
+            }
+            ("xavu", Some(a)) => {
+                // one item per name, one value per field: setting replaces
+                let arg = family_arg("xavu", a);
+                let Some(r) = xavp_ref(&arg) else {
+                    return Ok(false);
+                };
+                return s.with_msg(|m| match (r.field, value) {
+                    (Some((f, _)), Some(v)) => {
+                        m.pv.xavp_field_rm(r.name, 0, f);
+                        m.pv.xavp_field_add(r.name, 0, f, v)
+                    }
+                    (Some((f, _)), None) => {
+                        m.pv.xavp_field_rm(r.name, 0, f);
+                        true
+                    }
+                    (None, Some(v)) => {
+                        m.pv.xavp_rm(r.name);
+                        m.pv.xavp_add(r.name, Xavp::Value(v))
+                    }
+                    (None, None) => {
+                        m.pv.xavp_rm(r.name);
+                        true
+                    }
+                });
+            }
+            ("xavi", Some(a)) => {
+                let arg = format!("$xavp({})", family_arg("xavi", a));
+                return set(s, &arg, value);
             }
             ("xavp", Some(a)) => {
                 let Some(r) = xavp_ref(a) else {
@@ -2088,6 +2169,25 @@ mod tests {
         assert_eq!(
             got,
             "string:<sip:b@h>|string:sip:c@h|number:3|string:<sip:r2>|nil:nil|number:1"
+        );
+    }
+
+    #[test]
+    fn xavu_replaces_and_xavi_ignores_case() {
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let got = answer(
+            r#"KSR.pvx.xavu_sets("u", "a") KSR.pvx.xavu_sets("u", "b")
+               p(KSR.pvx.xavu_get("u")) p(KSR.pv.get("$cnt($xavp(u))"))
+               KSR.pv.sets("$xavu(w=>k)", "v1") KSR.pv.sets("$xavu(w=>k)", "v2")
+               p(KSR.pv.get("$xavu(w=>k)")) p(KSR.pvx.xavu_child_get("w", "k"))
+               KSR.pvx.xavi_child_sets("Ci", "FoO", "1")
+               p(KSR.pv.get("$xavi(CI=>foo)")) p(KSR.pvx.xavi_child_is_null("cI", "FOO"))
+               p(KSR.pvx.xavp_is_null("Ci"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "string:b|number:0|string:v2|string:v2|string:1|number:-1|number:1"
         );
     }
 }

@@ -219,6 +219,25 @@ add("xavp_slist_explode", function()
 	KSR.pvx.xavp_rm("s1") KSR.pvx.xavp_rm("s2")
 	return r
 end)
+add("xavu / xavi", function()
+	local P = KSR.pvx
+	local r = { dump(P.xavu_sets("u", "a")) .. dump(P.xavu_sets("u", "b")) .. dump(P.xavu_get("u"))
+		.. dump(KSR.pv.get("$xavu(u)")),
+		dump(P.xavu_child_sets("c", "f", "1")) .. dump(P.xavu_child_sets("c", "f", "2"))
+		.. dump(P.xavu_child_get("c", "f")) .. dump(KSR.pv.get("$xavu(c=>f)"))
+		.. dump(P.xavu_child_is_null("c", "g")) .. dump(P.xavu_is_null("c")),
+		dump(P.xavu_params_explode("a=1;b=2", "pe")) .. dump(KSR.pv.get("$xavu(pe=>b)")) }
+	KSR.pv.sets("$xavu(w=>k)", "v1") KSR.pv.sets("$xavu(w=>k)", "v2")
+	r[#r + 1] = dump(KSR.pv.get("$xavu(w=>k)"))
+	r[#r + 1] = dump(P.xavi_sets("MiX", "a")) .. dump(P.xavi_get("mix")) .. dump(KSR.pv.get("$xavi(MIX)"))
+	r[#r + 1] = dump(P.xavi_child_sets("Ci", "FoO", "1")) .. dump(P.xavi_child_get("ci", "foo"))
+		.. dump(KSR.pv.get("$xavi(CI=>FOO)"))
+	r[#r + 1] = dump(P.xavu_rm("u")) .. dump(P.xavu_is_null("u")) .. dump(P.xavu_gete("u"))
+		.. dump(P.xavu_getw("u")) .. dump(P.xavi_rm("MIX")) .. dump(P.xavi_is_null("mix"))
+	for _, n in ipairs({ "c", "pe", "w" }) do P.xavu_rm(n) end
+	P.xavi_rm("ci")
+	return table.concat(r, "|")
+end)
 
 -- KSR.kx (not get_conid: Kamailio 5.6 crashes on it for a UDP message)
 for _, n in ipairs({
