@@ -35,6 +35,10 @@
 //! | `KSR.pvx.xavp_copy(src, idx, dst)` | `int (str, int, str)` | 1; item idx of src appended to dst; -1 no such item |
 //! | `KSR.pvx.xavp_copy_dst(src, idx, dst, dst_idx)` | `int (str, int, str, int)` | 1; item idx of src replaces dst's item dst_idx (appended when absent); -1 no such item or no dst |
 //! | `KSR.pvx.pv_xavp_print()` | `int ()` | 1; logs each xavp's name and item count |
+//! | `KSR.pvx.evalx(dst, format)` | `int (str, str)` | 1: format with its `$pv`s replaced (`<null>` for null, nothing for a transformed null, `$$` for `$`) written to dst; -1 for a lone `$` or an unknown pv |
+//! | `KSR.pvx.sbranch_set_ruri()` | `int ()` | 1: the static branch `$sbranch(...)` becomes the main branch (R-URI, `$du`, path, q, flags); -1 when its uri is empty |
+//! | `KSR.pvx.sbranch_append()` | `int ()` | 1: appended as a branch; -1 empty uri or too many branches |
+//! | `KSR.pvx.sbranch_reset()` | `int ()` | 1: the static branch cleared |
 //! | `KSR.pvx.xavu_sets/seti/get/gete/getw/rm/is_null`, `xavu_child_sets/seti/get/gete/getw/rm/is_null`, `xavu_params_explode/implode` | as the xavp ones | `$xavu(name)`: one item per name, one value per field, setting replaces |
 //! | `KSR.pvx.xavi_sets/seti/get/gete/getw/rm/is_null`, `xavi_child_*`, `xavi_getd/getd_p1/get_keys` | as the xavp ones | `$xavi(name)`: xavps whose names and fields ignore case |
 //! | `KSR.pvx.pv_var_to_xavp(var, name)` | `int (str, str)` | 1; `$var(var)` (or every `$var` for `*`) as fields of a new `$xavp(name)` |
@@ -46,10 +50,12 @@
 //! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
 //! $hfl(Name) $(hfl(Name)[n]) $hflc(Name)
 //! $var(name) $avp(name) $(avp(name)[n]) $xavp(name) $xavp(name[i]=>field[j])
-//! $xavu(name=>field) $xavi(name[i]=>field)
+//! $xavu(name=>field) $xavi(name[i]=>field) $sbranch(uri|dst_uri|path|q|flags)
+//! $(branch(uri|dst_uri|path|q|flags)[n]) $branch(count)
 //! $cnt($avp(name)) $Ts $TS $timef(format) $rc $retcode $T_*` and `$shard`
 //! (the shard number, a sipshard extension). Writable: `$ru $ruri $rU $rd $rp
-//! $du $var(name) $avp(name) $xavp(name) $xavp(name[i]=>field) $xavu(...) $xavi(...)`:
+//! $du $var(name) $avp(name) $xavp(name) $xavp(name[i]=>field) $xavu(...) $xavi(...)
+//! $sbranch(attr)`:
 //! `$xavp(a=>f) = v` pushes a new item, `$xavp(a[0]=>f) = v` adds the field
 //! to item 0; unsetting removes the newest item / field.
 //!
@@ -569,6 +575,7 @@ fn base_val(s: &Shared, spec: &Spec<'_>) -> mlua::Result<Val> {
         ("timef", Some(fmt)) => return Ok(Val::Str(strftime_utc(fmt, now_unix()))),
         // KEMI never sets the cfg action return code: Kamailio reads 0.
         ("rc" | "retcode", None) => return Ok(Val::Int(0)),
+        ("sbranch", Some(attr)) => return Ok(branch_attr(&s.pv.sbranch.borrow(), attr)),
         _ => {}
     }
     s.with_msg(|m| msg_val(m, spec))
@@ -618,6 +625,15 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
                 return Val::Str(vals.join(&b","[..]));
             }
             return Val::opt(pick(&vals, spec.idx));
+        }
+        ("branch", Some("count")) => {
+            return match m.branches.len() {
+                0 => Val::Null,
+                n => Val::Int(n as i64),
+            };
+        }
+        ("branch", Some(attr)) => {
+            return pick(&m.branches, spec.idx).map_or(Val::Null, |b| branch_attr(&b, attr));
         }
         ("hdrc", Some(h)) => return Val::Int(hdr_values(&msg, h.as_bytes()).len() as i64),
         ("hfl" | "hflc", Some(h)) => {
@@ -755,6 +771,88 @@ fn xavp_val(pv: &PvMsg, arg: &str, idx: Option<&str>) -> Val {
         (Xavp::Fields(_), None) => Val::Str(format!("<<xavp:{}>>", r.name).into_bytes()),
         (Xavp::Value(_), Some(_)) => Val::Null,
     }
+}
+
+/// One attribute of a branch (`$branch(attr)`, `$sbranch(attr)`).
+fn branch_attr(b: &super::BranchSpec, attr: &str) -> Val {
+    match attr {
+        "uri" => Val::non_empty(Some(&b.uri)),
+        "dst_uri" => Val::opt(b.dst_uri.as_deref()),
+        "path" => Val::opt(b.path.as_deref()),
+        "q" => b.q.map_or(Val::Null, |q| Val::Int(i64::from(q))),
+        "flags" => Val::Int(i64::from(b.bflags)),
+        "count" => Val::Int(0),
+        _ => Val::Null,
+    }
+}
+
+/// `KSR.pvx.evalx` formats: `$pv` / `$(pv...)` replaced by their values
+/// (`<null>` for null), `$$` is `$`; None for a lone `$` or an unknown pv.
+fn eval_format(lua: &Lua, s: &Shared, fmt: &[u8]) -> mlua::Result<Option<Vec<u8>>> {
+    let mut out = Vec::with_capacity(fmt.len());
+    let mut i = 0;
+    while let Some(&c) = fmt.get(i) {
+        if c != b'$' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let rest = fmt.get(i + 1..).unwrap_or_default();
+        let len = match rest.first() {
+            Some(b'$') => {
+                out.push(b'$');
+                i += 2;
+                continue;
+            }
+            Some(b'(') => {
+                let t = std::str::from_utf8(rest).unwrap_or("");
+                match matching(t, b'(', b')') {
+                    Some(e) => e + 1,
+                    None => return Ok(None),
+                }
+            }
+            Some(c) if c.is_ascii_alphanumeric() || *c == b'_' => {
+                let mut n = rest
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || *c == b'_'))
+                    .unwrap_or(rest.len());
+                if rest.get(n) == Some(&b'(') {
+                    let t = std::str::from_utf8(rest.get(n..).unwrap_or_default()).unwrap_or("");
+                    match matching(t, b'(', b')') {
+                        Some(e) => n += e + 1,
+                        None => return Ok(None),
+                    }
+                }
+                n
+            }
+            _ => return Ok(None),
+        };
+        let name = std::str::from_utf8(fmt.get(i..i + 1 + len).unwrap_or_default()).unwrap_or("");
+        if !known_pv(name) {
+            return Ok(None);
+        }
+        match get_val(lua, s, name)?.into_bytes() {
+            Some(v) => out.extend_from_slice(&v),
+            // a transformed null prints as nothing, a plain one as <null>
+            None if name.contains('{') => {}
+            None => out.extend_from_slice(NULL_TEXT.as_bytes()),
+        }
+        i += 1 + len;
+    }
+    Ok(Some(out))
+}
+
+/// Whether `name` is a pseudo-variable this server knows.
+fn known_pv(name: &str) -> bool {
+    const CLASSES: &[&str] = &[
+        "var", "avp", "xavp", "xavu", "xavi", "cnt", "hdr", "hdrc", "hfl", "hflc", "shard", "Ts",
+        "TS", "timef", "rc", "retcode", "sbranch", "branch", "rm", "ru", "ruri", "rU", "rd", "rp",
+        "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
+        "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "ua", "ci", "fu", "fU", "fd",
+        "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt", "bs", "rb",
+        "cl", "cT", "ct", "au", "ar", "adu",
+    ];
+    name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }
 
 /// The xavp-store form of a `$xavu(...)` / `$xavi(...)` argument.
@@ -1656,6 +1754,51 @@ fn register_pvx(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
             1
         })
     });
+    f!("evalx", (String, mlua::String), |lua: &Lua,
+                                         s: &Rc<Shared>,
+                                         (dst, fmt): (
+        String,
+        mlua::String
+    )| {
+        match eval_format(lua, s, &fmt.as_bytes())? {
+            Some(v) => set(s, &dst, Some(PvValue::Str(v))).map(code),
+            None => Ok(-1),
+        }
+    });
+    f!("sbranch_set_ruri", (), |_: &Lua, s: &Rc<Shared>, (): ()| {
+        let b = s.pv.sbranch.borrow().clone();
+        if b.uri.is_empty() {
+            return Ok(-1);
+        }
+        s.with_msg(|m| {
+            // a reply has no R-URI to set
+            if m.msg().is_request() {
+                m.new_ruri = Some(b.uri);
+            }
+            m.dst_uri = b.dst_uri;
+            m.path = b.path;
+            m.ruri_q = b.q;
+            m.bflags = b.bflags;
+            1
+        })
+    });
+    f!("sbranch_append", (), |_: &Lua, s: &Rc<Shared>, (): ()| {
+        let b = s.pv.sbranch.borrow().clone();
+        if b.uri.is_empty() {
+            return Ok(-1);
+        }
+        s.with_msg(|m| {
+            if m.branches.len() + 1 >= super::corex::MAX_BRANCHES {
+                return -1;
+            }
+            m.branches.push(b);
+            1
+        })
+    });
+    f!("sbranch_reset", (), |_: &Lua, s: &Rc<Shared>, (): ()| {
+        *s.pv.sbranch.borrow_mut() = Default::default();
+        Ok(1)
+    });
     ksr.set("pvx", t.clone())?;
     lua.load(XAVU_XAVI)
         .set_name("=ksr_pvx_xavu_xavi")
@@ -1736,6 +1879,20 @@ fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
                         true
                     }
                 });
+            }
+            ("sbranch", Some(attr)) => {
+                let mut b = s.pv.sbranch.borrow_mut();
+                let text = value.as_ref().and_then(|v| Val::from(v).into_bytes());
+                let int = value.as_ref().map(|v| Val::from(v).int());
+                match attr {
+                    "uri" => b.uri = text.unwrap_or_default(),
+                    "dst_uri" => b.dst_uri = text,
+                    "path" => b.path = text,
+                    "q" => b.q = int.map(|q| q.clamp(0, 1000) as u16),
+                    "flags" => b.bflags = int.unwrap_or(0) as u32,
+                    _ => return Ok(false),
+                }
+                return Ok(true);
             }
             ("xavu", Some(a)) => {
                 // one item per name, one value per field: setting replaces
@@ -1902,6 +2059,9 @@ fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
 pub struct PvState {
     /// (name, value) from `core.defines`; value `None` for a bare `NAME`.
     pub defines: Vec<(String, Option<String>)>,
+    /// `$sbranch(...)`: the static branch (per shard, as Kamailio's is per
+    /// process), kept until `sbranch_reset()`.
+    pub sbranch: std::cell::RefCell<super::BranchSpec>,
 }
 
 impl PvState {
@@ -1914,6 +2074,7 @@ impl PvState {
                     None => (d.trim().to_string(), None),
                 })
                 .collect(),
+            sbranch: Default::default(),
         }
     }
 }
@@ -2188,6 +2349,29 @@ mod tests {
         assert_eq!(
             got,
             "string:b|number:0|string:v2|string:v2|string:1|number:-1|number:1"
+        );
+    }
+
+    #[test]
+    fn evalx_and_sbranch() {
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let got = answer(
+            r#"p(KSR.pvx.evalx("$var(e)", "m=$rm u=$(ru{uri.user}) d=$du $$ $var(nope)"))
+               p(KSR.pv.get("$var(e)")) p(KSR.pvx.evalx("$var(e)", "x $ y"))
+               p(KSR.pvx.evalx("$var(e)", "$unknownpv"))
+               p(KSR.pvx.sbranch_append())
+               KSR.pv.sets("$sbranch(uri)", "sip:b@192.0.2.7") KSR.pv.seti("$sbranch(q)", 300)
+               p(KSR.pvx.sbranch_append()) p(KSR.pv.get("$(branch(uri)[0])"))
+               p(KSR.pv.get("$(branch(q)[0])")) p(KSR.pv.get("$branch(count)"))
+               p(KSR.pvx.sbranch_set_ruri()) p(KSR.pv.get("$ru"))
+               p(KSR.pvx.sbranch_reset()) p(KSR.pv.get("$sbranch(uri)"))"#,
+            &msg,
+        );
+        assert_eq!(
+            got,
+            "number:1|string:m=OPTIONS u=a d=<null> $ 0|number:-1|number:-1|number:-1|\
+             number:1|string:sip:b@192.0.2.7|number:300|number:1|number:1|\
+             string:sip:b@192.0.2.7|number:1|nil:nil"
         );
     }
 }

@@ -238,6 +238,30 @@ add("xavu / xavi", function()
 	P.xavi_rm("ci")
 	return table.concat(r, "|")
 end)
+add("pvx.evalx", function()
+	local r = {}
+	for _, fmt in ipairs({ "m=$rm u=$(ru{uri.user})", "n=$du", "x=$var(zz) y", "lit $$ z",
+		"end $", "a $ b", "$hdr(Call-ID)|$ci", "$nope", "" }) do
+		local rc = KSR.pvx.evalx("$var(ev)", fmt)
+		r[#r + 1] = tostring(rc) .. "=" .. dump(KSR.pv.get("$var(ev)"))
+		KSR.pv.unset("$var(ev)")
+	end
+	return table.concat(r, "|")
+end)
+add("pvx.sbranch", function()
+	local r = { dump(KSR.pv.get("$sbranch(uri)")), dump(KSR.pv.get("$branch(count)")) }
+	KSR.pv.sets("$sbranch(uri)", "sip:x@192.0.2.1") KSR.pv.sets("$sbranch(dst_uri)", "sip:192.0.2.2")
+	KSR.pv.seti("$sbranch(q)", 500)
+	r[#r + 1] = dump(KSR.pv.get("$sbranch(uri)")) .. dump(KSR.pv.get("$sbranch(q)"))
+		.. dump(KSR.pv.get("$sbranch(dst_uri)"))
+	r[#r + 1] = dump(KSR.pvx.sbranch_append()) .. dump(KSR.pv.get("$(branch(uri)[0])"))
+		.. dump(KSR.pv.get("$(branch(q)[0])")) .. dump(KSR.pv.get("$(branch(dst_uri)[0])"))
+		.. dump(KSR.pv.get("$branch(count)"))
+	r[#r + 1] = dump(KSR.pvx.sbranch_set_ruri()) .. dump(KSR.pv.get("$ru")) .. dump(KSR.pv.get("$du"))
+	r[#r + 1] = dump(KSR.pvx.sbranch_reset()) .. dump(KSR.pv.get("$sbranch(uri)"))
+		.. dump(KSR.pv.get("$sbranch(q)"))
+	return table.concat(r, "|")
+end)
 
 -- KSR.kx (not get_conid: Kamailio 5.6 crashes on it for a UDP message)
 for _, n in ipairs({
