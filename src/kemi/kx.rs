@@ -7,7 +7,7 @@
 //!
 //! | KSR function | Kamailio signature | value |
 //! |---|---|---|
-//! | `get_ruri() get_ouri()` | `xval ()` | `$ru`; the R-URI as received (any scheme) |
+//! | `get_ruri() get_ouri()` | `xval ()` | `$ru`; `$ou` (after an R-URI rewrite: the received R-URI, any scheme) |
 //! | `get_ruser() get_rhost()` (+ `gete_`, `getw_`) | `xval ()` | `$rU $rd` |
 //! | `get_furi() get_turi()` | `xval ()` | `$fu $tu` |
 //! | `get_fuser() get_fhost() get_tuser() get_thost()` (+ `gete_`, `getw_`) | `xval ()` | `$fU $fd $tU $td` |
@@ -63,8 +63,15 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         ("ruri", |l, s| pv(l, s, "$ru")),
         ("ruser", |l, s| pv(l, s, "$rU")),
         ("rhost", |l, s| pv(l, s, "$rd")),
-        // the R-URI as received, whatever its scheme
-        ("ouri", |_, s| s.with_msg(|m| Val::opt(m.msg().ruri()))),
+        // `$ou`; once the R-URI was rewritten, the received one as it is,
+        // whatever its scheme (what Kamailio 5.6 gives)
+        ("ouri", |l, s| {
+            if s.with_msg(|m| m.new_ruri.is_some())? {
+                s.with_msg(|m| Val::opt(m.msg().ruri()))
+            } else {
+                pv(l, s, "$ou")
+            }
+        }),
         ("furi", |l, s| pv(l, s, "$fu")),
         ("fuser", |l, s| pv(l, s, "$fU")),
         ("fhost", |l, s| pv(l, s, "$fd")),

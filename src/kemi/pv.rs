@@ -73,10 +73,14 @@
 //! `$avp`/`$xavp` live for one message.
 //!
 //! Transformations (chainable, `$(ru{uri.user}{s.len})`): `s.len s.int
-//! s.tolower s.toupper s.substr,offset,length uri.user uri.host uri.port
-//! uri.params uri.param,name uri.scheme tobody.uri tobody.display tobody.user
-//! tobody.host tobody.tag tobody.params nameaddr.uri nameaddr.name
-//! param.value,name`; an unknown one, or one that does not apply, gives null.
+//! s.tolower s.toupper s.substr,offset,length s.trim s.ltrim s.rtrim s.md5
+//! s.sha256 s.encode.hexa s.select,index,separator s.strip,n s.striptail,n
+//! s.numeric uri.user uri.host uri.port uri.params uri.param,name uri.scheme
+//! uri.transport uri.maddr uri.ttl uri.method tobody.uri tobody.display
+//! tobody.user tobody.host tobody.tag tobody.params nameaddr.uri
+//! nameaddr.name param.value,name param.count param.name,index
+//! param.valueat,index`; an unknown one, or one that does not apply, gives
+//! null.
 
 use std::rc::Rc;
 
@@ -1239,6 +1243,88 @@ fn transform(v: Val, tr: &str) -> Val {
             let name = args.first().map_or("", |a| a.trim());
             param_list_value(&text, name)
         }
+        "param.count" => param_list(&text).map_or(Val::Null, |l| Val::Int(l.len() as i64)),
+        "param.name" | "param.valueat" => {
+            let (Some(i), Some(list)) = (
+                args.first().and_then(|a| a.trim().parse::<usize>().ok()),
+                param_list(&text),
+            ) else {
+                return Val::Null;
+            };
+            // out of range: "" (as Kamailio)
+            let p = list.get(i).copied().unwrap_or_default();
+            let (n, v) = match p.iter().position(|&c| c == b'=') {
+                Some(e) => (
+                    p.get(..e).unwrap_or_default(),
+                    p.get(e + 1..).unwrap_or_default(),
+                ),
+                None => (p, p.get(..0).unwrap_or_default()),
+            };
+            Val::s(trim(if op == "param.name" { n } else { v }))
+        }
+        "s.trim" => Val::s(trim(&text)),
+        "s.ltrim" => Val::s(&text[text.len() - text.trim_ascii_start().len()..]),
+        "s.rtrim" => Val::s(text.trim_ascii_end()),
+        "s.md5" => {
+            use md5::Digest;
+            let d = md5::Md5::digest(&text);
+            Val::Str(
+                d.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into_bytes(),
+            )
+        }
+        "s.sha256" => {
+            use sha2::Digest;
+            let d = sha2::Sha256::digest(&text);
+            Val::Str(
+                d.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+                    .into_bytes(),
+            )
+        }
+        "s.encode.hexa" => Val::Str(
+            text.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+                .into_bytes(),
+        ),
+        "s.select" => {
+            let (Some(i), Some(sep)) = (
+                args.first().and_then(|a| a.trim().parse::<i64>().ok()),
+                args.get(1).and_then(|a| a.bytes().next()),
+            ) else {
+                return Val::Null;
+            };
+            let parts: Vec<&[u8]> = text.split(|&c| c == sep).collect();
+            Val::s(pick(&parts, Some(&i.to_string())).unwrap_or_default())
+        }
+        "s.strip" | "s.striptail" => {
+            let Some(n) = args.first().and_then(|a| a.trim().parse::<usize>().ok()) else {
+                return Val::Null;
+            };
+            let n = n.min(text.len());
+            if op == "s.strip" {
+                Val::s(text.get(n..).unwrap_or_default())
+            } else {
+                Val::s(text.get(..text.len() - n).unwrap_or_default())
+            }
+        }
+        "s.numeric" => Val::Str(text.iter().copied().filter(u8::is_ascii_digit).collect()),
+        "uri.transport" | "uri.maddr" | "uri.ttl" | "uri.method" => {
+            let Some(u) = uri_view(&text, false) else {
+                return Val::Null;
+            };
+            let name = match op {
+                "uri.transport" => "transport",
+                "uri.maddr" => "maddr",
+                "uri.ttl" => "ttl",
+                _ => "method",
+            };
+            Val::s(param_value(u.params, name).unwrap_or_default())
+        }
         _ => Val::Null,
     }
 }
@@ -1281,6 +1367,27 @@ fn param_value<'a>(params: &'a [u8], name: &str) -> Option<&'a [u8]> {
             .eq_ignore_ascii_case(name.as_bytes())
             .then(|| trim(v))
     })
+}
+
+/// The parameters of a `;`-separated list; None when empty or when it is
+/// not a parameter list (as Kamailio's param parser decides).
+fn param_list(text: &[u8]) -> Option<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    for p in text.split(|&c| c == b';') {
+        let p = trim(p);
+        if p.is_empty() {
+            continue;
+        }
+        let n = trim(p.split(|&c| c == b'=').next().unwrap_or_default());
+        if !n
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.!~*'+%".contains(c))
+        {
+            return None;
+        }
+        out.push(p);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// `{param.value,name}`: the list must be made of parameters (Kamailio fails
@@ -2150,6 +2257,30 @@ mod tests {
         assert_eq!(tr("x", "no.such"), Val::Null);
         assert_eq!(transform(Val::Null, "s.len"), Val::Null);
         assert_eq!(transform(Val::Int(1234), "s.len"), Val::Int(4));
+        assert_eq!(tr(" a b ", "s.trim"), Val::s(b"a b"));
+        assert_eq!(tr(" a b ", "s.ltrim"), Val::s(b"a b "));
+        assert_eq!(tr(" a b ", "s.rtrim"), Val::s(b" a b"));
+        assert_eq!(
+            tr("abc", "s.md5"),
+            Val::s(b"900150983cd24fb0d6963f7d28e17f72")
+        );
+        assert_eq!(tr("AB", "s.encode.hexa"), Val::s(b"4142"));
+        assert_eq!(tr("a.b.c", "s.select,-1,."), Val::s(b"c"));
+        assert_eq!(tr("a.b.c", "s.select,7,."), Val::s(b""));
+        assert_eq!(tr("abcdef", "s.strip,2"), Val::s(b"cdef"));
+        assert_eq!(tr("abcdef", "s.striptail,2"), Val::s(b"abcd"));
+        assert_eq!(tr("abcdef", "s.strip,99"), Val::s(b""));
+        assert_eq!(tr("a1b22", "s.numeric"), Val::s(b"122"));
+        assert_eq!(tr("a=1;b", "param.count"), Val::Int(2));
+        assert_eq!(tr("a=1;b", "param.name,1"), Val::s(b"b"));
+        assert_eq!(tr("a=1;b", "param.valueat,0"), Val::s(b"1"));
+        assert_eq!(tr("a=1;b", "param.name,5"), Val::s(b""));
+        assert_eq!(tr("SIP/2.0/UDP h;branch=1", "param.count"), Val::Null);
+        assert_eq!(
+            tr("sip:h;transport=tcp;maddr=m", "uri.transport"),
+            Val::s(b"tcp")
+        );
+        assert_eq!(tr("sip:h;transport=tcp;maddr=m", "uri.maddr"), Val::s(b"m"));
     }
 
     #[test]
