@@ -15,7 +15,7 @@
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
 //! on internal errors, 16 `stale=true`. A challenge after a stale nonce
 //! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` read the
-//! credentials header (Authorization, else Proxy-Authorization) whether or
+//! credentials header (Proxy-Authorization, else Authorization) whether or
 //! not a check ran, as in Kamailio. The `table` argument is accepted for compatibility;
 //! credentials come from the configured database's `subscriber` table.
 

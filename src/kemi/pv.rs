@@ -65,7 +65,8 @@
 //! than sip/sips/tel makes `$ru`, `$rU`, `$rd`, `$rz` null; a `user=phone` SIP
 //! URI reads as tel (`$rz` is `tel`, `$rU` the number without its
 //! parameters), as Kamailio's default `phone2tel=1`; `$au`/`$ar`/`$adu` read
-//! the credentials header before any auth check; `$hfl` splits Via, Route,
+//! the credentials header (Proxy-Authorization, else Authorization) before
+//! any auth check; `$hfl` splits Via, Route,
 //! Record-Route and Contact bodies as Kamailio does (a Via body keeps its
 //! comma, Contacts of one header come last first, no negative index); an
 //! unset `$var` is 0; `$rc`
@@ -996,31 +997,16 @@ fn trim(b: &[u8]) -> &[u8] {
     b.get(start..end).unwrap_or(&[])
 }
 
-/// A digest parameter of the request's credentials (Authorization, else
-/// Proxy-Authorization), read before any auth check; `fallback` is what an
-/// auth function recorded.
+/// A digest parameter of the request's credentials, read before any auth
+/// check: Proxy-Authorization, else Authorization (as Kamailio); `fallback`
+/// is what an auth function recorded.
 fn credential(m: &MsgCtx, param: &[u8], fallback: Option<&str>) -> Val {
     let msg = m.msg();
-    for h in [
-        HdrName::from_bytes(b"Authorization"),
-        HdrName::from_bytes(b"Proxy-Authorization"),
-    ] {
-        let vals: Vec<&[u8]> = if h == HdrName::Other {
-            Vec::new()
-        } else {
-            msg.headers(h).collect()
-        };
-        let vals = if vals.is_empty() {
-            let n: &[u8] = if h == HdrName::from_bytes(b"Authorization") {
-                b"Authorization"
-            } else {
-                b"Proxy-Authorization"
-            };
-            hdr_values(&msg, n)
-        } else {
-            vals
-        };
-        if let Some(v) = vals.first().and_then(|v| digest_param(v, param)) {
+    for name in [&b"Proxy-Authorization"[..], b"Authorization"] {
+        if let Some(v) = hdr_values(&msg, name)
+            .first()
+            .and_then(|v| digest_param(v, param))
+        {
             return Val::Str(v);
         }
     }
