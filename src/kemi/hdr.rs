@@ -226,23 +226,15 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     hdr.set(
         "match_content",
         lua.create_function(
-            move |lua,
+            move |_,
                   (name, op, val, which): (
                 mlua::String,
                 mlua::String,
                 mlua::String,
                 mlua::String,
             )| {
-                let name = name.to_str()?;
                 let (op, val, which) = (op.as_bytes(), val.as_bytes(), which.as_bytes());
-                let mut vals = Vec::new();
-                for i in 0.. {
-                    match super::pv::get_val(lua, &s, &format!("$(hdr({name})[{i}])"))?.into_bytes()
-                    {
-                        Some(v) if i < 1024 => vals.push(v),
-                        _ => break,
-                    }
-                }
+                let vals = s.with_msg(|m| super::pv::header_values(m, &name.as_bytes()))?;
                 Ok(match_content(&vals, &op, &val, &which))
             },
         )?,

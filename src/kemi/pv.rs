@@ -924,6 +924,14 @@ fn untrimmed<'a>(msg: &crate::sip::SipMsg<'a>, kind: HdrName) -> Option<&'a [u8]
     msg.buf.get(start..end)
 }
 
+/// Copies of every value of header `name` (KSR.hdr.match_content).
+pub(super) fn header_values(m: &MsgCtx, name: &[u8]) -> Vec<Vec<u8>> {
+    hdr_values(&m.msg(), name)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// Every value of header `name` (any name, compact forms match), in order.
 fn hdr_values<'a>(msg: &crate::sip::SipMsg<'a>, name: &[u8]) -> Vec<&'a [u8]> {
     let kind = HdrName::from_bytes(name);
