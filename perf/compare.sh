@@ -818,9 +818,8 @@ run_kamailio_calls() {
 # What that script expects around it, as sipshard settings (Kamailio's
 # kamailio-basic-kemi.cfg with WITH_AUTH, WITH_NAT, WITH_IPAUTH,
 # WITH_ANTIFLOOD; perf/kamailio/basic.cfg for Kamailio).
+BASIC_DEFINES='defines = ["WITH_AUTH", "WITH_NAT", "WITH_IPAUTH", "WITH_ANTIFLOOD"]'
 BASIC_TOML='
-[kemi]
-defines = ["WITH_AUTH", "WITH_NAT", "WITH_IPAUTH", "WITH_ANTIFLOOD"]
 [[htable]]
 name = "ipban"
 size = 8
@@ -842,7 +841,7 @@ listen = "127.0.0.1:$SIPSHARD_PORT"
 cores = [0, 1]
 log_level = "info"
 TOML
-    [ -z "$script" ] || echo "script = \"$script\""
+    [ -z "$script" ] || { echo "script = \"$script\""; echo "$BASIC_DEFINES"; }
     cat <<TOML
 [shard]
 recv_buffer_bytes = $BUF_BYTES

@@ -7,10 +7,14 @@ need_apt=()
 command -v sipp   >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
-# PROXY_UNDER_TEST=kamailio runs tests/proxy.rs against Kamailio 5.6
+# Kamailio 5.6 with app_lua: tests/differential.rs always compares the KEMI
+# getters with it; PROXY_UNDER_TEST=kamailio also runs tests/proxy.rs against
+# it (with auth_db over SQLite).
+{ command -v kamailio >/dev/null 2>&1 && ls /usr/lib/*/kamailio/modules/app_lua.so >/dev/null 2>&1; } \
+  || need_apt+=(kamailio kamailio-lua-modules)
 if [ "${PROXY_UNDER_TEST:-}" = kamailio ]; then
-  { command -v kamailio >/dev/null 2>&1 && ls /usr/lib/*/kamailio/modules/app_lua.so >/dev/null 2>&1; } \
-    || need_apt+=(kamailio kamailio-lua-modules kamailio-sqlite-modules kamailio-extra-modules)
+  ls /usr/lib/*/kamailio/modules/db_sqlite.so >/dev/null 2>&1 \
+    || need_apt+=(kamailio-sqlite-modules kamailio-extra-modules)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "deps: apt-get install ${need_apt[*]}"

@@ -93,6 +93,10 @@ pub struct CoreConfig {
     /// Test-only KSR hooks (`KSR.sipshard_test.*`, e.g. a callback that
     /// panics). Never enable in production.
     pub test_hooks: bool,
+    /// Names the routing script sees as defined, like Kamailio's
+    /// `#!define NAME` / `#!define NAME value` (or `-A NAME`): `"NAME"` or
+    /// `"NAME=value"`. Read with `KSR.kx.ifdef`, `ifndef`, `get_def`, `get_defn`.
+    pub defines: Vec<String>,
 }
 
 /// How the shards read the UDP port.
@@ -213,6 +217,7 @@ impl Default for CoreConfig {
             udp_socket: UdpSocketMode::Spread,
             pin: false,
             test_hooks: false,
+            defines: Vec::new(),
         }
     }
 }
@@ -591,7 +596,6 @@ pub fn is_sql_ident(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
         && !s.as_bytes()[0].is_ascii_digit()
 }
-
 
 /// Hard bound of bindings per AOR, whatever `max_contacts` says (0 =
 /// unlimited, Kamailio's default): every table has a maximum. A REGISTER

@@ -268,6 +268,7 @@ impl Proxy {
             script: Some(&script),
             cores: "2",
             extra_toml: &toml,
+            core_toml: BASIC_DEFINES,
             ..Default::default()
         }))
     }
@@ -895,11 +896,13 @@ fn replies_on_another_shard_still_complete_the_call() {
 
 // ---------------------------------------------------------------- basic script
 
+/// `#!define`s of tests/kamailio/basic.cfg, as `[core] defines`.
+const BASIC_DEFINES: &str =
+    r#"defines = ["WITH_AUTH", "WITH_NAT", "WITH_IPAUTH", "WITH_ANTIFLOOD"]"#;
+
 /// sipshard's equivalent of tests/kamailio/basic.cfg (what Kamailio's basic
 /// KEMI example expects around it). `@PIKE_DENSITY@` is filled in.
 const BASIC_TOML: &str = r#"
-[kemi]
-defines = ["WITH_AUTH", "WITH_NAT", "WITH_IPAUTH", "WITH_ANTIFLOOD"]
 
 [[htable]]
 name = "ipban"
@@ -921,7 +924,8 @@ fn basic_lua() -> String {
 
 /// Kamailio's own basic KEMI Lua example as Debian's kamailio package
 /// installs it (never copied into this repository).
-const KAMAILIO_BASIC_LUA: &str = "/usr/share/doc/kamailio/examples/kemi/kamailio-basic-kemi-lua.lua";
+const KAMAILIO_BASIC_LUA: &str =
+    "/usr/share/doc/kamailio/examples/kemi/kamailio-basic-kemi-lua.lua";
 
 fn basic_db() -> TestDb {
     let db = TestDb::sqlite();
@@ -985,7 +989,14 @@ fn register_and_call_through(proxy: &Proxy, tag: &str) {
         proxy.addr(),
         "alice",
         3,
-        &["-inf", csv.to_str().unwrap(), "-au", "alice", "-ap", "secret"],
+        &[
+            "-inf",
+            csv.to_str().unwrap(),
+            "-au",
+            "alice",
+            "-ap",
+            "secret",
+        ],
     )
     .wait();
     assert_all_ok(proxy, &[(&reg, 3)]);
@@ -1037,10 +1048,7 @@ fn basic_script_initial_checks() {
     };
     assert_eq!(ask(&format!("sip:{me}"), ""), "SIP/2.0 200 Keepalive");
     assert_eq!(
-        ask(
-            &format!("sip:100@{me}"),
-            "User-Agent: friendly-scanner\r\n"
-        ),
+        ask(&format!("sip:100@{me}"), "User-Agent: friendly-scanner\r\n"),
         "SIP/2.0 200 OK"
     );
     assert_eq!(

@@ -189,7 +189,7 @@ fn pseudo_variables_and_kx_getters() {
     assert_eq!(status(&r), 200, "{r}");
     let port = srv.addr.port();
     let want = format!(
-        "OPTIONS|pv|127.0.0.1|{port}|tester|client.example|ft{}|pv|{}|sipshard-tests|127.0.0.1|true|true|OPTIONS|pv|client.example|sipshard-tests|true|true|false|true|false||<<null>>",
+        "OPTIONS|pv|127.0.0.1|{port}|tester|client.example|ft{}|pv|{}|sipshard-tests|127.0.0.1|true|true|OPTIONS|pv|client.example|sipshard-tests|true|true|false|true|false||<null>",
         // From-tag and CSeq share the harness sequence number
         header(&r, "CSeq").unwrap().split_whitespace().next().unwrap(),
         header(&r, "CSeq").unwrap().split_whitespace().next().unwrap(),

@@ -80,6 +80,7 @@ fn engine(script: &str) -> Engine {
         tuning: &tuning,
         services,
         test_hooks: false,
+        defines: &[],
         local_addr: "127.0.0.1:5060".parse().expect("addr"),
     })
     .expect("engine")

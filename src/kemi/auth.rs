@@ -4,8 +4,8 @@
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.auth_db.auth_check(realm, table, flags)` | `int (str, str, int)` | 1 ok; -1 error/bad nonce; -2 wrong password; -3 unknown user; -4 stale nonce; -5 no credentials; -6 nonce reused; -8 auth user mismatch |
-//! | `KSR.auth_db.www_authorize(realm, table)` | `int (str, str)` | as above (Authorization header) |
-//! | `KSR.auth_db.proxy_authorize(realm, table)` | `int (str, str)` | as above (Proxy-Authorization header) |
+//! | `KSR.auth_db.www_authorize(realm, table)` | `int (str, str)` | as above (Authorization header) — sipshard extension (Kamailio 5.6 has these only as native cfg functions) |
+//! | `KSR.auth_db.proxy_authorize(realm, table)` | `int (str, str)` | as above (Proxy-Authorization header) — sipshard extension |
 //! | `KSR.auth.auth_challenge(realm, flags)` | `int (str, int)` | 1 sent (401 for REGISTER, else 407), -3 reply not sent (e.g. ACK), -1 error |
 //! | `KSR.auth.www_challenge(realm, flags)` | `int (str, int)` | 1 sent 401, -3 / -1 as above |
 //! | `KSR.auth.proxy_challenge(realm, flags)` | `int (str, int)` | 1 sent 407, -3 / -1 as above |
@@ -14,8 +14,9 @@
 //!
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
 //! on internal errors, 16 `stale=true`. A challenge after a stale nonce
-//! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` are set after
-//! a successful check. ACK, CANCEL and PRACK are not checked: the functions
+//! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` read the
+//! credentials header (Proxy-Authorization, else Authorization) whether or
+//! not a check ran, as in Kamailio. ACK, CANCEL and PRACK are not checked: the functions
 //! return 1, as Kamailio's. The `table` argument is accepted for
 //! compatibility; credentials come from the configured database's
 //! `subscriber` table (Kamailio's default columns).

@@ -100,6 +100,8 @@ pub struct MsgCtx {
     pub nat_received: Option<String>,
     /// Reply a failed sanity check asked for (`KSR.sanity.sanity_reply()`).
     pub sanity_error: Option<(u16, &'static str)>,
+    /// `$avp` / `$xavp` of this message (KSR.pv, KSR.pvx).
+    pub pv: super::pv::PvMsg,
 }
 
 impl MsgCtx {
@@ -142,6 +144,7 @@ impl MsgCtx {
             xflags: 0,
             nat_received: None,
             sanity_error: None,
+            pv: Default::default(),
         }
     }
 
@@ -198,6 +201,7 @@ impl MsgCtx {
         self.xflags = 0;
         self.nat_received = None;
         self.sanity_error = None;
+        self.pv.clear();
     }
 
     /// Parses `buf[..len]` as one datagram.

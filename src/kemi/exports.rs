@@ -14,7 +14,8 @@
 //!   outside backticks are prose and ignored.
 //! - column 2: `` `ret (type, type)` `` with ret `int`/`bool`/`xval`/`void`,
 //!   types `int`/`str`, optional ones in `[...]`; or, without backticks,
-//!   prose starting "sipshard extension" for a function Kamailio lacks.
+//!   prose starting "sipshard extension" for a function Kamailio lacks
+//!   (which a later column may say instead).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -119,6 +120,8 @@ pub fn parse_doc_table(file: &'static str, src: &str) -> Vec<Signature> {
         };
         let c1 = c1.trim_start_matches('|').trim();
         let (ret, types, extension) = parse_sig_cell(c2);
+        // "sipshard extension" may also be said in the description column
+        let extension = extension || cells[2..].iter().any(|c| c.contains("sipshard extension"));
         let mut module: Option<Option<String>> = None;
         for call in ticks(c1) {
             let Some((path, args)) = call.split_once('(') else {
@@ -284,6 +287,7 @@ pub fn standalone_engine(script: &str, test_hooks: bool) -> Result<Engine, Strin
         tuning: &tuning,
         services,
         test_hooks,
+        defines: &[],
         local_addr: local,
     })
 }

@@ -28,9 +28,9 @@ pub mod htable;
 mod kx;
 mod luacompat;
 mod maxfwd;
+mod nathelper;
 pub mod permissions;
 pub mod pike;
-mod nathelper;
 mod pv;
 pub mod registrar;
 pub mod reload;
@@ -221,6 +221,8 @@ pub struct Shared {
     pub extra_out: RefCell<Vec<(std::net::SocketAddr, Vec<u8>)>>,
     /// Execution times of named routes (failure, onreply, branch), ns.
     pub route_times: RefCell<Vec<(std::sync::Arc<str>, hdrhistogram::Histogram<u64>)>>,
+    /// Script-wide state of the pv module: defines, `$avp`, `$xavp`, `$rc`.
+    pub pv: pv::PvState,
 }
 
 impl Shared {
@@ -279,6 +281,8 @@ pub struct EngineConfig<'a> {
     pub test_hooks: bool,
     /// The shard's listen address.
     pub local_addr: std::net::SocketAddr,
+    /// `core.defines` (`NAME` or `NAME=value`), for `KSR.kx.ifdef`/`get_def`.
+    pub defines: &'a [String],
 }
 
 /// Named Lua functions run as failure / onreply / branch routes, each
@@ -454,6 +458,7 @@ impl Engine {
             local_addr: cfg.local_addr,
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
+            pv: pv::PvState::new(cfg.defines),
         });
         // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
         let shared = reuse.unwrap_or(shared);

@@ -84,6 +84,7 @@ Call-ID: reload-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\
             tuning,
             services: eng.shared().services.clone(),
             test_hooks: false,
+            defines: &[],
             local_addr: super::super::testutil::LOCAL.parse().unwrap(),
         }
     }

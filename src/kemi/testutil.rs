@@ -33,6 +33,7 @@ pub(crate) fn engine_with(script: &str, auth: &AuthConfig, reg: &RegistrarConfig
         tuning: &tuning,
         services,
         test_hooks: false,
+        defines: &[],
         local_addr: LOCAL.parse().unwrap(),
     })
     .unwrap()
@@ -133,6 +134,7 @@ pub(crate) fn engine_on(
         tuning: &tuning,
         services,
         test_hooks: false,
+        defines: &[],
         local_addr: LOCAL.parse().unwrap(),
     })
     .unwrap()

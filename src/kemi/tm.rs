@@ -991,11 +991,12 @@ pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
     let Some(dst) = resolve_host(host, port) else {
         return false;
     };
-    // The route's header edits, plus removing our Via.
-    let mut e = m.edits.clone();
+    // the reply route's header edits (KSR.hdr.*) go out with it
+    let mut e = std::mem::take(&mut m.edits);
     e.remove_top_via();
     let mut out = Vec::with_capacity(m.len);
     e.assemble(&m.buf[..m.len], &m.parsed, &mut out);
+    m.edits = e;
     m.push_out(&out, dst);
     s.counters.incr(crate::stats::Counter::FwdReplies);
     true

@@ -167,6 +167,7 @@ impl ShardParams {
             tuning,
             services,
             test_hooks: self.config.core.test_hooks,
+            defines: &self.config.core.defines,
             local_addr,
         }
     }

@@ -27,6 +27,9 @@ enum Op {
     ReplaceHeader(usize, R),
     AppendHeader(R),
     InsertFirst(R),
+    /// A line before / after header line `idx`.
+    InsertBefore(usize, R),
+    InsertAfter(usize, R),
     SetBody(R),
 }
 
@@ -239,6 +242,18 @@ impl Edits {
         let r = self.stash(line);
         self.ops.push(Op::InsertFirst(r));
     }
+    /// Insert a header line (`"Name: value"`, no CRLF) before header line
+    /// `idx` of `Parsed::headers` (written even if that header is removed).
+    pub fn insert_header_before(&mut self, idx: usize, line: &[u8]) {
+        let r = self.stash(line);
+        self.ops.push(Op::InsertBefore(idx, r));
+    }
+    /// Insert a header line (`"Name: value"`, no CRLF) after header line
+    /// `idx` of `Parsed::headers` (written even if that header is removed).
+    pub fn insert_header_after(&mut self, idx: usize, line: &[u8]) {
+        let r = self.stash(line);
+        self.ops.push(Op::InsertAfter(idx, r));
+    }
     /// Replace the body; Content-Length is rewritten to match.
     pub fn set_body(&mut self, body: &[u8]) {
         let r = self.stash(body);
@@ -248,6 +263,19 @@ impl Edits {
     /// The value header line `idx` was last replaced with, if any.
     pub fn replaced_value(&self, idx: usize) -> Option<&[u8]> {
         self.replacement(idx).map(|r| self.data(r))
+    }
+
+    /// The lines inserted before (`before`) or after header line `idx`.
+    fn write_anchored(&self, out: &mut Vec<u8>, idx: usize, before: bool) {
+        for op in &self.ops {
+            let r = match *op {
+                Op::InsertBefore(i, r) if before && i == idx => r,
+                Op::InsertAfter(i, r) if !before && i == idx => r,
+                _ => continue,
+            };
+            out.extend_from_slice(self.data(r));
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     fn removed(&self, idx: usize) -> bool {
@@ -338,10 +366,10 @@ impl Edits {
             if Some(i) == first_via {
                 write_prepends(out);
             }
+            self.write_anchored(out, i, true);
             if self.removed(i) {
-                continue;
-            }
-            if let (Some(n), HdrName::ContentLength) = (new_len, h.name) {
+                // nothing of this line
+            } else if let (Some(n), HdrName::ContentLength) = (new_len, h.name) {
                 cp(out, buf, ls, vs);
                 lex::push_u32(out, n);
                 cp(out, buf, ve, le);
@@ -371,6 +399,7 @@ impl Edits {
             } else {
                 cp(out, buf, ls, le);
             }
+            self.write_anchored(out, i, false);
         }
 
         for op in &self.ops {

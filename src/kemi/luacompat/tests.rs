@@ -24,6 +24,7 @@ fn engine_with(script: &str, script_name: &str, tuning: &ShardTuning) -> Result<
         tuning,
         services,
         test_hooks: false,
+        defines: &[],
         local_addr: LOCAL.parse().unwrap(),
     })
 }
