@@ -922,13 +922,28 @@ pct() { [ "$1" = - ] && echo - || echo "$1 %"; }
 fmt_rate() { awk -v r="$1" 'BEGIN { if (r >= 1000 && r % 1000 == 0) printf "%dk", r / 1000; else print r }'; }
 reg_label() { if [ "$1" = one ]; then echo "REGISTER $(fmt_rate "$REG_RATE")/s, 1 source"; else echo "REGISTER $(fmt_rate "$REG_RATE")/s, 16 sources"; fi; }
 
+basic_report() {
+  [ "$SKIP_BASIC" != 1 ] || return 0
+  echo "## BASIC: Kamailio's basic KEMI Lua example, REGISTER with auth $(fmt_rate "$REG_RATE")/s, 16 sources"
+  echo
+  echo "| server, script | registrations ok / failed | CPU/req µs | route avg / p99 µs | routes counted | / Kamailio CPU |"
+  echo "|---|---|---|---|---|---|"
+  for srv in sipshard_bdef sipshard_basic sipshard_balt kamailio_basic; do
+    [ -n "${R[$srv.regmulti.ok]:-}" ] || continue
+    echo "| $(g "$srv.label") | $(g "$srv.regmulti.ok") / $(g "$srv.regmulti.failed") | $(g "$srv.regmulti.cpu") | $(g "$srv.regmulti.route") | $(g "$srv.regmulti.route_n") | $(ratio "$(g "$srv.regmulti.cpu")" "$(g kamailio_basic.regmulti.cpu)") |"
+  done
+  echo
+  echo "- script: $KAMAILIO_BASIC_LUA (unchanged); Kamailio route times from a repeat with route logging (kamailio_basic_rt: $(g kamailio_basic_rt.regmulti.ok) ok / $(g kamailio_basic_rt.regmulti.failed) failed)."
+  echo "- WARN/ERROR log lines: sipshard default $(g sipshard_bdef.logerr), sipshard basic $(g sipshard_basic.logerr), alt $(g sipshard_balt.logerr), Kamailio $(g kamailio_basic.logerr)"
+  echo
+}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "${SIPSHARD_BIN:-}" ]; then
   COMMIT="checkout $COMMIT; sipshard binary SIPSHARD_BIN=$SIPSHARD_BIN${SIPSHARD_LABEL:+ ($SIPSHARD_LABEL)}"
 elif [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   COMMIT="$COMMIT + uncommitted changes in src/Cargo"
 fi
-{
+write_report() {
   echo "# sipshard vs Kamailio 5.6 vs floor (perf/compare.sh)"
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $COMMIT; $("$BIN" --version)"
@@ -942,8 +957,9 @@ fi
   if [ "$SKIP_CALLS" != 1 ]; then echo "- the same during the CALLS drives: sipshard $(g sipshard.calls_logerr), Kamailio $(g kamailio.calls_logerr)"; fi
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
   echo
-  [ "$ONLY" = basic ] || echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
-  [ "$ONLY" = basic ] || echo "|---|---|---|---|---|---|---|---|---|---|---|"
+  if [ "$ONLY" = basic ]; then basic_report; return 0; fi
+  echo "| line | sipshard CPU/req µs | Kamailio CPU/req µs | floor CPU/req µs | sipshard − floor µs | sipshard / Kamailio | loss sipshard | loss Kamailio | route avg / p99 µs sipshard | route avg / p99 µs Kamailio | sipshard shard0/shard1 |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   if [ -z "$ONLY" ]; then
   for r in $RATES; do
     s=$(g "sipshard.opt$r.cpu"); k=$(g "kamailio.opt$r.cpu"); f=$(g "floor.opt$r.cpu")
@@ -1022,20 +1038,7 @@ fi
     echo "  machine at ≥ 95 % (all CPUs, anything running), means the load generator or the machine, not the server, set the limit."
     echo
   fi
-  if [ "$SKIP_BASIC" != 1 ]; then
-    echo "## BASIC: Kamailio's basic KEMI Lua example, REGISTER with auth $(fmt_rate "$REG_RATE")/s, 16 sources"
-    echo
-    echo "| server, script | registrations ok / failed | CPU/req µs | route avg / p99 µs | routes counted | / Kamailio CPU |"
-    echo "|---|---|---|---|---|---|"
-    for srv in sipshard_bdef sipshard_basic sipshard_balt kamailio_basic; do
-      [ -n "${R[$srv.regmulti.ok]:-}" ] || continue
-      echo "| $(g "$srv.label") | $(g "$srv.regmulti.ok") / $(g "$srv.regmulti.failed") | $(g "$srv.regmulti.cpu") | $(g "$srv.regmulti.route") | $(g "$srv.regmulti.route_n") | $(ratio "$(g "$srv.regmulti.cpu")" "$(g kamailio_basic.regmulti.cpu)") |"
-    done
-    echo
-    echo "- script: $KAMAILIO_BASIC_LUA (unchanged); Kamailio route times from a repeat with route logging (kamailio_basic_rt: $(g kamailio_basic_rt.regmulti.ok) ok / $(g kamailio_basic_rt.regmulti.failed) failed)."
-    echo "- WARN/ERROR log lines: sipshard default $(g sipshard_bdef.logerr), sipshard basic $(g sipshard_basic.logerr), alt $(g sipshard_balt.logerr), Kamailio $(g kamailio_basic.logerr)"
-    echo
-  fi
+  basic_report
   echo "kamailio_rt = the route-time repeat (every route logged to stderr; its CPU is not used above)."
   echo "machine busy % = all CPUs (/proc/stat) over the drive: server + load generator + anything else running;"
   echo "idle windows: sipshard $(g sipshard.idle_busy) %, Kamailio $(g kamailio.idle_busy) %, floor $(g floor.idle_busy) % (should be ~0)."
@@ -1050,7 +1053,8 @@ fi
   for r in $CALL_RATES; do
     if [ -n "${R[sipshard.call$r.n]:-}" ]; then echo "- CALLS $r/s: $(g "sipshard.call$r.threads")"; fi
   done
-} > "$WORK/report.md"
+}
+write_report > "$WORK/report.md"
 
 mkdir -p "$(dirname "$OUT")"
 cp "$WORK/report.md" "$OUT"
