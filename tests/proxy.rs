@@ -1127,3 +1127,164 @@ fn kamailio_basic_example_runs_unchanged() {
     let proxy = Proxy::start_basic(&db, &lua, 1000);
     register_and_call_through(&proxy, "kam-basic");
 }
+
+// ---------------------------------------------------------------- flood
+
+/// Resident memory of the proxy process, kB (sipshard only).
+fn rss_kb(proxy: &Proxy) -> Option<u64> {
+    let Proxy::Sipshard(s) = proxy else {
+        return None;
+    };
+    let pid = s.child.as_ref()?.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Sends `make(i)` from `src` to `to` at about `rate` datagrams/s until
+/// `stop`; returns how many were sent.
+fn flooder(
+    src: &'static str,
+    to: SocketAddr,
+    rate: u32,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    make: fn(u64, SocketAddr) -> Vec<u8>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let sock = UdpSocket::bind((src, 0)).unwrap();
+        let local = sock.local_addr().unwrap();
+        let per_tick = (rate / 100).max(1) as u64;
+        let mut n = 0u64;
+        let t0 = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for _ in 0..per_tick {
+                let _ = sock.send_to(&make(n, local), to);
+                n += 1;
+            }
+            // paced: tick k starts at k × 10 ms
+            let due = Duration::from_millis(10 * (n / per_tick));
+            if let Some(wait) = due.checked_sub(t0.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        n
+    })
+}
+
+fn malformed(n: u64, local: SocketAddr) -> Vec<u8> {
+    match n % 5 {
+        0 => format!("INVITE sip:x@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local}\r\n\r\n")
+            .into_bytes(),
+        1 => vec![0xff; 64 + (n % 300) as usize],
+        2 => b"OPTIONS  sip:a@b SIP/7.0\r\n\r\n".to_vec(),
+        3 => format!(
+            "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKm{n}\r\n\
+             From: <sip:a@127.0.0.1>;tag={n}\r\nTo: <sip:a@127.0.0.1>\r\nCall-ID: m{n}\r\n\
+             CSeq: x REGISTER\r\nContent-Length: 99999\r\n\r\n"
+        )
+        .into_bytes(),
+        _ => {
+            let mut v = format!("OPTIONS sip:127.0.0.1 SIP/2.0\r\nX-Big: ").into_bytes();
+            v.extend(std::iter::repeat_n(b'a', 4000));
+            v.extend_from_slice(b"\r\n\r\n");
+            v
+        }
+    }
+}
+
+fn scanner(n: u64, local: SocketAddr) -> Vec<u8> {
+    format!(
+        "OPTIONS sip:100@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKs{n}\r\n\
+         From: \"sipvicious\" <sip:100@1.1.1.1>;tag=s{n}\r\nTo: <sip:100@1.1.1.1>\r\n\
+         Call-ID: s{n}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n\
+         User-Agent: friendly-scanner\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A REGISTER for a user the subscriber table does not have, with made-up
+/// credentials (each one a database miss, then a negative-cache hit).
+fn unknown_register(n: u64, local: SocketAddr) -> Vec<u8> {
+    let user = format!("ghost{}", n % 500);
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bKu{n}\r\n\
+         From: <sip:{user}@127.0.0.1>;tag=u{n}\r\nTo: <sip:{user}@127.0.0.1>\r\n\
+         Call-ID: u{n}\r\nCSeq: 2 REGISTER\r\nMax-Forwards: 70\r\n\
+         Contact: <sip:{user}@{local}>\r\nAuthorization: Digest username=\"{user}\", \
+         realm=\"127.0.0.1\", nonce=\"abc{n}\", uri=\"sip:127.0.0.1\", \
+         response=\"00000000000000000000000000000000\"\r\nContent-Length: 0\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Hostile traffic while legitimate users register: malformed datagrams
+/// and a scanner (banned by pike + ipban after their first requests),
+/// REGISTERs for unknown users with bogus credentials from other sources,
+/// all at a few thousand datagrams/s, while sipp registers a real user with
+/// digest auth at 1 000 REG/s. The legitimate registrations see 0 failures
+/// and the server's memory stays bounded.
+#[test]
+fn legitimate_registrations_survive_a_flood() {
+    const REGS: u32 = 5000;
+    const RSS_BOUND_KB: u64 = 256 * 1024;
+    let db = basic_db();
+    let proxy = Proxy::start_basic(&db, &basic_lua(), 30);
+    let rss0 = rss_kb(&proxy);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let to = proxy.addr();
+    let floods = [
+        flooder("127.0.0.2", to, 3000, stop.clone(), malformed),
+        flooder("127.0.0.3", to, 3000, stop.clone(), scanner),
+        flooder("127.0.0.4", to, 1500, stop.clone(), unknown_register),
+        flooder("127.0.0.5", to, 1500, stop.clone(), unknown_register),
+    ];
+    let dir = TempDir::new("flood");
+    let csv = dir.path("alice.csv");
+    std::fs::write(&csv, "SEQUENTIAL\nalice;127.0.0.1;secret\n").unwrap();
+    let reg = Sipp::uac(
+        &dir,
+        "reg",
+        &format!("{ROOT}/bench/sipp/register-auth.xml"),
+        proxy.addr(),
+        "alice",
+        REGS,
+        &[
+            "-inf",
+            csv.to_str().unwrap(),
+            "-au",
+            "alice",
+            "-ap",
+            "secret",
+            "-r",
+            "1000",
+            "-l",
+            "2000",
+        ],
+    )
+    .wait();
+    let rss_peak = rss_kb(&proxy);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent: Vec<u64> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_all_ok(&proxy, &[(&reg, REGS as u64)]);
+    eprintln!(
+        "flood: sent malformed {} scanner {} unknown-user REGISTER {}; \
+         server RSS {rss0:?} kB before, {rss_peak:?} kB at the end",
+        sent[0],
+        sent[1],
+        sent[2] + sent[3]
+    );
+    assert!(sent.iter().all(|n| *n > 1000), "the flood ran: {sent:?}");
+    if let (Some(a), Some(b)) = (rss0, rss_peak) {
+        assert!(
+            b < RSS_BOUND_KB,
+            "server RSS {b} kB (from {a} kB) above the {RSS_BOUND_KB} kB bound"
+        );
+    }
+    if let Proxy::Sipshard(s) = &proxy {
+        // the scanner and the malformed source ended up banned
+        let v = rpc(s.rpc_port, "htable.get", json!(["ipban", "127.0.0.3"]));
+        assert_eq!(v["item"]["value"], 1, "scanner banned: {v}");
+    }
+}
