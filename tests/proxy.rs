@@ -1186,7 +1186,7 @@ fn malformed(n: u64, local: SocketAddr) -> Vec<u8> {
         )
         .into_bytes(),
         _ => {
-            let mut v = format!("OPTIONS sip:127.0.0.1 SIP/2.0\r\nX-Big: ").into_bytes();
+            let mut v = b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nX-Big: ".to_vec();
             v.extend(std::iter::repeat_n(b'a', 4000));
             v.extend_from_slice(b"\r\n\r\n");
             v
