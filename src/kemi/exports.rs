@@ -46,6 +46,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("permissions", include_str!("permissions.rs")),
     ("sanity", include_str!("sanity.rs")),
     ("nathelper", include_str!("nathelper.rs")),
+    ("ipops", include_str!("ipops.rs")),
 ];
 
 /// One documented KSR function.

@@ -25,6 +25,7 @@ mod ctx;
 pub mod exports;
 mod hdr;
 pub mod htable;
+mod ipops;
 mod kx;
 mod luacompat;
 mod maxfwd;
@@ -639,6 +640,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     }
     sanity::register(lua, ksr, shared)?;
     nathelper::register(lua, ksr, shared)?;
+    ipops::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -1978,7 +1978,7 @@ fn var_name(name: &str) -> Option<&str> {
 /// Writes a pseudo-variable (`None` = unset). Unknown or read-only names are
 /// a script error, as in Kamailio.
 /// Ok(false) when the value cannot be assigned (Kamailio's false).
-fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
+pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Result<bool> {
     if let Some(v) = var_name(name) {
         let mut vars = s.vars.borrow_mut();
         match value {
