@@ -35,9 +35,14 @@ use mlua::{Lua, Table};
 
 use super::{PvValue, Shared};
 
+/// A one-address test.
+type Test1 = fn(&str) -> bool;
+/// A two-argument test.
+type Test2 = fn(&str, &str) -> bool;
+
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    let one: [(&str, fn(&str) -> bool); 6] = [
+    let one: [(&str, Test1); 6] = [
         ("is_ip", |s| parse(s).is_some()),
         ("is_pure_ip", |s| matches!(parse(s), Some((_, false)))),
         ("is_ip4", |s| matches!(parse(s), Some((IpAddr::V4(_), _)))),
@@ -69,7 +74,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })
         })?,
     )?;
-    let two: [(&str, fn(&str, &str) -> bool); 4] = [
+    let two: [(&str, Test2); 4] = [
         ("compare_ips", |a, b| match (parse(a), parse(b)) {
             (Some((x, _)), Some((y, _))) => x == y,
             _ => false,
