@@ -6,6 +6,7 @@
 //! | `KSR.dbg/info/notice/warn/err/crit(msg)` | `void (str)` | nothing |
 //! | `KSR.log(level, msg)` | `void (str, str)` | nothing |
 //! | `KSR.x.exit()` / `KSR.x.drop()` / `KSR.drop()` | `void ()` | stops the route |
+//! | `KSR.route(name)` | `int (str)` | runs the script's function `name` (else `ksr_route_<name>`) as a sub-route (Kamailio runs the native cfg's `route[name]`, which sipshard does not have): its number result, 1 when it returns no number, -1 when there is no such function; `KSR.x.exit()` inside it ends the whole route |
 //! | `KSR.x.modf(fname, ...)` | `int (str, ...)` | raises the Lua error "KSR.x.modf('fname') is not supported by sipshard" (native module functions do not exist here) |
 //! | `KSR.set_drop()` | `void ()` | marks the message dropped without stopping the route |
 //! | `KSR.is_method(name)` | `bool (str)` | true when the request method (a reply's CSeq method) is `name`, case-insensitive; `name` may be a `|` list (`"INVITE|BYE"`) |
@@ -539,6 +540,25 @@ end"#,
             assert_eq!(global_int(&eng, g), want, "{g}");
         }
         assert!(m.reply_no_connect && m.forward_no_connect);
+    }
+
+    #[test]
+    fn ksr_route_runs_a_named_function() {
+        let eng = engine(
+            r#"function helper() n = (n or 0) + 1 return 7 end
+               function ksr_route_AUTH() n = (n or 0) + 10 end
+               function stopper() KSR.x.exit() end
+               function ksr_request_route()
+                 a = KSR.route("helper") b = KSR.route("AUTH") c = KSR.route("nope")
+                 KSR.route("stopper") after = 1
+               end"#,
+        );
+        run(&eng, &request("OPTIONS sip:192.0.2.20 SIP/2.0", None, &[]));
+        for (name, want) in [("a", 7), ("b", 1), ("c", -1), ("n", 11)] {
+            assert_eq!(global_int(&eng, name), want, "{name}");
+        }
+        let after: Option<i64> = eng.lua().globals().get("after").unwrap();
+        assert_eq!(after, None, "KSR.x.exit() in a sub-route ends the route");
     }
 
     #[test]

@@ -385,6 +385,19 @@ KSR.x.exit = function() error(EXIT, 0) end
 local function drop() mark_drop(); error(EXIT, 0) end
 KSR.x.drop = drop
 KSR.drop = drop
+-- KSR.route(name): Kamailio runs the native cfg's route[name]; sipshard has
+-- no native cfg, so it runs the script's function `name` (or
+-- `ksr_route_<name>`) as a sub-route, in Lua so that it may suspend.
+local G, type = _G, type
+KSR.route = function(name)
+    if type(name) ~= "string" then return -1 end
+    local f = G[name]
+    if type(f) ~= "function" then f = G["ksr_route_" .. name] end
+    if type(f) ~= "function" then return -1 end
+    local rc = f()
+    if type(rc) == "number" then return rc end
+    return 1
+end
 return EXIT
 "#;
 
