@@ -750,6 +750,13 @@ pub struct DbConfig {
     pub query_timeout_ms: u64,
     /// Most rows `location_load_all` returns; more is `DbError::TooManyRows`.
     pub location_rows_max: usize,
+    /// sipshard: most location writes (one per contact, latest wins) each
+    /// shard keeps for retry while the database fails or hangs (usrloc
+    /// db_mode 1/2); beyond it a write is dropped, counted in
+    /// `db.writes_dropped` and logged.
+    pub retry_queue_max: usize,
+    /// sipshard: milliseconds between retries of failed location writes.
+    pub retry_interval_ms: u64,
 }
 
 impl Default for DbConfig {
@@ -760,6 +767,8 @@ impl Default for DbConfig {
             queue_depth: 1_024,
             query_timeout_ms: 2_000,
             location_rows_max: 1_000_000,
+            retry_queue_max: 100_000,
+            retry_interval_ms: 1_000,
         }
     }
 }
