@@ -13,7 +13,10 @@
 //! | `KSR.auth.has_credentials(realm)` | `int (str)` | 1 present, -1 absent |
 //!
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
-//! on internal errors, 16 `stale=true`. A challenge after a stale nonce
+//! on internal errors, 16 `stale=true`. When the check before could not
+//! read the subscriber (database down, hung past `[auth] db_timeout_ms` or
+//! its queue full), a challenge answers 500 instead and returns -1
+//! (sipshard; flag 4: nothing is sent). A challenge after a stale nonce
 //! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` read the
 //! credentials header (Proxy-Authorization, else Authorization) whether or
 //! not a check ran, as in Kamailio. ACK, CANCEL and PRACK are not checked: the functions
@@ -294,7 +297,10 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
         Some(v) => v,
         None => {
             let Some(db) = svc.db.clone() else {
-                let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                let _ = s.with_msg(|m| {
+                    m.last_error = Some((500, "Server Internal Error"));
+                    m.auth_db_failed = true;
+                });
                 return AuthCode::GenericError.code();
             };
             s.counters.incr(Counter::DbQueries);
@@ -302,7 +308,10 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                 Ok(f) => f,
                 Err(_) => {
                     s.counters.incr(Counter::DbErrors);
-                    let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
                     return AuthCode::GenericError.code();
                 }
             };
@@ -327,7 +336,10 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                 Ok(Err(_)) | Err(_) => {
                     s.counters.incr(Counter::DbErrors);
                     s.counters.incr(Counter::AuthDbTimeout);
-                    let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
                     return AuthCode::GenericError.code();
                 }
             }
@@ -448,6 +460,16 @@ fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<Challeng
     let svc = s.services.clone();
     let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
+    // sipshard: the check before could not read the subscriber (database
+    // down or late): a challenge would only make the client send the same
+    // credentials again, so answer 500 (flag 4: send nothing) and return -1.
+    let db_failed = s.with_msg(|m| m.auth_db_failed).unwrap_or(false);
+    if db_failed {
+        if flags & 4 == 0 {
+            let _ = s.with_msg(|m| super::sl::reply_counted(s, m, 500, b"Server Internal Error"));
+        }
+        return -1;
+    }
     let r = s.with_msg(|m| {
         let method = std::str::from_utf8(m.msg().method_bytes())
             .unwrap_or("")

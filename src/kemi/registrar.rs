@@ -280,7 +280,9 @@ fn finish_save(
             if outcome.code() == codes::SAVE_INSERTED {
                 s.counters.incr(Counter::UlRegistered);
             }
-            if !written && matches!(svc.registrar.db_mode, 1 | 3) && flags & SaveFlags::MEM_ONLY == 0
+            if !written
+                && matches!(svc.registrar.db_mode, 1 | 3)
+                && flags & SaveFlags::MEM_ONLY == 0
             {
                 let _ = svc.write_through(&outcome, s.clone());
             }
