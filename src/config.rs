@@ -721,6 +721,10 @@ pub struct RpcConfig {
     pub hlog: Option<crate::stats::hlog::HlogConfig>,
     /// `/metrics` histogram bucket upper bounds in microseconds.
     pub prometheus_buckets_us: Vec<f64>,
+    /// sipshard: when not empty, every request (JSON-RPC and `/metrics`)
+    /// must carry `Authorization: Bearer <token>`; others get 401. Default
+    /// empty: no token (the listener is on loopback by default).
+    pub token: String,
 }
 
 impl Default for RpcConfig {
@@ -731,6 +735,7 @@ impl Default for RpcConfig {
             max_connections: 64,
             hlog: None,
             prometheus_buckets_us: crate::stats::prom::default_buckets_us(),
+            token: String::new(),
         }
     }
 }
