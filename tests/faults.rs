@@ -624,3 +624,206 @@ fn sigterm_write_back_flushes_postgres() {
 fn sigterm_write_back_flushes_mariadb() {
     sigterm_flushes(TestDb::mariadb());
 }
+
+// ---------------------------------------------------------------- security
+
+/// REGISTER with `auth` from a fresh socket (so `spread` picks any shard),
+/// with its own Call-ID: not a retransmission.
+fn send_auth(srv: &Server, auth: &str, tag: &str) -> String {
+    let s = client();
+    let m = register_msg(
+        &s,
+        "alice",
+        DOMAIN,
+        &format!("replay-{tag}"),
+        7,
+        &format!("Authorization: {auth}\r\nContact: <sip:alice@10.0.0.1>\r\n"),
+    );
+    exchange(&s, srv.addr, m.as_bytes()).expect("reply")
+}
+
+/// nonce_count = 1 on two shards fed at random (`spread`): one nonce with
+/// one nc is accepted once, whichever shard gets it; a higher nc once more;
+/// nothing after expiry.
+#[test]
+fn nonce_replay_refused_on_every_shard() {
+    let db = TestDb::postgres();
+    db.init(&[("alice@example.com", "pw-alice")]);
+    let toml = format!(
+        "[db]\nurl = \"{}\"\n[auth]\nsecret = \"k\"\nnonce_count = 1\nnonce_expire = 2\n",
+        db.url
+    );
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        core_toml: "udp_socket = \"spread\"",
+        extra_toml: &toml,
+        ..Default::default()
+    });
+    let c = client();
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(&c, "alice", DOMAIN, "replay-0", 1, "").as_bytes(),
+    )
+    .unwrap();
+    let ch = header(&r, "WWW-Authenticate").expect("challenge");
+    let nc1 = digest_authorization(&ch, "alice", "pw-alice", "REGISTER", "sip:example.com", 1);
+
+    // 12 copies at once from 12 sockets: they land on both shards
+    let socks: Vec<UdpSocket> = (0..12).map(|_| client()).collect();
+    for (i, s) in socks.iter().enumerate() {
+        let m = register_msg(
+            s,
+            "alice",
+            DOMAIN,
+            &format!("replay-a{i}"),
+            7,
+            &format!("Authorization: {nc1}\r\nContact: <sip:alice@10.0.0.1>\r\n"),
+        );
+        s.send_to(m.as_bytes(), srv.addr).unwrap();
+    }
+    let codes: Vec<u16> = socks
+        .iter()
+        .map(|s| recv(s).map(|r| status(&r)).unwrap_or(0))
+        .collect();
+    assert_eq!(
+        codes.iter().filter(|&&c| c == 200).count(),
+        1,
+        "one nonce, one nc: accepted once: {codes:?}"
+    );
+    assert_eq!(codes.iter().filter(|&&c| c == 401).count(), 11, "{codes:?}");
+    // both shards saw some of them
+    let per_shard = rpc(srv.rpc_port, "core.shards", serde_json::json!([]));
+    let text = per_shard.to_string();
+    assert!(
+        text.contains("\"shard\":1") || text.contains("\"id\":1"),
+        "{text}"
+    );
+
+    // nc = 2: accepted once more, then refused everywhere
+    let nc2 = digest_authorization(&ch, "alice", "pw-alice", "REGISTER", "sip:example.com", 2);
+    assert_eq!(status(&send_auth(&srv, &nc2, "b0")), 200);
+    for i in 1..6 {
+        assert_eq!(status(&send_auth(&srv, &nc2, &format!("b{i}"))), 401);
+        assert_eq!(status(&send_auth(&srv, &nc1, &format!("c{i}"))), 401);
+    }
+    // after nonce_expire: stale, whatever the nc
+    std::thread::sleep(Duration::from_millis(3_100));
+    let nc3 = digest_authorization(&ch, "alice", "pw-alice", "REGISTER", "sip:example.com", 3);
+    let r = send_auth(&srv, &nc3, "d0");
+    assert_eq!(status(&r), 401, "{r}");
+    assert!(
+        header(&r, "WWW-Authenticate")
+            .unwrap()
+            .contains("stale=true"),
+        "{r}"
+    );
+}
+
+/// `[rpc] token`: the real binary refuses requests without it, and
+/// `sipshard ctl --token` gets through.
+#[test]
+fn rpc_token_on_the_real_binary() {
+    let srv = Server::start(ServerOpts {
+        extra_toml: "[rpc]\nlisten = \"127.0.0.1:@RPC_PORT@\"\ntoken = \"tok-3f9a\"\n",
+        ..Default::default()
+    });
+    let url = srv.rpc_url();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .args(["ctl", "core.uptime", "--url", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "no token: refused");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .args(["ctl", "core.uptime", "--url", &url, "--token", "tok-3f9a"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sipshard"))
+        .args(["ctl", "core.uptime", "--url", &url])
+        .env("SIPSHARD_RPC_TOKEN", "tok-3f9a")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // /metrics too
+    let mut s = TcpStream::connect(("127.0.0.1", srv.rpc_port)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    assert!(!srv.log().contains("tok-3f9a"), "token logged");
+}
+
+/// At debug level, after failed and successful authentications, no log
+/// line holds a password, an HA1 or a digest response.
+#[test]
+fn no_secret_in_debug_logs() {
+    let db = TestDb::postgres();
+    db.init(&[("alice@example.com", "Pw-Alice-77")]);
+    let toml = format!("[db]\nurl = \"{}\"\n[auth]\nsecret = \"k\"\n", db.url);
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        core_toml: "log_level = \"debug\"",
+        extra_toml: &toml,
+        ..Default::default()
+    });
+    let c = client();
+    let mut responses = Vec::new();
+    for (i, pw) in ["Wrong-Guess-1", "Wrong-Guess-2", "Pw-Alice-77"]
+        .iter()
+        .enumerate()
+    {
+        let r = exchange(
+            &c,
+            srv.addr,
+            register_msg(&c, "alice", DOMAIN, &format!("log-{i}"), 1, "").as_bytes(),
+        )
+        .unwrap();
+        let ch = header(&r, "WWW-Authenticate").unwrap();
+        let auth = digest_authorization(&ch, "alice", pw, "REGISTER", "sip:example.com", 1);
+        let p = parse_challenge(&auth);
+        responses.push(p["response"].clone());
+        let r = exchange(
+            &c,
+            srv.addr,
+            register_msg(
+                &c,
+                "alice",
+                DOMAIN,
+                &format!("log-{i}"),
+                2,
+                &format!("Authorization: {auth}\r\nContact: <sip:alice@10.0.0.1>\r\n"),
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let want = if i == 2 { 200 } else { 401 };
+        assert_eq!(status(&r), want, "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let log = srv.log();
+    assert!(log.contains("DEBUG"), "debug level is on: {log}");
+    let ha1 = hex_hash("MD5", "alice:example.com:Pw-Alice-77");
+    for secret in ["Pw-Alice-77", "Wrong-Guess-1", "Wrong-Guess-2", &ha1]
+        .into_iter()
+        .chain(responses.iter().map(String::as_str))
+    {
+        assert!(!log.contains(secret), "`{secret}` in the log:\n{log}");
+    }
+    for line in log.lines() {
+        assert!(
+            !line.contains("Digest username=") && !line.contains("response=\""),
+            "an Authorization header in the log: {line}"
+        );
+    }
+}
