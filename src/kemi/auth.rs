@@ -709,4 +709,30 @@ end
         run(&e, &request("ACK sip:bob@example.com SIP/2.0", None, &[]));
         assert_eq!(global_int(&e, "ch"), -3);
     }
+
+    #[test]
+    fn unreadable_subscriber_is_answered_500_not_challenged() {
+        // no database and nothing cached: the check cannot read alice
+        for (flags, want) in [(1, Some("SIP/2.0 500 Server Internal Error")), (5, None)] {
+            let script = format!(
+                r#"
+function ksr_request_route()
+    rc = KSR.auth_db.auth_check("example.com", "subscriber", 1)
+    ch = KSR.auth.auth_challenge("example.com", {flags})
+end
+"#
+            );
+            let e = engine_with(&script, &AuthConfig::default(), &RegistrarConfig::default());
+            // a message without credentials is challenged as before
+            let (nonce, realm) = challenge(&e);
+            let (m, _) = run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), -1);
+            assert_eq!(global_int(&e, "ch"), -1);
+            let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+            match want {
+                Some(start) => assert!(reply.starts_with(start), "{reply}"),
+                None => assert!(m.out.is_empty(), "flag 4: nothing sent: {reply}"),
+            }
+        }
+    }
 }

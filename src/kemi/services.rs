@@ -316,7 +316,7 @@ pub struct Services {
 /// One pending location write.
 #[derive(Clone, Debug)]
 pub enum RetryOp {
-    Upsert(LocationRow),
+    Upsert(Box<LocationRow>),
     Delete,
 }
 
@@ -370,12 +370,13 @@ impl RetryQueue {
     /// it was sent meanwhile (so a failure must be retried).
     pub fn end(&mut self, ruid: &str, seq: u64) -> bool {
         match self.issued.get(ruid) {
-            Some(&s) if s > seq => false,
-            Some(_) => {
+            Some(&s) if s == seq => {
                 self.issued.remove(ruid);
                 true
             }
-            None => true,
+            // A newer write is in flight (Some) or already answered (None:
+            // it removed the entry): that one carries the latest state.
+            _ => false,
         }
     }
 
@@ -404,7 +405,7 @@ impl RetryQueue {
         let mut deletes = Vec::new();
         for k in keys {
             match self.ops.remove(&k) {
-                Some((_, RetryOp::Upsert(r))) => rows.push(r),
+                Some((_, RetryOp::Upsert(r))) => rows.push(*r),
                 Some((_, RetryOp::Delete)) => deletes.push(k),
                 None => {}
             }
@@ -657,7 +658,7 @@ impl Services {
                     .iter()
                     .zip(latest)
                     .filter(|(_, latest)| *latest)
-                    .map(|(r, _)| (r.ruid.clone(), RetryOp::Upsert(r.clone())));
+                    .map(|(r, _)| (r.ruid.clone(), RetryOp::Upsert(Box::new(r.clone()))));
                 self.requeue(seq, ops, shared, &e);
             }
         }
@@ -976,6 +977,62 @@ mod tests {
         assert_eq!(p.realm_prefix, "sip.");
         assert_eq!(p.matching_mode, MatchingMode::Callid);
         assert_eq!(p.cseq_delay_s, 0);
+    }
+
+    fn row(ruid: &str, contact: &str) -> LocationRow {
+        let c = Ucontact {
+            ruid: ruid.into(),
+            contact: contact.into(),
+            received: None,
+            path: None,
+            expires_unix_s: 1_800_000_000,
+            q: None,
+            callid: "c".into(),
+            cseq: 1,
+            flags: 0,
+            cflags: 0,
+            user_agent: String::new(),
+            socket: None,
+            methods: 0,
+            instance: None,
+            reg_id: 0,
+            last_modified_unix_s: 1_700_000_000,
+        };
+        to_row("alice", &c, false)
+    }
+
+    #[test]
+    fn retry_queue_keeps_the_latest_write_per_contact_and_is_bounded() {
+        let mut q = RetryQueue::new(2);
+        // write 1 of r1 is sent, then write 2; write 2 fails first, then 1
+        let s1 = q.next_seq();
+        q.begin("r1", s1);
+        let s2 = q.next_seq();
+        q.begin("r1", s2);
+        assert!(q.end("r1", s2));
+        assert!(q.push(
+            s2,
+            "r1".into(),
+            RetryOp::Upsert(Box::new(row("r1", "sip:new")))
+        ));
+        assert!(!q.end("r1", s1), "an older write is not retried");
+        // an older failure never replaces a newer queued one
+        assert!(q.push(s1, "r1".into(), RetryOp::Delete));
+        assert_eq!(q.len(), 1);
+        // bounded: a third contact is dropped
+        assert!(q.push(s2, "r2".into(), RetryOp::Delete));
+        assert!(!q.push(s2, "r3".into(), RetryOp::Delete));
+        assert_eq!(q.len(), 2);
+        let (rows, deletes) = q.take(10);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].contact, "sip:new");
+        assert_eq!(deletes, vec!["r2".to_string()]);
+        assert!(q.is_empty());
+        // a new write of a queued contact supersedes it
+        let s3 = q.next_seq();
+        assert!(q.push(s3, "r4".into(), RetryOp::Delete));
+        q.begin("r4", q.seq + 1);
+        assert!(q.is_empty());
     }
 }
 
