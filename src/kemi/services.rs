@@ -605,6 +605,8 @@ impl Services {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         this.db_pending.set(this.db_pending.get() + 1);
+        let n = (rows.len() + deletes.len()) as u64;
+        let counters = shared.clone();
         let spawned = crate::exec::spawn_local(async move {
             let ok = this.write_rows(&db, rows, deletes, &shared).await;
             this.db_pending.set(this.db_pending.get() - 1);
@@ -614,7 +616,8 @@ impl Services {
             // The task table is full (or no shard runs here): counted; the
             // rows were moved into the task, which was not kept.
             self.db_pending.set(self.db_pending.get() - 1);
-            self.note_db_failure(0, 0, "task table full: location write lost");
+            counters.counters.add(Counter::DbWritesDropped, n);
+            self.note_db_failure(0, n as usize, "task table full");
             return None;
         }
         Some(done_rx)
@@ -724,7 +727,7 @@ impl Services {
                 kept,
                 dropped,
                 queued,
-                "location write failed ({why}); retry queue full, writes dropped"
+                "location write failed ({why}); writes dropped (retry queue or task table full)"
             );
         } else {
             tracing::warn!(
