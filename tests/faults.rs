@@ -399,6 +399,11 @@ fn auth_survives_hang(db: TestDb) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(counter(&srv, "auth.db_timeouts") >= 2);
+    assert!(
+        srv.log().contains("credentials not read"),
+        "failure logged: {}",
+        srv.log()
+    );
 }
 
 #[test]

@@ -306,8 +306,9 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
             s.counters.incr(Counter::DbQueries);
             let fut = match db.credentials(&pending.username, &domain) {
                 Ok(f) => f,
-                Err(_) => {
+                Err(e) => {
                     s.counters.incr(Counter::DbErrors);
+                    svc.note_auth_db_failure(&e.to_string());
                     let _ = s.with_msg(|m| {
                         m.last_error = Some((500, "Server Internal Error"));
                         m.auth_db_failed = true;
@@ -333,9 +334,20 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                     );
                     v
                 }
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(e)) => {
                     s.counters.incr(Counter::DbErrors);
                     s.counters.incr(Counter::AuthDbTimeout);
+                    svc.note_auth_db_failure(&e.to_string());
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
+                    return AuthCode::GenericError.code();
+                }
+                Err(_) => {
+                    s.counters.incr(Counter::DbErrors);
+                    s.counters.incr(Counter::AuthDbTimeout);
+                    svc.note_auth_db_failure("no answer within [auth] db_timeout_ms");
                     let _ = s.with_msg(|m| {
                         m.last_error = Some((500, "Server Internal Error"));
                         m.auth_db_failed = true;

@@ -311,6 +311,8 @@ pub struct Services {
     /// Last time (Unix s) a database write failure was logged: one line a
     /// second at most.
     db_log_s: Cell<u64>,
+    /// The same for failed credential reads.
+    auth_log_s: Cell<u64>,
 }
 
 /// One pending location write.
@@ -458,6 +460,7 @@ impl Services {
             db_retry: RefCell::new(RetryQueue::new(100_000)),
             db_retry_interval_ms: Cell::new(1_000),
             db_log_s: Cell::new(0),
+            auth_log_s: Cell::new(0),
         })
     }
 
@@ -711,6 +714,17 @@ impl Services {
             .counters
             .add(Counter::DbWritesDropped, dropped as u64);
         self.note_db_failure(kept, dropped, &error.to_string());
+    }
+
+    /// One log line a second at most about credential reads that failed.
+    pub fn note_auth_db_failure(&self, why: &str) {
+        let now = unix_now_s();
+        if self.auth_log_s.replace(now) != now {
+            tracing::warn!(
+                shard = self.shard_id,
+                "credentials not read ({why}): answering 500"
+            );
+        }
     }
 
     /// One log line a second at most about failed location writes.
