@@ -835,3 +835,42 @@ fn no_secret_in_debug_logs() {
         );
     }
 }
+
+/// SIGTERM in db_mode 2 while the database is gone: shutdown keeps retrying
+/// (10 s at most), and a database back within that gets every binding.
+#[test]
+fn sigterm_write_back_waits_for_the_database_postgres() {
+    let db = TestDb::postgres();
+    db.init(&[]);
+    let relay = Relay::start(upstream_of(&db));
+    let url = via_relay(&db, &relay);
+    let mut srv = start(
+        REGISTRAR_SCRIPT,
+        &url,
+        "query_timeout_ms = 500\nretry_interval_ms = 200\n\
+         [registrar]\ndb_mode = 2\ntimer_interval_s = 3600\n",
+    );
+    relay.set(CUT);
+    let all = users("w", 20);
+    assert_eq!(register_all(&srv, &all).len(), 20);
+    let child = srv.child.as_mut().unwrap();
+    let pid = child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert!(child.try_wait().unwrap().is_none(), "still trying to write");
+    relay.set(PASS);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit:\n{}", srv.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{}", srv.log());
+    let rows = location_rows(&db.url).len();
+    assert_eq!(rows, 20, "registrations lost: {}\n{}", 20 - rows, srv.log());
+}

@@ -665,17 +665,28 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         let n = svc.flush_dirty(shard.engine.shared().clone());
         tracing::info!(shard = id, rows = n, "location flushed on shutdown");
     }
-    // Failed writes get one more try (the retry timer may be asleep).
-    if !svc.db_retry.borrow().is_empty() {
+    // Wait (10 s at most) for the writes in flight; failed ones are sent
+    // again every retry interval meanwhile, so a database that is back
+    // within the bound still gets them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let interval = Duration::from_millis(svc.db_retry_interval_ms.get().max(1));
+    loop {
+        io::drain_until(&shard, deadline, || svc.db_pending.get() == 0);
+        if svc.db_retry.borrow().is_empty() || Instant::now() >= deadline || svc.db.is_none() {
+            break;
+        }
         let shared = shard.engine.shared().clone();
         let retry_svc = svc.clone();
         let _ = shard.ex.spawn(async move {
             let _ = retry_svc.retry_writes(&shared).await;
         });
+        io::drain_until(&shard, deadline, || svc.db_pending.get() == 0);
+        if svc.db_retry.borrow().is_empty() {
+            break;
+        }
+        let next = (Instant::now() + interval).min(deadline);
+        io::drain_until(&shard, next, || false);
     }
-    io::drain_until(&shard, Instant::now() + Duration::from_secs(10), || {
-        svc.db_pending.get() == 0
-    });
     let unwritten = svc.db_retry.borrow().len();
     if unwritten > 0 {
         tracing::error!(
