@@ -736,8 +736,8 @@ async fn db_retry_timer(shard: std::rc::Weak<Shard>) {
         let interval = {
             let Some(shard) = shard.upgrade() else { return };
             let svc = &shard.engine.shared().services;
-            if svc.db.is_none() {
-                return;
+            if svc.db.is_none() || svc.registrar.db_mode == 0 {
+                return; // no location writes to retry
             }
             Duration::from_millis(svc.db_retry_interval_ms.get().max(1))
         };
