@@ -234,6 +234,10 @@ fn step_verify(
     let svc = s.services.clone();
     let res = s.with_msg(|m| {
         let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags);
+        if code == AuthCode::NonceExpired {
+            // a nonce the nonce-count table may have forgotten
+            m.auth_stale = true;
+        }
         if code == AuthCode::Ok {
             m.auth_user = Some(pending.username.clone());
             m.auth_realm = Some(pending.realm.clone());
