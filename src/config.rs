@@ -721,6 +721,10 @@ pub struct RpcConfig {
     pub hlog: Option<crate::stats::hlog::HlogConfig>,
     /// `/metrics` histogram bucket upper bounds in microseconds.
     pub prometheus_buckets_us: Vec<f64>,
+    /// sipshard: when not empty, every request (JSON-RPC and `/metrics`)
+    /// must carry `Authorization: Bearer <token>`; others get 401. Default
+    /// empty: no token (the listener is on loopback by default).
+    pub token: String,
 }
 
 impl Default for RpcConfig {
@@ -731,6 +735,7 @@ impl Default for RpcConfig {
             max_connections: 64,
             hlog: None,
             prometheus_buckets_us: crate::stats::prom::default_buckets_us(),
+            token: String::new(),
         }
     }
 }
@@ -750,6 +755,13 @@ pub struct DbConfig {
     pub query_timeout_ms: u64,
     /// Most rows `location_load_all` returns; more is `DbError::TooManyRows`.
     pub location_rows_max: usize,
+    /// sipshard: most location writes (one per contact, latest wins) each
+    /// shard keeps for retry while the database fails or hangs (usrloc
+    /// db_mode 1/2); beyond it a write is dropped, counted in
+    /// `db.writes_dropped` and logged.
+    pub retry_queue_max: usize,
+    /// sipshard: milliseconds between retries of failed location writes.
+    pub retry_interval_ms: u64,
 }
 
 impl Default for DbConfig {
@@ -760,6 +772,8 @@ impl Default for DbConfig {
             queue_depth: 1_024,
             query_timeout_ms: 2_000,
             location_rows_max: 1_000_000,
+            retry_queue_max: 100_000,
+            retry_interval_ms: 1_000,
         }
     }
 }

@@ -75,9 +75,20 @@ pub fn post_auth(
     }
     if let (Some(tracker), Some(n)) = (nc, creds.nc) {
         let nonce = creds.nonce.unescaped();
-        match tracker.check(&nonce, n.value, req.call_id, req.cseq, req.cseq_method) {
+        // A valid nonce always carries its expiry; 0 (never) would only
+        // make an unseen nonce count as possibly evicted.
+        let expires = super::nonce::nonce_expires_unix_s(&nonce).unwrap_or(0);
+        match tracker.check_at(
+            &nonce,
+            Some(expires),
+            n.value,
+            req.call_id,
+            req.cseq,
+            req.cseq_method,
+        ) {
             NcCheck::Fresh | NcCheck::Retransmission => {}
             NcCheck::Replay => return AuthCode::NonceReused,
+            NcCheck::Forgotten => return AuthCode::NonceExpired,
         }
     }
     AuthCode::Ok

@@ -21,11 +21,13 @@
 //!   indistinguishable from a retransmission and accepted; downstream layers
 //!   absorb it (a transaction layer matches it to the existing transaction,
 //!   the registrar treats an equal Call-ID/CSeq as a retransmission);
-//! * a nonce evicted from the table (more than `max_entries` newer nonces
-//!   since) is treated as never seen: its next use is accepted;
-//! * the table is per shard: a replay routed to another shard is checked
-//!   against that shard's table only. Route by AOR/user to keep a user's
-//!   requests on one shard.
+//! * with [`NcTracker::check`] (expiry unknown), a nonce evicted from the
+//!   table (more than `max_entries` newer nonces since) is treated as never
+//!   seen: its next use is accepted. [`NcTracker::check_at`], which the
+//!   auth layer uses, closes that gap: the table remembers the latest
+//!   expiry among the nonces it evicted, and an unseen nonce expiring no
+//!   later than that may have been evicted, so it is [`NcCheck::Forgotten`]
+//!   (answered as stale: the client re-authenticates with a fresh nonce).
 //! * credentials without `qop` carry no `nc` and are not tracked (only nonce
 //!   expiry protects them).
 //!
@@ -47,6 +49,9 @@ pub enum NcCheck {
     Retransmission,
     /// Nonce reused: refuse with `-6`.
     Replay,
+    /// Not in the table, but it may have been evicted: refuse as stale
+    /// (`-4`, a fresh challenge with `stale=true`).
+    Forgotten,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +62,8 @@ struct Recent {
 
 #[derive(Debug)]
 struct Entry {
+    /// The nonce's expiry (Unix s; 0 unknown).
+    expires: u64,
     max_nc: u32,
     recent: [Recent; RECENT],
     next: u8,
@@ -72,6 +79,8 @@ pub struct NcTracker {
     keys: std::collections::hash_map::RandomState,
     map: HashMap<u64, Entry>,
     order: VecDeque<u64>,
+    /// Latest expiry among the evicted nonces.
+    evicted_upto: u64,
 }
 
 /// FNV-1a over Call-ID, CSeq number and method: identifies a request for
@@ -99,6 +108,7 @@ impl NcTracker {
             keys: std::collections::hash_map::RandomState::new(),
             map: HashMap::with_capacity(max_entries.min(1 << 16)),
             order: VecDeque::with_capacity(max_entries.min(1 << 16)),
+            evicted_upto: 0,
         }
     }
 
@@ -107,6 +117,20 @@ impl NcTracker {
     pub fn check(
         &mut self,
         nonce: &str,
+        nc: u32,
+        call_id: &[u8],
+        cseq: u32,
+        cseq_method: &[u8],
+    ) -> NcCheck {
+        self.check_at(nonce, None, nc, call_id, cseq, cseq_method)
+    }
+
+    /// [`NcTracker::check`] for a nonce whose expiry (Unix s) is known: an
+    /// unseen nonce that may have been evicted is [`NcCheck::Forgotten`].
+    pub fn check_at(
+        &mut self,
+        nonce: &str,
+        expires_unix_s: Option<u64>,
         nc: u32,
         call_id: &[u8],
         cseq: u32,
@@ -131,9 +155,14 @@ impl NcTracker {
             // Never valid (nc starts at 1) and would alias an empty ring slot.
             return NcCheck::Replay;
         }
+        if expires_unix_s.is_some_and(|e| self.evicted_upto > 0 && e <= self.evicted_upto) {
+            return NcCheck::Forgotten;
+        }
         if self.map.len() >= self.max_entries {
             if let Some(old) = self.order.pop_front() {
-                self.map.remove(&old);
+                if let Some(e) = self.map.remove(&old) {
+                    self.evicted_upto = self.evicted_upto.max(e.expires);
+                }
             }
         }
         let mut recent = [Recent::default(); RECENT];
@@ -142,6 +171,7 @@ impl NcTracker {
         self.map.insert(
             key,
             Entry {
+                expires: expires_unix_s.unwrap_or(0),
                 max_nc: nc,
                 recent,
                 next: 1,
@@ -247,5 +277,25 @@ mod tests {
         }
         assert_eq!(t.len(), 2);
         assert_eq!(t.check("b", 1, b"x", 1, b"R"), NcCheck::Retransmission);
+    }
+
+    #[test]
+    fn an_evicted_nonce_is_forgotten_not_fresh() {
+        let mut t = NcTracker::new(2);
+        let at = |t: &mut NcTracker, n: &str, exp: u64, nc: u32, cid: &[u8]| {
+            t.check_at(n, Some(exp), nc, cid, 1, b"R")
+        };
+        assert_eq!(at(&mut t, "a", 100, 1, b"x"), NcCheck::Fresh);
+        assert_eq!(at(&mut t, "b", 101, 1, b"x"), NcCheck::Fresh);
+        assert_eq!(at(&mut t, "c", 102, 1, b"x"), NcCheck::Fresh); // evicts "a"
+                                                                   // a replay of "a" is not accepted as new
+        assert_eq!(at(&mut t, "a", 100, 1, b"y"), NcCheck::Forgotten);
+        // nor any unseen nonce as old as the evicted one
+        assert_eq!(at(&mut t, "z", 99, 1, b"y"), NcCheck::Forgotten);
+        // newer nonces are fresh
+        assert_eq!(at(&mut t, "d", 103, 1, b"x"), NcCheck::Fresh);
+        // known ones keep their rules
+        assert_eq!(at(&mut t, "d", 103, 1, b"q"), NcCheck::Replay);
+        assert_eq!(at(&mut t, "d", 103, 2, b"q"), NcCheck::Fresh);
     }
 }

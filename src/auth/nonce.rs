@@ -157,6 +157,22 @@ impl NonceKey {
     }
 }
 
+/// The expiry (Unix s) written in a nonce, without checking its tag: call
+/// it only for a nonce [`NonceKey::check`] found valid.
+pub fn nonce_expires_unix_s(nonce: &str) -> Option<u64> {
+    if nonce.len() != NONCE_LEN {
+        return None;
+    }
+    let mut raw = [0u8; RAW_LEN];
+    match URL_SAFE_NO_PAD.decode_slice(nonce.as_bytes(), &mut raw) {
+        Ok(RAW_LEN) => {}
+        _ => return None,
+    }
+    let mut exp = [0u8; 8];
+    exp.copy_from_slice(raw.get(1..9)?);
+    Some(u64::from_be_bytes(exp))
+}
+
 impl std::fmt::Debug for NonceKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.

@@ -723,6 +723,7 @@ fn dead_server_times_out_and_queue_fills() {
         queue_depth: 1,
         query_timeout_ms: 300,
         location_rows_max: 10,
+        ..DbConfig::default()
     };
     let rt = ControlRt::new();
 

@@ -13,7 +13,10 @@
 //! | `KSR.auth.has_credentials(realm)` | `int (str)` | 1 present, -1 absent |
 //!
 //! Challenge flags: 1 `qop="auth"`, 2 `qop="auth-int"`, 4 do not send a 500
-//! on internal errors, 16 `stale=true`. A challenge after a stale nonce
+//! on internal errors, 16 `stale=true`. When the check before could not
+//! read the subscriber (database down, hung past `[auth] db_timeout_ms` or
+//! its queue full), a challenge answers 500 instead and returns -1
+//! (sipshard; flag 4: nothing is sent). A challenge after a stale nonce
 //! (`-4`) carries `stale=true` by itself. `$au`, `$ar`, `$adu` read the
 //! credentials header (Proxy-Authorization, else Authorization) whether or
 //! not a check ran, as in Kamailio. ACK, CANCEL and PRACK are not checked: the functions
@@ -231,6 +234,10 @@ fn step_verify(
     let svc = s.services.clone();
     let res = s.with_msg(|m| {
         let (code, digest_uri) = verify_in(m, &svc, pending, cred, realm, which, flags);
+        if code == AuthCode::NonceExpired {
+            // a nonce the nonce-count table may have forgotten
+            m.auth_stale = true;
+        }
         if code == AuthCode::Ok {
             m.auth_user = Some(pending.username.clone());
             m.auth_realm = Some(pending.realm.clone());
@@ -294,15 +301,22 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
         Some(v) => v,
         None => {
             let Some(db) = svc.db.clone() else {
-                let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                let _ = s.with_msg(|m| {
+                    m.last_error = Some((500, "Server Internal Error"));
+                    m.auth_db_failed = true;
+                });
                 return AuthCode::GenericError.code();
             };
             s.counters.incr(Counter::DbQueries);
             let fut = match db.credentials(&pending.username, &domain) {
                 Ok(f) => f,
-                Err(_) => {
+                Err(e) => {
                     s.counters.incr(Counter::DbErrors);
-                    let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                    svc.note_auth_db_failure(&e.to_string());
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
                     return AuthCode::GenericError.code();
                 }
             };
@@ -324,10 +338,24 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                     );
                     v
                 }
-                Ok(Err(_)) | Err(_) => {
+                Ok(Err(e)) => {
                     s.counters.incr(Counter::DbErrors);
                     s.counters.incr(Counter::AuthDbTimeout);
-                    let _ = s.with_msg(|m| m.last_error = Some((500, "Server Internal Error")));
+                    svc.note_auth_db_failure(&e.to_string());
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
+                    return AuthCode::GenericError.code();
+                }
+                Err(_) => {
+                    s.counters.incr(Counter::DbErrors);
+                    s.counters.incr(Counter::AuthDbTimeout);
+                    svc.note_auth_db_failure("no answer within [auth] db_timeout_ms");
+                    let _ = s.with_msg(|m| {
+                        m.last_error = Some((500, "Server Internal Error"));
+                        m.auth_db_failed = true;
+                    });
                     return AuthCode::GenericError.code();
                 }
             }
@@ -448,6 +476,16 @@ fn send_challenge(s: &Rc<Shared>, realm: &str, flags: u32, kind: Option<Challeng
     let svc = s.services.clone();
     let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
+    // sipshard: the check before could not read the subscriber (database
+    // down or late): a challenge would only make the client send the same
+    // credentials again, so answer 500 (flag 4: send nothing) and return -1.
+    let db_failed = s.with_msg(|m| m.auth_db_failed).unwrap_or(false);
+    if db_failed {
+        if flags & 4 == 0 {
+            let _ = s.with_msg(|m| super::sl::reply_counted(s, m, 500, b"Server Internal Error"));
+        }
+        return -1;
+    }
     let r = s.with_msg(|m| {
         let method = std::str::from_utf8(m.msg().method_bytes())
             .unwrap_or("")
@@ -686,5 +724,31 @@ end
         // an ACK cannot be answered: the reply is not sent
         run(&e, &request("ACK sip:bob@example.com SIP/2.0", None, &[]));
         assert_eq!(global_int(&e, "ch"), -3);
+    }
+
+    #[test]
+    fn unreadable_subscriber_is_answered_500_not_challenged() {
+        // no database and nothing cached: the check cannot read alice
+        for (flags, want) in [(1, Some("SIP/2.0 500 Server Internal Error")), (5, None)] {
+            let script = format!(
+                r#"
+function ksr_request_route()
+    rc = KSR.auth_db.auth_check("example.com", "subscriber", 1)
+    ch = KSR.auth.auth_challenge("example.com", {flags})
+end
+"#
+            );
+            let e = engine_with(&script, &AuthConfig::default(), &RegistrarConfig::default());
+            // a message without credentials is challenged as before
+            let (nonce, realm) = challenge(&e);
+            let (m, _) = run(&e, &answer(&nonce, &realm, 3));
+            assert_eq!(global_int(&e, "rc"), -1);
+            assert_eq!(global_int(&e, "ch"), -1);
+            let reply = String::from_utf8_lossy(&m.out_buf).into_owned();
+            match want {
+                Some(start) => assert!(reply.starts_with(start), "{reply}"),
+                None => assert!(m.out.is_empty(), "flag 4: nothing sent: {reply}"),
+            }
+        }
     }
 }

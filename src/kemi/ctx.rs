@@ -83,6 +83,9 @@ pub struct MsgCtx {
     pub auth_digest_uri: Option<String>,
     /// The last credentials check found a stale nonce (challenge with stale=true).
     pub auth_stale: bool,
+    /// The last credentials check could not read the subscriber (database
+    /// down, hung or its queue full): a challenge answers 500 instead.
+    pub auth_db_failed: bool,
     /// `KSR.force_rport()`: replies go to the source port and carry `rport=`
     /// even when the top Via did not ask for it.
     pub force_rport: bool,
@@ -137,6 +140,7 @@ impl MsgCtx {
             auth_realm: None,
             auth_digest_uri: None,
             auth_stale: false,
+            auth_db_failed: false,
             force_rport: false,
             reply_no_connect: false,
             forward_no_connect: false,
@@ -194,6 +198,7 @@ impl MsgCtx {
         self.auth_realm = None;
         self.auth_digest_uri = None;
         self.auth_stale = false;
+        self.auth_db_failed = false;
         self.force_rport = false;
         self.reply_no_connect = false;
         self.forward_no_connect = false;

@@ -265,6 +265,7 @@ fn finish_save(
     s: &Rc<Shared>,
     flags: u32,
     result: Option<Result<crate::usrloc::SaveOutcome, crate::usrloc::SaveError>>,
+    written: bool,
 ) -> i32 {
     let svc = s.services.clone();
     let Some(result) = result else {
@@ -279,8 +280,11 @@ fn finish_save(
             if outcome.code() == codes::SAVE_INSERTED {
                 s.counters.incr(Counter::UlRegistered);
             }
-            if matches!(svc.registrar.db_mode, 1 | 3) && flags & SaveFlags::MEM_ONLY == 0 {
-                svc.write_through(&outcome, s.clone());
+            if !written
+                && matches!(svc.registrar.db_mode, 1 | 3)
+                && flags & SaveFlags::MEM_ONLY == 0
+            {
+                let _ = svc.write_through(&outcome, s.clone());
             }
             if flags & SaveFlags::NO_REPLY == 0 {
                 let headers = ok_headers(&outcome, &ReplyOpts::default());
@@ -307,10 +311,10 @@ fn finish_save(
 }
 
 /// `save` without suspending the route: whenever the database is not in
-/// the loop (db_mode 0-2). `None`: take the async path.
+/// the loop (db_mode 0 and 2, or no database). `None`: take the async path.
 fn save_sync(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Option<i32> {
     let svc = s.services.clone();
-    if svc.registrar.db_mode == 3 {
+    if svc.registrar.db_mode == 3 || (svc.registrar.db_mode == 1 && svc.db.is_some()) {
         return None;
     }
     let req = match prepare_save(s, flags, uri) {
@@ -318,7 +322,7 @@ fn save_sync(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Option<i32> {
         Err(code) => return Some(code),
     };
     let result = svc.save(&req);
-    Some(finish_save(s, flags, Some(result)))
+    Some(finish_save(s, flags, Some(result), false))
 }
 
 async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
@@ -334,7 +338,21 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
     } else {
         None
     };
-    finish_save(s, flags, result)
+    // db_mode 1/3 (write-through): the reply waits (at most `[auth]
+    // db_timeout_ms`) until the database has the change, so an acknowledged
+    // registration survives a crash. A write that fails or is late is kept
+    // for retry and the REGISTER is still answered from memory.
+    let mut written = false;
+    if let Some(Ok(outcome)) = &result {
+        if matches!(svc.registrar.db_mode, 1 | 3) && flags & SaveFlags::MEM_ONLY == 0 {
+            written = true;
+            if let Some(rx) = svc.write_through(outcome, s.clone()) {
+                let wait = std::time::Duration::from_millis(svc.auth.db_timeout_ms);
+                let _ = crate::exec::timeout(wait, rx).await;
+            }
+        }
+    }
+    finish_save(s, flags, result, written)
 }
 
 /// Most branches one lookup adds (the R-URI's contact plus these): tm's
@@ -525,7 +543,7 @@ async fn unregister(s: &Rc<Shared>, uri: &str, ruid: Option<String>) -> i32 {
         Ok(ruids) => {
             if matches!(svc.registrar.db_mode, 1 | 3) {
                 if let Some(db) = svc.db.clone() {
-                    svc.spawn_db_write(db, Vec::new(), ruids, s.clone());
+                    let _ = svc.spawn_db_write(db, Vec::new(), ruids, s.clone());
                 }
             }
             1

@@ -304,6 +304,116 @@ pub struct Services {
     pub registrar: RegistrarConfig,
     /// Writes in flight to the database (write-through / write-back).
     pub db_pending: Cell<usize>,
+    /// Location writes that failed, kept for the retry timer.
+    pub db_retry: RefCell<RetryQueue>,
+    /// Milliseconds between retries (`[db] retry_interval_ms`).
+    pub db_retry_interval_ms: Cell<u64>,
+    /// Last time (Unix s) a database write failure was logged: one line a
+    /// second at most.
+    db_log_s: Cell<u64>,
+    /// The same for failed credential reads.
+    auth_log_s: Cell<u64>,
+}
+
+/// One pending location write.
+#[derive(Clone, Debug)]
+pub enum RetryOp {
+    Upsert(Box<LocationRow>),
+    Delete,
+}
+
+/// Failed location writes, one per ruid (the latest wins), bounded.
+#[derive(Debug)]
+pub struct RetryQueue {
+    ops: std::collections::HashMap<String, (u64, RetryOp)>,
+    /// Writes in flight: ruid → sequence number of the newest one sent.
+    issued: std::collections::HashMap<String, u64>,
+    max: usize,
+    seq: u64,
+}
+
+impl RetryQueue {
+    pub fn new(max: usize) -> RetryQueue {
+        RetryQueue {
+            ops: std::collections::HashMap::new(),
+            issued: std::collections::HashMap::new(),
+            max,
+            seq: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// A sequence number for a write being sent now: a failed write only
+    /// replaces a queued one of the same ruid that is older.
+    pub fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// A newer write of `ruid` (numbered `seq`) is being sent: the queued
+    /// one is superseded.
+    pub fn begin(&mut self, ruid: &str, seq: u64) {
+        self.ops.remove(ruid);
+        self.issued.insert(ruid.to_owned(), seq);
+    }
+
+    /// The write `seq` of `ruid` is answered; true when no newer write of
+    /// it was sent meanwhile (so a failure must be retried).
+    pub fn end(&mut self, ruid: &str, seq: u64) -> bool {
+        match self.issued.get(ruid) {
+            Some(&s) if s == seq => {
+                self.issued.remove(ruid);
+                true
+            }
+            // A newer write is in flight (Some) or already answered (None:
+            // it removed the entry): that one carries the latest state.
+            _ => false,
+        }
+    }
+
+    /// Keeps a failed write; false when it was dropped (queue full).
+    pub fn push(&mut self, seq: u64, ruid: String, op: RetryOp) -> bool {
+        let full = self.ops.len() >= self.max;
+        match self.ops.get_mut(&ruid) {
+            Some(slot) => {
+                if slot.0 < seq {
+                    *slot = (seq, op);
+                }
+                true
+            }
+            None if !full => {
+                self.ops.insert(ruid, (seq, op));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes up to `n` writes to send again.
+    pub fn take(&mut self, n: usize) -> (Vec<LocationRow>, Vec<String>) {
+        let keys: Vec<String> = self.ops.keys().take(n).cloned().collect();
+        let mut rows = Vec::new();
+        let mut deletes = Vec::new();
+        for k in keys {
+            match self.ops.remove(&k) {
+                Some((_, RetryOp::Upsert(r))) => rows.push(*r),
+                Some((_, RetryOp::Delete)) => deletes.push(k),
+                None => {}
+            }
+        }
+        (rows, deletes)
+    }
 }
 
 impl Services {
@@ -347,6 +457,10 @@ impl Services {
             algorithms,
             registrar: registrar.clone(),
             db_pending: Cell::new(0),
+            db_retry: RefCell::new(RetryQueue::new(100_000)),
+            db_retry_interval_ms: Cell::new(1_000),
+            db_log_s: Cell::new(0),
+            auth_log_s: Cell::new(0),
         })
     }
 
@@ -452,10 +566,14 @@ impl Services {
         true
     }
 
-    /// Writes a save's changes to the database (db_mode 1), without holding
-    /// up the reply; failures are counted by the caller's counters.
-    pub fn write_through(self: &Rc<Self>, outcome: &SaveOutcome, counters: Rc<super::Shared>) {
-        let Some(db) = self.db.clone() else { return };
+    /// Writes a save's changes to the database (db_mode 1); the receiver
+    /// says when they are written (true) or queued for retry (false).
+    pub fn write_through(
+        self: &Rc<Self>,
+        outcome: &SaveOutcome,
+        counters: Rc<super::Shared>,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        let db = self.db.clone()?;
         let use_domain = self.registrar.use_domain;
         let rows: Vec<LocationRow> = outcome
             .changes
@@ -471,58 +589,194 @@ impl Services {
             .iter()
             .map(|c| c.ruid.clone())
             .collect();
-        self.spawn_db_write(db, rows, deletes, counters);
+        self.spawn_db_write(db, rows, deletes, counters)
     }
 
     /// Issues upserts and deletes on the control runtime and tracks them.
+    /// A write that fails (queue full, error, timeout) goes to the retry
+    /// queue. The receiver, when any, says whether everything was written.
     pub fn spawn_db_write(
         self: &Rc<Self>,
         db: DbHandle,
         rows: Vec<LocationRow>,
         deletes: Vec<String>,
         shared: Rc<super::Shared>,
-    ) {
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         if rows.is_empty() && deletes.is_empty() {
-            return;
+            return None;
         }
-        let mut futs = Vec::new();
-        for chunk in rows.chunks(crate::db::BATCH_ROWS_MAX) {
-            shared.counters.incr(Counter::DbQueries);
-            match db.location_upsert(chunk.to_vec()) {
-                Ok(f) => futs.push(f),
-                Err(_) => shared.counters.incr(Counter::DbErrors),
-            }
-        }
-        let mut del_futs = Vec::new();
-        for chunk in deletes.chunks(crate::db::BATCH_ROWS_MAX) {
-            shared.counters.incr(Counter::DbQueries);
-            match db.location_delete(chunk.to_vec()) {
-                Ok(f) => del_futs.push(f),
-                Err(_) => shared.counters.incr(Counter::DbErrors),
-            }
-        }
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
         this.db_pending.set(this.db_pending.get() + 1);
+        let n = (rows.len() + deletes.len()) as u64;
         let counters = shared.clone();
         let spawned = crate::exec::spawn_local(async move {
-            for f in futs {
-                if !matches!(f.await, Ok(())) {
-                    shared.counters.incr(Counter::DbErrors);
-                }
-            }
-            for f in del_futs {
-                if !matches!(f.await, Ok(())) {
-                    shared.counters.incr(Counter::DbErrors);
-                }
-            }
+            let ok = this.write_rows(&db, rows, deletes, &shared).await;
             this.db_pending.set(this.db_pending.get() - 1);
+            let _ = done_tx.send(ok);
         });
         if spawned.is_err() {
-            // The task table is full (or no shard runs here): the write is
-            // lost, and counted as such.
+            // The task table is full (or no shard runs here): counted; the
+            // rows were moved into the task, which was not kept.
             self.db_pending.set(self.db_pending.get() - 1);
-            counters.counters.incr(Counter::DbErrors);
+            counters.counters.add(Counter::DbWritesDropped, n);
+            self.note_db_failure(0, n as usize, "task table full");
+            return None;
         }
+        Some(done_rx)
+    }
+
+    /// Writes `rows` and `deletes` and awaits the answers; what failed is
+    /// queued for retry. True when everything was written.
+    pub async fn write_rows(
+        &self,
+        db: &DbHandle,
+        rows: Vec<LocationRow>,
+        deletes: Vec<String>,
+        shared: &super::Shared,
+    ) -> bool {
+        let seq = {
+            let mut q = self.db_retry.borrow_mut();
+            let seq = q.next_seq();
+            for r in &rows {
+                q.begin(&r.ruid, seq);
+            }
+            for d in &deletes {
+                q.begin(d, seq);
+            }
+            seq
+        };
+        let mut all_ok = true;
+        for chunk in rows.chunks(crate::db::BATCH_ROWS_MAX) {
+            shared.counters.incr(Counter::DbQueries);
+            let answer = match db.location_upsert(chunk.to_vec()) {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            let latest: Vec<bool> = {
+                let mut q = self.db_retry.borrow_mut();
+                chunk.iter().map(|r| q.end(&r.ruid, seq)).collect()
+            };
+            if let Err(e) = answer {
+                all_ok = false;
+                shared.counters.incr(Counter::DbErrors);
+                let ops = chunk
+                    .iter()
+                    .zip(latest)
+                    .filter(|(_, latest)| *latest)
+                    .map(|(r, _)| (r.ruid.clone(), RetryOp::Upsert(Box::new(r.clone()))));
+                self.requeue(seq, ops, shared, &e);
+            }
+        }
+        for chunk in deletes.chunks(crate::db::BATCH_ROWS_MAX) {
+            shared.counters.incr(Counter::DbQueries);
+            let answer = match db.location_delete(chunk.to_vec()) {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            let latest: Vec<bool> = {
+                let mut q = self.db_retry.borrow_mut();
+                chunk.iter().map(|d| q.end(d, seq)).collect()
+            };
+            if let Err(e) = answer {
+                all_ok = false;
+                shared.counters.incr(Counter::DbErrors);
+                let ops = chunk
+                    .iter()
+                    .zip(latest)
+                    .filter(|(_, latest)| *latest)
+                    .map(|(d, _)| (d.clone(), RetryOp::Delete));
+                self.requeue(seq, ops, shared, &e);
+            }
+        }
+        all_ok
+    }
+
+    fn requeue(
+        &self,
+        seq: u64,
+        ops: impl Iterator<Item = (String, RetryOp)>,
+        shared: &super::Shared,
+        error: &crate::db::DbError,
+    ) {
+        let (mut kept, mut dropped) = (0usize, 0usize);
+        {
+            let mut q = self.db_retry.borrow_mut();
+            for (ruid, op) in ops {
+                if q.push(seq, ruid, op) {
+                    kept += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+        shared
+            .counters
+            .add(Counter::DbWritesDropped, dropped as u64);
+        self.note_db_failure(kept, dropped, &error.to_string());
+    }
+
+    /// One log line a second at most about credential reads that failed.
+    pub fn note_auth_db_failure(&self, why: &str) {
+        let now = unix_now_s();
+        if self.auth_log_s.replace(now) != now {
+            tracing::warn!(
+                shard = self.shard_id,
+                "credentials not read ({why}): answering 500"
+            );
+        }
+    }
+
+    /// One log line a second at most about failed location writes.
+    fn note_db_failure(&self, kept: usize, dropped: usize, why: &str) {
+        let now = unix_now_s();
+        if self.db_log_s.get() == now {
+            return;
+        }
+        self.db_log_s.set(now);
+        let queued = self.db_retry.borrow().len();
+        if dropped > 0 {
+            tracing::error!(
+                shard = self.shard_id,
+                kept,
+                dropped,
+                queued,
+                "location write failed ({why}); writes dropped (retry queue or task table full)"
+            );
+        } else {
+            tracing::warn!(
+                shard = self.shard_id,
+                kept,
+                queued,
+                "location write failed ({why}); will retry"
+            );
+        }
+    }
+
+    /// Sends the queued failed writes again (one batch); true when the
+    /// queue is empty afterwards.
+    pub async fn retry_writes(&self, shared: &super::Shared) -> bool {
+        let Some(db) = self.db.clone() else {
+            return true;
+        };
+        let (rows, deletes) = self.db_retry.borrow_mut().take(crate::db::BATCH_ROWS_MAX);
+        if rows.is_empty() && deletes.is_empty() {
+            return true;
+        }
+        let n = rows.len() + deletes.len();
+        shared.counters.add(Counter::DbWriteRetries, n as u64);
+        self.db_pending.set(self.db_pending.get() + 1);
+        let ok = self.write_rows(&db, rows, deletes, shared).await;
+        self.db_pending.set(self.db_pending.get() - 1);
+        if ok {
+            tracing::info!(
+                shard = self.shard_id,
+                rows = n,
+                queued = self.db_retry.borrow().len(),
+                "location writes retried"
+            );
+        }
+        ok && self.db_retry.borrow().is_empty()
     }
 
     /// db_mode 2: writes the dirty set of the stripes this shard looks
@@ -567,7 +821,7 @@ impl Services {
             deletes.extend(batch.deletes);
         }
         let n = rows.len() + deletes.len();
-        self.spawn_db_write(db, rows, deletes, shared);
+        let _ = self.spawn_db_write(db, rows, deletes, shared);
         n
     }
 
@@ -586,7 +840,7 @@ impl Services {
             .add(crate::stats::Counter::UlExpired, n as u64);
         if n > 0 && matches!(self.registrar.db_mode, 1 | 3) {
             if let Some(db) = self.db.clone() {
-                self.spawn_db_write(
+                let _ = self.spawn_db_write(
                     db,
                     Vec::new(),
                     expired.into_iter().map(|e| e.contact.ruid).collect(),
@@ -740,6 +994,62 @@ mod tests {
         assert_eq!(p.realm_prefix, "sip.");
         assert_eq!(p.matching_mode, MatchingMode::Callid);
         assert_eq!(p.cseq_delay_s, 0);
+    }
+
+    fn row(ruid: &str, contact: &str) -> LocationRow {
+        let c = Ucontact {
+            ruid: ruid.into(),
+            contact: contact.into(),
+            received: None,
+            path: None,
+            expires_unix_s: 1_800_000_000,
+            q: None,
+            callid: "c".into(),
+            cseq: 1,
+            flags: 0,
+            cflags: 0,
+            user_agent: String::new(),
+            socket: None,
+            methods: 0,
+            instance: None,
+            reg_id: 0,
+            last_modified_unix_s: 1_700_000_000,
+        };
+        to_row("alice", &c, false)
+    }
+
+    #[test]
+    fn retry_queue_keeps_the_latest_write_per_contact_and_is_bounded() {
+        let mut q = RetryQueue::new(2);
+        // write 1 of r1 is sent, then write 2; write 2 fails first, then 1
+        let s1 = q.next_seq();
+        q.begin("r1", s1);
+        let s2 = q.next_seq();
+        q.begin("r1", s2);
+        assert!(q.end("r1", s2));
+        assert!(q.push(
+            s2,
+            "r1".into(),
+            RetryOp::Upsert(Box::new(row("r1", "sip:new")))
+        ));
+        assert!(!q.end("r1", s1), "an older write is not retried");
+        // an older failure never replaces a newer queued one
+        assert!(q.push(s1, "r1".into(), RetryOp::Delete));
+        assert_eq!(q.len(), 1);
+        // bounded: a third contact is dropped
+        assert!(q.push(s2, "r2".into(), RetryOp::Delete));
+        assert!(!q.push(s2, "r3".into(), RetryOp::Delete));
+        assert_eq!(q.len(), 2);
+        let (rows, deletes) = q.take(10);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].contact, "sip:new");
+        assert_eq!(deletes, vec!["r2".to_string()]);
+        assert!(q.is_empty());
+        // a new write of a queued contact supersedes it
+        let s3 = q.next_seq();
+        assert!(q.push(s3, "r4".into(), RetryOp::Delete));
+        q.begin("r4", q.seq + 1);
+        assert!(q.is_empty());
     }
 }
 

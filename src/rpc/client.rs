@@ -43,6 +43,10 @@ pub struct CtlArgs {
     /// Seconds to wait for the server.
     #[arg(long, default_value_t = 30)]
     pub timeout_s: u64,
+    /// The server's `[rpc] token`, sent as `Authorization: Bearer`
+    /// (default: the SIPSHARD_RPC_TOKEN environment variable).
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +123,18 @@ pub fn http_request(
     body: &[u8],
     timeout: Duration,
 ) -> Result<(u16, Vec<u8>), ClientError> {
+    http_request_with_token(url, method, path, body, timeout, None)
+}
+
+/// [`http_request`] with `Authorization: Bearer <token>` when `token` is set.
+pub fn http_request_with_token(
+    url: &str,
+    method: &str,
+    path: Option<&str>,
+    body: &[u8],
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<(u16, Vec<u8>), ClientError> {
     let ep = parse_url(url)?;
     let path = path.unwrap_or(&ep.path);
     let addr = (ep.host.as_str(), ep.port)
@@ -144,6 +160,12 @@ pub fn http_request(
             "Content-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         ));
+    }
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        if token.contains(['\r', '\n']) {
+            return Err(ClientError::Usage("the token must be one line".into()));
+        }
+        req.push_str(&format!("Authorization: Bearer {token}\r\n"));
     }
     req.push_str("\r\n");
     stream.write_all(req.as_bytes())?;
@@ -188,9 +210,20 @@ pub fn call_raw(
     params: Value,
     timeout: Duration,
 ) -> Result<Value, ClientError> {
+    call_raw_with_token(url, method, params, timeout, None)
+}
+
+/// [`call_raw`] with a bearer token (`[rpc] token`).
+pub fn call_raw_with_token(
+    url: &str,
+    method: &str,
+    params: Value,
+    timeout: Duration,
+    token: Option<&str>,
+) -> Result<Value, ClientError> {
     let body = json!({"jsonrpc": "2.0", "method": method, "params": params, "id": 1});
     let body = serde_json::to_vec(&body).map_err(|e| ClientError::NotJsonRpc(e.to_string()))?;
-    let (status, reply) = http_request(url, "POST", None, &body, timeout)?;
+    let (status, reply) = http_request_with_token(url, "POST", None, &body, timeout, token)?;
     if status != 200 {
         return Err(ClientError::Status(
             status,
@@ -260,7 +293,12 @@ pub fn run_ctl_to(args: &CtlArgs, out: &mut dyn Write) -> Result<i32, ClientErro
         Value::Array(args.args.iter().map(|a| parse_arg(a)).collect())
     };
     let timeout = Duration::from_secs(args.timeout_s.clamp(1, 3600));
-    let mut reply = call_raw(&args.url, &args.method, params, timeout)?;
+    let token = args
+        .token
+        .clone()
+        .or_else(|| std::env::var("SIPSHARD_RPC_TOKEN").ok());
+    let mut reply =
+        call_raw_with_token(&args.url, &args.method, params, timeout, token.as_deref())?;
     if args.json {
         writeln!(out, "{reply}")?;
         return Ok(if reply.get("error").is_some() { 1 } else { 0 });

@@ -87,6 +87,8 @@ pub struct RequestHead {
     pub content_length: usize,
     pub keep_alive: bool,
     pub expect_continue: bool,
+    /// The `Authorization` header value, when one was sent (never logged).
+    pub authorization: Option<String>,
 }
 
 /// Where the head ends: `(head_len_without_terminator, total_len)`, or `None`
@@ -141,6 +143,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
     let mut connection_close = false;
     let mut connection_keep_alive = false;
     let mut expect_continue = false;
+    let mut authorization = None;
     let mut count = 0;
     for line in lines {
         if line.is_empty() {
@@ -176,6 +179,8 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
             }
         } else if name.eq_ignore_ascii_case("expect") {
             expect_continue = value.eq_ignore_ascii_case("100-continue");
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(value.to_string());
         }
     }
     let keep_alive = if version_minor == 1 {
@@ -190,6 +195,7 @@ pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
         content_length: content_length.unwrap_or(0),
         keep_alive,
         expect_continue,
+        authorization,
     })
 }
 
@@ -237,6 +243,9 @@ impl Response {
         if let Some(allow) = self.allow {
             out.push_str(&format!("Allow: {allow}\r\n"));
         }
+        if self.status == 401 {
+            out.push_str("WWW-Authenticate: Bearer realm=\"sipshard\"\r\n");
+        }
         out.push_str("\r\n");
         let mut bytes = out.into_bytes();
         bytes.extend_from_slice(&self.body);
@@ -249,6 +258,7 @@ fn reason(status: u16) -> &'static str {
         200 => "OK",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
@@ -266,6 +276,29 @@ fn reason(status: u16) -> &'static str {
 struct Server {
     registry: Arc<Registry>,
     ctx: Arc<RpcContext>,
+    /// `[rpc] token`: required as `Authorization: Bearer <token>`.
+    token: Option<Arc<str>>,
+}
+
+/// Whether `authorization` is `Bearer <token>`, compared in constant time
+/// for tokens of the same length.
+pub fn bearer_matches(authorization: Option<&str>, token: &str) -> bool {
+    let Some(value) = authorization else {
+        return false;
+    };
+    let Some((scheme, given)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let (given, token) = (given.trim().as_bytes(), token.as_bytes());
+    given.len() == token.len()
+        && given
+            .iter()
+            .zip(token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 /// Accepts connections until the runtime stops. At most `max_connections`
@@ -275,9 +308,14 @@ pub(crate) async fn serve(
     registry: Arc<Registry>,
     ctx: Arc<RpcContext>,
     max_connections: usize,
+    token: Option<Arc<str>>,
 ) {
     debug_assert!(max_connections > 0);
-    let server = Arc::new(Server { registry, ctx });
+    let server = Arc::new(Server {
+        registry,
+        ctx,
+        token,
+    });
     let slots = Arc::new(Semaphore::new(max_connections));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -380,6 +418,12 @@ impl Server {
     }
 
     async fn route(&self, req: &RequestHead, body: &[u8]) -> Response {
+        if let Some(token) = &self.token {
+            if !bearer_matches(req.authorization.as_deref(), token) {
+                tracing::debug!(path = %req.path, "rpc request without the right token");
+                return Response::text(401, "a bearer token is required");
+            }
+        }
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/" | "/RPC" | "/rpc") => {
                 match self.registry.handle_body(&self.ctx, body).await {

@@ -142,11 +142,19 @@ pub fn spawn_with(
         method_names: registry.names().map(str::to_string).collect(),
     });
     let registry = Arc::new(registry);
+    let token: Option<Arc<str>> = (!cfg.token.is_empty()).then(|| Arc::from(cfg.token.as_str()));
+    if token.is_none() && !bound.ip().is_loopback() {
+        tracing::warn!(
+            %bound,
+            "rpc listens beyond loopback without a token: set [rpc] token"
+        );
+    }
     rt.spawn(http::serve(
         listener,
         registry,
         Arc::clone(&ctx),
         cfg.max_connections,
+        token,
     ));
     if let (Some(writer), Some(h)) = (hlog, &cfg.hlog) {
         rt.spawn(hlog_task::run(

@@ -1064,6 +1064,7 @@ fn rpc_ctl_client_and_snapshot_hlog() {
         url: h.url.clone(),
         hlog: None,
         timeout_s: 10,
+        token: None,
     };
     let run = |a: &CtlArgs| -> (i32, String) {
         let mut out = Vec::new();
@@ -1209,4 +1210,76 @@ fn rpc_report_png() {
         width: 1000,
     };
     assert!(matches!(run_report(none), Err(report::ReportError::NoData)));
+}
+
+#[test]
+fn token_is_required_when_configured() {
+    let h = Harness::start(
+        RpcConfig {
+            token: "s3cret-token".into(),
+            ..RpcConfig::default()
+        },
+        1,
+    );
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"core.uptime"}"#;
+    let t = Duration::from_secs(10);
+    let post = |token: Option<&str>| {
+        client::http_request_with_token(&h.url, "POST", Some("/RPC"), body, t, token)
+            .unwrap()
+            .0
+    };
+    assert_eq!(post(None), 401);
+    assert_eq!(post(Some("wrong-token!")), 401);
+    assert_eq!(post(Some("s3cret-tokenX")), 401);
+    assert_eq!(post(Some("s3cret-token")), 200);
+    let metrics = |token| {
+        client::http_request_with_token(&h.url, "GET", Some("/metrics"), b"", t, token)
+            .unwrap()
+            .0
+    };
+    assert_eq!(metrics(None), 401);
+    assert_eq!(metrics(Some("s3cret-token")), 200);
+    // the 401 names the scheme
+    let raw = raw_exchange(
+        h.addr,
+        b"POST /RPC HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert!(raw.starts_with("HTTP/1.1 401"), "{raw}");
+    assert!(raw.contains("WWW-Authenticate: Bearer"), "{raw}");
+    // sipshard ctl --token
+    let mut args = CtlArgs {
+        method: "core.uptime".into(),
+        args: Vec::new(),
+        json: true,
+        url: h.url.clone(),
+        hlog: None,
+        timeout_s: 10,
+        token: Some("s3cret-token".into()),
+    };
+    let mut out = Vec::new();
+    assert_eq!(run_ctl_to(&args, &mut out).unwrap(), 0);
+    args.token = Some("nope".into());
+    assert!(matches!(
+        run_ctl_to(&args, &mut Vec::new()),
+        Err(client::ClientError::Status(401, _))
+    ));
+}
+
+#[test]
+fn bearer_matching() {
+    use crate::rpc::http::bearer_matches;
+    assert!(bearer_matches(Some("Bearer abc"), "abc"));
+    assert!(bearer_matches(Some("bearer   abc "), "abc"));
+    assert!(!bearer_matches(Some("Basic abc"), "abc"));
+    assert!(!bearer_matches(Some("Bearer abd"), "abc"));
+    assert!(!bearer_matches(Some("Bearer ab"), "abc"));
+    assert!(!bearer_matches(Some("Bearer"), "abc"));
+    assert!(!bearer_matches(None, "abc"));
+}
+
+#[test]
+fn listens_on_loopback_without_token_by_default() {
+    let cfg = RpcConfig::default();
+    assert!(cfg.listen.ip().is_loopback(), "{}", cfg.listen);
+    assert!(cfg.token.is_empty());
 }

@@ -130,7 +130,14 @@ impl ShardParams {
             self.db.clone(),
             self.epoch_unix_s,
         )
-        .map(Rc::new)
+        .map(|svc| {
+            svc.db_retry
+                .borrow_mut()
+                .set_max(self.config.db.retry_queue_max);
+            svc.db_retry_interval_ms
+                .set(self.config.db.retry_interval_ms.max(1));
+            Rc::new(svc)
+        })
     }
 
     fn engine(
@@ -639,6 +646,9 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
     if ex.spawn(timer).is_err() {
         return fail("cannot start the usrloc timer".into());
     }
+    if ex.spawn(db_retry_timer(Rc::downgrade(&shard))).is_err() {
+        return fail("cannot start the database retry timer".into());
+    }
     tracing::info!(shard = id, cpu = ?spec.cpu, %local, "shard serving");
     let _ = ready.send(Ok((id, local)));
     drop(ready);
@@ -655,9 +665,36 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         let n = svc.flush_dirty(shard.engine.shared().clone());
         tracing::info!(shard = id, rows = n, "location flushed on shutdown");
     }
-    io::drain_until(&shard, Instant::now() + Duration::from_secs(10), || {
-        svc.db_pending.get() == 0
-    });
+    // Wait (10 s at most) for the writes in flight; failed ones are sent
+    // again every retry interval meanwhile, so a database that is back
+    // within the bound still gets them.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let interval = Duration::from_millis(svc.db_retry_interval_ms.get().max(1));
+    loop {
+        io::drain_until(&shard, deadline, || svc.db_pending.get() == 0);
+        if svc.db_retry.borrow().is_empty() || Instant::now() >= deadline || svc.db.is_none() {
+            break;
+        }
+        let shared = shard.engine.shared().clone();
+        let retry_svc = svc.clone();
+        let _ = shard.ex.spawn(async move {
+            let _ = retry_svc.retry_writes(&shared).await;
+        });
+        io::drain_until(&shard, deadline, || svc.db_pending.get() == 0);
+        if svc.db_retry.borrow().is_empty() {
+            break;
+        }
+        let next = (Instant::now() + interval).min(deadline);
+        io::drain_until(&shard, next, || false);
+    }
+    let unwritten = svc.db_retry.borrow().len();
+    if unwritten > 0 {
+        tracing::error!(
+            shard = id,
+            unwritten,
+            "location writes not in the database at exit"
+        );
+    }
     if svc.db_pending.get() > 0 {
         tracing::error!(
             shard = id,
@@ -687,6 +724,32 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
         svc.tables.pike.sweep(shard.id, shard.shard_count, now);
         if svc.registrar.db_mode == 2 {
             svc.flush_dirty(shared.clone());
+        }
+    }
+}
+
+/// Sends failed location writes again every `[db] retry_interval_ms`
+/// while there are any; one batch at a time, so a dead database costs one
+/// query per interval.
+async fn db_retry_timer(shard: std::rc::Weak<Shard>) {
+    loop {
+        let interval = {
+            let Some(shard) = shard.upgrade() else { return };
+            let svc = &shard.engine.shared().services;
+            if svc.db.is_none() || svc.registrar.db_mode == 0 {
+                return; // no location writes to retry
+            }
+            Duration::from_millis(svc.db_retry_interval_ms.get().max(1))
+        };
+        crate::exec::sleep(interval).await;
+        let Some(shard) = shard.upgrade() else { return };
+        let shared = shard.engine.shared().clone();
+        drop(shard);
+        let svc = shared.services.clone();
+        while !svc.db_retry.borrow().is_empty() {
+            if !svc.retry_writes(&shared).await {
+                break;
+            }
         }
     }
 }
@@ -742,6 +805,7 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                     0
                 },
             ),
+            ("db.retry_queue", svc.db_retry.borrow().len() as i64),
             ("shard.inflight", shard.inflight.get() as i64),
             ("shard.tasks", shard.ex.live() as i64),
             (

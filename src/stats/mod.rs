@@ -69,6 +69,8 @@ counters! {
     UlExpired => "usrloc.expired_contacts", "contacts removed by expiry";
     DbQueries => "db.queries", "database requests sent";
     DbErrors => "db.errors", "database requests failed or timed out";
+    DbWriteRetries => "db.write_retries", "location writes sent again after a database failure";
+    DbWritesDropped => "db.writes_dropped", "location writes dropped: the retry queue was full";
     DispatchSent => "shard.dispatch_sent", "messages handed to the shard that owns them before their route ran";
     DispatchRecv => "shard.dispatch_recv", "messages another shard handed to this one";
     DispatchDropped => "shard.dispatch_dropped", "messages dropped because the owner's dispatch queue was full";

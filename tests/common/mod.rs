@@ -108,9 +108,12 @@ impl Server {
         let rpc_port = free_tcp_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut toml = format!(
-            "[core]\nlisten = \"{addr}\"\ncores = {}\nlog_level = \"info\"\n",
+            "[core]\nlisten = \"{addr}\"\ncores = {}\n",
             toml_cores(opts.cores)
         );
+        if !opts.core_toml.contains("log_level") {
+            toml.push_str("log_level = \"info\"\n");
+        }
         toml.push_str(opts.core_toml);
         toml.push('\n');
         if let Some(script) = opts.script {
