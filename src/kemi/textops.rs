@@ -279,12 +279,7 @@ type Prepared = (Rc<Regex>, Vec<Piece>, bool);
 
 /// A parsed subst with its pseudo-variables and `\u` resolved (outside the
 /// message borrow, since reading a pseudo-variable borrows it).
-fn prepare(
-    lua: &Lua,
-    s: &Shared,
-    cache: &ReCache,
-    expr: &[u8],
-) -> mlua::Result<Option<Prepared>> {
+fn prepare(lua: &Lua, s: &Shared, cache: &ReCache, expr: &[u8]) -> mlua::Result<Option<Prepared>> {
     let Some(se) = parse_subst(expr) else {
         return Ok(None);
     };
