@@ -28,10 +28,23 @@
 //! | `KSR.textops.cmp_str(s1, s2)` | `int (str, str)` | 1 equal / -1 s1 greater / -2 s1 smaller |
 //! | `KSR.textops.cmp_istr(s1, s2)` | `int (str, str)` | same, ignoring ASCII case |
 //! | `KSR.textops.in_list(s, list, sep)` | `int (str, str, str)` | 1 `s` is an item of `list` split at the first char of `sep` (items trimmed) / -1 |
+//! | `KSR.textops.search_append_body(re, txt)` | `int (str, str)` | 1: txt inserted after the first match in the body / -1 |
+//! | `KSR.textops.search_str(text, re)` | `int (str, str)` | 1 match / -1 none / 2 empty `re` / -2 empty text or bad `re` |
+//! | `KSR.textops.subst_v(text, subst, pv)` | `int (str, str, str)` | 1: the substituted text stored in pseudo-variable `pv` / -1 no match or `pv` not writable; sipshard extension (Kamailio 5.7+, not in 5.6) |
+//! | `KSR.textops.replace_hdrs(re, txt)` | `int (str, str)` | 1: first match in the header lines replaced / -1 |
+//! | `KSR.textops.replace_str(key, txt, mode)` | `int (str, str, str)` | 1 (also when `key` is not found, as Kamailio): literal `key` after the start line replaced, first (`f`, `""`) or all (`a`) |
+//! | `KSR.textops.replace_body_str(key, txt, mode)` | `int (str, str, str)` | same in the body |
+//! | `KSR.textops.replace_hdrs_str(key, txt, mode)` | `int (str, str, str)` | same in the header lines; -1 when there are none |
+//! | `KSR.textops.remove_hf_idx(hf, idx)` | `int (str, int)` | 1: the idx-th `hf` header removed (negative from the end) / 2 no idx-th (idx >= 0) |
+//! | `KSR.textops.ends_with(s, suffix)` | `int (str, str)` | 1 / -1 / -2 as `starts_with` |
+//! | `KSR.textops.str_find(s, needle)` / `str_ifind(s, needle)` | `int (str, str)` | 1-based position of needle (`ifind`: ignoring ASCII case) / -1 |
+//! | `KSR.textops.str_any_in(s, chars)` / `str_all_in(s, chars)` | `int (str, str)` | 1 when any / all of `chars` occur in `s` / -1; sipshard extension (Kamailio 5.7+, not in 5.6) |
+//! | `KSR.textops.in_list_prefix(s, list, sep)` | `int (str, str, str)` | 1 some item of `list` is a prefix of `s` / -1 |
+//! | `KSR.textops.is_privacy(type)` | `int (str)` | 1 the Privacy header lists `type` (header, session, user, none, critical, id, history) / -1 |
 //! | `KSR.textopsx.msg_apply_changes()` | `int ()` | 1: edits written into the message, later reads see them / -1 (after the transaction exists, in tm's reply or failure routes, or when the result does not parse) |
-//! | `KSR.textopsx.change_reply_status(code, reason)` | `int (int, str)` | 1 / -1 (not a reply, code outside 100..699, empty reason, or a 1xx/2xx class change) |
+//! | `KSR.textopsx.change_reply_status(code, reason)` | `int (int, str)` | 1 / -1 (code outside 100..699, empty reason, a 1xx/2xx class change, or not a reply: Kamailio 5.6 returns 1 there and overwrites the request line) |
 //! | `KSR.textopsx.change_reply_status_code(code)` | `int (int)` | 1 / -1, keeping the reason phrase |
-//! | `KSR.textopsx.remove_body()` | `int ()` | 1 body removed (Content-Length 0) / -1 no body |
+//! | `KSR.textopsx.remove_body()` | `int ()` | 1, body removed (Content-Length 0) or none there (as Kamailio) |
 //!
 //! Regular expressions: Kamailio compiles them as POSIX extended with
 //! `REG_ICASE | REG_NEWLINE` (the `re` arguments above), and a `subst`
@@ -49,6 +62,17 @@
 //! apply to the message as received (two `subst` calls on the same bytes: the
 //! second is not applied); `msg_apply_changes()` makes them visible. Most
 //! 1024 splices per message.
+//!
+//! `msg_apply_changes()` really rebuilds the message (sipshard needs it for
+//! the same reason Kamailio does: `search`, `is_present_hf` and the other
+//! readers see the received bytes until then). As Kamailio documents, it is
+//! for the request route before the transaction exists, or the core reply
+//! route. The R-URI set by `$ru`/`subst_uri` stays a pending rewrite.
+//!
+//! `append_hf`, `insert_hf` and `append_to_reply` are not KEMI exports of
+//! Kamailio's textops: scripts call `KSR.hdr.append/insert/append_to_reply`.
+//! Return codes above were checked against Kamailio 5.6.3 running the same
+//! calls (app_lua), and the rewritten messages compared on the wire.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -394,6 +418,64 @@ fn in_list(subject: &[u8], list: &[u8], sep: &[u8]) -> bool {
     })
 }
 
+/// Privacy header values Kamailio knows (RFC 3323, RFC 3325, RFC 4244).
+const PRIVACY: &[&[u8]] = &[
+    b"header",
+    b"session",
+    b"user",
+    b"none",
+    b"critical",
+    b"id",
+    b"history",
+];
+
+/// Parts of the message the literal replacements work on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Region {
+    /// Headers and body (after the start line).
+    Msg,
+    Body,
+    /// The header lines only.
+    Hdrs,
+}
+
+impl Region {
+    fn range(self, m: &super::MsgCtx) -> (usize, usize) {
+        match self {
+            Region::Msg => (headers_start(m), m.len),
+            Region::Body => (m.parsed.body.start as usize, m.len),
+            Region::Hdrs => (headers_start(m), m.parsed.headers_end as usize),
+        }
+    }
+}
+
+/// `input` with each (start, end) range replaced.
+fn rebuild(input: &[u8], subs: &[(usize, usize, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut pos = 0;
+    for (a, b, r) in subs {
+        out.extend_from_slice(input.get(pos..*a).unwrap_or(&[]));
+        out.extend_from_slice(r);
+        pos = *b;
+    }
+    out.extend_from_slice(input.get(pos..).unwrap_or(&[]));
+    out
+}
+
+/// Kamailio's in_list_prefix: some (trimmed, non-empty) item starts `subject`.
+fn in_list_prefix(subject: &[u8], list: &[u8], sep: &[u8]) -> bool {
+    let Some(&sep) = sep.first() else {
+        return false;
+    };
+    if subject.is_empty() || list.is_empty() {
+        return false;
+    }
+    list.split(|c| *c == sep).any(|item| {
+        let item = item.trim_ascii();
+        !item.is_empty() && subject.starts_with(item)
+    })
+}
+
 /// `type/subtype` of the message's Content-Type (application/sdp when absent).
 fn content_type(m: &super::MsgCtx) -> Vec<u8> {
     let ct = m
@@ -644,14 +726,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 if subs.is_empty() {
                     return Ok(-1);
                 }
-                let mut out = Vec::with_capacity(input.len());
-                let mut pos = 0;
-                for (a, b, r) in &subs {
-                    out.extend_from_slice(input.get(pos..*a).unwrap_or(&[]));
-                    out.extend_from_slice(r);
-                    pos = *b;
-                }
-                out.extend_from_slice(input.get(pos..).unwrap_or(&[]));
+                let out = rebuild(&input, &subs);
                 if user {
                     let ok = super::pv::set(&s, "$rU", Some(super::pv::PvValue::Str(out)))?;
                     Ok(code(ok))
@@ -853,6 +928,220 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             )))
         })?,
     )?;
+
+    // more of textops: body search_append, string tests, privacy, literal replace
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "search_append_body",
+        lua.create_function(move |_, (re, txt): (S, S)| {
+            let Some(re) = c.get(&re.as_bytes(), true, true) else {
+                return Ok(-1);
+            };
+            let txt = txt.as_bytes();
+            s.with_msg(|m| {
+                let bs = m.parsed.body.start as usize;
+                let body = m.buf.get(bs..m.len).unwrap_or(&[]);
+                let Some(found) = re.find(body) else {
+                    return -1;
+                };
+                splice_all(m, bs, &[(found.end(), found.end(), txt.to_vec())])
+            })
+        })?,
+    )?;
+    let c = cache.clone();
+    t.set(
+        "search_str",
+        lua.create_function(move |_, (text, re): (S, S)| {
+            let (text, re) = (text.as_bytes(), re.as_bytes());
+            if re.is_empty() {
+                return Ok(2);
+            }
+            if text.is_empty() {
+                return Ok(-2);
+            }
+            Ok(match c.get(&re, true, true) {
+                Some(re) => code(re.is_match(&text)),
+                None => -2,
+            })
+        })?,
+    )?;
+    t.set(
+        "ends_with",
+        lua.create_function(|_, (v, suffix): (S, S)| {
+            let (v, sfx) = (v.as_bytes(), suffix.as_bytes());
+            if sfx.len() > v.len() {
+                return Ok(-1);
+            }
+            Ok(cmp_code(v[v.len() - sfx.len()..].cmp(&sfx[..])))
+        })?,
+    )?;
+    for (name, icase) in [("str_find", false), ("str_ifind", true)] {
+        t.set(
+            name,
+            lua.create_function(move |_, (txt, needle): (S, S)| {
+                let (mut txt, mut needle) = (txt.as_bytes().to_vec(), needle.as_bytes().to_vec());
+                if icase {
+                    txt.make_ascii_lowercase();
+                    needle.make_ascii_lowercase();
+                }
+                if needle.len() > txt.len() {
+                    return Ok(-1);
+                }
+                if needle.is_empty() {
+                    return Ok(1);
+                }
+                Ok(txt
+                    .windows(needle.len())
+                    .position(|w| w == &needle[..])
+                    .map_or(-1, |p| p as i64 + 1))
+            })?,
+        )?;
+    }
+    for (name, all) in [("str_any_in", false), ("str_all_in", true)] {
+        t.set(
+            name,
+            lua.create_function(move |_, (txt, chars): (S, S)| {
+                let (txt, chars) = (txt.as_bytes(), chars.as_bytes());
+                if txt.is_empty() || chars.is_empty() {
+                    return Ok(-1);
+                }
+                Ok(code(if all {
+                    chars.iter().all(|c| txt.contains(c))
+                } else {
+                    txt.iter().any(|c| chars.contains(c))
+                }))
+            })?,
+        )?;
+    }
+    t.set(
+        "in_list_prefix",
+        lua.create_function(|_, (v, list, sep): (S, S, S)| {
+            Ok(code(in_list_prefix(
+                &v.as_bytes(),
+                &list.as_bytes(),
+                &sep.as_bytes(),
+            )))
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "is_privacy",
+        lua.create_function(move |_, what: S| {
+            let what = what.as_bytes().to_ascii_lowercase();
+            if !PRIVACY.contains(&&what[..]) {
+                return Ok(-1);
+            }
+            let vals = s.with_msg(|m| super::pv::header_values(m, b"Privacy"))?;
+            Ok(code(vals.iter().any(|v| {
+                v.split(|c| *c == b';')
+                    .any(|p| p.trim_ascii().eq_ignore_ascii_case(&what))
+            })))
+        })?,
+    )?;
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "subst_v",
+        lua.create_function(move |lua, (text, expr, dst): (S, S, S)| {
+            let Some((re, pieces, global)) = prepare(lua, &s, &c, &expr.as_bytes())? else {
+                return Ok(-1);
+            };
+            let text = text.as_bytes();
+            let Some(subs) = run_subst(&re, &pieces, global, &text) else {
+                return Ok(-1);
+            };
+            if subs.is_empty() {
+                return Ok(-1);
+            }
+            let out = rebuild(&text, &subs);
+            let dst = dst.to_str()?;
+            Ok(
+                match super::pv::set(&s, &dst, Some(super::pv::PvValue::Str(out))) {
+                    Ok(true) => 1,
+                    _ => -1,
+                },
+            )
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "remove_hf_idx",
+        lua.create_function(move |_, (hf, idx): (S, i64)| {
+            s.with_msg(|m| {
+                let hits = header_hits(m, &hf.as_bytes());
+                let pos = if idx >= 0 {
+                    idx
+                } else {
+                    hits.len() as i64 + idx
+                };
+                match usize::try_from(pos).ok().and_then(|p| hits.get(p)) {
+                    Some(&i) => {
+                        m.edits.remove_header(i);
+                        1
+                    }
+                    None if idx >= 0 => 2,
+                    None => 1,
+                }
+            })
+        })?,
+    )?;
+    for (name, region) in [
+        ("replace_str", Region::Msg),
+        ("replace_body_str", Region::Body),
+        ("replace_hdrs_str", Region::Hdrs),
+    ] {
+        let s = shared.clone();
+        t.set(
+            name,
+            lua.create_function(move |_, (key, val, mode): (S, S, S)| {
+                let (key, val, mode) = (key.as_bytes(), val.as_bytes(), mode.as_bytes());
+                let all = !matches!(mode.first(), None | Some(b'f' | b'F'));
+                s.with_msg(|m| {
+                    let (a, b) = region.range(m);
+                    let hay = m.buf.get(a..b).unwrap_or(&[]);
+                    if hay.is_empty() {
+                        return if region == Region::Hdrs { -1 } else { 1 };
+                    }
+                    if key.is_empty() {
+                        return 1;
+                    }
+                    let mut subs = Vec::new();
+                    let mut at = 0;
+                    while let Some(p) = hay
+                        .get(at..)
+                        .and_then(|h| h.windows(key.len()).position(|w| w == &key[..]))
+                    {
+                        subs.push((at + p, at + p + key.len(), val.to_vec()));
+                        at += p + key.len();
+                        if !all || subs.len() >= MAX_MATCHES {
+                            break;
+                        }
+                    }
+                    splice_all(m, a, &subs);
+                    1
+                })
+            })?,
+        )?;
+    }
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "replace_hdrs",
+        lua.create_function(move |_, (re, txt): (S, S)| {
+            let Some(re) = c.get(&re.as_bytes(), true, true) else {
+                return Ok(-1);
+            };
+            let txt = txt.as_bytes();
+            s.with_msg(|m| {
+                let (a, b) = Region::Hdrs.range(m);
+                let hay = m.buf.get(a..b).unwrap_or(&[]);
+                match re.find(hay) {
+                    Some(f) if f.start() < f.end() => {
+                        splice_all(m, a, &[(f.start(), f.end(), txt.to_vec())])
+                    }
+                    _ => -1,
+                }
+            })
+        })?,
+    )?;
     ksr.set("textops", t)?;
 
     // textopsx
@@ -880,10 +1169,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "remove_body",
         lua.create_function(move |_, ()| {
             s.with_msg(|m| {
-                if body_len(m) == 0 {
-                    return -1;
+                if body_len(m) > 0 {
+                    m.edits.set_body(b"");
                 }
-                m.edits.set_body(b"");
                 1
             })
         })?,
@@ -1052,7 +1340,7 @@ mod tests {
                KSR.textops.replace_body("a", "b"), KSR.textopsx.remove_body()"#,
             &msg,
         );
-        assert_eq!(r, "-1|-1|-1|-1");
+        assert_eq!(r, "-1|-1|-1|1");
         let (r, out, _) = eval(
             r#"KSR.textopsx.remove_body(), KSR.textops.set_body("", "text/plain")"#,
             &with_body(sdp),
@@ -1174,6 +1462,58 @@ mod tests {
             &msg,
         );
         assert_eq!(r, "1|-1|-2|1|1|-1|-2|1|-1|-1");
+    }
+
+    #[test]
+    fn more_textops() {
+        let msg = request(
+            "OPTIONS sip:a@example.com SIP/2.0",
+            None,
+            &[
+                "X-A: 1",
+                "X-A: 2",
+                "X-A: 3",
+                "Privacy: id; header",
+                "X-L: foo foo",
+            ],
+        );
+        let (r, out, _) = eval(
+            r#"KSR.textops.search_str("Hello", "^h"), KSR.textops.search_str("Hello", "x"),
+               KSR.textops.search_str("Hello", ""), KSR.textops.search_str("", "x"),
+               KSR.textops.ends_with("abc", "bc"), KSR.textops.ends_with("c", "bc"),
+               KSR.textops.str_find("abcabc", "ca"), KSR.textops.str_ifind("ABC", "b"),
+               KSR.textops.str_find("abc", "x"), KSR.textops.str_any_in("abc", "xc"),
+               KSR.textops.str_all_in("abc", "ax"), KSR.textops.in_list_prefix("12345", "9, 123", ","),
+               KSR.textops.in_list_prefix("12", "123", ","), KSR.textops.is_privacy("header"),
+               KSR.textops.is_privacy("user"), KSR.textops.is_privacy("bogus"),
+               KSR.textops.subst_v("abc", "/b/X/", "$var(v)"), KSR.pv.get("$var(v)"),
+               KSR.textops.subst_v("abc", "/z/X/", "$var(v)"),
+               KSR.textops.remove_hf_idx("X-A", 1), KSR.textops.remove_hf_idx("X-A", -1),
+               KSR.textops.remove_hf_idx("X-A", 7), KSR.textops.remove_hf_idx("X-A", -9),
+               KSR.textops.replace_str("foo", "bar", "a"), KSR.textops.replace_str("nope", "x", "f"),
+               KSR.textops.replace_hdrs("^Privacy: id", "Privacy: none"), KSR.textops.replace_hdrs("zzz", "y")"#,
+            &msg,
+        );
+        assert_eq!(
+            r,
+            "1|-1|2|-2|1|-1|3|2|-1|1|-1|1|-1|1|-1|-1|1|aXc|-1|1|1|2|1|1|1|1|-1"
+        );
+        assert!(
+            out.contains("X-A: 1\r\nPrivacy: none; header\r\nX-L: bar bar\r\n"),
+            "{out}"
+        );
+        let (r, out, _) = eval(
+            r#"KSR.textops.search_append_body("^m=audio", " x"), KSR.textops.search_append_body("zz", "y"),
+               KSR.textops.replace_body_str("IN IP4", "IN  IP4", "f")"#,
+            &with_body("v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 1 RTP/AVP 0\r\n"),
+        );
+        assert_eq!(r, "1|-1|1");
+        let want = "v=0\r\nc=IN  IP4 1.2.3.4\r\nm=audio x 1 RTP/AVP 0\r\n";
+        assert!(out.ends_with(want), "{out}");
+        assert!(
+            out.contains(&format!("Content-Length: {}\r\n", want.len())),
+            "{out}"
+        );
     }
 
     #[test]
