@@ -45,6 +45,15 @@
 //! | `KSR.textopsx.change_reply_status(code, reason)` | `int (int, str)` | 1 / -1 (code outside 100..699, empty reason, a 1xx/2xx class change, or not a reply: Kamailio 5.6 returns 1 there and overwrites the request line) |
 //! | `KSR.textopsx.change_reply_status_code(code)` | `int (int)` | 1 / -1, keeping the reason phrase |
 //! | `KSR.textopsx.remove_body()` | `int ()` | 1, body removed (Content-Length 0) or none there (as Kamailio) |
+//! | `KSR.textopsx.keep_hf()` | `int ()` | -1 (Kamailio 5.6's code, always): removes every header but From, To, Call-ID, CSeq, Via, Contact, Content-Length, Content-Type, Route, Record-Route, Max-Forwards |
+//! | `KSR.textopsx.keep_hf_re(re)` | `int (str)` | -1 likewise; also keeps the headers whose name matches `re` |
+//! | `KSR.textopsx.fnmatch(val, pattern)` | `int (str, str)` | 0 (Kamailio's KEMI code) when the shell pattern matches / -1 |
+//! | `KSR.textopsx.fnmatch_ex(val, pattern, flags)` | `int (str, str, str)` | same; flags `i` ignores case as documented (the Debian build of Kamailio 5.6.3 checked here ignores `i`: compiled without FNM_CASEFOLD) |
+//! | `KSR.textopsx.hf_iterator_start(iname)` / `hf_iterator_end(iname)` | `int (str)` | 1: iterator (at most 4 names) before the first header / -1 |
+//! | `KSR.textopsx.hf_iterator_next(iname)` / `hf_iterator_prev(iname)` | `int (str)` | 1 moved to the next / previous header / -1 past the last |
+//! | `KSR.textopsx.hf_iterator_rm(iname)` | `int (str)` | 1 current header removed / -1 none |
+//! | `KSR.textopsx.hf_iterator_append(iname, text)` / `hf_iterator_insert(iname, text)` | `int (str, str)` | 1 text (a header line) added after / before the current header / -1 none |
+//! | `KSR.textopsx.hf_iterator_hname(iname)` / `hf_iterator_hbody(iname)` | `xval (str)` | current header's name / value, nil when none |
 //!
 //! Regular expressions: Kamailio compiles them as POSIX extended with
 //! `REG_ICASE | REG_NEWLINE` (the `re` arguments above), and a `subst`
@@ -1176,8 +1185,318 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })
         })?,
     )?;
+
+    let s = shared.clone();
+    x.set(
+        "keep_hf",
+        lua.create_function(move |_, ()| s.with_msg(|m| keep_hf(m, None)))?,
+    )?;
+    let (s, c) = (shared.clone(), cache.clone());
+    x.set(
+        "keep_hf_re",
+        lua.create_function(move |_, re: S| {
+            let re = re.as_bytes();
+            if re.is_empty() {
+                return s.with_msg(|m| keep_hf(m, None));
+            }
+            let Some(re) = c.get(&re, true, true) else {
+                return Ok(-1);
+            };
+            s.with_msg(|m| keep_hf(m, Some(&re)))
+        })?,
+    )?;
+    x.set(
+        "fnmatch",
+        lua.create_function(|_, (v, pat): (S, S)| {
+            Ok(if fnmatch(&pat.as_bytes(), &v.as_bytes(), false) {
+                0
+            } else {
+                -1
+            })
+        })?,
+    )?;
+    x.set(
+        "fnmatch_ex",
+        lua.create_function(|_, (v, pat, flags): (S, S, S)| {
+            let icase = matches!(flags.as_bytes().first(), Some(b'i' | b'I'));
+            Ok(if fnmatch(&pat.as_bytes(), &v.as_bytes(), icase) {
+                0
+            } else {
+                -1
+            })
+        })?,
+    )?;
+    let iters: Rc<RefCell<Vec<HfIter>>> = Rc::default();
+    let hf_iter = |name: &'static str, op: IterOp| {
+        let (s, iters) = (shared.clone(), iters.clone());
+        lua.create_function(move |_, iname: S| {
+            let iname = iname.as_bytes().to_vec();
+            s.with_msg(|m| iter_step(&mut iters.borrow_mut(), m, &iname, op))
+        })
+        .map(|f| (name, f))
+    };
+    for (name, op) in [
+        ("hf_iterator_start", IterOp::Start),
+        ("hf_iterator_next", IterOp::Next),
+        ("hf_iterator_prev", IterOp::Prev),
+        ("hf_iterator_end", IterOp::End),
+        ("hf_iterator_rm", IterOp::Rm),
+    ] {
+        let (n, f) = hf_iter(name, op)?;
+        x.set(n, f)?;
+    }
+    for (name, after) in [("hf_iterator_append", true), ("hf_iterator_insert", false)] {
+        let (s, iters) = (shared.clone(), iters.clone());
+        x.set(
+            name,
+            lua.create_function(move |_, (iname, text): (S, S)| {
+                let (iname, text) = (iname.as_bytes(), text.as_bytes());
+                let mut line: &[u8] = &text;
+                while let [rest @ .., b'\r' | b'\n'] = line {
+                    line = rest;
+                }
+                s.with_msg(|m| {
+                    let Some(i) = iter_cur(&iters.borrow(), m, &iname) else {
+                        return -1;
+                    };
+                    if !line.is_empty() {
+                        if after {
+                            m.edits.insert_header_after(i, line);
+                        } else {
+                            m.edits.insert_header_before(i, line);
+                        }
+                    }
+                    1
+                })
+            })?,
+        )?;
+    }
+    for (name, body) in [("hf_iterator_hname", false), ("hf_iterator_hbody", true)] {
+        let (s, iters) = (shared.clone(), iters.clone());
+        x.set(
+            name,
+            lua.create_function(move |lua, iname: S| {
+                let iname = iname.as_bytes();
+                let v = s.with_msg(|m| {
+                    let i = iter_cur(&iters.borrow(), m, &iname)?;
+                    let h = m.parsed.headers.get(i)?;
+                    let span = if body { h.value } else { h.name_span };
+                    Some(span.get(&m.buf[..m.len]).to_vec())
+                })?;
+                super::lua_opt_str(lua, v.as_deref())
+            })?,
+        )?;
+    }
     ksr.set("textopsx", x)?;
     Ok(())
+}
+
+/// Kamailio's keep_hf: removes every header but the ones routing needs
+/// (From, To, Call-ID, CSeq, Via, Contact, Content-Length/-Type, Route,
+/// Record-Route, Max-Forwards) and, with `re`, the ones whose name matches.
+/// Returns -1 as Kamailio 5.6 does.
+fn keep_hf(m: &mut super::MsgCtx, re: Option<&Regex>) -> i64 {
+    use HdrName::*;
+    let buf = &m.buf[..m.len];
+    let drop: Vec<usize> = m
+        .parsed
+        .headers
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| {
+            !matches!(
+                h.name,
+                From | To
+                    | CallId
+                    | CSeq
+                    | Via
+                    | Contact
+                    | ContentLength
+                    | ContentType
+                    | Route
+                    | RecordRoute
+                    | MaxForwards
+            ) && !re.is_some_and(|r| r.is_match(h.name_span.get(buf)))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    for i in drop {
+        m.edits.remove_header(i);
+    }
+    -1
+}
+
+/// fnmatch(3) without flags (or with FNM_CASEFOLD): `*`, `?`, `[...]`
+/// (`!`/`^` negation, ranges) and `\` escapes. Iterative; backtracks only
+/// to the last `*`, so O(len(p) * len(v)) at worst.
+fn fnmatch(p: &[u8], v: &[u8], icase: bool) -> bool {
+    let eq = |a: u8, b: u8| {
+        if icase {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
+    // one pattern element at p[i]: (matches byte c, length of the element)
+    let one = |i: usize, c: u8| -> Option<(bool, usize)> {
+        match *p.get(i)? {
+            b'?' => Some((true, 1)),
+            b'\\' => match p.get(i + 1) {
+                Some(&n) => Some((eq(n, c), 2)),
+                None => Some((eq(b'\\', c), 1)),
+            },
+            b'[' => {
+                let mut j = i + 1;
+                let neg = matches!(p.get(j), Some(b'!' | b'^'));
+                if neg {
+                    j += 1;
+                }
+                let mut hit = false;
+                let mut first = true;
+                loop {
+                    let &a = p.get(j)?; // unterminated: '[' is literal (below)
+                    if a == b']' && !first {
+                        break;
+                    }
+                    first = false;
+                    if p.get(j + 1) == Some(&b'-') && p.get(j + 2).is_some_and(|&b| b != b']') {
+                        let b = p[j + 2];
+                        let (lo, hi, cc) = if icase {
+                            (
+                                a.to_ascii_lowercase(),
+                                b.to_ascii_lowercase(),
+                                c.to_ascii_lowercase(),
+                            )
+                        } else {
+                            (a, b, c)
+                        };
+                        hit |= lo <= cc && cc <= hi;
+                        j += 3;
+                    } else {
+                        hit |= eq(a, c);
+                        j += 1;
+                    }
+                }
+                Some((hit != neg, j + 1 - i))
+            }
+            other => Some((eq(other, c), 1)),
+        }
+    };
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        if p.get(pi) == Some(&b'*') {
+            pi += 1;
+            star = Some((pi, vi));
+            continue;
+        }
+        let step = match one(pi, v[vi]) {
+            Some(r) => Some(r),
+            // an unterminated '[' is a literal
+            None if p.get(pi) == Some(&b'[') => Some((eq(b'[', v[vi]), 1)),
+            None => None,
+        };
+        match step {
+            Some((true, n)) => {
+                pi += n;
+                vi += 1;
+            }
+            _ => match star {
+                Some((sp, sv)) => {
+                    pi = sp;
+                    vi = sv + 1;
+                    star = Some((sp, sv + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi.min(p.len())..].iter().all(|&c| c == b'*')
+}
+
+/// One named header iterator (Kamailio keeps four, per process).
+struct HfIter {
+    name: Vec<u8>,
+    /// Current header index; None before the first.
+    it: Option<usize>,
+    eoh: bool,
+}
+
+const HF_ITERATORS: usize = 4;
+
+#[derive(Clone, Copy)]
+enum IterOp {
+    Start,
+    Next,
+    Prev,
+    End,
+    Rm,
+}
+
+fn iter_cur(iters: &[HfIter], m: &super::MsgCtx, name: &[u8]) -> Option<usize> {
+    let it = iters.iter().find(|i| i.name == name)?;
+    it.it.filter(|&i| i < m.parsed.headers.len())
+}
+
+fn iter_step(iters: &mut Vec<HfIter>, m: &mut super::MsgCtx, name: &[u8], op: IterOp) -> i64 {
+    let n = m.parsed.headers.len();
+    let pos = iters.iter().position(|i| i.name == name);
+    let k = match (op, pos) {
+        (_, Some(k)) => k,
+        (IterOp::Start, None) => {
+            if iters.len() >= HF_ITERATORS || name.is_empty() || name.len() >= 32 {
+                return -1;
+            }
+            iters.push(HfIter {
+                name: name.to_vec(),
+                it: None,
+                eoh: false,
+            });
+            iters.len() - 1
+        }
+        _ => return -1,
+    };
+    let Some(it) = iters.get_mut(k) else {
+        return -1;
+    };
+    match op {
+        IterOp::Start | IterOp::End => {
+            it.it = None;
+            it.eoh = false;
+            1
+        }
+        IterOp::Next => {
+            if it.eoh {
+                return -1;
+            }
+            let next = it.it.map_or(0, |i| i + 1);
+            if next < n {
+                it.it = Some(next);
+                1
+            } else {
+                it.it = None;
+                it.eoh = true;
+                -1
+            }
+        }
+        IterOp::Prev => {
+            if it.eoh {
+                return -1;
+            }
+            it.it = match it.it {
+                Some(i) if i > 0 => Some(i - 1),
+                _ => None,
+            };
+            1
+        }
+        IterOp::Rm => match it.it.filter(|&i| i < n) {
+            Some(i) => {
+                m.edits.remove_header(i);
+                1
+            }
+            None => -1,
+        },
+    }
 }
 
 /// Removes the headers whose name matches `re` and not `skip`; 1 / -1 none.
@@ -1514,6 +1833,59 @@ mod tests {
             out.contains(&format!("Content-Length: {}\r\n", want.len())),
             "{out}"
         );
+    }
+
+    #[test]
+    fn textopsx_iterators_keep_hf_fnmatch() {
+        let msg = request(
+            "OPTIONS sip:a@example.com SIP/2.0",
+            None,
+            &["X-A: 1", "User-Agent: u"],
+        );
+        let (r, out, _) = eval(
+            r#"KSR.textopsx.fnmatch("abc.txt", "*.txt"), KSR.textopsx.fnmatch("abc", "a?d"),
+               KSR.textopsx.fnmatch("b", "[a-c]"), KSR.textopsx.fnmatch("d", "[!a-c]"),
+               KSR.textopsx.fnmatch("ABC", "abc"), KSR.textopsx.fnmatch_ex("ABC", "a*", "i"),
+               KSR.textopsx.fnmatch("a*", "a\\*"), KSR.textopsx.fnmatch("[x", "[x"),
+               KSR.textopsx.hf_iterator_next("nope"), KSR.textopsx.hf_iterator_start("i1"),
+               (function()
+                  local names = {}
+                  while KSR.textopsx.hf_iterator_next("i1") > 0 do
+                    local n = KSR.textopsx.hf_iterator_hname("i1")
+                    names[#names + 1] = n
+                    if n == "X-A" then KSR.textopsx.hf_iterator_rm("i1") end
+                    if n == "CSeq" then
+                      KSR.textopsx.hf_iterator_append("i1", "X-After: " .. KSR.textopsx.hf_iterator_hbody("i1") .. "\r\n")
+                      KSR.textopsx.hf_iterator_insert("i1", "X-Before: 1")
+                    end
+                  end
+                  return table.concat(names, ",")
+                end)(),
+               KSR.textopsx.hf_iterator_next("i1"), tostring(KSR.textopsx.hf_iterator_hname("i1")),
+               KSR.textopsx.hf_iterator_end("i1"), KSR.textopsx.hf_iterator_prev("i1")"#,
+            &msg,
+        );
+        assert_eq!(
+            r,
+            "0|-1|0|0|-1|0|0|0|-1|1|Via,From,To,Call-ID,CSeq,X-A,User-Agent,Content-Length|-1|nil|1|1"
+        );
+        assert!(
+            out.contains("X-Before: 1\r\nCSeq: 2 OPTIONS\r\nX-After: 2 OPTIONS\r\nUser-Agent"),
+            "{out}"
+        );
+        let (r, out, _) = eval(r#"KSR.textopsx.keep_hf_re("^user-")"#, &msg);
+        assert_eq!(r, "-1");
+        assert!(
+            !out.contains("X-A") && out.contains("User-Agent: u\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("Call-ID:") && out.contains("Via:"), "{out}");
+        // a pathological pattern stays bounded
+        let v = vec![b'a'; 5000];
+        let p = b"*a*a*a*a*a*a*a*a*b";
+        let t = std::time::Instant::now();
+        assert!(!fnmatch(p, &v, false));
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
