@@ -557,6 +557,46 @@ mod tests {
     }
 
     #[test]
+    fn splices_rewrite_byte_ranges() {
+        let m: &[u8] = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+            X-A: one two\r\nX-B: gone\r\nContent-Length: 5\r\n\r\nhello";
+        let p = parse_ok(m);
+        let at = |needle: &[u8]| m.windows(needle.len()).position(|w| w == needle).unwrap();
+        let mut e = Edits::default();
+        let one = at(b"one");
+        assert!(e.splice(one, one + 3, b"1"));
+        // overlapping splices are refused; an insert inside one too
+        assert!(!e.splice(one + 1, one + 5, b"x"));
+        assert!(!e.splice(one + 1, one + 1, b"x"));
+        assert!(!e.splice(5, 4, b"x"));
+        // insert right after a replaced range is fine
+        assert!(e.splice(one + 3, one + 3, b"+"));
+        // a splice inside a removed header is not written
+        let gone = at(b"gone");
+        assert!(e.splice(gone, gone + 4, b"here"));
+        e.remove_header(2);
+        // body: replace and append at the very end; Content-Length follows
+        let h = at(b"hello");
+        assert!(e.splice(h, h + 1, b"J"));
+        assert!(e.splice(m.len(), m.len(), b" world"));
+        let mut out = Vec::new();
+        e.assemble(m, &p, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+             X-A: 1+ two\r\nContent-Length: 11\r\n\r\nJello world"
+        );
+        parse_ok(out.as_bytes());
+        // the cap
+        let mut e = Edits::default();
+        for i in 0..MAX_SPLICES {
+            assert!(e.splice(i % 20, i % 20, b"x"));
+        }
+        assert!(!e.splice(30, 30, b"x"));
+    }
+
+    #[test]
     fn no_edits_is_identity() {
         for m in [REGISTER, INVITE, OK200] {
             let p = parse_ok(m);
