@@ -24,6 +24,7 @@
 //! | `KSR.textops.remove_hf_re(re)` | `int (str)` | 1 some header whose name matches removed / -1 none |
 //! | `KSR.textops.remove_hf_exp(re, skip)` | `int (str, str)` | 1 headers matching `re` and not `skip` removed / -1 none |
 //! | `KSR.textops.set_body(body, ctype)` | `int (str, str)` | 1: body and Content-Type set / -1 an argument empty |
+//! | `KSR.textops.set_reply_body(body, ctype)` | `int (str, str)` | 1: the next local reply (sl or tm) carries body and Content-Type / -1 an argument empty or over 16 KiB |
 //! | `KSR.textops.starts_with(s, prefix)` | `int (str, str)` | 1 / -1 (s sorts after) / -2 (before) |
 //! | `KSR.textops.cmp_str(s1, s2)` | `int (str, str)` | 1 equal / -1 s1 greater / -2 s1 smaller |
 //! | `KSR.textops.cmp_istr(s1, s2)` | `int (str, str)` | same, ignoring ASCII case |
@@ -97,6 +98,8 @@ use crate::sip::{HdrName, StartLine};
 const RE_SIZE_LIMIT: usize = 256 * 1024;
 /// Compiled expressions kept per engine (cleared when full).
 const RE_CACHE: usize = 128;
+/// Largest reply body (and reply headers) `set_reply_body` takes.
+const MAX_REPLY_BODY: usize = 16 * 1024;
 /// Kamailio's replacement buffer (REPLACE_BUFFER_SIZE - 1).
 const MAX_REPLACEMENT: usize = 1023;
 /// Most matches one call rewrites.
@@ -902,6 +905,34 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                     m.edits.append_header(&line);
                 }
                 m.edits.set_body(&body);
+                1
+            })
+        })?,
+    )?;
+
+    let s = shared.clone();
+    t.set(
+        "set_reply_body",
+        lua.create_function(move |_, (body, ctype): (S, S)| {
+            let (body, ctype) = (body.as_bytes(), ctype.as_bytes());
+            if body.is_empty()
+                || ctype.is_empty()
+                || ctype.contains(&b'\n')
+                || ctype.contains(&b'\r')
+            {
+                return Ok(-1);
+            }
+            s.with_msg(|m| {
+                if body.len() > MAX_REPLY_BODY
+                    || m.reply_headers.len() + ctype.len() > MAX_REPLY_BODY
+                {
+                    return -1;
+                }
+                m.reply_headers.extend_from_slice(b"Content-Type: ");
+                m.reply_headers.extend_from_slice(&ctype);
+                m.reply_headers.extend_from_slice(b"\r\n");
+                m.reply_body.clear();
+                m.reply_body.extend_from_slice(&body);
                 1
             })
         })?,
@@ -1886,6 +1917,26 @@ mod tests {
         let t = std::time::Instant::now();
         assert!(!fnmatch(p, &v, false));
         assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn set_reply_body_goes_into_the_local_reply() {
+        let msg = request("OPTIONS sip:a@example.com SIP/2.0", None, &[]);
+        let eng = engine(
+            r#"function ksr_request_route()
+                 r = table.concat({KSR.textops.set_reply_body("", "text/plain"),
+                   KSR.textops.set_reply_body("pong", "text/plain"), KSR.sl.sl_send_reply(200, "OK")}, "|")
+               end"#,
+        );
+        let (m, _) = run(&eng, &msg);
+        let r: String = eng.lua().globals().get("r").unwrap();
+        assert_eq!(r, "-1|1|1");
+        let o = m.out.first().expect("a reply");
+        let out =
+            String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]).into_owned();
+        assert!(out.starts_with("SIP/2.0 200 OK\r\n"), "{out}");
+        assert!(out.contains("\r\nContent-Type: text/plain\r\n"), "{out}");
+        assert!(out.ends_with("Content-Length: 4\r\n\r\npong"), "{out}");
     }
 
     #[test]
