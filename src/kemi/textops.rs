@@ -25,6 +25,7 @@
 //! | `KSR.textops.remove_hf_exp(re, skip)` | `int (str, str)` | 1 headers matching `re` and not `skip` removed / -1 none |
 //! | `KSR.textops.set_body(body, ctype)` | `int (str, str)` | 1: body and Content-Type set / -1 an argument empty |
 //! | `KSR.textops.set_reply_body(body, ctype)` | `int (str, str)` | 1: the next local reply (sl or tm) carries body and Content-Type / -1 an argument empty or over 16 KiB |
+//! | `KSR.textops.filter_body(ctype)` | `int (str)` | 1: a multipart/mixed body cut down to the content of its first `ctype` part (the Content-Type header is left as is, as Kamailio) / -1 |
 //! | `KSR.textops.starts_with(s, prefix)` | `int (str, str)` | 1 / -1 (s sorts after) / -2 (before) |
 //! | `KSR.textops.cmp_str(s1, s2)` | `int (str, str)` | 1 equal / -1 s1 greater / -2 s1 smaller |
 //! | `KSR.textops.cmp_istr(s1, s2)` | `int (str, str)` | same, ignoring ASCII case |
@@ -472,6 +473,63 @@ fn rebuild(input: &[u8], subs: &[(usize, usize, Vec<u8>)]) -> Vec<u8> {
     }
     out.extend_from_slice(input.get(pos..).unwrap_or(&[]));
     out
+}
+
+/// Kamailio's filter_body on a multipart/mixed `body`: the range of the
+/// content of the first part whose `Content-Type: ` line starts with `want`
+/// (what follows that line's CRLF, blank lines skipped, up to the CRLF
+/// before the next boundary line).
+fn filter_part(body: &[u8], ct: &[u8], want: &[u8]) -> Option<(usize, usize)> {
+    let lower = ct.to_ascii_lowercase();
+    if !lower.trim_ascii_start().starts_with(b"multipart/mixed") || want.is_empty() {
+        return None;
+    }
+    let bpos = lower.windows(9).position(|w| w == b"boundary=")? + 9;
+    let raw = &ct[bpos..];
+    let raw = raw.split(|c| *c == b';').next().unwrap_or(&[]).trim_ascii();
+    let boundary = raw
+        .strip_prefix(b"\"")
+        .and_then(|r| r.strip_suffix(b"\""))
+        .unwrap_or(raw);
+    if boundary.is_empty() {
+        return None;
+    }
+    let mut delim = b"\r\n--".to_vec();
+    delim.extend_from_slice(boundary);
+    let find = |hay: &[u8], needle: &[u8], from: usize| -> Option<usize> {
+        hay.get(from..)?
+            .windows(needle.len())
+            .position(|w| w.eq_ignore_ascii_case(needle))
+            .map(|p| p + from)
+    };
+    let mut at = 0;
+    while let Some(h) = find(body, b"Content-Type: ", at) {
+        at = h + 14;
+        if h != 0 && body.get(h - 1) != Some(&b'\n') {
+            continue; // not at a line start
+        }
+        let v = body.get(at..)?;
+        if v.len() <= want.len() + 2 {
+            return None;
+        }
+        if !v[..want.len()].eq_ignore_ascii_case(want) {
+            continue;
+        }
+        if v.get(want.len()..want.len() + 2) != Some(b"\r\n") {
+            return None;
+        }
+        let mut start = at + want.len() + 2;
+        while matches!(body.get(start), Some(b'\r' | b'\n')) {
+            start += 1;
+        }
+        let end = body
+            .get(start..)?
+            .windows(delim.len())
+            .position(|w| w == &delim[..])?
+            + start;
+        return Some((start, end));
+    }
+    None
 }
 
 /// Kamailio's in_list_prefix: some (trimmed, non-empty) item starts `subject`.
@@ -934,6 +992,26 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 m.reply_body.clear();
                 m.reply_body.extend_from_slice(&body);
                 1
+            })
+        })?,
+    )?;
+
+    let s = shared.clone();
+    t.set(
+        "filter_body",
+        lua.create_function(move |_, ctype: S| {
+            let want = ctype.as_bytes();
+            s.with_msg(|m| {
+                let ct = m.msg().header_by_name(b"content-type").map(<[u8]>::to_vec);
+                let (bs, be) = (m.parsed.body.start as usize, m.parsed.body.end as usize);
+                let body = m.buf.get(bs..be).unwrap_or(&[]);
+                match ct.and_then(|ct| filter_part(body, &ct, &want)) {
+                    Some((a, b)) => {
+                        let ok = m.edits.splice(bs, bs + a, b"") && m.edits.splice(bs + b, be, b"");
+                        code(ok)
+                    }
+                    None => -1,
+                }
             })
         })?,
     )?;
@@ -1937,6 +2015,40 @@ mod tests {
         assert!(out.starts_with("SIP/2.0 200 OK\r\n"), "{out}");
         assert!(out.contains("\r\nContent-Type: text/plain\r\n"), "{out}");
         assert!(out.ends_with("Content-Length: 4\r\n\r\npong"), "{out}");
+    }
+
+    #[test]
+    fn filter_body_keeps_one_part() {
+        let body = "--b1\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b1\r\nContent-Type: application/sdp\r\n\r\nv=0\r\nc=IN IP4 1.2.3.4\r\n\r\n--b1--\r\n";
+        let msg = format!(
+            "INVITE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bK-1\r\nFrom: <sip:a@x>;tag=1\r\n\
+             To: <sip:b@x>\r\nCall-ID: fb\r\nCSeq: 1 INVITE\r\nContent-Type: multipart/mixed;boundary=\"b1\"\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (r, out, _) = eval(
+            r#"KSR.textops.filter_body("application/sdp"), KSR.textops.filter_body("image/png")"#,
+            msg.as_bytes(),
+        );
+        assert_eq!(r, "1|-1");
+        let want = "v=0\r\nc=IN IP4 1.2.3.4\r\n";
+        assert!(
+            out.ends_with(&format!("Content-Length: {}\r\n\r\n{want}", want.len())),
+            "{out}"
+        );
+        let (r, _, _) = eval(
+            r#"KSR.textops.filter_body("application/sdp")"#,
+            &with_body("v=0\r\n"),
+        );
+        assert_eq!(r, "-1");
+        assert_eq!(
+            filter_part(
+                body.as_bytes(),
+                b"multipart/mixed;boundary=b1",
+                b"text/plain"
+            ),
+            Some((34, 39))
+        );
     }
 
     #[test]
