@@ -65,6 +65,8 @@ pub struct MsgCtx {
     pub maxfwd: Option<u32>,
     /// Complete header lines (CRLF-terminated) to add to the next local reply.
     pub reply_headers: Vec<u8>,
+    /// Body of the next local reply (`KSR.textops.set_reply_body`).
+    pub reply_body: Vec<u8>,
     /// Encoded datagrams to send, back to back in `out_buf`.
     pub out_buf: Vec<u8>,
     pub out: Vec<Outgoing>,
@@ -129,6 +131,7 @@ impl MsgCtx {
             tm: Default::default(),
             maxfwd: None,
             reply_headers: Vec::new(),
+            reply_body: Vec::new(),
             out_buf: Vec::with_capacity(1024),
             out: Vec::with_capacity(2),
             replied: None,
@@ -188,6 +191,7 @@ impl MsgCtx {
         self.tm = Default::default();
         self.maxfwd = None;
         self.reply_headers.clear();
+        self.reply_body.clear();
         self.out_buf.clear();
         self.out.clear();
         self.replied = None;

@@ -47,6 +47,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("sanity", include_str!("sanity.rs")),
     ("nathelper", include_str!("nathelper.rs")),
     ("ipops", include_str!("ipops.rs")),
+    ("textops", include_str!("textops.rs")),
 ];
 
 /// One documented KSR function.

@@ -42,6 +42,7 @@ mod siputils;
 mod sl;
 #[cfg(test)]
 mod testutil;
+mod textops;
 pub mod tm;
 pub mod tm_store;
 
@@ -654,6 +655,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     sanity::register(lua, ksr, shared)?;
     nathelper::register(lua, ksr, shared)?;
     ipops::register(lua, ksr, shared)?;
+    textops::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -99,7 +99,7 @@ pub fn reply_counted(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bo
 pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
     let reply_headers = std::mem::take(&mut m.reply_headers);
     let mut scratch = std::mem::take(&mut m.scratch);
-    let dst = build_local_reply(
+    let dst = build_local_reply_body(
         s,
         &m.msg(),
         m.src,
@@ -107,6 +107,7 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
         code,
         reason,
         &reply_headers,
+        &m.reply_body,
         &mut scratch,
     );
     if let Some(dst) = dst {
@@ -133,6 +134,32 @@ pub fn build_local_reply(
     extra_headers: &[u8],
     out: &mut Vec<u8>,
 ) -> Option<SocketAddr> {
+    build_local_reply_body(
+        s,
+        msg,
+        src,
+        force_rport,
+        code,
+        reason,
+        extra_headers,
+        &[],
+        out,
+    )
+}
+
+/// [`build_local_reply`] with a body (`KSR.textops.set_reply_body`).
+#[allow(clippy::too_many_arguments)]
+pub fn build_local_reply_body(
+    s: &Shared,
+    msg: &crate::sip::SipMsg<'_>,
+    src: SocketAddr,
+    force_rport: bool,
+    code: u16,
+    reason: &[u8],
+    extra_headers: &[u8],
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Option<SocketAddr> {
     if !msg.is_request() || msg.method() == Some(crate::sip::Method::Ack) {
         return None;
     }
@@ -147,7 +174,7 @@ pub fn build_local_reply(
         src_ip: Some(src_ip),
         src_port: Some(src.port()),
         extra_headers,
-        body: &[],
+        body,
         server: s.server_header.as_deref(),
         force_rport,
     };

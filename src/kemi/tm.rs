@@ -481,7 +481,7 @@ pub(super) fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
     let r = s.with_msg(|m| {
         let mut out = Vec::new();
         let hdrs = std::mem::take(&mut m.reply_headers);
-        let ok = super::sl::build_local_reply(
+        let ok = super::sl::build_local_reply_body(
             s,
             &m.msg(),
             m.src,
@@ -489,6 +489,7 @@ pub(super) fn t_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
             code,
             reason,
             &hdrs,
+            &m.reply_body,
             &mut out,
         )
         .is_some();

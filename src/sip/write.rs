@@ -10,6 +10,9 @@ use super::hdr::parse_via;
 use super::lex::{self, ParamRanges, SplitRanges};
 use super::{HdrName, Parsed, StartLine, Via};
 
+/// Most splices one message takes (each later one is refused).
+pub const MAX_SPLICES: usize = 1024;
+
 /// A range in `Edits::data`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct R(u32, u32);
@@ -31,6 +34,8 @@ enum Op {
     InsertBefore(usize, R),
     InsertAfter(usize, R),
     SetBody(R),
+    /// Original bytes `[start, end)` replaced by the data (textops).
+    Splice(u32, u32, R),
 }
 
 /// Edits against one parsed message; `assemble` writes the result by copying
@@ -42,7 +47,11 @@ enum Op {
 /// `set_top_via_received`; several `prepend_via` calls stack (the last call
 /// ends up on top); appended / first-inserted lines keep call order. Header
 /// indices refer to the original `Parsed::headers`; out-of-range indices are
-/// ignored. Inserted lines end in CRLF.
+/// ignored. Inserted lines end in CRLF. Splices (`splice`) replace byte
+/// ranges of the original anywhere in the message; they never overlap each
+/// other, and one inside a removed or replaced header line, the top Via when
+/// it is edited, or a body replaced by `set_body` is not written.
+/// Content-Length follows splices in the body.
 #[derive(Clone, Debug, Default)]
 pub struct Edits {
     ops: Vec<Op>,
@@ -155,6 +164,52 @@ pub(crate) fn write_via_planned(
     cp(out, item, end, item.len());
 }
 
+/// Copies original ranges in increasing order, writing the splices that
+/// start inside them (see [`Edits::splice`]).
+struct Splicer<'a> {
+    sp: Vec<(usize, usize, R)>,
+    next: usize,
+    /// End of a splice that ran past the last range copied.
+    skip: usize,
+    e: &'a Edits,
+}
+
+impl Splicer<'_> {
+    fn cp(&mut self, out: &mut Vec<u8>, buf: &[u8], a: usize, b: usize) {
+        self.copy(out, buf, a, b, false);
+    }
+    /// The last range (the body): an insert at its very end is written too.
+    fn cp_end(&mut self, out: &mut Vec<u8>, buf: &[u8], a: usize, b: usize) {
+        self.copy(out, buf, a, b, true);
+    }
+    fn copy(&mut self, out: &mut Vec<u8>, buf: &[u8], a: usize, b: usize, last: bool) {
+        if self.sp.is_empty() {
+            cp(out, buf, a, b);
+            return;
+        }
+        let mut pos = a.max(self.skip);
+        while let Some(&(s, e, r)) = self.sp.get(self.next) {
+            if s < pos {
+                // inside a range that was not copied: dropped
+                self.next += 1;
+                continue;
+            }
+            if s > b || (s == b && !(last && s == e)) {
+                break;
+            }
+            cp(out, buf, pos, s);
+            out.extend_from_slice(self.e.data(r));
+            self.next += 1;
+            if e > b {
+                self.skip = e;
+                return;
+            }
+            pos = e;
+        }
+        cp(out, buf, pos, b);
+    }
+}
+
 impl Edits {
     pub fn new() -> Self {
         Edits::default()
@@ -260,6 +315,46 @@ impl Edits {
         self.ops.push(Op::SetBody(r));
     }
 
+    /// Replaces the original bytes `[start, end)` (offsets in the received
+    /// buffer) with `with`; `start == end` inserts. Refused (false) when the
+    /// range is inverted or overlaps an earlier splice.
+    pub fn splice(&mut self, start: usize, end: usize, with: &[u8]) -> bool {
+        let (Ok(a), Ok(b)) = (u32::try_from(start), u32::try_from(end)) else {
+            return false;
+        };
+        if a > b {
+            return false;
+        }
+        let mut n = 0;
+        let clash = self.ops.iter().any(|op| match *op {
+            Op::Splice(s, e, _) => {
+                n += 1;
+                a < e && s < b || (a == b && s < a && a < e)
+            }
+            _ => false,
+        });
+        if clash || n >= MAX_SPLICES {
+            return false;
+        }
+        let r = self.stash(with);
+        self.ops.push(Op::Splice(a, b, r));
+        true
+    }
+
+    /// The splices, sorted by start (inserts at one offset keep call order).
+    fn splices(&self) -> Vec<(usize, usize, R)> {
+        let mut v: Vec<(usize, usize, R)> = self
+            .ops
+            .iter()
+            .filter_map(|op| match *op {
+                Op::Splice(s, e, r) => Some((s as usize, e as usize, r)),
+                _ => None,
+            })
+            .collect();
+        v.sort_by_key(|&(s, e, _)| (s, e));
+        v
+    }
+
     /// The value header line `idx` was last replaced with, if any.
     pub fn replaced_value(&self, idx: usize) -> Option<&[u8]> {
         self.replacement(idx).map(|r| self.data(r))
@@ -321,7 +416,24 @@ impl Edits {
                 _ => {}
             }
         }
-        let new_len = body.map(|r| r.1 - r.0);
+        let mut sp = Splicer {
+            sp: self.splices(),
+            next: 0,
+            skip: 0,
+            e: self,
+        };
+        let (bs, be) = (parsed.body.start as usize, parsed.body.end as usize);
+        let new_len = match body {
+            Some(r) => Some(r.1 - r.0),
+            None if sp.sp.iter().any(|&(s, _, _)| s >= bs) => {
+                let mut n = (be - bs.min(be)) as i64;
+                for &(s, e, r) in sp.sp.iter().filter(|&&(s, e, _)| s >= bs && e <= be) {
+                    n += i64::from(r.1 - r.0) - (e - s) as i64;
+                }
+                u32::try_from(n.max(0)).ok()
+            }
+            None => None,
+        };
 
         // Start line.
         let first_line = hs
@@ -329,11 +441,11 @@ impl Edits {
             .map_or(headers_end, |h| h.name_span.start as usize);
         match (parsed.start, ruri) {
             (StartLine::Request { uri, .. }, Some(r)) => {
-                cp(out, buf, parsed.msg_start(), uri.start as usize);
+                sp.cp(out, buf, parsed.msg_start(), uri.start as usize);
                 out.extend_from_slice(self.data(r));
-                cp(out, buf, uri.end as usize, first_line);
+                sp.cp(out, buf, uri.end as usize, first_line);
             }
-            _ => cp(out, buf, parsed.msg_start(), first_line),
+            _ => sp.cp(out, buf, parsed.msg_start(), first_line),
         }
 
         for op in &self.ops {
@@ -370,14 +482,14 @@ impl Edits {
             if self.removed(i) {
                 // nothing of this line
             } else if let (Some(n), HdrName::ContentLength) = (new_len, h.name) {
-                cp(out, buf, ls, vs);
+                sp.cp(out, buf, ls, vs);
                 lex::push_u32(out, n);
-                cp(out, buf, ve, le);
+                sp.cp(out, buf, ve, le);
                 cl_written = true;
             } else if let Some(r) = self.replacement(i) {
-                cp(out, buf, ls, vs);
+                sp.cp(out, buf, ls, vs);
                 out.extend_from_slice(self.data(r));
-                cp(out, buf, ve, le);
+                sp.cp(out, buf, ve, le);
             } else if Some(i) == first_via && (rm_top_via || via_params) {
                 let val = h.value.get(buf);
                 let mut items = SplitRanges::new(val);
@@ -386,18 +498,18 @@ impl Edits {
                     match items.next() {
                         None => {}
                         Some(next) => {
-                            cp(out, buf, ls, vs);
-                            cp(out, buf, vs + next.0, le);
+                            sp.cp(out, buf, ls, vs);
+                            sp.cp(out, buf, vs + next.0, le);
                         }
                     }
                 } else {
-                    cp(out, buf, ls, vs + top.0);
+                    sp.cp(out, buf, ls, vs + top.0);
                     let rcv = received.map(|r| self.data(r));
                     write_via_edited(out, lex::sub(val, top), rcv, rport);
-                    cp(out, buf, vs + top.1, le);
+                    sp.cp(out, buf, vs + top.1, le);
                 }
             } else {
-                cp(out, buf, ls, le);
+                sp.cp(out, buf, ls, le);
             }
             self.write_anchored(out, i, false);
         }
@@ -414,10 +526,10 @@ impl Edits {
             out.extend_from_slice(b"\r\n");
         }
         // Blank line, then the body.
-        cp(out, buf, headers_end, parsed.body.start as usize);
+        sp.cp(out, buf, headers_end, parsed.body.start as usize);
         match body {
             Some(r) => out.extend_from_slice(self.data(r)),
-            None => out.extend_from_slice(parsed.body.get(buf)),
+            None => sp.cp_end(out, buf, bs, be),
         }
     }
 }
@@ -442,6 +554,46 @@ mod tests {
         e.assemble(orig, &p, &mut out);
         let q = parse_ok(&out);
         check(SipMsg::new(&out, &q), &out);
+    }
+
+    #[test]
+    fn splices_rewrite_byte_ranges() {
+        let m: &[u8] = b"MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+            X-A: one two\r\nX-B: gone\r\nContent-Length: 5\r\n\r\nhello";
+        let p = parse_ok(m);
+        let at = |needle: &[u8]| m.windows(needle.len()).position(|w| w == needle).unwrap();
+        let mut e = Edits::default();
+        let one = at(b"one");
+        assert!(e.splice(one, one + 3, b"1"));
+        // overlapping splices are refused; an insert inside one too
+        assert!(!e.splice(one + 1, one + 5, b"x"));
+        assert!(!e.splice(one + 1, one + 1, b"x"));
+        assert!(!e.splice(5, 4, b"x"));
+        // insert right after a replaced range is fine
+        assert!(e.splice(one + 3, one + 3, b"+"));
+        // a splice inside a removed header is not written
+        let gone = at(b"gone");
+        assert!(e.splice(gone, gone + 4, b"here"));
+        e.remove_header(2);
+        // body: replace and append at the very end; Content-Length follows
+        let h = at(b"hello");
+        assert!(e.splice(h, h + 1, b"J"));
+        assert!(e.splice(m.len(), m.len(), b" world"));
+        let mut out = Vec::new();
+        e.assemble(m, &p, &mut out);
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(
+            out,
+            "MESSAGE sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\
+             X-A: 1+ two\r\nContent-Length: 11\r\n\r\nJello world"
+        );
+        parse_ok(out.as_bytes());
+        // the cap
+        let mut e = Edits::default();
+        for i in 0..MAX_SPLICES {
+            assert!(e.splice(i % 20, i % 20, b"x"));
+        }
+        assert!(!e.splice(30, 30, b"x"));
     }
 
     #[test]
