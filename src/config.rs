@@ -339,6 +339,12 @@ pub struct ShardTuning {
     pub dispatch_queue: usize,
     /// Which shard runs a request's route.
     pub dispatch: Dispatch,
+    /// Lua instructions one route call may run (request, reply, failure,
+    /// onreply, branch route); beyond it the route fails (500). 0 = no limit.
+    pub lua_max_instructions: u64,
+    /// Bytes the shard's Lua VM may allocate; beyond it an allocation fails
+    /// with a Lua error. 0 = no limit.
+    pub lua_max_memory_bytes: usize,
 }
 
 impl Default for ShardTuning {
@@ -359,6 +365,8 @@ impl Default for ShardTuning {
             control_queue: 64,
             dispatch_queue: 4096,
             dispatch: Dispatch::Local,
+            lua_max_instructions: 50_000_000,
+            lua_max_memory_bytes: 256 << 20,
         }
     }
 }
