@@ -35,7 +35,7 @@ fn start() -> Server {
     Server::start(ServerOpts {
         script: Some(SCRIPT),
         cores: "2",
-        extra_toml: "[shard]\nlua_max_instructions = 100000000\n\
+        extra_toml: "[shard]\nlua_max_instructions = 1000000000\n\
                      lua_max_memory_bytes = 67108864\n",
         ..ServerOpts::default()
     })

@@ -310,6 +310,36 @@ end
         assert!(matches!(o, RouteOutcome::Error(_)), "{o:?}");
     }
 
+    #[test]
+    fn oversized_pv_values_are_refused_and_counted() {
+        let script = r#"
+function ksr_request_route()
+    big = KSR.pv.sets("$var(big)", string.rep("x", 70000))
+    small = KSR.pv.sets("$var(small)", string.rep("x", 1000))
+    big_set = KSR.pv.get("$var(big)") ~= 0
+    avp_big = KSR.pv.sets("$avp(a)", string.rep("x", 70000))
+    avp_big_set = KSR.pv.is_null("$avp(a)") == false
+    avp_n = 0
+    for i = 1, 40 do
+        if KSR.pv.sets("$avp(b)", string.rep("y", 60000)) then avp_n = avp_n + 1 end
+    end
+end
+"#;
+        let eng = engine_tuned(script, &tuned(0, 0)).unwrap();
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert_eq!(global_int(&eng, "big"), 0);
+        assert_eq!(global_int(&eng, "small"), 1);
+        assert_eq!(global_int(&eng, "big_set"), 0);
+        assert_eq!(global_int(&eng, "avp_big_set"), 0);
+        let c = eng.shared().counters.values();
+        assert_eq!(c[Counter::PvLimit as usize], 1);
+        // 1 MiB of $avp per message: 17 values of 60 000 bytes (+ name).
+        assert_eq!(global_int(&eng, "avp_n"), 17);
+        // The budget is per message: the next one starts afresh.
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert_eq!(global_int(&eng, "avp_n"), 17);
+    }
+
     struct PendingOnce(bool);
 
     impl Future for PendingOnce {
