@@ -746,6 +746,13 @@ impl Future for RouteRun {
                 Poll::Pending
             }
             Poll::Ready(r) => {
+                let mut ctx = ctx;
+                let refused = ctx.edits.take_refused();
+                if refused > 0 {
+                    this.shared
+                        .counters
+                        .add(crate::stats::Counter::EditLimit, u64::from(refused));
+                }
                 let outcome = match r {
                     Ok(()) if ctx.dropped => RouteOutcome::Drop,
                     Ok(()) => RouteOutcome::Done,
