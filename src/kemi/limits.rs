@@ -340,6 +340,38 @@ end
         assert_eq!(global_int(&eng, "avp_n"), 17);
     }
 
+    /// Why the JIT is off under a limit: LuaJIT's compiled traces do not
+    /// run count hooks. The same loop fires the hook on every 1 000th
+    /// instruction when interpreted, and almost never once compiled.
+    #[cfg(feature = "luajit")]
+    #[test]
+    fn luajit_traces_skip_count_hooks() {
+        use std::rc::Rc;
+        let fires = |jit: bool| {
+            let lua = mlua::Lua::new();
+            let n = Rc::new(std::cell::Cell::new(0u64));
+            let n2 = n.clone();
+            lua.load(if jit { "jit.on()" } else { "jit.off()" })
+                .exec()
+                .unwrap();
+            lua.set_hook(
+                mlua::HookTriggers::new().every_nth_instruction(1000),
+                move |_, _| {
+                    n2.set(n2.get() + 1);
+                    Ok(mlua::VmState::Continue)
+                },
+            );
+            lua.load("local x = 0 for i = 1, 2e7 do x = x + i % 7 end")
+                .exec()
+                .unwrap();
+            n.get()
+        };
+        let (interpreted, compiled) = (fires(false), fires(true));
+        eprintln!("count hook fires: interpreted {interpreted}, JIT {compiled}");
+        assert!(interpreted > 40_000, "{interpreted}");
+        assert!(compiled < interpreted / 100, "{compiled} vs {interpreted}");
+    }
+
     struct PendingOnce(bool);
 
     impl Future for PendingOnce {
