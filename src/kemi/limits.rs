@@ -30,6 +30,8 @@ use crate::stats::Counter;
 pub struct ScriptLimits {
     /// `[shard] lua_max_instructions`; 0 = no limit.
     pub max_instructions: u64,
+    /// `[shard] lua_max_memory_bytes`; 0 = no limit.
+    pub max_memory_bytes: usize,
     /// Hook period, instructions.
     step: u32,
     /// Instructions left to the route being polled.
@@ -41,12 +43,13 @@ pub struct ScriptLimits {
 }
 
 impl ScriptLimits {
-    pub fn new(max_instructions: u64) -> ScriptLimits {
+    pub fn new(max_instructions: u64, max_memory_bytes: usize) -> ScriptLimits {
         // Fine enough to stop close to the limit, coarse enough that the
         // hook itself costs nothing measurable (it runs once per `step`).
         let step = (max_instructions / 20).clamp(1_000, 1_000_000) as u32;
         ScriptLimits {
             max_instructions,
+            max_memory_bytes,
             step,
             left: Cell::new(0),
             armed: RefCell::new(None),
@@ -404,7 +407,7 @@ end
             panic!("{outcome:?}")
         };
         assert!(text.contains("memory"), "{text}");
-        eng.lua().gc_collect().unwrap();
+        eng.relieve_memory();
         assert!(eng.used_memory_bytes() < 32 << 20);
         assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
         assert_eq!(global_int(&eng, "ok"), 1);

@@ -472,7 +472,10 @@ impl Engine {
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
             pv: pv::PvState::new(cfg.defines),
-            limits: limits::ScriptLimits::new(cfg.tuning.lua_max_instructions),
+            limits: limits::ScriptLimits::new(
+                cfg.tuning.lua_max_instructions,
+                cfg.tuning.lua_max_memory_bytes,
+            ),
         });
         // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
         let shared = reuse.unwrap_or(shared);
@@ -634,6 +637,21 @@ impl Engine {
     /// True when the transaction layer has datagrams to send.
     pub fn tm_has_output(&self) -> bool {
         self.shared.tm.has_output() || !self.shared.extra_out.borrow().is_empty()
+    }
+
+    /// After a route failed: when the VM is past half its
+    /// `lua_max_memory_bytes`, a full collection now, so the garbage of a
+    /// route stopped by the limit does not fail the next ones (LuaJIT has no
+    /// emergency collection when an allocation fails).
+    pub fn relieve_memory(&self) {
+        let limit = self.shared.limits.max_memory_bytes;
+        if limit == 0 {
+            return;
+        }
+        let vm = self.vm.borrow().clone();
+        if vm.lua.used_memory() > limit / 2 {
+            let _ = vm.lua.gc_collect();
+        }
     }
 
     /// Lua memory in use, bytes.

@@ -662,6 +662,7 @@ fn finish(
             if request && shard.on_error == OnScriptError::Reply500 {
                 answer_500(shard, &mut ctx);
             }
+            shard.engine.relieve_memory();
         }
     }
     send_out(shard, &ctx);
