@@ -165,9 +165,9 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// `build_save`'s answer to a REGISTER with more Contacts than
-/// `contacts_per_aor_cap` (save returns -2, as for `max_contacts`).
-const TOO_MANY_CONTACTS: (u16, &str) = (503, "Service Unavailable - Too many contacts");
+/// `build_save`'s marker for a REGISTER with more Contacts than
+/// `contacts_per_aor_cap`: answered as `SaveError::TooManyContacts`.
+const TOO_MANY_CONTACTS: (u16, &str) = (503, "Service Unavailable");
 
 /// Extracts everything `save` needs from the REGISTER.
 fn build_save(
@@ -262,14 +262,18 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
     });
     match built {
         Ok(Ok(r)) => Ok(r),
+        Ok(Err(TOO_MANY_CONTACTS)) => {
+            // Answered as usrloc answers too many contacts (503,
+            // P-Registrar-Error, Retry-After), returning -2.
+            let max = s.services.registrar.contacts_per_aor_cap.max(1) as u32;
+            let e = crate::usrloc::SaveError::TooManyContacts { max };
+            Err(finish_save(s, flags, Some(Err(e))))
+        }
         Ok(Err((code, reason))) => {
             if flags & SaveFlags::NO_REPLY == 0 {
                 let _ = s.with_msg(|m| super::sl::reply_counted(s, m, code, reason.as_bytes()));
             }
             let _ = s.with_msg(|m| m.last_error = Some((code, reason)));
-            if (code, reason) == TOO_MANY_CONTACTS {
-                return Err(codes::SAVE_TOO_MANY_CONTACTS);
-            }
             Err(codes::SAVE_ERROR)
         }
         Err(_) => Err(codes::SAVE_ERROR),
@@ -721,6 +725,10 @@ end
         let o = m.out.first().expect("a reply");
         let reply = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
         assert!(reply.starts_with("SIP/2.0 503 "), "{reply}");
+        assert!(
+            reply.contains("P-Registrar-Error: Too many registered contacts\r\n"),
+            "{reply}"
+        );
         let c = eng.shared().counters.values();
         assert_eq!(c[crate::stats::Counter::TooManyContacts as usize], 1);
         let (_, found) = eng.shared().services.lookup("sip:0@example.com", u32::MAX);
