@@ -2,11 +2,11 @@
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
-//! | `KSR.hdr.append(txt)` | `int (str)` | 1 (txt is a full line, CRLF optional; an empty txt adds nothing) |
-//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 (before the first header) |
+//! | `KSR.hdr.append(txt)` | `int (str)` | 1 (txt is a full line, CRLF optional; an empty txt adds nothing); -1 beyond 1 024 edits / 128 KiB on the message (sipshard bound) |
+//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 (before the first header); -1 beyond the edit bound |
 //! | `KSR.hdr.remove(name)` | `int (str)` | 1, whether or not a header was there (as Kamailio) |
-//! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt |
-//! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt |
+//! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt; -1 beyond the edit bound |
+//! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt; -1 beyond the edit bound |
 //! | `KSR.hdr.is_present(name)` | `int (str)` | 1 present / -1 absent |
 //! | `KSR.hdr.get(name)` | `xval (str)` | first value or nil |
 //! | `KSR.hdr.gete(name)` / `getw(name)` | `xval (str)` | first value, or `""` / `"<null>"` |
@@ -20,8 +20,8 @@
 //! lengths differ: what Kamailio 5.6 computes); `which` is `f` (first
 //! header), `l` (last), `a` (all must match) or `o` (any one). Anything else,
 //! or no such header, is false.
-//! | `KSR.hdr.append_after(txt, name)` | `int (str, str)` | 1: added after the first `name` header (after the last header when there is none, as Kamailio) |
-//! | `KSR.hdr.insert_before(txt, name)` | `int (str, str)` | 1: added before the first `name` header (before the first header when there is none) |
+//! | `KSR.hdr.append_after(txt, name)` | `int (str, str)` | 1: added after the first `name` header (after the last header when there is none, as Kamailio); -1 beyond the edit bound |
+//! | `KSR.hdr.insert_before(txt, name)` | `int (str, str)` | 1: added before the first `name` header (before the first header when there is none); -1 beyond the edit bound |
 
 use std::rc::Rc;
 
