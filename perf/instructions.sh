@@ -8,6 +8,7 @@
 #   perf/instructions.sh route_save      # KSR.registrar.save of a REGISTER
 #   perf/instructions.sh route_lua       # a Lua-heavy route
 #   FEATURES="--no-default-features --features lua54" perf/instructions.sh route_options
+#   LUA_MAX_INSTRUCTIONS=0 perf/instructions.sh route_lua   # without the instruction limit
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHAT=${1:-parse_reply}

@@ -339,6 +339,12 @@ pub struct ShardTuning {
     pub dispatch_queue: usize,
     /// Which shard runs a request's route.
     pub dispatch: Dispatch,
+    /// Lua instructions one route call may run (request, reply, failure,
+    /// onreply, branch route); beyond it the route fails (500). 0 = no limit.
+    pub lua_max_instructions: u64,
+    /// Bytes the shard's Lua VM may allocate; beyond it an allocation fails
+    /// with a Lua error. 0 = no limit.
+    pub lua_max_memory_bytes: usize,
 }
 
 impl Default for ShardTuning {
@@ -359,6 +365,8 @@ impl Default for ShardTuning {
             control_queue: 64,
             dispatch_queue: 4096,
             dispatch: Dispatch::Local,
+            lua_max_instructions: 50_000_000,
+            lua_max_memory_bytes: 256 << 20,
         }
     }
 }
@@ -957,6 +965,18 @@ impl Config {
         if t.recv_batch > 1024 {
             return Err(self.invalid(&key("recv_batch"), "must be at most 1024"));
         }
+        if (1..100_000).contains(&t.lua_max_instructions) {
+            return Err(self.invalid(
+                &key("lua_max_instructions"),
+                "must be 0 (no limit) or at least 100000",
+            ));
+        }
+        if (1..4 << 20).contains(&t.lua_max_memory_bytes) {
+            return Err(self.invalid(
+                &key("lua_max_memory_bytes"),
+                "must be 0 (no limit) or at least 4194304 (4 MiB)",
+            ));
+        }
         if t.control_queue == 0 || t.dispatch_queue == 0 {
             return Err(self.invalid(&key("control_queue / dispatch_queue"), "must be at least 1"));
         }
@@ -1154,6 +1174,23 @@ enable = true
 
     #[test]
     fn bad_value_names_key() {
+        let err = Config::from_toml("[shard]\nlua_max_instructions = 10\n", "y.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("shard.lua_max_instructions"),
+            "{err}"
+        );
+        let err =
+            Config::from_toml("[shard]\nlua_max_memory_bytes = 1000\n", "y.toml").unwrap_err();
+        assert!(
+            err.to_string().contains("shard.lua_max_memory_bytes"),
+            "{err}"
+        );
+        let c = Config::from_toml(
+            "[shard]\nlua_max_instructions = 0\nlua_max_memory_bytes = 0\n",
+            "y.toml",
+        )
+        .unwrap();
+        assert_eq!(c.shard.lua_max_instructions, 0);
         let err = Config::from_toml("[shard]\nmax_headers = 0\n", "y.toml").unwrap_err();
         assert!(err.to_string().contains("shard.max_headers"), "{err}");
         let err = Config::from_toml("[core]\ncores = \"banana\"\n", "y.toml").unwrap_err();

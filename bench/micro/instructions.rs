@@ -61,7 +61,15 @@ end
 "#;
 
 fn engine(script: &str) -> Engine {
-    let tuning = ShardTuning::default();
+    let mut tuning = ShardTuning::default();
+    // LUA_MAX_INSTRUCTIONS=0 measures the route without the count hook
+    // (and, under LuaJIT, with the JIT compiler on).
+    if let Some(n) = std::env::var("LUA_MAX_INSTRUCTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        tuning.lua_max_instructions = n;
+    }
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
     let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));

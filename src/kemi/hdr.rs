@@ -2,11 +2,11 @@
 //!
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
-//! | `KSR.hdr.append(txt)` | `int (str)` | 1 (txt is a full line, CRLF optional; an empty txt adds nothing) |
-//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 (before the first header) |
+//! | `KSR.hdr.append(txt)` | `int (str)` | 1 (txt is a full line, CRLF optional; an empty txt adds nothing); -1 beyond 1 024 edits / 128 KiB on the message (sipshard bound) |
+//! | `KSR.hdr.insert(txt)` | `int (str)` | 1 (before the first header); -1 beyond the edit bound |
 //! | `KSR.hdr.remove(name)` | `int (str)` | 1, whether or not a header was there (as Kamailio) |
-//! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt |
-//! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt |
+//! | `KSR.hdr.rmappend(name, txt)` | `int (str, str)` | 1: remove `name`, then append txt; -1 beyond the edit bound |
+//! | `KSR.hdr.rminsert(name, txt)` | `int (str, str)` | 1: remove `name`, then insert txt; -1 beyond the edit bound |
 //! | `KSR.hdr.is_present(name)` | `int (str)` | 1 present / -1 absent |
 //! | `KSR.hdr.get(name)` | `xval (str)` | first value or nil |
 //! | `KSR.hdr.gete(name)` / `getw(name)` | `xval (str)` | first value, or `""` / `"<null>"` |
@@ -20,8 +20,8 @@
 //! lengths differ: what Kamailio 5.6 computes); `which` is `f` (first
 //! header), `l` (last), `a` (all must match) or `o` (any one). Anything else,
 //! or no such header, is false.
-//! | `KSR.hdr.append_after(txt, name)` | `int (str, str)` | 1: added after the first `name` header (after the last header when there is none, as Kamailio) |
-//! | `KSR.hdr.insert_before(txt, name)` | `int (str, str)` | 1: added before the first `name` header (before the first header when there is none) |
+//! | `KSR.hdr.append_after(txt, name)` | `int (str, str)` | 1: added after the first `name` header (after the last header when there is none, as Kamailio); -1 beyond the edit bound |
+//! | `KSR.hdr.insert_before(txt, name)` | `int (str, str)` | 1: added before the first `name` header (before the first header when there is none); -1 beyond the edit bound |
 
 use std::rc::Rc;
 
@@ -99,8 +99,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             if line.is_empty() {
                 return Ok(1); // nothing to add (Kamailio: 1)
             }
-            s.with_msg(|m| m.edits.append_header(line))?;
-            Ok(1)
+            s.with_msg(|m| edit_code(m, |e| e.append_header(line)))
         })?,
     )?;
     let s = shared.clone();
@@ -112,8 +111,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             if line.is_empty() {
                 return Ok(1);
             }
-            s.with_msg(|m| m.edits.insert_header_first(line))?;
-            Ok(1)
+            s.with_msg(|m| edit_code(m, |e| e.insert_header_first(line)))
         })?,
     )?;
     let s = shared.clone();
@@ -136,13 +134,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                     return Ok(1);
                 }
                 s.with_msg(|m| {
-                    if first {
-                        m.edits.insert_header_first(line)
-                    } else {
-                        m.edits.append_header(line)
-                    }
-                })?;
-                Ok(1)
+                    edit_code(m, |e| {
+                        if first {
+                            e.insert_header_first(line)
+                        } else {
+                            e.append_header(line)
+                        }
+                    })
+                })
             })?,
         )?;
     }
@@ -211,13 +210,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                     return Ok(1);
                 }
                 s.with_msg(|m| {
-                    match (header_index(m, &name), after) {
-                        (Some(idx), true) => m.edits.insert_header_after(idx, line),
-                        (Some(idx), false) => m.edits.insert_header_before(idx, line),
-                        (None, true) => m.edits.append_header(line),
-                        (None, false) => m.edits.insert_header_first(line),
-                    }
-                    1
+                    let at = header_index(m, &name);
+                    edit_code(m, |e| match (at, after) {
+                        (Some(idx), true) => e.insert_header_after(idx, line),
+                        (Some(idx), false) => e.insert_header_before(idx, line),
+                        (None, true) => e.append_header(line),
+                        (None, false) => e.insert_header_first(line),
+                    })
                 })
             })?,
         )?;
@@ -262,10 +261,56 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     Ok(())
 }
 
+/// Runs one header edit: 1, or -1 when the message already holds
+/// `MAX_EDITS` edits / `MAX_EDIT_BYTES` (the edit is dropped and counted in
+/// `core.edit_limit` when the route ends).
+fn edit_code(m: &mut super::MsgCtx, f: impl FnOnce(&mut crate::sip::Edits)) -> i32 {
+    let before = m.edits.refused();
+    f(&mut m.edits);
+    if m.edits.refused() > before {
+        -1
+    } else {
+        1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::match_content;
     use crate::kemi::testutil::{assembled, engine, request, run};
+
+    /// Edits beyond `MAX_EDITS` are refused (-1), counted, and the message
+    /// keeps the ones before.
+    #[test]
+    fn edits_beyond_the_limit_are_refused() {
+        use crate::sip::MAX_EDITS;
+        let script = r#"
+function ksr_request_route()
+    ok, refused = 0, 0
+    for i = 1, 1100 do
+        if KSR.hdr.append("X-N: " .. i .. "\r\n") == 1 then ok = ok + 1 else refused = refused + 1 end
+    end
+    big = KSR.hdr.insert("X-Big: " .. string.rep("b", 200000) .. "\r\n")
+end
+"#;
+        let eng = engine(script);
+        let (m, _) = run(
+            &eng,
+            &request("OPTIONS sip:a@example.com SIP/2.0", None, &[]),
+        );
+        let g = |n: &str| crate::kemi::testutil::global_int(&eng, n);
+        assert_eq!(g("ok"), MAX_EDITS as i64);
+        assert_eq!(g("refused"), 1100 - MAX_EDITS as i64);
+        assert_eq!(g("big"), -1);
+        let out = assembled(&m);
+        assert!(out.contains(&format!("X-N: {MAX_EDITS}\r\n")));
+        assert!(!out.contains(&format!("X-N: {}\r\n", MAX_EDITS + 1)));
+        let c = eng.shared().counters.values();
+        assert_eq!(
+            c[crate::stats::Counter::EditLimit as usize],
+            1100 - MAX_EDITS as u64 + 1
+        );
+    }
 
     #[test]
     fn match_content_as_kamailio() {

@@ -27,6 +27,7 @@ mod hdr;
 pub mod htable;
 mod ipops;
 mod kx;
+pub mod limits;
 mod luacompat;
 mod maxfwd;
 mod nathelper;
@@ -225,6 +226,8 @@ pub struct Shared {
     pub route_times: RefCell<Vec<(std::sync::Arc<str>, hdrhistogram::Histogram<u64>)>>,
     /// Script-wide state of the pv module: defines, `$avp`, `$xavp`, `$rc`.
     pub pv: pv::PvState,
+    /// Instructions per route call (`[shard] lua_max_instructions`).
+    pub limits: limits::ScriptLimits,
 }
 
 impl Shared {
@@ -292,6 +295,8 @@ pub struct EngineConfig<'a> {
 pub struct NamedRoutes {
     handler: Function,
     exit: mlua::Value,
+    /// `limits::arm_function` when `lua_max_instructions` is set.
+    arm: Option<Function>,
     cache: RefCell<HashMap<String, Option<Function>>>,
 }
 
@@ -305,7 +310,7 @@ impl NamedRoutes {
             Ok(mlua::Value::Function(f)) => lua
                 .load(ROUTE_WRAPPER)
                 .set_name("=route_wrapper")
-                .call::<Function>((f, self.handler.clone(), self.exit.clone()))
+                .call::<Function>((f, self.handler.clone(), self.exit.clone(), self.arm.clone()))
                 .ok(),
             _ => None,
         };
@@ -337,13 +342,20 @@ pub(crate) struct Vm {
 /// appends the traceback to string errors; the `debug` library itself is not
 /// exposed to scripts.
 const ROUTE_WRAPPER: &str = r#"
-local route, traceback, EXIT = ...
+local route, traceback, EXIT, arm = ...
 -- KSR.x.exit() is the common case: answer it without calling into Rust.
 local function handler(e)
     if e == EXIT then return e end
     return traceback(e)
 end
+if not arm then
+    return function()
+        local ok, err = xpcall(route, handler)
+        if not ok and err ~= EXIT then error(err, 0) end
+    end
+end
 return function()
+    arm()
     local ok, err = xpcall(route, handler)
     if not ok and err ~= EXIT then error(err, 0) end
 end
@@ -458,6 +470,7 @@ impl Engine {
         )
         .map_err(|e| e.to_string())?;
         luacompat::apply_gc(&lua, cfg.tuning);
+        limits::apply_jit(&lua, cfg.tuning.lua_max_instructions > 0).map_err(|e| e.to_string())?;
         luacompat::install(&lua, cfg.script_name).map_err(|e| e.to_string())?;
         let shared = Rc::new(Shared {
             cur: RefCell::new(None),
@@ -474,6 +487,10 @@ impl Engine {
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
             pv: pv::PvState::new(cfg.defines),
+            limits: limits::ScriptLimits::new(
+                cfg.tuning.lua_max_instructions,
+                cfg.tuning.lua_max_memory_bytes,
+            ),
         });
         // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
         let shared = reuse.unwrap_or(shared);
@@ -494,6 +511,8 @@ impl Engine {
         luacompat::guard_modules(&lua, &ksr).map_err(|e| e.to_string())?;
         lua.globals().set("KSR", ksr).map_err(|e| e.to_string())?;
 
+        // The memory limit covers the script's own load too.
+        limits::apply_memory(&lua, cfg.tuning.lua_max_memory_bytes)?;
         lua.load(cfg.script)
             .set_name(format!("@{}", cfg.script_name))
             .exec()
@@ -501,6 +520,12 @@ impl Engine {
 
         let globals = lua.globals();
         let handler = traceback_handler(&lua).map_err(|e| e.to_string())?;
+        // Without a limit the wrapper does not call `arm` at all.
+        let arm_arg = if shared.limits.enabled() {
+            Some(limits::arm_function(&lua, Rc::downgrade(&shared)).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
         let wrap = |name: &str| -> Result<Option<Function>, String> {
             match globals
                 .get::<mlua::Value>(name)
@@ -510,7 +535,7 @@ impl Engine {
                     let wrapper: Function = lua
                         .load(ROUTE_WRAPPER)
                         .set_name("=route_wrapper")
-                        .call((f, handler.clone(), exit.clone()))
+                        .call((f, handler.clone(), exit.clone(), arm_arg.clone()))
                         .map_err(|e| e.to_string())?;
                     Ok(Some(wrapper))
                 }
@@ -528,6 +553,7 @@ impl Engine {
         let routes = Rc::new(NamedRoutes {
             handler,
             exit,
+            arm: arm_arg,
             cache: RefCell::new(HashMap::new()),
         });
         lua.set_app_data(routes.clone());
@@ -628,6 +654,21 @@ impl Engine {
         self.shared.tm.has_output() || !self.shared.extra_out.borrow().is_empty()
     }
 
+    /// After a route failed: when the VM is past half its
+    /// `lua_max_memory_bytes`, a full collection now, so the garbage of a
+    /// route stopped by the limit does not fail the next ones (LuaJIT has no
+    /// emergency collection when an allocation fails).
+    pub fn relieve_memory(&self) {
+        let limit = self.shared.limits.max_memory_bytes;
+        if limit == 0 {
+            return;
+        }
+        let vm = self.vm.borrow().clone();
+        if vm.lua.used_memory() > limit / 2 {
+            let _ = vm.lua.gc_collect();
+        }
+    }
+
     /// Lua memory in use, bytes.
     pub fn used_memory_bytes(&self) -> usize {
         self.vm.borrow().lua.used_memory()
@@ -682,15 +723,21 @@ pub struct RouteRun {
     call: LuaCall,
     /// Keeps the VM the route runs in alive across a reload (dropped after `call`).
     _vm: Option<Rc<Vm>>,
+    /// Instructions left (`lua_max_instructions`), carried across polls.
+    left: i64,
+    /// The route's coroutine once armed, re-armed on each later poll.
+    thread: Option<mlua::Thread>,
 }
 
 impl RouteRun {
     fn new(shared: Rc<Shared>, ctx: Box<MsgCtx>, f: &Function) -> RouteRun {
         RouteRun {
-            shared,
             ctx: Some(ctx),
             call: Box::pin(f.call_async::<()>(())),
             _vm: None,
+            left: shared.limits.budget(),
+            thread: None,
+            shared,
         }
     }
 }
@@ -709,7 +756,20 @@ impl Future for RouteRun {
             "route contexts must not nest"
         );
         *this.shared.cur.borrow_mut() = Some(ctx);
+        let limited = this.shared.limits.enabled();
+        if limited {
+            this.shared.limits.set_left(this.left);
+            if let Some(th) = &this.thread {
+                limits::arm(th, Rc::downgrade(&this.shared));
+            }
+        }
         let res = this.call.as_mut().poll(cx);
+        if limited {
+            this.left = this.shared.limits.left();
+            if let Some(th) = this.shared.limits.armed.borrow_mut().take() {
+                this.thread = Some(th);
+            }
+        }
         let ctx = this.shared.cur.borrow_mut().take();
         let Some(ctx) = ctx else {
             // The slot is only ever filled/emptied here; losing it is a bug.
@@ -721,6 +781,13 @@ impl Future for RouteRun {
                 Poll::Pending
             }
             Poll::Ready(r) => {
+                let mut ctx = ctx;
+                let refused = ctx.edits.take_refused();
+                if refused > 0 {
+                    this.shared
+                        .counters
+                        .add(crate::stats::Counter::EditLimit, u64::from(refused));
+                }
                 let outcome = match r {
                     Ok(()) if ctx.dropped => RouteOutcome::Drop,
                     Ok(()) => RouteOutcome::Done,

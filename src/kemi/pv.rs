@@ -211,6 +211,32 @@ pub struct PvMsg {
     avps: Vec<(String, Vec<PvValue>)>,
     /// name -> items, newest first; an item is either a value or a list of fields.
     xavps: Vec<(String, Vec<Xavp>)>,
+    /// String bytes added to `avps`/`xavps` since [`PvMsg::clear`] (removals
+    /// do not give them back: the bound is on what one message may add).
+    bytes: usize,
+}
+
+/// Largest `$var` / `$avp` / `$xavp` string value, bytes.
+pub const MAX_PV_VALUE_BYTES: usize = 64 * 1024;
+/// String bytes one message may add to its `$avp`s and `$xavp`s.
+pub const MAX_AVP_BYTES_PER_MSG: usize = 1 << 20;
+
+impl PvValue {
+    fn str_len(&self) -> usize {
+        match self {
+            PvValue::Int(_) => 0,
+            PvValue::Str(b) => b.len(),
+        }
+    }
+}
+
+impl Xavp {
+    fn str_len(&self) -> usize {
+        match self {
+            Xavp::Value(v) => v.str_len(),
+            Xavp::Fields(f) => f.iter().map(|(k, v)| k.len() + v.str_len()).sum(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -226,11 +252,24 @@ impl PvMsg {
     pub fn clear(&mut self) {
         self.avps.clear();
         self.xavps.clear();
+        self.bytes = 0;
+    }
+    /// Takes `n` bytes of the message's budget; false (nothing taken) when
+    /// the value or the total would be too large.
+    fn take_bytes(&mut self, n: usize) -> bool {
+        if n > MAX_PV_VALUE_BYTES || self.bytes + n > MAX_AVP_BYTES_PER_MSG {
+            return false;
+        }
+        self.bytes += n;
+        true
     }
     fn avp(&self, name: &str) -> Option<&Vec<PvValue>> {
         self.avps.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
     fn avp_add(&mut self, name: &str, v: PvValue) -> bool {
+        if !self.take_bytes(name.len() + v.str_len()) {
+            return false;
+        }
         if let Some((_, vals)) = self.avps.iter_mut().find(|(n, _)| n == name) {
             if vals.len() >= MAX_AVPS {
                 return false;
@@ -279,6 +318,9 @@ impl PvMsg {
     }
     /// Adds a new item at the head of `name`.
     fn xavp_add(&mut self, name: &str, item: Xavp) -> bool {
+        if !self.take_bytes(name.len() + item.str_len()) {
+            return false;
+        }
         if let Some(items) = self.xavp_mut(name) {
             if items.len() >= MAX_AVPS {
                 return false;
@@ -301,6 +343,13 @@ impl PvMsg {
                 if f.len() >= MAX_AVPS {
                     return false;
                 }
+                if !self.take_bytes(field.len() + v.str_len()) {
+                    return false;
+                }
+                let Some(Some(Xavp::Fields(f))) = self.xavp_mut(name).map(|i| i.get_mut(idx))
+                else {
+                    return false;
+                };
                 f.insert(0, (field.to_string(), v));
                 true
             }
@@ -1983,8 +2032,14 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
         let mut vars = s.vars.borrow_mut();
         match value {
             Some(val) => {
+                if val.str_len() > MAX_PV_VALUE_BYTES {
+                    drop(vars);
+                    s.counters.incr(crate::stats::Counter::PvLimit);
+                    return Ok(false);
+                }
                 // Bounded like every table: a runaway script cannot grow it forever.
                 if vars.len() >= MAX_VARS && !vars.contains_key(v) {
+                    s.counters.incr(crate::stats::Counter::PvLimit);
                     return Err(mlua::Error::RuntimeError(format!(
                         "too many $var() names (max {MAX_VARS})"
                     )));

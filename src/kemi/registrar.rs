@@ -29,6 +29,8 @@
 //! `P-Registrar-Error` with Kamailio's texts.
 //! Differences from Kamailio: `contacts_per_aor_cap` (default 256) bounds an
 //! AOR's bindings even with `max_contacts = 0` and is answered the same way;
+//! a REGISTER carrying more Contacts than that cap is refused (503, -2,
+//! `registrar.too_many_contacts`) before its Contacts are copied;
 //! a lookup adds at most 11 branches; `unregister` returns 1 on success
 //! (Kamailio documents 0, which Lua would read as success anyway; 1 keeps
 //! the ">0 is success" rule); not implemented: `registered_flags`,
@@ -163,6 +165,10 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// `build_save`'s marker for a REGISTER with more Contacts than
+/// `contacts_per_aor_cap`: answered as `SaveError::TooManyContacts`.
+const TOO_MANY_CONTACTS: (u16, &str) = (503, "Service Unavailable");
+
 /// Extracts everything `save` needs from the REGISTER.
 fn build_save(
     s: &Shared,
@@ -177,7 +183,14 @@ fn build_save(
     }
     .ok_or((400, "Bad Request - bad To URI"))?;
     let mut contacts = Vec::new();
+    // Checked before copying: a REGISTER with thousands of Contacts is
+    // refused at the first one beyond what one AOR may ever hold.
+    let cap = s.services.registrar.contacts_per_aor_cap.max(1);
     for c in msg.contacts() {
+        if contacts.len() >= cap {
+            s.counters.incr(crate::stats::Counter::TooManyContacts);
+            return Err(TOO_MANY_CONTACTS);
+        }
         match c {
             Ok(Contact::Star) => contacts.push(OwnedContact {
                 uri: "*".into(),
@@ -249,6 +262,13 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
     });
     match built {
         Ok(Ok(r)) => Ok(r),
+        Ok(Err(TOO_MANY_CONTACTS)) => {
+            // Answered as usrloc answers too many contacts (503,
+            // P-Registrar-Error, Retry-After), returning -2.
+            let max = s.services.registrar.contacts_per_aor_cap.max(1) as u32;
+            let e = crate::usrloc::SaveError::TooManyContacts { max };
+            Err(finish_save(s, flags, Some(Err(e)), false))
+        }
         Ok(Err((code, reason))) => {
             if flags & SaveFlags::NO_REPLY == 0 {
                 let _ = s.with_msg(|m| super::sl::reply_counted(s, m, code, reason.as_bytes()));
@@ -702,6 +722,43 @@ end
             &request("INVITE sip:carol@example.com SIP/2.0", None, &[]),
         );
         assert_eq!(global_int(&eng, "rc"), -1);
+    }
+
+    /// A REGISTER with 5000 Contacts is refused (503, save -2, counted) at
+    /// the first Contact beyond `contacts_per_aor_cap`, before they are
+    /// all copied; nothing is saved.
+    #[test]
+    fn thousands_of_contacts_are_refused_before_copying() {
+        let script = r#"
+function ksr_request_route()
+    rc = KSR.registrar.save("location", 0)
+end
+"#;
+        let eng = engine(script);
+        let list: Vec<String> = (0..5000).map(|i| format!("sip:{i}@a")).collect();
+        let contact = format!("Contact: {}", list.join(","));
+        let register = request("REGISTER sip:example.com SIP/2.0", None, &[&contact]);
+        let (m, _) = run(&eng, &register);
+        assert_eq!(global_int(&eng, "rc"), -2);
+        let o = m.out.first().expect("a reply");
+        let reply = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+        assert!(reply.starts_with("SIP/2.0 503 "), "{reply}");
+        assert!(
+            reply.contains("P-Registrar-Error: Too many registered contacts\r\n"),
+            "{reply}"
+        );
+        let c = eng.shared().counters.values();
+        assert_eq!(c[crate::stats::Counter::TooManyContacts as usize], 1);
+        let (_, found) = eng.shared().services.lookup("sip:0@example.com", u32::MAX);
+        assert!(found.is_empty());
+        // A REGISTER within the cap is saved.
+        let ok = request(
+            "REGISTER sip:example.com SIP/2.0",
+            None,
+            &["Contact: <sip:bob@192.0.2.20>"],
+        );
+        run(&eng, &ok);
+        assert_eq!(global_int(&eng, "rc"), 1);
     }
 
     #[test]

@@ -20,7 +20,25 @@ pub(crate) fn engine(script: &str) -> Engine {
 
 /// As [`engine`], with these `[auth]` and `[registrar]` settings.
 pub(crate) fn engine_with(script: &str, auth: &AuthConfig, reg: &RegistrarConfig) -> Engine {
-    let tuning = ShardTuning::default();
+    build(script, auth, reg, &ShardTuning::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As [`engine`], with these `[shard]` settings; the load error as text.
+pub(crate) fn engine_tuned(script: &str, tuning: &ShardTuning) -> Result<Engine, String> {
+    build(
+        script,
+        &AuthConfig::default(),
+        &RegistrarConfig::default(),
+        tuning,
+    )
+}
+
+fn build(
+    script: &str,
+    auth: &AuthConfig,
+    reg: &RegistrarConfig,
+    tuning: &ShardTuning,
+) -> Result<Engine, String> {
     let tables = std::sync::Arc::new(SharedTables::new(1, auth, reg, 0));
     let services = Rc::new(Services::new(0, 1, tables, auth, reg, [7u8; 32], None, 0).unwrap());
     Engine::new(&EngineConfig {
@@ -30,13 +48,12 @@ pub(crate) fn engine_with(script: &str, auth: &AuthConfig, reg: &RegistrarConfig
         script_name: "test.lua",
         myself: Myself::new(LOCAL.parse().unwrap(), &["proxy.example.com".into()]),
         server_header: "sipshard",
-        tuning: &tuning,
+        tuning,
         services,
         test_hooks: false,
         defines: &[],
         local_addr: LOCAL.parse().unwrap(),
     })
-    .unwrap()
 }
 
 /// Runs `ksr_request_route()` on `msg` (received from 192.0.2.9:5060 on

@@ -170,6 +170,18 @@ const TIMER_TICK: Duration = Duration::from_millis(10);
 pub(super) struct LoopIo {
     wait: Wait,
     pub batch: RecvBatch,
+    /// Receive errors in a row (reset by a successful read): the back-off
+    /// doubles with it, 1 ms up to [`MAX_RECV_BACKOFF_MS`].
+    err_streak: u32,
+}
+
+/// Longest pause after a receive error that keeps coming back.
+const MAX_RECV_BACKOFF_MS: u64 = 64;
+
+/// Pause after the `streak`-th receive error in a row.
+fn recv_backoff(streak: u32) -> Duration {
+    let ms = 1u64 << streak.saturating_sub(1).min(6);
+    Duration::from_millis(ms.min(MAX_RECV_BACKOFF_MS))
 }
 
 impl LoopIo {
@@ -191,6 +203,7 @@ impl LoopIo {
         Ok(LoopIo {
             wait,
             batch: RecvBatch::new(batch, slot_bytes),
+            err_streak: 0,
         })
     }
 }
@@ -247,15 +260,24 @@ fn read_batch(shard: &Rc<Shard>, io: &mut LoopIo, fd: i32, wait: bool) -> usize 
         io.batch.recv(fd)
     };
     let n = match got {
-        Ok(n) => n,
+        Ok(n) => {
+            io.err_streak = 0;
+            n
+        }
         Err(e) => {
             shard.counters().incr(Counter::RecvErrors);
+            io.err_streak = io.err_streak.saturating_add(1);
             if shard.log.allow(Instant::now()) {
-                tracing::warn!(shard = shard.id, "udp receive failed: {e}");
+                tracing::warn!(
+                    shard = shard.id,
+                    errors_in_a_row = io.err_streak,
+                    "udp receive failed: {e}"
+                );
             }
             // A socket error that persists must not turn the loop into a
-            // busy spin: back off a millisecond (errors are exceptional).
-            std::thread::sleep(Duration::from_millis(1));
+            // busy spin: back off, doubling from 1 ms to 64 ms while it
+            // keeps failing (errors are exceptional).
+            std::thread::sleep(recv_backoff(io.err_streak));
             0
         }
     };
@@ -640,6 +662,7 @@ fn finish(
             if request && shard.on_error == OnScriptError::Reply500 {
                 answer_500(shard, &mut ctx);
             }
+            shard.engine.relieve_memory();
         }
     }
     send_out(shard, &ctx);
@@ -694,5 +717,19 @@ pub(super) fn drain_until(shard: &Rc<Shard>, deadline: Instant, done: impl Fn() 
         if !done() && !shard.ex.has_ready() {
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn receive_error_backoff_doubles_and_is_capped() {
+        assert_eq!(recv_backoff(1), Duration::from_millis(1));
+        assert_eq!(recv_backoff(2), Duration::from_millis(2));
+        assert_eq!(recv_backoff(5), Duration::from_millis(16));
+        assert_eq!(recv_backoff(7), Duration::from_millis(64));
+        assert_eq!(recv_backoff(u32::MAX), Duration::from_millis(64));
     }
 }

@@ -28,7 +28,7 @@ pub use msg::SipMsg;
 pub use parse::{parse, Framing, Header, Limits, Parsed, StartLine, Status};
 pub use reply::{build_reply, reason_phrase, ReplyOpts};
 pub use uri::{Scheme, SipUri};
-pub use write::{Edits, MAX_SPLICES};
+pub use write::{Edits, MAX_EDITS, MAX_EDIT_BYTES, MAX_SPLICES};
 
 /// A byte range `[start, end)` into the buffer a message was parsed from.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -56,7 +56,18 @@ enum Op {
 pub struct Edits {
     ops: Vec<Op>,
     data: Vec<u8>,
+    /// Header/body edits refused at [`MAX_EDITS`] / [`MAX_EDIT_BYTES`]
+    /// (taken by [`Edits::take_refused`] to be counted).
+    refused: u32,
 }
+
+/// Most header/body edits (add, insert, replace, remove) on one message.
+/// Request-URI, Via and `received` edits the proxy itself makes are never
+/// refused.
+pub const MAX_EDITS: usize = 1024;
+/// Most bytes those edits may carry (the written message is at most 64 KiB
+/// for UDP anyway).
+pub const MAX_EDIT_BYTES: usize = 128 * 1024;
 
 #[inline]
 fn cp(out: &mut Vec<u8>, buf: &[u8], a: usize, b: usize) {
@@ -217,6 +228,27 @@ impl Edits {
     pub fn clear(&mut self) {
         self.ops.clear();
         self.data.clear();
+        self.refused = 0;
+    }
+
+    /// Edits refused so far (header/body edits beyond [`MAX_EDITS`] /
+    /// [`MAX_EDIT_BYTES`] are dropped and counted here).
+    pub fn refused(&self) -> u32 {
+        self.refused
+    }
+
+    /// Edits refused since the last call.
+    pub fn take_refused(&mut self) -> u32 {
+        std::mem::take(&mut self.refused)
+    }
+
+    /// Room for one more header/body edit carrying `bytes`; counts a refusal.
+    fn room(&mut self, bytes: usize) -> bool {
+        if self.ops.len() >= MAX_EDITS || self.data.len() + bytes > MAX_EDIT_BYTES {
+            self.refused = self.refused.saturating_add(1);
+            return false;
+        }
+        true
     }
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
@@ -253,6 +285,9 @@ impl Edits {
     }
     /// Remove header line number `idx` of `Parsed::headers`.
     pub fn remove_header(&mut self, idx: usize) {
+        if !self.room(0) {
+            return;
+        }
         self.ops.push(Op::RemoveHeader(idx));
     }
     /// Remove every header of this kind (Other: compare `name` bytes).
@@ -276,6 +311,9 @@ impl Edits {
                 h.name == kind
             };
             if hit {
+                if !self.room(0) {
+                    break;
+                }
                 self.ops.push(Op::RemoveHeader(i));
                 n += 1;
             }
@@ -284,33 +322,51 @@ impl Edits {
     }
     /// Replace the value of header line `idx`.
     pub fn replace_header_value(&mut self, idx: usize, value: &[u8]) {
+        if !self.room(value.len()) {
+            return;
+        }
         let r = self.stash(value);
         self.ops.push(Op::ReplaceHeader(idx, r));
     }
     /// Append a header line (`"Name: value"`, no CRLF) after the last header.
     pub fn append_header(&mut self, line: &[u8]) {
+        if !self.room(line.len()) {
+            return;
+        }
         let r = self.stash(line);
         self.ops.push(Op::AppendHeader(r));
     }
     /// Insert a header line (`"Name: value"`, no CRLF) before the first header.
     pub fn insert_header_first(&mut self, line: &[u8]) {
+        if !self.room(line.len()) {
+            return;
+        }
         let r = self.stash(line);
         self.ops.push(Op::InsertFirst(r));
     }
     /// Insert a header line (`"Name: value"`, no CRLF) before header line
     /// `idx` of `Parsed::headers` (written even if that header is removed).
     pub fn insert_header_before(&mut self, idx: usize, line: &[u8]) {
+        if !self.room(line.len()) {
+            return;
+        }
         let r = self.stash(line);
         self.ops.push(Op::InsertBefore(idx, r));
     }
     /// Insert a header line (`"Name: value"`, no CRLF) after header line
     /// `idx` of `Parsed::headers` (written even if that header is removed).
     pub fn insert_header_after(&mut self, idx: usize, line: &[u8]) {
+        if !self.room(line.len()) {
+            return;
+        }
         let r = self.stash(line);
         self.ops.push(Op::InsertAfter(idx, r));
     }
     /// Replace the body; Content-Length is rewritten to match.
     pub fn set_body(&mut self, body: &[u8]) {
+        if !self.room(body.len()) {
+            return;
+        }
         let r = self.stash(body);
         self.ops.push(Op::SetBody(r));
     }

@@ -76,6 +76,10 @@ counters! {
     DispatchDropped => "shard.dispatch_dropped", "messages dropped because the owner's dispatch queue was full";
     Panics => "shard.panics", "panics caught in a route or task (the shard went on)";
     RecvErrors => "core.recv_errors", "socket receive errors";
+    LuaInstructionLimit => "core.lua_instruction_limit", "route calls stopped at lua_max_instructions";
+    TooManyContacts => "registrar.too_many_contacts", "REGISTERs refused before copying: more Contacts than contacts_per_aor_cap";
+    EditLimit => "core.edit_limit", "header/body edits refused: more than 1024 (or 128 KiB) on one message";
+    PvLimit => "core.pv_limit", "$var/$avp/$xavp writes refused: too many or too large";
     TmCreated => "tm.created", "transactions created";
     TmBranches => "tm.branches", "branches relayed statefully";
     TmFull => "tm.full", "transactions refused: the table was full";

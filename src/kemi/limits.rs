@@ -1,0 +1,415 @@
+//! Script limits: instructions per route call and Lua memory per shard.
+//!
+//! Instructions: a count hook (`Thread::set_hook`, every `step`
+//! instructions) on the coroutine a route runs in. The route wrapper arms it
+//! when the route starts (`__arm`, the coroutine is only known from inside),
+//! [`super::RouteRun`] re-arms it each time it polls a route again after a
+//! suspension (mlua keeps one hooked thread per VM, and other routes may have
+//! run meanwhile) and carries the route's remaining budget across polls. When
+//! the budget is spent the hook raises a Lua error naming the script line;
+//! it raises again every `step` instructions, so a script `pcall` cannot
+//! swallow it for long. The shard then answers 500 like any script error.
+//!
+//! Under LuaJIT, compiled traces never call hooks, so with a limit set the
+//! JIT compiler is turned off for the VM (`jit.off()`, and `jit.on` made a
+//! no-op): the interpreter runs every route (see docs/tuning.md for the
+//! cost). Known gap: a coroutine the script creates itself runs unhooked.
+//!
+//! Memory: `Lua::set_memory_limit` (mlua's allocator; both flavours), so an
+//! allocation beyond it fails with a Lua "not enough memory" error.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Weak;
+
+use mlua::{HookTriggers, Lua, Thread, VmState};
+
+use super::Shared;
+use crate::stats::Counter;
+
+/// Per-shard limit state (in [`Shared`]).
+pub struct ScriptLimits {
+    /// `[shard] lua_max_instructions`; 0 = no limit.
+    pub max_instructions: u64,
+    /// `[shard] lua_max_memory_bytes`; 0 = no limit.
+    pub max_memory_bytes: usize,
+    /// Hook period, instructions.
+    step: u32,
+    /// Instructions left to the route being polled.
+    left: Cell<i64>,
+    /// The coroutine the route wrapper just armed (taken by `RouteRun`).
+    pub(crate) armed: RefCell<Option<Thread>>,
+    /// The error of the route stopped last (with its script line).
+    stopped: RefCell<String>,
+}
+
+impl ScriptLimits {
+    pub fn new(max_instructions: u64, max_memory_bytes: usize) -> ScriptLimits {
+        // Fine enough to stop close to the limit, coarse enough that the
+        // hook itself costs nothing measurable (it runs once per `step`).
+        let step = (max_instructions / 20).clamp(1_000, 1_000_000) as u32;
+        ScriptLimits {
+            max_instructions,
+            max_memory_bytes,
+            step,
+            left: Cell::new(0),
+            armed: RefCell::new(None),
+            stopped: RefCell::new(String::new()),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.max_instructions > 0
+    }
+
+    /// The budget of a route that has not started.
+    pub(crate) fn budget(&self) -> i64 {
+        self.max_instructions.min(i64::MAX as u64) as i64
+    }
+
+    pub(crate) fn set_left(&self, n: i64) {
+        self.left.set(n);
+    }
+
+    pub(crate) fn left(&self) -> i64 {
+        self.left.get()
+    }
+}
+
+/// Sets the count hook on `th` (the route's coroutine): every `step`
+/// instructions while the route has budget left, every instruction once it
+/// is spent (so the error is raised again right after a script `pcall`
+/// caught it, and no Lua code of the route runs on).
+pub(crate) fn arm(th: &Thread, shared: Weak<Shared>) {
+    let Some(s) = shared.upgrade() else { return };
+    let spent = s.limits.left.get() < 0;
+    let step = if spent { 1 } else { s.limits.step };
+    drop(s);
+    th.set_hook(
+        HookTriggers::new().every_nth_instruction(step),
+        move |lua, debug| {
+            let Some(s) = shared.upgrade() else {
+                return Ok(VmState::Continue);
+            };
+            let before = s.limits.left.get();
+            let left = before.saturating_sub(i64::from(step));
+            s.limits.left.set(left);
+            if left >= 0 {
+                return Ok(VmState::Continue);
+            }
+            if before >= 0 {
+                // First time over: count, keep the script line for every
+                // later raise, and hook every instruction from now on.
+                s.counters.incr(Counter::LuaInstructionLimit);
+                let src = debug.source();
+                let file = src.short_src.as_deref().unwrap_or("?").to_string();
+                let line = debug.curr_line();
+                *s.limits.stopped.borrow_mut() = format!(
+                    "{file}:{line}: route stopped: more than lua_max_instructions ({}) \
+                     Lua instructions",
+                    s.limits.max_instructions
+                );
+                arm(&lua.current_thread(), shared.clone());
+            }
+            let msg = s.limits.stopped.borrow().clone();
+            Err(mlua::Error::RuntimeError(msg))
+        },
+    );
+}
+
+/// `__arm()`, called by the route wrapper first thing: hooks the running
+/// coroutine and leaves it for `RouteRun` to re-arm after suspensions.
+pub(crate) fn arm_function(lua: &Lua, shared: Weak<Shared>) -> mlua::Result<mlua::Function> {
+    lua.create_function(move |lua, ()| {
+        let Some(s) = shared.upgrade() else {
+            return Ok(());
+        };
+        if !s.limits.enabled() {
+            return Ok(());
+        }
+        let th = lua.current_thread();
+        arm(&th, shared.clone());
+        *s.limits.armed.borrow_mut() = Some(th);
+        Ok(())
+    })
+}
+
+/// LuaJIT: traces do not run hooks, so the JIT is off while a limit is set.
+pub(crate) fn apply_jit(lua: &Lua, limited: bool) -> mlua::Result<()> {
+    if cfg!(feature = "luajit") && limited {
+        lua.load(r#"if jit then jit.off(); jit.flush(); jit.on = function() end end"#)
+            .set_name("=limits")
+            .exec()?;
+    }
+    Ok(())
+}
+
+/// `[shard] lua_max_memory_bytes` (0 = none).
+pub(crate) fn apply_memory(lua: &Lua, bytes: usize) -> Result<(), String> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    lua.set_memory_limit(bytes)
+        .map(|_| ())
+        .map_err(|e| format!("lua_max_memory_bytes: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use crate::config::ShardTuning;
+    use crate::kemi::testutil::{engine_tuned, global_int, request, run};
+    use crate::kemi::RouteOutcome;
+    use crate::stats::Counter;
+
+    fn tuned(max_instructions: u64, max_memory: usize) -> ShardTuning {
+        ShardTuning {
+            lua_max_instructions: max_instructions,
+            lua_max_memory_bytes: max_memory,
+            ..ShardTuning::default()
+        }
+    }
+
+    fn options() -> Vec<u8> {
+        request("OPTIONS sip:proxy.example.com SIP/2.0", None, &[])
+    }
+
+    const LOOP: &str = r#"
+n = 0
+function ksr_request_route()
+    n = n + 1
+    if KSR.pv.get("$rU") == "loop" then
+        while true do end
+    end
+    KSR.sl.sl_send_reply(200, "OK")
+end
+"#;
+
+    #[test]
+    fn runaway_loop_is_stopped_with_its_line_and_the_vm_goes_on() {
+        let eng = engine_tuned(LOOP, &tuned(1_000_000, 0)).unwrap();
+        let looping = request("OPTIONS sip:loop@proxy.example.com SIP/2.0", None, &[]);
+        let (_, outcome) = run(&eng, &looping);
+        let RouteOutcome::Error(text) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(text.contains("test.lua:6:"), "{text}");
+        assert!(text.contains("lua_max_instructions (1000000)"), "{text}");
+        let c = eng.shared().counters.values();
+        assert_eq!(c[Counter::LuaInstructionLimit as usize], 1);
+        // The next message gets a fresh budget and runs.
+        let (m, outcome) = run(&eng, &options());
+        assert_eq!(outcome, RouteOutcome::Done);
+        assert!(!m.out.is_empty());
+        assert_eq!(global_int(&eng, "n"), 2);
+        // A second runaway is stopped too.
+        let (_, outcome) = run(&eng, &looping);
+        assert!(matches!(outcome, RouteOutcome::Error(_)));
+        let c = eng.shared().counters.values();
+        assert_eq!(c[Counter::LuaInstructionLimit as usize], 2);
+    }
+
+    /// A JIT-friendly numeric loop (LuaJIT would compile it into a trace
+    /// that never calls hooks) and a loop that pcalls its way around.
+    #[test]
+    fn hot_loops_and_pcall_do_not_escape() {
+        let script = r#"
+function ksr_request_route()
+    local x = 0
+    if KSR.pv.get("$rU") == "pcall" then
+        while true do pcall(function() for i = 1, 1e12 do x = x + i end end) end
+    end
+    for i = 1, 1e12 do x = x + i % 7 end
+end
+"#;
+        let eng = engine_tuned(script, &tuned(2_000_000, 0)).unwrap();
+        for _ in 0..3 {
+            let (_, outcome) = run(&eng, &options());
+            assert!(matches!(outcome, RouteOutcome::Error(_)), "{outcome:?}");
+        }
+        let m = request("OPTIONS sip:pcall@proxy.example.com SIP/2.0", None, &[]);
+        let (_, outcome) = run(&eng, &m);
+        assert!(matches!(outcome, RouteOutcome::Error(_)), "{outcome:?}");
+        let c = eng.shared().counters.values();
+        assert_eq!(c[Counter::LuaInstructionLimit as usize], 4);
+    }
+
+    #[test]
+    fn ordinary_routes_are_untouched_and_zero_means_off() {
+        let script = r#"
+function ksr_request_route()
+    local t = {}
+    for i = 1, 1000 do t[#t + 1] = tostring(i) end
+    done = #t
+end
+"#;
+        let eng = engine_tuned(script, &tuned(1_000_000, 0)).unwrap();
+        for _ in 0..50 {
+            assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        }
+        assert_eq!(global_int(&eng, "done"), 1000);
+        let eng = engine_tuned(script, &tuned(0, 0)).unwrap();
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert!(!eng.shared().limits.enabled());
+    }
+
+    /// The budget is per route call and survives suspensions: a route that
+    /// suspends between two half-budget loops is not stopped, one that
+    /// loops past the whole budget across a suspension is.
+    #[test]
+    fn budget_is_carried_across_suspensions() {
+        let script = r#"
+function ksr_request_route()
+    local x = 0
+    for i = 1, tonumber(KSR.pv.get("$rU")) do x = x + 1 end
+    wait_once()
+    for i = 1, tonumber(KSR.pv.get("$rU")) do x = x + 1 end
+end
+"#;
+        let eng = engine_tuned(script, &tuned(1_000_000, 0)).unwrap();
+        let f = eng
+            .lua()
+            .create_async_function(|_, ()| async {
+                PendingOnce(false).await;
+                Ok(())
+            })
+            .unwrap();
+        eng.lua().globals().set("wait_once", f).unwrap();
+        let poll_all = |user: &str| {
+            let msg = request(
+                &format!("OPTIONS sip:{user}@proxy.example.com SIP/2.0"),
+                None,
+                &[],
+            );
+            let mut m = Box::new(crate::kemi::MsgCtx::new(65535, 128));
+            m.load(
+                &msg,
+                "192.0.2.9:5060".parse().unwrap(),
+                "10.0.0.1:5060".parse().unwrap(),
+            );
+            m.parse(&crate::sip::Limits::default()).unwrap();
+            let mut run = eng.run_request(m);
+            let mut polls = 0;
+            loop {
+                polls += 1;
+                // Another route's poll in between takes the hook away.
+                if let Poll::Ready((_, o)) =
+                    Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop()))
+                {
+                    return (o, polls);
+                }
+                let _ = crate::kemi::testutil::run(&eng, &options());
+            }
+        };
+        // 2 instructions an iteration (add, forloop): 100k iterations twice
+        // stays well below 1M.
+        let (o, polls) = poll_all("100000");
+        assert_eq!(o, RouteOutcome::Done);
+        assert_eq!(polls, 2);
+        // 300k twice: each half alone stays below, together they do not.
+        let (o, _) = poll_all("300000");
+        assert!(matches!(o, RouteOutcome::Error(_)), "{o:?}");
+    }
+
+    #[test]
+    fn oversized_pv_values_are_refused_and_counted() {
+        let script = r#"
+function ksr_request_route()
+    big = KSR.pv.sets("$var(big)", string.rep("x", 70000))
+    small = KSR.pv.sets("$var(small)", string.rep("x", 1000))
+    big_set = KSR.pv.get("$var(big)") ~= 0
+    avp_big = KSR.pv.sets("$avp(a)", string.rep("x", 70000))
+    avp_big_set = KSR.pv.is_null("$avp(a)") == false
+    avp_n = 0
+    for i = 1, 40 do
+        if KSR.pv.sets("$avp(b)", string.rep("y", 60000)) then avp_n = avp_n + 1 end
+    end
+end
+"#;
+        let eng = engine_tuned(script, &tuned(0, 0)).unwrap();
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert_eq!(global_int(&eng, "big"), 0);
+        assert_eq!(global_int(&eng, "small"), 1);
+        assert_eq!(global_int(&eng, "big_set"), 0);
+        assert_eq!(global_int(&eng, "avp_big_set"), 0);
+        let c = eng.shared().counters.values();
+        assert_eq!(c[Counter::PvLimit as usize], 1);
+        // 1 MiB of $avp per message: 17 values of 60 000 bytes (+ name).
+        assert_eq!(global_int(&eng, "avp_n"), 17);
+        // The budget is per message: the next one starts afresh.
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert_eq!(global_int(&eng, "avp_n"), 17);
+    }
+
+    /// Why the JIT is off under a limit: LuaJIT's compiled traces do not
+    /// run count hooks. The same loop fires the hook on every 1 000th
+    /// instruction when interpreted, and almost never once compiled.
+    #[cfg(feature = "luajit")]
+    #[test]
+    fn luajit_traces_skip_count_hooks() {
+        use std::rc::Rc;
+        let fires = |jit: bool| {
+            let lua = mlua::Lua::new();
+            let n = Rc::new(std::cell::Cell::new(0u64));
+            let n2 = n.clone();
+            lua.load(if jit { "jit.on()" } else { "jit.off()" })
+                .exec()
+                .unwrap();
+            lua.set_hook(
+                mlua::HookTriggers::new().every_nth_instruction(1000),
+                move |_, _| {
+                    n2.set(n2.get() + 1);
+                    Ok(mlua::VmState::Continue)
+                },
+            );
+            lua.load("local x = 0 for i = 1, 2e7 do x = x + i % 7 end")
+                .exec()
+                .unwrap();
+            n.get()
+        };
+        let (interpreted, compiled) = (fires(false), fires(true));
+        eprintln!("count hook fires: interpreted {interpreted}, JIT {compiled}");
+        assert!(interpreted > 40_000, "{interpreted}");
+        assert!(compiled < interpreted / 100, "{compiled} vs {interpreted}");
+    }
+
+    struct PendingOnce(bool);
+
+    impl Future for PendingOnce {
+        type Output = ();
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.0 {
+                return Poll::Ready(());
+            }
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn memory_hog_gets_a_lua_error_and_the_vm_goes_on() {
+        let script = r#"
+function ksr_request_route()
+    if KSR.pv.get("$rU") == "hog" then
+        local t = {}
+        for i = 1, 1e9 do t[i] = string.rep("x", 1000) .. i end
+    end
+    ok = (ok or 0) + 1
+end
+"#;
+        let eng = engine_tuned(script, &tuned(0, 32 << 20)).unwrap();
+        let hog = request("OPTIONS sip:hog@proxy.example.com SIP/2.0", None, &[]);
+        let (_, outcome) = run(&eng, &hog);
+        let RouteOutcome::Error(text) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(text.contains("memory"), "{text}");
+        eng.relieve_memory();
+        assert!(eng.used_memory_bytes() < 32 << 20);
+        assert_eq!(run(&eng, &options()).1, RouteOutcome::Done);
+        assert_eq!(global_int(&eng, "ok"), 1);
+    }
+}
