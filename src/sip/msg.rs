@@ -178,9 +178,32 @@ impl<'a> SipMsg<'a> {
     /// the CSeq *method* is still ACK / CANCEL (§9.1, §17.1.1.3), so the
     /// method comparison is exact (case-sensitive) for every request.
     pub fn check_request(&self) -> Result<(), ParseError> {
-        let StartLine::Request { method_span, .. } = self.parsed.start else {
+        let StartLine::Request {
+            method_span,
+            uri,
+            version,
+            ..
+        } = self.parsed.start
+        else {
             return Err(ParseError::BadStartLine);
         };
+        // Request-Line = Method SP Request-URI SP SIP-Version CRLF (§7.1, §25.1).
+        if uri.start != method_span.end + 1
+            || version.start != uri.end + 1
+            || !matches!(self.buf.get(version.end as usize), Some(b'\r' | b'\n'))
+        {
+            return Err(ParseError::StartLineWhitespace);
+        }
+        match SipUri::parse(uri.get(self.buf)) {
+            Ok(u) if u.scheme == super::Scheme::Other => {
+                return Err(ParseError::UnsupportedUriScheme)
+            }
+            // §19.1.5: headers are not allowed in a Request-URI.
+            Ok(u) if !u.headers.is_empty() => return Err(ParseError::BadRequestUri),
+            Ok(_) => {}
+            Err(_) => return Err(ParseError::BadRequestUri),
+        }
+        self.check_single()?;
         self.check_common()?;
         let cseq = self.cseq()?;
         if cseq.method_bytes != method_span.get(self.buf) {
@@ -197,6 +220,26 @@ impl<'a> SipMsg<'a> {
         self.check_common()?;
         self.cseq()?;
         self.check_length()
+    }
+
+    /// From, To, Call-ID, CSeq and Max-Forwards appear at most once (§7.3.1:
+    /// only comma-list headers may repeat).
+    fn check_single(&self) -> Result<(), ParseError> {
+        let mut seen = [false; 5];
+        for h in &self.parsed.headers {
+            let (k, e) = match h.name {
+                HdrName::From => (0, ParseError::DuplicateFrom),
+                HdrName::To => (1, ParseError::DuplicateTo),
+                HdrName::CallId => (2, ParseError::DuplicateCallId),
+                HdrName::CSeq => (3, ParseError::DuplicateCSeq),
+                HdrName::MaxForwards => (4, ParseError::DuplicateMaxForwards),
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[k], true) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn check_common(&self) -> Result<(), ParseError> {

@@ -303,7 +303,11 @@ fn start_line(b: &[u8], pos: usize) -> PResult<(StartLine, usize)> {
         return Err(Stop::Err(ParseError::BadRequestUri));
     }
     let vs = skip_sp(b, ue);
-    let ve = version(b, vs)?;
+    let ve = match version(b, vs) {
+        Ok(ve) => ve,
+        Err(Stop::Err(_)) => return Err(Stop::Err(request_version_error(b, vs))),
+        Err(e) => return Err(e),
+    };
     let i = skip_sp(b, ve);
     let next = eol(b, i, ParseError::BadVersion)?;
     Ok((
@@ -317,8 +321,77 @@ fn start_line(b: &[u8], pos: usize) -> PResult<(StartLine, usize)> {
     ))
 }
 
+/// Why the version of a request line did not match (cold path): `SIP/x.y`
+/// other than 2.0 is an unsupported version (505); whitespace inside the
+/// Request-URI shows as a line that still ends in `SIP/2.0`.
+#[cold]
+fn request_version_error(b: &[u8], vs: usize) -> ParseError {
+    let rest = b.get(vs..).unwrap_or(&[]);
+    let line = rest
+        .get(..lex::find_any(rest, 0, [b'\r', b'\n']))
+        .unwrap_or(rest);
+    let is_version = |t: &[u8]| {
+        t.len() > 4
+            && t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+            && t.get(4..).is_some_and(|v| {
+                v.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+                    && v.iter().filter(|c| **c == b'.').count() == 1
+            })
+    };
+    let mut last = line;
+    while let Some(c) = last.last() {
+        if matches!(c, b' ' | b'\t') {
+            last = last.get(..last.len() - 1).unwrap_or(&[]);
+        } else {
+            break;
+        }
+    }
+    let tok_start = last
+        .iter()
+        .rposition(|c| matches!(c, b' ' | b'\t'))
+        .map_or(0, |p| p + 1);
+    let tok = last.get(tok_start..).unwrap_or(&[]);
+    if tok_start == 0 && is_version(tok) {
+        ParseError::UnsupportedVersion
+    } else if tok_start > 0 && tok.eq_ignore_ascii_case(b"SIP/2.0") {
+        ParseError::BadRequestUri
+    } else {
+        ParseError::BadVersion
+    }
+}
+
+/// Whether the control byte at `i` is escaped by a quoted-pair inside a
+/// quoted string (RFC 3261 §25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
+/// %x0E-7F)). `state` = (scan position, inside quotes) carries the scan
+/// across calls for one value, so the work stays linear in its length.
+#[cold]
+fn quoted_pair_at(b: &[u8], i: usize, state: &mut (usize, bool)) -> bool {
+    if matches!(b.get(i), Some(b'\r' | b'\n') | None) {
+        return false;
+    }
+    let (mut j, mut in_q) = *state;
+    let mut escaped = false;
+    while j < i {
+        match b.get(j) {
+            Some(b'"') => in_q = !in_q,
+            Some(b'\\') if in_q => {
+                if j + 1 == i {
+                    escaped = true;
+                }
+                j += 1;
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    *state = (j.max(i + 1), in_q);
+    escaped
+}
+
 /// Header section: returns (headers_end, body_start, content_length).
-fn header_lines(
+///
+/// `STRICT = false` (only for [`salvage`]) skips the Content-Length checks.
+fn header_lines<const STRICT: bool>(
     b: &[u8],
     mut i: usize,
     limits: &Limits,
@@ -356,6 +429,7 @@ fn header_lines(
         i += 1;
         // Value, including folded continuation lines.
         let vs = i;
+        let mut quotes = (vs, false);
         let ve = loop {
             i = scan_value(b, i);
             let line_end = i;
@@ -365,6 +439,10 @@ fn header_lines(
                     b'\n' => i + 2,
                     _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
                 },
+                _ if quoted_pair_at(b, i, &mut quotes) => {
+                    i += 1;
+                    continue;
+                }
                 _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
             };
             // Need the next byte to know whether the value continues.
@@ -377,7 +455,7 @@ fn header_lines(
             return Err(Stop::Err(ParseError::TooManyHeaders));
         }
         let name = HdrName::from_bytes(b.get(ns..ne).unwrap_or(&[]));
-        if name == HdrName::ContentLength {
+        if STRICT && name == HdrName::ContentLength {
             let v =
                 lex::parse_u32(b.get(vs..ve).unwrap_or(&[])).ok_or(ParseError::BadContentLength)?;
             if cl.is_some_and(|prev| prev != v) {
@@ -443,7 +521,7 @@ pub fn parse(
         Err(Stop::Err(e)) => return Err(e),
     };
     out.start = start;
-    let (headers_end, body_start, cl) = match header_lines(window, i, limits, out) {
+    let (headers_end, body_start, cl) = match header_lines::<true>(window, i, limits, out) {
         Ok(v) => v,
         Err(Stop::Incomplete) => return incomplete(ParseError::MissingEndOfHeaders),
         Err(Stop::Err(e)) => return Err(e),
@@ -478,6 +556,59 @@ pub fn parse(
     out.body = Span::new(body_start, body_end);
     out.msg_len = (body_end - msg_start) as u32;
     Ok(Status::Complete(body_end))
+}
+
+/// After [`parse`] refused a datagram request: indexes its start line and
+/// header fields leniently (the Request-URI and version are not checked,
+/// Content-Length is ignored, the body is the rest of the datagram) so that
+/// an error reply can copy Via, From, To, Call-ID and CSeq. False when the
+/// message does not start with a request line or its header section
+/// cannot be delimited; `out` then holds nothing usable. Cold path: only
+/// ever run on bad input.
+#[cold]
+pub fn salvage(buf: &[u8], limits: &Limits, out: &mut Parsed) -> bool {
+    out.reset();
+    let mut pos = 0;
+    while matches!(buf.get(pos), Some(b'\r' | b'\n')) {
+        pos += 1;
+    }
+    let window = buf
+        .get(..pos.saturating_add(limits.max_msg_len).min(buf.len()))
+        .unwrap_or(buf);
+    let tok_end = lex::scan_class(window, pos, &TOKEN);
+    if tok_end == pos || window.get(tok_end) != Some(&b' ') {
+        return false;
+    }
+    let Some(lf) = window
+        .get(tok_end..)
+        .and_then(|r| r.iter().position(|&c| c == b'\n'))
+        .map(|p| p + tok_end)
+    else {
+        return false;
+    };
+    let mut le = lf;
+    if le > tok_end && window.get(le - 1) == Some(&b'\r') {
+        le -= 1;
+    }
+    out.msg_start = pos as u32;
+    out.start = StartLine::Request {
+        method: Method::from_bytes(window.get(pos..tok_end).unwrap_or(&[])),
+        method_span: Span::new(pos, tok_end),
+        uri: Span::new((tok_end + 1).min(le), le),
+        version: Span::new(le, le),
+    };
+    match header_lines::<false>(window, lf + 1, limits, out) {
+        Ok((headers_end, body_start, _)) => {
+            out.headers_end = headers_end as u32;
+            out.body = Span::new(body_start, window.len());
+            out.msg_len = (window.len() - pos) as u32;
+            true
+        }
+        Err(_) => {
+            out.reset();
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -819,7 +950,17 @@ mod tests {
     req!(
         bad_version,
         b"INVITE sip:a@b SIP/3.0\r\n\r\n",
+        Err(ParseError::UnsupportedVersion)
+    );
+    req!(
+        garbage_version,
+        b"INVITE sip:a@b SIP/x\r\n\r\n",
         Err(ParseError::BadVersion)
+    );
+    req!(
+        space_in_request_uri,
+        b"INVITE sip:a@b; lr SIP/2.0\r\n\r\n",
+        Err(ParseError::BadRequestUri)
     );
     req!(
         http_request,
