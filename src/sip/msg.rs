@@ -519,6 +519,34 @@ mod tests {
     }
 
     #[test]
+    fn check_request_line_and_single_headers() {
+        let base = req_with("", "");
+        let swap = |from: &str, to: &str| String::from_utf8_lossy(&base).replacen(from, to, 1);
+        for (buf, want) in [
+            (swap("INVITE sip", "INVITE  sip"), Err(ParseError::StartLineWhitespace)),
+            (swap("b SIP/2.0", "b  SIP/2.0"), Err(ParseError::StartLineWhitespace)),
+            (swap("SIP/2.0\r\n", "SIP/2.0 \r\n"), Err(ParseError::StartLineWhitespace)),
+            (swap("SIP/2.0\r\n", "SIP/2.0\t\r\n"), Err(ParseError::StartLineWhitespace)),
+            (swap("sip:bob@b ", "<sip:bob@b> "), Err(ParseError::BadRequestUri)),
+            (swap("sip:bob@b ", "sip:2001:db8::10 "), Err(ParseError::BadRequestUri)),
+            (swap("sip:bob@b ", "sip:bob@b?Route=x "), Err(ParseError::BadRequestUri)),
+            (swap("sip:bob@b ", "mailto:bob@b "), Err(ParseError::UnsupportedUriScheme)),
+            (swap("sip:bob@b ", "tel:+15551234 "), Ok(())),
+            (swap("sip:bob@b ", "sips:[2001:db8::1]:5061 "), Ok(())),
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n"), Err(ParseError::DuplicateCallId)),
+            (swap("CSeq: 1 INVITE\r\n", "CSeq: 1 INVITE\r\nCSeq: 1 INVITE\r\n"), Err(ParseError::DuplicateCSeq)),
+            (swap("To: <sip:bob@b>\r\n", "To: <sip:bob@b>\r\nt: <sip:x@b>\r\n"), Err(ParseError::DuplicateTo)),
+            (swap("From: <sip:a@b>;tag=1\r\n", "From: <sip:a@b>;tag=1\r\nf: <sip:a@b>;tag=2\r\n"), Err(ParseError::DuplicateFrom)),
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\nMax-Forwards: 70\r\nMax-Forwards: 69\r\n"), Err(ParseError::DuplicateMaxForwards)),
+            // Comma-list headers may repeat.
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\nVia: SIP/2.0/UDP h2\r\nContact: <sip:a@b>\r\nContact: <sip:c@d>\r\n"), Ok(())),
+        ] {
+            let p = parse_ok(buf.as_bytes());
+            assert_eq!(SipMsg::new(buf.as_bytes(), &p).check_request(), want, "{buf}");
+        }
+    }
+
+    #[test]
     fn ack_and_cancel_use_their_own_cseq_method() {
         for (method, cseq, want) in [
             ("ACK", "1 ACK", Ok(())),

@@ -912,6 +912,29 @@ mod tests {
         Err(ParseError::BadHeaderLine)
     );
     req!(
+        quoted_pair_of_controls,
+        b"OPTIONS sip:a@b SIP/2.0\r\nTo: \"a\\\x00b\\\x07c\\\x7f\" <sip:a@b>\r\nX: \"\\\\\" q\r\n\r\n",
+        |m, _p, _n| {
+            assert_eq!(m.to().unwrap().display, Some(&b"a\\\x00b\\\x07c\\\x7f"[..]));
+            assert_eq!(m.header_by_name(b"x"), Some(&b"\"\\\\\" q"[..]));
+        }
+    );
+    req!(
+        control_escaped_outside_quotes,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: a\\\x00b\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
+        escaped_backslash_then_control,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"a\\\\\x00\"\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
+        quoted_pair_cannot_escape_lf,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"a\\\rb\"\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
         bare_cr_in_value,
         b"OPTIONS sip:a@b SIP/2.0\r\nX: a\rb\r\n\r\n",
         Err(ParseError::BadHeaderLine)
@@ -1182,6 +1205,35 @@ mod tests {
                     .map_or(len, |p| p + start);
                 assert_eq!(scan_value(&v, start), naive, "{v:?} from {start}");
             }
+        }
+    }
+
+    #[test]
+    fn salvage_indexes_refused_requests() {
+        let mut p = Parsed::default();
+        let l = Limits::default();
+        let msg = b"\r\nINVITE sip:a@b SIP/9.9\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 1\r\nl: 2\r\nCall-ID: c\r\n\r\nbody";
+        assert_eq!(
+            parse(msg, Framing::Datagram, &l, &mut p),
+            Err(ParseError::UnsupportedVersion)
+        );
+        assert!(salvage(msg, &l, &mut p));
+        let m = SipMsg::new(msg, &p);
+        assert_eq!(m.method(), Some(Method::Invite));
+        assert_eq!(m.call_id(), Some(&b"c"[..]));
+        assert_eq!(m.top_via().unwrap().host, b"h");
+        assert_eq!(m.body(), b"body");
+        assert_eq!(p.msg_start(), 2);
+        for bad in [
+            &b"SIP/2.0 200 OK\r\n\r\n"[..],
+            b"INVITE",
+            b"INVITE sip:a SIP/2.0",
+            b"INVITE sip:a SIP/2.0\r\nX: \x00\r\n\r\n",
+            b"\x00\x01",
+            b"",
+        ] {
+            assert!(!salvage(bad, &l, &mut p), "{}", s(bad));
+            assert!(p.headers.is_empty());
         }
     }
 
