@@ -131,6 +131,8 @@ pub(super) struct Shard {
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
     pub log: LogLimiter,
+    /// `core.reject_unknown_ruri_scheme`: 416 before the route runs.
+    pub reject_unknown_ruri_scheme: bool,
     pub tuning: serde_json::Value,
     /// Replies of this turn, sent together ([`flush_sends`]).
     pub sends: RefCell<SendBatch>,
@@ -567,7 +569,14 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
     let is_request = ctx.msg().is_request();
     if is_request {
         counters.incr(Counter::RcvRequests);
-        if let Err(e) = ctx.msg().check_request() {
+        let checked = ctx.msg().check_request().and_then(|()| {
+            if shard.reject_unknown_ruri_scheme {
+                ctx.msg().check_ruri_scheme()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = checked {
             bad_input(shard, &ctx, e);
             // Answer when the headers a reply copies are usable (RFC 3261 §8.2).
             answer_bad_request(shard, &mut ctx, e);

@@ -194,14 +194,10 @@ impl<'a> SipMsg<'a> {
         {
             return Err(ParseError::StartLineWhitespace);
         }
-        match SipUri::parse(uri.get(self.buf)) {
-            Ok(u) if u.scheme == super::Scheme::Other => {
-                return Err(ParseError::UnsupportedUriScheme)
-            }
-            // §19.1.5: headers are not allowed in a Request-URI.
-            Ok(u) if !u.headers.is_empty() => return Err(ParseError::BadRequestUri),
-            Ok(_) => {}
-            Err(_) => return Err(ParseError::BadRequestUri),
+        // Any scheme parses here (a proxy may route it, the script decides,
+        // see check_ruri_scheme); sip, sips and tel must be well formed.
+        if SipUri::parse(uri.get(self.buf)).is_err() {
+            return Err(ParseError::BadRequestUri);
         }
         self.check_single()?;
         self.check_common()?;
@@ -220,6 +216,16 @@ impl<'a> SipMsg<'a> {
         self.check_common()?;
         self.cseq()?;
         self.check_length()
+    }
+
+    /// The Request-URI scheme is one a proxy understands (sip, sips, tel);
+    /// `UnsupportedUriScheme` (416, RFC 3261 §16.3) otherwise.
+    pub fn check_ruri_scheme(&self) -> Result<(), ParseError> {
+        match self.ruri_parsed() {
+            Ok(u) if u.scheme == super::Scheme::Other => Err(ParseError::UnsupportedUriScheme),
+            Ok(_) => Ok(()),
+            Err(_) => Err(ParseError::BadRequestUri),
+        }
     }
 
     /// From, To, Call-ID, CSeq and Max-Forwards appear at most once (§7.3.1:
@@ -529,8 +535,9 @@ mod tests {
             (swap("SIP/2.0\r\n", "SIP/2.0\t\r\n"), Err(ParseError::StartLineWhitespace)),
             (swap("sip:bob@b ", "<sip:bob@b> "), Err(ParseError::BadRequestUri)),
             (swap("sip:bob@b ", "sip:2001:db8::10 "), Err(ParseError::BadRequestUri)),
-            (swap("sip:bob@b ", "sip:bob@b?Route=x "), Err(ParseError::BadRequestUri)),
-            (swap("sip:bob@b ", "mailto:bob@b "), Err(ParseError::UnsupportedUriScheme)),
+            // Headers in a Request-URI (RFC 4475 §3.1.2.11): accepted, as Kamailio does.
+            (swap("sip:bob@b ", "sip:bob@b?Route=x "), Ok(())),
+            (swap("sip:bob@b ", "mailto:bob@b "), Ok(())),
             (swap("sip:bob@b ", "tel:+15551234 "), Ok(())),
             (swap("sip:bob@b ", "sips:[2001:db8::1]:5061 "), Ok(())),
             (swap("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n"), Err(ParseError::DuplicateCallId)),
@@ -543,6 +550,18 @@ mod tests {
         ] {
             let p = parse_ok(buf.as_bytes());
             assert_eq!(SipMsg::new(buf.as_bytes(), &p).check_request(), want, "{buf}");
+        }
+        for (ruri, want) in [
+            ("sip:a@b", Ok(())),
+            ("SIPS:a@b", Ok(())),
+            ("tel:+1555", Ok(())),
+            ("mailto:a@b", Err(ParseError::UnsupportedUriScheme)),
+            ("im:a@b", Err(ParseError::UnsupportedUriScheme)),
+            ("sip:@b", Err(ParseError::BadRequestUri)),
+        ] {
+            let buf = format!("OPTIONS {ruri} SIP/2.0\r\n\r\n");
+            let p = parse_ok(buf.as_bytes());
+            assert_eq!(SipMsg::new(buf.as_bytes(), &p).check_ruri_scheme(), want, "{ruri}");
         }
     }
 

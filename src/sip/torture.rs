@@ -50,9 +50,10 @@ vectors! {
     "rfc4475"/"lwsruri" => Frame(ParseError::BadRequestUri),
     "rfc4475"/"lwsstart" => Check(ParseError::StartLineWhitespace),
     "rfc4475"/"trws" => Check(ParseError::StartLineWhitespace),
-    "rfc4475"/"escruri" => Check(ParseError::BadRequestUri),
-    // "could choose to be liberal": Date is not read; the addr-spec and
+    // "could choose to be liberal": the URI headers of the Request-URI are
+    // kept as Kamailio keeps them; Date is not read; the addr-spec and
     // display-name faults are read unambiguously.
+    "rfc4475"/"escruri" => Valid,
     "rfc4475"/"baddate" => Valid,
     "rfc4475"/"regbadct" => Valid,
     "rfc4475"/"badaspec" => Valid,
@@ -64,8 +65,10 @@ vectors! {
     // 3.2, 3.3, 3.4: the parser must not fail; the answer is above it.
     "rfc4475"/"badbranch" => Valid,
     "rfc4475"/"insuf" => Check(ParseError::MissingFrom),
-    "rfc4475"/"unkscm" => Check(ParseError::UnsupportedUriScheme),
-    "rfc4475"/"novelsc" => Check(ParseError::UnsupportedUriScheme),
+    // Unknown Request-URI schemes frame and check; the shard answers them
+    // 416 (check_ruri_scheme, `core.reject_unknown_ruri_scheme`).
+    "rfc4475"/"unkscm" => Valid,
+    "rfc4475"/"novelsc" => Valid,
     "rfc4475"/"unksm2" => Valid,
     "rfc4475"/"bext01" => Valid,
     "rfc4475"/"invut" => Valid,
@@ -163,6 +166,14 @@ fn refused_requests_can_be_answered() {
     }
     for name in ["bigcode", "scalarlg"] {
         assert!(!salvage(vector(name), &Limits::default(), &mut p), "{name}");
+    }
+    for name in ["unkscm", "novelsc"] {
+        let (buf, p) = parsed(name);
+        assert_eq!(
+            SipMsg::new(buf, &p).check_ruri_scheme(),
+            Err(ParseError::UnsupportedUriScheme),
+            "{name}"
+        );
     }
     assert_eq!(ParseError::UnsupportedVersion.status(), 505);
     assert_eq!(ParseError::UnsupportedUriScheme.status(), 416);
