@@ -49,23 +49,59 @@ const VECTORS: &[(&str, &str, Answer)] = &[
     ("rfc4475", "unreason", NoAnswer),
     ("rfc4475", "noreason", NoAnswer),
     ("rfc4475", "badinv01", Status(400, "Bad Request (bad_via)")),
-    ("rfc4475", "clerr", Status(400, "Bad Request (truncated_body)")),
-    ("rfc4475", "ncl", Status(400, "Bad Request (bad_content_length)")),
+    (
+        "rfc4475",
+        "clerr",
+        Status(400, "Bad Request (truncated_body)"),
+    ),
+    (
+        "rfc4475",
+        "ncl",
+        Status(400, "Bad Request (bad_content_length)"),
+    ),
     ("rfc4475", "scalar02", Status(400, "Bad Request (bad_cseq)")),
     ("rfc4475", "scalarlg", NoAnswer),
     ("rfc4475", "quotbal", Status(400, "Bad Request (bad_to)")),
-    ("rfc4475", "ltgtruri", Status(400, "Bad Request (bad_request_uri)")),
-    ("rfc4475", "lwsruri", Status(400, "Bad Request (bad_request_uri)")),
-    ("rfc4475", "lwsstart", Status(400, "Bad Request (start_line_whitespace)")),
-    ("rfc4475", "trws", Status(400, "Bad Request (start_line_whitespace)")),
+    (
+        "rfc4475",
+        "ltgtruri",
+        Status(400, "Bad Request (bad_request_uri)"),
+    ),
+    (
+        "rfc4475",
+        "lwsruri",
+        Status(400, "Bad Request (bad_request_uri)"),
+    ),
+    (
+        "rfc4475",
+        "lwsstart",
+        Status(400, "Bad Request (start_line_whitespace)"),
+    ),
+    (
+        "rfc4475",
+        "trws",
+        Status(400, "Bad Request (start_line_whitespace)"),
+    ),
     ("rfc4475", "escruri", OK),
     ("rfc4475", "baddate", OK),
     ("rfc4475", "regbadct", OK),
     ("rfc4475", "badaspec", OK),
     ("rfc4475", "baddn", OK),
-    ("rfc4475", "badvers", Status(505, "SIP Version Not Supported")),
-    ("rfc4475", "mismatch01", Status(400, "Bad Request (cseq_method_mismatch)")),
-    ("rfc4475", "mismatch02", Status(400, "Bad Request (cseq_method_mismatch)")),
+    (
+        "rfc4475",
+        "badvers",
+        Status(505, "SIP Version Not Supported"),
+    ),
+    (
+        "rfc4475",
+        "mismatch01",
+        Status(400, "Bad Request (cseq_method_mismatch)"),
+    ),
+    (
+        "rfc4475",
+        "mismatch02",
+        Status(400, "Bad Request (cseq_method_mismatch)"),
+    ),
     ("rfc4475", "bigcode", NoAnswer),
     ("rfc4475", "badbranch", OK),
     ("rfc4475", "insuf", NoAnswer),
@@ -75,8 +111,16 @@ const VECTORS: &[(&str, &str, Answer)] = &[
     ("rfc4475", "bext01", OK),
     ("rfc4475", "invut", OK),
     ("rfc4475", "regaut01", OK),
-    ("rfc4475", "multi01", Status(400, "Bad Request (duplicate_cseq)")),
-    ("rfc4475", "mcl01", Status(400, "Bad Request (bad_content_length)")),
+    (
+        "rfc4475",
+        "multi01",
+        Status(400, "Bad Request (duplicate_cseq)"),
+    ),
+    (
+        "rfc4475",
+        "mcl01",
+        Status(400, "Bad Request (bad_content_length)"),
+    ),
     ("rfc4475", "bcast", NoAnswer),
     ("rfc4475", "zeromf", OK),
     ("rfc4475", "cparam01", OK),
@@ -85,7 +129,11 @@ const VECTORS: &[(&str, &str, Answer)] = &[
     ("rfc4475", "sdp01", OK),
     ("rfc4475", "inv2543", OK),
     ("rfc5118", "ipv6-good", OK),
-    ("rfc5118", "ipv6-bad", Status(400, "Bad Request (bad_request_uri)")),
+    (
+        "rfc5118",
+        "ipv6-bad",
+        Status(400, "Bad Request (bad_request_uri)"),
+    ),
     ("rfc5118", "port-ambiguous", OK),
     ("rfc5118", "port-unambiguous", OK),
     ("rfc5118", "via-received-param-with-delim", OK),
@@ -99,7 +147,10 @@ const VECTORS: &[(&str, &str, Answer)] = &[
 ];
 
 fn load(dir: &str, name: &str) -> Vec<u8> {
-    let p = format!("{}/tests/torture/{dir}/{name}.dat", env!("CARGO_MANIFEST_DIR"));
+    let p = format!(
+        "{}/tests/torture/{dir}/{name}.dat",
+        env!("CARGO_MANIFEST_DIR")
+    );
     std::fs::read(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
@@ -166,7 +217,8 @@ fn call_id(msg: &[u8]) -> Option<String> {
     head.lines().skip(1).find_map(|l| {
         let (n, v) = l.split_once(':')?;
         let n = n.trim();
-        (n.eq_ignore_ascii_case("call-id") || n.eq_ignore_ascii_case("i")).then(|| v.trim().to_string())
+        (n.eq_ignore_ascii_case("call-id") || n.eq_ignore_ascii_case("i"))
+            .then(|| v.trim().to_string())
     })
 }
 
@@ -207,7 +259,12 @@ fn torture_vectors_over_udp() {
             )),
         }
     }
-    assert!(failures.is_empty(), "{}\n{}", failures.join("\n"), srv.log());
+    assert!(
+        failures.is_empty(),
+        "{}\n{}",
+        failures.join("\n"),
+        srv.log()
+    );
 
     // Every refusal is counted under its reason; answered ones separately.
     let st = rpc(srv.rpc_port, "stats.fetch", json!(["all"]));

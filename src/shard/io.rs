@@ -41,9 +41,9 @@ use crate::config::{Dispatch, OnScriptError};
 use crate::exec::{panic_text, Doorbell, Executor};
 use crate::kemi::{Engine, MsgCtx, RouteOutcome};
 use crate::sip::{Limits, ParseError};
-use std::io::Write as _;
 use crate::stats::Counter;
 use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch, SendBatch};
+use std::io::Write as _;
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_BELL: u64 = 2;
@@ -436,9 +436,7 @@ pub(super) fn recycle(shard: &Shard, mut ctx: Box<MsgCtx>) {
 
 fn bad_input(shard: &Shard, ctx: &MsgCtx, e: ParseError) {
     shard.counters().incr(Counter::BadMsgHdr);
-    shard
-        .counters()
-        .incr(crate::stats::parse_error_counter(e));
+    shard.counters().incr(crate::stats::parse_error_counter(e));
     if shard.log.allow(Instant::now()) {
         tracing::warn!(shard = shard.id, src = %ctx.src, len = ctx.len, error = e.as_str(), "malformed SIP message dropped");
     }

@@ -561,7 +561,11 @@ mod tests {
         ] {
             let buf = format!("OPTIONS {ruri} SIP/2.0\r\n\r\n");
             let p = parse_ok(buf.as_bytes());
-            assert_eq!(SipMsg::new(buf.as_bytes(), &p).check_ruri_scheme(), want, "{ruri}");
+            assert_eq!(
+                SipMsg::new(buf.as_bytes(), &p).check_ruri_scheme(),
+                want,
+                "{ruri}"
+            );
         }
     }
 

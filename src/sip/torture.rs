@@ -160,7 +160,10 @@ fn refused_requests_can_be_answered() {
         assert!(m.is_request(), "{name}");
         // badvers's Via is SIP/7.0 too: answered to its source address.
         assert_eq!(m.top_via().is_ok(), name != "badvers", "{name}");
-        assert!(m.call_id().is_some_and(|c| c.starts_with(name.as_bytes())), "{name}");
+        assert!(
+            m.call_id().is_some_and(|c| c.starts_with(name.as_bytes())),
+            "{name}"
+        );
         assert!(m.cseq().is_ok(), "{name}");
         assert!(m.from().is_ok() && m.to().is_ok(), "{name}");
     }
@@ -230,19 +233,37 @@ fn intmeth_fields() {
     let (buf, p) = parsed("intmeth");
     let m = SipMsg::new(buf, &p);
     assert_eq!(m.method(), Some(Method::Other));
-    assert_eq!(m.method_bytes(), b"!interesting-Method0123456789_*+`.%indeed'~");
+    assert_eq!(
+        m.method_bytes(),
+        b"!interesting-Method0123456789_*+`.%indeed'~"
+    );
     let ruri = m.ruri_parsed().unwrap();
     assert_eq!(ruri.host, b"example.com");
-    assert_eq!(ruri.user, Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..]));
-    assert_eq!(ruri.password, Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..]));
-    assert_eq!(m.top_via().unwrap().branch(), Some(&b"z9hG4bK-.!%66*_+`'~"[..]));
+    assert_eq!(
+        ruri.user,
+        Some(&b"1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"[..])
+    );
+    assert_eq!(
+        ruri.password,
+        Some(&b"&it+has=1,weird!*pas$wo~d_too.(doesn't-it)"[..])
+    );
+    assert_eq!(
+        m.top_via().unwrap().branch(),
+        Some(&b"z9hG4bK-.!%66*_+`'~"[..])
+    );
     let to = m.to().unwrap();
     assert_eq!(to.display, Some(&b"BEL:\\\x07 NUL:\\\x00 DEL:\\\x7f"[..]));
-    assert_eq!(to.uri, b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com");
+    assert_eq!(
+        to.uri,
+        b"sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*@example.com"
+    );
     let from = m.from().unwrap();
     assert_eq!(from.uri, b"sip:mundane@example.com");
     assert_eq!(from.tag(), Some(&b"_token~1'+`*%!-."[..]));
-    assert_eq!(m.call_id(), Some(&b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"[..]));
+    assert_eq!(
+        m.call_id(),
+        Some(&b"intmeth.word%ZK-!.*_+'@word`~)(><:\\/\"][?}{"[..])
+    );
     let cseq = m.cseq().unwrap();
     assert_eq!(cseq.num, 139122385);
     assert_eq!(cseq.method_bytes, m.method_bytes());
@@ -256,7 +277,10 @@ fn other_valid_fields() {
     let ruri = m.ruri_parsed().unwrap();
     assert_eq!(ruri.user, Some(&b"sips%3Auser%40example.com"[..]));
     assert_eq!(ruri.host, b"example.net");
-    assert_eq!(m.call_id(), Some(&b"esc01.239409asdfakjkn23onasd0-3234"[..]));
+    assert_eq!(
+        m.call_id(),
+        Some(&b"esc01.239409asdfakjkn23onasd0-3234"[..])
+    );
     assert_eq!(m.body().len(), 150);
 
     let (buf, p) = parsed("esc02");
@@ -271,7 +295,10 @@ fn other_valid_fields() {
     assert_eq!(m.contacts().count(), 2);
 
     let (buf, p) = parsed("lwsdisp");
-    assert_eq!(SipMsg::new(buf, &p).from().unwrap().display, Some(&b"caller"[..]));
+    assert_eq!(
+        SipMsg::new(buf, &p).from().unwrap().display,
+        Some(&b"caller"[..])
+    );
 
     let (buf, p) = parsed("longreq");
     let m = SipMsg::new(buf, &p);
@@ -286,7 +313,10 @@ fn other_valid_fields() {
     let m = SipMsg::new(buf, &p);
     assert_eq!(m.method(), Some(Method::Register));
     assert!(m.body().is_empty());
-    assert_eq!(p.msg_end(), buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+    assert_eq!(
+        p.msg_end(),
+        buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4
+    );
 
     let (buf, p) = parsed("semiuri");
     let ruri = SipMsg::new(buf, &p).ruri_parsed().unwrap();
@@ -295,7 +325,10 @@ fn other_valid_fields() {
     assert!(ruri.params.raw.is_empty());
 
     let (buf, p) = parsed("transports");
-    let t: Vec<_> = SipMsg::new(buf, &p).vias().map(|v| v.unwrap().transport).collect();
+    let t: Vec<_> = SipMsg::new(buf, &p)
+        .vias()
+        .map(|v| v.unwrap().transport)
+        .collect();
     assert_eq!(t, [&b"UDP"[..], b"SCTP", b"TLS", b"UNKNOWN", b"TCP"]);
 
     let (buf, p) = parsed("mpart01");
@@ -333,23 +366,41 @@ fn rfc5118_fields() {
         (u.host.to_vec(), u.port)
     };
     assert_eq!(host("ipv6-good"), (b"[2001:db8::10]".to_vec(), None));
-    assert_eq!(host("port-ambiguous"), (b"[2001:db8::10:5070]".to_vec(), None));
-    assert_eq!(host("port-unambiguous"), (b"[2001:db8::10]".to_vec(), Some(5070)));
-    assert_eq!(host("ipv6-bug-abnf-3-colons"), (b"[2001:db8:::192.0.2.1]".to_vec(), None));
+    assert_eq!(
+        host("port-ambiguous"),
+        (b"[2001:db8::10:5070]".to_vec(), None)
+    );
+    assert_eq!(
+        host("port-unambiguous"),
+        (b"[2001:db8::10]".to_vec(), Some(5070))
+    );
+    assert_eq!(
+        host("ipv6-bug-abnf-3-colons"),
+        (b"[2001:db8:::192.0.2.1]".to_vec(), None)
+    );
 
     let (buf, p) = parsed("mult-ip-in-header");
     let vias: Vec<_> = SipMsg::new(buf, &p).vias().map(|v| v.unwrap()).collect();
-    assert_eq!((vias[0].host, vias[0].port), (&b"[2001:db8::9:1]"[..], Some(6050)));
+    assert_eq!(
+        (vias[0].host, vias[0].port),
+        (&b"[2001:db8::9:1]"[..], Some(6050))
+    );
     assert_eq!(vias[1].host, b"192.0.2.1");
     assert_eq!(vias[2].host, b"[2001:db8::9:255]");
 
     let (buf, p) = parsed("via-received-param-with-delim");
     let v = SipMsg::new(buf, &p).top_via().unwrap();
-    assert_eq!(v.params.get(b"received"), Some(Some(&b"[2001:db8::9:255]"[..])));
+    assert_eq!(
+        v.params.get(b"received"),
+        Some(Some(&b"[2001:db8::9:255]"[..]))
+    );
     assert_eq!(v.branch(), Some(&b"z9hG4bKas3-111"[..]));
     let (buf, p) = parsed("via-received-param-no-delim");
     let v = SipMsg::new(buf, &p).top_via().unwrap();
-    assert_eq!(v.params.get(b"received"), Some(Some(&b"2001:db8::9:255"[..])));
+    assert_eq!(
+        v.params.get(b"received"),
+        Some(Some(&b"2001:db8::9:255"[..]))
+    );
 
     let (buf, p) = parsed("ipv4-mapped-ipv6");
     let m = SipMsg::new(buf, &p);
