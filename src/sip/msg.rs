@@ -188,8 +188,8 @@ impl<'a> SipMsg<'a> {
             return Err(ParseError::BadStartLine);
         };
         // Request-Line = Method SP Request-URI SP SIP-Version CRLF (§7.1, §25.1).
-        if uri.start != method_span.end + 1
-            || version.start != uri.end + 1
+        if u64::from(uri.start) != u64::from(method_span.end) + 1
+            || u64::from(version.start) != u64::from(uri.end) + 1
             || !matches!(self.buf.get(version.end as usize), Some(b'\r' | b'\n'))
         {
             return Err(ParseError::StartLineWhitespace);
