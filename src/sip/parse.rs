@@ -188,6 +188,7 @@ fn skip_sp(b: &[u8], mut i: usize) -> usize {
 
 /// Matches `SIP/2.0` (case-insensitive, RFC 3261 §7.1) at `i`; a valid
 /// prefix cut off by the end of input is `Incomplete`.
+#[inline]
 fn version(b: &[u8], i: usize) -> PResult<usize> {
     const V: &[u8; 7] = b"SIP/2.0";
     for (k, &want) in V.iter().enumerate() {
@@ -362,12 +363,17 @@ fn request_version_error(b: &[u8], vs: usize) -> ParseError {
 
 /// Whether the control byte at `i` is escaped by a quoted-pair inside a
 /// quoted string (RFC 3261 §25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
-/// %x0E-7F)). `state` = (scan position, inside quotes) carries the scan
-/// across calls for one value, so the work stays linear in its length.
+/// %x0E-7F)). `vs` is where the value starts; `state` = (scan position,
+/// inside quotes) carries the scan across calls for one value, so the work
+/// stays linear in its length (a state from an earlier header, below `vs`,
+/// starts over: nothing is reset on the hot path).
 #[cold]
-fn quoted_pair_at(b: &[u8], i: usize, state: &mut (usize, bool)) -> bool {
+fn quoted_pair_at(b: &[u8], vs: usize, i: usize, state: &mut (usize, bool)) -> bool {
     if matches!(b.get(i), Some(b'\r' | b'\n') | None) {
         return false;
+    }
+    if state.0 < vs {
+        *state = (vs, false);
     }
     let (mut j, mut in_q) = *state;
     let mut escaped = false;
@@ -398,6 +404,8 @@ fn header_lines<const STRICT: bool>(
     out: &mut Parsed,
 ) -> PResult<(usize, usize, Option<u32>)> {
     let mut cl: Option<u32> = None;
+    // Quoted-pair scan state, see quoted_pair_at.
+    let mut quotes = (0usize, false);
     loop {
         match byte(b, i)? {
             b'\r' => {
@@ -429,7 +437,6 @@ fn header_lines<const STRICT: bool>(
         i += 1;
         // Value, including folded continuation lines.
         let vs = i;
-        let mut quotes = (vs, false);
         let ve = loop {
             i = scan_value(b, i);
             let line_end = i;
@@ -439,7 +446,7 @@ fn header_lines<const STRICT: bool>(
                     b'\n' => i + 2,
                     _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
                 },
-                _ if quoted_pair_at(b, i, &mut quotes) => {
+                _ if quoted_pair_at(b, vs, i, &mut quotes) => {
                     i += 1;
                     continue;
                 }
@@ -917,6 +924,17 @@ mod tests {
         |m, _p, _n| {
             assert_eq!(m.to().unwrap().display, Some(&b"a\\\x00b\\\x07c\\\x7f"[..]));
             assert_eq!(m.header_by_name(b"x"), Some(&b"\"\\\\\" q"[..]));
+        }
+    );
+    req!(
+        quoted_pairs_in_two_headers,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"\\\x01\"\r\nY: \" \\\x02\" z \"\\\x03\"\r\n\r\n",
+        |m, p, _n| {
+            assert_eq!(p.headers.len(), 2);
+            assert_eq!(
+                m.header_by_name(b"y"),
+                Some(&b"\" \\\x02\" z \"\\\x03\""[..])
+            );
         }
     );
     req!(
