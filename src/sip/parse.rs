@@ -361,43 +361,37 @@ fn request_version_error(b: &[u8], vs: usize) -> ParseError {
     }
 }
 
-/// Slow path for a header value holding a control byte (cold: only ever
-/// run when one is met): re-scans the whole value from `vs`, folded lines
-/// included, accepting a control only as a quoted-pair inside a quoted
-/// string (RFC 3261 §25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
-/// %x0E-7F)). Returns the offset of the line end that ends the value (or
-/// `b.len()` when the input stops first), `None` for a control byte that is
-/// not escaped. One linear pass per value: after it the value has no
-/// control byte left to come back for.
+/// Whether the control byte at `i` is escaped by a quoted-pair inside a
+/// quoted string (RFC 3261 §25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
+/// %x0E-7F)). `vs` is where the value starts; `state` = (scan position,
+/// inside quotes) carries the scan across calls for one value, so the work
+/// stays linear in its length (a state from an earlier header, below `vs`,
+/// starts over: nothing is reset on the hot path).
 #[cold]
-fn value_with_quoted_pairs(b: &[u8], vs: usize) -> Option<usize> {
-    let mut j = vs;
-    let mut in_q = false;
-    while let Some(&c) = b.get(j) {
-        match c {
-            b'\r' | b'\n' => {
-                let next = if c == b'\r' { j + 2 } else { j + 1 };
-                if c == b'\r' && b.get(j + 1) != Some(&b'\n') {
-                    return None;
+fn quoted_pair_at(b: &[u8], vs: usize, i: usize, state: &mut (usize, bool)) -> bool {
+    if matches!(b.get(i), Some(b'\r' | b'\n') | None) {
+        return false;
+    }
+    if state.0 < vs {
+        *state = (vs, false);
+    }
+    let (mut j, mut in_q) = *state;
+    let mut escaped = false;
+    while j < i {
+        match b.get(j) {
+            Some(b'"') => in_q = !in_q,
+            Some(b'\\') if in_q => {
+                if j + 1 == i {
+                    escaped = true;
                 }
-                match b.get(next) {
-                    Some(b' ' | b'\t') => j = next,
-                    _ => return Some(j),
-                }
-                continue;
+                j += 1;
             }
-            b'"' => in_q = !in_q,
-            b'\\' if in_q => match b.get(j + 1) {
-                Some(b'\r' | b'\n') => return None,
-                Some(_) => j += 1,
-                None => return Some(b.len()),
-            },
-            0x00..=0x08 | 0x0a..=0x1f => return None,
             _ => {}
         }
         j += 1;
     }
-    Some(b.len())
+    *state = (j.max(i + 1), in_q);
+    escaped
 }
 
 /// Header section: returns (headers_end, body_start, content_length).
@@ -411,6 +405,8 @@ fn header_lines<const STRICT: bool>(
     out: &mut Parsed,
 ) -> PResult<(usize, usize, Option<u32>)> {
     let mut cl: Option<u32> = None;
+    // Quoted-pair scan state, see quoted_pair_at.
+    let mut quotes = (0usize, false);
     loop {
         match byte(b, i)? {
             b'\r' => {
@@ -451,13 +447,11 @@ fn header_lines<const STRICT: bool>(
                     b'\n' => i + 2,
                     _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
                 },
-                _ => match value_with_quoted_pairs(b, vs) {
-                    Some(end) if end > i => {
-                        i = end;
-                        continue;
-                    }
-                    _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
-                },
+                _ if quoted_pair_at(b, vs, i, &mut quotes) => {
+                    i += 1;
+                    continue;
+                }
+                _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
             };
             // Need the next byte to know whether the value continues.
             if !matches!(byte(b, i)?, b' ' | b'\t') {
