@@ -82,6 +82,11 @@ pub struct CoreConfig {
     pub log_level: String,
     /// Log lines about malformed input at most this often per shard per second.
     pub bad_input_log_per_s: u32,
+    /// sipshard extension: answer a request whose Request-URI scheme is not
+    /// sip, sips or tel `416 Unsupported URI Scheme` before its route runs
+    /// (RFC 3261 §16.3 step 1, RFC 4475 §3.3.2). Off: the script sees it (as
+    /// in Kamailio, where `KSR.sanity` refuses it).
+    pub reject_unknown_ruri_scheme: bool,
     /// How shards share the UDP port: one socket every shard waits on, or
     /// one SO_REUSEPORT socket per shard.
     pub udp_socket: UdpSocketMode,
@@ -214,6 +219,7 @@ impl Default for CoreConfig {
             server_header: "sipshard".to_string(),
             log_level: "info".to_string(),
             bad_input_log_per_s: 5,
+            reject_unknown_ruri_scheme: true,
             udp_socket: UdpSocketMode::Spread,
             pin: false,
             test_hooks: false,

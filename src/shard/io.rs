@@ -43,6 +43,7 @@ use crate::kemi::{Engine, MsgCtx, RouteOutcome};
 use crate::sip::{Limits, ParseError};
 use crate::stats::Counter;
 use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch, SendBatch};
+use std::io::Write as _;
 
 const TOKEN_SOCKET: u64 = 1;
 const TOKEN_BELL: u64 = 2;
@@ -130,6 +131,8 @@ pub(super) struct Shard {
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
     pub log: LogLimiter,
+    /// `core.reject_unknown_ruri_scheme`: 416 before the route runs.
+    pub reject_unknown_ruri_scheme: bool,
     pub tuning: serde_json::Value,
     /// Replies of this turn, sent together ([`flush_sends`]).
     pub sends: RefCell<SendBatch>,
@@ -455,18 +458,88 @@ pub(super) fn recycle(shard: &Shard, mut ctx: Box<MsgCtx>) {
 
 fn bad_input(shard: &Shard, ctx: &MsgCtx, e: ParseError) {
     shard.counters().incr(Counter::BadMsgHdr);
+    shard.counters().incr(crate::stats::parse_error_counter(e));
     if shard.log.allow(Instant::now()) {
         tracing::warn!(shard = shard.id, src = %ctx.src, len = ctx.len, error = e.as_str(), "malformed SIP message dropped");
     }
 }
 
-/// The headers a reply copies (RFC 3261 §8.2.6) are present and parse.
+/// The headers a reply copies (RFC 3261 §8.2.6) are usable: the top Via
+/// parses (it says where the answer goes) and From, To, Call-ID and CSeq
+/// are present (they are copied as received).
 fn answerable(msg: &crate::sip::SipMsg<'_>) -> bool {
+    use crate::sip::HdrName;
     msg.top_via().is_ok()
-        && msg.call_id().is_some()
-        && msg.cseq().is_ok()
-        && msg.from().is_ok()
-        && msg.to().is_ok()
+        && [HdrName::From, HdrName::To, HdrName::CallId, HdrName::CSeq]
+            .iter()
+            .all(|&h| msg.header(h).is_some_and(|v| !v.is_empty()))
+}
+
+/// Answers a request refused for `e` (400 naming the fault, 505, 416) when
+/// the headers a reply copies are usable; true when an answer was queued.
+fn answer_bad_request(shard: &Shard, ctx: &mut MsgCtx, e: ParseError) -> bool {
+    if !ctx.msg().is_request() {
+        return false;
+    }
+    if !answerable(&ctx.msg()) {
+        // RFC 4475 §3.1.2.16: a request in another SIP version carries a Via
+        // in that version too; the 505 goes back to where it came from.
+        return e == ParseError::UnsupportedVersion && answer_505_to_source(shard, ctx);
+    }
+    let code = e.status();
+    let mut reason = [0u8; 64];
+    let mut w = &mut reason[..];
+    let _ = match code {
+        505 => write!(w, "SIP Version Not Supported"),
+        416 => write!(w, "Unsupported URI Scheme"),
+        _ => write!(w, "Bad Request ({})", e.as_str()),
+    };
+    let n = 64 - w.len();
+    if crate::kemi::sl_reply(shard.engine.shared(), ctx, code, &reason[..n]) {
+        shard.counters().incr(Counter::BadMsgAnswered);
+        send_out(shard, ctx);
+        return true;
+    }
+    false
+}
+
+/// A 505 for a request whose top Via is not SIP/2.0, sent to the source
+/// address; From, To, Call-ID and CSeq must be present. Never for an ACK.
+fn answer_505_to_source(shard: &Shard, ctx: &mut MsgCtx) -> bool {
+    use crate::sip::HdrName;
+    let msg = ctx.msg();
+    if msg.method() == Some(crate::sip::Method::Ack)
+        || msg.header(HdrName::Via).is_none()
+        || ![HdrName::From, HdrName::To, HdrName::CallId, HdrName::CSeq]
+            .iter()
+            .all(|&h| msg.header(h).is_some_and(|v| !v.is_empty()))
+    {
+        return false;
+    }
+    let shared = shard.engine.shared();
+    let mut out = std::mem::take(&mut ctx.scratch);
+    out.clear();
+    let msg = crate::sip::SipMsg::new(&ctx.buf[..ctx.len], &ctx.parsed);
+    let opts = crate::sip::ReplyOpts {
+        to_tag: Some(b"sipshard-505"),
+        src_ip: None,
+        src_port: None,
+        extra_headers: &[],
+        body: &[],
+        server: shared.server_header.as_deref(),
+        force_rport: false,
+    };
+    crate::sip::build_reply(&msg, 505, b"SIP Version Not Supported", &opts, &mut out);
+    let src = ctx.src;
+    ctx.push_out(&out, src);
+    ctx.scratch = out;
+    ctx.replied = Some(505);
+    let c = shard.counters();
+    c.incr(Counter::SlSentReplies);
+    c.incr(Counter::SlReplies5xx);
+    c.incr(Counter::BadMsgAnswered);
+    send_out(shard, ctx);
+    true
 }
 
 /// A datagram as read: parse it, then run it here or hand it to its owner.
@@ -486,6 +559,13 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
     }
     if let Err(e) = ctx.parse(&shard.limits) {
         bad_input(shard, &ctx, e);
+        // Errors found while framing are answered too when the request
+        // line and the headers a reply copies can still be read.
+        if !matches!(e, ParseError::TooLarge | ParseError::Empty)
+            && crate::sip::salvage(&ctx.buf[..ctx.len], &shard.limits, &mut ctx.parsed)
+        {
+            answer_bad_request(shard, &mut ctx, e);
+        }
         return recycle(shard, ctx);
     }
     let to = dispatch::target(&ctx.msg(), shard.id, shard.shard_count, shard.dispatch);
@@ -509,15 +589,17 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
     let is_request = ctx.msg().is_request();
     if is_request {
         counters.incr(Counter::RcvRequests);
-        if let Err(e) = ctx.msg().check_request() {
-            bad_input(shard, &ctx, e);
-            // Answer 400 when the headers a reply copies are usable (RFC 3261 §8.2).
-            if answerable(&ctx.msg()) {
-                let reason = format!("Bad Request ({})", e.as_str());
-                if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 400, reason.as_bytes()) {
-                    send_out(shard, &ctx);
-                }
+        let checked = ctx.msg().check_request().and_then(|()| {
+            if shard.reject_unknown_ruri_scheme {
+                ctx.msg().check_ruri_scheme()
+            } else {
+                Ok(())
             }
+        });
+        if let Err(e) = checked {
+            bad_input(shard, &ctx, e);
+            // Answer when the headers a reply copies are usable (RFC 3261 §8.2).
+            answer_bad_request(shard, &mut ctx, e);
             return recycle(shard, ctx);
         }
         if shard.inflight.get() >= shard.max_inflight {

@@ -636,6 +636,7 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         stop,
         started,
         log: LogLimiter::new(params.config.core.bad_input_log_per_s),
+        reject_unknown_ruri_scheme: params.config.core.reject_unknown_ruri_scheme,
         tuning,
         sends: RefCell::new(crate::transport::sys::SendBatch::new(t.recv_batch.max(16))),
     });

@@ -34,9 +34,72 @@ pub enum ParseError {
     BadExpires,
     BadUri,
     BadNameAddr,
+    /// `SIP/x.y` other than 2.0 in a request line (answered 505).
+    UnsupportedVersion,
+    /// A Request-URI scheme other than sip, sips or tel (answered 416).
+    UnsupportedUriScheme,
+    /// More than one SP between the elements of a request line, or
+    /// whitespace after the version (RFC 3261 §7.1: exactly one SP).
+    StartLineWhitespace,
+    DuplicateFrom,
+    DuplicateTo,
+    DuplicateCallId,
+    DuplicateCSeq,
+    DuplicateMaxForwards,
 }
 
 impl ParseError {
+    /// Every variant, in declaration order (for per-reason counters and tests).
+    pub const ALL: &'static [ParseError] = &[
+        ParseError::Empty,
+        ParseError::TooLarge,
+        ParseError::BadStartLine,
+        ParseError::BadMethod,
+        ParseError::BadRequestUri,
+        ParseError::BadVersion,
+        ParseError::BadStatusCode,
+        ParseError::BadHeaderName,
+        ParseError::BadHeaderLine,
+        ParseError::TooManyHeaders,
+        ParseError::MissingEndOfHeaders,
+        ParseError::BadContentLength,
+        ParseError::TruncatedBody,
+        ParseError::MissingVia,
+        ParseError::MissingFrom,
+        ParseError::MissingTo,
+        ParseError::MissingCallId,
+        ParseError::MissingCSeq,
+        ParseError::BadVia,
+        ParseError::BadFrom,
+        ParseError::BadTo,
+        ParseError::BadCSeq,
+        ParseError::CSeqMethodMismatch,
+        ParseError::BadMaxForwards,
+        ParseError::BadContact,
+        ParseError::BadExpires,
+        ParseError::BadUri,
+        ParseError::BadNameAddr,
+        ParseError::UnsupportedVersion,
+        ParseError::UnsupportedUriScheme,
+        ParseError::StartLineWhitespace,
+        ParseError::DuplicateFrom,
+        ParseError::DuplicateTo,
+        ParseError::DuplicateCallId,
+        ParseError::DuplicateCSeq,
+        ParseError::DuplicateMaxForwards,
+    ];
+
+    /// The status a proxy answers a request with this fault (RFC 3261
+    /// §8.2, §16.3; RFC 4475): 505 for the version, 416 for the scheme,
+    /// 400 otherwise.
+    pub fn status(&self) -> u16 {
+        match self {
+            ParseError::UnsupportedVersion => 505,
+            ParseError::UnsupportedUriScheme => 416,
+            _ => 400,
+        }
+    }
+
     /// A short stable name, used in counters and log lines.
     pub fn as_str(&self) -> &'static str {
         error_name(*self)
@@ -73,6 +136,14 @@ fn error_name(e: ParseError) -> &'static str {
         ParseError::BadExpires => "bad_expires",
         ParseError::BadUri => "bad_uri",
         ParseError::BadNameAddr => "bad_name_addr",
+        ParseError::UnsupportedVersion => "unsupported_version",
+        ParseError::UnsupportedUriScheme => "unsupported_uri_scheme",
+        ParseError::StartLineWhitespace => "start_line_whitespace",
+        ParseError::DuplicateFrom => "duplicate_from",
+        ParseError::DuplicateTo => "duplicate_to",
+        ParseError::DuplicateCallId => "duplicate_call_id",
+        ParseError::DuplicateCSeq => "duplicate_cseq",
+        ParseError::DuplicateMaxForwards => "duplicate_max_forwards",
     }
 }
 

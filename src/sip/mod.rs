@@ -19,13 +19,15 @@ mod lex;
 mod msg;
 mod parse;
 mod reply;
+#[cfg(test)]
+mod torture;
 mod uri;
 mod write;
 
 pub use error::ParseError;
 pub use hdr::{CSeq, Contact, ContactIter, NameAddr, Params, Via};
 pub use msg::SipMsg;
-pub use parse::{parse, Framing, Header, Limits, Parsed, StartLine, Status};
+pub use parse::{parse, salvage, Framing, Header, Limits, Parsed, StartLine, Status};
 pub use reply::{build_reply, reason_phrase, ReplyOpts};
 pub use uri::{Scheme, SipUri};
 pub use write::{Edits, MAX_EDITS, MAX_EDIT_BYTES, MAX_SPLICES};

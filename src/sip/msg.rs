@@ -178,9 +178,28 @@ impl<'a> SipMsg<'a> {
     /// the CSeq *method* is still ACK / CANCEL (§9.1, §17.1.1.3), so the
     /// method comparison is exact (case-sensitive) for every request.
     pub fn check_request(&self) -> Result<(), ParseError> {
-        let StartLine::Request { method_span, .. } = self.parsed.start else {
+        let StartLine::Request {
+            method_span,
+            uri,
+            version,
+            ..
+        } = self.parsed.start
+        else {
             return Err(ParseError::BadStartLine);
         };
+        // Request-Line = Method SP Request-URI SP SIP-Version CRLF (§7.1, §25.1).
+        if u64::from(uri.start) != u64::from(method_span.end) + 1
+            || u64::from(version.start) != u64::from(uri.end) + 1
+            || !matches!(self.buf.get(version.end as usize), Some(b'\r' | b'\n'))
+        {
+            return Err(ParseError::StartLineWhitespace);
+        }
+        // Any scheme parses here (a proxy may route it, the script decides,
+        // see check_ruri_scheme); sip, sips and tel must be well formed.
+        if SipUri::parse(uri.get(self.buf)).is_err() {
+            return Err(ParseError::BadRequestUri);
+        }
+        self.check_single()?;
         self.check_common()?;
         let cseq = self.cseq()?;
         if cseq.method_bytes != method_span.get(self.buf) {
@@ -197,6 +216,36 @@ impl<'a> SipMsg<'a> {
         self.check_common()?;
         self.cseq()?;
         self.check_length()
+    }
+
+    /// The Request-URI scheme is one a proxy understands (sip, sips, tel);
+    /// `UnsupportedUriScheme` (416, RFC 3261 §16.3) otherwise.
+    pub fn check_ruri_scheme(&self) -> Result<(), ParseError> {
+        match self.ruri_parsed() {
+            Ok(u) if u.scheme == super::Scheme::Other => Err(ParseError::UnsupportedUriScheme),
+            Ok(_) => Ok(()),
+            Err(_) => Err(ParseError::BadRequestUri),
+        }
+    }
+
+    /// From, To, Call-ID, CSeq and Max-Forwards appear at most once (§7.3.1:
+    /// only comma-list headers may repeat).
+    fn check_single(&self) -> Result<(), ParseError> {
+        let mut seen = [false; 5];
+        for h in &self.parsed.headers {
+            let (k, e) = match h.name {
+                HdrName::From => (0, ParseError::DuplicateFrom),
+                HdrName::To => (1, ParseError::DuplicateTo),
+                HdrName::CallId => (2, ParseError::DuplicateCallId),
+                HdrName::CSeq => (3, ParseError::DuplicateCSeq),
+                HdrName::MaxForwards => (4, ParseError::DuplicateMaxForwards),
+                _ => continue,
+            };
+            if std::mem::replace(&mut seen[k], true) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     fn check_common(&self) -> Result<(), ParseError> {
@@ -473,6 +522,51 @@ mod tests {
         let buf = req_with("", "Expires: soon\r\n");
         let p = parse_ok(&buf);
         assert_eq!(SipMsg::new(&buf, &p).expires(), Err(ParseError::BadExpires));
+    }
+
+    #[test]
+    fn check_request_line_and_single_headers() {
+        let base = req_with("", "");
+        let swap = |from: &str, to: &str| String::from_utf8_lossy(&base).replacen(from, to, 1);
+        for (buf, want) in [
+            (swap("INVITE sip", "INVITE  sip"), Err(ParseError::StartLineWhitespace)),
+            (swap("b SIP/2.0", "b  SIP/2.0"), Err(ParseError::StartLineWhitespace)),
+            (swap("SIP/2.0\r\n", "SIP/2.0 \r\n"), Err(ParseError::StartLineWhitespace)),
+            (swap("SIP/2.0\r\n", "SIP/2.0\t\r\n"), Err(ParseError::StartLineWhitespace)),
+            (swap("sip:bob@b ", "<sip:bob@b> "), Err(ParseError::BadRequestUri)),
+            (swap("sip:bob@b ", "sip:2001:db8::10 "), Err(ParseError::BadRequestUri)),
+            // Headers in a Request-URI (RFC 4475 §3.1.2.11): accepted, as Kamailio does.
+            (swap("sip:bob@b ", "sip:bob@b?Route=x "), Ok(())),
+            (swap("sip:bob@b ", "mailto:bob@b "), Ok(())),
+            (swap("sip:bob@b ", "tel:+15551234 "), Ok(())),
+            (swap("sip:bob@b ", "sips:[2001:db8::1]:5061 "), Ok(())),
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\ni: c2\r\n"), Err(ParseError::DuplicateCallId)),
+            (swap("CSeq: 1 INVITE\r\n", "CSeq: 1 INVITE\r\nCSeq: 1 INVITE\r\n"), Err(ParseError::DuplicateCSeq)),
+            (swap("To: <sip:bob@b>\r\n", "To: <sip:bob@b>\r\nt: <sip:x@b>\r\n"), Err(ParseError::DuplicateTo)),
+            (swap("From: <sip:a@b>;tag=1\r\n", "From: <sip:a@b>;tag=1\r\nf: <sip:a@b>;tag=2\r\n"), Err(ParseError::DuplicateFrom)),
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\nMax-Forwards: 70\r\nMax-Forwards: 69\r\n"), Err(ParseError::DuplicateMaxForwards)),
+            // Comma-list headers may repeat.
+            (swap("Call-ID: c1\r\n", "Call-ID: c1\r\nVia: SIP/2.0/UDP h2\r\nContact: <sip:a@b>\r\nContact: <sip:c@d>\r\n"), Ok(())),
+        ] {
+            let p = parse_ok(buf.as_bytes());
+            assert_eq!(SipMsg::new(buf.as_bytes(), &p).check_request(), want, "{buf}");
+        }
+        for (ruri, want) in [
+            ("sip:a@b", Ok(())),
+            ("SIPS:a@b", Ok(())),
+            ("tel:+1555", Ok(())),
+            ("mailto:a@b", Err(ParseError::UnsupportedUriScheme)),
+            ("im:a@b", Err(ParseError::UnsupportedUriScheme)),
+            ("sip:@b", Err(ParseError::BadRequestUri)),
+        ] {
+            let buf = format!("OPTIONS {ruri} SIP/2.0\r\n\r\n");
+            let p = parse_ok(buf.as_bytes());
+            assert_eq!(
+                SipMsg::new(buf.as_bytes(), &p).check_ruri_scheme(),
+                want,
+                "{ruri}"
+            );
+        }
     }
 
     #[test]

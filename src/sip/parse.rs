@@ -188,6 +188,7 @@ fn skip_sp(b: &[u8], mut i: usize) -> usize {
 
 /// Matches `SIP/2.0` (case-insensitive, RFC 3261 §7.1) at `i`; a valid
 /// prefix cut off by the end of input is `Incomplete`.
+#[inline]
 fn version(b: &[u8], i: usize) -> PResult<usize> {
     const V: &[u8; 7] = b"SIP/2.0";
     for (k, &want) in V.iter().enumerate() {
@@ -303,7 +304,11 @@ fn start_line(b: &[u8], pos: usize) -> PResult<(StartLine, usize)> {
         return Err(Stop::Err(ParseError::BadRequestUri));
     }
     let vs = skip_sp(b, ue);
-    let ve = version(b, vs)?;
+    let ve = match version(b, vs) {
+        Ok(ve) => ve,
+        Err(Stop::Err(_)) => return Err(Stop::Err(request_version_error(b, vs))),
+        Err(e) => return Err(e),
+    };
     let i = skip_sp(b, ve);
     let next = eol(b, i, ParseError::BadVersion)?;
     Ok((
@@ -317,14 +322,91 @@ fn start_line(b: &[u8], pos: usize) -> PResult<(StartLine, usize)> {
     ))
 }
 
+/// Why the version of a request line did not match (cold path): `SIP/x.y`
+/// other than 2.0 is an unsupported version (505); whitespace inside the
+/// Request-URI shows as a line that still ends in `SIP/2.0`.
+#[cold]
+fn request_version_error(b: &[u8], vs: usize) -> ParseError {
+    let rest = b.get(vs..).unwrap_or(&[]);
+    let line = rest
+        .get(..lex::find_any(rest, 0, [b'\r', b'\n']))
+        .unwrap_or(rest);
+    let is_version = |t: &[u8]| {
+        t.len() > 4
+            && t.get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+            && t.get(4..).is_some_and(|v| {
+                v.iter().all(|c| c.is_ascii_digit() || *c == b'.')
+                    && v.iter().filter(|c| **c == b'.').count() == 1
+            })
+    };
+    let mut last = line;
+    while let Some(c) = last.last() {
+        if matches!(c, b' ' | b'\t') {
+            last = last.get(..last.len() - 1).unwrap_or(&[]);
+        } else {
+            break;
+        }
+    }
+    let tok_start = last
+        .iter()
+        .rposition(|c| matches!(c, b' ' | b'\t'))
+        .map_or(0, |p| p + 1);
+    let tok = last.get(tok_start..).unwrap_or(&[]);
+    if tok_start == 0 && is_version(tok) {
+        ParseError::UnsupportedVersion
+    } else if tok_start > 0 && tok.eq_ignore_ascii_case(b"SIP/2.0") {
+        ParseError::BadRequestUri
+    } else {
+        ParseError::BadVersion
+    }
+}
+
+/// Whether the control byte at `i` is escaped by a quoted-pair inside a
+/// quoted string (RFC 3261 §25.1: quoted-pair = "\\" (%x00-09 / %x0B-0C /
+/// %x0E-7F)). `vs` is where the value starts; `state` = (scan position,
+/// inside quotes) carries the scan across calls for one value, so the work
+/// stays linear in its length (a state from an earlier header, below `vs`,
+/// starts over: nothing is reset on the hot path).
+#[cold]
+fn quoted_pair_at(b: &[u8], vs: usize, i: usize, state: &mut (usize, bool)) -> bool {
+    if matches!(b.get(i), Some(b'\r' | b'\n') | None) {
+        return false;
+    }
+    if state.0 < vs {
+        *state = (vs, false);
+    }
+    let (mut j, mut in_q) = *state;
+    let mut escaped = false;
+    while j < i {
+        match b.get(j) {
+            Some(b'"') => in_q = !in_q,
+            Some(b'\\') if in_q => {
+                if j + 1 == i {
+                    escaped = true;
+                }
+                j += 1;
+            }
+            _ => {}
+        }
+        j += 1;
+    }
+    *state = (j.max(i + 1), in_q);
+    escaped
+}
+
 /// Header section: returns (headers_end, body_start, content_length).
-fn header_lines(
+///
+/// `STRICT = false` (only for [`salvage`]) skips the Content-Length checks.
+#[inline(always)]
+fn header_lines<const STRICT: bool>(
     b: &[u8],
     mut i: usize,
     limits: &Limits,
     out: &mut Parsed,
 ) -> PResult<(usize, usize, Option<u32>)> {
     let mut cl: Option<u32> = None;
+    // Quoted-pair scan state, see quoted_pair_at.
+    let mut quotes = (0usize, false);
     loop {
         match byte(b, i)? {
             b'\r' => {
@@ -365,6 +447,10 @@ fn header_lines(
                     b'\n' => i + 2,
                     _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
                 },
+                _ if quoted_pair_at(b, vs, i, &mut quotes) => {
+                    i += 1;
+                    continue;
+                }
                 _ => return Err(Stop::Err(ParseError::BadHeaderLine)),
             };
             // Need the next byte to know whether the value continues.
@@ -377,7 +463,7 @@ fn header_lines(
             return Err(Stop::Err(ParseError::TooManyHeaders));
         }
         let name = HdrName::from_bytes(b.get(ns..ne).unwrap_or(&[]));
-        if name == HdrName::ContentLength {
+        if STRICT && name == HdrName::ContentLength {
             let v =
                 lex::parse_u32(b.get(vs..ve).unwrap_or(&[])).ok_or(ParseError::BadContentLength)?;
             if cl.is_some_and(|prev| prev != v) {
@@ -443,7 +529,7 @@ pub fn parse(
         Err(Stop::Err(e)) => return Err(e),
     };
     out.start = start;
-    let (headers_end, body_start, cl) = match header_lines(window, i, limits, out) {
+    let (headers_end, body_start, cl) = match header_lines::<true>(window, i, limits, out) {
         Ok(v) => v,
         Err(Stop::Incomplete) => return incomplete(ParseError::MissingEndOfHeaders),
         Err(Stop::Err(e)) => return Err(e),
@@ -478,6 +564,59 @@ pub fn parse(
     out.body = Span::new(body_start, body_end);
     out.msg_len = (body_end - msg_start) as u32;
     Ok(Status::Complete(body_end))
+}
+
+/// After [`parse`] refused a datagram request: indexes its start line and
+/// header fields leniently (the Request-URI and version are not checked,
+/// Content-Length is ignored, the body is the rest of the datagram) so that
+/// an error reply can copy Via, From, To, Call-ID and CSeq. False when the
+/// message does not start with a request line or its header section
+/// cannot be delimited; `out` then holds nothing usable. Cold path: only
+/// ever run on bad input.
+#[cold]
+pub fn salvage(buf: &[u8], limits: &Limits, out: &mut Parsed) -> bool {
+    out.reset();
+    let mut pos = 0;
+    while matches!(buf.get(pos), Some(b'\r' | b'\n')) {
+        pos += 1;
+    }
+    let window = buf
+        .get(..pos.saturating_add(limits.max_msg_len).min(buf.len()))
+        .unwrap_or(buf);
+    let tok_end = lex::scan_class(window, pos, &TOKEN);
+    if tok_end == pos || window.get(tok_end) != Some(&b' ') {
+        return false;
+    }
+    let Some(lf) = window
+        .get(tok_end..)
+        .and_then(|r| r.iter().position(|&c| c == b'\n'))
+        .map(|p| p + tok_end)
+    else {
+        return false;
+    };
+    let mut le = lf;
+    if le > tok_end && window.get(le - 1) == Some(&b'\r') {
+        le -= 1;
+    }
+    out.msg_start = pos as u32;
+    out.start = StartLine::Request {
+        method: Method::from_bytes(window.get(pos..tok_end).unwrap_or(&[])),
+        method_span: Span::new(pos, tok_end),
+        uri: Span::new((tok_end + 1).min(le), le),
+        version: Span::new(le, le),
+    };
+    match header_lines::<false>(window, lf + 1, limits, out) {
+        Ok((headers_end, body_start, _)) => {
+            out.headers_end = headers_end as u32;
+            out.body = Span::new(body_start, window.len());
+            out.msg_len = (window.len() - pos) as u32;
+            true
+        }
+        Err(_) => {
+            out.reset();
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -781,6 +920,40 @@ mod tests {
         Err(ParseError::BadHeaderLine)
     );
     req!(
+        quoted_pair_of_controls,
+        b"OPTIONS sip:a@b SIP/2.0\r\nTo: \"a\\\x00b\\\x07c\\\x7f\" <sip:a@b>\r\nX: \"\\\\\" q\r\n\r\n",
+        |m, _p, _n| {
+            assert_eq!(m.to().unwrap().display, Some(&b"a\\\x00b\\\x07c\\\x7f"[..]));
+            assert_eq!(m.header_by_name(b"x"), Some(&b"\"\\\\\" q"[..]));
+        }
+    );
+    req!(
+        quoted_pairs_in_two_headers,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"\\\x01\"\r\nY: \" \\\x02\" z \"\\\x03\"\r\n\r\n",
+        |m, p, _n| {
+            assert_eq!(p.headers.len(), 2);
+            assert_eq!(
+                m.header_by_name(b"y"),
+                Some(&b"\" \\\x02\" z \"\\\x03\""[..])
+            );
+        }
+    );
+    req!(
+        control_escaped_outside_quotes,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: a\\\x00b\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
+        escaped_backslash_then_control,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"a\\\\\x00\"\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
+        quoted_pair_cannot_escape_lf,
+        b"OPTIONS sip:a@b SIP/2.0\r\nX: \"a\\\rb\"\r\n\r\n",
+        Err(ParseError::BadHeaderLine)
+    );
+    req!(
         bare_cr_in_value,
         b"OPTIONS sip:a@b SIP/2.0\r\nX: a\rb\r\n\r\n",
         Err(ParseError::BadHeaderLine)
@@ -819,7 +992,17 @@ mod tests {
     req!(
         bad_version,
         b"INVITE sip:a@b SIP/3.0\r\n\r\n",
+        Err(ParseError::UnsupportedVersion)
+    );
+    req!(
+        garbage_version,
+        b"INVITE sip:a@b SIP/x\r\n\r\n",
         Err(ParseError::BadVersion)
+    );
+    req!(
+        space_in_request_uri,
+        b"INVITE sip:a@b; lr SIP/2.0\r\n\r\n",
+        Err(ParseError::BadRequestUri)
     );
     req!(
         http_request,
@@ -1041,6 +1224,35 @@ mod tests {
                     .map_or(len, |p| p + start);
                 assert_eq!(scan_value(&v, start), naive, "{v:?} from {start}");
             }
+        }
+    }
+
+    #[test]
+    fn salvage_indexes_refused_requests() {
+        let mut p = Parsed::default();
+        let l = Limits::default();
+        let msg = b"\r\nINVITE sip:a@b SIP/9.9\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nl: 1\r\nl: 2\r\nCall-ID: c\r\n\r\nbody";
+        assert_eq!(
+            parse(msg, Framing::Datagram, &l, &mut p),
+            Err(ParseError::UnsupportedVersion)
+        );
+        assert!(salvage(msg, &l, &mut p));
+        let m = SipMsg::new(msg, &p);
+        assert_eq!(m.method(), Some(Method::Invite));
+        assert_eq!(m.call_id(), Some(&b"c"[..]));
+        assert_eq!(m.top_via().unwrap().host, b"h");
+        assert_eq!(m.body(), b"body");
+        assert_eq!(p.msg_start(), 2);
+        for bad in [
+            &b"SIP/2.0 200 OK\r\n\r\n"[..],
+            b"INVITE",
+            b"INVITE sip:a SIP/2.0",
+            b"INVITE sip:a SIP/2.0\r\nX: \x00\r\n\r\n",
+            b"\x00\x01",
+            b"",
+        ] {
+            assert!(!salvage(bad, &l, &mut p), "{}", s(bad));
+            assert!(p.headers.is_empty());
         }
     }
 

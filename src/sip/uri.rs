@@ -62,14 +62,18 @@ impl<'a> SipUri<'a> {
         // first '@' before it.
         let mut q = None;
         let mut at = None;
+        // A user may contain '?' (user-unreserved) and neither userinfo nor
+        // headers may hold a raw '@', so the first '@' ends the userinfo and
+        // the headers start at the first '?' after it.
         for (k, &c) in rest.iter().enumerate() {
             if c <= b' ' || c == 0x7f {
                 return Err(E);
             }
-            if c == b'?' && q.is_none() {
-                q = Some(k);
-            } else if c == b'@' && at.is_none() && q.is_none() {
+            if c == b'@' && at.is_none() {
                 at = Some(k);
+                q = None;
+            } else if c == b'?' && q.is_none() {
+                q = Some(k);
             }
         }
         match scheme {

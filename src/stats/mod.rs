@@ -86,6 +86,86 @@ counters! {
     TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
     TmForeignReplies => "tm.foreign_replies", "replies handled by a shard other than the one whose route created their transaction";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
+    BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
+    ParseEmpty => "parse.empty", "malformed messages: empty";
+    ParseTooLarge => "parse.too_large", "malformed messages: too large";
+    ParseBadStartLine => "parse.bad_start_line", "malformed messages: bad start line";
+    ParseBadMethod => "parse.bad_method", "malformed messages: bad method";
+    ParseBadRequestUri => "parse.bad_request_uri", "malformed messages: bad request uri";
+    ParseBadVersion => "parse.bad_version", "malformed messages: bad version";
+    ParseBadStatusCode => "parse.bad_status_code", "malformed messages: bad status code";
+    ParseBadHeaderName => "parse.bad_header_name", "malformed messages: bad header name";
+    ParseBadHeaderLine => "parse.bad_header_line", "malformed messages: bad header line";
+    ParseTooManyHeaders => "parse.too_many_headers", "malformed messages: too many headers";
+    ParseMissingEndOfHeaders => "parse.missing_end_of_headers", "malformed messages: missing end of headers";
+    ParseBadContentLength => "parse.bad_content_length", "malformed messages: bad content length";
+    ParseTruncatedBody => "parse.truncated_body", "malformed messages: truncated body";
+    ParseMissingVia => "parse.missing_via", "malformed messages: missing via";
+    ParseMissingFrom => "parse.missing_from", "malformed messages: missing from";
+    ParseMissingTo => "parse.missing_to", "malformed messages: missing to";
+    ParseMissingCallId => "parse.missing_call_id", "malformed messages: missing call id";
+    ParseMissingCSeq => "parse.missing_cseq", "malformed messages: missing cseq";
+    ParseBadVia => "parse.bad_via", "malformed messages: bad via";
+    ParseBadFrom => "parse.bad_from", "malformed messages: bad from";
+    ParseBadTo => "parse.bad_to", "malformed messages: bad to";
+    ParseBadCSeq => "parse.bad_cseq", "malformed messages: bad cseq";
+    ParseCSeqMethodMismatch => "parse.cseq_method_mismatch", "malformed messages: cseq method mismatch";
+    ParseBadMaxForwards => "parse.bad_max_forwards", "malformed messages: bad max forwards";
+    ParseBadContact => "parse.bad_contact", "malformed messages: bad contact";
+    ParseBadExpires => "parse.bad_expires", "malformed messages: bad expires";
+    ParseBadUri => "parse.bad_uri", "malformed messages: bad uri";
+    ParseBadNameAddr => "parse.bad_name_addr", "malformed messages: bad name addr";
+    ParseUnsupportedVersion => "parse.unsupported_version", "malformed messages: unsupported version";
+    ParseUnsupportedUriScheme => "parse.unsupported_uri_scheme", "malformed messages: unsupported uri scheme";
+    ParseStartLineWhitespace => "parse.start_line_whitespace", "malformed messages: start line whitespace";
+    ParseDuplicateFrom => "parse.duplicate_from", "malformed messages: duplicate from";
+    ParseDuplicateTo => "parse.duplicate_to", "malformed messages: duplicate to";
+    ParseDuplicateCallId => "parse.duplicate_call_id", "malformed messages: duplicate call id";
+    ParseDuplicateCSeq => "parse.duplicate_cseq", "malformed messages: duplicate cseq";
+    ParseDuplicateMaxForwards => "parse.duplicate_max_forwards", "malformed messages: duplicate max forwards";
+}
+
+/// The per-reason counter of a parse error (`parse.<reason>`).
+pub fn parse_error_counter(e: crate::sip::ParseError) -> Counter {
+    use crate::sip::ParseError as E;
+    match e {
+        E::Empty => Counter::ParseEmpty,
+        E::TooLarge => Counter::ParseTooLarge,
+        E::BadStartLine => Counter::ParseBadStartLine,
+        E::BadMethod => Counter::ParseBadMethod,
+        E::BadRequestUri => Counter::ParseBadRequestUri,
+        E::BadVersion => Counter::ParseBadVersion,
+        E::BadStatusCode => Counter::ParseBadStatusCode,
+        E::BadHeaderName => Counter::ParseBadHeaderName,
+        E::BadHeaderLine => Counter::ParseBadHeaderLine,
+        E::TooManyHeaders => Counter::ParseTooManyHeaders,
+        E::MissingEndOfHeaders => Counter::ParseMissingEndOfHeaders,
+        E::BadContentLength => Counter::ParseBadContentLength,
+        E::TruncatedBody => Counter::ParseTruncatedBody,
+        E::MissingVia => Counter::ParseMissingVia,
+        E::MissingFrom => Counter::ParseMissingFrom,
+        E::MissingTo => Counter::ParseMissingTo,
+        E::MissingCallId => Counter::ParseMissingCallId,
+        E::MissingCSeq => Counter::ParseMissingCSeq,
+        E::BadVia => Counter::ParseBadVia,
+        E::BadFrom => Counter::ParseBadFrom,
+        E::BadTo => Counter::ParseBadTo,
+        E::BadCSeq => Counter::ParseBadCSeq,
+        E::CSeqMethodMismatch => Counter::ParseCSeqMethodMismatch,
+        E::BadMaxForwards => Counter::ParseBadMaxForwards,
+        E::BadContact => Counter::ParseBadContact,
+        E::BadExpires => Counter::ParseBadExpires,
+        E::BadUri => Counter::ParseBadUri,
+        E::BadNameAddr => Counter::ParseBadNameAddr,
+        E::UnsupportedVersion => Counter::ParseUnsupportedVersion,
+        E::UnsupportedUriScheme => Counter::ParseUnsupportedUriScheme,
+        E::StartLineWhitespace => Counter::ParseStartLineWhitespace,
+        E::DuplicateFrom => Counter::ParseDuplicateFrom,
+        E::DuplicateTo => Counter::ParseDuplicateTo,
+        E::DuplicateCallId => Counter::ParseDuplicateCallId,
+        E::DuplicateCSeq => Counter::ParseDuplicateCSeq,
+        E::DuplicateMaxForwards => Counter::ParseDuplicateMaxForwards,
+    }
 }
 
 /// One route's histogram plus its name (`request_route`, `reply_route`, ...).
