@@ -222,6 +222,23 @@ fn call_id(msg: &[u8]) -> Option<String> {
     })
 }
 
+/// Every .dat file under tests/torture is one of the vectors (49 + 12).
+#[test]
+fn no_vector_file_is_left_out() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/torture");
+    for (sub, want) in [("rfc4475", 49), ("rfc5118", 12)] {
+        let files = std::fs::read_dir(format!("{dir}/{sub}"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "dat"))
+            })
+            .count();
+        assert_eq!(files, want, "{sub}");
+        assert_eq!(VECTORS.iter().filter(|v| v.0 == sub).count(), want, "{sub}");
+    }
+}
+
 #[test]
 fn torture_vectors_over_udp() {
     let srv = Server::start(ServerOpts {

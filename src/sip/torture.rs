@@ -129,11 +129,8 @@ fn every_vector_is_classified_and_present() {
     // 49 RFC 4475 messages + 12 RFC 5118 messages, each with an expectation.
     assert_eq!(VECTORS.iter().filter(|v| v.0 == "rfc4475").count(), 49);
     assert_eq!(VECTORS.iter().filter(|v| v.0 == "rfc5118").count(), 12);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/torture");
-    for sub in ["rfc4475", "rfc5118"] {
-        let n = std::fs::read_dir(format!("{dir}/{sub}")).unwrap().count();
-        assert_eq!(n, VECTORS.iter().filter(|v| v.0 == sub).count(), "{sub}");
-    }
+    // (that no .dat file is left out: tests/torture.rs, which may read
+    // directories; this module is sans-IO)
 }
 
 #[test]
