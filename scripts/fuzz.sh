@@ -27,14 +27,30 @@ seeds_of() {
   esac
 }
 
-cargo fuzz build -O
+# ksr runs without AddressSanitizer: LuaJIT throws Lua errors by resetting
+# the stack pointer itself (no longjmp ASan could intercept), which leaves
+# stale stack poisoning behind and makes ASan report Rust stack stores that
+# are fine. The Rust code is safe code; panics are still caught.
+flags_of() {
+  case "$1" in
+    ksr) echo "--sanitizer none --target-dir target-nosan" ;;
+    *) echo "" ;;
+  esac
+}
+
+for t in $TARGETS; do
+  # shellcheck disable=SC2046
+  cargo fuzz build -O $(flags_of "$t") "$t"
+done
 for t in $TARGETS; do
   mkdir -p "corpus/$t"
   dict=()
   case "$t" in parse_request|parse_response|writer|uri|ksr) dict=(-dict=sip.dict) ;; esac
+  # LuaJIT's NaN-tagged GC pointers look like leaks to LeakSanitizer
+  [ "$t" = ksr ] && dict+=(-detect_leaks=0)
   echo "== $t: ${SECS}s"
   # shellcheck disable=SC2046
-  cargo fuzz run -O "$t" "corpus/$t" $(seeds_of "$t") -- \
+  cargo fuzz run -O $(flags_of "$t") "$t" "corpus/$t" $(seeds_of "$t") -- \
     "${dict[@]}" -max_total_time="$SECS" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1
 done
 echo "fuzz: no crash in $TARGETS (${SECS}s each)"
