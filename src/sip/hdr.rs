@@ -231,6 +231,12 @@ pub(crate) fn parse_via(value: &[u8]) -> Result<(Via<'_>, usize, usize), ParseEr
     if ps < end && v.get(ps) != Some(&b';') {
         return Err(E);
     }
+    // An unterminated quoted string would swallow every parameter after
+    // it, including a `received` / `rport` a proxy appends (found by the
+    // `writer` fuzz target).
+    if lex::has_unterminated_quote(v.get(ps..end).unwrap_or(&[])) {
+        return Err(E);
+    }
     let via = Via {
         raw: v.get(s..end).ok_or(E)?,
         transport: v.get(ts..te).ok_or(E)?,
@@ -546,6 +552,22 @@ impl<'a> Iterator for ContactIter<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn via_with_unterminated_quote_in_params_is_bad() {
+        // writer fuzz crash: `;received=` appended to such a Via was not
+        // seen on re-parse (it sat inside the open quoted string)
+        assert_eq!(
+            Via::parse(b"SIP/2.0/UDP 127.0.0.1:5070;br\"\"\"anch=z9hG4bK-1;rport").err(),
+            Some(ParseError::BadVia)
+        );
+        assert_eq!(
+            Via::parse(b"SIP/2.0/UDP 1.2.3.4;x=\"a\\\"").err(),
+            Some(ParseError::BadVia)
+        );
+        let v = Via::parse(b"SIP/2.0/UDP 1.2.3.4;x=\"a;b\\\"c\";branch=z9hG4bK1").unwrap();
+        assert_eq!(v.branch(), Some(&b"z9hG4bK1"[..]));
+    }
+
     use super::*;
 
     macro_rules! via {
