@@ -206,18 +206,6 @@ pub(crate) fn skip_quoted(b: &[u8], i: usize) -> Option<usize> {
     None
 }
 
-/// True when some `"` in `b` opens a quoted string that never closes.
-pub(crate) fn has_unterminated_quote(b: &[u8]) -> bool {
-    let mut i = find_any(b, 0, [b'"']);
-    while i < b.len() {
-        match skip_quoted(b, i) {
-            Some(j) => i = find_any(b, j, [b'"']),
-            None => return true,
-        }
-    }
-    false
-}
-
 /// Splits a header value at commas that are outside quoted strings and
 /// `<...>`, yielding trimmed `(start, end)` ranges relative to the value.
 /// Empty elements (`a,,b`, trailing comma) are skipped, but an entirely empty
