@@ -23,6 +23,7 @@ mod core;
 mod corex;
 mod ctx;
 pub mod exports;
+pub mod fuzzing;
 mod hdr;
 pub mod htable;
 mod ipops;

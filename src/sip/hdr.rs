@@ -196,6 +196,23 @@ pub struct Via<'a> {
     pub params: Params<'a>,
 }
 
+/// Via parameters holding an unterminated quoted string, or `<` / `>`
+/// outside a quoted string.
+fn bad_via_params(b: &[u8]) -> bool {
+    let mut i = 0;
+    loop {
+        i = lex::find_any(b, i, [b'"', b'<', b'>']);
+        match b.get(i) {
+            None => return false,
+            Some(b'"') => match lex::skip_quoted(b, i) {
+                Some(j) => i = j,
+                None => return true,
+            },
+            Some(_) => return true,
+        }
+    }
+}
+
 /// Via parse that also reports where (in `value`) the parameter list starts
 /// and the trimmed value ends, for in-place editing.
 pub(crate) fn parse_via(value: &[u8]) -> Result<(Via<'_>, usize, usize), ParseError> {
@@ -229,6 +246,14 @@ pub(crate) fn parse_via(value: &[u8]) -> Result<(Via<'_>, usize, usize), ParseEr
     let (host, port, i) = host_port(v, i, true).ok_or(E)?;
     let ps = lex::skip_lws(v, i);
     if ps < end && v.get(ps) != Some(&b';') {
+        return Err(E);
+    }
+    // An unterminated quoted string would swallow every parameter after
+    // it, including a `received` / `rport` a proxy appends; a `<` would
+    // hide the commas after it from the value splitter, until an edit
+    // removes it (both found by the `writer` fuzz target). Neither is Via
+    // syntax outside a quoted string.
+    if bad_via_params(v.get(ps..end).unwrap_or(&[])) {
         return Err(E);
     }
     let via = Via {
@@ -546,6 +571,28 @@ impl<'a> Iterator for ContactIter<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn via_with_unterminated_quote_in_params_is_bad() {
+        // writer fuzz crash: `;received=` appended to such a Via was not
+        // seen on re-parse (it sat inside the open quoted string)
+        assert_eq!(
+            Via::parse(b"SIP/2.0/UDP 127.0.0.1:5070;br\"\"\"anch=z9hG4bK-1;rport").err(),
+            Some(ParseError::BadVia)
+        );
+        assert_eq!(
+            Via::parse(b"SIP/2.0/UDP 1.2.3.4;x=\"a\\\"").err(),
+            Some(ParseError::BadVia)
+        );
+        let v = Via::parse(b"SIP/2.0/UDP 1.2.3.4;x=\"a;<b\\\"c\";branch=z9hG4bK1").unwrap();
+        assert_eq!(v.branch(), Some(&b"z9hG4bK1"[..]));
+        // writer fuzz crash: the `<` hid the comma from the value splitter;
+        // replacing `received` removed it and made a second Via item
+        assert_eq!(
+            Via::parse(b"SIP/2.0/UDP 127.0.0.1;received=ranch=z`<hG4bK-x;rport=5070;d=127.0").err(),
+            Some(ParseError::BadVia)
+        );
+    }
+
     use super::*;
 
     macro_rules! via {
