@@ -308,6 +308,9 @@ pub struct Services {
     pub db_retry: RefCell<RetryQueue>,
     /// Milliseconds between retries (`[db] retry_interval_ms`).
     pub db_retry_interval_ms: Cell<u64>,
+    /// The shard's retry timer, parked while the retry queue is empty
+    /// (woken by the first failed write, so an idle shard has no timer).
+    pub db_retry_waker: RefCell<Option<std::task::Waker>>,
     /// Last time (Unix s) a database write failure was logged: one line a
     /// second at most.
     db_log_s: Cell<u64>,
@@ -459,6 +462,7 @@ impl Services {
             db_pending: Cell::new(0),
             db_retry: RefCell::new(RetryQueue::new(100_000)),
             db_retry_interval_ms: Cell::new(1_000),
+            db_retry_waker: RefCell::new(None),
             db_log_s: Cell::new(0),
             auth_log_s: Cell::new(0),
         })
@@ -708,6 +712,11 @@ impl Services {
                 } else {
                     dropped += 1;
                 }
+            }
+        }
+        if kept > 0 {
+            if let Some(w) = self.db_retry_waker.borrow_mut().take() {
+                w.wake();
             }
         }
         shared

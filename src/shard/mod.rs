@@ -734,6 +734,27 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
 /// query per interval.
 async fn db_retry_timer(shard: std::rc::Weak<Shard>) {
     loop {
+        // Parked until a write fails: an idle shard keeps no 1 s timer (a
+        // timer due within a second makes the receive loop tick every
+        // TIMER_TICK).
+        let parked = std::future::poll_fn(|cx| {
+            let Some(shard) = shard.upgrade() else {
+                return std::task::Poll::Ready(false);
+            };
+            let svc = &shard.engine.shared().services;
+            if svc.db.is_none() || svc.registrar.db_mode == 0 {
+                return std::task::Poll::Ready(false);
+            }
+            if !svc.db_retry.borrow().is_empty() {
+                return std::task::Poll::Ready(true);
+            }
+            *svc.db_retry_waker.borrow_mut() = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        })
+        .await;
+        if !parked {
+            return;
+        }
         let interval = {
             let Some(shard) = shard.upgrade() else { return };
             let svc = &shard.engine.shared().services;
