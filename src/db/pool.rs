@@ -632,24 +632,47 @@ impl DbPool {
         Ok(rows)
     }
 
-    /// Every row of an htable `dbtable` in Kamailio's layout (`key_name,
-    /// key_type, value_type, key_value, expires`), at most `max`.
-    pub async fn htable_load(&self, table: &str, max: usize) -> Result<Vec<HtableRow>, DbError> {
+    /// `SELECT cols FROM table ORDER BY id LIMIT ?` for a whole-table load
+    /// of at most `max` rows (one more is fetched to tell "too many"); a
+    /// column named `#name` is read as a 64-bit integer.
+    fn load_sql(&self, table: &str, cols: [&str; 5], max: usize) -> Result<(String, i64), DbError> {
         if !crate::config::is_sql_ident(table) {
             return Err(DbError::BadConfig(format!("bad table name {table:?}")));
         }
         let d = self.dialect;
+        let cols: Vec<String> = cols
+            .iter()
+            .map(|c| match c.strip_prefix('#') {
+                Some(c) => d.int64_column(c),
+                None => d.ident(c),
+            })
+            .collect();
         let sql = format!(
-            "SELECT {}, {}, {}, {}, {} FROM {} ORDER BY id LIMIT {}",
-            d.ident("key_name"),
-            d.int64_column("key_type"),
-            d.int64_column("value_type"),
-            d.ident("key_value"),
-            d.int64_column("expires"),
+            "SELECT {} FROM {} ORDER BY id LIMIT {}",
+            cols.join(", "),
             d.ident(table),
             d.param(1)
         );
-        let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+        Ok((
+            sql,
+            i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX),
+        ))
+    }
+
+    /// Every row of an htable `dbtable` in Kamailio's layout (`key_name,
+    /// key_type, value_type, key_value, expires`), at most `max`.
+    pub async fn htable_load(&self, table: &str, max: usize) -> Result<Vec<HtableRow>, DbError> {
+        let (sql, limit) = self.load_sql(
+            table,
+            [
+                "key_name",
+                "#key_type",
+                "#value_type",
+                "key_value",
+                "#expires",
+            ],
+            max,
+        )?;
         let rows = self
             .bounded(async {
                 let rows = with_pool!(self, pool => {
@@ -672,33 +695,14 @@ impl DbPool {
                 Ok(rows)
             })
             .await?;
-        if rows.len() > max {
-            return Err(DbError::TooManyRows {
-                table: "htable",
-                max,
-            });
-        }
-        Ok(rows)
+        at_most(rows, "htable", max)
     }
 
     /// Every row of the permissions address table (`grp, ip_addr, mask,
     /// port, tag`), at most `max`.
     pub async fn address_load(&self, table: &str, max: usize) -> Result<Vec<AddressRow>, DbError> {
-        if !crate::config::is_sql_ident(table) {
-            return Err(DbError::BadConfig(format!("bad table name {table:?}")));
-        }
-        let d = self.dialect;
-        let sql = format!(
-            "SELECT {}, {}, {}, {}, {} FROM {} ORDER BY id LIMIT {}",
-            d.int64_column("grp"),
-            d.ident("ip_addr"),
-            d.int64_column("mask"),
-            d.int64_column("port"),
-            d.ident("tag"),
-            d.ident(table),
-            d.param(1)
-        );
-        let limit = i64::try_from(max.saturating_add(1)).unwrap_or(i64::MAX);
+        let (sql, limit) =
+            self.load_sql(table, ["#grp", "ip_addr", "#mask", "#port", "tag"], max)?;
         let rows = self
             .bounded(async {
                 let rows = with_pool!(self, pool => {
@@ -721,13 +725,7 @@ impl DbPool {
                 Ok(rows)
             })
             .await?;
-        if rows.len() > max {
-            return Err(DbError::TooManyRows {
-                table: "address",
-                max,
-            });
-        }
-        Ok(rows)
+        at_most(rows, "address", max)
     }
 
     /// Inserts a `subscriber` row; `UserExists` when username+domain is taken.
@@ -899,6 +897,14 @@ fn mysql_pool(cfg: &DbConfig) -> MySqlPoolOptions {
     MySqlPoolOptions::new()
         .max_connections(cfg.max_connections)
         .acquire_timeout(cfg.query_timeout())
+}
+
+/// `rows`, or `TooManyRows` when a whole-table load found more than `max`.
+fn at_most<T>(rows: Vec<T>, table: &'static str, max: usize) -> Result<Vec<T>, DbError> {
+    if rows.len() > max {
+        return Err(DbError::TooManyRows { table, max });
+    }
+    Ok(rows)
 }
 
 #[cfg(test)]
