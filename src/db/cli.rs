@@ -190,29 +190,33 @@ async fn user_on(
             Ok(format!("removed {line}\n"))
         }
         (UserCmd::Import { file }, _) => {
-            let text = std::fs::read_to_string(&file)
+            let f = std::fs::File::open(&file)
                 .map_err(|e| DbError::BadUser(format!("{}: {e}", file.display())))?;
-            let mut added = 0usize;
-            for (i, line) in text.lines().enumerate() {
-                let line = line.trim();
-                if line.is_empty()
-                    || line.starts_with('#')
-                    || (i == 0 && matches!(line, "SEQUENTIAL" | "RANDOM" | "USER" | "RANDOM_ONCE"))
-                {
-                    continue;
-                }
-                let fields: Vec<&str> = line.split(';').map(str::trim).collect();
-                let (user, password) = match fields.as_slice() {
-                    [u, p] => ((*u).to_string(), *p),
-                    [u, d, p, ..] => (format!("{u}@{d}"), *p),
-                    _ => return Err(DbError::BadUser(format!("line {}: `{line}`", i + 1))),
+            let lines = std::io::BufRead::lines(std::io::BufReader::new(f));
+            // Users repeated inside the file are refused before the database
+            // sees them (its own error would not always name the user).
+            let mut seen = std::collections::HashSet::new();
+            let rows = lines.enumerate().filter_map(move |(i, line)| {
+                let line = match line {
+                    Ok(l) => l,
+                    Err(e) => return Some(Err(DbError::BadUser(format!("line {}: {e}", i + 1)))),
                 };
-                check_field("password", password)?;
-                let (name, domain) = split_user(&user, None)?;
-                pool.subscriber_insert(&credentials(name, domain, password.to_owned()))
-                    .await?;
-                added += 1;
-            }
+                import_line(i, line.trim()).map(|row| {
+                    row.and_then(|c| {
+                        if seen.insert((c.username.clone(), c.domain.clone())) {
+                            Ok(c)
+                        } else {
+                            Err(DbError::BadUser(format!(
+                                "line {}: {}@{} appears twice in the file",
+                                i + 1,
+                                c.username,
+                                c.domain
+                            )))
+                        }
+                    })
+                })
+            });
+            let added = pool.subscriber_import(rows).await?;
             Ok(format!("added {added} subscribers\n"))
         }
         (UserCmd::List, _) => Ok(pool
@@ -224,6 +228,27 @@ async fn user_on(
         // run_user pairs every command but List with its target.
         (_, None) => Err(DbError::BadUser("missing user".to_owned())),
     }
+}
+
+/// One line of an import file: `None` for blank lines, comments and a sipp
+/// CSV's first line.
+fn import_line(i: usize, line: &str) -> Option<Result<Credentials, DbError>> {
+    if line.is_empty()
+        || line.starts_with('#')
+        || (i == 0 && matches!(line, "SEQUENTIAL" | "RANDOM" | "USER" | "RANDOM_ONCE"))
+    {
+        return None;
+    }
+    let fields: Vec<&str> = line.split(';').map(str::trim).collect();
+    let (user, password) = match fields.as_slice() {
+        [u, p] => ((*u).to_string(), *p),
+        [u, d, p, ..] => (format!("{u}@{d}"), *p),
+        _ => return Some(Err(DbError::BadUser(format!("line {}: `{line}`", i + 1)))),
+    };
+    Some(check_field("password", password).and_then(|()| {
+        let (name, domain) = split_user(&user, None)?;
+        Ok(credentials(name, domain, password.to_owned()))
+    }))
 }
 
 async fn db_on(pool: &DbPool, cmd: DbCmd) -> Result<String, DbError> {

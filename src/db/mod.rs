@@ -172,6 +172,8 @@ pub enum DbError {
     BadUser(String),
     #[error("user {0} already exists")]
     UserExists(String),
+    #[error("import refused, nothing added: a user exists already ({0})")]
+    ImportDuplicate(String),
     #[error("no such user: {0}")]
     NoSuchUser(String),
     #[error("called from inside a tokio runtime; call from a plain thread")]

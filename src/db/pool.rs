@@ -346,6 +346,10 @@ macro_rules! bind_location {
 /// FROM_UNIXTIME stops at 2038-01-19).
 const TIME_UNIX_S_MAX: i64 = i32::MAX as i64;
 
+/// Rows per multi-row INSERT of `subscriber_import` (5 parameters each:
+/// well under SQLite's 32766 and PostgreSQL's 65535 bind parameters).
+pub const IMPORT_ROWS_PER_STATEMENT: usize = 500;
+
 /// A connection pool to one database, plus the statements for its dialect.
 /// Every method is bounded by `query_timeout_ms`. Cheap to share behind an
 /// `Arc`; needs a tokio runtime context.
@@ -753,6 +757,95 @@ impl DbPool {
             }
             other => other,
         }
+    }
+
+    /// Inserts many `subscriber` rows in one transaction, [`IMPORT_ROWS_PER_STATEMENT`]
+    /// rows per multi-row INSERT (`sipshard user import`). All or nothing: a
+    /// row that exists already fails the whole import (the database's error
+    /// names it where the driver does). Each statement is bounded by
+    /// `query_timeout_ms`, not the whole import. Returns the rows inserted.
+    pub async fn subscriber_import(
+        &self,
+        rows: impl Iterator<Item = Result<Credentials, DbError>>,
+    ) -> Result<usize, DbError> {
+        let mut rows = rows.peekable();
+        let full = self.subscriber_insert_rows(IMPORT_ROWS_PER_STATEMENT);
+        let mut chunk: Vec<Credentials> = Vec::with_capacity(IMPORT_ROWS_PER_STATEMENT);
+        let mut added = 0usize;
+        let timeout = self.query_timeout;
+        let result: Result<usize, DbError> = async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                loop {
+                    chunk.clear();
+                    while chunk.len() < IMPORT_ROWS_PER_STATEMENT {
+                        match rows.next() {
+                            Some(row) => chunk.push(row?),
+                            None => break,
+                        }
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    let partial;
+                    let sql = if chunk.len() == IMPORT_ROWS_PER_STATEMENT {
+                        full.as_str()
+                    } else {
+                        partial = self.subscriber_insert_rows(chunk.len());
+                        partial.as_str()
+                    };
+                    let mut query = sqlx::query(sql);
+                    for c in &chunk {
+                        query = query
+                            .bind(c.username.as_str())
+                            .bind(c.domain.as_str())
+                            .bind(c.password.as_str())
+                            .bind(c.ha1.as_str())
+                            .bind(c.ha1b.as_str());
+                    }
+                    tokio::time::timeout(timeout, query.execute(&mut *tx))
+                        .await
+                        .map_err(|_| DbError::Timeout)??;
+                    added += chunk.len();
+                    if rows.peek().is_none() {
+                        break;
+                    }
+                }
+                tokio::time::timeout(timeout, tx.commit())
+                    .await
+                    .map_err(|_| DbError::Timeout)??;
+            });
+            Ok(added)
+        }
+        .await;
+        match result {
+            Err(DbError::Sql(sqlx::Error::Database(e))) if e.is_unique_violation() => {
+                Err(DbError::ImportDuplicate(e.message().to_owned()))
+            }
+            other => other,
+        }
+    }
+
+    /// `INSERT INTO subscriber ... VALUES (...), (...)` for `n` rows.
+    fn subscriber_insert_rows(&self, n: usize) -> String {
+        let d = self.dialect;
+        let mut sql =
+            String::from("INSERT INTO subscriber (username, domain, password, ha1, ha1b) VALUES ");
+        for r in 0..n {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            let b = r * 5;
+            sql.push_str(&format!(
+                "({}, {}, {}, {}, {})",
+                d.param(b + 1),
+                d.param(b + 2),
+                d.param(b + 3),
+                d.param(b + 4),
+                d.param(b + 5)
+            ));
+        }
+        sql
     }
 
     /// Replaces password, ha1 and ha1b of an existing `subscriber` row.
