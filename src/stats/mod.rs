@@ -85,6 +85,17 @@ counters! {
     TmFull => "tm.full", "transactions refused: the table was full";
     TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
     TmForeignReplies => "tm.foreign_replies", "replies handled by a shard other than the one whose route created their transaction";
+    SqlopsQueries => "sqlops.queries", "KSR.sqlops queries a route waited for";
+    SqlopsAsyncQueries => "sqlops.async_queries", "sql_query_async queries queued";
+    SqlopsErrors => "sqlops.errors", "KSR.sqlops queries that failed (SQL error, unknown connection, queue full)";
+    SqlopsTimeouts => "sqlops.timeouts", "KSR.sqlops queries not answered within query_timeout_ms";
+    SqlopsRowsTruncated => "sqlops.rows_truncated", "KSR.sqlops results cut at max_rows";
+    SqlopsResultsFull => "sqlops.results_full", "KSR.sqlops queries refused: sqlops_results_maxsize result names in use";
+    RedisCommands => "ndb_redis.commands", "KSR.ndb_redis commands a route waited for";
+    RedisErrors => "ndb_redis.errors", "KSR.ndb_redis commands that failed (error reply, connection, queue full)";
+    RedisTimeouts => "ndb_redis.timeouts", "KSR.ndb_redis commands not answered within cmd_timeout_ms";
+    RedisRepliesFull => "ndb_redis.replies_full", "KSR.ndb_redis commands refused: redis_replies_max reply names in use";
+    JsonrpcsExec => "jsonrpcs.exec", "KSR.jsonrpcs.exec calls";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
     BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
     ParseEmpty => "parse.empty", "malformed messages: empty";
