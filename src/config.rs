@@ -684,12 +684,14 @@ impl RedisDef {
                     "db" => out.db = v.parse().map_err(|_| format!("bad db `{v}`"))?,
                     "pass" => out.password = v.to_owned(),
                     "connect_timeout" => {
-                        out.connect_timeout_ms =
-                            v.parse().map_err(|_| format!("bad connect_timeout `{v}`"))?
+                        out.connect_timeout_ms = v
+                            .parse()
+                            .map_err(|_| format!("bad connect_timeout `{v}`"))?
                     }
                     "command_timeout" => {
-                        out.cmd_timeout_ms =
-                            v.parse().map_err(|_| format!("bad command_timeout `{v}`"))?
+                        out.cmd_timeout_ms = v
+                            .parse()
+                            .map_err(|_| format!("bad command_timeout `{v}`"))?
                     }
                     other => return Err(format!("attribute `{other}` is not supported")),
                 }

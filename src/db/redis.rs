@@ -124,7 +124,8 @@ impl RedisHandle {
         let _guard = rt.enter();
         let mut out = Vec::with_capacity(servers.len());
         for s in servers {
-            let bad = |e: redis::RedisError| DbError::BadConfig(format!("redis server {}: {e}", s.name));
+            let bad =
+                |e: redis::RedisError| DbError::BadConfig(format!("redis server {}: {e}", s.name));
             let mut info = redis::IntoConnectionInfo::into_connection_info(
                 redis::ConnectionAddr::Tcp(s.host.clone(), s.port),
             )
@@ -174,11 +175,7 @@ impl RedisHandle {
     }
 
     /// Sends one command (`args[0]` is its name).
-    pub fn command(
-        &self,
-        srv: usize,
-        args: Vec<Vec<u8>>,
-    ) -> Result<DbReply<RedisReply>, DbError> {
+    pub fn command(&self, srv: usize, args: Vec<Vec<u8>>) -> Result<DbReply<RedisReply>, DbError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Cmd { srv, args, reply }) {
             Ok(()) => Ok(DbReply { rx }),

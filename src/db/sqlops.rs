@@ -97,9 +97,8 @@ impl SqlopsHandle {
                 max_rows: def.max_rows.max(1),
             };
             if def.connect_mode < 2 {
-                let probe = rt.block_on(async {
-                    tokio::time::timeout(timeout, run(&con, "SELECT 1")).await
-                });
+                let probe = rt
+                    .block_on(async { tokio::time::timeout(timeout, run(&con, "SELECT 1")).await });
                 let failed = match probe {
                     Ok(Ok(_)) => None,
                     Ok(Err(e)) => Some(e.to_string()),

@@ -130,16 +130,25 @@ async fn exec(s: &Rc<Shared>, cmd: &[u8]) -> i32 {
         request_document(cmd)
     };
     let Some(doc) = doc else {
-        tracing::warn!(shard = s.shard_id, "jsonrpcs.exec: not a JSON-RPC 2.0 document");
+        tracing::warn!(
+            shard = s.shard_id,
+            "jsonrpcs.exec: not a JSON-RPC 2.0 document"
+        );
         return -1;
     };
     let Some(rpc) = s.services.tables.rpc_exec.get() else {
-        tracing::warn!(shard = s.shard_id, "jsonrpcs.exec: the control interface is off");
+        tracing::warn!(
+            shard = s.shard_id,
+            "jsonrpcs.exec: the control interface is off"
+        );
         return -1;
     };
     let (reply, rx) = oneshot::channel();
     if rpc.tx.try_send((doc, reply)).is_err() {
-        tracing::warn!(shard = s.shard_id, "jsonrpcs.exec: the control queue is full");
+        tracing::warn!(
+            shard = s.shard_id,
+            "jsonrpcs.exec: the control queue is full"
+        );
         return -1;
     }
     let body = match crate::exec::timeout(EXEC_TIMEOUT, rx).await {
@@ -191,7 +200,9 @@ mod tests {
             (200, Some("OK".into()))
         );
         assert_eq!(
-            outcome(br#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":1}"#),
+            outcome(
+                br#"{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":1}"#
+            ),
             (-32601, Some("Method not found".into()))
         );
     }

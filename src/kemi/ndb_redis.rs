@@ -103,12 +103,10 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     t.set(
         "redis_cmd_p3",
-        lua.create_async_function(
-            move |_, (srv, cmd, p1, p2, p3, res): (S, S, S, S, S, S)| {
-                let s = s.clone();
-                async move { Ok(redis_cmd(&s, &srv, &cmd, &[p1, p2, p3], &res).await) }
-            },
-        )?,
+        lua.create_async_function(move |_, (srv, cmd, p1, p2, p3, res): (S, S, S, S, S, S)| {
+            let s = s.clone();
+            async move { Ok(redis_cmd(&s, &srv, &cmd, &[p1, p2, p3], &res).await) }
+        })?,
     )?;
     let s = shared.clone();
     t.set(
@@ -175,7 +173,10 @@ async fn redis_cmd(s: &Rc<Shared>, srv: &S, cmd: &S, params: &[S], res: &S) -> i
     };
     let Some(args) = args else {
         s.counters.incr(Counter::RedisErrors);
-        warn_limited(s, format_args!("bad command (empty, too long, or %s without a parameter)"));
+        warn_limited(
+            s,
+            format_args!("bad command (empty, too long, or %s without a parameter)"),
+        );
         return -1;
     };
     let Some((handle, idx)) = s
@@ -195,7 +196,10 @@ async fn redis_cmd(s: &Rc<Shared>, srv: &S, cmd: &S, params: &[S], res: &S) -> i
             s.counters.incr(Counter::RedisRepliesFull);
             warn_limited(
                 s,
-                format_args!("reply {res:?} refused: {} replies in use ([db] redis_replies_max)", s.services.redis_replies_max),
+                format_args!(
+                    "reply {res:?} refused: {} replies in use ([db] redis_replies_max)",
+                    s.services.redis_replies_max
+                ),
             );
             return -1;
         }

@@ -26,7 +26,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     t.set(
         "sj_serialize",
         lua.create_function(move |lua, (smode, pvname): (mlua::String, mlua::String)| {
-            Ok(serialize(lua, &s, &smode.to_string_lossy(), &pvname.to_string_lossy()))
+            Ok(serialize(
+                lua,
+                &s,
+                &smode.to_string_lossy(),
+                &pvname.to_string_lossy(),
+            ))
         })?,
     )?;
     ksr.set("sipjson", t)
@@ -35,9 +40,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
 fn json_of(v: Val, number: bool) -> Json {
     match v {
         Val::Int(i) => Json::from(i),
-        Val::Str(b) if number => {
-            Json::from(std::str::from_utf8(&b).ok().and_then(|t| t.trim().parse::<i64>().ok()).unwrap_or(0))
-        }
+        Val::Str(b) if number => Json::from(
+            std::str::from_utf8(&b)
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+                .unwrap_or(0),
+        ),
         Val::Str(b) => Json::from(String::from_utf8_lossy(&b).into_owned()),
         Val::Null if number => Json::from(0),
         Val::Null => Json::from(""),

@@ -93,7 +93,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_async_function(move |_, (con, q, xavp): (S, S, S)| {
             let s = s.clone();
             async move {
-                Ok(sql_xquery(&s, &con.to_string_lossy(), q.to_string_lossy(), &xavp.to_string_lossy()).await)
+                Ok(sql_xquery(
+                    &s,
+                    &con.to_string_lossy(),
+                    q.to_string_lossy(),
+                    &xavp.to_string_lossy(),
+                )
+                .await)
             }
         })?,
     )?;
@@ -103,7 +109,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_async_function(move |_, (con, q, pvs): (S, S, S)| {
             let s = s.clone();
             async move {
-                Ok(sql_pvquery(&s, &con.to_string_lossy(), q.to_string_lossy(), &pvs.to_string_lossy()).await)
+                Ok(sql_pvquery(
+                    &s,
+                    &con.to_string_lossy(),
+                    q.to_string_lossy(),
+                    &pvs.to_string_lossy(),
+                )
+                .await)
             }
         })?,
     )?;
@@ -111,7 +123,11 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     t.set(
         "sql_query_async",
         lua.create_function(move |_, (con, q): (S, S)| {
-            Ok(sql_query_async(&s, &con.to_string_lossy(), q.to_string_lossy()))
+            Ok(sql_query_async(
+                &s,
+                &con.to_string_lossy(),
+                q.to_string_lossy(),
+            ))
         })?,
     )?;
     let s = shared.clone();
@@ -143,12 +159,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     t.set(
         "sql_is_null",
         lua.create_function(move |_, (res, row, col): (S, i64, i64)| {
-            Ok(with_result(&s, &res.to_string_lossy(), |r| match cell(r, row, col) {
-                Some(SqlValue::Null) => 1,
-                Some(_) => 0,
-                None => -1,
-            })
-            .unwrap_or(-1))
+            Ok(
+                with_result(&s, &res.to_string_lossy(), |r| match cell(r, row, col) {
+                    Some(SqlValue::Null) => 1,
+                    Some(_) => 0,
+                    None => -1,
+                })
+                .unwrap_or(-1),
+            )
         })?,
     )?;
     for (name, null) in [
@@ -234,7 +252,10 @@ async fn run(s: &Rc<Shared>, con: &str, sql: String) -> Option<ResultSet> {
                 s.counters.incr(Counter::SqlopsRowsTruncated);
                 warn_limited(
                     s,
-                    format_args!("result of a query on {con:?} cut at max_rows ({})", rs.rows.len()),
+                    format_args!(
+                        "result of a query on {con:?} cut at max_rows ({})",
+                        rs.rows.len()
+                    ),
                 );
             }
             let mut affected = s.sql.affected.borrow_mut();
@@ -368,7 +389,11 @@ async fn sql_pvquery(s: &Rc<Shared>, con: &str, sql: String, pvs: &str) -> i32 {
     if names.len() < rs.columns.len() {
         warn_limited(
             s,
-            format_args!("sql_pvquery: {} columns, {} pvs", rs.columns.len(), names.len()),
+            format_args!(
+                "sql_pvquery: {} columns, {} pvs",
+                rs.columns.len(),
+                names.len()
+            ),
         );
         return -1;
     }
