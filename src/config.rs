@@ -1305,6 +1305,51 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn redis_servers_and_sqlcon_forms() {
+        let kam = RedisDef {
+            server: "name=srvN;addr=127.0.0.2;port=6380;db=3;pass=pw".into(),
+            ..Default::default()
+        };
+        let r = kam.resolve().unwrap();
+        assert_eq!(
+            (
+                r.name.as_str(),
+                r.host.as_str(),
+                r.port,
+                r.db,
+                r.password.as_str()
+            ),
+            ("srvN", "127.0.0.2", 6380, 3, "pw")
+        );
+        let plain = RedisDef {
+            name: "r1".into(),
+            server: "127.0.0.1:6379".into(),
+            ..Default::default()
+        };
+        assert_eq!(plain.resolve().unwrap().port, 6379);
+        assert!(RedisDef {
+            server: "127.0.0.1:6379".into(),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(RedisDef {
+            server: "name=x;sentinel=1.2.3.4:26379".into(),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        let c = SqlopsDef {
+            sqlcon: "ca=>mysql://root@127.0.0.1/test".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.name_url(),
+            ("ca".to_owned(), "mysql://root@127.0.0.1/test".to_owned())
+        );
+    }
     use super::*;
 
     #[test]
