@@ -13,6 +13,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -262,6 +263,125 @@ fn sql_lookup_steers_calls_postgres() {
 fn sql_lookup_steers_calls_mariadb() {
     let db = TestDb::mariadb();
     sql_steering(&db.url);
+}
+
+/// A sipp callee on `port` (`uas-call.xml`: checks the proxy's Via and
+/// Record-Route) for `calls` calls.
+fn sipp_uas(dir: &TempDir, port: u16, proxy: SocketAddr, calls: u32) -> Reaped {
+    let child = Command::new("sipp")
+        .args(["-sf", &format!("{ROOT}/tests/sipp/uas-call.xml")])
+        .args([
+            "-set",
+            "proxy",
+            &proxy.to_string(),
+            "-m",
+            &calls.to_string(),
+        ])
+        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-nostdin", "-timeout", "40s", "-timeout_error"])
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("sipp is installed: scripts/deps.sh");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        assert!(Instant::now() < deadline, "sipp did not bind {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Reaped(child)
+}
+
+/// A child process killed (by its id) if the test ends before it does.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A sipp caller making `calls` whole calls (INVITE, 200, ACK, BYE) to
+/// `user`; its exit code (0: every call succeeded).
+fn sipp_uac(dir: &TempDir, proxy: SocketAddr, user: &str, calls: u32) -> Option<i32> {
+    Command::new("sipp")
+        .arg(proxy.to_string())
+        .args(["-sf", &format!("{ROOT}/tests/sipp/uac-call.xml")])
+        .args(["-s", user, "-m", &calls.to_string(), "-d", "50"])
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-nostdin", "-timeout", "30s", "-timeout_error"])
+        .current_dir(&dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("sipp is installed")
+        .code()
+}
+
+/// Waits for a sipp process to end within `limit`; its exit code.
+fn wait_exit(child: &mut Reaped, limit: Duration) -> Option<i32> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(st) = child.0.try_wait().unwrap() {
+            return st.code();
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sql_lookup_steers_sipp_calls() {
+    let dir = TempDir::new("sqlops-sipp");
+    let url = format!("sqlite://{}", dir.path("routes.db").display());
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let table = unique("rt");
+    sql_exec(
+        &url,
+        &[
+            format!(
+                "CREATE TABLE {table} (prefix VARCHAR(64) PRIMARY KEY, dst VARCHAR(128), \
+                 weight INTEGER, note VARCHAR(64))"
+            ),
+            format!("INSERT INTO {table} VALUES ('alice', '127.0.0.1:{port_a}', 1, NULL)"),
+            format!("INSERT INTO {table} VALUES ('bob', '127.0.0.1:{port_b}', 1, NULL)"),
+        ],
+    );
+    let srv = sql_server(&url, &table, "", "2");
+    let mut uas_a = sipp_uas(&dir, port_a, srv.addr, 3);
+    let mut uas_b = sipp_uas(&dir, port_b, srv.addr, 2);
+    assert_eq!(
+        sipp_uac(&dir, srv.addr, "alice", 3),
+        Some(0),
+        "{}",
+        srv.log()
+    );
+    assert_eq!(
+        wait_exit(&mut uas_a, Duration::from_secs(10)),
+        Some(0),
+        "alice's 3 calls reach UAS A"
+    );
+    assert!(
+        uas_b.0.try_wait().unwrap().is_none(),
+        "UAS B must not have had alice's calls"
+    );
+    assert_eq!(sipp_uac(&dir, srv.addr, "bob", 2), Some(0), "{}", srv.log());
+    assert_eq!(
+        wait_exit(&mut uas_b, Duration::from_secs(10)),
+        Some(0),
+        "bob's 2 calls reach UAS B"
+    );
+    // one lookup per INVITE; ACK and BYE follow the recorded route
+    assert_eq!(stat(&srv, "sqlops.queries"), 5);
+    let (ok, log) = srv.stop();
+    assert!(ok, "{log}");
 }
 
 #[test]

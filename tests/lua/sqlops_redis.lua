@@ -6,7 +6,8 @@
 -- core.defines: RT_TABLE (the routing table: prefix, dst, weight, note),
 -- RKEY (the Redis key prefix). Connections: sqlops "rt", redis "r1".
 --
---   INVITE/MESSAGE with "X-Lookup: sql"    dst of the row prefix = $rU
+--   INVITE/MESSAGE (X-Lookup: sql or none) dst of the row prefix = $rU
+--     (INVITEs record-routed; ACK/BYE follow the route: whole sipp calls)
 --   INVITE/MESSAGE with "X-Lookup: redis"  GET <RKEY><$rU>
 --     found: relayed to sip:<dst>; not found: 404; lookup failed: 503
 --   OPTIONS sip:sqlinfo@   sql_query/xquery/pvquery/$sqlrows in headers
@@ -145,7 +146,7 @@ local function json()
 end
 
 function ksr_request_route()
-    if KSR.is_OPTIONS() then
+    if KSR.is_OPTIONS() and KSR.siputils.has_totag() < 0 then
         local user = KSR.pv.get("$rU")
         if user == "sqlinfo" then return sqlinfo() end
         if user == "redisinfo" then return redisinfo() end
@@ -154,7 +155,32 @@ function ksr_request_route()
         KSR.sl.sl_send_reply(200, "Keepalive")
         return
     end
+    -- CANCEL follows its INVITE; retransmissions are absorbed
+    if KSR.is_CANCEL() then
+        if KSR.tm.t_check_trans() > 0 then
+            KSR.tm.t_relay()
+        end
+        return
+    end
+    if not KSR.is_ACK() and KSR.tmx.t_precheck_trans() > 0 then
+        KSR.tm.t_check_trans()
+        return
+    end
+    -- within a dialog: follow the recorded route
+    if KSR.siputils.has_totag() > 0 then
+        if KSR.rr.loose_route() > 0 then
+            KSR.tm.t_relay()
+        elseif KSR.is_ACK() and KSR.tm.t_check_trans() > 0 then
+            KSR.tm.t_relay()
+        elseif not KSR.is_ACK() then
+            KSR.sl.sl_send_reply(404, "Not here")
+        end
+        return
+    end
     if KSR.is_INVITE() or KSR.is_MESSAGE() then
+        if KSR.is_INVITE() then
+            KSR.rr.record_route()
+        end
         local how = KSR.pv.get("$hdr(X-Lookup)")
         local user = KSR.pv.get("$rU") or ""
         if how == "redis" then
