@@ -18,6 +18,9 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{DbError, DbReply};
 use crate::config::RedisServer;
 
+/// Deepest nesting of arrays kept in a reply (a deeper one fails).
+const DEPTH_MAX: usize = 32;
+
 /// hiredis' reply type numbers (`$redis(r=>type)`, `$redisd(rpl_*)`).
 pub const REPLY_STRING: i64 = 1;
 pub const REPLY_ARRAY: i64 = 2;
@@ -54,11 +57,20 @@ impl RedisReply {
     /// Converts a crate value, counting elements against `budget`; None when
     /// the reply is larger than the budget.
     fn from_value(v: redis::Value, budget: &mut usize) -> Option<RedisReply> {
+        Self::from_value_at(v, budget, 0)
+    }
+
+    /// As [`RedisReply::from_value`], `depth` arrays deep (at most
+    /// [`DEPTH_MAX`]).
+    fn from_value_at(v: redis::Value, budget: &mut usize, depth: usize) -> Option<RedisReply> {
         *budget = budget.checked_sub(1)?;
+        if depth > DEPTH_MAX {
+            return None;
+        }
         let array = |items: Vec<redis::Value>, budget: &mut usize| {
             items
                 .into_iter()
-                .map(|i| RedisReply::from_value(i, budget))
+                .map(|i| RedisReply::from_value_at(i, budget, depth + 1))
                 .collect::<Option<Vec<_>>>()
                 .map(RedisReply::Array)
         };
@@ -72,7 +84,9 @@ impl RedisReply {
                 pairs.into_iter().flat_map(|(k, v)| [k, v]).collect(),
                 budget,
             )?,
-            redis::Value::Attribute { data, .. } => RedisReply::from_value(*data, budget)?,
+            redis::Value::Attribute { data, .. } => {
+                RedisReply::from_value_at(*data, budget, depth + 1)?
+            }
             redis::Value::SimpleString(s) => RedisReply::Status(s),
             redis::Value::Okay => RedisReply::Status("OK".to_owned()),
             redis::Value::Double(d) => RedisReply::Str(d.to_string().into_bytes()),
@@ -234,6 +248,43 @@ async fn run(s: &Server, args: &[Vec<u8>], elements_max: usize) -> Result<RedisR
         Ok(Ok(v)) => v,
     };
     let mut budget = elements_max;
-    RedisReply::from_value(value, &mut budget)
-        .ok_or_else(|| DbError::Redis(format!("reply of more than {elements_max} elements")))
+    RedisReply::from_value(value, &mut budget).ok_or_else(|| {
+        DbError::Redis(format!(
+            "reply of more than {elements_max} elements or {DEPTH_MAX} levels"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_fold_into_hiredis_types_and_are_bounded() {
+        let v = redis::Value::Array(vec![
+            redis::Value::BulkString(b"a".to_vec()),
+            redis::Value::Int(3),
+            redis::Value::Okay,
+            redis::Value::Nil,
+        ]);
+        let mut budget = 10;
+        let r = RedisReply::from_value(v.clone(), &mut budget).unwrap();
+        assert_eq!(r.type_code(), REPLY_ARRAY);
+        assert_eq!(
+            r,
+            RedisReply::Array(vec![
+                RedisReply::Str(b"a".to_vec()),
+                RedisReply::Int(3),
+                RedisReply::Status("OK".into()),
+                RedisReply::Nil,
+            ])
+        );
+        let mut small = 4;
+        assert!(RedisReply::from_value(v, &mut small).is_none());
+        let mut deep = redis::Value::Nil;
+        for _ in 0..40 {
+            deep = redis::Value::Array(vec![deep]);
+        }
+        assert!(RedisReply::from_value(deep, &mut 1_000).is_none());
+    }
 }

@@ -56,6 +56,20 @@ pub struct JsonRpl {
     pub code: i64,
     pub text: Option<String>,
     pub body: Option<String>,
+    /// Unix second of the last failure logged (one line a second at most).
+    log_s: u64,
+}
+
+/// Counts a failed exec and logs it, once a second at most.
+fn fail(s: &Shared, why: &str) -> i32 {
+    s.counters.incr(Counter::JsonrpcsFailed);
+    let now = super::services::unix_now_s();
+    let mut r = s.jsonrpl.borrow_mut();
+    if r.log_s != now {
+        r.log_s = now;
+        tracing::warn!(shard = s.shard_id, "jsonrpcs.exec: {why}");
+    }
+    -1
 }
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
@@ -130,37 +144,24 @@ async fn exec(s: &Rc<Shared>, cmd: &[u8]) -> i32 {
         request_document(cmd)
     };
     let Some(doc) = doc else {
-        tracing::warn!(
-            shard = s.shard_id,
-            "jsonrpcs.exec: not a JSON-RPC 2.0 document"
-        );
-        return -1;
+        return fail(s, "not a JSON-RPC 2.0 document");
     };
     let Some(rpc) = s.services.tables.rpc_exec.get() else {
-        tracing::warn!(
-            shard = s.shard_id,
-            "jsonrpcs.exec: the control interface is off"
-        );
-        return -1;
+        return fail(s, "the control interface is off");
     };
     let (reply, rx) = oneshot::channel();
     if rpc.tx.try_send((doc, reply)).is_err() {
-        tracing::warn!(
-            shard = s.shard_id,
-            "jsonrpcs.exec: the control queue is full"
-        );
-        return -1;
+        return fail(s, "the control queue (64) is full");
     }
     let body = match crate::exec::timeout(EXEC_TIMEOUT, rx).await {
         Ok(Ok(body)) => body,
-        _ => return -1,
+        _ => return fail(s, "no answer within 5 s"),
     };
     let (code, text) = outcome(&body);
-    *s.jsonrpl.borrow_mut() = JsonRpl {
-        code,
-        text,
-        body: Some(String::from_utf8_lossy(&body).into_owned()),
-    };
+    let mut r = s.jsonrpl.borrow_mut();
+    r.code = code;
+    r.text = text;
+    r.body = Some(String::from_utf8_lossy(&body).into_owned());
     1
 }
 

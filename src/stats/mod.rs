@@ -96,6 +96,7 @@ counters! {
     RedisTimeouts => "ndb_redis.timeouts", "KSR.ndb_redis commands not answered within cmd_timeout_ms";
     RedisRepliesFull => "ndb_redis.replies_full", "KSR.ndb_redis commands refused: redis_replies_max reply names in use";
     JsonrpcsExec => "jsonrpcs.exec", "KSR.jsonrpcs.exec calls";
+    JsonrpcsFailed => "jsonrpcs.failed", "KSR.jsonrpcs.exec calls that got no answer (bad document, control interface off, queue full, timeout)";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
     BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
     ParseEmpty => "parse.empty", "malformed messages: empty";
