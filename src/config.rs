@@ -57,6 +57,12 @@ pub struct Config {
     pub permissions: PermissionsConfig,
     /// `KSR.sanity` (Kamailio's sanity module parameters).
     pub sanity: SanityConfig,
+    /// KSR.sqlops named connections (Kamailio's sqlops `sqlcon` modparam),
+    /// one `[[sqlops]]` entry each.
+    pub sqlops: Vec<SqlopsDef>,
+    /// KSR.ndb_redis servers (Kamailio's ndb_redis `server` modparam), one
+    /// `[[redis]]` entry each.
+    pub redis: Vec<RedisDef>,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -554,6 +560,156 @@ impl Default for HtableDef {
     }
 }
 
+/// One `[[sqlops]]` entry: a named database connection for KSR.sqlops
+/// (Kamailio `modparam("sqlops", "sqlcon", "name=>url")`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SqlopsDef {
+    /// Connection name, the first argument of `sql_query(con, ...)`.
+    pub name: String,
+    /// `sqlite://path`, `postgres://user@host/db` or `mysql://user@host/db`.
+    pub url: String,
+    /// Kamailio's form `name=>url`, instead of `name` and `url`.
+    pub sqlcon: String,
+    /// Kamailio's `connect_mode`: 0 connect at start or refuse to start, 1
+    /// try at start and go on, 2 connect when first used.
+    pub connect_mode: u8,
+    /// Connections open at once to this database (sipshard).
+    pub max_connections: u32,
+    /// Longest a query may take, waiting for a connection included; the
+    /// route waiting for it then gets -1 (sipshard).
+    pub query_timeout_ms: u64,
+    /// Most rows kept of one result; more are dropped, counted in
+    /// `sqlops.rows_truncated` and logged (sipshard).
+    pub max_rows: usize,
+}
+
+impl Default for SqlopsDef {
+    fn default() -> Self {
+        SqlopsDef {
+            name: String::new(),
+            url: String::new(),
+            sqlcon: String::new(),
+            connect_mode: 0,
+            max_connections: 2,
+            query_timeout_ms: 1_000,
+            max_rows: 1_000,
+        }
+    }
+}
+
+impl SqlopsDef {
+    /// (name, url), from `name`/`url` or from `sqlcon = "name=>url"`.
+    pub fn name_url(&self) -> (String, String) {
+        match self.sqlcon.split_once("=>") {
+            Some((n, u)) if self.name.is_empty() && self.url.is_empty() => {
+                (n.trim().to_owned(), u.trim().to_owned())
+            }
+            _ => (self.name.clone(), self.url.clone()),
+        }
+    }
+}
+
+/// One `[[redis]]` entry: a Redis server for KSR.ndb_redis (Kamailio
+/// `modparam("ndb_redis", "server", "name=srv;addr=...;port=...;db=...;pass=...")`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisDef {
+    /// Server name, the first argument of `redis_cmd(srv, ...)`.
+    pub name: String,
+    /// `host:port`, or Kamailio's attribute list
+    /// `name=srv;addr=127.0.0.1;port=6379;db=1;pass=secret`.
+    pub server: String,
+    /// Database number (`SELECT`), Kamailio's `db` attribute.
+    pub db: i64,
+    /// Kamailio's `pass` attribute; empty = none.
+    pub password: String,
+    /// Kamailio's `connect_timeout` (ms).
+    pub connect_timeout_ms: u64,
+    /// Kamailio's `cmd_timeout` (ms): a command not answered by then fails
+    /// (-1) and the route goes on.
+    pub cmd_timeout_ms: u64,
+}
+
+impl Default for RedisDef {
+    fn default() -> Self {
+        RedisDef {
+            name: String::new(),
+            server: String::new(),
+            db: 0,
+            password: String::new(),
+            connect_timeout_ms: 1_000,
+            cmd_timeout_ms: 1_000,
+        }
+    }
+}
+
+/// A Redis server's resolved address: `[[redis]]` after reading Kamailio's
+/// attribute form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisServer {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub db: i64,
+    pub password: String,
+    pub connect_timeout_ms: u64,
+    pub cmd_timeout_ms: u64,
+}
+
+impl RedisDef {
+    /// Reads `server` (`host:port` or `name=..;addr=..;port=..;db=..;pass=..`).
+    pub fn resolve(&self) -> Result<RedisServer, String> {
+        let mut out = RedisServer {
+            name: self.name.clone(),
+            host: "127.0.0.1".to_owned(),
+            port: 6379,
+            db: self.db,
+            password: self.password.clone(),
+            connect_timeout_ms: self.connect_timeout_ms,
+            cmd_timeout_ms: self.cmd_timeout_ms,
+        };
+        let server = self.server.trim();
+        if server.contains('=') {
+            for attr in server.split(';').map(str::trim).filter(|a| !a.is_empty()) {
+                let (k, v) = attr
+                    .split_once('=')
+                    .ok_or_else(|| format!("`{attr}` is not attribute=value"))?;
+                let v = v.trim();
+                match k.trim() {
+                    "name" if out.name.is_empty() => out.name = v.to_owned(),
+                    "name" => {}
+                    "addr" => out.host = v.to_owned(),
+                    "port" => out.port = v.parse().map_err(|_| format!("bad port `{v}`"))?,
+                    "db" => out.db = v.parse().map_err(|_| format!("bad db `{v}`"))?,
+                    "pass" => out.password = v.to_owned(),
+                    "connect_timeout" => {
+                        out.connect_timeout_ms = v
+                            .parse()
+                            .map_err(|_| format!("bad connect_timeout `{v}`"))?
+                    }
+                    "command_timeout" => {
+                        out.cmd_timeout_ms = v
+                            .parse()
+                            .map_err(|_| format!("bad command_timeout `{v}`"))?
+                    }
+                    other => return Err(format!("attribute `{other}` is not supported")),
+                }
+            }
+        } else if !server.is_empty() {
+            let (h, p) = server
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{server}` is not host:port"))?;
+            out.host = h.trim_matches(|c| c == '[' || c == ']').to_owned();
+            out.port = p.parse().map_err(|_| format!("bad port `{p}`"))?;
+        }
+        if out.name.is_empty() {
+            return Err("a server needs a name".into());
+        }
+        Ok(out)
+    }
+}
+
 /// `[pike]`: Kamailio's pike module parameters.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -776,6 +932,22 @@ pub struct DbConfig {
     pub retry_queue_max: usize,
     /// sipshard: milliseconds between retries of failed location writes.
     pub retry_interval_ms: u64,
+    /// Kamailio's sqlops `results_maxsize`: result containers
+    /// (`sql_query(.., res)` names) each shard keeps; a new name beyond it
+    /// fails (-1), counted in `sqlops.results_full`.
+    pub sqlops_results_maxsize: usize,
+    /// sipshard: KSR.sqlops queries waiting for a connection (all
+    /// `[[sqlops]]` connections); one more fails at once (-1).
+    pub sqlops_queue_depth: usize,
+    /// sipshard: Redis replies (`redis_cmd(.., res)` names) each shard keeps;
+    /// a new name beyond it fails (-1), counted in `ndb_redis.replies_full`.
+    pub redis_replies_max: usize,
+    /// sipshard: KSR.ndb_redis commands waiting to be sent; one more fails at
+    /// once (-1).
+    pub redis_queue_depth: usize,
+    /// sipshard: most elements (all levels) of one Redis reply; a larger
+    /// reply fails (-1).
+    pub redis_reply_elements_max: usize,
 }
 
 impl Default for DbConfig {
@@ -788,6 +960,11 @@ impl Default for DbConfig {
             location_rows_max: 1_000_000,
             retry_queue_max: 100_000,
             retry_interval_ms: 1_000,
+            sqlops_results_maxsize: 32,
+            sqlops_queue_depth: 1_024,
+            redis_replies_max: 32,
+            redis_queue_depth: 1_024,
+            redis_reply_elements_max: 100_000,
         }
     }
 }
@@ -950,6 +1127,63 @@ impl Config {
         if self.permissions.max_addresses == 0 {
             return Err(self.invalid("permissions.max_addresses", "must be at least 1"));
         }
+        self.validate_sqlops_redis()
+    }
+
+    /// `[[sqlops]]`, `[[redis]]` and their `[db]` limits.
+    fn validate_sqlops_redis(&self) -> Result<(), ConfigError> {
+        let mut names: Vec<String> = Vec::new();
+        for (i, c) in self.sqlops.iter().enumerate() {
+            let key = |k: &str| format!("sqlops[{i}].{k}");
+            let (name, url) = c.name_url();
+            if name.is_empty() || name.len() > 64 || url.is_empty() {
+                return Err(self.invalid(
+                    &key("name"),
+                    "needs name (1..=64 bytes) and url, or sqlcon = \"name=>url\"",
+                ));
+            }
+            if names.contains(&name) {
+                return Err(self.invalid(&key("name"), format!("{name:?} is declared twice")));
+            }
+            names.push(name);
+            if c.connect_mode > 2 {
+                return Err(self.invalid(&key("connect_mode"), "must be 0, 1 or 2"));
+            }
+            if c.max_connections == 0 || c.query_timeout_ms == 0 || c.max_rows == 0 {
+                return Err(self.invalid(
+                    &key("max_connections"),
+                    "max_connections, query_timeout_ms and max_rows must be at least 1",
+                ));
+            }
+        }
+        let mut names: Vec<String> = Vec::new();
+        for (i, r) in self.redis.iter().enumerate() {
+            let key = |k: &str| format!("redis[{i}].{k}");
+            let srv = r.resolve().map_err(|e| self.invalid(&key("server"), e))?;
+            if srv.name.len() > 64 || names.contains(&srv.name) {
+                return Err(self.invalid(
+                    &key("name"),
+                    format!("{:?} is declared twice or longer than 64 bytes", srv.name),
+                ));
+            }
+            names.push(srv.name);
+            if srv.cmd_timeout_ms == 0 || srv.connect_timeout_ms == 0 {
+                return Err(self.invalid(&key("cmd_timeout_ms"), "timeouts must be at least 1 ms"));
+            }
+        }
+        let d = &self.db;
+        if d.sqlops_results_maxsize == 0
+            || d.sqlops_queue_depth == 0
+            || d.redis_replies_max == 0
+            || d.redis_queue_depth == 0
+            || d.redis_reply_elements_max == 0
+        {
+            return Err(self.invalid(
+                "db",
+                "sqlops_results_maxsize, sqlops_queue_depth, redis_replies_max, \
+                 redis_queue_depth and redis_reply_elements_max must be at least 1",
+            ));
+        }
         Ok(())
     }
 
@@ -1071,6 +1305,51 @@ fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn redis_servers_and_sqlcon_forms() {
+        let kam = RedisDef {
+            server: "name=srvN;addr=127.0.0.2;port=6380;db=3;pass=pw".into(),
+            ..Default::default()
+        };
+        let r = kam.resolve().unwrap();
+        assert_eq!(
+            (
+                r.name.as_str(),
+                r.host.as_str(),
+                r.port,
+                r.db,
+                r.password.as_str()
+            ),
+            ("srvN", "127.0.0.2", 6380, 3, "pw")
+        );
+        let plain = RedisDef {
+            name: "r1".into(),
+            server: "127.0.0.1:6379".into(),
+            ..Default::default()
+        };
+        assert_eq!(plain.resolve().unwrap().port, 6379);
+        assert!(RedisDef {
+            server: "127.0.0.1:6379".into(),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        assert!(RedisDef {
+            server: "name=x;sentinel=1.2.3.4:26379".into(),
+            ..Default::default()
+        }
+        .resolve()
+        .is_err());
+        let c = SqlopsDef {
+            sqlcon: "ca=>mysql://root@127.0.0.1/test".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            c.name_url(),
+            ("ca".to_owned(), "mysql://root@127.0.0.1/test".to_owned())
+        );
+    }
     use super::*;
 
     #[test]

@@ -205,6 +205,35 @@ fn run(a: ServerArgs) -> Result<(), String> {
         .handle()
         .block_on(params.tables.load_modules(&params.config, &db))?;
     params.db = Some(db);
+    if !params.config.sqlops.is_empty() {
+        let h = sipshard::db::sqlops::SqlopsHandle::start(
+            &params.config.sqlops,
+            params.config.db.sqlops_queue_depth,
+            control_rt.handle(),
+        )
+        .map_err(|e| format!("sqlops: {e}"))?;
+        params.sqlops = Some(h);
+    }
+    if !params.config.redis.is_empty() {
+        let servers = params
+            .config
+            .redis
+            .iter()
+            .map(|r| r.resolve())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("redis: {e}"))?;
+        let db = &params.config.db;
+        let h = sipshard::db::redis::RedisHandle::start(
+            &servers,
+            db.redis_queue_depth,
+            // Commands in flight at once, all servers together.
+            256,
+            db.redis_reply_elements_max,
+            control_rt.handle(),
+        )
+        .map_err(|e| format!("redis: {e}"))?;
+        params.redis = Some(h);
+    }
     let params = Arc::new(params);
     let rpc_cfg = params.config.rpc.clone();
     let running = shard::start(params, specs).map_err(|e| e.to_string())?;

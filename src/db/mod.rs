@@ -23,7 +23,9 @@
 
 pub mod cli;
 mod pool;
+pub mod redis;
 mod schema;
+pub mod sqlops;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -178,6 +180,8 @@ pub enum DbError {
     NoSuchUser(String),
     #[error("called from inside a tokio runtime; call from a plain thread")]
     InsideRuntime,
+    #[error("redis: {0}")]
+    Redis(String),
     #[error("cannot start a runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

@@ -938,6 +938,10 @@ fn bad_url(url: &str, error: sqlx::Error) -> DbError {
 }
 
 /// The URL without its password, for error messages.
+pub(crate) fn redact_url(url: &str) -> String {
+    redact(url)
+}
+
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();

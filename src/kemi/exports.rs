@@ -48,6 +48,10 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("nathelper", include_str!("nathelper.rs")),
     ("ipops", include_str!("ipops.rs")),
     ("textops", include_str!("textops.rs")),
+    ("sqlops", include_str!("sqlops.rs")),
+    ("ndb_redis", include_str!("ndb_redis.rs")),
+    ("jsonrpcs", include_str!("jsonrpcs.rs")),
+    ("sipjson", include_str!("sipjson.rs")),
 ];
 
 /// One documented KSR function.

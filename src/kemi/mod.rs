@@ -27,11 +27,13 @@ pub mod fuzzing;
 mod hdr;
 pub mod htable;
 mod ipops;
+pub mod jsonrpcs;
 mod kx;
 pub mod limits;
 mod luacompat;
 mod maxfwd;
 mod nathelper;
+mod ndb_redis;
 pub mod permissions;
 pub mod pike;
 mod pv;
@@ -40,8 +42,10 @@ pub mod reload;
 pub(crate) mod rr;
 pub mod sanity;
 pub mod services;
+mod sipjson;
 mod siputils;
 mod sl;
+mod sqlops;
 #[cfg(test)]
 mod testutil;
 mod textops;
@@ -229,6 +233,13 @@ pub struct Shared {
     pub pv: pv::PvState,
     /// Instructions per route call (`[shard] lua_max_instructions`).
     pub limits: limits::ScriptLimits,
+    /// KSR.sqlops result containers (`$dbr`), kept across messages as in
+    /// Kamailio's worker processes.
+    pub sql: sqlops::SqlState,
+    /// KSR.ndb_redis replies (`$redis`).
+    pub redis: ndb_redis::RedisState,
+    /// The last `KSR.jsonrpcs.exec` answer (`$jsonrpl`).
+    pub jsonrpl: RefCell<jsonrpcs::JsonRpl>,
 }
 
 impl Shared {
@@ -492,6 +503,9 @@ impl Engine {
                 cfg.tuning.lua_max_instructions,
                 cfg.tuning.lua_max_memory_bytes,
             ),
+            sql: Default::default(),
+            redis: Default::default(),
+            jsonrpl: Default::default(),
         });
         // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
         let shared = reuse.unwrap_or(shared);
@@ -698,6 +712,10 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     nathelper::register(lua, ksr, shared)?;
     ipops::register(lua, ksr, shared)?;
     textops::register(lua, ksr, shared)?;
+    sqlops::register(lua, ksr, shared)?;
+    ndb_redis::register(lua, ksr, shared)?;
+    jsonrpcs::register(lua, ksr, shared)?;
+    sipjson::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -151,7 +151,7 @@ impl Val {
         }
     }
     /// The value as an integer: strings parse their leading digits (0 otherwise).
-    fn int(&self) -> i64 {
+    pub(super) fn int(&self) -> i64 {
         match self {
             Val::Null => 0,
             Val::Int(i) => *i,
@@ -625,12 +625,30 @@ fn now_unix() -> i64 {
 
 /// Pseudo-variables other modules own, by class name: `$sht(table=>key)`
 /// (htable) and the like hook in here, one arm each. None: no module owns it.
-fn module_pv_get(_s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
-    #[allow(clippy::match_single_binding)]
+fn module_pv_get(s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
     match spec.class {
-        // "sht" => Some(super::htable::pv_get(s, spec.arg?)),
+        "dbr" => Some(Ok(super::sqlops::pv_dbr(s, spec.arg?))),
+        "sqlrows" => Some(Ok(super::sqlops::pv_sqlrows(s, spec.arg?))),
+        "redis" => Some(Ok(super::ndb_redis::pv_redis(s, spec.arg?))),
+        "redisd" => Some(Ok(super::ndb_redis::pv_redisd(spec.arg?))),
+        "jsonrpl" => Some(Ok(super::jsonrpcs::pv_jsonrpl(s, spec.arg?))),
         _ => None,
     }
+}
+
+/// Adds one item of fields to `$xavp(name)` (newest first, as Kamailio's
+/// xavp_add); false when the message's xavp budget is spent.
+pub(super) fn xavp_push_fields(m: &mut MsgCtx, name: &str, fields: Vec<(String, PvValue)>) -> bool {
+    m.pv.xavp_add(name, Xavp::Fields(fields))
+}
+
+/// An index written as a number or as `$var(name)` (`$dbr(r=>[$var(i),0])`).
+pub(super) fn index_arg(s: &Shared, t: &str) -> Option<i64> {
+    let t = t.trim();
+    if let Some(name) = t.strip_prefix("$var(").and_then(|r| r.strip_suffix(')')) {
+        return s.vars.borrow().get(name).map(|v| Val::from(v).int());
+    }
+    t.parse().ok()
 }
 
 /// Setter side of [`module_pv_get`] (`value` None = unset).

@@ -117,6 +117,9 @@ pub struct SharedTables {
     pub permissions: super::permissions::AddressTable,
     /// `[permissions] enable`: register `KSR.permissions`.
     pub permissions_enabled: bool,
+    /// `KSR.jsonrpcs.exec`: the control plane's method registry, set once
+    /// the control interface runs.
+    pub rpc_exec: std::sync::OnceLock<super::jsonrpcs::ScriptRpc>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -170,6 +173,7 @@ impl SharedTables {
             pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
             permissions: super::permissions::AddressTable::default(),
             permissions_enabled: false,
+            rpc_exec: std::sync::OnceLock::new(),
         }
     }
 
@@ -316,6 +320,13 @@ pub struct Services {
     db_log_s: Cell<u64>,
     /// The same for failed credential reads.
     auth_log_s: Cell<u64>,
+    /// KSR.sqlops connections (`[[sqlops]]`); None without any.
+    pub sqlops: Option<crate::db::sqlops::SqlopsHandle>,
+    /// KSR.ndb_redis servers (`[[redis]]`); None without any.
+    pub redis: Option<crate::db::redis::RedisHandle>,
+    /// `[db] sqlops_results_maxsize` and `redis_replies_max`.
+    pub sqlops_results_max: usize,
+    pub redis_replies_max: usize,
 }
 
 /// One pending location write.
@@ -465,6 +476,10 @@ impl Services {
             db_retry_waker: RefCell::new(None),
             db_log_s: Cell::new(0),
             auth_log_s: Cell::new(0),
+            sqlops: None,
+            redis: None,
+            sqlops_results_max: 32,
+            redis_replies_max: 32,
         })
     }
 

@@ -142,6 +142,7 @@ pub fn spawn_with(
         method_names: registry.names().map(str::to_string).collect(),
     });
     let registry = Arc::new(registry);
+    serve_script_exec(&ctl, registry.clone(), ctx.clone(), rt);
     let token: Option<Arc<str>> = (!cfg.token.is_empty()).then(|| Arc::from(cfg.token.as_str()));
     if token.is_none() && !bound.ip().is_loopback() {
         tracing::warn!(
@@ -165,6 +166,33 @@ pub fn spawn_with(
     }
     tracing::info!(%bound, "rpc listening (JSON-RPC on / and /RPC, Prometheus on /metrics)");
     Ok(bound)
+}
+
+/// Serves `KSR.jsonrpcs.exec` from the routing scripts: the same registry
+/// as the HTTP interface, one request at a time, from a bounded queue.
+fn serve_script_exec(
+    ctl: &ControlHandle,
+    registry: Arc<Registry>,
+    ctx: Arc<RpcContext>,
+    rt: &tokio::runtime::Handle,
+) {
+    let Some(modules) = ctl.modules() else {
+        return;
+    };
+    let (handle, mut rx) = crate::kemi::jsonrpcs::ScriptRpc::channel(64);
+    if modules.tables.rpc_exec.set(handle).is_err() {
+        return; // already served (a second spawn in one process)
+    }
+    rt.spawn(async move {
+        while let Some((body, reply)) = rx.recv().await {
+            let answer = registry
+                .handle_body(&ctx, &body)
+                .await
+                .map(|v| v.to_string().into_bytes())
+                .unwrap_or_default();
+            let _ = reply.send(answer);
+        }
+    });
 }
 
 /// The shard that answers `ul.*` for an AOR: [`crate::partition::index`] (FNV-1a 64 of the

@@ -55,6 +55,9 @@ pub struct ShardParams {
     /// Nonce HMAC key, the same on every shard so any shard accepts any nonce.
     pub nonce_secret: [u8; 32],
     pub db: Option<crate::db::DbHandle>,
+    /// KSR.sqlops connections and KSR.ndb_redis servers.
+    pub sqlops: Option<crate::db::sqlops::SqlopsHandle>,
+    pub redis: Option<crate::db::redis::RedisHandle>,
     /// Location, nonce counts and credentials: one set for all shards.
     pub tables: Arc<SharedTables>,
     /// Process start, unix seconds (ruid and nonce uniqueness).
@@ -100,6 +103,8 @@ impl ShardParams {
             shard_count,
             nonce_secret,
             db: None,
+            sqlops: None,
+            redis: None,
             tables,
             epoch_unix_s,
         }
@@ -130,7 +135,11 @@ impl ShardParams {
             self.db.clone(),
             self.epoch_unix_s,
         )
-        .map(|svc| {
+        .map(|mut svc| {
+            svc.sqlops = self.sqlops.clone();
+            svc.redis = self.redis.clone();
+            svc.sqlops_results_max = self.config.db.sqlops_results_maxsize;
+            svc.redis_replies_max = self.config.db.redis_replies_max;
             svc.db_retry
                 .borrow_mut()
                 .set_max(self.config.db.retry_queue_max);
