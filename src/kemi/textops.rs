@@ -43,6 +43,10 @@
 //! | `KSR.textops.str_any_in(s, chars)` / `str_all_in(s, chars)` | `int (str, str)` | 1 when any / all of `chars` occur in `s` / -1; sipshard extension (Kamailio 5.7+, not in 5.6) |
 //! | `KSR.textops.in_list_prefix(s, list, sep)` | `int (str, str, str)` | 1 some item of `list` is a prefix of `s` / -1 |
 //! | `KSR.textops.is_privacy(type)` | `int (str)` | 1 the Privacy header lists `type` (header, session, user, none, critical, id, history) / -1 |
+//! | `KSR.textops.replace_body_atonce(re, txt)` | `int (str, str)` | 1: every match replaced, matching over the whole body at once (`.` matches a newline, `^`/`$` only at its ends) / -1 |
+//! | `KSR.textops.regex_substring(itext, re, mindex, mcount, dpv)` | `int (str, str, int, int, str)` | 1: group `mindex` (0 the whole match) of the first match stored in `dpv` / -2 no match / -1 group unset, `mindex >= mcount`, bad expression or `dpv` not writable |
+//! | `KSR.textops.remove_hf_match(hf, op, expr)` | `int (str, str, str)` | 1: the `hf` headers whose value is equal to (`eq`), not equal to (`ne`), contains (`in`) or matches (`re`) `expr` removed / -2 none / -1 bad `op` |
+//! | `KSR.textops.is_audio_on_hold()` | `int ()` | 1 an SDP audio stream is held the RFC 2543 way (connection address 0.0.0.0), 2 the RFC 3264 way (`a=sendonly`/`a=inactive`) / -1 none or no SDP body |
 //! | `KSR.textopsx.msg_apply_changes()` | `int ()` | 1: edits written into the message, later reads see them / -1 (after the transaction exists, in tm's reply or failure routes, or when the result does not parse) |
 //! | `KSR.textopsx.change_reply_status(code, reason)` | `int (int, str)` | 1 / -1 (code outside 100..699, empty reason, a 1xx/2xx class change, or not a reply: Kamailio 5.6 returns 1 there and overwrites the request line) |
 //! | `KSR.textopsx.change_reply_status_code(code)` | `int (int)` | 1 / -1, keeping the reason phrase |
@@ -863,6 +867,123 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         )?;
     }
 
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "replace_body_atonce",
+        lua.create_function(move |_, (re, txt): (S, S)| {
+            // no REG_NEWLINE: the expression sees the body as one text
+            let Some(re) = c.get(&re.as_bytes(), true, false) else {
+                return Ok(-1);
+            };
+            let txt = txt.as_bytes().to_vec();
+            s.with_msg(|m| {
+                let base = m.parsed.body.start as usize;
+                let input = m.buf.get(base..m.len).unwrap_or(&[]);
+                let mut subs = Vec::new();
+                for f in re.find_iter(input) {
+                    if f.start() == f.end() {
+                        return -1;
+                    }
+                    subs.push((f.start(), f.end(), txt.clone()));
+                    if subs.len() >= MAX_MATCHES {
+                        break;
+                    }
+                }
+                if subs.is_empty() {
+                    -1
+                } else {
+                    splice_all(m, base, &subs)
+                }
+            })
+        })?,
+    )?;
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "regex_substring",
+        lua.create_function(
+            move |_, (text, re, mindex, mcount, dpv): (S, S, i64, i64, S)| {
+                // POSIX extended, no flags (Kamailio's regex_substring)
+                let Some(re) = c.get(&re.as_bytes(), false, false) else {
+                    return Ok(-1);
+                };
+                if mindex < 0 || mcount <= 0 || mindex >= mcount {
+                    return Ok(-1);
+                }
+                let text = text.as_bytes();
+                let Some(caps) = re.captures(&text) else {
+                    return Ok(-2);
+                };
+                let Some(group) = caps.get(mindex as usize).map(|g| g.as_bytes().to_vec()) else {
+                    return Ok(-1);
+                };
+                let dpv = dpv.to_str()?;
+                Ok(
+                    match super::pv::set(&s, &dpv, Some(super::pv::PvValue::Str(group))) {
+                        Ok(true) => 1,
+                        _ => -1,
+                    },
+                )
+            },
+        )?,
+    )?;
+    let (s, c) = (shared.clone(), cache.clone());
+    t.set(
+        "remove_hf_match",
+        lua.create_function(move |_, (hf, op, expr): (S, S, S)| {
+            let (op, expr) = (op.as_bytes(), expr.as_bytes());
+            let re = match &op[..] {
+                b"re" => match c.get(&expr, true, true) {
+                    Some(re) => Some(re),
+                    None => return Ok(-1),
+                },
+                b"eq" | b"ne" | b"in" => None,
+                _ => return Ok(-1),
+            };
+            s.with_msg(|m| {
+                let buf = &m.buf[..m.len];
+                let hits: Vec<usize> = header_hits(m, &hf.as_bytes())
+                    .into_iter()
+                    .filter(|&i| {
+                        let v = m.parsed.headers[i].value.get(buf).trim_ascii();
+                        match (&op[..], &re) {
+                            (b"eq", _) => v == &expr[..],
+                            (b"ne", _) => v != &expr[..],
+                            (b"in", _) => {
+                                expr.is_empty() || v.windows(expr.len()).any(|w| w == &expr[..])
+                            }
+                            (_, Some(re)) => re.is_match(v),
+                            _ => false,
+                        }
+                    })
+                    .collect();
+                for &i in &hits {
+                    m.edits.remove_header(i);
+                }
+                if hits.is_empty() {
+                    -2
+                } else {
+                    1
+                }
+            })
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "is_audio_on_hold",
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| {
+                if body_len(m) == 0 || content_type(m) != b"application/sdp" {
+                    return -1;
+                }
+                let body = m
+                    .buf
+                    .get(m.parsed.body.start as usize..m.parsed.body.end as usize)
+                    .unwrap_or(&[]);
+                audio_hold(body)
+            })
+        })?,
+    )?;
+
     // headers
     let s = shared.clone();
     t.set(
@@ -1609,6 +1730,61 @@ fn iter_step(iters: &mut Vec<HfIter>, m: &mut super::MsgCtx, name: &[u8], op: It
 }
 
 /// Removes the headers whose name matches `re` and not `skip`; 1 / -1 none.
+/// Hold type of the first held audio stream of an SDP body: 1 connection
+/// address 0.0.0.0 (RFC 2543), 2 `sendonly`/`inactive` (RFC 3264), -1 none.
+/// Media-level `c=` and direction attributes override the session's.
+fn audio_hold(sdp: &[u8]) -> i64 {
+    fn null_conn(v: &[u8]) -> bool {
+        // c=IN IP4 0.0.0.0 (an RFC 2543 hold; the IPv6 null address too)
+        let addr = v.split(|c| *c == b' ').nth(2).unwrap_or(&[]);
+        let addr = addr.split(|c| *c == b'/').next().unwrap_or(&[]);
+        addr == b"0.0.0.0" || addr == b"::"
+    }
+    fn direction(v: &[u8]) -> Option<bool> {
+        match v {
+            b"sendonly" | b"inactive" => Some(true),
+            b"sendrecv" | b"recvonly" => Some(false),
+            _ => None,
+        }
+    }
+    // (null connection, held direction) of the session, then of the stream
+    let (mut s_null, mut s_dir) = (false, false);
+    let mut stream: Option<(bool, Option<bool>, Option<bool>)> = None; // audio?, null, dir
+    let verdict = |st: Option<(bool, Option<bool>, Option<bool>)>, s_null: bool, s_dir: bool| {
+        match st {
+            Some((true, null, _)) if null.unwrap_or(s_null) => 1,
+            Some((true, _, dir)) if dir.unwrap_or(s_dir) => 2,
+            _ => -1,
+        }
+    };
+    for line in sdp.split(|c| *c == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let (Some(&kind), Some(b'=')) = (line.first(), line.get(1)) else {
+            continue;
+        };
+        let v = &line[2..];
+        match (kind, stream.as_mut()) {
+            (b'm', _) => {
+                let done = verdict(stream, s_null, s_dir);
+                if done > 0 {
+                    return done;
+                }
+                stream = Some((v.starts_with(b"audio "), None, None));
+            }
+            (b'c', None) => s_null = null_conn(v),
+            (b'c', Some(st)) => st.1 = Some(null_conn(v)),
+            (b'a', None) => s_dir = direction(v).unwrap_or(s_dir),
+            (b'a', Some(st)) => {
+                if let Some(d) = direction(v) {
+                    st.2 = Some(d);
+                }
+            }
+            _ => {}
+        }
+    }
+    verdict(stream, s_null, s_dir)
+}
+
 fn remove_matching(m: &mut super::MsgCtx, re: &Regex, skip: Option<&Regex>) -> i64 {
     let buf = &m.buf[..m.len];
     let hits: Vec<usize> = m

@@ -334,6 +334,37 @@ local function esc(s)
 	end))
 end
 
+-- textops functions with results only (their edits are not looked at)
+add("textops.regex_substring", function()
+	local r = {}
+	for _, a in ipairs({ { "___ abc123def ___ ghi456 ___", "([a-z]*)([0-9]+)([a-z]*)", 1, 3 },
+		{ "___ abc123def ___", "([a-z]*)([0-9]+)([a-z]*)", 0, 3 },
+		{ "___ abc123def ___", "([a-z]*)([0-9]+)([a-z]*)", 2, 2 },
+		{ "___ abc123def ___", "([a-z]*)([0-9]+)(x)?", 3, 4 },
+		{ "ABC", "b", 0, 1 }, { KSR.pv.get("$ci") or "", "^([^@]+)@", 1, 2 },
+		{ "x", "(", 0, 1 }, { "inv1@127", "^([^@]+)@", 1, 2 }, { "inv1@127", "([^@]+)@", 1, 2 },
+		{ "inv1@127", "^(inv)", 1, 2 }, { "inv1@127", "(inv)", 1, 2 }, { "inv1@127", "(inv)", 0, 1 },
+		{ "inv1@127", "n", 0, 1 }, { "inv1@127", "(n)(v)", 2, 3 } }) do
+		KSR.pv.unset("$var(rs)")
+		local rc = KSR.textops.regex_substring(a[1], a[2], a[3], a[4], "$var(rs)")
+		r[#r + 1] = tostring(rc) .. "=" .. dump(KSR.pv.get("$var(rs)"))
+	end
+	return table.concat(r, "|")
+end)
+add("textops.is_audio_on_hold", function() return KSR.textops.is_audio_on_hold() end)
+add("textops.remove_hf_match", function()
+	return table.concat({ KSR.textops.remove_hf_match("X-Nope", "eq", "x"),
+		KSR.textops.remove_hf_match("X-Multi", "in", "zzz"),
+		KSR.textops.remove_hf_match("X-Multi", "xx", "m1"),
+		KSR.textops.remove_hf_match("X-Multi", "eq", "m1"),
+		KSR.textops.remove_hf_match("X-Num", "re", "^[0-9]+ABC$"),
+		KSR.textops.remove_hf_match("X-Empty", "ne", "q") }, ",")
+end)
+add("textops.replace_body_atonce", function()
+	return table.concat({ KSR.textops.replace_body_atonce("zzz", "y"),
+		KSR.textops.replace_body_atonce("^v=0.+$", "") }, ",")
+end)
+
 local function report(add_header)
 	local g = tonumber(KSR.pv.get("$hdr(X-Group)") or "0") or 0
 	local last = math.min(#P, (g + 1) * PER)
