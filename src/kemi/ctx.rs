@@ -107,6 +107,10 @@ pub struct MsgCtx {
     pub sanity_error: Option<(u16, &'static str)>,
     /// `$avp` / `$xavp` of this message (KSR.pv, KSR.pvx).
     pub pv: super::pv::PvMsg,
+    /// The message's dialog (KSR.dialog), once known.
+    pub dlg: Option<super::dialog_store::DlgId>,
+    /// `dlg_manage()` created that dialog on this message.
+    pub dlg_new: bool,
 }
 
 impl MsgCtx {
@@ -152,6 +156,8 @@ impl MsgCtx {
             nat_received: None,
             sanity_error: None,
             pv: Default::default(),
+            dlg: None,
+            dlg_new: false,
         }
     }
 
@@ -211,6 +217,8 @@ impl MsgCtx {
         self.nat_received = None;
         self.sanity_error = None;
         self.pv.clear();
+        self.dlg = None;
+        self.dlg_new = false;
     }
 
     /// Parses `buf[..len]` as one datagram.

@@ -48,6 +48,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("nathelper", include_str!("nathelper.rs")),
     ("ipops", include_str!("ipops.rs")),
     ("textops", include_str!("textops.rs")),
+    ("dialog", include_str!("dialog.rs")),
 ];
 
 /// One documented KSR function.

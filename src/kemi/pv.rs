@@ -625,9 +625,10 @@ fn now_unix() -> i64 {
 
 /// Pseudo-variables other modules own, by class name: `$sht(table=>key)`
 /// (htable) and the like hook in here, one arm each. None: no module owns it.
-fn module_pv_get(_s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
-    #[allow(clippy::match_single_binding)]
+fn module_pv_get(s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
     match spec.class {
+        "dlg" => Some(super::dialog::pv_dlg(s, spec.arg?)),
+        "dlg_var" => Some(super::dialog::pv_var_get(s, spec.arg?)),
         // "sht" => Some(super::htable::pv_get(s, spec.arg?)),
         _ => None,
     }
@@ -635,12 +636,12 @@ fn module_pv_get(_s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
 
 /// Setter side of [`module_pv_get`] (`value` None = unset).
 fn module_pv_set(
-    _s: &Shared,
+    s: &Shared,
     spec: &Spec<'_>,
-    _value: &Option<PvValue>,
+    value: &Option<PvValue>,
 ) -> Option<mlua::Result<bool>> {
-    #[allow(clippy::match_single_binding)]
     match spec.class {
+        "dlg_var" => Some(super::dialog::pv_var_set(s, spec.arg?, value)),
         // "sht" => Some(super::htable::pv_set(s, spec.arg?, value)),
         _ => None,
     }
@@ -935,7 +936,7 @@ fn known_pv(name: &str) -> bool {
         "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
         "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "ua", "ci", "fu", "fU", "fd",
         "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt", "bs", "rb",
-        "cl", "cT", "ct", "au", "ar", "adu",
+        "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var",
     ];
     name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }

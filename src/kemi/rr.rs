@@ -145,12 +145,28 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     rr.set(
         "loose_route",
-        lua.create_function(move |_, ()| s.with_msg(|m| loose_route(&s.myself, m, 0)))?,
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| {
+                let r = loose_route(&s.myself, m, 0);
+                if r > 0 {
+                    super::dialog::after_loose_route(&s, m);
+                }
+                r
+            })
+        })?,
     )?;
     let s = shared.clone();
     rr.set(
         "loose_route_mode",
-        lua.create_function(move |_, mode: i64| s.with_msg(|m| loose_route(&s.myself, m, mode)))?,
+        lua.create_function(move |_, mode: i64| {
+            s.with_msg(|m| {
+                let r = loose_route(&s.myself, m, mode);
+                if r > 0 {
+                    super::dialog::after_loose_route(&s, m);
+                }
+                r
+            })
+        })?,
     )?;
     let s = shared.clone();
     rr.set(

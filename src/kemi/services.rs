@@ -117,6 +117,8 @@ pub struct SharedTables {
     pub permissions: super::permissions::AddressTable,
     /// `[permissions] enable`: register `KSR.permissions`.
     pub permissions_enabled: bool,
+    /// KSR.dialog dialogs and profiles (`[dialog]`), lock-striped.
+    pub dialog: super::dialog_store::Dialogs,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -135,6 +137,7 @@ impl SharedTables {
         self.htable = super::htable::Htables::new(&config.htable);
         self.pike = super::pike::Pike::new(&config.pike);
         self.permissions_enabled = config.permissions.enable;
+        self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
         self
     }
 
@@ -170,6 +173,7 @@ impl SharedTables {
             pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
             permissions: super::permissions::AddressTable::default(),
             permissions_enabled: false,
+            dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
         }
     }
 

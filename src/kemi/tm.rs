@@ -61,6 +61,8 @@ pub struct TmUser {
     /// the request's lumps in the transaction the same way).
     pub edits: crate::sip::Edits,
     pub rr: super::rr::RrPending,
+    /// The dialog `dlg_manage()` created for this INVITE.
+    pub dlg: Option<super::dialog_store::DlgId>,
 }
 
 use super::tm_store::CreateError;
@@ -401,6 +403,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         flags: m.flags,
         src: Some(m.src),
         origin_shard: s.shard_id,
+        dlg: m.dlg.filter(|_| m.dlg_new),
         ..TmUser::default()
     };
     let invite = m.msg().method() == Some(Method::Invite);
@@ -1046,11 +1049,17 @@ pub(super) async fn reply_flow(
         return (ctx, RouteOutcome::Done);
     };
     let code = ctx.msg().status().unwrap_or(0);
-    let Some((on_reply, origin)) =
-        s.tm.get_map(id, |c| (c.user.on_reply.clone(), c.user.origin_shard))
-    else {
+    let Some((on_reply, origin, dlg)) = s.tm.get_map(id, |c| {
+        (c.user.on_reply.clone(), c.user.origin_shard, c.user.dlg)
+    }) else {
         return (ctx, RouteOutcome::Done);
     };
+    if let (Some(d), false) = (dlg, is_cancel) {
+        ctx.dlg = Some(d);
+        if code < 300 {
+            super::dialog::on_reply(&s, d, &ctx);
+        }
+    }
     if origin != s.shard_id {
         s.counters.incr(crate::stats::Counter::TmForeignReplies);
     }
@@ -1082,7 +1091,11 @@ pub(super) async fn reply_flow(
     match action {
         RespAction::Absorbed => {}
         // Sent upstream already, in the same locked step.
-        RespAction::Forward(_) => {}
+        RespAction::Forward(_) => {
+            if let (Some(d), false, 300..) = (dlg, is_cancel, code) {
+                super::dialog::on_reply(&s, d, &ctx);
+            }
+        }
         RespAction::Completed => completed_flow(s.clone(), lua, routes, id).await,
     }
     (ctx, RouteOutcome::Done)
@@ -1118,9 +1131,10 @@ pub(super) async fn completed_flow(
             best,
             c.user.edits.clone(),
             c.user.rr.clone(),
+            c.user.dlg,
         )
     });
-    let Some((group, on_failure, req, src, flags, best, edits, rr)) = taken else {
+    let Some((group, on_failure, req, src, flags, best, edits, rr, dlg)) = taken else {
         return;
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1156,6 +1170,7 @@ pub(super) async fn completed_flow(
                 ctx.flags = flags;
                 ctx.edits = edits;
                 ctx.rr = rr;
+                ctx.dlg = dlg;
                 if let Some((b, code)) = best {
                     ctx.tm.branch_idx = Some(b);
                     ctx.tm.reply_code = code;
@@ -1175,6 +1190,14 @@ pub(super) async fn completed_flow(
             .unwrap_or(false);
     if open {
         forward_best(&s, id);
+    }
+    if let Some(d) = dlg {
+        let done =
+            s.tm.get_map(id, |c| c.is_final() && c.pending_branches() == 0)
+                .unwrap_or(true);
+        if done {
+            super::dialog::on_failed(&s, d);
+        }
     }
 }
 

@@ -24,6 +24,7 @@ pub mod http;
 pub mod jsonrpc;
 mod kemi_methods;
 pub mod methods;
+pub mod dialog;
 pub mod modules;
 pub mod report;
 #[cfg(test)]
