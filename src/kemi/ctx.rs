@@ -111,6 +111,10 @@ pub struct MsgCtx {
     pub dlg: Option<super::dialog_store::DlgId>,
     /// `dlg_manage()` created that dialog on this message.
     pub dlg_new: bool,
+    /// `KSR.set_advertised_address` / `set_advertised_port`: the host and
+    /// port written in this message's Via and Record-Route when relayed.
+    pub adv_addr: Option<Vec<u8>>,
+    pub adv_port: Option<u16>,
 }
 
 impl MsgCtx {
@@ -158,6 +162,8 @@ impl MsgCtx {
             pv: Default::default(),
             dlg: None,
             dlg_new: false,
+            adv_addr: None,
+            adv_port: None,
         }
     }
 
@@ -219,6 +225,8 @@ impl MsgCtx {
         self.pv.clear();
         self.dlg = None;
         self.dlg_new = false;
+        self.adv_addr = None;
+        self.adv_port = None;
     }
 
     /// Parses `buf[..len]` as one datagram.

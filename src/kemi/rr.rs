@@ -333,6 +333,11 @@ fn rr_line(out: &mut Vec<u8>, addr: &[u8], ftag: Option<&[u8]>, params: &[u8]) {
 /// listener, the first configured name.
 #[allow(dead_code)]
 fn local_address(s: &Shared, m: &MsgCtx) -> String {
+    if m.adv_addr.is_some() || m.adv_port.is_some() {
+        let mut out = Vec::with_capacity(48);
+        super::tm::push_sent_by(&mut out, m);
+        return String::from_utf8_lossy(&out).into_owned();
+    }
     let ip = m.local.ip();
     if ip.is_unspecified() {
         if let Some((h, p)) = s.myself.names.first() {

@@ -836,7 +836,7 @@ fn write_request(
     mark_client_via(m, &mut e);
     let mut via = Vec::with_capacity(64);
     via.extend_from_slice(b"SIP/2.0/UDP ");
-    push_host_port(&mut via, m.local);
+    push_sent_by(&mut via, m);
     via.extend_from_slice(b";branch=");
     via.extend_from_slice(branch);
     e.prepend_via(&via);
@@ -877,6 +877,24 @@ fn mark_client_via(m: &MsgCtx, e: &mut crate::sip::Edits) {
     }
     let ip = m.src.ip().to_string();
     e.set_top_via_received(Some(ip.as_bytes()), rport);
+}
+
+/// Our `host:port` in a relayed request's Via: the receiving address, or
+/// what `set_advertised_address` / `set_advertised_port` set for it.
+pub(crate) fn push_sent_by(out: &mut Vec<u8>, m: &MsgCtx) {
+    if m.adv_addr.is_none() && m.adv_port.is_none() {
+        push_host_port(out, m.local);
+        return;
+    }
+    match &m.adv_addr {
+        Some(h) => out.extend_from_slice(h),
+        None => match m.local.ip() {
+            IpAddr::V4(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
+            IpAddr::V6(v6) => out.extend_from_slice(format!("[{v6}]").as_bytes()),
+        },
+    }
+    out.push(b':');
+    out.extend_from_slice(m.adv_port.unwrap_or(m.local.port()).to_string().as_bytes());
 }
 
 pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
