@@ -974,7 +974,10 @@ impl Config {
             ));
         }
         if d.rr_param.is_empty()
-            || !d.rr_param.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !d
+                .rr_param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
             return Err(self.invalid("dialog.rr_param", "must be a URI parameter name"));
         }

@@ -307,9 +307,7 @@ fn main() -> ExitCode {
             let r = if strict {
                 run_cli_strict(&files, !no_load)
             } else if files.len() == 1 {
-                files
-                    .first()
-                    .map_or(Ok(true), |f| run_cli(f, !no_load))
+                files.first().map_or(Ok(true), |f| run_cli(f, !no_load))
             } else {
                 Err("several scripts need --strict".to_string())
             };

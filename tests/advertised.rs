@@ -58,7 +58,10 @@ fn advertised_address_and_port_go_into_via_and_record_route() {
     let me = srv.addr.to_string();
 
     let (via, rr, m) = relayed(&srv, &sink, "adv");
-    assert!(via.starts_with("SIP/2.0/UDP sip.example.net:5099;branch="), "{m}");
+    assert!(
+        via.starts_with("SIP/2.0/UDP sip.example.net:5099;branch="),
+        "{m}"
+    );
     assert!(rr.starts_with("<sip:sip.example.net:5099;lr"), "{m}");
 
     let (via, rr, m) = relayed(&srv, &sink, "advport");
@@ -75,6 +78,15 @@ fn advertised_address_and_port_go_into_via_and_record_route() {
     assert!(via.starts_with(&format!("SIP/2.0/UDP {me};branch=")), "{m}");
 
     let (via, rr, m) = relayed(&srv, &sink, "stateless");
-    assert!(via.starts_with(&format!("SIP/2.0/UDP 192.0.2.7:{};branch=", srv.addr.port())), "{m}");
-    assert!(rr.starts_with(&format!("<sip:192.0.2.7:{};lr", srv.addr.port())), "{m}");
+    assert!(
+        via.starts_with(&format!(
+            "SIP/2.0/UDP 192.0.2.7:{};branch=",
+            srv.addr.port()
+        )),
+        "{m}"
+    );
+    assert!(
+        rr.starts_with(&format!("<sip:192.0.2.7:{};lr", srv.addr.port())),
+        "{m}"
+    );
 }

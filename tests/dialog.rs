@@ -53,7 +53,11 @@ fn wait_for<T>(secs: u64, what: &str, srv: &Server, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}\n{}", srv.log());
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            srv.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -317,10 +321,25 @@ fn profile_limits_concurrent_calls_and_bye_ends_them() {
     assert_eq!(live.len(), 2, "{list}");
     for d in &live {
         assert!(d["call-id"].as_str().unwrap().contains('@'), "{d}");
-        assert_eq!(d["to_uri"].as_str().unwrap(), format!("sip:limited@{}", srv.addr));
+        assert_eq!(
+            d["to_uri"].as_str().unwrap(),
+            format!("sip:limited@{}", srv.addr)
+        );
         assert!(!d["callee"]["tag"].as_str().unwrap().is_empty(), "{d}");
-        assert!(d["profiles"].as_array().unwrap().contains(&json!({"calls": ""})), "{d}");
-        assert!(d["profiles"].as_array().unwrap().contains(&json!({"caller": "caller"})), "{d}");
+        assert!(
+            d["profiles"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"calls": ""})),
+            "{d}"
+        );
+        assert!(
+            d["profiles"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"caller": "caller"})),
+            "{d}"
+        );
         assert_eq!(d["variables"], json!([{"caller": "caller"}]), "{d}");
     }
     let uac = uac.wait();
@@ -342,7 +361,10 @@ fn profile_limits_concurrent_calls_and_bye_ends_them() {
     wait_for(10, "no active dialog", &srv, || {
         (active(&srv)["all"] == json!(0)).then_some(())
     });
-    assert_eq!(rpc(srv.rpc_port, "dlg.profile_get_size", json!(["calls"])), json!(0));
+    assert_eq!(
+        rpc(srv.rpc_port, "dlg.profile_get_size", json!(["calls"])),
+        json!(0)
+    );
     let st = rpc(srv.rpc_port, "stats.fetch", json!(["dialog.full"]));
     assert_eq!(st["dialog.full"], json!(0), "{st}");
 }
@@ -386,12 +408,18 @@ fn dlg_bye_all_ends_the_call_on_both_sides() {
     assert_eq!(uas.traced("received", "BYE "), 1, "{}", uas.report());
     // both BYEs came from the proxy, in the dialog's Call-ID
     let ci = d["call-id"].as_str().unwrap();
-    assert!(uac.messages.contains(&format!("Call-ID: {ci}")), "{}", uac.report());
+    assert!(
+        uac.messages.contains(&format!("Call-ID: {ci}")),
+        "{}",
+        uac.report()
+    );
     // the dialog is gone; a second MESSAGE finds nothing
     wait_for(5, "no active dialog", &srv, || {
         (active(&srv)["all"] == json!(0)).then_some(())
     });
-    let msg2 = msg.replace("CSeq: 1 MESSAGE", "CSeq: 2 MESSAGE").replace("dlgbye1", "dlgbye2");
+    let msg2 = msg
+        .replace("CSeq: 1 MESSAGE", "CSeq: 2 MESSAGE")
+        .replace("dlgbye1", "dlgbye2");
     let r = exchange(&c, srv.addr, msg2.as_bytes()).expect("MESSAGE answered");
     assert_eq!(status(&r), 404, "{r}");
 }
@@ -420,7 +448,11 @@ fn timeout_with_send_bye_ends_the_call_on_both_sides() {
     assert_eq!(uac.traced("received", "BYE "), 2, "{}", uac.report());
     assert_eq!(uas.traced("received", "BYE "), 2, "{}", uas.report());
     // a call ended by its timeout lasted at least the timeout
-    assert!(uac.elapsed >= Duration::from_millis(900), "{:?}", uac.elapsed);
+    assert!(
+        uac.elapsed >= Duration::from_millis(900),
+        "{:?}",
+        uac.elapsed
+    );
     wait_for(5, "no active dialog", &srv, || {
         (active(&srv)["all"] == json!(0)).then_some(())
     });
@@ -442,14 +474,22 @@ fn rpc_end_dlg_ends_the_call_on_both_sides() {
             .find(|d| d["state"] == json!(4))
             .cloned()
     });
-    let r = rpc(srv.rpc_port, "dlg.end_dlg", json!([d["h_entry"], d["h_id"]]));
+    let r = rpc(
+        srv.rpc_port,
+        "dlg.end_dlg",
+        json!([d["h_entry"], d["h_id"]]),
+    );
     assert_eq!(r, json!("Ok."));
     let uac = uac.wait();
     let uas = uas.wait();
     assert_calls(&srv, &uac, 1, 0);
     assert_calls(&srv, &uas, 1, 0);
     assert_eq!(uas.traced("received", "BYE "), 1, "{}", uas.report());
-    let v = rpc_raw(srv.rpc_port, "dlg.end_dlg", json!([d["h_entry"], d["h_id"]]));
+    let v = rpc_raw(
+        srv.rpc_port,
+        "dlg.end_dlg",
+        json!([d["h_entry"], d["h_id"]]),
+    );
     assert!(v.get("error").is_some(), "{v}");
 }
 

@@ -72,9 +72,15 @@ fn check_script_strict_groups_missing_names_by_module() {
         "{text}"
     );
     assert!(text.contains("  core: nosuch_core_fn (line 5)\n"), "{text}");
-    assert!(text.contains("  rtpproxy: rtpproxy_manage (line 2)\n"), "{text}");
+    assert!(
+        text.contains("  rtpproxy: rtpproxy_manage (line 2)\n"),
+        "{text}"
+    );
     assert!(text.contains("  tm: t_relay_typo (line 3, 4)\n"), "{text}");
-    assert!(text.contains(&format!("{fb}: 2 KSR call(s), nothing missing")), "{text}");
+    assert!(
+        text.contains(&format!("{fb}: 2 KSR call(s), nothing missing")),
+        "{text}"
+    );
     let (code, text) = run(&["check-script", "--strict", fb]);
     assert_eq!(code, 0, "{text}");
     // without --strict, one script at a time

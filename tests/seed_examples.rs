@@ -54,7 +54,10 @@ fn route_sipout_hints_and_relays_foreign_requests() {
     c.send_to(request(&c, "MESSAGE", &ruri, "").as_bytes(), srv.addr)
         .unwrap();
     let relayed = recv(&sink).unwrap_or_else(|| panic!("not relayed\n{}", srv.log()));
-    assert!(relayed.starts_with(&format!("MESSAGE {ruri} SIP/2.0")), "{relayed}");
+    assert!(
+        relayed.starts_with(&format!("MESSAGE {ruri} SIP/2.0")),
+        "{relayed}"
+    );
     assert_eq!(hdr(&relayed, "P-Hint"), "outbound", "{relayed}");
     let local = ask(&srv, "MESSAGE", "sipout", "User-Agent: t");
     assert_eq!(status(&local), 200, "{local}");

@@ -38,6 +38,9 @@ pub struct KsrRef {
     pub call: bool,
 }
 
+/// A missing name and the lines that use it.
+pub type NameLines = (String, Vec<usize>);
+
 /// What [`check`] found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -102,7 +105,7 @@ impl Report {
     }
 
     /// What sipshard lacks, by module: (module, [(name, lines)]), sorted.
-    pub fn missing_by_module(&self) -> Vec<(String, Vec<(String, Vec<usize>)>)> {
+    pub fn missing_by_module(&self) -> Vec<(String, Vec<NameLines>)> {
         use std::collections::BTreeMap;
         let mut by: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
         let all = self
@@ -144,7 +147,10 @@ impl Report {
         }
         let groups = self.missing_by_module();
         if groups.is_empty() {
-            out.push_str(&format!("{file}: {} KSR call(s), nothing missing\n", self.calls));
+            out.push_str(&format!(
+                "{file}: {} KSR call(s), nothing missing\n",
+                self.calls
+            ));
             return out;
         }
         let n: usize = groups.iter().map(|(_, v)| v.len()).sum();
@@ -172,8 +178,7 @@ pub fn run_cli_strict(files: &[std::path::PathBuf], load: bool) -> Result<bool, 
     let exports = super::exports::exported_names()?;
     let mut all_ok = true;
     for file in files {
-        let src =
-            std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let src = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         let name = file.display().to_string();
         let r = check(&src, &name, &exports, load);
         print!("{}", r.render_strict(&name));

@@ -221,10 +221,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             let a = a.trim_ascii();
             let host_ok = !a.is_empty()
                 && a.len() <= 255
-                && (a.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+                && (a
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
                     || (a.first() == Some(&b'[')
                         && a.last() == Some(&b']')
-                        && a.iter().all(|c| c.is_ascii_hexdigit() || b"[]:.".contains(c))));
+                        && a.iter()
+                            .all(|c| c.is_ascii_hexdigit() || b"[]:.".contains(c))));
             if !host_ok {
                 return Ok(-1);
             }

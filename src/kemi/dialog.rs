@@ -70,12 +70,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     t.set(
         "dlg_manage",
-        lua.create_function(move |_, ()| Ok(s.with_msg(|m| dlg_manage(&s, m))?))?,
+        lua.create_function(move |_, ()| s.with_msg(|m| dlg_manage(&s, m)))?,
     )?;
     let s = shared.clone();
     t.set(
         "is_known_dlg",
-        lua.create_function(move |_, ()| Ok(s.with_msg(|m| rc(known(&s, m).is_some()))?))?,
+        lua.create_function(move |_, ()| s.with_msg(|m| rc(known(&s, m).is_some())))?,
     )?;
     let s = shared.clone();
     t.set(
@@ -150,7 +150,11 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             Ok(rc(end_dialog(&s, id, side)))
         })?,
     )?;
-    for (name, op) in [("dlg_setflag", 1u8), ("dlg_resetflag", 2), ("dlg_isflagset", 3)] {
+    for (name, op) in [
+        ("dlg_setflag", 1u8),
+        ("dlg_resetflag", 2),
+        ("dlg_isflagset", 3),
+    ] {
         let s = shared.clone();
         t.set(
             name,
@@ -216,7 +220,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "get_profile_size",
         lua.create_function(
             move |_, (profile, value, pv): (mlua::String, mlua::String, mlua::String)| {
-                profile_size(&s, &profile.to_string_lossy(), &value.as_bytes(), &pv.to_str()?)
+                profile_size(
+                    &s,
+                    &profile.to_string_lossy(),
+                    &value.as_bytes(),
+                    &pv.to_str()?,
+                )
             },
         )?,
     )?;
@@ -246,7 +255,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "var_sets",
         lua.create_function(move |_, (name, value): (mlua::String, mlua::String)| {
             let Some(id) = current(&s) else { return Ok(-1) };
-            Ok(rc(var_set(&s, id, &name.as_bytes(), Some(&value.as_bytes()))))
+            Ok(rc(var_set(
+                &s,
+                id,
+                &name.as_bytes(),
+                Some(&value.as_bytes()),
+            )))
         })?,
     )?;
     for (name, null) in [
@@ -459,10 +473,7 @@ fn dlg_manage(s: &Shared, m: &mut MsgCtx) -> i32 {
         }
     };
     m.dlg = Some(id);
-    let param = format!(
-        ";{}={:x}.{:x}",
-        st.params.rr_param, id.h_entry, id.h_id
-    );
+    let param = format!(";{}={:x}.{:x}", st.params.rr_param, id.h_entry, id.h_id);
     m.rr.params.extend_from_slice(param.as_bytes());
     if let Some(cell) = m.tm.cell {
         s.tm.get_mut_map(cell, |c| c.user.dlg = Some(id));

@@ -618,7 +618,13 @@ impl Dialogs {
 
     /// Ends a dialog now (BYE requests built for `side` when it was
     /// confirmed; for an early dialog nothing is sent). Returns the BYEs.
-    pub fn end(&self, id: DlgId, side: ByeSide, local: SocketAddr, now_ms: u64) -> Option<Vec<Outgoing>> {
+    pub fn end(
+        &self,
+        id: DlgId,
+        side: ByeSide,
+        local: SocketAddr,
+        now_ms: u64,
+    ) -> Option<Vec<Outgoing>> {
         let mut ended = None;
         let out = self.with(id, |d| {
             if d.state == ST_DELETED {
@@ -662,7 +668,11 @@ impl Dialogs {
         let v = self.profiles.norm(p, value);
         let ok = self
             .with(id, |d| {
-                let has_value = self.profiles.defs.get(p as usize).is_some_and(|x| x.has_value);
+                let has_value = self
+                    .profiles
+                    .defs
+                    .get(p as usize)
+                    .is_some_and(|x| x.has_value);
                 let pos = d
                     .profiles
                     .iter()
@@ -684,7 +694,11 @@ impl Dialogs {
 
     /// Whether the dialog is in a profile (with `value`, if given).
     pub fn in_profile(&self, id: DlgId, p: u16, value: Option<&[u8]>) -> bool {
-        let has_value = self.profiles.defs.get(p as usize).is_some_and(|x| x.has_value);
+        let has_value = self
+            .profiles
+            .defs
+            .get(p as usize)
+            .is_some_and(|x| x.has_value);
         self.with(id, |d| {
             d.profiles
                 .iter()
@@ -697,7 +711,13 @@ impl Dialogs {
     /// early dialogs past `early_timeout` and confirmed ones past their
     /// lifetime end (the latter with BYEs when `timeout_bye`); deleted ones
     /// are removed after [`LINGER_MS`].
-    pub fn tick(&self, shard: usize, shards: usize, local: SocketAddr, now_ms: u64) -> Vec<Outgoing> {
+    pub fn tick(
+        &self,
+        shard: usize,
+        shards: usize,
+        local: SocketAddr,
+        now_ms: u64,
+    ) -> Vec<Outgoing> {
         let mut out = Vec::new();
         if self.is_empty() {
             return out;
@@ -727,7 +747,13 @@ impl Dialogs {
                 if d.state >= ST_CONFIRMED_NA {
                     self.stats.expired.fetch_add(1, Ordering::Relaxed);
                     if d.timeout_bye {
-                        out.extend(bye_requests(d, id, ByeSide::All, local, &self.params.extra_hdrs));
+                        out.extend(bye_requests(
+                            d,
+                            id,
+                            ByeSide::All,
+                            local,
+                            &self.params.extra_hdrs,
+                        ));
                     }
                 } else {
                     self.stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -841,7 +867,7 @@ fn one_bye(
         .route_set
         .first()
         .and_then(|r| route_uri(r))
-        .and_then(|u| super::tm::resolve_uri(u))
+        .and_then(super::tm::resolve_uri)
         .or_else(|| super::tm::resolve_uri(ruri))
         .or(target.addr)?;
     let mut b = Vec::with_capacity(512);
@@ -981,7 +1007,7 @@ mod tests {
     #[test]
     fn full_store_refuses_and_counts() {
         let s = store(1);
-        s.create(&invite("a", "1", 1), 0).unwrap().0;
+        s.create(&invite("a", "1", 1), 0).unwrap();
         assert_eq!(s.create(&invite("b", "1", 1), 0), Err(DlgError::Full));
         assert_eq!(s.full_count(), 1);
     }
@@ -1001,11 +1027,23 @@ mod tests {
         let caller = String::from_utf8(out[1].bytes.clone()).unwrap();
         assert_eq!(out[0].dst, "127.0.0.1:5072".parse().unwrap());
         assert_eq!(out[1].dst, "127.0.0.1:5071".parse().unwrap());
-        assert!(callee.starts_with("BYE sip:b@127.0.0.1:5072 SIP/2.0\r\n"), "{callee}");
-        assert!(callee.contains("\r\nFrom: <sip:a@x>;tag=ft\r\nTo: <sip:b@y>;tag=tt\r\n"), "{callee}");
+        assert!(
+            callee.starts_with("BYE sip:b@127.0.0.1:5072 SIP/2.0\r\n"),
+            "{callee}"
+        );
+        assert!(
+            callee.contains("\r\nFrom: <sip:a@x>;tag=ft\r\nTo: <sip:b@y>;tag=tt\r\n"),
+            "{callee}"
+        );
         assert!(callee.contains("CSeq: 8 BYE"), "{callee}");
-        assert!(caller.starts_with("BYE sip:a@127.0.0.1:5071 SIP/2.0\r\n"), "{caller}");
-        assert!(caller.contains("\r\nFrom: <sip:b@y>;tag=tt\r\nTo: <sip:a@x>;tag=ft\r\n"), "{caller}");
+        assert!(
+            caller.starts_with("BYE sip:a@127.0.0.1:5071 SIP/2.0\r\n"),
+            "{caller}"
+        );
+        assert!(
+            caller.contains("\r\nFrom: <sip:b@y>;tag=tt\r\nTo: <sip:a@x>;tag=ft\r\n"),
+            "{caller}"
+        );
         assert_eq!(s.with(id, |d| d.state), Some(ST_DELETED));
         assert_eq!(s.stats.expired.load(Ordering::Relaxed), 1);
     }

@@ -608,7 +608,10 @@ pub(super) fn sht_key_expanded<'a>(
     let Some(k) = eval_format(lua, s, key.as_bytes())? else {
         return Ok(Cow::Borrowed(name));
     };
-    Ok(Cow::Owned(format!("{head}=>{})", String::from_utf8_lossy(&k))))
+    Ok(Cow::Owned(format!(
+        "{head}=>{})",
+        String::from_utf8_lossy(&k)
+    )))
 }
 
 /// Reads a pseudo-variable as a Lua value; nil for null or unknown.

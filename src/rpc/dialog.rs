@@ -73,7 +73,11 @@ async fn list(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError
                 .profiles
                 .iter()
                 .map(|(p, v)| {
-                    let name = d.profiles.defs.get(*p as usize).map_or("", |p| p.name.as_str());
+                    let name = d
+                        .profiles
+                        .defs
+                        .get(*p as usize)
+                        .map_or("", |p| p.name.as_str());
                     json!({ name: text(v) })
                 })
                 .collect();
@@ -127,7 +131,9 @@ async fn end_dlg(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodEr
         .end(id, ByeSide::All, bind, d.now_ms())
         .ok_or_else(|| MethodError::NotFound("Dialog not found".into()))?;
     if !d.queue_out(out) {
-        return Err(MethodError::Internal("too many BYEs waiting to be sent".into()));
+        return Err(MethodError::Internal(
+            "too many BYEs waiting to be sent".into(),
+        ));
     }
     Ok(json!("Ok."))
 }
@@ -142,7 +148,10 @@ async fn profile_get_size(ctx: Arc<RpcContext>, params: Params) -> Result<Value,
         .profiles
         .find(name)
         .ok_or_else(|| MethodError::NotFound(format!("Non existing profile: {name}")))?;
-    Ok(json!(d.profiles.size(p, value.map(str::as_bytes).filter(|v| !v.is_empty()))))
+    Ok(json!(d.profiles.size(
+        p,
+        value.map(str::as_bytes).filter(|v| !v.is_empty())
+    )))
 }
 
 async fn stats_active(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {

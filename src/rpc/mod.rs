@@ -19,12 +19,12 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dialog;
 mod hlog_task;
 pub mod http;
 pub mod jsonrpc;
 mod kemi_methods;
 pub mod methods;
-pub mod dialog;
 pub mod modules;
 pub mod report;
 #[cfg(test)]
