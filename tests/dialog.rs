@@ -365,8 +365,13 @@ fn profile_limits_concurrent_calls_and_bye_ends_them() {
         rpc(srv.rpc_port, "dlg.profile_get_size", json!(["calls"])),
         json!(0)
     );
-    let st = rpc(srv.rpc_port, "stats.fetch", json!(["dialog.full"]));
+    // Kamailio's dialog statistics: 4 dialogs, 2 refused by the limiter
+    let st = rpc(srv.rpc_port, "stats.fetch", json!(["dialog"]));
     assert_eq!(st["dialog.full"], json!(0), "{st}");
+    assert_eq!(st["dialog.processed_dialogs"], json!(4), "{st}");
+    assert_eq!(st["dialog.failed_dialogs"], json!(2), "{st}");
+    assert_eq!(st["dialog.active_dialogs"], json!(0), "{st}");
+    assert_eq!(st["dialog.expired_dialogs"], json!(0), "{st}");
 }
 
 /// `dlg_bye("all")`, triggered by a MESSAGE naming the dialog (found with
@@ -456,6 +461,26 @@ fn timeout_with_send_bye_ends_the_call_on_both_sides() {
     wait_for(5, "no active dialog", &srv, || {
         (active(&srv)["all"] == json!(0)).then_some(())
     });
+}
+
+/// `$dlg_ctx(timeout_bye)` / `$dlg_ctx(timeout_int)` set before
+/// `dlg_manage()` (without `send_bye`): the dialog times out after a second
+/// with a BYE to both sides; the timeout is counted as expired.
+#[test]
+fn dlg_ctx_timeout_bye_ends_the_call_on_both_sides() {
+    let dir = TempDir::new("dlg-ctx");
+    let port = free_udp_port();
+    let srv = proxy(port, 10, "");
+    let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, srv.addr, 1, &[]);
+    let uac = Sipp::uac(&dir, "uac", "uac-call-byed.xml", srv.addr, "ctxbye", 1, &[]);
+    let uac = uac.wait();
+    let uas = uas.wait();
+    assert_calls(&srv, &uac, 1, 0);
+    assert_calls(&srv, &uas, 1, 0);
+    assert_eq!(uac.traced("received", "BYE "), 1, "{}", uac.report());
+    assert_eq!(uas.traced("received", "BYE "), 1, "{}", uas.report());
+    let st = rpc(srv.rpc_port, "stats.fetch", json!(["dialog"]));
+    assert_eq!(st["dialog.expired_dialogs"], json!(1), "{st}");
 }
 
 /// `dlg.end_dlg h_entry h_id` over the control plane ends a confirmed call

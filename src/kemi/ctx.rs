@@ -115,6 +115,10 @@ pub struct MsgCtx {
     /// port written in this message's Via and Record-Route when relayed.
     pub adv_addr: Option<Vec<u8>>,
     pub adv_port: Option<u16>,
+    /// `$dlg_ctx(timeout_bye)` / `$dlg_ctx(timeout_int)` set before the
+    /// dialog exists (applied by `dlg_manage()`).
+    pub dlg_ctx_bye: Option<bool>,
+    pub dlg_ctx_timeout: Option<u64>,
 }
 
 impl MsgCtx {
@@ -164,6 +168,8 @@ impl MsgCtx {
             dlg_new: false,
             adv_addr: None,
             adv_port: None,
+            dlg_ctx_bye: None,
+            dlg_ctx_timeout: None,
         }
     }
 
@@ -227,6 +233,8 @@ impl MsgCtx {
         self.dlg_new = false;
         self.adv_addr = None;
         self.adv_port = None;
+        self.dlg_ctx_bye = None;
+        self.dlg_ctx_timeout = None;
     }
 
     /// Parses `buf[..len]` as one datagram.

@@ -30,7 +30,9 @@
 //! `to_tag`, `from_cseq`, `to_cseq`, `from_contact`, `to_contact`,
 //! `from_rs`, `to_rs`, `from_bindaddr`, `to_bindaddr`, `dflags`, `sflags`,
 //! `lifetime`, `start_ts`, `init_ts`, `count` (active dialogs; the others
-//! need a current dialog); `$dlg_var(name)` (read/write).
+//! need a current dialog); `$dlg_var(name)` (read/write); `$dlg_ctx(attr)`
+//! with `timeout_bye` and `timeout_int` (read/write; set before
+//! `dlg_manage()` they apply to the dialog it creates), `set`, `on`.
 //!
 //! In-dialog requests are matched when `KSR.rr.loose_route()` consumes our
 //! Record-Route with the `did` parameter (`rr_param`), or by `dlg_manage()`
@@ -473,12 +475,88 @@ fn dlg_manage(s: &Shared, m: &mut MsgCtx) -> i32 {
         }
     };
     m.dlg = Some(id);
+    if created_now(m) {
+        let (bye, timeout) = (m.dlg_ctx_bye, m.dlg_ctx_timeout);
+        st.with(id, |d| {
+            if let Some(b) = bye {
+                d.timeout_bye = b;
+            }
+            if let Some(t) = timeout {
+                d.lifetime_s = t;
+            }
+        });
+    }
     let param = format!(";{}={:x}.{:x}", st.params.rr_param, id.h_entry, id.h_id);
     m.rr.params.extend_from_slice(param.as_bytes());
     if let Some(cell) = m.tm.cell {
         s.tm.get_mut_map(cell, |c| c.user.dlg = Some(id));
     }
     1
+}
+
+fn created_now(m: &MsgCtx) -> bool {
+    m.dlg_new && (m.dlg_ctx_bye.is_some() || m.dlg_ctx_timeout.is_some())
+}
+
+/// `$dlg_ctx(attr)`: `timeout_bye` (1: BYE both sides at the timeout),
+/// `timeout_int` (the dialog's timeout, s), `set` (1 when the message has a
+/// dialog), `on` (1 when dialog tracking is on for it: the same here).
+pub(super) fn pv_ctx_get(s: &Shared, attr: &str) -> mlua::Result<Val> {
+    let (dlg, bye, timeout) = s.with_msg(|m| (m.dlg, m.dlg_ctx_bye, m.dlg_ctx_timeout))?;
+    let from_dlg = dlg.and_then(|id| store(s).with(id, |d| (d.timeout_bye, d.lifetime_s)));
+    Ok(match attr {
+        "timeout_bye" => Val::Int(i64::from(
+            from_dlg
+                .map(|x| x.0)
+                .or(bye)
+                .unwrap_or(store(s).params.send_bye),
+        )),
+        "timeout_int" => Val::Int(
+            from_dlg
+                .map(|x| x.1)
+                .or(timeout)
+                .unwrap_or(0)
+                .min(i64::MAX as u64) as i64,
+        ),
+        "set" | "on" => Val::Int(i64::from(dlg.is_some())),
+        _ => Val::Null,
+    })
+}
+
+/// `$dlg_ctx(timeout_bye) = 0|1`, `$dlg_ctx(timeout_int) = seconds`: for
+/// the message's dialog, or the one `dlg_manage()` creates next.
+pub(super) fn pv_ctx_set(s: &Shared, attr: &str, value: &Option<PvValue>) -> mlua::Result<bool> {
+    let n = match value {
+        Some(PvValue::Int(n)) => *n,
+        Some(PvValue::Str(b)) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0),
+        None => 0,
+    };
+    let dlg = s.with_msg(|m| {
+        match attr {
+            "timeout_bye" => m.dlg_ctx_bye = Some(n != 0),
+            "timeout_int" => m.dlg_ctx_timeout = Some(u64::try_from(n).unwrap_or(0)),
+            _ => return Err(()),
+        }
+        Ok(m.dlg)
+    })?;
+    let Ok(dlg) = dlg else {
+        return Ok(false);
+    };
+    if let Some(id) = dlg {
+        let st = store(s);
+        match attr {
+            "timeout_bye" => {
+                st.with(id, |d| d.timeout_bye = n != 0);
+            }
+            _ => {
+                st.set_timeout(id, u64::try_from(n).unwrap_or(0), st.now_ms());
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// A request with a To tag: matches it to its dialog and updates the

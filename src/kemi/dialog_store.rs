@@ -336,6 +336,19 @@ impl Dialogs {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Dialogs created, ended by their timeout, ended without a 2xx.
+    pub fn stat_processed(&self) -> u64 {
+        self.stats.processed.load(Ordering::Relaxed)
+    }
+
+    pub fn stat_expired(&self) -> u64 {
+        self.stats.expired.load(Ordering::Relaxed)
+    }
+
+    pub fn stat_failed(&self) -> u64 {
+        self.stats.failed.load(Ordering::Relaxed)
+    }
+
     pub fn full_count(&self) -> u64 {
         self.stats.full.load(Ordering::Relaxed)
     }

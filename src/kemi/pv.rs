@@ -670,6 +670,7 @@ fn module_pv_get(s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
     match spec.class {
         "dlg" => Some(super::dialog::pv_dlg(s, spec.arg?)),
         "dlg_var" => Some(super::dialog::pv_var_get(s, spec.arg?)),
+        "dlg_ctx" => Some(super::dialog::pv_ctx_get(s, spec.arg?)),
         // "sht" => Some(super::htable::pv_get(s, spec.arg?)),
         _ => None,
     }
@@ -683,6 +684,7 @@ fn module_pv_set(
 ) -> Option<mlua::Result<bool>> {
     match spec.class {
         "dlg_var" => Some(super::dialog::pv_var_set(s, spec.arg?, value)),
+        "dlg_ctx" => Some(super::dialog::pv_ctx_set(s, spec.arg?, value)),
         // "sht" => Some(super::htable::pv_set(s, spec.arg?, value)),
         _ => None,
     }
@@ -977,7 +979,7 @@ fn known_pv(name: &str) -> bool {
         "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
         "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "ua", "ci", "fu", "fU", "fd",
         "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt", "bs", "rb",
-        "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var",
+        "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx",
     ];
     name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }

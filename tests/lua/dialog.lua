@@ -7,6 +7,9 @@
 --             "calls"; the next one gets 486 (a call limiter)
 --   short     the dialog times out after 1 s (dlg_set_timeout): with
 --             [dialog] send_bye = 1 both sides get a BYE
+--   ctxbye    $dlg_ctx(timeout_bye) = 1 and $dlg_ctx(timeout_int) = 1 set
+--             before dlg_manage() (Kamailio's dlg_manage example): BYE to
+--             both sides after 1 s whatever send_bye says
 --   any other a plain tracked call
 -- MESSAGE to sip:dlg-bye@<proxy> with X-Dlg-Callid / X-Dlg-Ftag /
 -- X-Dlg-Ttag ends that dialog on both sides (dlg_get + dlg_bye("all")):
@@ -73,6 +76,10 @@ function ksr_request_route()
         return KSR.x.exit()
     end
 
+    if KSR.pv.get("$rU") == "ctxbye" then
+        KSR.pv.seti("$dlg_ctx(timeout_bye)", 1)
+        KSR.pv.seti("$dlg_ctx(timeout_int)", 1)
+    end
     if KSR.dialog.dlg_manage() < 0 then
         KSR.sl.sl_send_reply(500, "No dialog")
         return KSR.x.exit()
