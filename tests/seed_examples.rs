@@ -62,6 +62,14 @@ fn route_sipout_hints_and_relays_foreign_requests() {
     let local = ask(&srv, "MESSAGE", "sipout", "User-Agent: t");
     assert_eq!(status(&local), 200, "{local}");
     assert_eq!(reason(&local), "Local");
+    // the slide's `KSR.hdr.append_hf` (for a foreign R-URI) is not a KSR
+    // function, in Kamailio 5.6 as here: the route stops with an error
+    let c = client();
+    let ruri = format!("sip:sipout-as-printed@{}", sink.local_addr().unwrap());
+    let r = exchange(&c, srv.addr, request(&c, "MESSAGE", &ruri, "").as_bytes()).unwrap();
+    assert_eq!(status(&r), 500, "{r}");
+    let err = hdr(&r, "X-Error");
+    assert!(err.contains("KSR.hdr.append_hf") && err.contains("not exported"), "{err}");
 }
 
 /// The scanner check answers 200 and stops for "sipcli". As on the slide,

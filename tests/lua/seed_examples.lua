@@ -53,6 +53,15 @@ function ksr_route_sipout()
     KSR.x.exit();
 end
 
+-- The slide's Lua exactly as printed, for the record (see above).
+function ksr_route_sipout_as_printed()
+    if KSR.is_myself(KSR.pv.get("$ru")) then return 1; end
+
+    KSR.hdr.append_hf("P-Hint: outbound\r\n");
+    ksr_route_relay();
+    KSR.x.exit();
+end
+
 local function yn(b)
     if b then return "yes" end
     return "no"
@@ -83,6 +92,13 @@ function ksr_request_route()
     if user == "sipout" then
         ksr_route_sipout()
         KSR.sl.sl_send_reply(200, "Local")
+        return KSR.x.exit()
+    end
+
+    if user == "sipout-as-printed" then
+        local ok, err = pcall(ksr_route_sipout_as_printed)
+        KSR.hdr.append_to_reply("X-Error: " .. tostring(err):gsub("[\r\n].*", "") .. "\r\n")
+        KSR.sl.sl_send_reply(500, "As printed")
         return KSR.x.exit()
     end
 
