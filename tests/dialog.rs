@@ -483,6 +483,92 @@ fn dlg_ctx_timeout_bye_ends_the_call_on_both_sides() {
     assert_eq!(st["dialog.expired_dialogs"], json!(1), "{st}");
 }
 
+/// A minimal callee on a UDP socket: answers the INVITE 200 (Record-Route
+/// copied), takes the ACK, ignores the first BYE from the proxy and
+/// answers its retransmission; returns the BYEs it received, counting the
+/// ones that still came within 3 s of its answer (none: the 200 stopped
+/// the retransmissions).
+fn callee_answering_the_second_bye(sock: UdpSocket) -> (usize, usize) {
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = vec![0u8; 65536];
+    let mut byes = 0;
+    let mut after = 0;
+    let mut answered_at: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if answered_at.is_some_and(|t| t.elapsed() > Duration::from_secs(3)) {
+            break;
+        }
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        let reply = |code: &str, extra: &str, tag: bool| {
+            let mut r = format!("SIP/2.0 {code}\r\n");
+            for h in ["Via", "From", "Call-ID", "CSeq", "Record-Route"] {
+                for v in headers(&m, h) {
+                    r.push_str(&format!("{h}: {v}\r\n"));
+                }
+            }
+            let to = header(&m, "To").unwrap();
+            if tag {
+                r.push_str(&format!("To: {to};tag=callee1\r\n"));
+            } else {
+                r.push_str(&format!("To: {to}\r\n"));
+            }
+            r.push_str(extra);
+            r.push_str("Content-Length: 0\r\n\r\n");
+            r
+        };
+        if m.starts_with("INVITE ") {
+            let contact = format!("Contact: <sip:callee@{}>\r\n", sock.local_addr().unwrap());
+            sock.send_to(reply("200 OK", &contact, true).as_bytes(), from)
+                .unwrap();
+        } else if m.starts_with("BYE ") {
+            byes += 1;
+            if answered_at.is_some() {
+                after += 1;
+            }
+            if byes == 2 {
+                sock.send_to(reply("200 OK", "", false).as_bytes(), from)
+                    .unwrap();
+                answered_at = Some(Instant::now());
+            }
+        }
+    }
+    (byes, after)
+}
+
+/// A BYE the callee does not answer is retransmitted until it is; the 200
+/// stops the retransmissions (the proxy absorbs replies to its own BYEs).
+#[test]
+fn unanswered_bye_is_retransmitted_until_answered() {
+    let dir = TempDir::new("dlg-rexmit");
+    let callee = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = callee.local_addr().unwrap().port();
+    let srv = proxy(port, 10, "");
+    let th = std::thread::spawn(move || callee_answering_the_second_bye(callee));
+    let uac = Sipp::uac(&dir, "uac", "uac-call-byed.xml", srv.addr, "dave", 1, &[]);
+    let d = wait_for(15, "a confirmed dialog", &srv, || {
+        let list = rpc(srv.rpc_port, "dlg.list", json!([]));
+        list.as_array()?
+            .iter()
+            .find(|d| d["state"] == json!(4))
+            .cloned()
+    });
+    let r = rpc(
+        srv.rpc_port,
+        "dlg.end_dlg",
+        json!([d["h_entry"], d["h_id"]]),
+    );
+    assert_eq!(r, json!("Ok."));
+    let uac = uac.wait();
+    assert_calls(&srv, &uac, 1, 0);
+    let (byes, after) = th.join().unwrap();
+    assert_eq!((byes, after), (2, 0), "{}", srv.log());
+}
+
 /// `dlg.end_dlg h_entry h_id` over the control plane ends a confirmed call
 /// with BYEs to both sides; an unknown dialog is an error.
 #[test]

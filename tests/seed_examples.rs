@@ -69,7 +69,10 @@ fn route_sipout_hints_and_relays_foreign_requests() {
     let r = exchange(&c, srv.addr, request(&c, "MESSAGE", &ruri, "").as_bytes()).unwrap();
     assert_eq!(status(&r), 500, "{r}");
     let err = hdr(&r, "X-Error");
-    assert!(err.contains("KSR.hdr.append_hf") && err.contains("not exported"), "{err}");
+    assert!(
+        err.contains("KSR.hdr.append_hf") && err.contains("not exported"),
+        "{err}"
+    );
 }
 
 /// The scanner check answers 200 and stops for "sipcli". As on the slide,

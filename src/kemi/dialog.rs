@@ -11,7 +11,7 @@
 //! | `KSR.dialog.dlg_set_var(callid, ftag, ttag, name, value)` | `int (str, str, str, str, str)` | 1 set, -1 no such dialog |
 //! | `KSR.dialog.dlg_set_timeout(timeout)` | `int (int)` | 1: the current dialog ends `timeout` seconds after now (or after it is confirmed); -1 no dialog |
 //! | `KSR.dialog.dlg_set_timeout_id(timeout, h_entry, h_id)` | `int (int, int, int)` | as dlg_set_timeout, for that dialog |
-//! | `KSR.dialog.dlg_bye(side)` | `int (str)` | side `caller`, `callee` or `all`: BYE sent to that side of the confirmed current dialog, which ends (an early dialog just ends); 1 / -1 |
+//! | `KSR.dialog.dlg_bye(side)` | `int (str)` | side `caller`, `callee` or `all`: BYE sent to that side of the confirmed current dialog (retransmitted until a final reply), which ends (an early dialog just ends); 1 / -1 |
 //! | `KSR.dialog.dlg_setflag(flag)` / `dlg_resetflag(flag)` | `int (int)` | 1; -1 no dialog or flag outside 0..31 |
 //! | `KSR.dialog.dlg_isflagset(flag)` | `int (int)` | 1 set, -1 not set or no dialog |
 //! | `KSR.dialog.set_dlg_profile(profile, value)` / `set_dlg_profile_static(profile)` | `int (str, str)` | 1 added; -1 unknown profile or no dialog (call `dlg_manage()` first) |
@@ -370,16 +370,44 @@ fn var_set(s: &Shared, id: DlgId, name: &[u8], value: Option<&[u8]>) -> bool {
 /// Ends a dialog with BYEs to `side` (queued with the shard's sends).
 fn end_dialog(s: &Shared, id: DlgId, side: ByeSide) -> bool {
     let st = store(s);
-    match st.end(id, side, s.local_addr, st.now_ms()) {
+    let now = st.now_ms();
+    match st.end(id, side, s.local_addr, now) {
         Some(out) => {
-            let mut extra = s.extra_out.borrow_mut();
-            for o in out {
-                extra.push((o.dst, o.bytes));
-            }
+            send_byes(s, out, now);
             true
         }
         None => false,
     }
+}
+
+/// Queues BYEs with the shard's sends and tracks them for retransmission.
+fn send_byes(s: &Shared, out: Vec<super::dialog_store::Outgoing>, now_ms: u64) {
+    if out.is_empty() {
+        return;
+    }
+    {
+        let mut extra = s.extra_out.borrow_mut();
+        for o in &out {
+            extra.push((o.dst, o.bytes.clone()));
+        }
+    }
+    store(s).track_byes(out, true, now_ms);
+}
+
+/// A reply no transaction claims whose top Via branch is one of our BYEs':
+/// absorbed (a final one stops the BYE's retransmissions). False for any
+/// other reply.
+pub(super) fn absorb_bye_reply(s: &Shared, m: &MsgCtx) -> bool {
+    let msg = m.msg();
+    let Ok(via) = msg.top_via() else { return false };
+    let Some(branch) = via.branch() else {
+        return false;
+    };
+    if !branch.starts_with(super::dialog_store::BYE_BRANCH_PREFIX) {
+        return false;
+    }
+    store(s).bye_replied(branch, msg.status().unwrap_or(0));
+    true
 }
 
 /// (Call-ID, From tag, To tag) of a message.
@@ -667,21 +695,21 @@ pub(super) fn on_failed(s: &Shared, id: DlgId) {
     st.fail_unconfirmed(id, st.now_ms());
 }
 
-/// Timer work of this shard (once a second while dialogs exist): timed
-/// out dialogs end, with BYEs queued when `send_bye` is set.
+/// Timer work of this shard (once a second while dialogs or unanswered
+/// BYEs exist): timed out dialogs end, with BYEs when `send_bye` is set;
+/// BYEs without a final reply are retransmitted.
 pub fn tick(s: &Shared, now_ms: u64) {
     let st = store(s);
-    if st.is_empty() {
-        return;
+    if !st.is_empty() {
+        let out = st.tick(s.shard_id, s.shard_count, s.local_addr, now_ms);
+        send_byes(s, out, now_ms);
     }
-    let out = st.tick(s.shard_id, s.shard_count, s.local_addr, now_ms);
-    let queued = st.take_queued();
-    if out.is_empty() && queued.is_empty() {
-        return;
-    }
-    let mut extra = s.extra_out.borrow_mut();
-    for o in out.into_iter().chain(queued) {
-        extra.push((o.dst, o.bytes));
+    let due = st.due_byes(now_ms);
+    if !due.is_empty() {
+        let mut extra = s.extra_out.borrow_mut();
+        for o in due {
+            extra.push((o.dst, o.bytes));
+        }
     }
 }
 

@@ -268,17 +268,34 @@ pub struct Dialogs {
     pub params: DlgParams,
     epoch: Instant,
     last_full_log_s: AtomicU64,
-    queued: std::sync::Mutex<Vec<Outgoing>>,
-    has_queued: std::sync::atomic::AtomicBool,
+    pending: std::sync::Mutex<Vec<PendingBye>>,
+    pending_n: AtomicUsize,
 }
-
-/// Most BYEs waiting for a shard (control-plane `dlg.end_dlg`).
-pub const QUEUE_MAX: usize = 1024;
 
 /// A BYE to send.
 pub struct Outgoing {
     pub dst: SocketAddr,
     pub bytes: Vec<u8>,
+    /// The Via branch of the BYE (its replies name it).
+    pub branch: Vec<u8>,
+}
+
+/// Via branch prefix of the BYEs the dialog module sends.
+pub const BYE_BRANCH_PREFIX: &[u8] = b"z9hG4bKdlg";
+/// Most BYEs waiting for their final reply (retransmitted meanwhile).
+pub const BYE_PENDING_MAX: usize = 4096;
+/// Retransmission of a BYE: first after T1, doubling up to T2, given up
+/// after 64*T1 (RFC 3261 timers E and F, the defaults).
+const BYE_T1_MS: u64 = 500;
+const BYE_T2_MS: u64 = 4_000;
+const BYE_TIMEOUT_MS: u64 = 32_000;
+
+/// A BYE sent (or to send) and not answered yet.
+struct PendingBye {
+    out: Outgoing,
+    next_ms: u64,
+    interval_ms: u64,
+    until_ms: u64,
 }
 
 fn unix_now_s() -> u64 {
@@ -308,8 +325,8 @@ impl Dialogs {
             },
             epoch: Instant::now(),
             last_full_log_s: AtomicU64::new(0),
-            queued: std::sync::Mutex::new(Vec::new()),
-            has_queued: std::sync::atomic::AtomicBool::new(false),
+            pending: std::sync::Mutex::new(Vec::new()),
+            pending_n: AtomicUsize::new(0),
         }
     }
 
@@ -436,30 +453,71 @@ impl Dialogs {
                 .is_ok()
     }
 
-    /// Queues BYEs built off a shard (the control plane's `dlg.end_dlg`):
-    /// the next shard timer pass sends them from the SIP socket. Bounded;
-    /// false when the queue is full.
-    pub fn queue_out(&self, out: Vec<Outgoing>) -> bool {
-        let mut q = self.queued.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() + out.len() > QUEUE_MAX {
-            return false;
+    /// Remembers BYEs until their final reply, retransmitting them
+    /// meanwhile (UDP). `sent` false: not sent yet (the control plane's
+    /// `dlg.end_dlg`; the next shard timer pass sends them from the SIP
+    /// socket). Bounded: the BYEs beyond [`BYE_PENDING_MAX`] are not
+    /// tracked (sent once when `sent`, else dropped); returns how many.
+    pub fn track_byes(&self, out: Vec<Outgoing>, sent: bool, now_ms: u64) -> usize {
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = 0;
+        for o in out {
+            if q.len() >= BYE_PENDING_MAX {
+                refused += 1;
+                continue;
+            }
+            q.push(PendingBye {
+                out: o,
+                next_ms: if sent { now_ms + BYE_T1_MS } else { 0 },
+                interval_ms: BYE_T1_MS,
+                until_ms: now_ms + BYE_TIMEOUT_MS,
+            });
         }
-        q.extend(out);
-        self.has_queued.store(true, Ordering::Release);
-        true
+        self.pending_n.store(q.len(), Ordering::Relaxed);
+        if refused > 0 {
+            self.stats.full.fetch_add(refused as u64, Ordering::Relaxed);
+        }
+        refused
     }
 
-    /// The queued BYEs (see [`Dialogs::queue_out`]).
-    pub fn take_queued(&self) -> Vec<Outgoing> {
-        if !self.has_queued.swap(false, Ordering::Acquire) {
+    /// The BYEs due now (first sends and retransmissions); those past
+    /// timer F are given up.
+    pub fn due_byes(&self, now_ms: u64) -> Vec<Outgoing> {
+        if self.pending_byes() == 0 {
             return Vec::new();
         }
-        std::mem::take(&mut *self.queued.lock().unwrap_or_else(|p| p.into_inner()))
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|p| p.until_ms > now_ms);
+        let mut out = Vec::new();
+        for p in q.iter_mut().filter(|p| p.next_ms <= now_ms) {
+            out.push(Outgoing {
+                dst: p.out.dst,
+                bytes: p.out.bytes.clone(),
+                branch: Vec::new(),
+            });
+            if p.next_ms > 0 {
+                p.interval_ms = (p.interval_ms * 2).min(BYE_T2_MS);
+            }
+            p.next_ms = now_ms + p.interval_ms;
+        }
+        self.pending_n.store(q.len(), Ordering::Relaxed);
+        out
     }
 
-    /// Whether BYEs wait in the queue.
-    pub fn has_queued(&self) -> bool {
-        self.has_queued.load(Ordering::Relaxed)
+    /// A reply to one of our BYEs (`branch` starts with
+    /// [`BYE_BRANCH_PREFIX`]): a final one stops its retransmissions.
+    pub fn bye_replied(&self, branch: &[u8], code: u16) {
+        if code < 200 || self.pending_byes() == 0 {
+            return;
+        }
+        let mut q = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        q.retain(|p| p.out.branch != branch);
+        self.pending_n.store(q.len(), Ordering::Relaxed);
+    }
+
+    /// BYEs waiting for their final reply.
+    pub fn pending_byes(&self) -> usize {
+        self.pending_n.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on a dialog, its stripe locked.
@@ -888,13 +946,17 @@ fn one_bye(
     b.extend_from_slice(ruri);
     b.extend_from_slice(b" SIP/2.0\r\nVia: SIP/2.0/UDP ");
     super::tm::push_host_port(&mut b, local);
-    b.extend_from_slice(
-        format!(
-            ";branch=z9hG4bKdlg{side}.{:x}.{:x}.{cseq}\r\n",
-            id.h_entry, id.h_id
-        )
-        .as_bytes(),
-    );
+    let branch = format!(
+        "{}{}.{:x}.{:x}.{cseq}",
+        std::str::from_utf8(BYE_BRANCH_PREFIX).unwrap_or(""),
+        side as char,
+        id.h_entry,
+        id.h_id
+    )
+    .into_bytes();
+    b.extend_from_slice(b";branch=");
+    b.extend_from_slice(&branch);
+    b.extend_from_slice(b"\r\n");
     for r in &target.route_set {
         b.extend_from_slice(b"Route: ");
         b.extend_from_slice(r);
@@ -909,7 +971,11 @@ fn one_bye(
     b.extend_from_slice(format!("\r\nCSeq: {cseq} BYE\r\nMax-Forwards: 70\r\n").as_bytes());
     b.extend_from_slice(extra);
     b.extend_from_slice(b"Content-Length: 0\r\n\r\n");
-    Some(Outgoing { dst, bytes: b })
+    Some(Outgoing {
+        dst,
+        bytes: b,
+        branch,
+    })
 }
 
 /// The URI inside a Route value `<uri>;params`.
@@ -1059,6 +1125,30 @@ mod tests {
         );
         assert_eq!(s.with(id, |d| d.state), Some(ST_DELETED));
         assert_eq!(s.stats.expired.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn byes_are_retransmitted_until_a_final_reply() {
+        let s = store(10);
+        let id = s.create(&invite("r", "ft", 1), 0).unwrap().0;
+        s.on_reply(id, &reply(200), 0);
+        let local = "127.0.0.1:5060".parse().unwrap();
+        let out = s.end(id, ByeSide::All, local, 0).unwrap();
+        assert_eq!(out.len(), 2);
+        let (b0, b1) = (out[0].branch.clone(), out[1].branch.clone());
+        assert!(b0.starts_with(BYE_BRANCH_PREFIX) && b0 != b1);
+        assert_eq!(s.track_byes(out, true, 0), 0);
+        assert!(s.due_byes(499).is_empty());
+        assert_eq!(s.due_byes(500).len(), 2);
+        // a provisional reply changes nothing; a final one stops that BYE
+        s.bye_replied(&b0, 100);
+        s.bye_replied(&b0, 200);
+        assert_eq!(s.pending_byes(), 1);
+        assert!(s.due_byes(1499).is_empty());
+        assert_eq!(s.due_byes(1500).len(), 1);
+        // given up at timer F
+        assert!(s.due_byes(BYE_TIMEOUT_MS).is_empty());
+        assert_eq!(s.pending_byes(), 0);
     }
 
     #[test]

@@ -660,15 +660,16 @@ impl Engine {
         self.shared.tm.has_output() || !self.shared.extra_out.borrow().is_empty()
     }
 
-    /// Dialog timers (once a second while dialogs exist) and BYEs the
-    /// control plane queued; what they send leaves with the next batch.
+    /// Dialog timers (once a second while dialogs or unanswered BYEs
+    /// exist): timeouts, BYE retransmissions and the BYEs the control plane
+    /// queued; what they send leaves with the next batch.
     pub fn dlg_tick(&self) {
         let d = &self.shared.services.tables.dialog;
-        if d.is_empty() && !d.has_queued() {
+        if d.is_empty() && d.pending_byes() == 0 {
             return;
         }
         let now = d.now_ms();
-        if now < self.dlg_next_ms.get() && !d.has_queued() {
+        if now < self.dlg_next_ms.get() {
             return;
         }
         self.dlg_next_ms.set(now + 1000);

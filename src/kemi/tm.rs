@@ -1063,7 +1063,9 @@ pub(super) async fn reply_flow(
     }
     let found = s.tm.match_response(&ctx.msg());
     let Some((id, b, is_cancel)) = found else {
-        forward_reply_stateless(&s, &mut ctx);
+        if !super::dialog::absorb_bye_reply(&s, &ctx) {
+            forward_reply_stateless(&s, &mut ctx);
+        }
         return (ctx, RouteOutcome::Done);
     };
     let code = ctx.msg().status().unwrap_or(0);

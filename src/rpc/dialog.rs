@@ -1,7 +1,8 @@
 //! JSON-RPC methods of the dialog module, with Kamailio's names. They read
 //! and change the dialog store every shard shares (one stripe locked at a
 //! time); BYEs that `dlg.end_dlg` builds are queued for the next shard
-//! timer pass (at most 1 s), which sends them from the SIP socket.
+//! timer pass (at most 1 s), which sends them from the SIP socket and
+//! retransmits them until their final reply.
 //!
 //! | method | params | result |
 //! |---|---|---|
@@ -130,7 +131,7 @@ async fn end_dlg(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodEr
     let out = d
         .end(id, ByeSide::All, bind, d.now_ms())
         .ok_or_else(|| MethodError::NotFound("Dialog not found".into()))?;
-    if !d.queue_out(out) {
+    if d.track_byes(out, false, d.now_ms()) > 0 {
         return Err(MethodError::Internal(
             "too many BYEs waiting to be sent".into(),
         ));
