@@ -119,6 +119,9 @@ pub struct MsgCtx {
     /// dialog exists (applied by `dlg_manage()`).
     pub dlg_ctx_bye: Option<bool>,
     pub dlg_ctx_timeout: Option<u64>,
+    /// `set_dlg_profile` before the dialog exists: (profile, value), added
+    /// when `dlg_manage()` creates it (at most 32).
+    pub dlg_profiles: Vec<(u16, Vec<u8>)>,
 }
 
 impl MsgCtx {
@@ -170,6 +173,7 @@ impl MsgCtx {
             adv_port: None,
             dlg_ctx_bye: None,
             dlg_ctx_timeout: None,
+            dlg_profiles: Vec::new(),
         }
     }
 
@@ -235,6 +239,7 @@ impl MsgCtx {
         self.adv_port = None;
         self.dlg_ctx_bye = None;
         self.dlg_ctx_timeout = None;
+        self.dlg_profiles.clear();
     }
 
     /// Parses `buf[..len]` as one datagram.

@@ -14,7 +14,7 @@
 //! | `KSR.dialog.dlg_bye(side)` | `int (str)` | side `caller`, `callee` or `all`: BYE sent to that side of the confirmed current dialog (retransmitted until a final reply), which ends (an early dialog just ends); 1 / -1 |
 //! | `KSR.dialog.dlg_setflag(flag)` / `dlg_resetflag(flag)` | `int (int)` | 1; -1 no dialog or flag outside 0..31 |
 //! | `KSR.dialog.dlg_isflagset(flag)` | `int (int)` | 1 set, -1 not set or no dialog |
-//! | `KSR.dialog.set_dlg_profile(profile, value)` / `set_dlg_profile_static(profile)` | `int (str, str)` | 1 added; -1 unknown profile or no dialog (call `dlg_manage()` first) |
+//! | `KSR.dialog.set_dlg_profile(profile, value)` / `set_dlg_profile_static(profile)` | `int (str, str)` | 1 added (before `dlg_manage()`: added to the dialog it creates); -1 unknown profile |
 //! | `KSR.dialog.unset_dlg_profile(profile, value)` / `unset_dlg_profile_static(profile)` | `int (str, str)` | 1 removed, -1 not a member |
 //! | `KSR.dialog.is_in_profile(profile, value)` / `is_in_profile_static(profile)` | `int (str, str)` | 1 member (with that value, "" any), -1 otherwise |
 //! | `KSR.dialog.get_profile_size(profile, value, pv)` | `int (str, str, str)` | 1 and the number of active dialogs in the profile (with `value`; "" all) written to `pv`; -1 unknown profile |
@@ -44,7 +44,9 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table, Value};
 
-use super::dialog_store::{ByeSide, Dialogs, DlgId, NewDialog, ReplyInfo, ST_DELETED};
+use super::dialog_store::{
+    ByeSide, Dialogs, DlgId, NewDialog, ReplyInfo, MAX_PROFILES_PER_DLG, ST_DELETED,
+};
 use super::pv::{PvValue, Val, NULL_TEXT};
 use super::{MsgCtx, Shared};
 use crate::sip::{HdrName, Method, SipMsg};
@@ -207,7 +209,21 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                         tracing::error!(target: "script", "dialog: profile {} not defined", profile.to_string_lossy());
                         return Ok(-1);
                     };
-                    let Some(id) = current(&s) else { return Ok(-1) };
+                    let Some(id) = current(&s) else {
+                        // before dlg_manage(): remembered for the dialog it
+                        // creates, as Kamailio links pending profiles
+                        return Ok(if op == 1 {
+                            s.with_msg(|m| {
+                                if m.dlg_profiles.len() >= MAX_PROFILES_PER_DLG {
+                                    return -1;
+                                }
+                                m.dlg_profiles.push((p, value.clone()));
+                                1
+                            })?
+                        } else {
+                            -1
+                        });
+                    };
                     Ok(rc(match op {
                         1 => st.set_profile(id, p, &value),
                         2 => st.unset_profile(id, p, &value),
@@ -503,6 +519,11 @@ fn dlg_manage(s: &Shared, m: &mut MsgCtx) -> i32 {
         }
     };
     m.dlg = Some(id);
+    if m.dlg_new {
+        for (p, v) in std::mem::take(&mut m.dlg_profiles) {
+            st.set_profile(id, p, &v);
+        }
+    }
     if created_now(m) {
         let (bye, timeout) = (m.dlg_ctx_bye, m.dlg_ctx_timeout);
         st.with(id, |d| {

@@ -80,6 +80,8 @@ function ksr_request_route()
         KSR.pv.seti("$dlg_ctx(timeout_bye)", 1)
         KSR.pv.seti("$dlg_ctx(timeout_int)", 1)
     end
+    -- set before the dialog exists: linked to the one dlg_manage() creates
+    KSR.dialog.set_dlg_profile("caller", KSR.kx.get_fuser())
     if KSR.dialog.dlg_manage() < 0 then
         KSR.sl.sl_send_reply(500, "No dialog")
         return KSR.x.exit()
@@ -95,7 +97,6 @@ function ksr_request_route()
     elseif user == "short" then
         KSR.dialog.dlg_set_timeout(1)
     end
-    KSR.dialog.set_dlg_profile("caller", KSR.kx.get_fuser())
     KSR.pv.sets("$dlg_var(caller)", KSR.kx.get_fuser())
     KSR.dialog.dlg_setflag(3)
 
