@@ -170,8 +170,12 @@ pub struct DialogConfig {
     pub profiles_no_value: String,
     /// 1: BYE both sides of a dialog that times out.
     pub send_bye: u8,
-    /// Most dialog records (sipshard); `dlg_manage` fails beyond it.
+    /// Most dialog records (sipshard); `dlg_manage` beyond it fails.
     pub max_dialogs: usize,
+    /// `dlg_bye` of an early dialog: the reply the caller gets (the callee
+    /// gets a CANCEL).
+    pub bye_early_code: u16,
+    pub bye_early_reason: String,
 }
 
 impl Default for DialogConfig {
@@ -189,6 +193,8 @@ impl Default for DialogConfig {
             profiles_no_value: String::new(),
             send_bye: 0,
             max_dialogs: 100_000,
+            bye_early_code: 480,
+            bye_early_reason: "Temporarily Unavailable".to_string(),
         }
     }
 }
@@ -967,6 +973,14 @@ impl Config {
     /// htable, pike and permissions settings.
     fn validate_modules(&self) -> Result<(), ConfigError> {
         let d = &self.dialog;
+        if !(300..=699).contains(&d.bye_early_code)
+            || d.bye_early_reason.bytes().any(|b| b == b'\r' || b == b'\n')
+        {
+            return Err(self.invalid(
+                "dialog.bye_early_code",
+                "must be a final error code (300..699) with a one-line bye_early_reason",
+            ));
+        }
         if d.hash_size == 0 || d.hash_size > 65_536 || d.max_dialogs == 0 {
             return Err(self.invalid(
                 "dialog",

@@ -463,6 +463,47 @@ fn timeout_with_send_bye_ends_the_call_on_both_sides() {
     });
 }
 
+/// `dlg_bye("all")` of a ringing (early) dialog, found with an empty To
+/// tag: the callee gets a CANCEL (and its 487 is ACKed), the caller
+/// `bye_early_code` 480, and the dialog ends as failed.
+#[test]
+fn dlg_bye_of_an_early_dialog_cancels_and_answers_480() {
+    let dir = TempDir::new("dlg-early");
+    let port = free_udp_port();
+    let srv = proxy(port, 10, "");
+    let uas = Sipp::uas(&dir, "uas", "uas-ring.xml", port, srv.addr, 1, &[]);
+    let uac = Sipp::uac(&dir, "uac", "uac-early-ended.xml", srv.addr, "erin", 1, &[]);
+    let d = wait_for(15, "an early dialog", &srv, || {
+        let list = rpc(srv.rpc_port, "dlg.list", json!([]));
+        list.as_array()?
+            .iter()
+            .find(|d| d["state"] == json!(2))
+            .cloned()
+    });
+    let c = client();
+    let msg = format!(
+        "MESSAGE sip:dlg-bye@{a} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bKdlgearly1\r\n\
+         From: <sip:admin@{l}>;tag=adm\r\nTo: <sip:dlg-bye@{a}>\r\nCall-ID: dlg-early-ctl\r\n\
+         CSeq: 1 MESSAGE\r\nMax-Forwards: 70\r\nX-Dlg-Callid: {ci}\r\nX-Dlg-Ftag: {ft}\r\n\
+         X-Dlg-Ttag: \r\nContent-Length: 0\r\n\r\n",
+        a = srv.addr,
+        l = c.local_addr().unwrap(),
+        ci = d["call-id"].as_str().unwrap(),
+        ft = d["caller"]["tag"].as_str().unwrap(),
+    );
+    let r = exchange(&c, srv.addr, msg.as_bytes()).expect("MESSAGE answered");
+    assert_eq!(status(&r), 200, "{r}\n{}", srv.log());
+    let uac = uac.wait();
+    let uas = uas.wait();
+    assert_calls(&srv, &uac, 1, 0);
+    assert_calls(&srv, &uas, 1, 0);
+    assert_eq!(uas.traced("received", "CANCEL "), 1, "{}", uas.report());
+    assert_eq!(uac.traced("received", "SIP/2.0 480"), 1, "{}", uac.report());
+    let st = rpc(srv.rpc_port, "stats.fetch", json!(["dialog"]));
+    assert_eq!(st["dialog.failed_dialogs"], json!(1), "{st}");
+    assert_eq!(st["dialog.active_dialogs"], json!(0), "{st}");
+}
+
 /// `$dlg_ctx(timeout_bye)` / `$dlg_ctx(timeout_int)` set before
 /// `dlg_manage()` (without `send_bye`): the dialog times out after a second
 /// with a BYE to both sides; the timeout is counted as expired.

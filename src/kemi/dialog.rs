@@ -11,7 +11,7 @@
 //! | `KSR.dialog.dlg_set_var(callid, ftag, ttag, name, value)` | `int (str, str, str, str, str)` | 1 set, -1 no such dialog |
 //! | `KSR.dialog.dlg_set_timeout(timeout)` | `int (int)` | 1: the current dialog ends `timeout` seconds after now (or after it is confirmed); -1 no dialog |
 //! | `KSR.dialog.dlg_set_timeout_id(timeout, h_entry, h_id)` | `int (int, int, int)` | as dlg_set_timeout, for that dialog |
-//! | `KSR.dialog.dlg_bye(side)` | `int (str)` | side `caller`, `callee` or `all`: BYE sent to that side of the confirmed current dialog (retransmitted until a final reply), which ends (an early dialog just ends); 1 / -1 |
+//! | `KSR.dialog.dlg_bye(side)` | `int (str)` | side `caller`, `callee` or `all`: BYE sent to that side of the confirmed current dialog (retransmitted until a final reply), which ends; an early dialog ends with a CANCEL to the callee and `bye_early_code` to the caller; 1 / -1 |
 //! | `KSR.dialog.dlg_setflag(flag)` / `dlg_resetflag(flag)` | `int (int)` | 1; -1 no dialog or flag outside 0..31 |
 //! | `KSR.dialog.dlg_isflagset(flag)` | `int (int)` | 1 set, -1 not set or no dialog |
 //! | `KSR.dialog.set_dlg_profile(profile, value)` / `set_dlg_profile_static(profile)` | `int (str, str)` | 1 added (before `dlg_manage()`: added to the dialog it creates); -1 unknown profile |
@@ -383,17 +383,40 @@ fn var_set(s: &Shared, id: DlgId, name: &[u8], value: Option<&[u8]>) -> bool {
         .unwrap_or(false)
 }
 
-/// Ends a dialog with BYEs to `side` (queued with the shard's sends).
+/// Ends a dialog with BYEs to `side` (queued with the shard's sends); an
+/// early one (no 2xx yet) as Kamailio does: CANCEL to the callee's
+/// branches and `bye_early_code` to the caller, through its transaction.
 fn end_dialog(s: &Shared, id: DlgId, side: ByeSide) -> bool {
     let st = store(s);
     let now = st.now_ms();
+    let early_tx = st
+        .with(id, |d| {
+            (d.state < super::dialog_store::ST_CONFIRMED_NA).then_some(d.tx)
+        })
+        .flatten()
+        .flatten();
     match st.end(id, side, s.local_addr, now) {
         Some(out) => {
             send_byes(s, out, now);
+            if let Some(tx) = early_tx {
+                let tnow = super::tm::now_ms(s);
+                s.tm.cancel(tx, tnow);
+                super::tm::local_reply_on_cell(
+                    s,
+                    tx,
+                    st.params.bye_early_code,
+                    &st.params.bye_early_reason,
+                );
+            }
             true
         }
         None => false,
     }
+}
+
+/// The transaction of the INVITE that created dialog `id`.
+pub(super) fn set_tx(s: &Shared, id: DlgId, tx: super::tm_store::TxId) {
+    store(s).with(id, |d| d.tx = Some(tx));
 }
 
 /// Queues BYEs with the shard's sends and tracks them for retransmission.
@@ -537,8 +560,9 @@ fn dlg_manage(s: &Shared, m: &mut MsgCtx) -> i32 {
     }
     let param = format!(";{}={:x}.{:x}", st.params.rr_param, id.h_entry, id.h_id);
     m.rr.params.extend_from_slice(param.as_bytes());
-    if let Some(cell) = m.tm.cell {
+    if let Some(cell) = m.tm.cell.filter(|_| m.dlg_new) {
         s.tm.get_mut_map(cell, |c| c.user.dlg = Some(id));
+        set_tx(s, id, cell);
     }
     1
 }

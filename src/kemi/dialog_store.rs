@@ -87,6 +87,8 @@ pub struct Dialog {
     pub profiles: Vec<(u16, Vec<u8>)>,
     /// The local address the INVITE arrived on.
     pub bind: SocketAddr,
+    /// The INVITE's transaction (for `dlg_bye` of an early dialog).
+    pub tx: Option<super::tm_store::TxId>,
 }
 
 /// Which way a request in the dialog goes.
@@ -137,6 +139,8 @@ pub struct DlgParams {
     pub extra_hdrs: Vec<u8>,
     /// Record-Route parameter naming the dialog (`rr_param`).
     pub rr_param: String,
+    pub bye_early_code: u16,
+    pub bye_early_reason: Vec<u8>,
 }
 
 /// Why a dialog was not created.
@@ -322,6 +326,8 @@ impl Dialogs {
                 max_dialogs: cfg.max_dialogs,
                 extra_hdrs: cfg.dlg_extra_hdrs.as_bytes().to_vec(),
                 rr_param: cfg.rr_param.clone(),
+                bye_early_code: cfg.bye_early_code,
+                bye_early_reason: cfg.bye_early_reason.as_bytes().to_vec(),
             },
             epoch: Instant::now(),
             last_full_log_s: AtomicU64::new(0),
@@ -434,6 +440,7 @@ impl Dialogs {
             vars: Vec::new(),
             profiles: Vec::new(),
             bind: n.bind,
+            tx: None,
         });
         self.held.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -704,6 +711,8 @@ impl Dialogs {
             let out = if d.state >= ST_CONFIRMED_NA {
                 bye_requests(d, id, side, local, &self.params.extra_hdrs)
             } else {
+                // an early dialog ends unanswered: failed
+                self.stats.failed.fetch_add(1, Ordering::Relaxed);
                 Vec::new()
             };
             ended = Some(d.profiles.clone());

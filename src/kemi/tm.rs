@@ -421,6 +421,9 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         }
     };
     m.tm.cell = Some(id);
+    if let Some(d) = m.dlg.filter(|_| m.dlg_new) {
+        super::dialog::set_tx(s, d, id);
+    }
     if m.tm.fr.is_some() {
         apply_fr(s, id, m.tm.fr);
     }
