@@ -1180,6 +1180,28 @@ mod tests {
         assert_eq!(c.permissions, d.permissions);
         assert_eq!(c.htable, d.htable);
         assert_eq!(c.sanity, d.sanity);
+        assert_eq!(c.dialog, d.dialog);
+    }
+
+    #[test]
+    fn dialog_section() {
+        let c = Config::from_toml(
+            "[dialog]\nprofiles_with_value = \"caller\"\nsend_bye = 1\ndefault_timeout = 60\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.dialog.send_bye, 1);
+        assert_eq!(c.dialog.default_timeout, 60);
+        for bad in [
+            "[dialog]\nhash_size = 0\n",
+            "[dialog]\nmax_dialogs = 0\n",
+            "[dialog]\nbye_early_code = 200\n",
+            "[dialog]\nrr_param = \"a b\"\n",
+            "[dialog]\ndlg_extra_hdrs = \"X-A: 1\"\n",
+            "[dialog]\nnope = 1\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
