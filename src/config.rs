@@ -63,6 +63,8 @@ pub struct Config {
     /// KSR.ndb_redis servers (Kamailio's ndb_redis `server` modparam), one
     /// `[[redis]]` entry each.
     pub redis: Vec<RedisDef>,
+    /// `KSR.dialog` (Kamailio's dialog module parameters).
+    pub dialog: DialogConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -144,6 +146,63 @@ pub enum Dispatch {
     /// and its ACK meet the shard that owns it, and so do a dialog's
     /// in-dialog requests.
     Callid,
+}
+
+/// `[dialog]`: Kamailio's dialog module parameters (same names), plus
+/// `max_dialogs`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DialogConfig {
+    /// `dialog:*` statistics in `stats.fetch` (always kept; accepted).
+    pub enable_stats: u8,
+    /// Hash entries (lock stripes) of the dialog table.
+    pub hash_size: usize,
+    /// Record-Route parameter carrying the dialog id.
+    pub rr_param: String,
+    /// Seconds a confirmed dialog lasts without `dlg_set_timeout`.
+    pub default_timeout: u64,
+    /// Seconds an unanswered dialog is kept.
+    pub early_timeout: u64,
+    /// Seconds a dialog may wait for the ACK of its 200 (accepted; the
+    /// dialog timeout applies).
+    pub noack_timeout: u64,
+    /// Accepted (deleted dialogs are removed after 5 s).
+    pub end_timeout: u64,
+    /// Headers (each ending in CRLF) added to the BYEs the module sends.
+    pub dlg_extra_hdrs: String,
+    /// Profiles whose members carry a value, `;`-separated.
+    pub profiles_with_value: String,
+    /// Profiles without values, `;`-separated.
+    pub profiles_no_value: String,
+    /// 1: BYE both sides of a dialog that times out.
+    pub send_bye: u8,
+    /// Most dialog records (sipshard); `dlg_manage` beyond it fails.
+    pub max_dialogs: usize,
+    /// `dlg_bye` of an early dialog: the reply the caller gets (the callee
+    /// gets a CANCEL).
+    pub bye_early_code: u16,
+    pub bye_early_reason: String,
+}
+
+impl Default for DialogConfig {
+    fn default() -> Self {
+        DialogConfig {
+            enable_stats: 1,
+            hash_size: 4096,
+            rr_param: "did".to_string(),
+            default_timeout: 43_200,
+            early_timeout: 300,
+            noack_timeout: 60,
+            end_timeout: 300,
+            dlg_extra_hdrs: String::new(),
+            profiles_with_value: String::new(),
+            profiles_no_value: String::new(),
+            send_bye: 0,
+            max_dialogs: 100_000,
+            bye_early_code: 480,
+            bye_early_reason: "Temporarily Unavailable".to_string(),
+        }
+    }
 }
 
 /// `[sanity]`: Kamailio sanity module parameters (same names).
@@ -1090,6 +1149,32 @@ impl Config {
 
     /// htable, pike and permissions settings.
     fn validate_modules(&self) -> Result<(), ConfigError> {
+        let d = &self.dialog;
+        if !(300..=699).contains(&d.bye_early_code)
+            || d.bye_early_reason.bytes().any(|b| b == b'\r' || b == b'\n')
+        {
+            return Err(self.invalid(
+                "dialog.bye_early_code",
+                "must be a final error code (300..699) with a one-line bye_early_reason",
+            ));
+        }
+        if d.hash_size == 0 || d.hash_size > 65_536 || d.max_dialogs == 0 {
+            return Err(self.invalid(
+                "dialog",
+                "hash_size must be 1..=65536 and max_dialogs at least 1",
+            ));
+        }
+        if d.rr_param.is_empty()
+            || !d
+                .rr_param
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(self.invalid("dialog.rr_param", "must be a URI parameter name"));
+        }
+        if !d.dlg_extra_hdrs.is_empty() && !d.dlg_extra_hdrs.ends_with("\r\n") {
+            return Err(self.invalid("dialog.dlg_extra_hdrs", "each header must end with \\r\\n"));
+        }
         for (i, t) in self.htable.iter().enumerate() {
             let key = |k: &str| format!("htable[{i}].{k}");
             if t.name.is_empty() || t.name.len() > 64 || t.name.contains("=>") {
@@ -1374,6 +1459,28 @@ mod tests {
         assert_eq!(c.permissions, d.permissions);
         assert_eq!(c.htable, d.htable);
         assert_eq!(c.sanity, d.sanity);
+        assert_eq!(c.dialog, d.dialog);
+    }
+
+    #[test]
+    fn dialog_section() {
+        let c = Config::from_toml(
+            "[dialog]\nprofiles_with_value = \"caller\"\nsend_bye = 1\ndefault_timeout = 60\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.dialog.send_bye, 1);
+        assert_eq!(c.dialog.default_timeout, 60);
+        for bad in [
+            "[dialog]\nhash_size = 0\n",
+            "[dialog]\nmax_dialogs = 0\n",
+            "[dialog]\nbye_early_code = 200\n",
+            "[dialog]\nrr_param = \"a b\"\n",
+            "[dialog]\ndlg_extra_hdrs = \"X-A: 1\"\n",
+            "[dialog]\nnope = 1\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

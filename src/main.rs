@@ -55,11 +55,16 @@ enum Cmd {
     Report(sipshard::rpc::report::ReportArgs),
     /// Check a Lua script: syntax, and every KSR call sipshard does not export.
     CheckScript {
-        /// The Lua script.
-        file: PathBuf,
+        /// The Lua script (several with --strict).
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// Only compile and scan; do not load it in an engine.
         #[arg(long)]
         no_load: bool,
+        /// Per script, everything sipshard lacks grouped by module (guarded
+        /// calls and names only read too); exit 1 when anything is missing.
+        #[arg(long)]
+        strict: bool,
     },
     /// The KSR API sipshard exports.
     Kemi {
@@ -322,8 +327,20 @@ fn main() -> ExitCode {
             Err(e) => Err(e.to_string()),
         },
         Cmd::Report(a) => sipshard::rpc::report::run_report(a).map_err(|e| e.to_string()),
-        Cmd::CheckScript { file, no_load } => {
-            return match sipshard::kemi::check_script::run_cli(&file, !no_load) {
+        Cmd::CheckScript {
+            files,
+            no_load,
+            strict,
+        } => {
+            use sipshard::kemi::check_script::{run_cli, run_cli_strict};
+            let r = if strict {
+                run_cli_strict(&files, !no_load)
+            } else if files.len() == 1 {
+                files.first().map_or(Ok(true), |f| run_cli(f, !no_load))
+            } else {
+                Err("several scripts need --strict".to_string())
+            };
+            return match r {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(e) => {

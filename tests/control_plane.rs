@@ -854,13 +854,22 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
     // the 15 core and kemi methods plus 15 of htable, pike and permissions
-    assert_eq!(methods.as_array().unwrap().len(), 30, "{methods}");
-    for m in ["htable.dump", "pike.top", "permissions.addressReload"] {
+    // and 4 of dialog
+    assert_eq!(methods.as_array().unwrap().len(), 34, "{methods}");
+    for m in [
+        "htable.dump",
+        "pike.top",
+        "permissions.addressReload",
+        "dlg.list",
+    ] {
         assert!(
             methods.as_array().unwrap().iter().any(|x| x == m),
             "{methods}"
         );
     }
+
+    let dlg = ctl_json(&srv, &["dlg.stats_active"]);
+    assert_eq!(dlg["active"]["all"], 0, "{dlg}");
 
     // kemi.route_latency prints a table: merged row, then one per shard
     let (code, table, err) = ctl(&srv, &["kemi.route_latency"]);

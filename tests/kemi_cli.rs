@@ -40,6 +40,54 @@ fn check_script_reports_missing_calls_with_lines() {
     assert!(!text.contains(":4:"), "{text}");
 }
 
+/// `--strict` with two scripts: per script, what sipshard lacks grouped by
+/// module (guarded calls and names only read too), exit 1 when anything is
+/// missing; a clean script alone passes.
+#[test]
+fn check_script_strict_groups_missing_names_by_module() {
+    let dir = TempDir::new("check-strict");
+    let a = dir.path("a.lua");
+    std::fs::write(
+        &a,
+        "function ksr_request_route()\n\
+         \x20 if KSR.rtpproxy then KSR.rtpproxy.rtpproxy_manage('co') end\n\
+         \x20 KSR.tm.t_relay_typo()\n\
+         \x20 KSR.tm.t_relay_typo()\n\
+         \x20 KSR.nosuch_core_fn()\n\
+         \x20 KSR.dialog.dlg_manage()\n\
+         end\n",
+    )
+    .unwrap();
+    let b = dir.path("b.lua");
+    std::fs::write(
+        &b,
+        "function ksr_request_route()\n  KSR.dialog.dlg_manage()\n  KSR.tm.t_relay()\nend\n",
+    )
+    .unwrap();
+    let (fa, fb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let (code, text) = run(&["check-script", "--strict", fa, fb]);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!("{fa}: 3 KSR name(s) missing in 3 module(s):")),
+        "{text}"
+    );
+    assert!(text.contains("  core: nosuch_core_fn (line 5)\n"), "{text}");
+    assert!(
+        text.contains("  rtpproxy: rtpproxy_manage (line 2)\n"),
+        "{text}"
+    );
+    assert!(text.contains("  tm: t_relay_typo (line 3, 4)\n"), "{text}");
+    assert!(
+        text.contains(&format!("{fb}: 2 KSR call(s), nothing missing")),
+        "{text}"
+    );
+    let (code, text) = run(&["check-script", "--strict", fb]);
+    assert_eq!(code, 0, "{text}");
+    // without --strict, one script at a time
+    let (code, text) = run(&["check-script", fa, fb]);
+    assert_eq!(code, 2, "{text}");
+}
+
 #[test]
 fn check_script_passes_the_bundled_script_and_fails_a_syntax_error() {
     let bundled = concat!(env!("CARGO_MANIFEST_DIR"), "/etc/sipshard.lua");

@@ -20,6 +20,11 @@
 //!
 //! Exit status: 0 clean (notes allowed), 1 on a syntax error, a load error
 //! or any missing call.
+//!
+//! `--strict` (any number of scripts): per script, everything sipshard does
+//! not export grouped by module (`core` for `KSR.<name>`), guarded calls
+//! and names only read included, so an operator sees at once what would
+//! stop each script; exit status 1 when any script has something missing.
 
 use std::collections::{BTreeSet, HashSet};
 
@@ -32,6 +37,9 @@ pub struct KsrRef {
     /// Followed by a call (`(`, a string or a table constructor).
     pub call: bool,
 }
+
+/// A missing name and the lines that use it.
+pub type NameLines = (String, Vec<usize>);
 
 /// What [`check`] found.
 #[derive(Debug, Default)]
@@ -87,6 +95,96 @@ impl Report {
         ));
         out
     }
+}
+
+impl Report {
+    /// Whether `--strict` finds something missing: a missing or guarded
+    /// call, an unknown name read, or a syntax/load error.
+    pub fn strict_ok(&self) -> bool {
+        self.ok() && self.guarded.is_empty() && self.unknown_reads.is_empty()
+    }
+
+    /// What sipshard lacks, by module: (module, [(name, lines)]), sorted.
+    pub fn missing_by_module(&self) -> Vec<(String, Vec<NameLines>)> {
+        use std::collections::BTreeMap;
+        let mut by: BTreeMap<String, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
+        let all = self
+            .missing
+            .iter()
+            .map(|(l, p)| (*l, p))
+            .chain(self.guarded.iter().map(|(l, p, _)| (*l, p)))
+            // a guard (`if KSR.rtpproxy then`) shows as its guarded calls
+            .chain(
+                self.unknown_reads
+                    .iter()
+                    .filter(|(_, p)| !self.guarded.iter().any(|(_, _, m)| m == p))
+                    .map(|(l, p)| (*l, p)),
+            );
+        for (line, path) in all {
+            let (module, name) = match path.split_once('.') {
+                Some((m, n)) => (m.to_string(), n.to_string()),
+                None => ("core".to_string(), path.clone()),
+            };
+            let lines = by.entry(module).or_default().entry(name).or_default();
+            if !lines.contains(&line) {
+                lines.push(line);
+            }
+        }
+        by.into_iter()
+            .map(|(m, names)| (m, names.into_iter().collect()))
+            .collect()
+    }
+
+    /// The `--strict` report of one script.
+    pub fn render_strict(&self, file: &str) -> String {
+        let mut out = String::new();
+        if let Some(e) = &self.syntax_error {
+            out.push_str(&format!("{file}: syntax error: {e}\n"));
+            return out;
+        }
+        if let Some(e) = &self.load_error {
+            out.push_str(&format!("{file}: load error: {e}\n"));
+        }
+        let groups = self.missing_by_module();
+        if groups.is_empty() {
+            out.push_str(&format!(
+                "{file}: {} KSR call(s), nothing missing\n",
+                self.calls
+            ));
+            return out;
+        }
+        let n: usize = groups.iter().map(|(_, v)| v.len()).sum();
+        out.push_str(&format!(
+            "{file}: {n} KSR name(s) missing in {} module(s):\n",
+            groups.len()
+        ));
+        for (module, names) in &groups {
+            let list: Vec<String> = names
+                .iter()
+                .map(|(name, lines)| {
+                    let l: Vec<String> = lines.iter().map(usize::to_string).collect();
+                    format!("{name} (line {})", l.join(", "))
+                })
+                .collect();
+            out.push_str(&format!("  {module}: {}\n", list.join(", ")));
+        }
+        out
+    }
+}
+
+/// `sipshard check-script --strict FILE...`: every script's missing names
+/// by module; Ok(true) when none is missing anything.
+pub fn run_cli_strict(files: &[std::path::PathBuf], load: bool) -> Result<bool, String> {
+    let exports = super::exports::exported_names()?;
+    let mut all_ok = true;
+    for file in files {
+        let src = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let name = file.display().to_string();
+        let r = check(&src, &name, &exports, load);
+        print!("{}", r.render_strict(&name));
+        all_ok &= r.strict_ok();
+    }
+    Ok(all_ok)
 }
 
 /// Checks `source` (named `name` in messages) against `exports` (paths

@@ -32,6 +32,8 @@
 //! | `KSR.is_proto(letters)` | `bool ()` | true when the letters name the receive protocol (`u` UDP, `t` TCP, `e` TLS, `s` SCTP, `v` WS, `w` WSS) |
 //! | `KSR.is_IPv4()` / `KSR.is_IPv6()` | `bool ()` | address family of the source |
 //! | `KSR.is_src_port(port)` / `KSR.is_dst_port(port)` | `bool (int)` | the source / local port equals `port` |
+//! | `KSR.set_advertised_address(addr)` | `int (str)` | 1; `addr` (`host`, an IPv6 in brackets) is written instead of the receiving address in this message's Via and Record-Route when it is relayed; -1 for an empty or malformed `addr` |
+//! | `KSR.set_advertised_port(port)` | `int (int)` | 1; likewise for the port; -1 outside 1..65535 |
 //! | `KSR.sipshard_test.panic(text)` | sipshard extension, test only | panics (only with `core.test_hooks = true`; proves a panicking callback is answered 500 and counted in `shard.panics`) |
 
 use std::rc::Rc;
@@ -209,6 +211,43 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 std::net::IpAddr::V6(v6) => format!("sip:[{v6}]:{}", src.port()),
             };
             Ok(uri_is_myself(&s, uri.as_bytes()))
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "set_advertised_address",
+        lua.create_function(move |_, addr: mlua::String| {
+            let a = addr.as_bytes();
+            let a = a.trim_ascii();
+            let host_ok = !a.is_empty()
+                && a.len() <= 255
+                && (a
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'-')
+                    || (a.first() == Some(&b'[')
+                        && a.last() == Some(&b']')
+                        && a.iter()
+                            .all(|c| c.is_ascii_hexdigit() || b"[]:.".contains(c))));
+            if !host_ok {
+                return Ok(-1);
+            }
+            let a = a.to_vec();
+            s.with_msg(|m| m.adv_addr = Some(a))?;
+            Ok(1)
+        })?,
+    )?;
+    let s = shared.clone();
+    ksr.set(
+        "set_advertised_port",
+        lua.create_function(move |_, port: i64| {
+            let Ok(p) = u16::try_from(port) else {
+                return Ok(-1);
+            };
+            if p == 0 {
+                return Ok(-1);
+            }
+            s.with_msg(|m| m.adv_port = Some(p))?;
+            Ok(1)
         })?,
     )?;
     let s = shared.clone();

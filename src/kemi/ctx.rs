@@ -107,6 +107,21 @@ pub struct MsgCtx {
     pub sanity_error: Option<(u16, &'static str)>,
     /// `$avp` / `$xavp` of this message (KSR.pv, KSR.pvx).
     pub pv: super::pv::PvMsg,
+    /// The message's dialog (KSR.dialog), once known.
+    pub dlg: Option<super::dialog_store::DlgId>,
+    /// `dlg_manage()` created that dialog on this message.
+    pub dlg_new: bool,
+    /// `KSR.set_advertised_address` / `set_advertised_port`: the host and
+    /// port written in this message's Via and Record-Route when relayed.
+    pub adv_addr: Option<Vec<u8>>,
+    pub adv_port: Option<u16>,
+    /// `$dlg_ctx(timeout_bye)` / `$dlg_ctx(timeout_int)` set before the
+    /// dialog exists (applied by `dlg_manage()`).
+    pub dlg_ctx_bye: Option<bool>,
+    pub dlg_ctx_timeout: Option<u64>,
+    /// `set_dlg_profile` before the dialog exists: (profile, value), added
+    /// when `dlg_manage()` creates it (at most 32).
+    pub dlg_profiles: Vec<(u16, Vec<u8>)>,
 }
 
 impl MsgCtx {
@@ -152,6 +167,13 @@ impl MsgCtx {
             nat_received: None,
             sanity_error: None,
             pv: Default::default(),
+            dlg: None,
+            dlg_new: false,
+            adv_addr: None,
+            adv_port: None,
+            dlg_ctx_bye: None,
+            dlg_ctx_timeout: None,
+            dlg_profiles: Vec::new(),
         }
     }
 
@@ -211,6 +233,13 @@ impl MsgCtx {
         self.nat_received = None;
         self.sanity_error = None;
         self.pv.clear();
+        self.dlg = None;
+        self.dlg_new = false;
+        self.adv_addr = None;
+        self.adv_port = None;
+        self.dlg_ctx_bye = None;
+        self.dlg_ctx_timeout = None;
+        self.dlg_profiles.clear();
     }
 
     /// Parses `buf[..len]` as one datagram.

@@ -52,6 +52,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("ndb_redis", include_str!("ndb_redis.rs")),
     ("jsonrpcs", include_str!("jsonrpcs.rs")),
     ("sipjson", include_str!("sipjson.rs")),
+    ("dialog", include_str!("dialog.rs")),
 ];
 
 /// One documented KSR function.

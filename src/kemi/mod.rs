@@ -22,6 +22,8 @@ mod cjson;
 mod core;
 mod corex;
 mod ctx;
+pub mod dialog;
+pub mod dialog_store;
 pub mod exports;
 pub mod fuzzing;
 mod hdr;
@@ -339,6 +341,8 @@ impl NamedRoutes {
 pub struct Engine {
     shared: Rc<Shared>,
     vm: RefCell<Rc<Vm>>,
+    /// Next dialog timer pass (dialog store clock, ms).
+    dlg_next_ms: Cell<u64>,
 }
 
 /// One loaded script: its VM and routes. Routes running in it hold an `Rc`.
@@ -574,6 +578,7 @@ impl Engine {
         lua.set_app_data(routes.clone());
         Ok(Engine {
             shared,
+            dlg_next_ms: Cell::new(0),
             vm: RefCell::new(Rc::new(Vm {
                 lua,
                 request_route,
@@ -669,6 +674,30 @@ impl Engine {
         self.shared.tm.has_output() || !self.shared.extra_out.borrow().is_empty()
     }
 
+    /// Dialog timers (once a second while dialogs or unanswered BYEs
+    /// exist): timeouts, BYE retransmissions and the BYEs the control plane
+    /// queued; what they send leaves with the next batch.
+    pub fn dlg_tick(&self) {
+        let d = &self.shared.services.tables.dialog;
+        if d.is_empty() && d.pending_byes() == 0 {
+            return;
+        }
+        let now = d.now_ms();
+        if now < self.dlg_next_ms.get() {
+            return;
+        }
+        self.dlg_next_ms.set(now + 1000);
+        dialog::tick(&self.shared, now);
+    }
+
+    /// The request route of `ctx` ended (dialog bookkeeping).
+    #[inline]
+    pub fn route_end(&self, ctx: &MsgCtx) {
+        if ctx.dlg_new {
+            dialog::route_end(&self.shared, ctx);
+        }
+    }
+
     /// After a route failed: when the VM is past half its
     /// `lua_max_memory_bytes`, a full collection now, so the garbage of a
     /// route stopped by the limit does not fail the next ones (LuaJIT has no
@@ -716,6 +745,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     ndb_redis::register(lua, ksr, shared)?;
     jsonrpcs::register(lua, ksr, shared)?;
     sipjson::register(lua, ksr, shared)?;
+    dialog::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -543,10 +543,11 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     pv.set(
         "sets",
-        lua.create_function(move |_, (name, value): (mlua::String, mlua::String)| {
+        lua.create_function(move |lua, (name, value): (mlua::String, mlua::String)| {
+            let name = name.to_str()?;
             set(
                 &s,
-                &name.to_str()?,
+                &sht_key_expanded(lua, &s, &name)?,
                 Some(PvValue::Str(value.as_bytes().to_vec())),
             )
         })?,
@@ -554,14 +555,22 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     pv.set(
         "seti",
-        lua.create_function(move |_, (name, value): (mlua::String, i64)| {
-            set(&s, &name.to_str()?, Some(PvValue::Int(value)))
+        lua.create_function(move |lua, (name, value): (mlua::String, i64)| {
+            let name = name.to_str()?;
+            set(
+                &s,
+                &sht_key_expanded(lua, &s, &name)?,
+                Some(PvValue::Int(value)),
+            )
         })?,
     )?;
     let s = shared.clone();
     pv.set(
         "unset",
-        lua.create_function(move |_, name: mlua::String| set(&s, &name.to_str()?, None))?,
+        lua.create_function(move |lua, name: mlua::String| {
+            let name = name.to_str()?;
+            set(&s, &sht_key_expanded(lua, &s, &name)?, None)
+        })?,
     )?;
     let s = shared.clone();
     pv.set(
@@ -575,13 +584,44 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     Ok(())
 }
 
+/// `$sht(table=>key)`-style names with the key's pseudo-variables
+/// evaluated (Kamailio parses the key as a format: `$sht(ipban=>$si)` is
+/// the entry named by the source IP). Other names are returned as they are.
+pub(super) fn sht_key_expanded<'a>(
+    lua: &Lua,
+    s: &Shared,
+    name: &'a str,
+) -> mlua::Result<std::borrow::Cow<'a, str>> {
+    use std::borrow::Cow;
+    if !name.starts_with("$sht") {
+        return Ok(Cow::Borrowed(name));
+    }
+    let Some((head, key)) = name.split_once("=>") else {
+        return Ok(Cow::Borrowed(name));
+    };
+    let Some(key) = key.strip_suffix(')') else {
+        return Ok(Cow::Borrowed(name));
+    };
+    if !key.contains('$') {
+        return Ok(Cow::Borrowed(name));
+    }
+    let Some(k) = eval_format(lua, s, key.as_bytes())? else {
+        return Ok(Cow::Borrowed(name));
+    };
+    Ok(Cow::Owned(format!(
+        "{head}=>{})",
+        String::from_utf8_lossy(&k)
+    )))
+}
+
 /// Reads a pseudo-variable as a Lua value; nil for null or unknown.
 pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
     if name.starts_with("$T_") {
         return super::tm::pv_get(lua, s, name);
     }
     if name.starts_with("$sht") {
-        if let Some(v) = super::htable::pv_get(lua, s, name) {
+        let name = sht_key_expanded(lua, s, name)?;
+        if let Some(v) = super::htable::pv_get(lua, s, &name) {
             return v;
         }
     }
@@ -591,7 +631,8 @@ pub(super) fn get(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Value> {
 /// Reads a pseudo-variable with its index and transformations.
 pub(super) fn get_val(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Val> {
     if name.starts_with("$sht") {
-        if let Some(v) = super::htable::pv_get(lua, s, name) {
+        let name = sht_key_expanded(lua, s, name)?;
+        if let Some(v) = super::htable::pv_get(lua, s, &name) {
             return Ok(match v? {
                 Value::Integer(i) => Val::Int(i),
                 Value::String(t) => Val::s(&t.as_bytes()),
@@ -632,6 +673,9 @@ fn module_pv_get(s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
         "redis" => Some(Ok(super::ndb_redis::pv_redis(s, spec.arg?))),
         "redisd" => Some(Ok(super::ndb_redis::pv_redisd(spec.arg?))),
         "jsonrpl" => Some(Ok(super::jsonrpcs::pv_jsonrpl(s, spec.arg?))),
+        "dlg" => Some(super::dialog::pv_dlg(s, spec.arg?)),
+        "dlg_var" => Some(super::dialog::pv_var_get(s, spec.arg?)),
+        "dlg_ctx" => Some(super::dialog::pv_ctx_get(s, spec.arg?)),
         _ => None,
     }
 }
@@ -653,12 +697,13 @@ pub(super) fn index_arg(s: &Shared, t: &str) -> Option<i64> {
 
 /// Setter side of [`module_pv_get`] (`value` None = unset).
 fn module_pv_set(
-    _s: &Shared,
+    s: &Shared,
     spec: &Spec<'_>,
-    _value: &Option<PvValue>,
+    value: &Option<PvValue>,
 ) -> Option<mlua::Result<bool>> {
-    #[allow(clippy::match_single_binding)]
     match spec.class {
+        "dlg_var" => Some(super::dialog::pv_var_set(s, spec.arg?, value)),
+        "dlg_ctx" => Some(super::dialog::pv_ctx_set(s, spec.arg?, value)),
         // "sht" => Some(super::htable::pv_set(s, spec.arg?, value)),
         _ => None,
     }
@@ -953,7 +998,7 @@ fn known_pv(name: &str) -> bool {
         "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
         "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "ua", "ci", "fu", "fU", "fd",
         "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt", "bs", "rb",
-        "cl", "cT", "ct", "au", "ar", "adu",
+        "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx",
     ];
     name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }

@@ -145,12 +145,28 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     rr.set(
         "loose_route",
-        lua.create_function(move |_, ()| s.with_msg(|m| loose_route(&s.myself, m, 0)))?,
+        lua.create_function(move |_, ()| {
+            s.with_msg(|m| {
+                let r = loose_route(&s.myself, m, 0);
+                if r > 0 {
+                    super::dialog::after_loose_route(&s, m);
+                }
+                r
+            })
+        })?,
     )?;
     let s = shared.clone();
     rr.set(
         "loose_route_mode",
-        lua.create_function(move |_, mode: i64| s.with_msg(|m| loose_route(&s.myself, m, mode)))?,
+        lua.create_function(move |_, mode: i64| {
+            s.with_msg(|m| {
+                let r = loose_route(&s.myself, m, mode);
+                if r > 0 {
+                    super::dialog::after_loose_route(&s, m);
+                }
+                r
+            })
+        })?,
     )?;
     let s = shared.clone();
     rr.set(
@@ -317,6 +333,11 @@ fn rr_line(out: &mut Vec<u8>, addr: &[u8], ftag: Option<&[u8]>, params: &[u8]) {
 /// listener, the first configured name.
 #[allow(dead_code)]
 fn local_address(s: &Shared, m: &MsgCtx) -> String {
+    if m.adv_addr.is_some() || m.adv_port.is_some() {
+        let mut out = Vec::with_capacity(48);
+        super::tm::push_sent_by(&mut out, m);
+        return String::from_utf8_lossy(&out).into_owned();
+    }
     let ip = m.local.ip();
     if ip.is_unspecified() {
         if let Some((h, p)) = s.myself.names.first() {

@@ -120,6 +120,8 @@ pub struct SharedTables {
     /// `KSR.jsonrpcs.exec`: the control plane's method registry, set once
     /// the control interface runs.
     pub rpc_exec: std::sync::OnceLock<super::jsonrpcs::ScriptRpc>,
+    /// KSR.dialog dialogs and profiles (`[dialog]`), lock-striped.
+    pub dialog: super::dialog_store::Dialogs,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -138,6 +140,7 @@ impl SharedTables {
         self.htable = super::htable::Htables::new(&config.htable);
         self.pike = super::pike::Pike::new(&config.pike);
         self.permissions_enabled = config.permissions.enable;
+        self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
         self
     }
 
@@ -174,6 +177,7 @@ impl SharedTables {
             permissions: super::permissions::AddressTable::default(),
             permissions_enabled: false,
             rpc_exec: std::sync::OnceLock::new(),
+            dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
         }
     }
 

@@ -43,8 +43,8 @@
 //! | `KSR.textops.str_any_in(s, chars)` / `str_all_in(s, chars)` | `int (str, str)` | 1 when any / all of `chars` occur in `s` / -1; sipshard extension (Kamailio 5.7+, not in 5.6) |
 //! | `KSR.textops.in_list_prefix(s, list, sep)` | `int (str, str, str)` | 1 some item of `list` is a prefix of `s` / -1 |
 //! | `KSR.textops.is_privacy(type)` | `int (str)` | 1 the Privacy header lists `type` (header, session, user, none, critical, id, history) / -1 |
-//! | `KSR.textops.replace_body_atonce(re, txt)` | `int (str, str)` | 1: every match replaced, matching over the whole body at once (`.` matches a newline, `^`/`$` only at its ends) / -1 |
-//! | `KSR.textops.regex_substring(itext, re, mindex, mcount, dpv)` | `int (str, str, int, int, str)` | 1: group `mindex` (0 the whole match) of the first match stored in `dpv` / -2 no match / -1 group unset, `mindex >= mcount`, bad expression or `dpv` not writable |
+//! | `KSR.textops.replace_body_atonce(re, txt)` | `int (str, str)` | 1: every match replaced, matching over the whole body at once (`.` matches a newline, `^`/`$` only at its ends; as in Kamailio 5.6 the body's last byte is left out) / -1 |
+//! | `KSR.textops.regex_substring(itext, re, mindex, mcount, dpv)` | `int (str, str, int, int, str)` | 1: group `mindex` (0 the whole match) of the first match stored in `dpv` / -2 no match (`^` never matches: Kamailio 5.6 searches the text as not starting a line) / -1 group unset, `mindex >= mcount`, bad expression or `dpv` not writable |
 //! | `KSR.textops.remove_hf_match(hf, op, expr)` | `int (str, str, str)` | 1: the `hf` headers whose value is equal to (`eq`), not equal to (`ne`), contains (`in`) or matches (`re`) `expr` removed / -2 none / -1 bad `op` |
 //! | `KSR.textops.is_audio_on_hold()` | `int ()` | 1 an SDP audio stream is held the RFC 2543 way (connection address 0.0.0.0), 2 the RFC 3264 way (`a=sendonly`/`a=inactive`) / -1 none or no SDP body |
 //! | `KSR.textopsx.msg_apply_changes()` | `int ()` | 1: edits written into the message, later reads see them / -1 (after the transaction exists, in tm's reply or failure routes, or when the result does not parse) |
@@ -878,7 +878,10 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             let txt = txt.as_bytes().to_vec();
             s.with_msg(|m| {
                 let base = m.parsed.body.start as usize;
-                let input = m.buf.get(base..m.len).unwrap_or(&[]);
+                // Kamailio 5.6 leaves the body's last byte out of the match
+                // (seen on the wire: `^v=0.+$` keeps the final newline).
+                let end = m.len.saturating_sub(1).max(base);
+                let input = m.buf.get(base..end).unwrap_or(&[]);
                 let mut subs = Vec::new();
                 for f in re.find_iter(input) {
                     if f.start() == f.end() {
@@ -909,8 +912,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 if mindex < 0 || mcount <= 0 || mindex >= mcount {
                     return Ok(-1);
                 }
-                let text = text.as_bytes();
-                let Some(caps) = re.captures(&text) else {
+                // Kamailio 5.6 matches as if the text did not start a line
+                // (`^` never matches): a newline in front, searched from 1,
+                // gives the same without multi-line mode.
+                let mut text = text.as_bytes().to_vec();
+                text.insert(0, b'\n');
+                let Some(caps) = re.captures_at(&text, 1) else {
                     return Ok(-2);
                 };
                 let Some(group) = caps.get(mindex as usize).map(|g| g.as_bytes().to_vec()) else {
@@ -1750,13 +1757,12 @@ fn audio_hold(sdp: &[u8]) -> i64 {
     // (null connection, held direction) of the session, then of the stream
     let (mut s_null, mut s_dir) = (false, false);
     let mut stream: Option<(bool, Option<bool>, Option<bool>)> = None; // audio?, null, dir
-    let verdict = |st: Option<(bool, Option<bool>, Option<bool>)>, s_null: bool, s_dir: bool| {
-        match st {
+    let verdict =
+        |st: Option<(bool, Option<bool>, Option<bool>)>, s_null: bool, s_dir: bool| match st {
             Some((true, null, _)) if null.unwrap_or(s_null) => 1,
             Some((true, _, dir)) if dir.unwrap_or(s_dir) => 2,
             _ => -1,
-        }
-    };
+        };
     for line in sdp.split(|c| *c == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let (Some(&kind), Some(b'=')) = (line.first(), line.get(1)) else {

@@ -61,6 +61,8 @@ pub struct TmUser {
     /// the request's lumps in the transaction the same way).
     pub edits: crate::sip::Edits,
     pub rr: super::rr::RrPending,
+    /// The dialog `dlg_manage()` created for this INVITE.
+    pub dlg: Option<super::dialog_store::DlgId>,
 }
 
 use super::tm_store::CreateError;
@@ -401,6 +403,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         flags: m.flags,
         src: Some(m.src),
         origin_shard: s.shard_id,
+        dlg: m.dlg.filter(|_| m.dlg_new),
         ..TmUser::default()
     };
     let invite = m.msg().method() == Some(Method::Invite);
@@ -418,6 +421,9 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         }
     };
     m.tm.cell = Some(id);
+    if let Some(d) = m.dlg.filter(|_| m.dlg_new) {
+        super::dialog::set_tx(s, d, id);
+    }
     if m.tm.fr.is_some() {
         apply_fr(s, id, m.tm.fr);
     }
@@ -833,7 +839,7 @@ fn write_request(
     mark_client_via(m, &mut e);
     let mut via = Vec::with_capacity(64);
     via.extend_from_slice(b"SIP/2.0/UDP ");
-    push_host_port(&mut via, m.local);
+    push_sent_by(&mut via, m);
     via.extend_from_slice(b";branch=");
     via.extend_from_slice(branch);
     e.prepend_via(&via);
@@ -874,6 +880,24 @@ fn mark_client_via(m: &MsgCtx, e: &mut crate::sip::Edits) {
     }
     let ip = m.src.ip().to_string();
     e.set_top_via_received(Some(ip.as_bytes()), rport);
+}
+
+/// Our `host:port` in a relayed request's Via: the receiving address, or
+/// what `set_advertised_address` / `set_advertised_port` set for it.
+pub(crate) fn push_sent_by(out: &mut Vec<u8>, m: &MsgCtx) {
+    if m.adv_addr.is_none() && m.adv_port.is_none() {
+        push_host_port(out, m.local);
+        return;
+    }
+    match &m.adv_addr {
+        Some(h) => out.extend_from_slice(h),
+        None => match m.local.ip() {
+            IpAddr::V4(v4) => out.extend_from_slice(v4.to_string().as_bytes()),
+            IpAddr::V6(v6) => out.extend_from_slice(format!("[{v6}]").as_bytes()),
+        },
+    }
+    out.push(b':');
+    out.extend_from_slice(m.adv_port.unwrap_or(m.local.port()).to_string().as_bytes());
 }
 
 pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
@@ -1042,15 +1066,23 @@ pub(super) async fn reply_flow(
     }
     let found = s.tm.match_response(&ctx.msg());
     let Some((id, b, is_cancel)) = found else {
-        forward_reply_stateless(&s, &mut ctx);
+        if !super::dialog::absorb_bye_reply(&s, &ctx) {
+            forward_reply_stateless(&s, &mut ctx);
+        }
         return (ctx, RouteOutcome::Done);
     };
     let code = ctx.msg().status().unwrap_or(0);
-    let Some((on_reply, origin)) =
-        s.tm.get_map(id, |c| (c.user.on_reply.clone(), c.user.origin_shard))
-    else {
+    let Some((on_reply, origin, dlg)) = s.tm.get_map(id, |c| {
+        (c.user.on_reply.clone(), c.user.origin_shard, c.user.dlg)
+    }) else {
         return (ctx, RouteOutcome::Done);
     };
+    if let (Some(d), false) = (dlg, is_cancel) {
+        ctx.dlg = Some(d);
+        if code < 300 {
+            super::dialog::on_reply(&s, d, &ctx);
+        }
+    }
     if origin != s.shard_id {
         s.counters.incr(crate::stats::Counter::TmForeignReplies);
     }
@@ -1082,7 +1114,11 @@ pub(super) async fn reply_flow(
     match action {
         RespAction::Absorbed => {}
         // Sent upstream already, in the same locked step.
-        RespAction::Forward(_) => {}
+        RespAction::Forward(_) => {
+            if let (Some(d), false, 300..) = (dlg, is_cancel, code) {
+                super::dialog::on_reply(&s, d, &ctx);
+            }
+        }
         RespAction::Completed => completed_flow(s.clone(), lua, routes, id).await,
     }
     (ctx, RouteOutcome::Done)
@@ -1118,9 +1154,10 @@ pub(super) async fn completed_flow(
             best,
             c.user.edits.clone(),
             c.user.rr.clone(),
+            c.user.dlg,
         )
     });
-    let Some((group, on_failure, req, src, flags, best, edits, rr)) = taken else {
+    let Some((group, on_failure, req, src, flags, best, edits, rr, dlg)) = taken else {
         return;
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1156,6 +1193,7 @@ pub(super) async fn completed_flow(
                 ctx.flags = flags;
                 ctx.edits = edits;
                 ctx.rr = rr;
+                ctx.dlg = dlg;
                 if let Some((b, code)) = best {
                     ctx.tm.branch_idx = Some(b);
                     ctx.tm.reply_code = code;
@@ -1175,6 +1213,14 @@ pub(super) async fn completed_flow(
             .unwrap_or(false);
     if open {
         forward_best(&s, id);
+    }
+    if let Some(d) = dlg {
+        let done =
+            s.tm.get_map(id, |c| c.is_final() && c.pending_branches() == 0)
+                .unwrap_or(true);
+        if done {
+            super::dialog::on_failed(&s, d);
+        }
     }
 }
 

@@ -55,6 +55,7 @@ pub(crate) fn register_builtin(r: &mut Registry) {
         .register("system.listMethods", list_methods);
     crate::rpc::kemi_methods::register(r);
     super::modules::register(r);
+    super::dialog::register(r);
 }
 
 async fn core_uptime(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod dialog;
 mod hlog_task;
 pub mod http;
 pub mod jsonrpc;

@@ -388,6 +388,7 @@ fn run_tasks(shard: &Rc<Shard>) {
             run_work(shard, work);
         }
     }
+    shard.engine.dlg_tick();
     if shard.ex.has_ready() {
         shard
             .ex
@@ -716,6 +717,9 @@ fn finish(
             &mut routes.reply
         };
         h.saturating_record(ns.max(1));
+    }
+    if request {
+        shard.engine.route_end(&ctx);
     }
     let counters = shard.counters();
     match outcome {

@@ -836,6 +836,48 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                     0
                 },
             ),
+            // dialog module statistics (Kamailio's dialog:* names), shared
+            // by every shard: reported once, by shard 0
+            (
+                "dialog.active_dialogs",
+                if shard.id == 0 {
+                    svc.tables.dialog.active() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "dialog.early_dialogs",
+                if shard.id == 0 {
+                    svc.tables.dialog.early() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "dialog.processed_dialogs",
+                if shard.id == 0 {
+                    svc.tables.dialog.stat_processed() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "dialog.expired_dialogs",
+                if shard.id == 0 {
+                    svc.tables.dialog.stat_expired() as i64
+                } else {
+                    0
+                },
+            ),
+            (
+                "dialog.failed_dialogs",
+                if shard.id == 0 {
+                    svc.tables.dialog.stat_failed() as i64
+                } else {
+                    0
+                },
+            ),
             ("db.retry_queue", svc.db_retry.borrow().len() as i64),
             ("shard.inflight", shard.inflight.get() as i64),
             ("shard.tasks", shard.ex.live() as i64),

@@ -84,6 +84,7 @@ counters! {
     TmBranches => "tm.branches", "branches relayed statefully";
     TmFull => "tm.full", "transactions refused: the table was full";
     TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
+    DialogFull => "dialog.full", "dlg_manage refused: the dialog table was full ([dialog] max_dialogs)";
     TmForeignReplies => "tm.foreign_replies", "replies handled by a shard other than the one whose route created their transaction";
     SqlopsQueries => "sqlops.queries", "KSR.sqlops queries a route waited for";
     SqlopsAsyncQueries => "sqlops.async_queries", "sql_query_async queries queued";
