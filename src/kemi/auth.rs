@@ -211,6 +211,7 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
         Ok(Ok(p)) => Ok(p),
         Ok(Err(AuthCode::Ok)) => Err(AuthCode::Ok.code()),
         Ok(Err(code)) => {
+            note_failure(s, code);
             s.counters.incr(if code == AuthCode::NonceExpired {
                 Counter::AuthStaleNonce
             } else {
@@ -219,6 +220,36 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
             Err(code.code())
         }
         Err(_) => Err(AuthCode::GenericError.code()),
+    }
+}
+
+/// `[flood] auth_failures_max`: a failure that says the sender does not
+/// hold the credentials (wrong password, unknown user, replayed nonce, auth
+/// user mismatch) counts against its source IP; enough of them ban it. A
+/// stale nonce or a request without credentials is the normal first step of
+/// a digest exchange and does not count, nor does a database failure.
+fn note_failure(s: &Rc<Shared>, code: AuthCode) {
+    if !matches!(
+        code,
+        AuthCode::InvalidPassword
+            | AuthCode::InvalidUser
+            | AuthCode::NonceReused
+            | AuthCode::AuthUserMismatch
+    ) {
+        return;
+    }
+    let flood = &s.services.tables.flood;
+    if flood.config().auth_failures_max == 0 {
+        return;
+    }
+    let Ok(ip) = s.with_msg(|m| m.src.ip()) else {
+        return;
+    };
+    if let crate::flood::Failure::Banned { until_ms } =
+        flood.auth_failed(ip, super::services::unix_now_ms())
+    {
+        s.counters.incr(Counter::FloodBans);
+        s.services.note_ban(ip, until_ms);
     }
 }
 
@@ -246,6 +277,7 @@ fn step_verify(
         code
     });
     let code = res.unwrap_or(AuthCode::GenericError);
+    note_failure(s, code);
     s.counters.incr(if code == AuthCode::Ok {
         Counter::AuthSuccess
     } else {
@@ -312,6 +344,9 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                 Ok(f) => f,
                 Err(e) => {
                     s.counters.incr(Counter::DbErrors);
+                    if matches!(e, crate::db::DbError::QueueFull) {
+                        s.counters.incr(Counter::DbQueueFull);
+                    }
                     svc.note_auth_db_failure(&e.to_string());
                     let _ = s.with_msg(|m| {
                         m.last_error = Some((500, "Server Internal Error"));

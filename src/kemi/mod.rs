@@ -488,9 +488,10 @@ impl Engine {
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
             pv: pv::PvState::new(cfg.defines),
-            limits: limits::ScriptLimits::new(
+            limits: limits::ScriptLimits::with_msg(
                 cfg.tuning.lua_max_instructions,
                 cfg.tuning.lua_max_memory_bytes,
+                limits::MsgLimits::from_tuning(cfg.tuning),
             ),
         });
         // A reload keeps the shard's state (reload.rs); the fresh one is dropped.

@@ -214,11 +214,17 @@ pub struct PvMsg {
     /// String bytes added to `avps`/`xavps` since [`PvMsg::clear`] (removals
     /// do not give them back: the bound is on what one message may add).
     bytes: usize,
+    /// `[shard] pv_max_value_bytes` / `pv_max_bytes_per_msg`
+    /// ([`PvMsg::set_limits`]); 0 = the defaults.
+    max_value_bytes: usize,
+    max_bytes: usize,
 }
 
-/// Largest `$var` / `$avp` / `$xavp` string value, bytes.
+/// Default largest `$var` / `$avp` / `$xavp` string value, bytes
+/// (`[shard] pv_max_value_bytes`).
 pub const MAX_PV_VALUE_BYTES: usize = 64 * 1024;
-/// String bytes one message may add to its `$avp`s and `$xavp`s.
+/// Default string bytes one message may add to its `$avp`s and `$xavp`s
+/// (`[shard] pv_max_bytes_per_msg`).
 pub const MAX_AVP_BYTES_PER_MSG: usize = 1 << 20;
 
 impl PvValue {
@@ -254,10 +260,24 @@ impl PvMsg {
         self.xavps.clear();
         self.bytes = 0;
     }
+    /// Bounds of this context (kept across [`PvMsg::clear`]): set once
+    /// when a shard makes the context.
+    pub fn set_limits(&mut self, max_value_bytes: usize, max_bytes_per_msg: usize) {
+        self.max_value_bytes = max_value_bytes;
+        self.max_bytes = max_bytes_per_msg;
+    }
     /// Takes `n` bytes of the message's budget; false (nothing taken) when
     /// the value or the total would be too large.
     fn take_bytes(&mut self, n: usize) -> bool {
-        if n > MAX_PV_VALUE_BYTES || self.bytes + n > MAX_AVP_BYTES_PER_MSG {
+        let max_value = match self.max_value_bytes {
+            0 => MAX_PV_VALUE_BYTES,
+            v => v,
+        };
+        let max_total = match self.max_bytes {
+            0 => MAX_AVP_BYTES_PER_MSG,
+            v => v,
+        };
+        if n > max_value || self.bytes.saturating_add(n) > max_total {
             return false;
         }
         self.bytes += n;
@@ -2032,16 +2052,17 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
         let mut vars = s.vars.borrow_mut();
         match value {
             Some(val) => {
-                if val.str_len() > MAX_PV_VALUE_BYTES {
+                if val.str_len() > s.limits.msg.pv_max_value_bytes {
                     drop(vars);
                     s.counters.incr(crate::stats::Counter::PvLimit);
                     return Ok(false);
                 }
                 // Bounded like every table: a runaway script cannot grow it forever.
-                if vars.len() >= MAX_VARS && !vars.contains_key(v) {
+                let max_vars = s.limits.msg.pv_max_vars;
+                if vars.len() >= max_vars && !vars.contains_key(v) {
                     s.counters.incr(crate::stats::Counter::PvLimit);
                     return Err(mlua::Error::RuntimeError(format!(
-                        "too many $var() names (max {MAX_VARS})"
+                        "too many $var() names (max {max_vars}: [shard] pv_max_vars)"
                     )));
                 }
                 vars.insert(v.to_string(), val);
@@ -2173,8 +2194,6 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
         ))),
     })?
 }
-
-const MAX_VARS: usize = 1024;
 
 /// A URI with its user, host or port replaced (`None` removes user/port).
 fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
