@@ -790,6 +790,12 @@ impl Future for RouteRun {
                         .counters
                         .add(crate::stats::Counter::EditLimit, u64::from(refused));
                 }
+                let refused = ctx.pv.take_refused();
+                if refused > 0 {
+                    this.shared
+                        .counters
+                        .add(crate::stats::Counter::PvLimit, u64::from(refused));
+                }
                 let outcome = match r {
                     Ok(()) if ctx.dropped => RouteOutcome::Drop,
                     Ok(()) => RouteOutcome::Done,

@@ -218,6 +218,9 @@ pub struct PvMsg {
     /// ([`PvMsg::set_limits`]); 0 = the defaults.
     max_value_bytes: usize,
     max_bytes: usize,
+    /// Writes refused by these bounds (or the name/value counts) since
+    /// [`PvMsg::take_refused`]: counted in `core.pv_limit` when the route ends.
+    refused: u32,
 }
 
 /// Default largest `$var` / `$avp` / `$xavp` string value, bytes
@@ -259,6 +262,15 @@ impl PvMsg {
         self.avps.clear();
         self.xavps.clear();
         self.bytes = 0;
+        self.refused = 0;
+    }
+    /// Writes refused since the last call.
+    pub fn take_refused(&mut self) -> u32 {
+        std::mem::take(&mut self.refused)
+    }
+    fn refuse(&mut self) -> bool {
+        self.refused = self.refused.saturating_add(1);
+        false
     }
     /// Bounds of this context (kept across [`PvMsg::clear`]): set once
     /// when a shard makes the context.
@@ -278,7 +290,7 @@ impl PvMsg {
             v => v,
         };
         if n > max_value || self.bytes.saturating_add(n) > max_total {
-            return false;
+            return self.refuse();
         }
         self.bytes += n;
         true
@@ -292,13 +304,13 @@ impl PvMsg {
         }
         if let Some((_, vals)) = self.avps.iter_mut().find(|(n, _)| n == name) {
             if vals.len() >= MAX_AVPS {
-                return false;
+                return self.refuse();
             }
             vals.insert(0, v);
             return true;
         }
         if self.avps.len() >= MAX_AVPS {
-            return false;
+            return self.refuse();
         }
         self.avps.push((name.to_string(), vec![v]));
         true
@@ -343,13 +355,13 @@ impl PvMsg {
         }
         if let Some(items) = self.xavp_mut(name) {
             if items.len() >= MAX_AVPS {
-                return false;
+                return self.refuse();
             }
             items.insert(0, item);
             return true;
         }
         if self.xavps.len() >= MAX_AVPS {
-            return false;
+            return self.refuse();
         }
         self.xavps.push((name.to_string(), vec![item]));
         true
