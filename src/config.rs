@@ -618,8 +618,8 @@ pub struct FloodConfig {
     /// dropping it. Banned sources are always dropped silently.
     pub answer_503: bool,
     /// Failed authentications (wrong password, unknown user, replayed
-    /// nonce, user mismatch) from one IP within `auth_failures_window_s`
-    /// that ban it; 0 = never ban.
+    /// nonce, user mismatch, forged nonce or unparseable credentials) from
+    /// one IP within `auth_failures_window_s` that ban it; 0 = never ban.
     pub auth_failures_max: u32,
     pub auth_failures_window_s: u64,
     /// How long a ban lasts; every ban expires.
