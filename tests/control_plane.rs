@@ -853,9 +853,16 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.challenges"], 2, "{st}");
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
-    // the 15 core and kemi methods plus 15 of htable, pike and permissions
-    assert_eq!(methods.as_array().unwrap().len(), 30, "{methods}");
-    for m in ["htable.dump", "pike.top", "permissions.addressReload"] {
+    // the 15 core and kemi methods plus 17 of htable, pike, flood and
+    // permissions
+    assert_eq!(methods.as_array().unwrap().len(), 32, "{methods}");
+    for m in [
+        "htable.dump",
+        "pike.top",
+        "flood.list",
+        "flood.unban",
+        "permissions.addressReload",
+    ] {
         assert!(
             methods.as_array().unwrap().iter().any(|x| x == m),
             "{methods}"
