@@ -80,7 +80,9 @@ pub struct SourceEntry {
 /// The shared flood-control table.
 pub struct Flood {
     cfg: FloodConfig,
-    stripes: Striped<HashMap<IpAddr, Source>>,
+    /// Keyed by the address as 128 bits (IPv4 mapped into IPv6): one
+    /// SipHash write per lookup.
+    stripes: Striped<HashMap<u128, Source>>,
     per_stripe: usize,
     /// The latest end of any ban ever issued: while `now` is past it no
     /// source can be banned, so a check with only bans configured takes no
@@ -104,6 +106,14 @@ impl Flood {
         self.cfg.enabled()
     }
 
+    /// Whether a request needs [`Flood::check`] at all: a rate is set, or
+    /// some ban was ever issued (until then a bans-only configuration costs
+    /// one atomic load and no clock read).
+    #[inline]
+    pub fn needs_check(&self) -> bool {
+        self.cfg.per_source_rate > 0 || self.ban_horizon_ms.load(Ordering::Relaxed) > 0
+    }
+
     pub fn config(&self) -> &FloodConfig {
         &self.cfg
     }
@@ -112,11 +122,29 @@ impl Flood {
         !self.cfg.exempt.is_empty() && self.cfg.exempt.contains(ip)
     }
 
-    fn key(ip: &IpAddr) -> [u8; 16] {
+    fn key(ip: &IpAddr) -> u128 {
         match ip {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-            IpAddr::V6(v6) => v6.octets(),
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(*v6),
         }
+    }
+
+    fn ip_of(key: u128) -> IpAddr {
+        let v6 = std::net::Ipv6Addr::from(key);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+
+    /// The stripe of `key`: a multiplicative mix of its two halves (cheaper
+    /// than hashing the bytes; within a stripe the map's SipHash keeps
+    /// chosen addresses from colliding).
+    fn stripe_of(&self, key: u128) -> std::sync::MutexGuard<'_, HashMap<u128, Source>> {
+        let folded = (key as u64) ^ ((key >> 64) as u64).rotate_left(17);
+        let mixed = folded.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.stripes
+            .at((mixed >> 32) as usize % self.stripes.parts())
     }
 
     fn burst_milli(&self) -> u64 {
@@ -161,7 +189,7 @@ impl Flood {
 
     /// Makes room for a new source in `stripe`; true when a source that
     /// still held state had to go.
-    fn make_room(&self, stripe: &mut HashMap<IpAddr, Source>, now_ms: u64) -> bool {
+    fn make_room(&self, stripe: &mut HashMap<u128, Source>, now_ms: u64) -> bool {
         if stripe.len() < self.per_stripe {
             return false;
         }
@@ -172,9 +200,9 @@ impl Flood {
         let victim = stripe
             .iter()
             .min_by_key(|(_, s)| (s.banned_until_ms > now_ms, s.last_ms))
-            .map(|(ip, _)| *ip);
-        if let Some(ip) = victim {
-            stripe.remove(&ip);
+            .map(|(k, _)| *k);
+        if let Some(k) = victim {
+            stripe.remove(&k);
         }
         true
     }
@@ -192,25 +220,29 @@ impl Flood {
         if self.exempt(&ip) {
             return pass;
         }
-        let mut stripe = self.stripes.get(&Self::key(&ip));
-        let mut evicted = false;
-        if !stripe.contains_key(&ip) {
-            if !limit {
-                // Only bans are configured and this source has none.
-                return pass;
-            }
-            evicted = self.make_room(&mut stripe, now_ms);
-            stripe.insert(ip, self.fresh(now_ms));
+        let key = Self::key(&ip);
+        let mut stripe = self.stripe_of(key);
+        // One hash lookup for a known source (the common case).
+        if let Some(s) = stripe.get_mut(&key) {
+            return self.judge(s, now_ms, false);
         }
-        let Some(s) = stripe.get_mut(&ip) else {
+        if !limit {
+            // Only bans are configured and this source has none.
             return pass;
-        };
+        }
+        let evicted = self.make_room(&mut stripe, now_ms);
+        let s = stripe.entry(key).or_insert_with(|| self.fresh(now_ms));
+        self.judge(s, now_ms, evicted)
+    }
+
+    /// The verdict on one request from the source `s`.
+    fn judge(&self, s: &mut Source, now_ms: u64, evicted: bool) -> Check {
         s.last_ms = now_ms;
         let verdict = if s.banned_until_ms > now_ms {
             Verdict::Banned
         } else {
             s.banned_until_ms = 0;
-            if limit {
+            if self.cfg.per_source_rate > 0 {
                 self.refill(s, now_ms);
                 if s.tokens_milli >= 1000 {
                     s.tokens_milli -= 1000;
@@ -235,12 +267,13 @@ impl Flood {
             return Failure::Counted;
         }
         let window_ms = self.cfg.auth_failures_window_s.saturating_mul(1000);
-        let mut stripe = self.stripes.get(&Self::key(&ip));
-        if !stripe.contains_key(&ip) {
+        let key = Self::key(&ip);
+        let mut stripe = self.stripe_of(key);
+        if !stripe.contains_key(&key) {
             self.make_room(&mut stripe, now_ms);
-            stripe.insert(ip, self.fresh(now_ms));
+            stripe.insert(key, self.fresh(now_ms));
         }
-        let Some(s) = stripe.get_mut(&ip) else {
+        let Some(s) = stripe.get_mut(&key) else {
             return Failure::Counted;
         };
         s.last_ms = now_ms;
@@ -262,8 +295,9 @@ impl Flood {
     /// Lifts the ban of `ip` and forgets its failures; false when it was
     /// not banned.
     pub fn unban(&self, ip: IpAddr, now_ms: u64) -> bool {
-        let mut stripe = self.stripes.get(&Self::key(&ip));
-        match stripe.get_mut(&ip) {
+        let key = Self::key(&ip);
+        let mut stripe = self.stripe_of(key);
+        match stripe.get_mut(&key) {
             Some(s) => {
                 let was = s.banned_until_ms > now_ms;
                 s.banned_until_ms = 0;
@@ -303,7 +337,7 @@ impl Flood {
         let mut out = Vec::new();
         for i in 0..self.stripes.parts() {
             let s = self.stripes.at(i);
-            for (ip, src) in s.iter() {
+            for (key, src) in s.iter() {
                 if out.len() >= max {
                     return out;
                 }
@@ -318,7 +352,7 @@ impl Flood {
                     continue;
                 }
                 out.push(SourceEntry {
-                    ip: *ip,
+                    ip: Self::ip_of(*key),
                     banned_until_s: banned.then(|| src.banned_until_ms.div_ceil(1000)),
                     auth_failures: failures,
                     dropped: src.dropped,
@@ -482,5 +516,8 @@ mod tests {
         assert_eq!(all[0].auth_failures, 2);
         assert_eq!(all[0].banned_until_s, None);
         assert!(f.list(false, 20_000, 10).is_empty(), "window over");
+        f.auth_failed(ip("2001:db8::7"), 30_000);
+        let all = f.list(false, 30_000, 10);
+        assert_eq!(all[0].ip, ip("2001:db8::7"), "IPv6 listed as such");
     }
 }

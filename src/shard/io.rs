@@ -608,6 +608,9 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
 /// (rate-limited) when it is not a pass.
 fn flood_check(shard: &Shard, src: SocketAddr) -> Verdict {
     let flood = &shard.engine.shared().services.tables.flood;
+    if !flood.needs_check() {
+        return Verdict::Pass;
+    }
     let c = flood.check(src.ip(), crate::kemi::services::unix_now_ms());
     let counters = shard.counters();
     if c.evicted {
