@@ -330,8 +330,9 @@ impl Flood {
         n
     }
 
-    /// Banned sources (`banned_only`), or every source with a ban or an
-    /// authentication failure; at most `max`.
+    /// Banned sources (`banned_only`), or every source with a ban, an
+    /// authentication failure in the window or a dropped request; at most
+    /// `max`.
     pub fn list(&self, banned_only: bool, now_ms: u64, max: usize) -> Vec<SourceEntry> {
         let window_ms = self.cfg.auth_failures_window_s.saturating_mul(1000);
         let mut out = Vec::new();
@@ -348,7 +349,7 @@ impl Flood {
                     } else {
                         0
                     };
-                if !banned && (banned_only || failures == 0) {
+                if !banned && (banned_only || (failures == 0 && src.dropped == 0)) {
                     continue;
                 }
                 out.push(SourceEntry {

@@ -1295,6 +1295,10 @@ fn flood_run(flood_toml: Option<&str>) {
     let rss_peak = rss_kb(&proxy);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent: Vec<u64> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+    if let (Proxy::Sipshard(s), Some(_)) = (&proxy, flood_toml) {
+        let list = rpc(s.rpc_port, "flood.list", json!(["ALL"]));
+        eprintln!("[flood] sources with drops or failures: {list}");
+    }
     assert_all_ok(&proxy, &[(&reg, REGS as u64)]);
     eprintln!(
         "flood: sent malformed {} scanner {} unknown-user REGISTER {}; \

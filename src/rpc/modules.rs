@@ -18,7 +18,7 @@
 //! | `htable.delete` | table, key | `"Ok. Key deleted."` |
 //! | `htable.flush` | table | `"Ok. Table flushed."` |
 //! | `pike.top` | – or `"ALL"`/`"HOT"`/`"WARM"` | `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"}]` (default HOT: blocked IPs) |
-//! | `flood.list` | – or `"BANNED"`/`"ALL"` | `[{"ip_addr", "banned", "expires", "auth_failures", "dropped"}]` (default BANNED; ALL adds sources with failed authentications in the window; `expires` is the Unix second the ban ends) |
+//! | `flood.list` | – or `"BANNED"`/`"ALL"` | `[{"ip_addr", "banned", "expires", "auth_failures", "dropped"}]` (default BANNED; ALL adds sources with failed authentications in the window or requests dropped; `expires` is the Unix second the ban ends) |
 //! | `flood.unban` | ip | `"Ok. Source unbanned."`; error 404 when it was not banned |
 //! | `permissions.addressReload` | – | `"Ok. Reload successful."` (reads the address table again) |
 //! | `permissions.addressDump` | – | `[{"grp", "ip_addr", "mask", "port", "tag"}]` |
