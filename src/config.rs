@@ -53,6 +53,9 @@ pub struct Config {
     pub htable: Vec<HtableDef>,
     /// Flood detection (Kamailio's pike module parameters).
     pub pike: PikeConfig,
+    /// Flood control before the route: per-source rate limit and bans after
+    /// failed authentications (sipshard).
+    pub flood: FloodConfig,
     /// Address permissions (Kamailio's permissions module, `address` table).
     pub permissions: PermissionsConfig,
     /// `KSR.sanity` (Kamailio's sanity module parameters).
@@ -416,6 +419,19 @@ pub struct ShardTuning {
     /// Bytes the shard's Lua VM may allocate; beyond it an allocation fails
     /// with a Lua error. 0 = no limit.
     pub lua_max_memory_bytes: usize,
+    /// Largest `$var` / `$avp` / `$xavp` string value; a larger write is
+    /// refused (false) and counted in `core.pv_limit`.
+    pub pv_max_value_bytes: usize,
+    /// String bytes one message's `$avp`s and `$xavp`s may add up to.
+    pub pv_max_bytes_per_msg: usize,
+    /// `$var()` names one shard may hold (a new one beyond it is a script
+    /// error, counted in `core.pv_limit`).
+    pub pv_max_vars: usize,
+    /// Header/body edits (`KSR.hdr.*`, textops) on one message, and the
+    /// bytes they may carry; beyond them an edit returns -1 and is counted
+    /// in `core.edit_limit`.
+    pub max_edits: usize,
+    pub max_edit_bytes: usize,
 }
 
 impl Default for ShardTuning {
@@ -438,6 +454,11 @@ impl Default for ShardTuning {
             dispatch: Dispatch::Local,
             lua_max_instructions: 50_000_000,
             lua_max_memory_bytes: 256 << 20,
+            pv_max_value_bytes: 64 << 10,
+            pv_max_bytes_per_msg: 1 << 20,
+            pv_max_vars: 1_024,
+            max_edits: 1_024,
+            max_edit_bytes: 128 << 10,
         }
     }
 }
@@ -792,6 +813,58 @@ impl Default for PikeConfig {
             remove_latency: 120,
             max_ips: 100_000,
         }
+    }
+}
+
+/// `[flood]`: flood control applied by the shard before the route runs
+/// (sipshard; Kamailio does this in the script with pike and an `ipban`
+/// htable). Everything is off by default: with both `per_source_rate` and
+/// `auth_failures_max` at 0 a request pays one branch.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FloodConfig {
+    /// Requests per second one source IP may send (a token bucket of
+    /// `per_source_burst`); 0 = no rate limit. Excess requests are dropped
+    /// (or answered 503 with `answer_503`) and counted in `flood.rate_limited`.
+    pub per_source_rate: u32,
+    /// Requests a source may send at once above its rate (the bucket size).
+    pub per_source_burst: u32,
+    /// Answer a rate-limited request `503 Service Unavailable` instead of
+    /// dropping it. Banned sources are always dropped silently.
+    pub answer_503: bool,
+    /// Failed authentications (wrong password, unknown user, replayed
+    /// nonce, user mismatch, forged nonce or unparseable credentials) from
+    /// one IP within `auth_failures_window_s` that ban it; 0 = never ban.
+    pub auth_failures_max: u32,
+    pub auth_failures_window_s: u64,
+    /// How long a ban lasts; every ban expires.
+    pub ban_time_s: u64,
+    /// Most source IPs tracked; beyond it idle (then the oldest) entries are
+    /// forgotten and `flood.table_full` counts it.
+    pub max_sources: usize,
+    /// Source IPs never limited nor banned (a trunk, an SBC, a monitor).
+    pub exempt: Vec<std::net::IpAddr>,
+}
+
+impl Default for FloodConfig {
+    fn default() -> Self {
+        FloodConfig {
+            per_source_rate: 0,
+            per_source_burst: 100,
+            answer_503: false,
+            auth_failures_max: 0,
+            auth_failures_window_s: 60,
+            ban_time_s: 300,
+            max_sources: 100_000,
+            exempt: Vec::new(),
+        }
+    }
+}
+
+impl FloodConfig {
+    /// Anything for the shard to check before the route.
+    pub fn enabled(&self) -> bool {
+        self.per_source_rate > 0 || self.auth_failures_max > 0
     }
 }
 
@@ -1206,6 +1279,19 @@ impl Config {
                 "sampling_time_unit, reqs_density_per_unit and max_ips must be at least 1",
             ));
         }
+        let f = &self.flood;
+        if f.max_sources == 0 {
+            return Err(self.invalid("flood.max_sources", "must be at least 1"));
+        }
+        if f.per_source_rate > 0 && f.per_source_burst == 0 {
+            return Err(self.invalid("flood.per_source_burst", "must be at least 1"));
+        }
+        if f.auth_failures_max > 0 && (f.auth_failures_window_s == 0 || f.ban_time_s == 0) {
+            return Err(self.invalid(
+                "flood",
+                "auth_failures_window_s and ban_time_s must be at least 1",
+            ));
+        }
         if !is_sql_ident(&self.permissions.address_table) {
             return Err(self.invalid("permissions.address_table", "must be a plain table name"));
         }
@@ -1301,6 +1387,20 @@ impl Config {
                 &key("lua_max_memory_bytes"),
                 "must be 0 (no limit) or at least 4194304 (4 MiB)",
             ));
+        }
+        if t.pv_max_value_bytes == 0
+            || t.pv_max_bytes_per_msg == 0
+            || t.pv_max_vars == 0
+            || t.max_edits == 0
+            || t.max_edit_bytes == 0
+        {
+            return Err(self.invalid(
+                &key("pv_max_* / max_edits / max_edit_bytes"),
+                "must be at least 1",
+            ));
+        }
+        if t.max_edits > u32::MAX as usize || t.max_edit_bytes > u32::MAX as usize {
+            return Err(self.invalid(&key("max_edits / max_edit_bytes"), "too large"));
         }
         if t.control_queue == 0 || t.dispatch_queue == 0 {
             return Err(self.invalid(&key("control_queue / dispatch_queue"), "must be at least 1"));
@@ -1456,6 +1556,7 @@ mod tests {
         assert_eq!(c.auth, d.auth);
         assert_eq!(c.registrar, d.registrar);
         assert_eq!(c.pike, d.pike);
+        assert_eq!(c.flood, d.flood);
         assert_eq!(c.permissions, d.permissions);
         assert_eq!(c.htable, d.htable);
         assert_eq!(c.sanity, d.sanity);

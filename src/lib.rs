@@ -12,6 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod db;
 pub mod exec;
+pub mod flood;
 pub mod kemi;
 pub mod loadgen;
 pub mod partition;

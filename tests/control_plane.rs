@@ -853,12 +853,14 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.challenges"], 2, "{st}");
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
-    // the 15 core and kemi methods plus 15 of htable, pike and permissions
-    // and 4 of dialog
-    assert_eq!(methods.as_array().unwrap().len(), 34, "{methods}");
+    // the 15 core and kemi methods plus 17 of htable, pike, flood and
+    // permissions and 4 of dialog
+    assert_eq!(methods.as_array().unwrap().len(), 36, "{methods}");
     for m in [
         "htable.dump",
         "pike.top",
+        "flood.list",
+        "flood.unban",
         "permissions.addressReload",
         "dlg.list",
     ] {

@@ -373,6 +373,29 @@ fn auth_survives_hang(db: TestDb) {
     assert_eq!(status(&r), 500, "{r}");
     assert!(started.elapsed() < Duration::from_millis(1_500));
 
+    // a slow database (every chunk 1.5 s late, past db_timeout_ms): bob's
+    // lookup is answered 500 in time, alice's cached credentials still work
+    relay.slow(1_500);
+    let started = Instant::now();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "bob",
+        DOMAIN,
+        "secret-b",
+        "b-slow",
+        1,
+        "Contact: <sip:bob@10.0.0.2>\r\n",
+    );
+    let took = started.elapsed();
+    assert_eq!(status(&r), 500, "slow database: {r}");
+    assert!(
+        took < Duration::from_millis(1_500),
+        "500 after {took:?} with a slow database (db_timeout_ms = 500)"
+    );
+    let r = register_with_auth(&c, srv.addr, "alice", DOMAIN, "secret-a", "a-3", 1, contact);
+    assert_eq!(status(&r), 200, "cached credentials, slow database: {r}");
+
     relay.set(PASS);
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut n = 3;
@@ -398,7 +421,7 @@ fn auth_survives_hang(db: TestDb) {
         n += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(counter(&srv, "auth.db_timeouts") >= 2);
+    assert!(counter(&srv, "auth.db_timeouts") >= 3);
     assert!(
         srv.log().contains("credentials not read"),
         "failure logged: {}",
@@ -499,6 +522,173 @@ fn usrloc_write_through_survives_cut_mariadb() {
 #[test]
 fn usrloc_write_back_survives_hang_mariadb() {
     usrloc_survives(TestDb::mariadb(), 2, PAUSE);
+}
+
+/// usrloc db_mode 3 (database only): lookups and saves read the database
+/// first, so with the database hung or gone they fail the way Kamailio's do
+/// (save answers 500, lookup returns -3 and the script answers 500) instead
+/// of answering from memory; nothing is acknowledged that is not in the
+/// database, and everything works again once it returns.
+const DB_ONLY_SCRIPT: &str = r#"
+function ksr_request_route()
+    if KSR.is_REGISTER() then
+        KSR.registrar.save("location", 0)
+        return KSR.x.exit()
+    end
+    local rc = KSR.registrar.lookup("location")
+    if rc == -3 then
+        KSR.sl.sl_send_reply(500, "Lookup Failed")
+        return KSR.x.exit()
+    elseif rc < 0 then
+        KSR.sl.sl_send_reply(404, "Not Found")
+        return KSR.x.exit()
+    end
+    KSR.hdr.append_to_reply("Contact: <" .. (KSR.pv.get("$ru") or "") .. ">\r\n")
+    KSR.sl.sl_send_reply(302, "Moved Temporarily")
+end
+"#;
+
+/// A MESSAGE to `user`: the reply's status.
+fn lookup_status(srv: &Server, user: &str) -> Option<u16> {
+    let s = client();
+    let r = exchange(
+        &s,
+        srv.addr,
+        request(&s, "MESSAGE", &format!("sip:{user}@{DOMAIN}"), "").as_bytes(),
+    )?;
+    Some(status(&r))
+}
+
+fn db_only_survives(db: TestDb, fault: u8) {
+    db.init(&[]);
+    let relay = Relay::start(upstream_of(&db));
+    let url = via_relay(&db, &relay);
+    let srv = start(
+        DB_ONLY_SCRIPT,
+        &url,
+        "query_timeout_ms = 500
+retry_interval_ms = 300
+         [auth]
+db_timeout_ms = 400
+         [registrar]
+db_mode = 3
+timer_interval_s = 1
+",
+    );
+    let before = users("pre", 5);
+    assert_eq!(register_all(&srv, &before).len(), before.len());
+    assert_eq!(wait_rows(&db.url, 5, Duration::from_secs(5)), 5);
+    assert_eq!(lookup_status(&srv, "pre0"), Some(302));
+
+    relay.set(fault);
+    let during = users("down", 10);
+    let started = Instant::now();
+    let acked = register_all(&srv, &during);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // Kamailio db_mode 3: the save fails (500), nothing is acknowledged
+    assert!(
+        acked.is_empty(),
+        "acknowledged without the database: {acked:?}"
+    );
+    let started = Instant::now();
+    assert_eq!(lookup_status(&srv, "pre1"), Some(500), "{}", srv.log());
+    assert!(started.elapsed() < Duration::from_millis(1_500));
+
+    relay.set(PASS);
+    let mut back = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if lookup_status(&srv, "pre1") == Some(302) {
+            back = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        back,
+        "lookups work again once the database returns\n{}",
+        srv.log()
+    );
+    let after = users("post", 5);
+    let acked_after = register_all(&srv, &after);
+    assert_eq!(acked_after.len(), after.len(), "{}", srv.log());
+    // every acknowledged registration is in the database: none lost
+    let rows = location_rows(&db.url);
+    for u in before.iter().chain(&acked).chain(&acked_after) {
+        assert!(rows.iter().any(|(user, _)| user == u), "{u} lost: {rows:?}");
+    }
+    for u in &during {
+        assert!(
+            !rows.iter().any(|(user, _)| user == u),
+            "{u} refused yet stored"
+        );
+    }
+}
+
+#[test]
+fn usrloc_db_only_hang_postgres() {
+    db_only_survives(TestDb::postgres(), PAUSE);
+}
+
+#[test]
+fn usrloc_db_only_cut_mariadb() {
+    db_only_survives(TestDb::mariadb(), CUT);
+}
+
+/// Routes waiting for a hung database are bounded by `[shard]
+/// max_inflight`: the excess is answered 503 at once and counted
+/// (`core.inflight_limit`); the waiting ones get their 500 in time.
+#[test]
+fn suspended_auth_routes_are_bounded_by_max_inflight() {
+    let db = TestDb::postgres();
+    db.init(&[]);
+    let relay = Relay::start(upstream_of(&db));
+    let url = via_relay(&db, &relay);
+    let srv = start(
+        include_str!("../etc/sipshard.lua"),
+        &url,
+        "[auth]\nsecret = \"k\"\ndb_timeout_ms = 1000\n[shard]\nmax_inflight = 2\n",
+    );
+    let c = client();
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(&c, "u0", DOMAIN, "inflight-0", 1, "").as_bytes(),
+    )
+    .expect("challenge");
+    assert_eq!(status(&r), 401, "{r}");
+    let challenge = header(&r, "WWW-Authenticate").unwrap();
+    relay.set(PAUSE);
+    const N: usize = 10;
+    for i in 1..=N {
+        let user = format!("u{i}");
+        let auth = digest_authorization(&challenge, &user, "pw", "REGISTER", "sip:example.com", 1);
+        let m = register_msg(
+            &c,
+            &user,
+            DOMAIN,
+            &format!("inflight-{i}"),
+            2,
+            &format!("Authorization: {auth}\r\n"),
+        );
+        c.send_to(m.as_bytes(), srv.addr).unwrap();
+    }
+    let (mut busy, mut failed) = (0, 0);
+    for _ in 0..N {
+        let Some(r) = recv(&c) else { break };
+        match status(&r) {
+            503 => busy += 1,
+            500 => failed += 1,
+            s => panic!("unexpected {s}: {r}"),
+        }
+    }
+    // two shards, two suspended routes each at most
+    assert!(failed <= 4, "{failed} waited");
+    assert_eq!(busy + failed, N, "every REGISTER answered");
+    assert!(busy >= N - 4);
+    assert_eq!(counter(&srv, "core.inflight_limit") as usize, busy);
+    assert!(srv.log().contains("max_inflight"), "{}", srv.log());
+    relay.set(PASS);
 }
 
 /// A slow database (every chunk delayed) still gets every write.

@@ -148,6 +148,17 @@ fn lower_layers_do_not_import_upper_ones() {
         ),
         ("partition.rs", &["crate::"]),
         (
+            "flood.rs",
+            &[
+                "crate::shard",
+                "crate::kemi",
+                "crate::rpc",
+                "crate::db",
+                "Instant::now",
+                "SystemTime::now",
+            ],
+        ),
+        (
             "exec.rs",
             &["crate::shard", "crate::kemi", "crate::transport"],
         ),

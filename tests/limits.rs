@@ -184,3 +184,72 @@ end
     assert_eq!(reason(&r), "appended 1024", "{r}");
     assert_eq!(counter(&srv, "core.edit_limit"), 1100 - 1024);
 }
+
+/// Each bound is a config key: set low, it is applied on the real binary and
+/// counted when hit (`[shard] max_edits`, `pv_max_value_bytes`,
+/// `pv_max_bytes_per_msg`, `pv_max_vars`, `[registrar]
+/// contacts_per_aor_cap`).
+#[test]
+fn configured_limits_are_applied_and_counted() {
+    let script = r#"
+function ksr_request_route()
+    if KSR.is_REGISTER() then
+        KSR.registrar.save("location", 0)
+        return
+    end
+    local user = KSR.pv.get("$rU")
+    if user == "edits" then
+        local n = 0
+        for i = 1, 20 do
+            if KSR.hdr.append("X-N: " .. i .. "\r\n") == 1 then n = n + 1 end
+        end
+        KSR.sl.sl_send_reply(200, "appended " .. n)
+    elseif user == "values" then
+        local small = KSR.pv.sets("$var(v)", string.rep("x", 100))
+        local big = KSR.pv.sets("$var(v)", string.rep("x", 101))
+        local a1 = KSR.pv.sets("$avp(a)", string.rep("y", 90))
+        local a2 = KSR.pv.sets("$avp(a)", string.rep("y", 90))
+        local a3 = KSR.pv.sets("$avp(a)", string.rep("y", 90))
+        KSR.sl.sl_send_reply(200, table.concat({tostring(small), tostring(big),
+            tostring(a1), tostring(a2), tostring(a3)}, " "))
+    elseif user == "vars" then
+        for i = 1, 10 do KSR.pv.sets("$var(n" .. i .. ")", "x") end
+        KSR.sl.sl_send_reply(200, "all set")
+    else
+        KSR.sl.sl_send_reply(200, "OK")
+    end
+end
+"#;
+    let srv = Server::start(ServerOpts {
+        script: Some(script),
+        cores: "1",
+        extra_toml: "[shard]\nmax_edits = 5\nmax_edit_bytes = 100000\n\
+                     pv_max_value_bytes = 100\npv_max_bytes_per_msg = 200\npv_max_vars = 4\n\
+                     [registrar]\ncontacts_per_aor_cap = 3\n",
+        ..ServerOpts::default()
+    });
+    let c = client();
+    let ask = |user: &str, extra: &str, method: &str| {
+        let m = request(&c, method, &format!("sip:{user}@{}", srv.addr), extra);
+        exchange(&c, srv.addr, m.as_bytes()).expect("answered")
+    };
+    let r = ask("edits", "", "OPTIONS");
+    assert_eq!(reason(&r), "appended 5", "{r}");
+    assert_eq!(counter(&srv, "core.edit_limit"), 15);
+    // $var value: 100 bytes set, 101 refused; $avp: the third value of 90
+    // bytes goes over the message's 200 bytes (names count too)
+    let r = ask("values", "", "OPTIONS");
+    assert_eq!(reason(&r), "true false true true false", "{r}");
+    assert_eq!(counter(&srv, "core.pv_limit"), 2);
+    // the 5th $var name is a script error: 500
+    let r = ask("vars", "", "OPTIONS");
+    assert_eq!(status(&r), 500, "{r}");
+    assert!(srv.log().contains("pv_max_vars"), "{}", srv.log());
+    assert_eq!(counter(&srv, "core.pv_limit"), 3);
+    let contacts = "Contact: <sip:1@a>, <sip:2@a>, <sip:3@a>, <sip:4@a>\r\n";
+    let r = ask("bob", contacts, "REGISTER");
+    assert_eq!(status(&r), 503, "{r}");
+    assert_eq!(counter(&srv, "registrar.too_many_contacts"), 1);
+    let r = ask("bob", "Contact: <sip:1@a>, <sip:2@a>\r\n", "REGISTER");
+    assert_eq!(status(&r), 200, "{r}");
+}

@@ -247,6 +247,11 @@ impl Proxy {
     /// subscriber table, usrloc, htable "ipban", pike (`pike_density`
     /// requests per 2 s), nathelper, permissions over `db`'s address table.
     fn start_basic(db: &TestDb, lua: &str, pike_density: u32) -> Proxy {
+        Self::start_basic_with(db, lua, pike_density, "")
+    }
+
+    /// [`Proxy::start_basic`] with more sipshard TOML (ignored by Kamailio).
+    fn start_basic_with(db: &TestDb, lua: &str, pike_density: u32, extra: &str) -> Proxy {
         if kamailio_selected() {
             return Proxy::Kamailio(Kamailio::start_cfg(
                 "basic.cfg",
@@ -260,7 +265,7 @@ impl Proxy {
         }
         let script = std::fs::read_to_string(lua).unwrap();
         let toml = format!(
-            "[db]\nurl = \"{}\"\n{}",
+            "[db]\nurl = \"{}\"\n{}\n{extra}",
             db.url,
             BASIC_TOML.replace("@PIKE_DENSITY@", &pike_density.to_string())
         );
@@ -1227,10 +1232,33 @@ fn unknown_register(n: u64, local: SocketAddr) -> Vec<u8> {
 /// and the server's memory stays bounded.
 #[test]
 fn legitimate_registrations_survive_a_flood() {
+    flood_run(None);
+}
+
+/// The same flood with pike out of the way (density never reached) and
+/// sipshard's `[flood]` doing the work before the route: every source is
+/// rate-limited at 2 500 requests/s (the legitimate one sends 2 000: REGISTER
+/// and its authenticated retry), and the unknown-user sources are banned
+/// after 20 failed authentications.
+#[test]
+fn legitimate_registrations_survive_a_flood_with_flood_control() {
+    if kamailio_selected() {
+        return; // [flood] is sipshard's
+    }
+    flood_run(Some(
+        "[flood]\nper_source_rate = 2500\nper_source_burst = 2500\n\
+         auth_failures_max = 20\nauth_failures_window_s = 60\nban_time_s = 300\n",
+    ));
+}
+
+fn flood_run(flood_toml: Option<&str>) {
     const REGS: u32 = 5000;
     const RSS_BOUND_KB: u64 = 256 * 1024;
     let db = basic_db();
-    let proxy = Proxy::start_basic(&db, &basic_lua(), 30);
+    let proxy = match flood_toml {
+        None => Proxy::start_basic(&db, &basic_lua(), 30),
+        Some(t) => Proxy::start_basic_with(&db, &basic_lua(), 1_000_000, t),
+    };
     let rss0 = rss_kb(&proxy);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let to = proxy.addr();
@@ -1267,6 +1295,10 @@ fn legitimate_registrations_survive_a_flood() {
     let rss_peak = rss_kb(&proxy);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sent: Vec<u64> = floods.into_iter().map(|h| h.join().unwrap()).collect();
+    if let (Proxy::Sipshard(s), Some(_)) = (&proxy, flood_toml) {
+        let list = rpc(s.rpc_port, "flood.list", json!(["ALL"]));
+        eprintln!("[flood] sources with drops or failures: {list}");
+    }
     assert_all_ok(&proxy, &[(&reg, REGS as u64)]);
     eprintln!(
         "flood: sent malformed {} scanner {} unknown-user REGISTER {}; \
@@ -1282,9 +1314,36 @@ fn legitimate_registrations_survive_a_flood() {
             "server RSS {b} kB (from {a} kB) above the {RSS_BOUND_KB} kB bound"
         );
     }
-    if let Proxy::Sipshard(s) = &proxy {
+    let Proxy::Sipshard(s) = &proxy else {
+        return;
+    };
+    let stat = |name: &str| {
+        rpc(s.rpc_port, "stats.fetch", json!([name]))[name]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    if flood_toml.is_none() {
         // the scanner and the malformed source ended up banned
         let v = rpc(s.rpc_port, "htable.get", json!(["ipban", "127.0.0.3"]));
         assert_eq!(v["item"]["value"], 1, "scanner banned: {v}");
+        return;
     }
+    let (limited, bans, dropped) = (
+        stat("flood.rate_limited"),
+        stat("flood.bans"),
+        stat("flood.banned_drops"),
+    );
+    eprintln!("[flood]: rate_limited {limited}, bans {bans}, banned_drops {dropped}");
+    assert!(limited > 0, "the 3 000/s sources were rate-limited");
+    assert_eq!(bans, 2, "both unknown-user sources banned");
+    let list = rpc(s.rpc_port, "flood.list", json!([]));
+    let mut banned: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["ip_addr"].as_str())
+        .collect();
+    banned.sort();
+    assert_eq!(banned, ["127.0.0.4", "127.0.0.5"], "{list}");
+    assert!(dropped > 1000, "their REGISTERs dropped before the route");
 }

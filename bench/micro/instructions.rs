@@ -14,6 +14,12 @@
 //!   route_register  the default script, REGISTER with stale credentials (401)
 //!   route_save      `KSR.registrar.save("location", 0)` of a REGISTER (refresh, 200)
 //!   route_lua       a Lua-heavy route: string/table work, no KSR call but the reply
+//!
+//! Flood control modes (what `[flood]` adds to each request before parsing,
+//! clock read included; sources rotate over 1 000 IPs):
+//!   flood_off       `[flood]` off: the shard's one branch
+//!   flood_rate      `per_source_rate` on (token bucket per source)
+//!   flood_bans      only `auth_failures_max` on, no ban issued yet
 
 use std::rc::Rc;
 
@@ -119,11 +125,42 @@ fn route(script: &str, msg: &[u8], n: usize) {
     println!("first route: {first}; lua: {}", sipshard::kemi::LUA_FLAVOUR);
 }
 
+/// `n` flood checks as the shard makes them (`shard::io::on_datagram`).
+fn flood(what: &str, n: usize) {
+    let mut cfg = sipshard::config::FloodConfig::default();
+    match what {
+        "flood_rate" => {
+            cfg.per_source_rate = 1_000_000;
+            cfg.per_source_burst = 1_000_000;
+        }
+        "flood_bans" => cfg.auth_failures_max = 10,
+        _ => {}
+    }
+    let flood = sipshard::flood::Flood::new(&cfg);
+    let on = std::hint::black_box(cfg.enabled());
+    let mut passed = 0usize;
+    for i in 0..n {
+        let ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0xc000_0200 + (i % 1000) as u32));
+        if on && flood.needs_check() {
+            let c = flood.check(
+                std::hint::black_box(ip),
+                sipshard::kemi::services::unix_now_ms(),
+            );
+            if c.verdict != sipshard::flood::Verdict::Pass {
+                continue;
+            }
+        }
+        passed += 1;
+    }
+    println!("{what} x{n}: {passed} passed");
+}
+
 fn main() {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "parse_reply".into());
     let n: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     match what.as_str() {
+        "flood_off" | "flood_rate" | "flood_bans" => return flood(&what, n),
         "route_options" => return route(DEFAULT_SCRIPT, OPTIONS, n),
         "route_register" => return route(DEFAULT_SCRIPT, REGISTER, n),
         "route_save" => return route(SAVE, REGISTER, n),

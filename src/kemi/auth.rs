@@ -24,6 +24,12 @@
 //! compatibility; credentials come from the configured database's
 //! `subscriber` table (Kamailio's default columns).
 //!
+//! With `[flood] auth_failures_max` set (sipshard), a check that fails
+//! with -2, -3, -6, -8, or -1 for a credentials header that cannot be used
+//! (unparseable, a nonce this server did not make) counts against the
+//! source IP; enough failures within the window ban it before any route
+//! runs (`flood.list`). -4 (stale) and -5 (no credentials) do not count.
+//!
 //! `[auth]` carries the auth/auth_db modparam names and defaults:
 //! `nonce_expire` 300 s; `nonce_count` off, so a nonce may be reused with
 //! the same `nc` until it expires (on: -6 for a replay; a UDP retransmission,
@@ -211,6 +217,11 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
         Ok(Ok(p)) => Ok(p),
         Ok(Err(AuthCode::Ok)) => Err(AuthCode::Ok.code()),
         Ok(Err(code)) => {
+            // -1 here is a credentials header we cannot use: unparseable,
+            // or a nonce we did not make (forged, tampered)
+            if !matches!(code, AuthCode::NonceExpired | AuthCode::NoCredentials) {
+                note_failure(s);
+            }
             s.counters.incr(if code == AuthCode::NonceExpired {
                 Counter::AuthStaleNonce
             } else {
@@ -219,6 +230,28 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
             Err(code.code())
         }
         Err(_) => Err(AuthCode::GenericError.code()),
+    }
+}
+
+/// `[flood] auth_failures_max`: a failure that says the sender does not
+/// hold the credentials (wrong password, unknown user, replayed nonce, auth
+/// user mismatch, a forged or unparseable credentials header) counts
+/// against its source IP; enough of them ban it. A stale nonce or a request
+/// without credentials is the normal first step of a digest exchange and
+/// does not count, nor does a database failure.
+fn note_failure(s: &Rc<Shared>) {
+    let flood = &s.services.tables.flood;
+    if flood.config().auth_failures_max == 0 {
+        return;
+    }
+    let Ok(ip) = s.with_msg(|m| m.src.ip()) else {
+        return;
+    };
+    if let crate::flood::Failure::Banned { until_ms } =
+        flood.auth_failed(ip, super::services::unix_now_ms())
+    {
+        s.counters.incr(Counter::FloodBans);
+        s.services.note_ban(ip, until_ms);
     }
 }
 
@@ -246,6 +279,15 @@ fn step_verify(
         code
     });
     let code = res.unwrap_or(AuthCode::GenericError);
+    if matches!(
+        code,
+        AuthCode::InvalidPassword
+            | AuthCode::InvalidUser
+            | AuthCode::NonceReused
+            | AuthCode::AuthUserMismatch
+    ) {
+        note_failure(s);
+    }
     s.counters.incr(if code == AuthCode::Ok {
         Counter::AuthSuccess
     } else {
@@ -312,6 +354,9 @@ async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32
                 Ok(f) => f,
                 Err(e) => {
                     s.counters.incr(Counter::DbErrors);
+                    if matches!(e, crate::db::DbError::QueueFull) {
+                        s.counters.incr(Counter::DbQueueFull);
+                    }
                     svc.note_auth_db_failure(&e.to_string());
                     let _ = s.with_msg(|m| {
                         m.last_error = Some((500, "Server Internal Error"));

@@ -125,6 +125,14 @@ pub struct MsgCtx {
 }
 
 impl MsgCtx {
+    /// Applies the shard's per-message bounds (`[shard] max_edits`,
+    /// `pv_max_*`): once, when the shard makes the context.
+    pub fn set_limits(&mut self, l: &super::limits::MsgLimits) {
+        self.edits.set_limits(l.max_edits, l.max_edit_bytes);
+        self.pv
+            .set_limits(l.pv_max_value_bytes, l.pv_max_bytes_per_msg);
+    }
+
     /// A context whose buffer grows to the datagram it holds (up to
     /// `max_msg_bytes + 1`: one spare byte tells a truncated datagram apart).
     pub fn new(max_msg_bytes: usize, max_headers: usize) -> MsgCtx {

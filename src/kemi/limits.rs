@@ -26,8 +26,44 @@ use mlua::{HookTriggers, Lua, Thread, VmState};
 use super::Shared;
 use crate::stats::Counter;
 
+/// Bounds on what a route may add to a message and to the shard's
+/// `$var`s (`[shard]` keys), read once when the shard starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsgLimits {
+    /// `pv_max_value_bytes`: largest `$var` / `$avp` / `$xavp` string value.
+    pub pv_max_value_bytes: usize,
+    /// `pv_max_bytes_per_msg`: string bytes one message's `$avp`s and
+    /// `$xavp`s may add up to.
+    pub pv_max_bytes_per_msg: usize,
+    /// `pv_max_vars`: `$var()` names a shard may hold.
+    pub pv_max_vars: usize,
+    /// `max_edits` / `max_edit_bytes`: header/body edits on one message.
+    pub max_edits: usize,
+    pub max_edit_bytes: usize,
+}
+
+impl MsgLimits {
+    pub fn from_tuning(t: &crate::config::ShardTuning) -> MsgLimits {
+        MsgLimits {
+            pv_max_value_bytes: t.pv_max_value_bytes,
+            pv_max_bytes_per_msg: t.pv_max_bytes_per_msg,
+            pv_max_vars: t.pv_max_vars,
+            max_edits: t.max_edits,
+            max_edit_bytes: t.max_edit_bytes,
+        }
+    }
+}
+
+impl Default for MsgLimits {
+    fn default() -> Self {
+        MsgLimits::from_tuning(&crate::config::ShardTuning::default())
+    }
+}
+
 /// Per-shard limit state (in [`Shared`]).
 pub struct ScriptLimits {
+    /// Per-message and `$var` bounds.
+    pub msg: MsgLimits,
     /// `[shard] lua_max_instructions`; 0 = no limit.
     pub max_instructions: u64,
     /// `[shard] lua_max_memory_bytes`; 0 = no limit.
@@ -44,10 +80,19 @@ pub struct ScriptLimits {
 
 impl ScriptLimits {
     pub fn new(max_instructions: u64, max_memory_bytes: usize) -> ScriptLimits {
+        ScriptLimits::with_msg(max_instructions, max_memory_bytes, MsgLimits::default())
+    }
+
+    pub fn with_msg(
+        max_instructions: u64,
+        max_memory_bytes: usize,
+        msg: MsgLimits,
+    ) -> ScriptLimits {
         // Fine enough to stop close to the limit, coarse enough that the
         // hook itself costs nothing measurable (it runs once per `step`).
         let step = (max_instructions / 20).clamp(1_000, 1_000_000) as u32;
         ScriptLimits {
+            msg,
             max_instructions,
             max_memory_bytes,
             step,
@@ -335,7 +380,8 @@ end
         assert_eq!(global_int(&eng, "big_set"), 0);
         assert_eq!(global_int(&eng, "avp_big_set"), 0);
         let c = eng.shared().counters.values();
-        assert_eq!(c[Counter::PvLimit as usize], 1);
+        // $var(big), $avp(a) and the 23 $avp(b) values beyond the budget
+        assert_eq!(c[Counter::PvLimit as usize], 25);
         // 1 MiB of $avp per message: 17 values of 60 000 bytes (+ name).
         assert_eq!(global_int(&eng, "avp_n"), 17);
         // The budget is per message: the next one starts afresh.

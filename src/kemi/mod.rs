@@ -503,9 +503,10 @@ impl Engine {
             extra_out: RefCell::new(Vec::new()),
             route_times: RefCell::new(Vec::new()),
             pv: pv::PvState::new(cfg.defines),
-            limits: limits::ScriptLimits::new(
+            limits: limits::ScriptLimits::with_msg(
                 cfg.tuning.lua_max_instructions,
                 cfg.tuning.lua_max_memory_bytes,
+                limits::MsgLimits::from_tuning(cfg.tuning),
             ),
             sql: Default::default(),
             redis: Default::default(),
@@ -836,6 +837,12 @@ impl Future for RouteRun {
                     this.shared
                         .counters
                         .add(crate::stats::Counter::EditLimit, u64::from(refused));
+                }
+                let refused = ctx.pv.take_refused();
+                if refused > 0 {
+                    this.shared
+                        .counters
+                        .add(crate::stats::Counter::PvLimit, u64::from(refused));
                 }
                 let outcome = match r {
                     Ok(()) if ctx.dropped => RouteOutcome::Drop,

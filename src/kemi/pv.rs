@@ -214,11 +214,20 @@ pub struct PvMsg {
     /// String bytes added to `avps`/`xavps` since [`PvMsg::clear`] (removals
     /// do not give them back: the bound is on what one message may add).
     bytes: usize,
+    /// `[shard] pv_max_value_bytes` / `pv_max_bytes_per_msg`
+    /// ([`PvMsg::set_limits`]); 0 = the defaults.
+    max_value_bytes: usize,
+    max_bytes: usize,
+    /// Writes refused by these bounds (or the name/value counts) since
+    /// [`PvMsg::take_refused`]: counted in `core.pv_limit` when the route ends.
+    refused: u32,
 }
 
-/// Largest `$var` / `$avp` / `$xavp` string value, bytes.
+/// Default largest `$var` / `$avp` / `$xavp` string value, bytes
+/// (`[shard] pv_max_value_bytes`).
 pub const MAX_PV_VALUE_BYTES: usize = 64 * 1024;
-/// String bytes one message may add to its `$avp`s and `$xavp`s.
+/// Default string bytes one message may add to its `$avp`s and `$xavp`s
+/// (`[shard] pv_max_bytes_per_msg`).
 pub const MAX_AVP_BYTES_PER_MSG: usize = 1 << 20;
 
 impl PvValue {
@@ -253,12 +262,35 @@ impl PvMsg {
         self.avps.clear();
         self.xavps.clear();
         self.bytes = 0;
+        self.refused = 0;
+    }
+    /// Writes refused since the last call.
+    pub fn take_refused(&mut self) -> u32 {
+        std::mem::take(&mut self.refused)
+    }
+    fn refuse(&mut self) -> bool {
+        self.refused = self.refused.saturating_add(1);
+        false
+    }
+    /// Bounds of this context (kept across [`PvMsg::clear`]): set once
+    /// when a shard makes the context.
+    pub fn set_limits(&mut self, max_value_bytes: usize, max_bytes_per_msg: usize) {
+        self.max_value_bytes = max_value_bytes;
+        self.max_bytes = max_bytes_per_msg;
     }
     /// Takes `n` bytes of the message's budget; false (nothing taken) when
     /// the value or the total would be too large.
     fn take_bytes(&mut self, n: usize) -> bool {
-        if n > MAX_PV_VALUE_BYTES || self.bytes + n > MAX_AVP_BYTES_PER_MSG {
-            return false;
+        let max_value = match self.max_value_bytes {
+            0 => MAX_PV_VALUE_BYTES,
+            v => v,
+        };
+        let max_total = match self.max_bytes {
+            0 => MAX_AVP_BYTES_PER_MSG,
+            v => v,
+        };
+        if n > max_value || self.bytes.saturating_add(n) > max_total {
+            return self.refuse();
         }
         self.bytes += n;
         true
@@ -272,13 +304,13 @@ impl PvMsg {
         }
         if let Some((_, vals)) = self.avps.iter_mut().find(|(n, _)| n == name) {
             if vals.len() >= MAX_AVPS {
-                return false;
+                return self.refuse();
             }
             vals.insert(0, v);
             return true;
         }
         if self.avps.len() >= MAX_AVPS {
-            return false;
+            return self.refuse();
         }
         self.avps.push((name.to_string(), vec![v]));
         true
@@ -323,13 +355,13 @@ impl PvMsg {
         }
         if let Some(items) = self.xavp_mut(name) {
             if items.len() >= MAX_AVPS {
-                return false;
+                return self.refuse();
             }
             items.insert(0, item);
             return true;
         }
         if self.xavps.len() >= MAX_AVPS {
-            return false;
+            return self.refuse();
         }
         self.xavps.push((name.to_string(), vec![item]));
         true
@@ -2095,16 +2127,17 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
         let mut vars = s.vars.borrow_mut();
         match value {
             Some(val) => {
-                if val.str_len() > MAX_PV_VALUE_BYTES {
+                if val.str_len() > s.limits.msg.pv_max_value_bytes {
                     drop(vars);
                     s.counters.incr(crate::stats::Counter::PvLimit);
                     return Ok(false);
                 }
                 // Bounded like every table: a runaway script cannot grow it forever.
-                if vars.len() >= MAX_VARS && !vars.contains_key(v) {
+                let max_vars = s.limits.msg.pv_max_vars;
+                if vars.len() >= max_vars && !vars.contains_key(v) {
                     s.counters.incr(crate::stats::Counter::PvLimit);
                     return Err(mlua::Error::RuntimeError(format!(
-                        "too many $var() names (max {MAX_VARS})"
+                        "too many $var() names (max {max_vars}: [shard] pv_max_vars)"
                     )));
                 }
                 vars.insert(v.to_string(), val);
@@ -2236,8 +2269,6 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
         ))),
     })?
 }
-
-const MAX_VARS: usize = 1024;
 
 /// A URI with its user, host or port replaced (`None` removes user/port).
 fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {

@@ -22,6 +22,14 @@ use crate::usrloc::{
     RegistrarParams, RuidGen, SaveError, SaveFlags, SaveOutcome, SaveRequest, Ucontact, Unregister,
 };
 
+/// Unix milliseconds now.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Unix seconds now (the KSR layer's clock; the pure modules take it as input).
 pub fn unix_now_s() -> u64 {
     SystemTime::now()
@@ -113,6 +121,9 @@ pub struct SharedTables {
     pub htable: super::htable::Htables,
     /// KSR.pike per-IP counters, lock-striped by IP.
     pub pike: super::pike::Pike,
+    /// `[flood]`: per-source rate limit and auth-failure bans, checked by
+    /// the shard before the route.
+    pub flood: crate::flood::Flood,
     /// KSR.permissions address table (read-mostly, replaced whole on reload).
     pub permissions: super::permissions::AddressTable,
     /// `[permissions] enable`: register `KSR.permissions`.
@@ -139,6 +150,7 @@ impl SharedTables {
     pub fn with_modules(mut self, config: &crate::config::Config) -> SharedTables {
         self.htable = super::htable::Htables::new(&config.htable);
         self.pike = super::pike::Pike::new(&config.pike);
+        self.flood = crate::flood::Flood::new(&config.flood);
         self.permissions_enabled = config.permissions.enable;
         self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
         self
@@ -174,6 +186,7 @@ impl SharedTables {
             )),
             htable: super::htable::Htables::default(),
             pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
+            flood: crate::flood::Flood::new(&crate::config::FloodConfig::default()),
             permissions: super::permissions::AddressTable::default(),
             permissions_enabled: false,
             rpc_exec: std::sync::OnceLock::new(),
@@ -331,6 +344,10 @@ pub struct Services {
     /// `[db] sqlops_results_maxsize` and `redis_replies_max`.
     pub sqlops_results_max: usize,
     pub redis_replies_max: usize,
+    /// Last second a flood ban was logged (one line a second at most).
+    ban_log_s: Cell<u64>,
+    /// Bans not logged since that line.
+    bans_unlogged: Cell<u64>,
 }
 
 /// One pending location write.
@@ -484,6 +501,8 @@ impl Services {
             redis: None,
             sqlops_results_max: 32,
             redis_replies_max: 32,
+            ban_log_s: Cell::new(0),
+            bans_unlogged: Cell::new(0),
         })
     }
 
@@ -674,7 +693,12 @@ impl Services {
             shared.counters.incr(Counter::DbQueries);
             let answer = match db.location_upsert(chunk.to_vec()) {
                 Ok(f) => f.await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    if matches!(e, crate::db::DbError::QueueFull) {
+                        shared.counters.incr(Counter::DbQueueFull);
+                    }
+                    Err(e)
+                }
             };
             let latest: Vec<bool> = {
                 let mut q = self.db_retry.borrow_mut();
@@ -695,7 +719,12 @@ impl Services {
             shared.counters.incr(Counter::DbQueries);
             let answer = match db.location_delete(chunk.to_vec()) {
                 Ok(f) => f.await,
-                Err(e) => Err(e),
+                Err(e) => {
+                    if matches!(e, crate::db::DbError::QueueFull) {
+                        shared.counters.incr(Counter::DbQueueFull);
+                    }
+                    Err(e)
+                }
             };
             let latest: Vec<bool> = {
                 let mut q = self.db_retry.borrow_mut();
@@ -753,6 +782,26 @@ impl Services {
                 "credentials not read ({why}): answering 500"
             );
         }
+    }
+
+    /// A source banned by `[flood] auth_failures_max`: one log line a
+    /// second at most (with the count of bans not logged since).
+    pub fn note_ban(&self, ip: std::net::IpAddr, until_ms: u64) {
+        let now = unix_now_s();
+        if self.ban_log_s.replace(now) == now {
+            self.bans_unlogged.set(self.bans_unlogged.get() + 1);
+            return;
+        }
+        let f = self.tables.flood.config();
+        tracing::warn!(
+            shard = self.shard_id,
+            src = %ip,
+            until_unix_s = until_ms / 1000,
+            more_bans = self.bans_unlogged.replace(0),
+            "source banned for {} s after {} failed authentications",
+            f.ban_time_s,
+            f.auth_failures_max
+        );
     }
 
     /// One log line a second at most about failed location writes.

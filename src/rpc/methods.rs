@@ -13,7 +13,7 @@
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
 //! | `kemi.reload`, `app_lua.*`, `kemi.status` | | see `kemi_methods.rs` |
-//! | `htable.*`, `pike.top`, `permissions.*` | see [`crate::rpc::modules`] | |
+//! | `htable.*`, `pike.top`, `flood.list`, `flood.unban`, `permissions.*` | see [`crate::rpc::modules`] | |
 //!
 //! Handlers ask shards through [`RpcContext::shard_call`], so a stuck shard
 //! costs a caller at most [`crate::rpc::SHARD_TIMEOUT`].

@@ -1,5 +1,5 @@
 //! JSON-RPC methods of the shared-state KSR modules (htable, pike,
-//! permissions), with Kamailio's names. They read and change the tables
+//! permissions), with Kamailio's names, and of sipshard's `[flood]` table. They read and change the tables
 //! every shard shares directly (each call locks one stripe at a time), so no
 //! shard is asked.
 //!
@@ -18,6 +18,8 @@
 //! | `htable.delete` | table, key | `"Ok. Key deleted."` |
 //! | `htable.flush` | table | `"Ok. Table flushed."` |
 //! | `pike.top` | – or `"ALL"`/`"HOT"`/`"WARM"` | `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"}]` (default HOT: blocked IPs) |
+//! | `flood.list` | – or `"BANNED"`/`"ALL"` | `[{"ip_addr", "banned", "expires", "auth_failures", "dropped"}]` (default BANNED; ALL adds sources with failed authentications in the window or requests dropped; `expires` is the Unix second the ban ends) |
+//! | `flood.unban` | ip | `"Ok. Source unbanned."`; error 404 when it was not banned |
 //! | `permissions.addressReload` | – | `"Ok. Reload successful."` (reads the address table again) |
 //! | `permissions.addressDump` | – | `[{"grp", "ip_addr", "mask", "port", "tag"}]` |
 
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::kemi::htable::{item_json, HtValue, Htable, DUMP_MAX};
-use crate::kemi::services::unix_now_s;
+use crate::kemi::services::{unix_now_ms, unix_now_s};
 use crate::rpc::jsonrpc::{MethodError, Params, Registry};
 use crate::rpc::RpcContext;
 use crate::shard::control::ModulesCtl;
@@ -50,6 +52,8 @@ pub(crate) fn register(r: &mut Registry) {
         .register("htable.delete", delete)
         .register("htable.flush", flush)
         .register("pike.top", pike_top)
+        .register("flood.list", flood_list)
+        .register("flood.unban", flood_unban)
         .register("permissions.addressReload", address_reload)
         .register("permissions.addressDump", address_dump);
 }
@@ -284,6 +288,53 @@ async fn pike_top(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodE
         })
         .collect();
     Ok(Value::Array(list))
+}
+
+async fn flood_list(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let filter = params.opt_str(0, "filter")?.unwrap_or("BANNED");
+    let banned_only = match filter.to_ascii_uppercase().as_str() {
+        "BANNED" => true,
+        "ALL" => false,
+        _ => {
+            return Err(MethodError::InvalidParams(
+                "filter must be BANNED or ALL".into(),
+            ))
+        }
+    };
+    let list: Vec<Value> = m
+        .tables
+        .flood
+        .list(banned_only, unix_now_ms(), PIKE_TOP_MAX)
+        .iter()
+        .map(|e| {
+            json!({
+                "ip_addr": e.ip.to_string(),
+                "banned": e.banned_until_s.is_some(),
+                "expires": e.banned_until_s,
+                "auth_failures": e.auth_failures,
+                "dropped": e.dropped,
+            })
+        })
+        .collect();
+    Ok(Value::Array(list))
+}
+
+async fn flood_unban(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let ip = text(&params, 0, "ip")?;
+    let ip = ip.trim().trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = ip
+        .parse()
+        .map_err(|_| MethodError::InvalidParams(format!("not an IP address: {ip}")))?;
+    if m.tables.flood.unban(ip, unix_now_ms()) {
+        tracing::info!(src = %ip, "flood ban lifted by the control interface");
+        Ok(json!("Ok. Source unbanned."))
+    } else {
+        Err(MethodError::NotFound(format!("{ip} is not banned")))
+    }
 }
 
 async fn address_reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {

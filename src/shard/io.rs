@@ -39,6 +39,7 @@ use super::control::ShardCmd;
 use super::dispatch::{self, Peers};
 use crate::config::{Dispatch, OnScriptError};
 use crate::exec::{panic_text, Doorbell, Executor};
+use crate::flood::Verdict;
 use crate::kemi::{Engine, MsgCtx, RouteOutcome};
 use crate::sip::{Limits, ParseError};
 use crate::stats::Counter;
@@ -131,6 +132,10 @@ pub(super) struct Shard {
     pub stop: Arc<AtomicBool>,
     pub started: Instant,
     pub log: LogLimiter,
+    /// `[flood]` configured: check each request's source before parsing.
+    pub flood_on: bool,
+    /// `[flood] answer_503`.
+    pub flood_503: bool,
     /// `core.reject_unknown_ruri_scheme`: 416 before the route runs.
     pub reject_unknown_ruri_scheme: bool,
     pub tuning: serde_json::Value,
@@ -442,11 +447,11 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
 }
 
 fn take_ctx(shard: &Shard) -> Box<MsgCtx> {
-    shard
-        .pool
-        .borrow_mut()
-        .pop()
-        .unwrap_or_else(|| Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers)))
+    shard.pool.borrow_mut().pop().unwrap_or_else(|| {
+        let mut ctx = Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers));
+        ctx.set_limits(&shard.engine.shared().limits.msg);
+        ctx
+    })
 }
 
 pub(super) fn recycle(shard: &Shard, mut ctx: Box<MsgCtx>) {
@@ -552,6 +557,16 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
     {
         return;
     }
+    // Flood control before any parsing: replies (`SIP/2.0 ...`) belong to
+    // our own transactions and are never limited.
+    let mut answer_503 = false;
+    if shard.flood_on && !bytes.starts_with(b"SIP/") {
+        match flood_check(shard, src) {
+            Verdict::Pass => {}
+            Verdict::RateLimited if shard.flood_503 => answer_503 = true,
+            Verdict::RateLimited | Verdict::Banned => return,
+        }
+    }
     let mut ctx = take_ctx(shard);
     ctx.load(bytes, src, shard.local);
     if bytes.len() > shard.max_msg_bytes {
@@ -569,6 +584,12 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
         }
         return recycle(shard, ctx);
     }
+    if answer_503 {
+        if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {
+            send_out(shard, &ctx);
+        }
+        return recycle(shard, ctx);
+    }
     let to = dispatch::target(&ctx.msg(), shard.id, shard.shard_count, shard.dispatch);
     if to != shard.id {
         shard.counters().incr(Counter::DispatchSent);
@@ -582,6 +603,48 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
         return;
     }
     run_message(shard, ctx);
+}
+
+/// `[flood]`: the verdict on a request from `src`, counted and logged
+/// (rate-limited) when it is not a pass.
+fn flood_check(shard: &Shard, src: SocketAddr) -> Verdict {
+    let flood = &shard.engine.shared().services.tables.flood;
+    if !flood.needs_check() {
+        return Verdict::Pass;
+    }
+    let c = flood.check(src.ip(), crate::kemi::services::unix_now_ms());
+    let counters = shard.counters();
+    if c.evicted {
+        counters.incr(Counter::FloodTableFull);
+        if shard.log.allow(Instant::now()) {
+            tracing::warn!(
+                shard = shard.id,
+                max_sources = flood.config().max_sources,
+                "flood table full: a source with state was forgotten"
+            );
+        }
+    }
+    match c.verdict {
+        Verdict::Pass => {}
+        Verdict::RateLimited => {
+            counters.incr(Counter::FloodRateLimited);
+            if shard.log.allow(Instant::now()) {
+                tracing::warn!(
+                    shard = shard.id,
+                    src = %src.ip(),
+                    "request over [flood] per_source_rate {}",
+                    if shard.flood_503 { "answered 503" } else { "dropped" }
+                );
+            }
+        }
+        Verdict::Banned => {
+            counters.incr(Counter::FloodBannedDrops);
+            if shard.log.allow(Instant::now()) {
+                tracing::warn!(shard = shard.id, src = %src.ip(), "request from a banned source dropped");
+            }
+        }
+    }
+    c.verdict
 }
 
 /// Runs the route of a parsed message that belongs to this shard.
@@ -605,6 +668,7 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
         }
         if shard.inflight.get() >= shard.max_inflight {
             // Overloaded: shed load with a clear answer instead of queueing.
+            inflight_full(shard);
             if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {
                 send_out(shard, &ctx);
             }
@@ -617,6 +681,7 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
             return recycle(shard, ctx);
         }
         if shard.inflight.get() >= shard.max_inflight {
+            inflight_full(shard);
             counters.incr(Counter::DropReplies);
             return recycle(shard, ctx);
         }
@@ -654,6 +719,19 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
             drop(run);
             route_panicked(shard, panic_text(&*payload), "route");
         }
+    }
+}
+
+/// `[shard] max_inflight` reached: counted and logged (rate-limited).
+#[cold]
+fn inflight_full(shard: &Shard) {
+    shard.counters().incr(Counter::InflightLimit);
+    if shard.log.allow(Instant::now()) {
+        tracing::warn!(
+            shard = shard.id,
+            max_inflight = shard.max_inflight,
+            "suspended routes at [shard] max_inflight: request answered 503 / reply dropped"
+        );
     }
 }
 

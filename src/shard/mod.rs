@@ -645,6 +645,8 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         stop,
         started,
         log: LogLimiter::new(params.config.core.bad_input_log_per_s),
+        flood_on: params.config.flood.enabled(),
+        flood_503: params.config.flood.answer_503,
         reject_unknown_ruri_scheme: params.config.core.reject_unknown_ruri_scheme,
         tuning,
         sends: RefCell::new(crate::transport::sys::SendBatch::new(t.recv_batch.max(16))),
@@ -732,6 +734,11 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
         let now = unix_now_s();
         svc.tables.htable.sweep(shard.id, shard.shard_count, now);
         svc.tables.pike.sweep(shard.id, shard.shard_count, now);
+        svc.tables.flood.sweep(
+            shard.id,
+            shard.shard_count,
+            crate::kemi::services::unix_now_ms(),
+        );
         if svc.registrar.db_mode == 2 {
             svc.flush_dirty(shared.clone());
         }

@@ -59,14 +59,19 @@ pub struct Edits {
     /// Header/body edits refused at [`MAX_EDITS`] / [`MAX_EDIT_BYTES`]
     /// (taken by [`Edits::take_refused`] to be counted).
     refused: u32,
+    /// `[shard] max_edits` / `max_edit_bytes` ([`Edits::set_limits`]); 0 =
+    /// the default ([`MAX_EDITS`] / [`MAX_EDIT_BYTES`]).
+    max_ops: u32,
+    max_bytes: u32,
 }
 
-/// Most header/body edits (add, insert, replace, remove) on one message.
+/// Default of the most header/body edits (add, insert, replace, remove) on
+/// one message (`[shard] max_edits`).
 /// Request-URI, Via and `received` edits the proxy itself makes are never
 /// refused.
 pub const MAX_EDITS: usize = 1024;
-/// Most bytes those edits may carry (the written message is at most 64 KiB
-/// for UDP anyway).
+/// Default of the most bytes those edits may carry (`[shard]
+/// max_edit_bytes`; the written message is at most 64 KiB for UDP anyway).
 pub const MAX_EDIT_BYTES: usize = 128 * 1024;
 
 #[inline]
@@ -231,6 +236,13 @@ impl Edits {
         self.refused = 0;
     }
 
+    /// Bounds of this context's edits (kept across [`Edits::clear`]): set
+    /// once when a shard makes the context, not per message.
+    pub fn set_limits(&mut self, max_edits: usize, max_edit_bytes: usize) {
+        self.max_ops = u32::try_from(max_edits).unwrap_or(u32::MAX);
+        self.max_bytes = u32::try_from(max_edit_bytes).unwrap_or(u32::MAX);
+    }
+
     /// Edits refused so far (header/body edits beyond [`MAX_EDITS`] /
     /// [`MAX_EDIT_BYTES`] are dropped and counted here).
     pub fn refused(&self) -> u32 {
@@ -244,7 +256,15 @@ impl Edits {
 
     /// Room for one more header/body edit carrying `bytes`; counts a refusal.
     fn room(&mut self, bytes: usize) -> bool {
-        if self.ops.len() >= MAX_EDITS || self.data.len() + bytes > MAX_EDIT_BYTES {
+        let max_ops = match self.max_ops {
+            0 => MAX_EDITS,
+            n => n as usize,
+        };
+        let max_bytes = match self.max_bytes {
+            0 => MAX_EDIT_BYTES,
+            n => n as usize,
+        };
+        if self.ops.len() >= max_ops || self.data.len() + bytes > max_bytes {
             self.refused = self.refused.saturating_add(1);
             return false;
         }

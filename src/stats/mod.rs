@@ -69,6 +69,7 @@ counters! {
     UlExpired => "usrloc.expired_contacts", "contacts removed by expiry";
     DbQueries => "db.queries", "database requests sent";
     DbErrors => "db.errors", "database requests failed or timed out";
+    DbQueueFull => "db.queue_full", "database requests refused at once: [db] queue_depth requests were pending";
     DbWriteRetries => "db.write_retries", "location writes sent again after a database failure";
     DbWritesDropped => "db.writes_dropped", "location writes dropped: the retry queue was full";
     DispatchSent => "shard.dispatch_sent", "messages handed to the shard that owns them before their route ran";
@@ -78,7 +79,8 @@ counters! {
     RecvErrors => "core.recv_errors", "socket receive errors";
     LuaInstructionLimit => "core.lua_instruction_limit", "route calls stopped at lua_max_instructions";
     TooManyContacts => "registrar.too_many_contacts", "REGISTERs refused before copying: more Contacts than contacts_per_aor_cap";
-    EditLimit => "core.edit_limit", "header/body edits refused: more than 1024 (or 128 KiB) on one message";
+    InflightLimit => "core.inflight_limit", "requests answered 503 and replies dropped: [shard] max_inflight routes were suspended";
+    EditLimit => "core.edit_limit", "header/body edits refused: more than [shard] max_edits (or max_edit_bytes) on one message";
     PvLimit => "core.pv_limit", "$var/$avp/$xavp writes refused: too many or too large";
     TmCreated => "tm.created", "transactions created";
     TmBranches => "tm.branches", "branches relayed statefully";
@@ -98,6 +100,10 @@ counters! {
     RedisRepliesFull => "ndb_redis.replies_full", "KSR.ndb_redis commands refused: redis_replies_max reply names in use";
     JsonrpcsExec => "jsonrpcs.exec", "KSR.jsonrpcs.exec calls";
     JsonrpcsFailed => "jsonrpcs.failed", "KSR.jsonrpcs.exec calls that got no answer (bad document, control interface off, queue full, timeout)";
+    FloodRateLimited => "flood.rate_limited", "requests over [flood] per_source_rate (dropped, or answered 503 with answer_503)";
+    FloodBannedDrops => "flood.banned_drops", "requests from a banned source dropped before the route";
+    FloodBans => "flood.bans", "sources banned after auth_failures_max failed authentications";
+    FloodTableFull => "flood.table_full", "sources forgotten with state left: the [flood] table was at max_sources";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
     BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
     ParseEmpty => "parse.empty", "malformed messages: empty";
