@@ -6,7 +6,7 @@
 //! [`Prober::poll_timeout`] says when to call [`Prober::handle_timeout`].
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::list::{Dest, DsList, Transition, DISABLED, INACTIVE, NO_PING, PROBING};
 
@@ -298,11 +298,6 @@ impl Prober {
 
 fn find<'a>(list: &'a DsList, setid: i32, uri: &str) -> Option<&'a Dest> {
     list.set(setid)?.dests.iter().find(|d| d.uri == uri)
-}
-
-/// Where the probe of a destination with this IP goes (for tests and logs).
-pub fn probe_ip(d: &Dest) -> Option<IpAddr> {
-    d.ip
 }
 
 #[cfg(test)]

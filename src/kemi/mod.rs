@@ -22,6 +22,7 @@ mod cjson;
 mod core;
 mod corex;
 mod ctx;
+pub mod dispatcher;
 pub mod exports;
 pub mod fuzzing;
 mod hdr;
@@ -698,6 +699,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     nathelper::register(lua, ksr, shared)?;
     ipops::register(lua, ksr, shared)?;
     textops::register(lua, ksr, shared)?;
+    dispatcher::register(lua, ksr, shared)?;
     Ok(())
 }
 

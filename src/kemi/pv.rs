@@ -205,7 +205,9 @@ enum NullMode {
 }
 
 /// Per-message pv state: `$avp` and `$xavp` (cleared with the message).
-#[derive(Default, Debug)]
+/// A transaction keeps a copy for its failure route, as Kamailio keeps the
+/// request's xavps with the transaction.
+#[derive(Default, Debug, Clone)]
 pub struct PvMsg {
     /// name -> values, newest first.
     avps: Vec<(String, Vec<PvValue>)>,
@@ -214,6 +216,9 @@ pub struct PvMsg {
     /// String bytes added to `avps`/`xavps` since [`PvMsg::clear`] (removals
     /// do not give them back: the bound is on what one message may add).
     bytes: usize,
+    /// `ds_select()` put destinations in the dispatcher XAVP that no
+    /// `ds_next_*()` has applied yet: the next one takes the head itself.
+    pub(crate) ds_pending: bool,
 }
 
 /// Largest `$var` / `$avp` / `$xavp` string value, bytes.
@@ -240,7 +245,7 @@ impl Xavp {
 }
 
 #[derive(Clone, Debug)]
-enum Xavp {
+pub(crate) enum Xavp {
     Value(PvValue),
     Fields(Vec<(String, PvValue)>),
 }
@@ -253,6 +258,31 @@ impl PvMsg {
         self.avps.clear();
         self.xavps.clear();
         self.bytes = 0;
+        self.ds_pending = false;
+    }
+    /// Replaces every item of `name` with `items` (the first becomes the
+    /// head), each a list of fields; false when the message's bounds
+    /// refused one (the items before it are kept).
+    pub(crate) fn xavp_set_items(
+        &mut self,
+        name: &str,
+        items: Vec<Vec<(String, PvValue)>>,
+    ) -> bool {
+        self.xavp_rm(name);
+        for fields in items.into_iter().rev() {
+            if !self.xavp_add(name, Xavp::Fields(fields)) {
+                return false;
+            }
+        }
+        true
+    }
+    /// Drops the head item of `name`.
+    pub(crate) fn xavp_drop_head(&mut self, name: &str) {
+        self.xavp_rm_item(name, 0);
+    }
+    /// A field of the head item of `name`.
+    pub(crate) fn xavp_head_field(&self, name: &str, field: &str) -> Option<&PvValue> {
+        self.xavp_field(name, field)
     }
     /// Takes `n` bytes of the message's budget; false (nothing taken) when
     /// the value or the total would be too large.
@@ -2177,7 +2207,7 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
 const MAX_VARS: usize = 1024;
 
 /// A URI with its user, host or port replaced (`None` removes user/port).
-fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(u.raw.len() + 16);
     out.extend_from_slice(match u.scheme {
         crate::sip::Scheme::Sips => b"sips:",

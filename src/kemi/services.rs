@@ -117,6 +117,9 @@ pub struct SharedTables {
     pub permissions: super::permissions::AddressTable,
     /// `[permissions] enable`: register `KSR.permissions`.
     pub permissions_enabled: bool,
+    /// KSR.dispatcher sets and destination state (when configured).
+    pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
+    pub dispatcher_cfg: crate::config::DispatcherConfig,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -135,6 +138,8 @@ impl SharedTables {
         self.htable = super::htable::Htables::new(&config.htable);
         self.pike = super::pike::Pike::new(&config.pike);
         self.permissions_enabled = config.permissions.enable;
+        self.dispatcher = super::dispatcher::build(config, 0);
+        self.dispatcher_cfg = config.dispatcher.clone();
         self
     }
 
@@ -170,6 +175,8 @@ impl SharedTables {
             pike: super::pike::Pike::new(&crate::config::PikeConfig::default()),
             permissions: super::permissions::AddressTable::default(),
             permissions_enabled: false,
+            dispatcher: None,
+            dispatcher_cfg: crate::config::DispatcherConfig::default(),
         }
     }
 
@@ -193,6 +200,15 @@ impl SharedTables {
                 .map_err(|e| format!("{what}: {e}"))?;
             let (loaded, skipped) = t.load_rows(&rows, now);
             tracing::info!(table = %t.def.name, loaded, skipped, "htable loaded from the database");
+        }
+        if let Some(ds) = &self.dispatcher {
+            let (n, skipped) = super::dispatcher::load(ds, &config.dispatcher, Some(db)).await?;
+            tracing::info!(
+                destinations = n,
+                skipped,
+                sets = ds.list().sets.len(),
+                "dispatcher sets loaded"
+            );
         }
         if self.permissions_enabled {
             let (n, skipped) = self

@@ -61,6 +61,9 @@ pub struct TmUser {
     /// the request's lumps in the transaction the same way).
     pub edits: crate::sip::Edits,
     pub rr: super::rr::RrPending,
+    /// The route's `$avp`/`$xavp` at the last relay (the failure route's;
+    /// the dispatcher's failover list lives there).
+    pub pv: super::pv::PvMsg,
 }
 
 use super::tm_store::CreateError;
@@ -648,11 +651,13 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
     } else {
         None
     };
+    let pv = s.with_msg(|m| m.pv.clone()).unwrap_or_default();
     s.tm.get_mut_map(id, |c| {
         if let Some((edits, rr)) = kept {
             c.user.edits = edits;
             c.user.rr = rr;
         }
+        c.user.pv = pv;
         c.user.on_failure = routes.0;
         if routes.1.is_some() || kind != RouteKind::Failure {
             c.user.on_reply = routes.1;
@@ -1118,9 +1123,10 @@ pub(super) async fn completed_flow(
             best,
             c.user.edits.clone(),
             c.user.rr.clone(),
+            c.user.pv.clone(),
         )
     });
-    let Some((group, on_failure, req, src, flags, best, edits, rr)) = taken else {
+    let Some((group, on_failure, req, src, flags, best, edits, rr, pv)) = taken else {
         return;
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1156,6 +1162,7 @@ pub(super) async fn completed_flow(
                 ctx.flags = flags;
                 ctx.edits = edits;
                 ctx.rr = rr;
+                ctx.pv = pv;
                 if let Some((b, code)) = best {
                     ctx.tm.branch_idx = Some(b);
                     ctx.tm.reply_code = code;

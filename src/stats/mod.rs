@@ -85,6 +85,9 @@ counters! {
     TmFull => "tm.full", "transactions refused: the table was full";
     TmUnresolvable => "tm.unresolvable", "branches without a usable destination (not an IP literal)";
     TmForeignReplies => "tm.foreign_replies", "replies handled by a shard other than the one whose route created their transaction";
+    DsLoadFull => "dispatcher.load_full", "calls not tracked for call-load dispatching (alg 10): the table held max_calls";
+    DsProbesSent => "dispatcher.probes_sent", "keepalive requests sent to destinations (first transmissions)";
+    DsProbeReplies => "dispatcher.probe_replies", "replies to keepalive requests (never routed)";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
     BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
     ParseEmpty => "parse.empty", "malformed messages: empty";
