@@ -142,7 +142,7 @@ impl Dispatcher {
         let _ = write!(
             out,
             "{method} {uri} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP {host}:{port};branch={branch}{salt:x}-{id}\r\n\
+             Via: SIP/2.0/UDP {host}:{port};rport;branch={branch}{salt:x}-{id}\r\n\
              Max-Forwards: 70\r\n\
              From: <{from}>;tag=ds{salt:x}{id}\r\n\
              To: <{uri}>\r\n\

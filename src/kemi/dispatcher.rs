@@ -211,7 +211,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     f!(
         "ds_select_dst_limit",
         (i64, i64, i64),
-        |s, v, (set, alg, lim)| { select_one(&s, &v, set, alg, lim, Push::Dst) }
+        |s, v, (set, alg, lim)| select_one(&s, &v, set, alg, lim, Push::Dst)
     );
     f!("ds_select_domain", (i64, i64), |s, v, (set, alg)| {
         select_one(&s, &v, set, alg, 0, Push::Domain)
@@ -236,7 +236,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     f!(
         "ds_select_limit",
         (i64, i64, i64),
-        |s, v, (set, alg, lim)| { select_one(&s, &v, set, alg, lim, Push::XavpOnly) }
+        |s, v, (set, alg, lim)| select_one(&s, &v, set, alg, lim, Push::XavpOnly)
     );
     f!("ds_select_routes", (mlua::String, mlua::String), |s,
                                                           v,
@@ -310,7 +310,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     f!(
         "ds_is_active_uri",
         (i64, mlua::String),
-        |_s, v, (set, uri)| { is_active(&v, set, Some(&uri.to_string_lossy())) }
+        |_s, v, (set, uri)| is_active(&v, set, Some(&uri.to_string_lossy()))
     );
     f!("ds_list_exists", i64, |_s, v, set| {
         match i32::try_from(set)
