@@ -204,6 +204,9 @@ impl Prober {
                     self.skipped += 1;
                     continue;
                 }
+                if self.p.mode == 1 {
+                    d.update_state(0, PROBING); // shown as probed (`AP`)
+                }
                 let from = if d.attrs.ping_from.is_empty() {
                     self.p.from.clone()
                 } else {
