@@ -724,7 +724,7 @@ mod tests {
         assert!(l.sets[0].wlist.is_empty());
         // Spread: not 25 in a row.
         let l = mk(&["weight=25", "weight=75"]);
-        assert!(l.sets[0].wlist[..25].iter().any(|&x| x == 1));
+        assert!(l.sets[0].wlist[..25].contains(&1));
     }
 
     #[test]
