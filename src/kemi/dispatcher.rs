@@ -423,10 +423,11 @@ fn set_domain(m: &mut MsgCtx, uri: &str) -> bool {
 fn apply(
     s: &Shared,
     v: &ShardView,
-    chosen: &[(Arc<DsList>, usize, usize, bool)],
+    l: &DsList,
+    chosen: &[(usize, usize, bool)],
     push: Push,
 ) -> i64 {
-    let Some((l, si, di, _)) = chosen.first() else {
+    let Some((si, di, _)) = chosen.first() else {
         return -1;
     };
     let Some(first) = l.sets.get(*si).and_then(|set| set.dests.get(*di)) else {
@@ -436,7 +437,7 @@ fn apply(
     let items: Vec<Vec<(String, PvValue)>> = chosen
         .iter()
         .take(if failover { usize::MAX } else { 1 })
-        .filter_map(|(l, si, di, alg10)| {
+        .filter_map(|(si, di, alg10)| {
             let set = l.sets.get(*si)?;
             Some(xavp_item(v, set, set.dests.get(*di)?, *alg10))
         })
@@ -484,7 +485,7 @@ fn select_rules(s: &Shared, v: &ShardView, rules: &[(i64, i64)], limit: i64, pus
     }
     let list = v.list();
     let limit = usize::try_from(limit).unwrap_or(0);
-    let mut chosen: Vec<(Arc<DsList>, usize, usize, bool)> = Vec::new();
+    let mut chosen: Vec<(usize, usize, bool)> = Vec::new();
     for &(set, alg) in rules {
         let (Ok(set), Ok(alg)) = (i32::try_from(set), i32::try_from(alg)) else {
             continue;
@@ -509,10 +510,10 @@ fn select_rules(s: &Shared, v: &ShardView, rules: &[(i64, i64)], limit: i64, pus
         let ok = if alg == 10 {
             let calls = v.ds.calls();
             let load = |d: &Dest| calls.load(set, &d.attrs.duid);
-            select::select(dset, alg, &ctx(hash, &load, v, limit), &mut picks)
+            select::select(dset, alg, &ctx(alg, hash, &load, v, limit), &mut picks)
         } else {
             let load = |_: &Dest| 0;
-            select::select(dset, alg, &ctx(hash, &load, v, limit), &mut picks)
+            select::select(dset, alg, &ctx(alg, hash, &load, v, limit), &mut picks)
         };
         if ok.is_err() {
             continue;
@@ -524,12 +525,16 @@ fn select_rules(s: &Shared, v: &ShardView, rules: &[(i64, i64)], limit: i64, pus
                     .ok()
                     .flatten();
                 if let Some(cid) = callid {
-                    if !v
-                        .ds
-                        .calls()
-                        .add(&cid, set, &d.attrs.duid, super::services::unix_now_s())
-                    {
+                    let mut calls = v.ds.calls();
+                    if !calls.add(&cid, set, &d.attrs.duid, super::services::unix_now_s()) {
                         s.counters.incr(crate::stats::Counter::DsLoadFull);
+                        if calls.refused.is_power_of_two() {
+                            tracing::warn!(
+                                refused = calls.refused,
+                                max_calls = v.cfg.max_calls,
+                                "dispatcher: call-load table full, call not tracked"
+                            );
+                        }
                     }
                 }
             }
@@ -538,23 +543,27 @@ fn select_rules(s: &Shared, v: &ShardView, rules: &[(i64, i64)], limit: i64, pus
             if limit > 0 && chosen.len() >= limit {
                 break;
             }
-            chosen.push((list.clone(), si, i, alg == 10));
+            chosen.push((si, i, alg == 10));
         }
     }
     if chosen.is_empty() {
         return -1;
     }
-    apply(s, v, &chosen, push)
+    apply(s, v, &list, &chosen, push)
 }
 
 fn ctx<'a>(
+    alg: i32,
     hash: Option<u64>,
     load: &'a dyn Fn(&Dest) -> u32,
     v: &ShardView,
     limit: usize,
 ) -> SelectCtx<'a> {
+    // A random number only for alg 6 (a syscall otherwise saved).
     let mut r = [0u8; 4];
-    let _ = getrandom::getrandom(&mut r);
+    if alg == 6 {
+        let _ = getrandom::getrandom(&mut r);
+    }
     SelectCtx {
         hash,
         rand: u32::from_le_bytes(r),
@@ -842,8 +851,16 @@ pub fn probe_tick(
 ) -> Option<u64> {
     let list = ds.list();
     let mut p = ds.prober();
+    let skipped = p.skipped;
     for e in p.handle_timeout(now_ms, &list) {
         log_event(&e);
+    }
+    if p.skipped > skipped {
+        tracing::warn!(
+            skipped = p.skipped,
+            max_pending = p.params().max_pending,
+            "dispatcher: keepalives not sent, too many in flight"
+        );
     }
     while let Some(ping) = p.poll_transmit() {
         let mut out = Vec::with_capacity(400);
