@@ -875,11 +875,9 @@ mod tests {
     use crate::kemi::testutil::{engine_on, global_int, global_str, request, run, tables_with};
 
     fn tables(list: &str, extra: &str) -> std::sync::Arc<crate::kemi::services::SharedTables> {
-        let dir = std::env::temp_dir().join(format!(
-            "sipshard-ds-{}-{}",
-            std::process::id(),
-            list.len() + extra.len()
-        ));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("sipshard-ds-{}-{n}", std::process::id()));
         let _ = std::fs::create_dir_all(&dir);
         let path = dir.join("dispatcher.list");
         std::fs::write(&path, list).unwrap();
@@ -893,6 +891,7 @@ mod tests {
             .unwrap();
         rt.block_on(super::load(&ds, &t.dispatcher_cfg, None))
             .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
         t
     }
 
