@@ -368,7 +368,8 @@ pub fn parse_state(text: &str) -> Option<u32> {
 #[derive(Debug)]
 pub struct DsSet {
     pub id: i32,
-    /// Ordered by priority, highest first (ties keep the load order).
+    /// Ordered by priority, highest first; ties in reverse load order, as
+    /// Kamailio.
     pub dests: Vec<Dest>,
     /// Round-robin position (alg 4, 13) shared by every shard.
     pub(crate) rr: AtomicU32,
@@ -380,6 +381,9 @@ pub struct DsSet {
 
 impl DsSet {
     fn new(id: i32, mut dests: Vec<Dest>) -> DsSet {
+        // Kamailio 5.6 keeps destinations of equal priority in the reverse
+        // of their load order (checked: `1 a`, `1 b`, `1 c` select c, b, a).
+        dests.reverse();
         dests.sort_by_key(|d| std::cmp::Reverse(d.priority));
         let wlist = weight_slots(&dests);
         DsSet {
@@ -663,9 +667,10 @@ mod tests {
         assert!(skipped.is_empty());
         assert_eq!(list.sets.len(), 2);
         let s1 = list.set(1).unwrap();
-        assert_eq!(s1.dests[0].attrs.duid, "abc");
-        assert_eq!(s1.dests[0].attrs.ping_from, "sip:myproxy.com");
-        assert_eq!(s1.dests[1].flags_text(), "AP");
+        // Equal priorities: the reverse of the file order, as Kamailio.
+        assert_eq!(s1.dests[1].attrs.duid, "abc");
+        assert_eq!(s1.dests[1].attrs.ping_from, "sip:myproxy.com");
+        assert_eq!(s1.dests[0].flags_text(), "AP");
         let s2 = list.set(2).unwrap();
         assert_eq!(s2.dests[0].proto, Proto::Tcp, "priority 10 first");
         assert_eq!(s2.dests[0].ip, "2001:db8::1".parse().ok());
@@ -701,8 +706,10 @@ mod tests {
     #[test]
     fn weights_follow_kamailio_rules() {
         let mk = |w: &[&str]| {
+            // Listed in reverse: the set holds them in the order of `w`.
             let rows: Vec<DsRow> = w
                 .iter()
+                .rev()
                 .enumerate()
                 .map(|(i, a)| DsRow {
                     setid: 1,

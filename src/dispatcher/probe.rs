@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(drain(&mut p).len(), 1, "retransmission at 1.5 s");
         // Timeout: first failure makes it trying (threshold 2).
         assert!(p.handle_timeout(4000, &l).is_empty());
-        let d = &l.sets[0].dests[0];
+        let d = &l.sets[0].dests[l.sets[0].find("sip:127.0.0.1:5080").unwrap()];
         assert_eq!(d.flags_text(), "TP");
         assert_eq!(d.latency.view().timeouts, 1);
         // Next round: a 503 is a second failure: down.

@@ -313,7 +313,7 @@ mod tests {
 
     #[test]
     fn weight_split_is_exact_per_hundred() {
-        let l = list("1 sip:10.0.0.1 0 0 weight=25\n1 sip:10.0.0.2 0 0 weight=75\n");
+        let l = list("1 sip:10.0.0.2 0 0 weight=75\n1 sip:10.0.0.1 0 0 weight=25\n");
         let s = &l.sets[0];
         let c = ctx(None, NO_LOAD);
         let mut n = [0; 2];

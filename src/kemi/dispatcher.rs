@@ -9,7 +9,7 @@
 //! | `KSR.dispatcher.ds_select_dst_limit(set, alg, limit)` | `int (int, int, int)` | as ds_select_dst, at most `limit` destinations in the XAVP |
 //! | `KSR.dispatcher.ds_select_domain(set, alg)` | `int (int, int)` | as ds_select_dst, writing host and port of the R-URI |
 //! | `KSR.dispatcher.ds_select_domain_limit(set, alg, limit)` | `int (int, int, int)` | as ds_select_domain, at most `limit` |
-//! | `KSR.dispatcher.ds_select(set, alg)` | `int (int, int)` | 1 the selection is only in the XAVP (`ds_next_dst`/`ds_next_domain` apply it); -1 as ds_select_dst |
+//! | `KSR.dispatcher.ds_select(set, alg)` | `int (int, int)` | 1 the selection is only in the XAVP (`ds_set_dst`/`ds_set_domain` apply the first, `ds_next_*` the next); -1 as ds_select_dst |
 //! | `KSR.dispatcher.ds_select_limit(set, alg, limit)` | `int (int, int, int)` | as ds_select, at most `limit` |
 //! | `KSR.dispatcher.ds_select_routes(rules, mode)` | `int (str, str)` | 1 selected over `grp=alg;grp=alg` rules, the first pushed to `$du` (mode `d`/`0`), the R-URI (`r`/`1`) or only the XAVP (`x`/`2`); -1 none |
 //! | `KSR.dispatcher.ds_select_routes_limit(rules, mode, limit)` | `int (str, str, int)` | as ds_select_routes, at most `limit` |
@@ -433,16 +433,18 @@ fn apply(
     let Some(first) = l.sets.get(*si).and_then(|set| set.dests.get(*di)) else {
         return -1;
     };
+    // Without `flags` 2 Kamailio 5.6 stores no destination at all (and
+    // `_dsctx_=>cnt` is 0): ds_next_dst and ds_mark_dst then return -1.
     let failover = v.ds.params.flags & 2 != 0;
     let items: Vec<Vec<(String, PvValue)>> = chosen
         .iter()
-        .take(if failover { usize::MAX } else { 1 })
+        .take(if failover { usize::MAX } else { 0 })
         .filter_map(|(si, di, alg10)| {
             let set = l.sets.get(*si)?;
             Some(xavp_item(v, set, set.dests.get(*di)?, *alg10))
         })
         .collect();
-    let cnt = chosen.len() as i64;
+    let cnt = items.len() as i64;
     let p = &v.ds.params;
     let r = s.with_msg(|m| {
         match push {
@@ -457,7 +459,6 @@ fn apply(
         if !m.pv.xavp_set_items(&p.xavp_dst, items) {
             return -1;
         }
-        m.pv.ds_pending = push == Push::XavpOnly;
         if p.xavp_ctx_mode & 1 == 0 {
             m.pv.xavp_set_items(
                 &p.xavp_ctx,
@@ -602,10 +603,11 @@ fn select_routes(s: &Shared, v: &ShardView, rules: &str, mode: &str, limit: i64)
 fn next(s: &Shared, v: &ShardView, push: Push, advance: bool) -> mlua::Result<i64> {
     let name = &v.ds.params.xavp_dst;
     s.with_msg(|m| {
-        if advance && !m.pv.ds_pending {
+        // Kamailio 5.6: the head is the destination in use (also after
+        // ds_select); the next one is the item after it.
+        if advance {
             m.pv.xavp_drop_head(name);
         }
-        m.pv.ds_pending = false;
         let uri = match m.pv.xavp_head_field(name, "uri") {
             Some(PvValue::Str(u)) => String::from_utf8_lossy(u).into_owned(),
             _ => return -1,
@@ -895,7 +897,8 @@ mod tests {
         t
     }
 
-    const LIST: &str = "1 sip:10.1.0.1:5080\n1 sip:10.1.0.2:5090\n2 sip:10.2.0.1 0 0 weight=25\n2 sip:10.2.0.2 0 0 weight=75\n";
+    // Equal priorities are held in reverse (as Kamailio): 10.1.0.1 first.
+    const LIST: &str = "1 sip:10.1.0.2:5090\n1 sip:10.1.0.1:5080\n2 sip:10.2.0.2 0 0 weight=75\n2 sip:10.2.0.1 0 0 weight=25\n";
 
     #[test]
     fn select_round_robin_with_failover_list_shared_by_shards() {
@@ -982,10 +985,11 @@ mod tests {
                 ru = KSR.pv.get("$ru")
                 rc2 = KSR.dispatcher.ds_select(1, 8)
                 du = KSR.pv.get("$du")
-                nd = KSR.dispatcher.ds_next_domain()
+                sd = KSR.dispatcher.ds_set_domain()
                 ru2 = KSR.pv.get("$ru")
-                nd2 = KSR.dispatcher.ds_next_domain()
+                nd = KSR.dispatcher.ds_next_domain()
                 ru3 = KSR.pv.get("$ru")
+                nd2 = KSR.dispatcher.ds_next_domain()
             end"#;
         let e = engine_on(script, t, 0, 1);
         run(
@@ -996,18 +1000,20 @@ mod tests {
         assert_eq!(global_str(&e, "ru"), "sip:bob@10.1.0.1:5080;x=1");
         assert_eq!(global_int(&e, "rc2"), 1);
         assert_eq!(global_str(&e, "du"), "", "ds_select leaves $du alone");
-        assert_eq!(global_int(&e, "nd"), 1);
+        assert_eq!(global_int(&e, "sd"), 1);
         assert_eq!(
             global_str(&e, "ru2"),
             "sip:bob@10.1.0.1:5080;x=1",
-            "head first"
+            "the head"
         );
-        assert_eq!(global_int(&e, "nd2"), 1);
+        // Kamailio 5.6: ds_next_domain after ds_select takes the second.
+        assert_eq!(global_int(&e, "nd"), 1);
         assert_eq!(global_str(&e, "ru3"), "sip:bob@10.1.0.2:5090;x=1");
+        assert_eq!(global_int(&e, "nd2"), -1);
     }
 
     #[test]
-    fn weight_and_without_failover_flag_only_the_selected_one() {
+    fn weight_and_without_failover_flag_no_xavp() {
         let t = tables(LIST, "");
         let script = r#"
             n = { ["sip:10.2.0.1"] = 0, ["sip:10.2.0.2"] = 0 }
@@ -1018,6 +1024,8 @@ mod tests {
                 a = n["sip:10.2.0.1"]
                 b = n["sip:10.2.0.2"]
                 nx = KSR.dispatcher.ds_next_dst()
+                mk = KSR.dispatcher.ds_mark_dst()
+                cnt = KSR.pv.get("$xavp(_dsctx_=>cnt)")
             end"#;
         let e = engine_on(script, t, 0, 1);
         let msg = request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]);
@@ -1025,13 +1033,16 @@ mod tests {
             run(&e, &msg);
         }
         assert_eq!((global_int(&e, "a"), global_int(&e, "b")), (50, 150));
+        // Kamailio 5.6 with flags 0: no _dsdst_ item, cnt 0, mark fails.
         assert_eq!(global_int(&e, "nx"), -1, "flags 0: no failover list");
+        assert_eq!(global_int(&e, "mk"), -1);
+        assert_eq!(global_int(&e, "cnt"), 0);
     }
 
     #[test]
     fn call_load_alg10() {
         let t = tables(
-            "1 sip:10.1.0.1 0 0 duid=a;maxload=1\n1 sip:10.1.0.2 0 0 duid=b;maxload=1\n",
+            "1 sip:10.1.0.2 0 0 duid=b;maxload=1\n1 sip:10.1.0.1 0 0 duid=a;maxload=1\n",
             "ds_hash_size = 4\n",
         );
         let script = r#"

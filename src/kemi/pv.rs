@@ -216,9 +216,6 @@ pub struct PvMsg {
     /// String bytes added to `avps`/`xavps` since [`PvMsg::clear`] (removals
     /// do not give them back: the bound is on what one message may add).
     bytes: usize,
-    /// `ds_select()` put destinations in the dispatcher XAVP that no
-    /// `ds_next_*()` has applied yet: the next one takes the head itself.
-    pub(crate) ds_pending: bool,
 }
 
 /// Largest `$var` / `$avp` / `$xavp` string value, bytes.
@@ -258,7 +255,6 @@ impl PvMsg {
         self.avps.clear();
         self.xavps.clear();
         self.bytes = 0;
-        self.ds_pending = false;
     }
     /// Replaces every item of `name` with `items` (the first becomes the
     /// head), each a list of fields; false when the message's bounds
