@@ -854,8 +854,14 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
     // the 15 core and kemi methods plus 15 of htable, pike and permissions
-    assert_eq!(methods.as_array().unwrap().len(), 30, "{methods}");
-    for m in ["htable.dump", "pike.top", "permissions.addressReload"] {
+    // and 4 of dispatcher
+    assert_eq!(methods.as_array().unwrap().len(), 34, "{methods}");
+    for m in [
+        "htable.dump",
+        "pike.top",
+        "permissions.addressReload",
+        "dispatcher.list",
+    ] {
         assert!(
             methods.as_array().unwrap().iter().any(|x| x == m),
             "{methods}"
