@@ -431,7 +431,7 @@ fn set_state_reload_and_ping_active() {
             "dispatcher.set_state",
             json!(["ip", 1, "sip:127.0.0.1:5999"])
         ),
-        json!("Ok. State set.")
+        json!("Ok. Dispatcher state updated.")
     );
     assert_eq!(flags(&srv)["1|sip:127.0.0.1:5999"], "IP");
     std::fs::write(

@@ -20,9 +20,9 @@
 //! | `pike.top` | – or `"ALL"`/`"HOT"`/`"WARM"` | `[{"ip_addr", "leaf_hits_prev", "leaf_hits_curr", "expires", "status"}]` (default HOT: blocked IPs) |
 //! | `permissions.addressReload` | – | `"Ok. Reload successful."` (reads the address table again) |
 //! | `permissions.addressDump` | – | `[{"grp", "ip_addr", "mask", "port", "tag"}]` |
-//! | `dispatcher.list` | – | `{"NRSETS", "RECORDS": [{"SET": {"ID", "TARGETS": [{"DEST": {"URI", "FLAGS", "PRIORITY", "ATTRS": {"BODY", "DUID", "MAXLOAD", "WEIGHT", "RWEIGHT", "SOCKET", "SOCKNAME", "OBPROXY"}, "LATENCY"?: {"AVG", "STD", "EST", "MAX", "TIMEOUT"}}}]}}]}` (FLAGS: `A`/`I`/`T`/`D` then `P` probing or `X`) |
-//! | `dispatcher.reload` | – | `"Ok. Reload successful."` (file or database read again; state of kept destinations kept) |
-//! | `dispatcher.set_state` | state (`a`/`i`/`t`/`d`, `p` for probing), group, address or `all` | `"Ok. State set."`; error 404 when no such destination |
+//! | `dispatcher.list` | – | `{"NRSETS", "RECORDS": [{"SET": {"ID", "TARGETS": [{"DEST": {"URI", "FLAGS", "PRIORITY", "ATTRS"? (when it has attrs): {"BODY", "DUID", "MAXLOAD", "WEIGHT", "RWEIGHT", "SOCKET", "SOCKNAME", "OBPROXY"}, "LATENCY"? (with `ds_ping_latency_stats`): {"AVG", "STD", "EST", "MAX", "TIMEOUT"}}}]}}]}` (FLAGS: `A`/`I`/`T`/`D` then `P` probing or `X`) |
+//! | `dispatcher.reload` | – | `"Ok. Dispatcher successfully reloaded."` (file or database read again; state of kept destinations kept) |
+//! | `dispatcher.set_state` | state (`a`/`i`/`t`/`d`, `p` for probing), group, address or `all` | `"Ok. Dispatcher state updated."`; error 404 when no such destination |
 //! | `dispatcher.ping_active` | – or 0/1 | `{"OldPingState", "NewPingState"}` (or `{"PingState"}`): keepalives on or off |
 
 #![forbid(unsafe_code)]
@@ -358,7 +358,10 @@ async fn ds_list(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodEr
                         "URI": d.uri,
                         "FLAGS": d.flags_text(),
                         "PRIORITY": d.priority,
-                        "ATTRS": {
+                    });
+                    // Kamailio 5.6 lists ATTRS only for a destination with attrs.
+                    if !a.body.is_empty() {
+                        dest["ATTRS"] = json!({
                             "BODY": a.body,
                             "DUID": a.duid,
                             "MAXLOAD": a.maxload,
@@ -367,8 +370,8 @@ async fn ds_list(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodEr
                             "SOCKET": a.socket,
                             "SOCKNAME": a.sockname,
                             "OBPROXY": a.obproxy,
-                        },
-                    });
+                        });
+                    }
                     if stats {
                         let l = d.latency.view();
                         dest["LATENCY"] = json!({
@@ -395,7 +398,7 @@ async fn ds_reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Method
     match crate::kemi::dispatcher::load(ds, &m.tables.dispatcher_cfg, m.db.as_ref()).await {
         Ok((n, skipped)) => {
             tracing::info!(destinations = n, skipped, "dispatcher reloaded");
-            Ok(json!("Ok. Reload successful."))
+            Ok(json!("Ok. Dispatcher successfully reloaded."))
         }
         Err(e) => Err(MethodError::Internal(format!("Reload failed: {e}"))),
     }
@@ -428,7 +431,7 @@ async fn ds_set_state(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Met
             d.set_state(st);
         }
     }
-    Ok(json!("Ok. State set."))
+    Ok(json!("Ok. Dispatcher state updated."))
 }
 
 async fn ds_ping_active(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
