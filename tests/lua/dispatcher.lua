@@ -94,7 +94,7 @@ function ksr_failure_dispatch()
         return 1
     end
     KSR.info("dispatcher failover after " .. tostring(code) .. " to "
-        .. tostring(KSR.pv.get("$du")) .. " (was "
+        .. tostring(KSR.pv.get("$du")) .. " (XAVP head "
         .. tostring(KSR.pv.get("$xavp(_dsdst_=>uri)")) .. ")\n")
     KSR.tm.t_set_fr(FR_INV_MS, FR_MS)
     KSR.tm.t_on_failure("ksr_failure_dispatch")
