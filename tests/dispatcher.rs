@@ -5,6 +5,12 @@
 //! table of SQLite, PostgreSQL and MariaDB.
 //!
 //!   cargo test --test dispatcher
+//!   PROXY_UNDER_TEST=kamailio cargo test --test dispatcher   # Kamailio 5.6
+//!
+//! With `PROXY_UNDER_TEST=kamailio` the sipp tests (splits, failover) run
+//! against Kamailio 5.6 with perf/kamailio/dispatcher.cfg and the same
+//! script and list; the tests of sipshard's control plane and database
+//! loading are skipped then.
 //!
 //! Splits are counted by the callees (sipp's SuccessfulCall), state through
 //! `dispatcher.list` (JSON-RPC and `sipshard ctl`).
@@ -12,9 +18,11 @@
 mod common;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -192,6 +200,172 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+fn kamailio_selected() -> bool {
+    std::env::var("PROXY_UNDER_TEST").is_ok_and(|v| v.eq_ignore_ascii_case("kamailio"))
+}
+
+/// Kamailio 5.6 running perf/kamailio/dispatcher.cfg (debug=2 so the
+/// script's KSR.info lines show), stopped on drop by its PID.
+struct Kamailio {
+    child: Option<Child>,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: TempDir,
+}
+
+impl Kamailio {
+    fn start(list: &str) -> Kamailio {
+        let dir = TempDir::new("kam-ds");
+        std::fs::write(dir.path("dispatcher.list"), list).unwrap();
+        let mpath = [
+            "/usr/lib/x86_64-linux-gnu/kamailio/modules",
+            "/usr/lib/aarch64-linux-gnu/kamailio/modules",
+            "/usr/lib/kamailio/modules",
+        ]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).join("dispatcher.so").exists())
+        .expect("kamailio with dispatcher.so and app_lua.so");
+        let port = free_udp_port();
+        let cfg = std::fs::read_to_string(format!("{ROOT}/perf/kamailio/dispatcher.cfg"))
+            .unwrap()
+            .replace("debug=0", "debug=2")
+            .replace("@PORT@", &port.to_string())
+            .replace("@CHILDREN@", "2")
+            .replace("@BUF_BYTES@", "4194304")
+            .replace("@MPATH@", mpath)
+            .replace("@LIST@", &dir.path("dispatcher.list").display().to_string())
+            .replace("@LUA@", &format!("{ROOT}/tests/lua/dispatcher.lua"));
+        std::fs::write(dir.path("kamailio.cfg"), cfg).unwrap();
+        let mut child = Command::new("kamailio")
+            .arg("-f")
+            .arg(dir.path("kamailio.cfg"))
+            .args(["-DD", "-E", "-m", "64", "-M", "8", "-P"])
+            .arg(dir.path("kamailio.pid"))
+            .arg("-Y")
+            .arg(&dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kamailio is installed");
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut k = Kamailio {
+            child: Some(child),
+            addr,
+            log,
+            _dir: dir,
+        };
+        let c = client();
+        c.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = k.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("kamailio exited during start ({st}):\n{}", k.log());
+            }
+            let probe = request(&c, "OPTIONS", &format!("sip:{addr}"), "");
+            if exchange(&c, addr, probe.as_bytes()).is_some() {
+                return k;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kamailio did not answer:\n{}",
+                k.log()
+            );
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SIGTERM to its PID: the main process stops its children
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// What `calls` needs of a proxy.
+trait HasProxy {
+    fn sip_addr(&self) -> SocketAddr;
+    fn proxy_log(&self) -> String;
+}
+
+impl HasProxy for Server {
+    fn sip_addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn proxy_log(&self) -> String {
+        self.log()
+    }
+}
+
+impl HasProxy for Proxy {
+    fn sip_addr(&self) -> SocketAddr {
+        self.addr()
+    }
+    fn proxy_log(&self) -> String {
+        self.log()
+    }
+}
+
+/// The proxy under test for the sipp tests.
+enum Proxy {
+    Sipshard(Server),
+    Kamailio(Kamailio),
+}
+
+impl Proxy {
+    fn start(list: &str) -> Proxy {
+        if kamailio_selected() {
+            Proxy::Kamailio(Kamailio::start(list))
+        } else {
+            Proxy::Sipshard(proxy(list, ""))
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        match self {
+            Proxy::Sipshard(s) => s.addr,
+            Proxy::Kamailio(k) => k.addr,
+        }
+    }
+
+    fn log(&self) -> String {
+        match self {
+            Proxy::Sipshard(s) => s.log(),
+            Proxy::Kamailio(k) => k.log(),
+        }
+    }
+}
+
 /// The proxy with `list` as its dispatcher.list and `extra` in `[dispatcher]`.
 fn proxy(list: &str, extra: &str) -> Server {
     let dir = TempDir::new("ds");
@@ -225,8 +399,15 @@ fn flags(srv: &Server) -> HashMap<String, String> {
 }
 
 /// Runs `calls` calls to `user`; asserts every one succeeded.
-fn calls(dir: &TempDir, srv: &Server, name: &str, user: &str, n: u32, uas: &[&Sipp]) {
-    let mut uac = Sipp::uac(dir, name, srv.addr, user, n, &["-r", "200", "-l", "100"]);
+fn calls(dir: &TempDir, srv: &impl HasProxy, name: &str, user: &str, n: u32, uas: &[&Sipp]) {
+    let mut uac = Sipp::uac(
+        dir,
+        name,
+        srv.sip_addr(),
+        user,
+        n,
+        &["-r", "200", "-l", "100"],
+    );
     let code = uac.wait(Duration::from_secs(120));
     if code != Some(0) || uac.successful() != u64::from(n) {
         let mut text = format!("{name}: exit {code:?}, successful {}\n", uac.successful());
@@ -234,7 +415,7 @@ fn calls(dir: &TempDir, srv: &Server, name: &str, user: &str, n: u32, uas: &[&Si
         for u in uas {
             text.push_str(&u.report());
         }
-        let log = srv.log();
+        let log = srv.proxy_log();
         panic!(
             "{text}\n--- proxy log (tail):\n{}",
             &log[log.len().saturating_sub(4000)..]
@@ -252,10 +433,10 @@ fn round_robin_and_weight_split_over_2000_calls() {
          1 sip:127.0.0.1:{pa}\n1 sip:127.0.0.1:{pb}\n\
          2 sip:127.0.0.1:{pa} 0 0 weight=25\n2 sip:127.0.0.1:{pb} 0 0 weight=75\n"
     );
-    let srv = proxy(&list, "");
+    let srv = Proxy::start(&list);
     let dir = TempDir::new("ds-split");
-    let a = Sipp::uas(&dir, "uas-a", "uas-call.xml", pa, srv.addr, &[]);
-    let b = Sipp::uas(&dir, "uas-b", "uas-call.xml", pb, srv.addr, &[]);
+    let a = Sipp::uas(&dir, "uas-a", "uas-call.xml", pa, srv.addr(), &[]);
+    let b = Sipp::uas(&dir, "uas-b", "uas-call.xml", pb, srv.addr(), &[]);
     // Every call the callees saw has ended (successfully or not: under a
     // crowded machine an ACK and its BYE may still cross on the proxy's two
     // shards, which the callee counts as a failed call). Returns the
@@ -313,10 +494,24 @@ fn failover_on_503_and_on_no_answer() {
         "3 sip:127.0.0.1:{p503} 0 10\n3 sip:127.0.0.1:{pok} 0 5\n\
          4 sip:127.0.0.1:{phole} 0 10\n4 sip:127.0.0.1:{pok} 0 5\n"
     );
-    let srv = proxy(&list, "");
+    let srv = Proxy::start(&list);
     let dir = TempDir::new("ds-failover");
-    let mut busy = Sipp::uas(&dir, "uas-503", "uas-503.xml", p503, srv.addr, &["-m", "5"]);
-    let mut ok = Sipp::uas(&dir, "uas-ok", "uas-call.xml", pok, srv.addr, &["-m", "8"]);
+    let mut busy = Sipp::uas(
+        &dir,
+        "uas-503",
+        "uas-503.xml",
+        p503,
+        srv.addr(),
+        &["-m", "5"],
+    );
+    let mut ok = Sipp::uas(
+        &dir,
+        "uas-ok",
+        "uas-call.xml",
+        pok,
+        srv.addr(),
+        &["-m", "8"],
+    );
 
     calls(&dir, &srv, "uac-503", "failover", 5, &[&busy, &ok]);
     assert_eq!(
@@ -365,6 +560,9 @@ fn failover_on_503_and_on_no_answer() {
 /// again once it answers.
 #[test]
 fn probing_marks_a_stopped_destination_inactive_and_back() {
+    if kamailio_selected() {
+        return; // sipshard's control plane / database loading only
+    }
     let (pa, pb) = (free_udp_port(), free_udp_port());
     let list = format!("1 sip:127.0.0.1:{pa}\n1 sip:127.0.0.1:{pb}\n");
     let srv = proxy(
@@ -428,6 +626,9 @@ fn probing_marks_a_stopped_destination_inactive_and_back() {
 /// listed, `ping_active` switches keepalives.
 #[test]
 fn set_state_reload_and_ping_active() {
+    if kamailio_selected() {
+        return; // sipshard's control plane / database loading only
+    }
     let srv = proxy(
         "1 sip:127.0.0.1:5999\n1 sip:127.0.0.1:5998 8 0 duid=x\n",
         "",
@@ -494,6 +695,9 @@ fn sql_exec(url: &str, stmts: &[String]) {
 /// Sets from Kamailio's `dispatcher` table (created by `sipshard db init`)
 /// on each backend, read at start and again on `dispatcher.reload`.
 fn sets_from_database(db: TestDb) {
+    if kamailio_selected() {
+        return; // sipshard's control plane / database loading only
+    }
     db.init(&[]);
     let row = |set: i64, uri: &str, flags: i64, prio: i64, attrs: &str| {
         format!(
