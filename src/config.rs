@@ -68,6 +68,9 @@ pub struct Config {
     pub redis: Vec<RedisDef>,
     /// `KSR.dialog` (Kamailio's dialog module parameters).
     pub dialog: DialogConfig,
+    /// `KSR.dispatcher` (Kamailio's dispatcher module parameters); loaded
+    /// only when `list_file` or `db_url` is set.
+    pub dispatcher: DispatcherConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -891,6 +894,110 @@ impl Default for PermissionsConfig {
     }
 }
 
+/// `[dispatcher]`: Kamailio's dispatcher module parameters, same names and
+/// defaults; the sipshard-only keys say so.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DispatcherConfig {
+    /// Destination sets from this file (Kamailio's `dispatcher.list` format).
+    pub list_file: String,
+    /// Destination sets from the `dispatcher` table of this database; must
+    /// be `[db] url` (one database per server), or `"db"` for it.
+    pub db_url: String,
+    pub table_name: String,
+    pub setid_col: String,
+    pub destination_col: String,
+    pub flags_col: String,
+    pub priority_col: String,
+    pub attrs_col: String,
+    /// 1: hash over the URI user only; 2: failover (the other destinations
+    /// in the XAVP for `ds_next_dst`).
+    pub flags: u32,
+    pub force_dst: u32,
+    pub use_default: u32,
+    pub xavp_dst: String,
+    pub xavp_dst_mode: u32,
+    pub xavp_ctx: String,
+    pub xavp_ctx_mode: u32,
+    /// `$var(...)`/`$avp(...)` set to the matching set id by `ds_is_from_list*`.
+    pub setid_pvname: String,
+    /// The same for the matching destination's attrs.
+    pub attrs_pvname: String,
+    pub ds_ping_method: String,
+    pub ds_ping_from: String,
+    /// Seconds between keepalive rounds; 0: no probing.
+    pub ds_ping_interval: u64,
+    /// Seconds a probe waits for its final reply (0: `[tm] fr_timer_ms`).
+    pub ds_ping_fr_timer: u64,
+    pub ds_probing_threshold: u32,
+    pub ds_inactive_threshold: u32,
+    pub ds_ping_reply_codes: String,
+    pub ds_probing_mode: u8,
+    pub ds_ping_latency_stats: u32,
+    pub ds_latency_estimator_alpha: u32,
+    /// Power of two of Kamailio's call-load hash; > 0 enables algorithm 10.
+    pub ds_hash_size: u32,
+    pub ds_hash_expire: u64,
+    pub ds_hash_initexpire: u64,
+    pub ds_hash_check_interval: u64,
+    /// sipshard: most calls the call-load table (alg 10) tracks.
+    pub max_calls: usize,
+    /// sipshard: most sets and destinations loaded.
+    pub max_sets: usize,
+    pub max_destinations: usize,
+    /// sipshard: most probes in flight.
+    pub max_pending_pings: usize,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            list_file: String::new(),
+            db_url: String::new(),
+            table_name: "dispatcher".into(),
+            setid_col: "setid".into(),
+            destination_col: "destination".into(),
+            flags_col: "flags".into(),
+            priority_col: "priority".into(),
+            attrs_col: "attrs".into(),
+            flags: 0,
+            force_dst: 1,
+            use_default: 0,
+            xavp_dst: "_dsdst_".into(),
+            xavp_dst_mode: 0,
+            xavp_ctx: "_dsctx_".into(),
+            xavp_ctx_mode: 0,
+            setid_pvname: String::new(),
+            attrs_pvname: String::new(),
+            ds_ping_method: "OPTIONS".into(),
+            ds_ping_from: "sip:dispatcher@localhost".into(),
+            ds_ping_interval: 0,
+            ds_ping_fr_timer: 0,
+            ds_probing_threshold: 1,
+            ds_inactive_threshold: 1,
+            ds_ping_reply_codes: String::new(),
+            ds_probing_mode: 0,
+            ds_ping_latency_stats: 0,
+            ds_latency_estimator_alpha: 100,
+            ds_hash_size: 0,
+            ds_hash_expire: 7200,
+            ds_hash_initexpire: 7200,
+            ds_hash_check_interval: 30,
+            max_calls: 100_000,
+            max_sets: 1_000,
+            max_destinations: 10_000,
+            max_pending_pings: 10_000,
+        }
+    }
+}
+
+impl DispatcherConfig {
+    /// The module is loaded (`KSR.dispatcher` exists).
+    pub fn enabled(&self) -> bool {
+        !self.list_file.is_empty() || !self.db_url.is_empty()
+    }
+}
+
 /// A safe SQL table name (letters, digits, `_`; 1..=64 bytes).
 pub fn is_sql_ident(s: &str) -> bool {
     !s.is_empty()
@@ -1298,7 +1405,8 @@ impl Config {
         if self.permissions.max_addresses == 0 {
             return Err(self.invalid("permissions.max_addresses", "must be at least 1"));
         }
-        self.validate_sqlops_redis()
+        self.validate_sqlops_redis()?;
+        self.validate_dispatcher()
     }
 
     /// `[[sqlops]]`, `[[redis]]` and their `[db]` limits.
@@ -1353,6 +1461,67 @@ impl Config {
                 "db",
                 "sqlops_results_maxsize, sqlops_queue_depth, redis_replies_max, \
                  redis_queue_depth and redis_reply_elements_max must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_dispatcher(&self) -> Result<(), ConfigError> {
+        let d = &self.dispatcher;
+        if !d.list_file.is_empty() && !d.db_url.is_empty() {
+            return Err(self.invalid("dispatcher.list_file", "set list_file or db_url, not both"));
+        }
+        if !d.db_url.is_empty() && d.db_url != "db" && d.db_url != self.db.url {
+            return Err(self.invalid(
+                "dispatcher.db_url",
+                "must be [db] url (or \"db\"): sipshard uses one database",
+            ));
+        }
+        for (k, v) in [
+            ("table_name", &d.table_name),
+            ("setid_col", &d.setid_col),
+            ("destination_col", &d.destination_col),
+            ("flags_col", &d.flags_col),
+            ("priority_col", &d.priority_col),
+            ("attrs_col", &d.attrs_col),
+        ] {
+            if !is_sql_ident(v) {
+                return Err(self.invalid(&format!("dispatcher.{k}"), "must be a plain SQL name"));
+            }
+        }
+        if d.ds_probing_mode > 3 {
+            return Err(self.invalid("dispatcher.ds_probing_mode", "must be 0..=3"));
+        }
+        if crate::dispatcher::ReplyCodes::parse(&d.ds_ping_reply_codes).is_none() {
+            return Err(self.invalid(
+                "dispatcher.ds_ping_reply_codes",
+                "must be entries like class=2;code=404",
+            ));
+        }
+        if d.ds_latency_estimator_alpha > 1000 {
+            return Err(self.invalid("dispatcher.ds_latency_estimator_alpha", "must be 0..=1000"));
+        }
+        if d.ds_ping_method.is_empty() || !d.ds_ping_method.bytes().all(|b| b.is_ascii_alphabetic())
+        {
+            return Err(self.invalid("dispatcher.ds_ping_method", "must be a SIP method name"));
+        }
+        if d.ds_ping_from.contains(['\r', '\n', '<', '>']) {
+            return Err(self.invalid("dispatcher.ds_ping_from", "must be a plain SIP URI"));
+        }
+        if d.xavp_dst.is_empty() || d.xavp_ctx.is_empty() {
+            return Err(self.invalid("dispatcher.xavp_dst", "must not be empty"));
+        }
+        if d.ds_hash_size > 16 {
+            return Err(self.invalid("dispatcher.ds_hash_size", "must be 0..=16"));
+        }
+        if d.max_calls == 0
+            || d.max_sets == 0
+            || d.max_destinations == 0
+            || d.max_pending_pings == 0
+        {
+            return Err(self.invalid(
+                "dispatcher",
+                "max_calls, max_sets, max_destinations and max_pending_pings must be at least 1",
             ));
         }
         Ok(())

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod dispatcher;
 pub mod exec;
 pub mod flood;
 pub mod kemi;

@@ -854,8 +854,8 @@ fn ctl_works_for_every_method() {
     assert_eq!(st["auth.successes"], 2, "{st}");
     let methods = ctl_json(&srv, &["system.listMethods"]);
     // the 15 core and kemi methods plus 17 of htable, pike, flood and
-    // permissions and 4 of dialog
-    assert_eq!(methods.as_array().unwrap().len(), 36, "{methods}");
+    // permissions, 4 of dialog and 4 of dispatcher
+    assert_eq!(methods.as_array().unwrap().len(), 40, "{methods}");
     for m in [
         "htable.dump",
         "pike.top",
@@ -863,6 +863,7 @@ fn ctl_works_for_every_method() {
         "flood.unban",
         "permissions.addressReload",
         "dlg.list",
+        "dispatcher.list",
     ] {
         assert!(
             methods.as_array().unwrap().iter().any(|x| x == m),

@@ -130,7 +130,7 @@ fn sqlite_user_lifecycle() {
     assert_eq!(stdout_ok(&with_db(&["user", "list"])), "bob@d.org\n");
     assert_eq!(
         stdout_ok(&with_db(&["db", "version"])),
-        "address 6\nhtable 2\nlocation 9\nlocation_attrs 1\nsubscriber 7\nversion 1\n"
+        "address 6\ndispatcher 4\nhtable 2\nlocation 9\nlocation_attrs 1\nsubscriber 7\nversion 1\n"
     );
 }
 

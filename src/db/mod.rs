@@ -248,6 +248,12 @@ enum DbReq {
         max: usize,
         reply: Reply<Vec<HtableRow>>,
     },
+    DispatcherLoad {
+        table: String,
+        cols: [String; 5],
+        max: usize,
+        reply: Reply<Vec<crate::dispatcher::DsRow>>,
+    },
     AddressLoad {
         table: String,
         max: usize,
@@ -370,6 +376,22 @@ impl DbHandle {
         })
     }
 
+    /// Every row of a dispatcher table (at most `max`); `cols` as
+    /// [`DbPool::dispatcher_load`].
+    pub fn dispatcher_load(
+        &self,
+        table: &str,
+        cols: [&str; 5],
+        max: usize,
+    ) -> Result<DbReply<Vec<crate::dispatcher::DsRow>>, DbError> {
+        self.send(|reply| DbReq::DispatcherLoad {
+            table: table.to_owned(),
+            cols: cols.map(str::to_owned),
+            max,
+            reply,
+        })
+    }
+
     fn send<T>(&self, build: impl FnOnce(Reply<T>) -> DbReq) -> Result<DbReply<T>, DbError> {
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(build(reply)) {
@@ -464,6 +486,23 @@ async fn answer(pool: &DbPool, req: DbReq) {
         DbReq::AddressLoad { table, max, reply } => {
             if !reply.is_closed() {
                 let _ = reply.send(pool.address_load(&table, max).await);
+            }
+        }
+        DbReq::DispatcherLoad {
+            table,
+            cols,
+            max,
+            reply,
+        } => {
+            if !reply.is_closed() {
+                let cols = [
+                    cols[0].as_str(),
+                    cols[1].as_str(),
+                    cols[2].as_str(),
+                    cols[3].as_str(),
+                    cols[4].as_str(),
+                ];
+                let _ = reply.send(pool.dispatcher_load(&table, cols, max).await);
             }
         }
         DbReq::LocationLoadAll { reply } => {

@@ -732,6 +732,52 @@ impl DbPool {
         at_most(rows, "address", max)
     }
 
+    /// Every row of a dispatcher table: `cols` names the set id,
+    /// destination, flags, priority and attrs columns; at most `max`.
+    pub async fn dispatcher_load(
+        &self,
+        table: &str,
+        cols: [&str; 5],
+        max: usize,
+    ) -> Result<Vec<crate::dispatcher::DsRow>, DbError> {
+        if cols.iter().any(|c| !crate::config::is_sql_ident(c)) {
+            return Err(DbError::BadConfig(format!("bad column names {cols:?}")));
+        }
+        let [setid, destination, flags, priority, attrs] = cols;
+        let (setid, flags, priority) = (
+            format!("#{setid}"),
+            format!("#{flags}"),
+            format!("#{priority}"),
+        );
+        let (sql, limit) =
+            self.load_sql(table, [&setid, destination, &flags, &priority, attrs], max)?;
+        let rows = self
+            .bounded(async {
+                let rows = with_pool!(self, pool => {
+                    sqlx::query(&sql)
+                        .bind(limit)
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(|row| {
+                            Ok(crate::dispatcher::DsRow {
+                                setid: row.try_get(0)?,
+                                destination: row.try_get(1)?,
+                                flags: row.try_get(2)?,
+                                priority: row.try_get(3)?,
+                                attrs: row
+                                    .try_get::<Option<String>, _>(4)?
+                                    .unwrap_or_default(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, sqlx::Error>>()?
+                });
+                Ok(rows)
+            })
+            .await?;
+        at_most(rows, "dispatcher", max)
+    }
+
     /// Inserts a `subscriber` row; `UserExists` when username+domain is taken.
     pub async fn subscriber_insert(&self, credentials: &Credentials) -> Result<(), DbError> {
         let sql = self.sql.subscriber_insert.as_str();

@@ -1,7 +1,7 @@
 //! Kamailio's table layout for the tables sipshard uses, rendered per backend.
 //!
 //! Owns: the DDL of `version`, `subscriber` (auth_db), `location` and
-//! `location_attrs` (usrloc), `htable` (htable) and `address` (permissions), their indexes and `version` rows, with
+//! `location_attrs` (usrloc), `htable` (htable), `address` (permissions) and `dispatcher`, their indexes and `version` rows, with
 //! Kamailio's column names, types, defaults and index names (on PostgreSQL and
 //! SQLite index names are global, so Kamailio prefixes them with the table
 //! name; on MySQL it does not), so that sipshard and Kamailio can share one
@@ -15,13 +15,14 @@ use super::DbError;
 
 /// The `version` rows sipshard writes and expects: (table_name, table_version),
 /// the versions of Kamailio 5.x/6.x.
-pub const SCHEMA_VERSIONS: [(&str, i64); 6] = [
+pub const SCHEMA_VERSIONS: [(&str, i64); 7] = [
     ("version", 1),
     ("subscriber", 7),
     ("location", 9),
     ("location_attrs", 1),
     ("htable", 2),
     ("address", 6),
+    ("dispatcher", 4),
 ];
 
 /// Creates the tables, indexes and `version` rows that are missing.
@@ -197,13 +198,30 @@ const ADDRESS: Table = Table {
     indexes: &[],
 };
 
-const TABLES: [&Table; 6] = [
+/// dispatcher module destination sets.
+const DISPATCHER: Table = Table {
+    name: "dispatcher",
+    columns: &[
+        ("id", Ty::Id),
+        ("setid", Ty::Int(0)),
+        ("destination", Ty::Text(192, "")),
+        ("flags", Ty::Int(0)),
+        ("priority", Ty::Int(0)),
+        ("attrs", Ty::Text(198, "")),
+        ("description", Ty::Text(64, "")),
+    ],
+    unique: &[],
+    indexes: &[],
+};
+
+const TABLES: [&Table; 7] = [
     &VERSION,
     &SUBSCRIBER,
     &LOCATION,
     &LOCATION_ATTRS,
     &HTABLE,
     &ADDRESS,
+    &DISPATCHER,
 ];
 
 /// Every statement of the schema, in order, for one dialect.

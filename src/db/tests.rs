@@ -328,7 +328,7 @@ fn schema_init_is_idempotent(dialect: Dialect) {
     }
     assert_eq!(
         run_db(&db.url, DbCmd::Version).expect("db version"),
-        "address 6\nhtable 2\nlocation 9\nlocation_attrs 1\nsubscriber 7\nversion 1\n"
+        "address 6\ndispatcher 4\nhtable 2\nlocation 9\nlocation_attrs 1\nsubscriber 7\nversion 1\n"
     );
     // (table, unique constraints, plain indexes), names without the table
     // prefix that PostgreSQL and SQLite add.

@@ -53,6 +53,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("jsonrpcs", include_str!("jsonrpcs.rs")),
     ("sipjson", include_str!("sipjson.rs")),
     ("dialog", include_str!("dialog.rs")),
+    ("dispatcher", include_str!("dispatcher.rs")),
 ];
 
 /// One documented KSR function.
@@ -279,6 +280,7 @@ pub fn standalone_engine(script: &str, test_hooks: bool) -> Result<Engine, Strin
     // every optional module loaded, so the list shows all sipshard can export
     let mut config = crate::config::Config::embedded();
     config.permissions.enable = true;
+    config.dispatcher.list_file = "(not loaded)".into();
     let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0).with_modules(&config));
     let services = Rc::new(Services::new(
         0, 1, tables, &auth, &reg, [0u8; 32], None, 0,

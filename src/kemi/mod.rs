@@ -24,6 +24,7 @@ mod corex;
 mod ctx;
 pub mod dialog;
 pub mod dialog_store;
+pub mod dispatcher;
 pub mod exports;
 pub mod fuzzing;
 mod hdr;
@@ -747,6 +748,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     jsonrpcs::register(lua, ksr, shared)?;
     sipjson::register(lua, ksr, shared)?;
     dialog::register(lua, ksr, shared)?;
+    dispatcher::register(lua, ksr, shared)?;
     Ok(())
 }
 

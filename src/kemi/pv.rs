@@ -205,7 +205,9 @@ enum NullMode {
 }
 
 /// Per-message pv state: `$avp` and `$xavp` (cleared with the message).
-#[derive(Default, Debug)]
+/// A transaction keeps a copy for its failure route, as Kamailio keeps the
+/// request's xavps with the transaction.
+#[derive(Default, Debug, Clone)]
 pub struct PvMsg {
     /// name -> values, newest first.
     avps: Vec<(String, Vec<PvValue>)>,
@@ -249,7 +251,7 @@ impl Xavp {
 }
 
 #[derive(Clone, Debug)]
-enum Xavp {
+pub(crate) enum Xavp {
     Value(PvValue),
     Fields(Vec<(String, PvValue)>),
 }
@@ -277,6 +279,30 @@ impl PvMsg {
     pub fn set_limits(&mut self, max_value_bytes: usize, max_bytes_per_msg: usize) {
         self.max_value_bytes = max_value_bytes;
         self.max_bytes = max_bytes_per_msg;
+    }
+    /// Replaces every item of `name` with `items` (the first becomes the
+    /// head), each a list of fields; false when the message's bounds
+    /// refused one (the items before it are kept).
+    pub(crate) fn xavp_set_items(
+        &mut self,
+        name: &str,
+        items: Vec<Vec<(String, PvValue)>>,
+    ) -> bool {
+        self.xavp_rm(name);
+        for fields in items.into_iter().rev() {
+            if !self.xavp_add(name, Xavp::Fields(fields)) {
+                return false;
+            }
+        }
+        true
+    }
+    /// Drops the head item of `name`.
+    pub(crate) fn xavp_drop_head(&mut self, name: &str) {
+        self.xavp_rm_item(name, 0);
+    }
+    /// A field of the head item of `name`.
+    pub(crate) fn xavp_head_field(&self, name: &str, field: &str) -> Option<&PvValue> {
+        self.xavp_field(name, field)
     }
     /// Takes `n` bytes of the message's budget; false (nothing taken) when
     /// the value or the total would be too large.
@@ -2271,7 +2297,7 @@ pub(super) fn set(s: &Shared, name: &str, value: Option<PvValue>) -> mlua::Resul
 }
 
 /// A URI with its user, host or port replaced (`None` removes user/port).
-fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
+pub(crate) fn rebuild_uri(u: &SipUri<'_>, which: &str, v: Option<&[u8]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(u.raw.len() + 16);
     out.extend_from_slice(match u.scheme {
         crate::sip::Scheme::Sips => b"sips:",

@@ -133,6 +133,9 @@ pub struct SharedTables {
     pub rpc_exec: std::sync::OnceLock<super::jsonrpcs::ScriptRpc>,
     /// KSR.dialog dialogs and profiles (`[dialog]`), lock-striped.
     pub dialog: super::dialog_store::Dialogs,
+    /// KSR.dispatcher sets and destination state (when configured).
+    pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
+    pub dispatcher_cfg: crate::config::DispatcherConfig,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -153,6 +156,8 @@ impl SharedTables {
         self.flood = crate::flood::Flood::new(&config.flood);
         self.permissions_enabled = config.permissions.enable;
         self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
+        self.dispatcher = super::dispatcher::build(config, 0);
+        self.dispatcher_cfg = config.dispatcher.clone();
         self
     }
 
@@ -191,6 +196,8 @@ impl SharedTables {
             permissions_enabled: false,
             rpc_exec: std::sync::OnceLock::new(),
             dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
+            dispatcher: None,
+            dispatcher_cfg: crate::config::DispatcherConfig::default(),
         }
     }
 
@@ -214,6 +221,15 @@ impl SharedTables {
                 .map_err(|e| format!("{what}: {e}"))?;
             let (loaded, skipped) = t.load_rows(&rows, now);
             tracing::info!(table = %t.def.name, loaded, skipped, "htable loaded from the database");
+        }
+        if let Some(ds) = &self.dispatcher {
+            let (n, skipped) = super::dispatcher::load(ds, &config.dispatcher, Some(db)).await?;
+            tracing::info!(
+                destinations = n,
+                skipped,
+                sets = ds.list().sets.len(),
+                "dispatcher sets loaded"
+            );
         }
         if self.permissions_enabled {
             let (n, skipped) = self

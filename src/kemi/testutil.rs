@@ -89,6 +89,23 @@ pub(crate) fn global_int(eng: &Engine, name: &str) -> i64 {
     }
 }
 
+/// A Lua global string the script set ("" for nil).
+pub(crate) fn global_str(eng: &Engine, name: &str) -> String {
+    match eng.lua().globals().get::<mlua::Value>(name).unwrap() {
+        mlua::Value::String(s) => s.to_str().unwrap().to_string(),
+        mlua::Value::Nil => String::new(),
+        other => panic!("global {name} is {other:?}"),
+    }
+}
+
+/// A Lua global boolean the script set.
+pub(crate) fn global_bool(eng: &Engine, name: &str) -> bool {
+    matches!(
+        eng.lua().globals().get::<mlua::Value>(name).unwrap(),
+        mlua::Value::Boolean(true)
+    )
+}
+
 /// Builds a request from `start` (e.g. `"BYE sip:bob@192.0.2.20 SIP/2.0"`)
 /// and extra header lines, with the usual mandatory headers.
 pub(crate) fn request(start: &str, to_tag: Option<&str>, extra: &[&str]) -> Vec<u8> {

@@ -63,6 +63,9 @@ pub struct TmUser {
     pub rr: super::rr::RrPending,
     /// The dialog `dlg_manage()` created for this INVITE.
     pub dlg: Option<super::dialog_store::DlgId>,
+    /// The route's `$avp`/`$xavp` at the last relay (the failure route's;
+    /// the dispatcher's failover list lives there).
+    pub pv: super::pv::PvMsg,
 }
 
 use super::tm_store::CreateError;
@@ -654,11 +657,13 @@ fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
     } else {
         None
     };
+    let pv = s.with_msg(|m| m.pv.clone()).unwrap_or_default();
     s.tm.get_mut_map(id, |c| {
         if let Some((edits, rr)) = kept {
             c.user.edits = edits;
             c.user.rr = rr;
         }
+        c.user.pv = pv;
         c.user.on_failure = routes.0;
         if routes.1.is_some() || kind != RouteKind::Failure {
             c.user.on_reply = routes.1;
@@ -1155,9 +1160,10 @@ pub(super) async fn completed_flow(
             c.user.edits.clone(),
             c.user.rr.clone(),
             c.user.dlg,
+            c.user.pv.clone(),
         )
     });
-    let Some((group, on_failure, req, src, flags, best, edits, rr, dlg)) = taken else {
+    let Some((group, on_failure, req, src, flags, best, edits, rr, dlg, pv)) = taken else {
         return;
     };
     let src = src.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -1194,6 +1200,7 @@ pub(super) async fn completed_flow(
                 ctx.edits = edits;
                 ctx.rr = rr;
                 ctx.dlg = dlg;
+                ctx.pv = pv;
                 if let Some((b, code)) = best {
                     ctx.tm.branch_idx = Some(b);
                     ctx.tm.reply_code = code;

@@ -22,6 +22,10 @@
 //! | `flood.unban` | ip | `"Ok. Source unbanned."`; error 404 when it was not banned |
 //! | `permissions.addressReload` | – | `"Ok. Reload successful."` (reads the address table again) |
 //! | `permissions.addressDump` | – | `[{"grp", "ip_addr", "mask", "port", "tag"}]` |
+//! | `dispatcher.list` | – | `{"NRSETS", "RECORDS": [{"SET": {"ID", "TARGETS": [{"DEST": {"URI", "FLAGS", "PRIORITY", "ATTRS"? (when it has attrs): {"BODY", "DUID", "MAXLOAD", "WEIGHT", "RWEIGHT", "SOCKET", "SOCKNAME", "OBPROXY"}, "LATENCY"? (with `ds_ping_latency_stats`): {"AVG", "STD", "EST", "MAX", "TIMEOUT"}}}]}}]}` (FLAGS: `A`/`I`/`T`/`D` then `P` probing or `X`) |
+//! | `dispatcher.reload` | – | `"Ok. Dispatcher successfully reloaded."` (file or database read again; state of kept destinations kept) |
+//! | `dispatcher.set_state` | state (`a`/`i`/`t`/`d`, `p` for probing), group, address or `all` | `"Ok. Dispatcher state updated."`; error 404 when no such destination |
+//! | `dispatcher.ping_active` | – or 0/1 | `{"OldPingState", "NewPingState"}` (or `{"PingState"}`): keepalives on or off |
 
 #![forbid(unsafe_code)]
 
@@ -55,7 +59,11 @@ pub(crate) fn register(r: &mut Registry) {
         .register("flood.list", flood_list)
         .register("flood.unban", flood_unban)
         .register("permissions.addressReload", address_reload)
-        .register("permissions.addressDump", address_dump);
+        .register("permissions.addressDump", address_dump)
+        .register("dispatcher.list", ds_list)
+        .register("dispatcher.reload", ds_reload)
+        .register("dispatcher.set_state", ds_set_state)
+        .register("dispatcher.ping_active", ds_ping_active);
 }
 
 fn modules(ctx: &RpcContext) -> Result<&Arc<ModulesCtl>, MethodError> {
@@ -373,4 +381,120 @@ async fn address_dump(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Met
             })
             .collect(),
     ))
+}
+
+fn dispatcher(m: &ModulesCtl) -> Result<&Arc<crate::dispatcher::Dispatcher>, MethodError> {
+    m.tables
+        .dispatcher
+        .as_ref()
+        .ok_or_else(|| MethodError::Internal("dispatcher is not loaded".into()))
+}
+
+async fn ds_list(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let ds = dispatcher(m)?;
+    let stats = m.tables.dispatcher_cfg.ds_ping_latency_stats != 0;
+    let list = ds.list();
+    let records: Vec<Value> = list
+        .sets
+        .iter()
+        .map(|set| {
+            let targets: Vec<Value> = set
+                .dests
+                .iter()
+                .map(|d| {
+                    let a = &d.attrs;
+                    let mut dest = json!({
+                        "URI": d.uri,
+                        "FLAGS": d.flags_text(),
+                        "PRIORITY": d.priority,
+                    });
+                    // Kamailio 5.6 lists ATTRS only for a destination with attrs.
+                    if !a.body.is_empty() {
+                        dest["ATTRS"] = json!({
+                            "BODY": a.body,
+                            "DUID": a.duid,
+                            "MAXLOAD": a.maxload,
+                            "WEIGHT": a.weight,
+                            "RWEIGHT": a.rweight,
+                            "SOCKET": a.socket,
+                            "SOCKNAME": a.sockname,
+                            "OBPROXY": a.obproxy,
+                        });
+                    }
+                    if stats {
+                        let l = d.latency.view();
+                        dest["LATENCY"] = json!({
+                            "AVG": l.avg,
+                            "STD": l.std,
+                            "EST": l.est,
+                            "MAX": l.max_ms,
+                            "TIMEOUT": l.timeouts,
+                        });
+                    }
+                    json!({ "DEST": dest })
+                })
+                .collect();
+            json!({ "SET": { "ID": set.id, "TARGETS": targets } })
+        })
+        .collect();
+    Ok(json!({ "NRSETS": list.sets.len(), "RECORDS": records }))
+}
+
+async fn ds_reload(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(0)?;
+    let m = modules(&ctx)?;
+    let ds = dispatcher(m)?;
+    match crate::kemi::dispatcher::load(ds, &m.tables.dispatcher_cfg, m.db.as_ref()).await {
+        Ok((n, skipped)) => {
+            tracing::info!(destinations = n, skipped, "dispatcher reloaded");
+            Ok(json!("Ok. Dispatcher successfully reloaded."))
+        }
+        Err(e) => Err(MethodError::Internal(format!("Reload failed: {e}"))),
+    }
+}
+
+async fn ds_set_state(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(3)?;
+    let m = modules(&ctx)?;
+    let ds = dispatcher(m)?;
+    let state = text(&params, 0, "state")?;
+    let group = int(&params, 1, "group")?;
+    let address = text(&params, 2, "address")?;
+    let Some(st) = crate::dispatcher::list::parse_state(&state) else {
+        return Err(MethodError::InvalidParams(format!("bad state {state:?}")));
+    };
+    let list = ds.list();
+    let set = i32::try_from(group)
+        .ok()
+        .and_then(|g| list.set(g))
+        .ok_or_else(|| MethodError::NotFound(format!("group not found: {group}")))?;
+    if address == "all" {
+        for d in &set.dests {
+            d.set_state(st);
+        }
+    } else {
+        let i = set
+            .find(&address)
+            .ok_or_else(|| MethodError::NotFound(format!("destination not found: {address}")))?;
+        if let Some(d) = set.dests.get(i) {
+            d.set_state(st);
+        }
+    }
+    Ok(json!("Ok. Dispatcher state updated."))
+}
+
+async fn ds_ping_active(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
+    params.at_most(1)?;
+    let m = modules(&ctx)?;
+    let ds = dispatcher(m)?;
+    let mut p = ds.prober();
+    if params.value(0, "state").is_none() {
+        return Ok(json!({ "PingState": i32::from(p.active) }));
+    }
+    let new = int(&params, 0, "state")?;
+    let old = i32::from(p.active);
+    p.active = new != 0;
+    Ok(json!({ "OldPingState": old, "NewPingState": i32::from(p.active) }))
 }

@@ -680,6 +680,14 @@ fn run_message(shard: &Rc<Shard>, mut ctx: Box<MsgCtx>) {
             bad_input(shard, &ctx, e);
             return recycle(shard, ctx);
         }
+        // Replies to the dispatcher's keepalives update the destination
+        // state and go no further (only when the module is loaded).
+        if let Some(ds) = &shard.engine.shared().services.tables.dispatcher {
+            if crate::kemi::dispatcher::on_reply(ds, &ctx.msg(), shard.engine.tm_now_ms()) {
+                counters.incr(Counter::DsProbeReplies);
+                return recycle(shard, ctx);
+            }
+        }
         if shard.inflight.get() >= shard.max_inflight {
             inflight_full(shard);
             counters.incr(Counter::DropReplies);

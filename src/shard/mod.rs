@@ -661,6 +661,27 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
     if ex.spawn(db_retry_timer(Rc::downgrade(&shard))).is_err() {
         return fail("cannot start the database retry timer".into());
     }
+    // Dispatcher keepalives and call-load expiry: one shard for the server
+    // (the state they change is shared).
+    if id == 0 && params.tables.dispatcher.is_some() {
+        if params.config.dispatcher.ds_ping_interval > 0
+            && ex
+                .spawn(dispatcher_probe_timer(Rc::downgrade(&shard)))
+                .is_err()
+        {
+            return fail("cannot start the dispatcher probe timer".into());
+        }
+        if params.config.dispatcher.ds_hash_size > 0
+            && ex
+                .spawn(dispatcher_load_timer(
+                    Rc::downgrade(&shard),
+                    params.config.dispatcher.ds_hash_check_interval,
+                ))
+                .is_err()
+        {
+            return fail("cannot start the dispatcher call-load timer".into());
+        }
+    }
     tracing::info!(shard = id, cpu = ?spec.cpu, %local, "shard serving");
     let _ = ready.send(Ok((id, local)));
     drop(ready);
@@ -741,6 +762,47 @@ async fn usrloc_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
         );
         if svc.registrar.db_mode == 2 {
             svc.flush_dirty(shared.clone());
+        }
+    }
+}
+
+/// Dispatcher keepalives: sends the probes that are due (first
+/// transmissions and retransmissions) and fails those past their timeout,
+/// then sleeps until the prober's next deadline.
+async fn dispatcher_probe_timer(shard: std::rc::Weak<Shard>) {
+    loop {
+        let wait_ms = {
+            let Some(shard) = shard.upgrade() else { return };
+            let shared = shard.engine.shared();
+            let Some(ds) = shared.services.tables.dispatcher.clone() else {
+                return;
+            };
+            let now = shard.engine.tm_now_ms();
+            let method = &shard.params.config.dispatcher.ds_ping_method;
+            let mut sent = 0u64;
+            let next =
+                crate::kemi::dispatcher::probe_tick(&ds, method, shard.local, now, |dst, bytes| {
+                    sent += 1;
+                    shared.extra_out.borrow_mut().push((dst, bytes));
+                });
+            shared
+                .counters
+                .add(crate::stats::Counter::DsProbesSent, sent);
+            next.map_or(1000, |at| at.saturating_sub(now))
+                .clamp(1, 60_000)
+        };
+        crate::exec::sleep(Duration::from_millis(wait_ms)).await;
+    }
+}
+
+/// Call-load (alg 10) expiry every `ds_hash_check_interval` seconds.
+async fn dispatcher_load_timer(shard: std::rc::Weak<Shard>, interval_s: u64) {
+    let interval = Duration::from_secs(interval_s.max(1));
+    loop {
+        crate::exec::sleep(interval).await;
+        let Some(shard) = shard.upgrade() else { return };
+        if let Some(ds) = &shard.engine.shared().services.tables.dispatcher {
+            ds.calls().sweep(unix_now_s());
         }
     }
 }

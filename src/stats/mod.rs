@@ -104,6 +104,9 @@ counters! {
     FloodBannedDrops => "flood.banned_drops", "requests from a banned source dropped before the route";
     FloodBans => "flood.bans", "sources banned after auth_failures_max failed authentications";
     FloodTableFull => "flood.table_full", "sources forgotten with state left: the [flood] table was at max_sources";
+    DsLoadFull => "dispatcher.load_full", "calls not tracked for call-load dispatching (alg 10): the table held max_calls";
+    DsProbesSent => "dispatcher.probes_sent", "keepalive requests sent to destinations (first transmissions)";
+    DsProbeReplies => "dispatcher.probe_replies", "replies to keepalive requests (never routed)";
     SanityFailed => "sanity.failed", "messages that failed a KSR.sanity check";
     BadMsgAnswered => "core.bad_msg_answered", "malformed requests answered (400, 416, 505) instead of dropped";
     ParseEmpty => "parse.empty", "malformed messages: empty";
