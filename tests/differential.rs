@@ -12,14 +12,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{free_udp_port, Server, ServerOpts, TempDir};
+use common::{free_udp_port, kamailio_mpath, Kamailio, Server, ServerOpts, TempDir};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -45,103 +41,21 @@ fn allowed_differences_are_documented() {
     }
 }
 
-fn kamailio_mpath() -> String {
-    for d in [
-        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
-        "/usr/lib/aarch64-linux-gnu/kamailio/modules",
-        "/usr/lib/kamailio/modules",
-        "/usr/lib64/kamailio/modules",
-    ] {
-        if Path::new(d).join("app_lua.so").exists() && Path::new(d).join("kemix.so").exists() {
-            return format!("{d}/");
-        }
+/// Kamailio 5.6 running the probe with tests/differential/kamailio.cfg.
+fn start_kamailio(probe: &str) -> Kamailio {
+    let dir = TempDir::new("kamdiff");
+    let port = free_udp_port();
+    let cfg = std::fs::read_to_string(format!("{ROOT}/tests/differential/kamailio.cfg"))
+        .unwrap()
+        .replace("@PORT@", &port.to_string())
+        .replace("@MPATH@", &kamailio_mpath(&["app_lua.so", "kemix.so"]))
+        .replace("@LUA@", probe);
+    for p in ["@PORT@", "@MPATH@", "@LUA@"] {
+        assert!(!cfg.contains(p), "unfilled {p} in kamailio.cfg");
     }
-    panic!(
-        "Kamailio 5.6 with app_lua is needed for the differential test: run scripts/deps.sh \
-         (apt-get install kamailio kamailio-lua-modules)"
-    );
-}
-
-struct Kamailio {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    _dir: TempDir,
-}
-
-impl Kamailio {
-    fn start(probe: &str) -> Kamailio {
-        let dir = TempDir::new("kamdiff");
-        let port = free_udp_port();
-        let cfg = std::fs::read_to_string(format!("{ROOT}/tests/differential/kamailio.cfg"))
-            .unwrap()
-            .replace("@PORT@", &port.to_string())
-            .replace("@MPATH@", &kamailio_mpath())
-            .replace("@LUA@", probe);
-        for p in ["@PORT@", "@MPATH@", "@LUA@"] {
-            assert!(!cfg.contains(p), "unfilled {p} in kamailio.cfg");
-        }
-        let cfg_path = dir.path("kamailio.cfg");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let mut cmd = Command::new("kamailio");
-        cmd.arg("-f")
-            .arg(&cfg_path)
-            .args(["-DD", "-E", "-m", "32", "-M", "8", "-P"])
-            .arg(dir.path("kamailio.pid"))
-            .arg("-Y")
-            .arg(&dir.0)
-            .arg("-w")
-            .arg(&dir.0)
-            .env("PROBE_ENV", "probe env")
-            .env("PROBE_ENVN", "17")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("kamailio is installed (scripts/deps.sh)");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Kamailio {
-            child: Some(child),
-            addr: format!("127.0.0.1:{port}").parse().unwrap(),
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    let env = [("PROBE_ENV", "probe env"), ("PROBE_ENVN", "17")];
+    let wdir = dir.0.display().to_string();
+    Kamailio::run(dir, &cfg, port, &["-m", "32", "-w", &wdir], &env, false)
 }
 
 /// (name, message text with `@CPORT@` and LF line ends) from the corpus.
@@ -254,7 +168,7 @@ fn probe(
 fn getters_agree_with_kamailio() {
     let probe_path = format!("{ROOT}/tests/differential/probe.lua");
     let script = std::fs::read_to_string(&probe_path).unwrap();
-    let kam = Kamailio::start(&probe_path);
+    let kam = start_kamailio(&probe_path);
     // sipshard reads the same environment (KSR.kx.get_env).
     std::env::set_var("PROBE_ENV", "probe env");
     std::env::set_var("PROBE_ENVN", "17");

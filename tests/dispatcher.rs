@@ -18,11 +18,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -200,31 +198,13 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn kamailio_selected() -> bool {
-    std::env::var("PROXY_UNDER_TEST").is_ok_and(|v| v.eq_ignore_ascii_case("kamailio"))
-}
-
 /// Kamailio 5.6 running perf/kamailio/dispatcher.cfg (debug=2 so the
 /// script's KSR.info lines show), stopped on drop by its PID.
-struct Kamailio {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    _dir: TempDir,
-}
-
 impl Kamailio {
     fn start(list: &str) -> Kamailio {
         let dir = TempDir::new("kam-ds");
         std::fs::write(dir.path("dispatcher.list"), list).unwrap();
-        let mpath = [
-            "/usr/lib/x86_64-linux-gnu/kamailio/modules",
-            "/usr/lib/aarch64-linux-gnu/kamailio/modules",
-            "/usr/lib/kamailio/modules",
-        ]
-        .into_iter()
-        .find(|d| std::path::Path::new(d).join("dispatcher.so").exists())
-        .expect("kamailio with dispatcher.so and app_lua.so");
+        let mpath = kamailio_mpath(&["dispatcher.so", "app_lua.so"]);
         let port = free_udp_port();
         let cfg = std::fs::read_to_string(format!("{ROOT}/perf/kamailio/dispatcher.cfg"))
             .unwrap()
@@ -232,83 +212,10 @@ impl Kamailio {
             .replace("@PORT@", &port.to_string())
             .replace("@CHILDREN@", "2")
             .replace("@BUF_BYTES@", "4194304")
-            .replace("@MPATH@", mpath)
+            .replace("@MPATH@", &mpath)
             .replace("@LIST@", &dir.path("dispatcher.list").display().to_string())
             .replace("@LUA@", &format!("{ROOT}/tests/lua/dispatcher.lua"));
-        std::fs::write(dir.path("kamailio.cfg"), cfg).unwrap();
-        let mut child = Command::new("kamailio")
-            .arg("-f")
-            .arg(dir.path("kamailio.cfg"))
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-P"])
-            .arg(dir.path("kamailio.pid"))
-            .arg("-Y")
-            .arg(&dir.0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kamailio is installed");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut k = Kamailio {
-            child: Some(child),
-            addr,
-            log,
-            _dir: dir,
-        };
-        let c = client();
-        c.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = k.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("kamailio exited during start ({st}):\n{}", k.log());
-            }
-            let probe = request(&c, "OPTIONS", &format!("sip:{addr}"), "");
-            if exchange(&c, addr, probe.as_bytes()).is_some() {
-                return k;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kamailio did not answer:\n{}",
-                k.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM to its PID: the main process stops its children
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Kamailio::run(dir, &cfg, port, &["-m", "64"], &[], true)
     }
 }
 

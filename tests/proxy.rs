@@ -18,11 +18,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -49,36 +48,7 @@ fn default_lua() -> String {
     format!("{ROOT}/etc/sipshard.lua")
 }
 
-fn kamailio_selected() -> bool {
-    std::env::var("PROXY_UNDER_TEST").is_ok_and(|v| v.eq_ignore_ascii_case("kamailio"))
-}
-
 // ---------------------------------------------------------------- proxies
-
-/// Kamailio 5.6 with tests/kamailio/kamailio.cfg, stopped on drop.
-struct Kamailio {
-    child: Option<Child>,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    _dir: TempDir,
-}
-
-fn kamailio_mpath() -> String {
-    for d in [
-        "/usr/lib/x86_64-linux-gnu/kamailio/modules",
-        "/usr/lib/aarch64-linux-gnu/kamailio/modules",
-        "/usr/lib/kamailio/modules",
-        "/usr/lib64/kamailio/modules",
-    ] {
-        if Path::new(d).join("tm.so").exists() && Path::new(d).join("app_lua.so").exists() {
-            return format!("{d}/");
-        }
-    }
-    panic!(
-        "Kamailio modules (tm, app_lua) not found: apt-get install -y kamailio \
-         kamailio-lua-modules kamailio-sqlite-modules kamailio-extra-modules"
-    );
-}
 
 impl Kamailio {
     /// `lua`: script path; `db_url`: Some = load auth/auth_db (-A WITH_AUTH).
@@ -100,7 +70,7 @@ impl Kamailio {
             .unwrap()
             .replace("@DEBUG@", "2")
             .replace("@PORT@", &port.to_string())
-            .replace("@MPATH@", &kamailio_mpath())
+            .replace("@MPATH@", &kamailio_mpath(&["tm.so", "app_lua.so"]))
             .replace("@LUA@", lua)
             .replace("@DB_URL@", db_url.unwrap_or(""));
         for (k, v) in subs {
@@ -109,84 +79,12 @@ impl Kamailio {
         if let Some(p) = unfilled_placeholder(&cfg) {
             panic!("unfilled {p} in {cfg_name}");
         }
-        let cfg_path = dir.path("kamailio.cfg");
-        std::fs::write(&cfg_path, cfg).unwrap();
-        let mut cmd = Command::new("kamailio");
-        cmd.arg("-f")
-            .arg(&cfg_path)
-            .args(["-DD", "-E", "-m", "64", "-M", "8", "-P"])
-            .arg(dir.path("kamailio.pid"))
-            .arg("-Y")
-            .arg(&dir.0);
-        if db_url.is_some() && cfg_name == "kamailio.cfg" {
-            cmd.args(["-A", "WITH_AUTH"]);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kamailio is installed");
-        let log = Arc::new(Mutex::new(String::new()));
-        let mut err = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut k = Kamailio {
-            child: Some(child),
-            addr,
-            log,
-            _dir: dir,
+        let args: &[&str] = if db_url.is_some() && cfg_name == "kamailio.cfg" {
+            &["-m", "64", "-A", "WITH_AUTH"]
+        } else {
+            &["-m", "64"]
         };
-        // up when it answers anything
-        let c = client();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = k.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("kamailio exited during start ({st}):\n{}", k.log());
-            }
-            c.set_read_timeout(Some(Duration::from_millis(300)))
-                .unwrap();
-            let probe = request(&c, "OPTIONS", &format!("sip:{addr}"), "");
-            if exchange(&c, addr, probe.as_bytes()).is_some() {
-                return k;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "kamailio did not answer:\n{}",
-                k.log()
-            );
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Kamailio {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            // SIGTERM: the main process stops its children
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        Kamailio::run(dir, &cfg, port, args, &[], true)
     }
 }
 

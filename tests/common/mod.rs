@@ -2,6 +2,10 @@
 //! over real UDP sockets.
 #![allow(dead_code)]
 
+pub mod kamailio;
+#[allow(unused_imports)]
+pub use kamailio::*;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
