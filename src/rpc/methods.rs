@@ -8,7 +8,7 @@
 //! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards (plus `kemi.reloads`, `kemi.reloads_failed`) |
 //! | `stats.reset` | – or `"all"` | `{"reset": shards}` (zeroes counters and histograms) |
 //! | `ul.dump` | – | `{"aors": [..], "shards": n, "truncated": bool}` |
-//! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}`; error 404 when absent |
+//! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}` (usrloc db_mode 3: read from the database first); error 404 when absent, 500 when the database does not answer |
 //! | `ul.rm` | table, aor | `{"removed": n}`; error 404 when nothing was removed |
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
@@ -277,6 +277,13 @@ async fn ul_lookup(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Method
         .await?
     {
         Value::Null => Err(MethodError::NotFound("AOR not found".into())),
+        // db_mode 3: the database did not answer the read
+        Value::Object(o) if o.contains_key("error") => Err(MethodError::Internal(
+            o.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("lookup failed")
+                .to_string(),
+        )),
         v => Ok(v),
     }
 }

@@ -427,10 +427,30 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
                 let _ = reply.send(super::snapshot(shard, reset));
             }
             Ok(ShardCmd::Ul { cmd, reply }) => {
-                let _ = reply.send(crate::kemi::registrar::ul_json(
-                    &shard.engine.shared().services,
-                    cmd,
-                ));
+                let svc = shard.engine.shared().services.clone();
+                match cmd {
+                    // db_mode 3 (database only): the database, not this
+                    // node's memory, holds the AOR (another server sharing
+                    // it may have saved or removed bindings), so it is read
+                    // first, on a task like a script's lookup.
+                    crate::shard::control::UlCmd::Lookup { aor } if svc.registrar.db_mode == 3 => {
+                        let task = async move {
+                            let cmd = crate::shard::control::UlCmd::Lookup { aor: aor.clone() };
+                            let v = if svc.refresh_from_db(&aor).await {
+                                crate::kemi::registrar::ul_json(&svc, cmd)
+                            } else {
+                                serde_json::json!({ "error": "database read failed" })
+                            };
+                            let _ = reply.send(v);
+                        };
+                        if shard.ex.spawn(task).is_err() {
+                            shard.counters().incr(Counter::DropReplies);
+                        }
+                    }
+                    cmd => {
+                        let _ = reply.send(crate::kemi::registrar::ul_json(&svc, cmd));
+                    }
+                }
             }
             Ok(ShardCmd::Reload { script, reply }) => {
                 let r = super::reload::apply(shard, &script);
