@@ -5,7 +5,7 @@
 //! (`ul.lookup` and the script's `lookup("location")`, which relays a
 //! MESSAGE to the registered contact), a nonce issued by one server is
 //! accepted by the other (same `[auth] secret`), and an unregister through
-//! one is seen by the other.
+//! one, or `ul.rm` on one, is seen by the other.
 
 mod common;
 
@@ -217,4 +217,16 @@ fn two_servers_share_one_postgres() {
     assert_eq!(code, 404, "A's lookup after the unregister via B");
     // bob is untouched
     assert_eq!(ul_contacts(&b, "bob"), vec![bob_contact]);
+
+    // `ul.rm` on A (which never saved bob itself) deletes his rows, so B
+    // no longer finds him either
+    let v = rpc_raw(a.rpc_port, "ul.rm", json!(["location", "bob"]));
+    assert_eq!(v["result"]["removed"], 1, "{v}");
+    assert!(ul_contacts(&b, "bob").is_empty(), "B still lists bob");
+    let (relayed, code) = message_via(&b, "bob", &bob_ua);
+    assert!(
+        relayed.is_none(),
+        "relayed to a removed contact: {relayed:?}"
+    );
+    assert_eq!(code, 404);
 }

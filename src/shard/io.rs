@@ -447,6 +447,36 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
                             shard.counters().incr(Counter::DropReplies);
                         }
                     }
+                    // db_mode 1/3: the rows go too (else the next read
+                    // of the database, or a restart, brings the AOR back);
+                    // answered once they are deleted.
+                    crate::shard::control::UlCmd::Rm { aor }
+                        if matches!(svc.registrar.db_mode, 1 | 3) && svc.db.is_some() =>
+                    {
+                        let shared = shard.engine.shared().clone();
+                        let task = async move {
+                            let v = if !svc.refresh_from_db(&aor).await {
+                                serde_json::json!({ "error": "database read failed" })
+                            } else {
+                                let ruids = svc
+                                    .unregister_what(&aor, crate::usrloc::Unregister::All)
+                                    .unwrap_or_default();
+                                let n = ruids.len();
+                                let written = match svc.db.clone() {
+                                    Some(db) => svc.spawn_db_write(db, Vec::new(), ruids, shared),
+                                    None => None,
+                                };
+                                if let Some(rx) = written {
+                                    let _ = rx.await;
+                                }
+                                serde_json::json!({ "removed": n })
+                            };
+                            let _ = reply.send(v);
+                        };
+                        if shard.ex.spawn(task).is_err() {
+                            shard.counters().incr(Counter::DropReplies);
+                        }
+                    }
                     cmd => {
                         let _ = reply.send(crate::kemi::registrar::ul_json(&svc, cmd));
                     }
