@@ -18,10 +18,14 @@ use serde_json::json;
 const DOMAIN: &str = "127.0.0.1";
 
 fn start_node(db: &TestDb) -> Server {
+    start_node_with(db, "timer_interval_s = 3600\n")
+}
+
+fn start_node_with(db: &TestDb, registrar: &str) -> Server {
     let toml = format!(
         "[db]\nurl = \"{}\"\n\
          [auth]\nsecret = \"shared-cluster-secret\"\n\
-         [registrar]\ndb_mode = 3\ntimer_interval_s = 3600\n",
+         [registrar]\ndb_mode = 3\n{registrar}",
         db.url
     );
     Server::start(ServerOpts {
@@ -229,4 +233,87 @@ fn two_servers_share_one_postgres() {
         "relayed to a removed contact: {relayed:?}"
     );
     assert_eq!(code, 404);
+}
+
+/// The ruid `ul.lookup` on `srv` lists first for `aor`.
+fn ul_ruid(srv: &Server, aor: &str) -> String {
+    let v = rpc(srv.rpc_port, "ul.lookup", json!(["location", aor]));
+    v["contacts"][0]["ruid"].as_str().unwrap_or("").to_string()
+}
+
+/// usrloc timer on a server whose memory holds an older copy of a binding
+/// that the other server has since refreshed in the database: the copy
+/// expires there, but the row (refreshed, not expired) stays.
+#[test]
+fn expiry_on_one_server_keeps_the_others_refresh() {
+    let db = TestDb::postgres();
+    db.init(&[("carol@127.0.0.1", "carol-pw")]);
+    let cfg = "timer_interval_s = 1\nmin_expires = 0\n";
+    let a = start_node_with(&db, cfg);
+    let b = start_node_with(&db, cfg);
+    let c = client();
+    let contact = "Contact: <sip:carol@127.0.0.1:5999>\r\n";
+    // A saves a binding that expires in 2 s (A's memory keeps its copy)
+    let r = register_with_auth(
+        &c,
+        a.addr,
+        "carol",
+        DOMAIN,
+        "carol-pw",
+        "ex-1",
+        1,
+        &format!("{contact}Expires: 2\r\n"),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let ruid = ul_ruid(&b, "carol");
+    assert!(!ruid.is_empty());
+    // B refreshes the same binding for 10 minutes: same ruid, new expires
+    let r = register_with_auth(
+        &c,
+        b.addr,
+        "carol",
+        DOMAIN,
+        "carol-pw",
+        "ex-1",
+        10,
+        &format!("{contact}Expires: 600\r\n"),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    assert_eq!(ul_ruid(&b, "carol"), ruid, "an update keeps the ruid");
+    // wait for A's timer to expire its own (older) copy; nothing on A
+    // reads the AOR meanwhile
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let st = rpc(
+            a.rpc_port,
+            "stats.fetch",
+            json!(["usrloc.expired_contacts"]),
+        );
+        if st["usrloc.expired_contacts"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A's timer did not expire its copy: {st}\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A queued its delete in the same timer tick that counted the expiry;
+    // the row must not disappear: watched for 2 s (an unconditional delete
+    // lands within milliseconds, the way it did before the fix)
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            ul_contacts(&b, "carol"),
+            vec!["sip:carol@127.0.0.1:5999".to_string()],
+            "B's refresh survived A's expiry\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        ul_contacts(&a, "carol"),
+        vec!["sip:carol@127.0.0.1:5999".to_string()]
+    );
 }
