@@ -150,13 +150,15 @@ OK=$(sum_col 'SuccessfulCall(C)')
 FAILED=$(sum_col 'FailedCall(C)')
 RETRANS=$(sum_col 'Retransmissions(C)')
 ROWS=$(psql "$DB" -qAtc "SELECT count(*) FROM location")
+# rows beyond one per (AOR, contact): concurrent saves of one AOR (docs/scaling.md)
+DUPS=$(psql "$DB" -qAtc "SELECT count(*) - count(DISTINCT (username, contact)) FROM location")
 HZ=$(getconf CLK_TCK)
 awk -v mode="$MODE" -v rate="$RATE" -v ok="$OK" -v failed="$FAILED" -v re="$RETRANS" \
     -v t0="$T0" -v t1="$T1" -v s0="$S0" -v s1="$S1" -v pg="$PGT" -v tr0="$TREE0" -v tr1="$TREE1" \
-    -v hz="$HZ" -v rows="$ROWS" 'BEGIN{
+    -v hz="$HZ" -v rows="$ROWS" -v dups="$DUPS" 'BEGIN{
   el = t1 - t0; n = (ok > 0 ? ok : 1)
   srv = (s1 - s0) / 1e9; pgs = pg / hz; tree = (tr1 - tr0) / hz
-  printf "mode=%s offered=%d/s ok=%d failed=%d retrans=%d wall=%.1fs rate=%.0f/s location_rows=%d\n", mode, rate, ok, failed, re, el, ok/el, rows
+  printf "mode=%s offered=%d/s ok=%d failed=%d retrans=%d wall=%.1fs rate=%.0f/s location_rows=%d duplicate_rows=%d\n", mode, rate, ok, failed, re, el, ok/el, rows, dups
   printf "server_cpu=%.2fs (%.1f us/REG)  pg_backends_cpu=%.2fs (%.1f us/REG)  pg_all_cpu=%.2fs (%.1f us/REG)\n", srv, srv*1e6/n, pgs, pgs*1e6/n, tree, tree*1e6/n
 }'
 [ "$FAILED" = 0 ] && [ "$OK" -gt 0 ]
