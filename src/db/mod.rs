@@ -230,6 +230,11 @@ enum DbReq {
         ruids: Vec<String>,
         reply: Reply<()>,
     },
+    LocationDeleteExpired {
+        ruids: Vec<String>,
+        now_unix_s: i64,
+        reply: Reply<()>,
+    },
     LocationDeleteAor {
         username: String,
         domain: String,
@@ -317,6 +322,21 @@ impl DbHandle {
     pub fn location_delete(&self, ruids: Vec<String>) -> Result<DbReply<()>, DbError> {
         check_batch(ruids.len())?;
         self.send(|reply| DbReq::LocationDelete { ruids, reply })
+    }
+
+    /// Deletes contacts by ruid only where their row's `expires` is not
+    /// after `now_unix_s` (usrloc db_mode 3 expiry, shared table).
+    pub fn location_delete_expired(
+        &self,
+        ruids: Vec<String>,
+        now_unix_s: i64,
+    ) -> Result<DbReply<()>, DbError> {
+        check_batch(ruids.len())?;
+        self.send(|reply| DbReq::LocationDeleteExpired {
+            ruids,
+            now_unix_s,
+            reply,
+        })
     }
 
     /// Deletes every contact (and its `location_attrs`) of one AoR. An empty
@@ -463,6 +483,13 @@ async fn answer(pool: &DbPool, req: DbReq) {
         }
         DbReq::LocationDelete { ruids, reply } => {
             let _ = reply.send(pool.location_delete(&ruids).await);
+        }
+        DbReq::LocationDeleteExpired {
+            ruids,
+            now_unix_s,
+            reply,
+        } => {
+            let _ = reply.send(pool.location_delete_expired(&ruids, now_unix_s).await);
         }
         DbReq::LocationDeleteAor {
             username,

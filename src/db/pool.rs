@@ -135,6 +135,7 @@ struct Queries {
     location_select_aor: String,
     location_select_aor_nodomain: String,
     location_delete: String,
+    location_delete_expired: String,
     location_attrs_delete: String,
     location_delete_aor: String,
     location_delete_aor_nodomain: String,
@@ -220,6 +221,11 @@ impl Queries {
             location_upsert,
             location_select_all,
             location_delete: format!("DELETE FROM location WHERE ruid = {}", p(1)),
+            location_delete_expired: format!(
+                "DELETE FROM location WHERE ruid = {} AND expires <= {}",
+                p(1),
+                d.time_param(2)
+            ),
             location_attrs_delete: format!("DELETE FROM location_attrs WHERE ruid = {}", p(1)),
             location_delete_aor: format!("DELETE FROM location WHERE {by_aor}"),
             location_delete_aor_nodomain: format!("DELETE FROM location WHERE {by_aor_nodomain}"),
@@ -544,6 +550,40 @@ impl DbPool {
                 for ruid in ruids {
                     sqlx::query(contacts).bind(ruid.as_str()).execute(&mut *tx).await?;
                     sqlx::query(attrs).bind(ruid.as_str()).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes contacts by `ruid` only while their row has expired by
+    /// `now_unix_s` (usrloc db_mode 3 expiry: another server sharing the
+    /// table may have refreshed the binding since this one read it), and
+    /// the attributes of those deleted, in one transaction.
+    pub async fn location_delete_expired(
+        &self,
+        ruids: &[String],
+        now_unix_s: i64,
+    ) -> Result<(), DbError> {
+        let (contacts, attrs) = (
+            &self.sql.location_delete_expired,
+            &self.sql.location_attrs_delete,
+        );
+        self.bounded(async {
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                for ruid in ruids {
+                    let gone = sqlx::query(contacts)
+                        .bind(ruid.as_str())
+                        .bind(now_unix_s)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    if gone > 0 {
+                        sqlx::query(attrs).bind(ruid.as_str()).execute(&mut *tx).await?;
+                    }
                 }
                 tx.commit().await?;
             });

@@ -548,6 +548,23 @@ fn location_round_trip(dialect: Dialect) {
     );
     assert_eq!(load_sorted(&handle).len(), 3);
 
+    // usrloc db_mode 3 expiry: only a row still expired goes
+    let exp = rows[0].expires_unix_s;
+    block_on(
+        handle
+            .location_delete_expired(vec!["ruid-1".to_owned()], exp - 1)
+            .expect("queued"),
+    )
+    .expect("delete expired");
+    assert_eq!(load_sorted(&handle).len(), 3, "a refreshed row stays");
+    block_on(
+        handle
+            .location_delete_expired(vec!["ruid-1".to_owned(), "unknown".to_owned()], exp)
+            .expect("queued"),
+    )
+    .expect("delete expired");
+    assert_eq!(load_sorted(&handle), vec![changed.clone(), rows[2].clone()]);
+
     block_on(
         handle
             .location_delete(vec!["ruid-1".to_owned(), "unknown".to_owned()])

@@ -820,6 +820,19 @@ impl Services {
         );
     }
 
+    /// db_mode 3 expiry delete that failed: one log line a second at most.
+    fn note_expiry_failure(&self, why: &str) {
+        let now = unix_now_s();
+        if self.db_log_s.get() == now {
+            return;
+        }
+        self.db_log_s.set(now);
+        tracing::warn!(
+            shard = self.shard_id,
+            "deleting expired location rows failed ({why}); the rows stay (lookups skip expired rows)"
+        );
+    }
+
     /// One log line a second at most about failed location writes.
     fn note_db_failure(&self, kept: usize, dropped: usize, why: &str) {
         let now = unix_now_s();
@@ -919,7 +932,8 @@ impl Services {
     }
 
     /// Removes expired bindings from the stripes this shard looks after; in
-    /// db_mode 1/3 deletes their rows too.
+    /// db_mode 1 deletes their rows too, in db_mode 3 those rows that are
+    /// still expired in the database.
     pub fn expire(self: &Rc<Self>, shared: Rc<super::Shared>) -> usize {
         let now = unix_now_s();
         let loc = &self.tables.location;
@@ -931,7 +945,31 @@ impl Services {
         shared
             .counters
             .add(crate::stats::Counter::UlExpired, n as u64);
-        if n > 0 && matches!(self.registrar.db_mode, 1 | 3) {
+        if n > 0 && self.registrar.db_mode == 3 {
+            if let Some(db) = self.db.clone() {
+                // Database only: the row is the binding, and another server
+                // sharing it may have refreshed it since this one read it,
+                // so only rows still expired go. Not retried: an expired
+                // row left behind is skipped by every read.
+                let ruids: Vec<String> = expired.into_iter().map(|e| e.contact.ruid).collect();
+                for chunk in ruids.chunks(crate::db::BATCH_ROWS_MAX) {
+                    match db.location_delete_expired(chunk.to_vec(), now as i64) {
+                        Ok(reply) => {
+                            let this = self.clone();
+                            let spawned = crate::exec::spawn_local(async move {
+                                if let Err(e) = reply.await {
+                                    this.note_expiry_failure(&e.to_string());
+                                }
+                            });
+                            if spawned.is_err() {
+                                self.note_expiry_failure("task table full");
+                            }
+                        }
+                        Err(e) => self.note_expiry_failure(&e.to_string()),
+                    }
+                }
+            }
+        } else if n > 0 && self.registrar.db_mode == 1 {
             if let Some(db) = self.db.clone() {
                 let _ = self.spawn_db_write(
                     db,

@@ -8,8 +8,8 @@
 //! | `stats.fetch` | `"all"` \| group \| `group:` \| full name, any number | `{"core.rcv_requests": N, ..}` summed over shards (plus `kemi.reloads`, `kemi.reloads_failed`) |
 //! | `stats.reset` | – or `"all"` | `{"reset": shards}` (zeroes counters and histograms) |
 //! | `ul.dump` | – | `{"aors": [..], "shards": n, "truncated": bool}` |
-//! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}`; error 404 when absent |
-//! | `ul.rm` | table, aor | `{"removed": n}`; error 404 when nothing was removed |
+//! | `ul.lookup` | table, aor | the owner shard's `{"aor", "contacts"}` (usrloc db_mode 3: read from the database first); error 404 when absent, 500 when the database does not answer |
+//! | `ul.rm` | table, aor | `{"removed": n}` (usrloc db_mode 1/3: the rows are deleted too, db_mode 3 reads them first); error 404 when nothing was removed |
 //! | `kemi.route_latency` | – or `"hlog"` | see [`route_latency`] |
 //! | `system.listMethods` | – | sorted method names |
 //! | `kemi.reload`, `app_lua.*`, `kemi.status` | | see `kemi_methods.rs` |
@@ -277,6 +277,13 @@ async fn ul_lookup(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Method
         .await?
     {
         Value::Null => Err(MethodError::NotFound("AOR not found".into())),
+        // db_mode 3: the database did not answer the read
+        Value::Object(o) if o.contains_key("error") => Err(MethodError::Internal(
+            o.get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("lookup failed")
+                .to_string(),
+        )),
         v => Ok(v),
     }
 }
@@ -284,6 +291,9 @@ async fn ul_lookup(ctx: Arc<RpcContext>, params: Params) -> Result<Value, Method
 async fn ul_rm(ctx: Arc<RpcContext>, params: Params) -> Result<Value, MethodError> {
     let (shard, aor) = ul_target(&ctx, &params)?;
     let answer = ctx.shard_call(ctx.ctl.ul(shard, UlCmd::Rm { aor })).await?;
+    if let Some(err) = answer.get("error").and_then(Value::as_str) {
+        return Err(MethodError::Internal(err.to_string()));
+    }
     if answer.get("removed").and_then(Value::as_u64) == Some(0) {
         return Err(MethodError::NotFound("AOR not found".into()));
     }

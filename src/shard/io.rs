@@ -427,10 +427,60 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
                 let _ = reply.send(super::snapshot(shard, reset));
             }
             Ok(ShardCmd::Ul { cmd, reply }) => {
-                let _ = reply.send(crate::kemi::registrar::ul_json(
-                    &shard.engine.shared().services,
-                    cmd,
-                ));
+                let svc = shard.engine.shared().services.clone();
+                match cmd {
+                    // db_mode 3 (database only): the database, not this
+                    // node's memory, holds the AOR (another server sharing
+                    // it may have saved or removed bindings), so it is read
+                    // first, on a task like a script's lookup.
+                    crate::shard::control::UlCmd::Lookup { aor } if svc.registrar.db_mode == 3 => {
+                        let task = async move {
+                            let cmd = crate::shard::control::UlCmd::Lookup { aor: aor.clone() };
+                            let v = if svc.refresh_from_db(&aor).await {
+                                crate::kemi::registrar::ul_json(&svc, cmd)
+                            } else {
+                                serde_json::json!({ "error": "database read failed" })
+                            };
+                            let _ = reply.send(v);
+                        };
+                        if shard.ex.spawn(task).is_err() {
+                            shard.counters().incr(Counter::DropReplies);
+                        }
+                    }
+                    // db_mode 1/3: the rows go too (else the next read
+                    // of the database, or a restart, brings the AOR back);
+                    // answered once they are deleted.
+                    crate::shard::control::UlCmd::Rm { aor }
+                        if matches!(svc.registrar.db_mode, 1 | 3) && svc.db.is_some() =>
+                    {
+                        let shared = shard.engine.shared().clone();
+                        let task = async move {
+                            let v = if !svc.refresh_from_db(&aor).await {
+                                serde_json::json!({ "error": "database read failed" })
+                            } else {
+                                let ruids = svc
+                                    .unregister_what(&aor, crate::usrloc::Unregister::All)
+                                    .unwrap_or_default();
+                                let n = ruids.len();
+                                let written = match svc.db.clone() {
+                                    Some(db) => svc.spawn_db_write(db, Vec::new(), ruids, shared),
+                                    None => None,
+                                };
+                                if let Some(rx) = written {
+                                    let _ = rx.await;
+                                }
+                                serde_json::json!({ "removed": n })
+                            };
+                            let _ = reply.send(v);
+                        };
+                        if shard.ex.spawn(task).is_err() {
+                            shard.counters().incr(Counter::DropReplies);
+                        }
+                    }
+                    cmd => {
+                        let _ = reply.send(crate::kemi::registrar::ul_json(&svc, cmd));
+                    }
+                }
             }
             Ok(ShardCmd::Reload { script, reply }) => {
                 let r = super::reload::apply(shard, &script);
