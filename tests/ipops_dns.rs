@@ -273,9 +273,32 @@ fn addresses_from_the_system_resolver() {
     let r = ask(&srv, "addr", &format!("X-Host: {long}\r\n"));
     assert_eq!(h(&r, "X-Rc"), "-2", "{r}");
     assert_eq!(h(&r, "X-Count"), count.to_string(), "{r}");
+    // ptr_query: the system resolver's name for 127.0.0.1, when it has one.
+    let want = dns_lookup::getnameinfo(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        libc::NI_NAMEREQD,
+    )
+    .ok()
+    .map(|(n, _)| n);
+    let r = ask(&srv, "ptr", "X-Ip: 127.0.0.1\r\n");
+    match &want {
+        Some(name) => {
+            assert_eq!(h(&r, "X-Rc"), "1", "{r}");
+            assert_eq!(h(&r, "X-count"), "1", "{r}");
+            assert_eq!(&h(&r, "X-hostname"), name, "{r}");
+        }
+        None => assert_eq!(h(&r, "X-Rc"), "-6", "{r}"),
+    }
+    assert_eq!(h(&r, "X-addr"), "127.0.0.1", "{r}");
+    assert_eq!(h(&r, "X-type"), "4", "{r}");
+    assert_eq!(h(&r, "X-ipv4"), "1", "{r}");
+    assert_eq!(h(&r, "X-ipv6"), "0", "{r}");
+    let r = ask(&srv, "ptr", "X-Ip: localhost\r\n");
+    assert_eq!(h(&r, "X-Rc"), "-4", "not an IP: {r}");
+    assert_eq!(h(&r, "X-count"), "nil", "{r}");
     let r = ask(&srv, "ttl", "");
     assert_eq!(h(&r, "X-Rc"), "1", "{r}");
-    assert!(stat(&srv, "ipops.dns_lookups") >= 10);
+    assert!(stat(&srv, "ipops.dns_lookups") >= 11);
 }
 
 #[test]

@@ -38,6 +38,9 @@ pub enum DnsQuery {
     IntAddrs(String),
     Srv(String),
     Naptr(String),
+    /// The host name of an address through the system resolver
+    /// (getnameinfo with NI_NAMEREQD).
+    Ptr(IpAddr),
 }
 
 /// One SRV record (RFC 2782).
@@ -66,6 +69,8 @@ pub struct DnsAnswer {
     pub addrs: Vec<IpAddr>,
     pub srv: Vec<SrvRecord>,
     pub naptr: Vec<NaptrRecord>,
+    /// `Ptr`: the host name.
+    pub names: Vec<String>,
     pub truncated: bool,
 }
 
@@ -169,10 +174,14 @@ async fn serve(w: Arc<Worker>, mut rx: mpsc::Receiver<DnsReq>, in_flight_max: us
         let w = w.clone();
         tokio::spawn(async move {
             let answer = match req.query {
-                DnsQuery::SysAddrs(name) => {
+                q @ (DnsQuery::SysAddrs(_) | DnsQuery::Ptr(_)) => {
                     // getaddrinfo cannot be cut: the slot goes with it.
                     let call = tokio::task::spawn_blocking(move || {
-                        let r = sys_addrs(&name);
+                        let r = match q {
+                            DnsQuery::Ptr(ip) => sys_name(ip),
+                            DnsQuery::SysAddrs(name) => sys_addrs(&name),
+                            _ => Err(DnsError::Failed("not a system query".into())),
+                        };
                         drop(slot);
                         r
                     });
@@ -211,6 +220,15 @@ fn sys_addrs(name: &str) -> Result<DnsAnswer, DnsError> {
         out.addrs.push(a.ip());
     }
     Ok(out)
+}
+
+fn sys_name(ip: IpAddr) -> Result<DnsAnswer, DnsError> {
+    let (host, _) = dns_lookup::getnameinfo(&SocketAddr::new(ip, 0), libc::NI_NAMEREQD)
+        .map_err(|e| DnsError::Failed(format!("{e:?}")))?;
+    Ok(DnsAnswer {
+        names: vec![host],
+        ..DnsAnswer::default()
+    })
 }
 
 /// The hickory resolver, from `resolv_conf` with every name server's port
@@ -295,7 +313,9 @@ async fn hickory_lookup(w: &Worker, q: DnsQuery) -> Result<DnsAnswer, DnsError> 
                 return Err(DnsError::NotFound);
             }
         }
-        DnsQuery::SysAddrs(_) => return Err(DnsError::Failed("not a resolver query".into())),
+        DnsQuery::SysAddrs(_) | DnsQuery::Ptr(_) => {
+            return Err(DnsError::Failed("not a resolver query".into()))
+        }
     }
     Ok(out)
 }
@@ -322,6 +342,8 @@ mod tests {
         let a = sys_addrs("localhost").expect("localhost resolves");
         assert!(a.addrs.contains(&IpAddr::from([127, 0, 0, 1])));
         assert!(sys_addrs("").is_err());
+        let n = sys_name(IpAddr::from([127, 0, 0, 1])).expect("127.0.0.1 has a name");
+        assert_eq!(n.names, vec!["localhost".to_owned()]);
     }
 
     #[test]

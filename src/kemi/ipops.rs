@@ -18,6 +18,7 @@
 //! | `KSR.ipops.dns_sys_match_ip(hostname, ipaddr)` | `int (str, str)` | 1 `ipaddr` among the addresses the system resolver (getaddrinfo, `/etc/hosts`) gives for `hostname`; -1 not among them; -3 `ipaddr` not an IP; -4 the lookup failed or timed out |
 //! | `KSR.ipops.dns_int_match_ip(hostname, ipaddr)` | `int (str, str)` | as `dns_sys_match_ip`, through the resolver of `[ipops] resolv_conf` (A and AAAA, `/etc/hosts` first) |
 //! | `KSR.ipops.dns_query(hostname, pvid)` | `int (str, str)` | 1 the system resolver's addresses stored in `$dns(pvid=>...)`; -2 hostname over 255 bytes; -3 `pv_containers_max` containers in use; -4 the lookup failed or timed out (`count` 0) |
+//! | `KSR.ipops.ptr_query(ip, pvid)` | `int (str, str)` | 1 the system resolver's host name for `ip` in `$ptrquery(pvid=>hostname)` (Kamailio 6.0, not in 5.6); -2 `ip` over 46 bytes; -3 no container free; -4 not an IP; -6 no name, the lookup failed or timed out (`count` 0) |
 //! | `KSR.ipops.srv_query(srvcname, pvid)` | `int (str, str)` | 1 the SRV records stored in `$srvquery(pvid=>...)` (a name without records: 1, `count` 0); -2 empty name; -3 no container free; -4 the resolver failed or timed out (`count` 0) |
 //! | `KSR.ipops.naptr_query(domain, pvid)` | `int (str, str)` | as `srv_query`, the NAPTR records in `$naptrquery(pvid=>...)` |
 //! | `KSR.ipops.dns_set_local_ttl(vttl)` | `int (int)` | 1 (accepted; no effect: there is no internal DNS cache to set) |
@@ -39,7 +40,8 @@
 //! (`type` 4 or 6), `$srvquery(pvid=>count|port[i]|priority[i]|target[i]|weight[i])`
 //! sorted by priority then weight (heaviest first),
 //! `$naptrquery(pvid=>count|order[i]|pref[i]|flags[i]|services[i]|regex[i]|replace[i])`
-//! sorted by order then preference; `i` a number or `$var(name)`, negative
+//! sorted by order then preference,
+//! `$ptrquery(pvid=>count|hostname|addr|type|ipv4|ipv6)`; `i` a number or `$var(name)`, negative
 //! from the end; at most 32 records, strings cut at 64 bytes, as Kamailio.
 //! Counted: `ipops.dns_lookups`, `ipops.dns_failures`, `ipops.dns_timeouts`,
 //! `ipops.dns_truncated`, `ipops.containers_full`; timed: `ipops_dns_wait`.

@@ -30,6 +30,7 @@ pub struct DnsState {
     dns: RefCell<HashMap<String, Vec<IpAddr>>>,
     srv: RefCell<HashMap<String, Vec<SrvRecord>>>,
     naptr: RefCell<HashMap<String, Vec<NaptrRecord>>>,
+    ptr: RefCell<HashMap<String, PtrResult>>,
     /// `dns_set_local_ttl` (kept, see docs/kemi-differences.md).
     local_ttl: Cell<i64>,
     wait_name: Arc<str>,
@@ -42,11 +43,18 @@ impl Default for DnsState {
             dns: RefCell::new(HashMap::new()),
             srv: RefCell::new(HashMap::new()),
             naptr: RefCell::new(HashMap::new()),
+            ptr: RefCell::new(HashMap::new()),
             local_ttl: Cell::new(0),
             wait_name: Arc::from("ipops_dns_wait"),
             log_s: Cell::new(0),
         }
     }
+}
+
+/// One `ptr_query` container: the address asked and its host name.
+struct PtrResult {
+    addr: IpAddr,
+    name: Option<String>,
 }
 
 fn warn_limited(s: &Shared, what: std::fmt::Arguments<'_>) {
@@ -78,6 +86,14 @@ pub(super) fn register(lua: &Lua, t: &Table, shared: &Rc<Shared>) -> mlua::Resul
         lua.create_async_function(move |_, (host, pvid): (S, S)| {
             let s = s.clone();
             async move { Ok(dns_query(&s, host.to_string_lossy(), &pvid.to_string_lossy()).await) }
+        })?,
+    )?;
+    let s = shared.clone();
+    t.set(
+        "ptr_query",
+        lua.create_async_function(move |_, (ip, pvid): (S, S)| {
+            let s = s.clone();
+            async move { Ok(ptr_query(&s, &ip.to_string_lossy(), &pvid.to_string_lossy()).await) }
         })?,
     )?;
     for (name, naptr) in [("srv_query", false), ("naptr_query", true)] {
@@ -190,6 +206,40 @@ async fn dns_query(s: &Rc<Shared>, host: String, pvid: &str) -> i32 {
             1
         }
         Err(_) => -4,
+    }
+}
+
+/// Longest text address (INET6_ADDRSTRLEN - 1, as Kamailio checks).
+const IP_TEXT_MAX: usize = 46;
+
+async fn ptr_query(s: &Rc<Shared>, ip: &str, pvid: &str) -> i32 {
+    if ip.len() > IP_TEXT_MAX {
+        return -2;
+    }
+    if !slot(s, &s.dns.ptr, pvid) {
+        return -3;
+    }
+    let Some((addr, _)) = super::ipops::parse(ip) else {
+        s.dns.ptr.borrow_mut().remove(pvid);
+        return -4;
+    };
+    s.dns
+        .ptr
+        .borrow_mut()
+        .insert(pvid.to_owned(), PtrResult { addr, name: None });
+    let name = match lookup(s, DnsQuery::Ptr(addr)).await {
+        Ok(a) => a.names.into_iter().next(),
+        Err(_) => None,
+    };
+    let found = name.is_some();
+    s.dns
+        .ptr
+        .borrow_mut()
+        .insert(pvid.to_owned(), PtrResult { addr, name });
+    if found {
+        1
+    } else {
+        -6
     }
 }
 
@@ -309,6 +359,30 @@ pub(super) fn pv_dns(s: &Shared, arg: &str) -> Val {
             Some(a) if key == "addr" => text(&a.to_string()),
             Some(a) => Val::Int(if a.is_ipv4() { 4 } else { 6 }),
             None => Val::Null,
+        },
+        _ => Val::Null,
+    }
+}
+
+/// `$ptrquery(pvid=>count|hostname|addr|type|ipv4|ipv6)`.
+pub(super) fn pv_ptrquery(s: &Shared, arg: &str) -> Val {
+    let Some((name, key, idx)) = split_arg(arg) else {
+        return Val::Null;
+    };
+    let map = s.dns.ptr.borrow();
+    let Some(r) = map.get(name) else {
+        return Val::Null;
+    };
+    let count = usize::from(r.name.is_some());
+    match key {
+        "count" => Val::Int(count as i64),
+        "ipv4" => Val::Int(i64::from(r.addr.is_ipv4())),
+        "ipv6" => Val::Int(i64::from(r.addr.is_ipv6())),
+        "addr" => text(&r.addr.to_string()),
+        "type" => Val::Int(if r.addr.is_ipv4() { 4 } else { 6 }),
+        "hostname" => match (pick(s, idx, count), &r.name) {
+            (Some(_), Some(n)) => text(n),
+            _ => Val::Null,
         },
         _ => Val::Null,
     }

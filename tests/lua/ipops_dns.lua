@@ -6,6 +6,8 @@
 --                       dns_int_match_ip
 --   OPTIONS sip:srv@    X-Name: srv_query
 --   OPTIONS sip:naptr@  X-Name: naptr_query
+--   OPTIONS sip:ptr@    X-Ip: ptr_query
+--   OPTIONS sip:ttl@    dns_set_local_ttl(7200)
 --   OPTIONS sip:ping@   answered at once (no lookup)
 
 local function hdr(name, value)
@@ -79,6 +81,11 @@ function ksr_request_route()
         srv()
     elseif u == "naptr" then
         naptr()
+    elseif u == "ptr" then
+        hdr("X-Rc", KSR.ipops.ptr_query(hv("X-Ip"), "p"))
+        for _, k in ipairs({ "count", "hostname", "addr", "type", "ipv4", "ipv6" }) do
+            hdr("X-" .. k, KSR.pv.get("$ptrquery(p=>" .. k .. ")"))
+        end
     elseif u == "ttl" then
         hdr("X-Rc", KSR.ipops.dns_set_local_ttl(7200))
     end
