@@ -836,7 +836,8 @@ pub struct IpopsConfig {
     pub dns_queue_depth: usize,
     /// Lookups running at once (each getaddrinfo holds a blocking thread).
     pub dns_in_flight_max: usize,
-    /// `$dns`, `$srvquery`, `$naptrquery` containers per shard, each kind.
+    /// `$dns`, `$srvquery`, `$naptrquery`, `$ptrquery` containers per
+    /// shard, each kind.
     pub pv_containers_max: usize,
 }
 
@@ -1781,6 +1782,29 @@ mod tests {
         assert_eq!(c.htable, d.htable);
         assert_eq!(c.sanity, d.sanity);
         assert_eq!(c.dialog, d.dialog);
+        assert_eq!(c.ipops, d.ipops);
+    }
+
+    #[test]
+    fn ipops_section() {
+        let c = Config::from_toml(
+            "[ipops]\ndns_timeout_ms = 500\nresolv_conf = \"/tmp/r.conf\"\ndns_port = 5353\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.ipops.dns_timeout_ms, 500);
+        assert_eq!(c.ipops.dns_port, 5353);
+        assert_eq!(c.ipops.resolv_conf, "/tmp/r.conf");
+        for bad in [
+            "[ipops]\ndns_timeout_ms = 0\n",
+            "[ipops]\ndns_port = 0\n",
+            "[ipops]\ndns_queue_depth = 0\n",
+            "[ipops]\ndns_in_flight_max = 0\n",
+            "[ipops]\npv_containers_max = 0\n",
+            "[ipops]\nnameserver = \"x\"\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
