@@ -71,6 +71,8 @@ pub struct Config {
     /// `KSR.dispatcher` (Kamailio's dispatcher module parameters); loaded
     /// only when `list_file` or `db_url` is set.
     pub dispatcher: DispatcherConfig,
+    /// `KSR.ipops` DNS lookups (sipshard settings: Kamailio's ipops has none).
+    pub ipops: IpopsConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -819,6 +821,39 @@ impl Default for PikeConfig {
     }
 }
 
+/// `[ipops]`: the DNS lookups of `KSR.ipops` (`dns_query`, `srv_query`,
+/// ...), run off the shards on the control runtime.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpopsConfig {
+    /// Longest a route waits for one lookup, milliseconds.
+    pub dns_timeout_ms: u64,
+    /// Resolver configuration for SRV, NAPTR and `dns_int_match_ip`.
+    pub resolv_conf: String,
+    /// Port of every name server listed there (53; tests point it elsewhere).
+    pub dns_port: u16,
+    /// Lookups waiting for the worker; beyond it a lookup fails at once.
+    pub dns_queue_depth: usize,
+    /// Lookups running at once (each getaddrinfo holds a blocking thread).
+    pub dns_in_flight_max: usize,
+    /// `$dns`, `$srvquery`, `$naptrquery`, `$ptrquery` containers per
+    /// shard, each kind.
+    pub pv_containers_max: usize,
+}
+
+impl Default for IpopsConfig {
+    fn default() -> Self {
+        IpopsConfig {
+            dns_timeout_ms: 2000,
+            resolv_conf: "/etc/resolv.conf".into(),
+            dns_port: 53,
+            dns_queue_depth: 1024,
+            dns_in_flight_max: 32,
+            pv_containers_max: 32,
+        }
+    }
+}
+
 /// `[flood]`: flood control applied by the shard before the route runs
 /// (sipshard; Kamailio does this in the script with pike and an `ipban`
 /// htable). Everything is off by default: with both `per_source_rate` and
@@ -1406,6 +1441,7 @@ impl Config {
             return Err(self.invalid("permissions.max_addresses", "must be at least 1"));
         }
         self.validate_sqlops_redis()?;
+        self.validate_ipops()?;
         self.validate_dispatcher()
     }
 
@@ -1462,6 +1498,22 @@ impl Config {
                 "sqlops_results_maxsize, sqlops_queue_depth, redis_replies_max, \
                  redis_queue_depth and redis_reply_elements_max must be at least 1",
             ));
+        }
+        Ok(())
+    }
+
+    fn validate_ipops(&self) -> Result<(), ConfigError> {
+        let i = &self.ipops;
+        for (key, v) in [
+            ("ipops.dns_timeout_ms", i.dns_timeout_ms),
+            ("ipops.dns_port", u64::from(i.dns_port)),
+            ("ipops.dns_queue_depth", i.dns_queue_depth as u64),
+            ("ipops.dns_in_flight_max", i.dns_in_flight_max as u64),
+            ("ipops.pv_containers_max", i.pv_containers_max as u64),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -1730,6 +1782,29 @@ mod tests {
         assert_eq!(c.htable, d.htable);
         assert_eq!(c.sanity, d.sanity);
         assert_eq!(c.dialog, d.dialog);
+        assert_eq!(c.ipops, d.ipops);
+    }
+
+    #[test]
+    fn ipops_section() {
+        let c = Config::from_toml(
+            "[ipops]\ndns_timeout_ms = 500\nresolv_conf = \"/tmp/r.conf\"\ndns_port = 5353\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.ipops.dns_timeout_ms, 500);
+        assert_eq!(c.ipops.dns_port, 5353);
+        assert_eq!(c.ipops.resolv_conf, "/tmp/r.conf");
+        for bad in [
+            "[ipops]\ndns_timeout_ms = 0\n",
+            "[ipops]\ndns_port = 0\n",
+            "[ipops]\ndns_queue_depth = 0\n",
+            "[ipops]\ndns_in_flight_max = 0\n",
+            "[ipops]\npv_containers_max = 0\n",
+            "[ipops]\nnameserver = \"x\"\n",
+        ] {
+            assert!(Config::from_toml(bad, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -239,6 +239,10 @@ fn run(a: ServerArgs) -> Result<(), String> {
         .map_err(|e| format!("redis: {e}"))?;
         params.redis = Some(h);
     }
+    params.dns = Some(sipshard::db::dns::DnsHandle::start(
+        &params.config.ipops,
+        control_rt.handle(),
+    ));
     let params = Arc::new(params);
     let rpc_cfg = params.config.rpc.clone();
     let running = shard::start(params, specs).map_err(|e| e.to_string())?;

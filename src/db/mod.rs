@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod dns;
 mod pool;
 pub mod redis;
 mod schema;

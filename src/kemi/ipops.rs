@@ -15,6 +15,13 @@
 //! | `KSR.ipops.compare_pure_ips(ip1, ip2)` | `int (str, str)` | 1 the same address, references refused; -1 otherwise |
 //! | `KSR.ipops.ip_is_in_subnet(ip, nets)` / `is_in_subnet(ip, nets)` | `int (str, str)` | 1 `ip` (an IPv4 or IPv6, not a reference) inside one of the comma-separated CIDR subnets (`10.0.0.0/8,192.168.0.0/16`; no `/len` = the host), -1 otherwise |
 //! | `KSR.ipops.is_ip_rfc1918(ip)` | `int (str)` | 1 an RFC 1918 private IPv4, -1 otherwise |
+//! | `KSR.ipops.dns_sys_match_ip(hostname, ipaddr)` | `int (str, str)` | 1 `ipaddr` among the addresses the system resolver (getaddrinfo, `/etc/hosts`) gives for `hostname`; -1 not among them; -3 `ipaddr` not an IP; -4 the lookup failed or timed out |
+//! | `KSR.ipops.dns_int_match_ip(hostname, ipaddr)` | `int (str, str)` | as `dns_sys_match_ip`, through the resolver of `[ipops] resolv_conf` (A and AAAA, `/etc/hosts` first) |
+//! | `KSR.ipops.dns_query(hostname, pvid)` | `int (str, str)` | 1 the system resolver's addresses stored in `$dns(pvid=>...)`; -2 hostname over 255 bytes; -3 `pv_containers_max` containers in use; -4 the lookup failed or timed out (`count` 0) |
+//! | `KSR.ipops.ptr_query(ip, pvid)` | `int (str, str)` | 1 the system resolver's host name for `ip` in `$ptrquery(pvid=>hostname)` (Kamailio 6.0, not in 5.6); -2 `ip` over 46 bytes; -3 no container free; -4 not an IP; -6 no name, the lookup failed or timed out (`count` 0) |
+//! | `KSR.ipops.srv_query(srvcname, pvid)` | `int (str, str)` | 1 the SRV records stored in `$srvquery(pvid=>...)` (a name without records: 1, `count` 0); -2 empty name; -3 no container free; -4 the resolver failed or timed out (`count` 0) |
+//! | `KSR.ipops.naptr_query(domain, pvid)` | `int (str, str)` | as `srv_query`, the NAPTR records in `$naptrquery(pvid=>...)` |
+//! | `KSR.ipops.dns_set_local_ttl(vttl)` | `int (int)` | 1 (accepted; no effect: there is no internal DNS cache to set) |
 //!
 //! Detailed types, as Kamailio names them: IPv4 `PUBLIC`, `PRIVATE` (RFC
 //! 1918, and 0.0.0.0/8 as Kamailio classes it), `SHARED` (100.64/10),
@@ -25,8 +32,19 @@
 //! `UNIQUE-LOCAL-UNICAST`, `LINK-LOCAL-UNICAST`, `MULTICAST`, `RESERVED`.
 //! Addresses are taken as written (no trimming, no leading zeros), as
 //! Kamailio 5.6 does; every value in this module's tests was checked against
-//! it. The DNS functions (`dns_sys_match_ip`, `dns_query`, ...) are not exported:
-//! a route never waits for a resolver.
+//! it.
+//!
+//! DNS (code in `ipops_dns.rs`): a lookup suspends the route, never the
+//! shard, while the control runtime resolves it (`[ipops] dns_timeout_ms`,
+//! default 2000). Pseudo-variables: `$dns(pvid=>count|ipv4|ipv6|addr[i]|type[i])`
+//! (`type` 4 or 6), `$srvquery(pvid=>count|port[i]|priority[i]|target[i]|weight[i])`
+//! sorted by priority then weight (heaviest first),
+//! `$naptrquery(pvid=>count|order[i]|pref[i]|flags[i]|services[i]|regex[i]|replace[i])`
+//! sorted by order then preference,
+//! `$ptrquery(pvid=>count|hostname|addr|type|ipv4|ipv6)`; `i` a number or `$var(name)`, negative
+//! from the end; at most 32 records, strings cut at 64 bytes, as Kamailio.
+//! Counted: `ipops.dns_lookups`, `ipops.dns_failures`, `ipops.dns_timeouts`,
+//! `ipops.dns_truncated`, `ipops.containers_full`; timed: `ipops_dns_wait`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
@@ -116,6 +134,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })?,
         )?;
     }
+    super::ipops_dns::register(lua, &t, shared)?;
     ksr.set("ipops", t)?;
     Ok(())
 }
@@ -129,7 +148,7 @@ fn rc(b: bool) -> i32 {
 }
 
 /// An IPv4, an IPv6 or an IPv6 reference (`[v6]`, flagged true).
-fn parse(s: &str) -> Option<(IpAddr, bool)> {
+pub(super) fn parse(s: &str) -> Option<(IpAddr, bool)> {
     // no trimming: Kamailio refuses " 1.2.3.4"
     if let Some(inner) = s.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
         return inner

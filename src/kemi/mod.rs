@@ -30,6 +30,7 @@ pub mod fuzzing;
 mod hdr;
 pub mod htable;
 mod ipops;
+mod ipops_dns;
 pub mod jsonrpcs;
 mod kx;
 pub mod limits;
@@ -239,6 +240,8 @@ pub struct Shared {
     /// KSR.sqlops result containers (`$dbr`), kept across messages as in
     /// Kamailio's worker processes.
     pub sql: sqlops::SqlState,
+    /// KSR.ipops DNS containers (`$dns`, `$srvquery`, `$naptrquery`).
+    pub dns: ipops_dns::DnsState,
     /// KSR.ndb_redis replies (`$redis`).
     pub redis: ndb_redis::RedisState,
     /// The last `KSR.jsonrpcs.exec` answer (`$jsonrpl`).
@@ -510,6 +513,7 @@ impl Engine {
                 limits::MsgLimits::from_tuning(cfg.tuning),
             ),
             sql: Default::default(),
+            dns: Default::default(),
             redis: Default::default(),
             jsonrpl: Default::default(),
         });

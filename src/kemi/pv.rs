@@ -728,6 +728,10 @@ fn module_pv_get(s: &Shared, spec: &Spec<'_>) -> Option<mlua::Result<Val>> {
     match spec.class {
         "dbr" => Some(Ok(super::sqlops::pv_dbr(s, spec.arg?))),
         "sqlrows" => Some(Ok(super::sqlops::pv_sqlrows(s, spec.arg?))),
+        "dns" => Some(Ok(super::ipops_dns::pv_dns(s, spec.arg?))),
+        "ptrquery" => Some(Ok(super::ipops_dns::pv_ptrquery(s, spec.arg?))),
+        "srvquery" => Some(Ok(super::ipops_dns::pv_srvquery(s, spec.arg?))),
+        "naptrquery" => Some(Ok(super::ipops_dns::pv_naptrquery(s, spec.arg?))),
         "redis" => Some(Ok(super::ndb_redis::pv_redis(s, spec.arg?))),
         "redisd" => Some(Ok(super::ndb_redis::pv_redisd(spec.arg?))),
         "jsonrpl" => Some(Ok(super::jsonrpcs::pv_jsonrpl(s, spec.arg?))),

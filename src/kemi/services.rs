@@ -357,6 +357,10 @@ pub struct Services {
     pub sqlops: Option<crate::db::sqlops::SqlopsHandle>,
     /// KSR.ndb_redis servers (`[[redis]]`); None without any.
     pub redis: Option<crate::db::redis::RedisHandle>,
+    /// KSR.ipops DNS lookups; None: every lookup fails (-4).
+    pub dns: Option<crate::db::dns::DnsHandle>,
+    /// `[ipops] pv_containers_max`.
+    pub ipops_containers_max: usize,
     /// `[db] sqlops_results_maxsize` and `redis_replies_max`.
     pub sqlops_results_max: usize,
     pub redis_replies_max: usize,
@@ -516,6 +520,8 @@ impl Services {
             sqlops: None,
             redis: None,
             sqlops_results_max: 32,
+            dns: None,
+            ipops_containers_max: 32,
             redis_replies_max: 32,
             ban_log_s: Cell::new(0),
             bans_unlogged: Cell::new(0),

@@ -58,6 +58,8 @@ pub struct ShardParams {
     /// KSR.sqlops connections and KSR.ndb_redis servers.
     pub sqlops: Option<crate::db::sqlops::SqlopsHandle>,
     pub redis: Option<crate::db::redis::RedisHandle>,
+    /// KSR.ipops DNS lookups (the control runtime's worker).
+    pub dns: Option<crate::db::dns::DnsHandle>,
     /// Location, nonce counts and credentials: one set for all shards.
     pub tables: Arc<SharedTables>,
     /// Process start, unix seconds (ruid and nonce uniqueness).
@@ -105,6 +107,7 @@ impl ShardParams {
             db: None,
             sqlops: None,
             redis: None,
+            dns: None,
             tables,
             epoch_unix_s,
         }
@@ -138,6 +141,8 @@ impl ShardParams {
         .map(|mut svc| {
             svc.sqlops = self.sqlops.clone();
             svc.redis = self.redis.clone();
+            svc.dns = self.dns.clone();
+            svc.ipops_containers_max = self.config.ipops.pv_containers_max;
             svc.sqlops_results_max = self.config.db.sqlops_results_maxsize;
             svc.redis_replies_max = self.config.db.redis_replies_max;
             svc.db_retry

@@ -94,6 +94,11 @@ counters! {
     SqlopsTimeouts => "sqlops.timeouts", "KSR.sqlops queries not answered within query_timeout_ms";
     SqlopsRowsTruncated => "sqlops.rows_truncated", "KSR.sqlops results cut at max_rows";
     SqlopsResultsFull => "sqlops.results_full", "KSR.sqlops queries refused: sqlops_results_maxsize result names in use";
+    IpopsDnsLookups => "ipops.dns_lookups", "KSR.ipops DNS lookups a route waited for";
+    IpopsDnsFailures => "ipops.dns_failures", "KSR.ipops DNS lookups that failed (resolver error, queue full; not-found names excluded)";
+    IpopsDnsTimeouts => "ipops.dns_timeouts", "KSR.ipops DNS lookups not answered within dns_timeout_ms";
+    IpopsDnsTruncated => "ipops.dns_truncated", "KSR.ipops DNS answers cut at 32 records or 64-byte strings";
+    IpopsContainersFull => "ipops.containers_full", "KSR.ipops lookups refused: pv_containers_max containers in use";
     RedisCommands => "ndb_redis.commands", "KSR.ndb_redis commands a route waited for";
     RedisErrors => "ndb_redis.errors", "KSR.ndb_redis commands that failed (error reply, connection, queue full)";
     RedisTimeouts => "ndb_redis.timeouts", "KSR.ndb_redis commands not answered within cmd_timeout_ms";
