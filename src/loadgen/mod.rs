@@ -12,7 +12,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod call;
 pub mod register;
+pub mod uas;
 pub mod users;
 
 use std::net::{SocketAddr, UdpSocket};
@@ -42,6 +44,13 @@ pub enum Scenario {
     Options(BenchArgs),
     /// REGISTER, 401, REGISTER with digest credentials, 200, per user.
     Register(register::RegisterArgs),
+    /// Calls as a UAC: INVITE, 100/180/200, ACK, pause, BYE, 200.
+    Call(call::CallArgs),
+    /// A stateless UAS answering INVITE with 180+200 and BYE with 200.
+    Uas(uas::UasArgs),
+    /// The same answering machine, also answering REGISTER with 401 then
+    /// 200 without checks: a peer for measuring the generator itself.
+    Responder(uas::UasArgs),
     /// Write generated users as a file `sipshard user import` reads.
     Users(users::UsersOutArgs),
 }
@@ -51,6 +60,8 @@ pub fn run_cmd(cmd: BenchCmd) -> Result<(), String> {
         None => run(cmd.options),
         Some(Scenario::Options(a)) => run(a),
         Some(Scenario::Register(a)) => register::run(a),
+        Some(Scenario::Call(a)) => call::run(a),
+        Some(Scenario::Uas(a)) | Some(Scenario::Responder(a)) => uas::run(a),
         Some(Scenario::Users(a)) => users::run_users(a),
     }
 }

@@ -42,7 +42,7 @@ const MAX_REGISTRATIONS: u64 = 1_000_000_000;
 /// Most registrations in flight over all workers.
 const MAX_INFLIGHT: usize = 1_000_000;
 /// Latency histogram bounds, ns.
-const HIST_MAX_NS: u64 = 600_000_000_000;
+pub(crate) const HIST_MAX_NS: u64 = 600_000_000_000;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct RegisterArgs {
@@ -109,7 +109,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Percentiles {
+    pub(crate) fn of(h: &Histogram<u64>) -> Percentiles {
         let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
         Percentiles {
             count: h.len(),
@@ -181,14 +181,14 @@ struct Counters {
 
 /// Live totals the progress thread reads.
 #[derive(Default)]
-struct Live {
-    started: AtomicU64,
-    ok: AtomicU64,
-    failed: AtomicU64,
-    interval: Mutex<Option<(Histogram<u64>, Histogram<u64>)>>,
+pub(crate) struct Live {
+    pub(crate) started: AtomicU64,
+    pub(crate) ok: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) interval: Mutex<Option<(Histogram<u64>, Histogram<u64>)>>,
 }
 
-fn new_hist() -> Histogram<u64> {
+pub(crate) fn new_hist() -> Histogram<u64> {
     // Static bounds: this cannot fail.
     Histogram::<u64>::new_with_bounds(1, HIST_MAX_NS, 3).expect("static bounds")
 }
@@ -240,7 +240,7 @@ pub fn table(r: &RegisterReport) -> String {
 }
 
 /// Registrations the schedule has started by `t_s` seconds (fractional).
-fn scheduled(rate: f64, ramp_s: f64, t_s: f64) -> f64 {
+pub(crate) fn scheduled(rate: f64, ramp_s: f64, t_s: f64) -> f64 {
     if ramp_s <= 0.0 {
         rate * t_s
     } else if t_s < ramp_s {
@@ -324,65 +324,16 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
         }));
     }
 
-    let mut hlog = match &args.hlog {
-        Some(p) => {
-            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            Some(
-                HlogWriter::new(
-                    std::io::BufWriter::new(f),
-                    wall0,
-                    "[sipshard bench register]",
-                )
-                .map_err(|e| e.to_string())?,
-            )
-        }
-        None => None,
-    };
     let progress = std::io::stderr().is_terminal() && !args.json;
-    let mut last = Instant::now();
-    let mut last_ok = 0;
-    let mut tick = 0u64;
-    while !workers.iter().all(|w| w.is_finished()) {
-        std::thread::sleep(Duration::from_millis(20));
-        if last.elapsed() < Duration::from_secs(1) {
-            continue;
-        }
-        let length = last.elapsed();
-        last = Instant::now();
-        tick += 1;
-        let iv = live.interval.lock().ok().and_then(|mut g| g.take());
-        if let (Some(h), Some((raw, cor))) = (hlog.as_mut(), iv.as_ref()) {
-            let start = t0.elapsed().saturating_sub(length);
-            let _ = h.write_intervals(
-                start,
-                length,
-                [
-                    ("register".to_string(), raw),
-                    ("register_corrected".to_string(), cor),
-                ],
-            );
-        }
-        if progress {
-            let ok = live.ok.load(Ordering::Relaxed);
-            let p99 = iv
-                .as_ref()
-                .map(|(raw, _)| raw.value_at_quantile(0.99) as f64 / 1000.0)
-                .unwrap_or(0.0);
-            eprint!(
-                "\r[{tick:>4}s] rate {:>8.0}/s  started {:>9}  ok {:>9}  failed {:>7}  p99 {:>9.1} us ",
-                (ok - last_ok) as f64 / length.as_secs_f64(),
-                live.started.load(Ordering::Relaxed),
-                ok,
-                live.failed.load(Ordering::Relaxed),
-                p99
-            );
-            let _ = std::io::stderr().flush();
-            last_ok = ok;
-        }
-    }
-    if progress {
-        eprintln!();
-    }
+    watch(
+        &live,
+        t0,
+        wall0,
+        args.hlog.as_ref(),
+        "register",
+        progress,
+        &workers,
+    )?;
     let mut raw = new_hist();
     let mut cor = new_hist();
     let mut c = Counters::default();
@@ -406,19 +357,6 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
         cpu_ns += out.cpu_ns;
     }
     let elapsed = t0.elapsed();
-    if let (Some(h), Ok(mut g)) = (hlog.as_mut(), live.interval.lock()) {
-        if let Some((raw, cor)) = g.take() {
-            let length = last.elapsed();
-            let _ = h.write_intervals(
-                elapsed.saturating_sub(length),
-                length,
-                [
-                    ("register".to_string(), &raw),
-                    ("register_corrected".to_string(), &cor),
-                ],
-            );
-        }
-    }
     let failed = c.failed_timeout + c.failed_status + c.failed_auth;
     Ok(RegisterReport {
         scenario: "register",
@@ -450,6 +388,84 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
             0.0
         },
     })
+}
+
+/// Until every worker has finished: once a second, takes the interval
+/// histograms the workers flushed, appends them to the `.hlog` (tags `name`
+/// and `name_corrected`) and prints the progress line.
+pub(crate) fn watch<T>(
+    live: &Live,
+    t0: Instant,
+    wall0: SystemTime,
+    hlog_path: Option<&PathBuf>,
+    name: &str,
+    progress: bool,
+    workers: &[std::thread::JoinHandle<T>],
+) -> Result<(), String> {
+    let mut hlog = match hlog_path {
+        Some(p) => {
+            let f = std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Some(
+                HlogWriter::new(
+                    std::io::BufWriter::new(f),
+                    wall0,
+                    &format!("[sipshard bench {name}]"),
+                )
+                .map_err(|e| e.to_string())?,
+            )
+        }
+        None => None,
+    };
+    let tags = (name.to_string(), format!("{name}_corrected"));
+    let mut last = Instant::now();
+    let mut last_ok = 0;
+    let mut tick = 0u64;
+    loop {
+        let done = workers.iter().all(|w| w.is_finished());
+        if !done {
+            std::thread::sleep(Duration::from_millis(20));
+            if last.elapsed() < Duration::from_secs(1) {
+                continue;
+            }
+        }
+        let length = last.elapsed();
+        last = Instant::now();
+        tick += 1;
+        let iv = live.interval.lock().ok().and_then(|mut g| g.take());
+        if let (Some(h), Some((raw, cor))) = (hlog.as_mut(), iv.as_ref()) {
+            let start = t0.elapsed().saturating_sub(length);
+            h.write_intervals(
+                start,
+                length,
+                [(tags.0.clone(), raw), (tags.1.clone(), cor)],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        if progress {
+            let ok = live.ok.load(Ordering::Relaxed);
+            let p99 = iv
+                .as_ref()
+                .map(|(raw, _)| raw.value_at_quantile(0.99) as f64 / 1000.0)
+                .unwrap_or(0.0);
+            eprint!(
+                "\r[{tick:>4}s] rate {:>8.0}/s  started {:>9}  ok {:>9}  failed {:>7}  p99 {:>9.1} us ",
+                ok.saturating_sub(last_ok) as f64 / length.as_secs_f64().max(1e-9),
+                live.started.load(Ordering::Relaxed),
+                ok,
+                live.failed.load(Ordering::Relaxed),
+                p99
+            );
+            let _ = std::io::stderr().flush();
+            last_ok = ok;
+        }
+        if done {
+            break;
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    Ok(())
 }
 
 struct WorkerCfg {
@@ -830,7 +846,7 @@ impl<'a> Worker<'a> {
 }
 
 /// `run.worker.slot.gen@...` -> (slot, gen) when run and worker are ours.
-fn parse_call_id(call_id: &[u8], run_id: u32, worker: u32) -> Option<(u32, u32)> {
+pub(crate) fn parse_call_id(call_id: &[u8], run_id: u32, worker: u32) -> Option<(u32, u32)> {
     let s = std::str::from_utf8(call_id).ok()?;
     let s = s.split('@').next()?;
     let mut it = s.split('.');
