@@ -264,3 +264,81 @@ fn register_through_lossy_relay_retransmits_and_counts_failures() {
     assert_eq!(n(&r, "ok") + n(&r, "failed"), 100, "{r}");
     drop(relay);
 }
+
+/// A child process stopped (by its own pid) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn call_run_through_the_proxy_to_bench_uas_completes() {
+    let dir = TempDir::new("bench-call");
+    let (db, srv) = registrar(&dir);
+    sipshard(&["user", "add", "uas@example.com", "uaspw", "--db", &db.url]);
+    let uas_port = free_udp_port();
+    let _uas = Child(
+        std::process::Command::new(bin())
+            .args(["bench", "uas", "--listen", &format!("127.0.0.1:{uas_port}")])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Register the UAS's contact (a plain REGISTER with digest auth).
+    let c = client();
+    let r = register_with_auth(
+        &c,
+        srv.addr,
+        "uas",
+        "example.com",
+        "uaspw",
+        "bench-call-reg",
+        1,
+        &format!("Contact: <sip:uas@127.0.0.1:{uas_port}>\r\nExpires: 3600\r\n"),
+    );
+    assert_eq!(status(&r), 200, "{r}");
+    let r = bench_json(&[
+        "bench",
+        "call",
+        "--target",
+        &srv.addr.to_string(),
+        "--ruri",
+        &format!("sip:uas@{}", srv.addr),
+        "--rate",
+        "50",
+        "--count",
+        "50",
+        "--pause-ms",
+        "20",
+        "--sockets",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(n(&r, "calls"), 50, "{r}");
+    assert_eq!(n(&r, "setup_ok"), 50, "{r}");
+    assert_eq!(n(&r, "ok"), 50, "{r}");
+    assert_eq!(n(&r, "failed"), 0, "{r}");
+    assert_eq!(r["latency_us"]["raw"]["count"].as_u64(), Some(50), "{r}");
+
+    // A user with no contact: every call fails at setup (404), counted.
+    let r = bench_json(&[
+        "bench",
+        "call",
+        "--target",
+        &srv.addr.to_string(),
+        "--ruri",
+        &format!("sip:u1@{}", srv.addr),
+        "--rate",
+        "50",
+        "--count",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(n(&r, "ok"), 0, "{r}");
+    assert_eq!(n(&r, "failed_setup_status"), 10, "{r}");
+    assert_eq!(n(&r, "failed"), 10, "{r}");
+}
