@@ -93,13 +93,13 @@ impl<'a> Challenge<'a> {
     pub fn write_authorization(
         &self,
         out: &mut String,
-        username: &str,
-        password: &str,
+        login: Login<'_>,
         method: &str,
         uri: &str,
         nc: u32,
         cnonce: &str,
     ) {
+        let Login { username, password } = login;
         let realm = self.realm.unescaped();
         let nonce = self.nonce.unescaped();
         let alg = self.algorithm;
@@ -138,6 +138,13 @@ impl<'a> Challenge<'a> {
     }
 }
 
+/// Who answers a challenge.
+#[derive(Clone, Copy, Debug)]
+pub struct Login<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
 /// `nc` as 8 lowercase hex digits.
 fn write_nc(out: &mut [u8; 8], nc: u32) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -158,8 +165,10 @@ mod tests {
         let mut out = String::new();
         c.write_authorization(
             &mut out,
-            "alice",
-            "secret",
+            Login {
+                username: "alice",
+                password: "secret",
+            },
             "REGISTER",
             "sip:example.com",
             1,

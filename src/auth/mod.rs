@@ -44,7 +44,7 @@ pub use check::{
     check_identity, post_auth, pre_auth, DigestRequest, UriIdentity, IDENTITY_CHECK,
     IDENTITY_SKIP_ANONYMOUS_METHODS,
 };
-pub use client::Challenge;
+pub use client::{Challenge, Login};
 pub use credentials::{find_credentials, Credentials, CredentialsError, Nc, QStr, Qop};
 pub use digest::{
     ct_eq_hex, ha1, ha2, response, verify, Algorithm, HexDigest, Secret, VerifyError,

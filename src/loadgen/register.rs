@@ -33,9 +33,10 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use super::users::{User, UserArgs};
-use crate::auth::Challenge;
+use crate::auth::{Challenge, Login};
 use crate::sip::{self, HdrName, Limits, Parsed, SipMsg};
 use crate::stats::hlog::HlogWriter;
+use crate::transport::sys::{Epoll, RecvBatch};
 
 /// Most registrations one run may start.
 const MAX_REGISTRATIONS: u64 = 1_000_000_000;
@@ -250,6 +251,26 @@ pub(crate) fn scheduled(rate: f64, ramp_s: f64, t_s: f64) -> f64 {
     }
 }
 
+/// Seconds at which schedule slot `k` (0-based) comes due: the inverse of
+/// [`scheduled`].
+fn start_time_s(rate: f64, ramp_s: f64, k: u64) -> f64 {
+    let n = k as f64;
+    if ramp_s <= 0.0 {
+        return n / rate;
+    }
+    let ramp_n = rate * ramp_s / 2.0;
+    if n < ramp_n {
+        (2.0 * ramp_s * n / rate).sqrt()
+    } else {
+        ramp_s + (n - ramp_n) / rate
+    }
+}
+
+/// Client socket buffers: room for bursts while this process is descheduled.
+pub(crate) const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+const RECV_BATCH: usize = 32;
+const RECV_SLOT_BYTES: usize = 4096;
+
 /// Nanoseconds this thread has run (first field of its schedstat).
 pub(crate) fn thread_cpu_ns() -> u64 {
     std::fs::read_to_string("/proc/thread-self/schedstat")
@@ -293,6 +314,10 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
         s.connect(args.target)
             .map_err(|e| format!("connect: {e}"))?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Best effort: capped by net.core.rmem_max / wmem_max.
+        let r = socket2::SockRef::from(&s);
+        let _ = r.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = r.set_send_buffer_size(SOCKET_BUFFER_BYTES);
         groups[i % threads].push(s);
     }
     let cfg = Arc::new(WorkerCfg {
@@ -566,16 +591,29 @@ impl<'a> Worker<'a> {
     }
 
     fn run(mut self) -> WorkerOut {
+        use std::os::fd::AsRawFd;
         let cpu0 = thread_cpu_ns();
         let mut next = u64::from(self.id);
         let mut blocked_at = u64::MAX;
-        let mut buf = vec![0u8; 65_536];
+        // One epoll over this worker's sockets and one recvmmsg per ready
+        // socket: the loop sleeps until a reply, a start or a timer is due,
+        // instead of polling every socket.
+        let mut epoll = Epoll::new().ok();
+        if let Some(ep) = &epoll {
+            for (k, s) in self.socks.iter().enumerate() {
+                if ep.add_readable(s.as_raw_fd(), k as u64, false).is_err() {
+                    epoll = None;
+                    break;
+                }
+            }
+        }
+        let mut batch = RecvBatch::new(RECV_BATCH, RECV_SLOT_BYTES);
+        let mut ready: Vec<usize> = Vec::with_capacity(self.socks.len());
         let mut parsed = Parsed::default();
         let limits = Limits::default();
         let mut last_flush = 0u64;
         loop {
             let now = self.now_ns();
-            let mut busy = false;
             let due = (scheduled(self.cfg.rate, self.cfg.ramp_s, now as f64 / 1e9) as u64 + 1)
                 .min(self.cfg.total);
             while next < due {
@@ -588,18 +626,6 @@ impl<'a> Worker<'a> {
                 };
                 self.start(slot, next, now);
                 next += self.cfg.stride;
-                busy = true;
-            }
-            for k in 0..self.socks.len() {
-                loop {
-                    let n = match self.socks[k].recv(&mut buf) {
-                        Ok(n) => n,
-                        Err(_) => break,
-                    };
-                    busy = true;
-                    let data = buf.get(..n).unwrap_or_default();
-                    self.on_datagram(data, &mut parsed, &limits);
-                }
             }
             let now = self.now_ns();
             while let Some(&Reverse((at, slot, gen))) = self.timers.peek() {
@@ -608,7 +634,6 @@ impl<'a> Worker<'a> {
                 }
                 self.timers.pop();
                 self.on_timer(slot, gen, at, now);
-                busy = true;
             }
             if now.saturating_sub(last_flush) >= 1_000_000_000 {
                 last_flush = now;
@@ -617,8 +642,41 @@ impl<'a> Worker<'a> {
             if next >= self.cfg.total && self.free.len() == self.slots.len() {
                 break;
             }
-            if !busy {
-                std::thread::sleep(Duration::from_micros(50));
+            // Sleep until the next start (when a slot is free), timer or flush.
+            let mut wake = last_flush + 1_000_000_000;
+            if next < self.cfg.total && !self.free.is_empty() {
+                let at_s = start_time_s(self.cfg.rate, self.cfg.ramp_s, next);
+                wake = wake.min((at_s * 1e9) as u64);
+            }
+            if let Some(&Reverse((at, _, _))) = self.timers.peek() {
+                wake = wake.min(at);
+            }
+            let wait = Duration::from_nanos(wake.saturating_sub(self.now_ns()));
+            ready.clear();
+            match epoll.as_mut() {
+                Some(ep) => {
+                    let _ = ep.wait(Some(wait), |t| ready.push(t as usize));
+                }
+                None => {
+                    std::thread::sleep(wait.min(Duration::from_micros(50)));
+                    ready.extend(0..self.socks.len());
+                }
+            }
+            for &k in &ready {
+                let Some(fd) = self.socks.get(k).map(|s| s.as_raw_fd()) else {
+                    continue;
+                };
+                loop {
+                    let n = batch.recv(fd).unwrap_or(0);
+                    for i in 0..n {
+                        if let Some((data, _)) = batch.get(i) {
+                            self.on_datagram(data, &mut parsed, &limits);
+                        }
+                    }
+                    if n < batch.capacity() {
+                        break;
+                    }
+                }
             }
         }
         self.flush_interval();
@@ -824,8 +882,10 @@ impl<'a> Worker<'a> {
             let cnonce = format!("{:x}{:x}", slot_id, gen);
             ch.write_authorization(
                 &mut self.scratch,
-                &u.name,
-                &u.password,
+                Login {
+                    username: &u.name,
+                    password: &u.password,
+                },
                 "REGISTER",
                 &uri,
                 1,
@@ -868,6 +928,17 @@ mod tests {
         assert_eq!(scheduled(100.0, 2.0, 2.0), 100.0);
         assert_eq!(scheduled(100.0, 2.0, 3.0), 200.0);
         assert!(scheduled(100.0, 2.0, 1.0) < 50.0);
+    }
+
+    #[test]
+    fn start_time_inverts_the_schedule() {
+        for ramp in [0.0, 2.0] {
+            for k in [0u64, 1, 50, 99, 100, 250] {
+                let t = start_time_s(100.0, ramp, k);
+                let n = scheduled(100.0, ramp, t);
+                assert!((n - k as f64).abs() < 1e-6, "ramp {ramp} k {k}: {n}");
+            }
+        }
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub struct UasArgs {
 
 pub fn run(args: UasArgs) -> Result<(), String> {
     let sock = UdpSocket::bind(args.listen).map_err(|e| format!("bind {}: {e}", args.listen))?;
+    let r = socket2::SockRef::from(&sock);
+    let _ = r.set_recv_buffer_size(super::register::SOCKET_BUFFER_BYTES);
+    let _ = r.set_send_buffer_size(super::register::SOCKET_BUFFER_BYTES);
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .map_err(|e| e.to_string())?;
     let local = sock.local_addr().map_err(|e| e.to_string())?;
