@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use super::register::{
-    new_hist, scheduled, thread_cpu_ns, watch, Latency, Live, Percentiles, HIST_MAX_NS,
+    corrected, new_hist, scheduled, thread_cpu_ns, watch, Latency, Live, Percentiles, HIST_MAX_NS,
 };
 use crate::sip::{self, Contact, HdrName, Limits, Parsed, SipMsg};
 
@@ -232,19 +232,18 @@ pub fn drive(args: &CallArgs) -> Result<CallReport, String> {
         &live,
         t0,
         wall0,
+        cfg.expected_interval_ns,
         args.hlog.as_ref(),
         "call",
         progress,
         &workers,
     )?;
     let mut raw = new_hist();
-    let mut cor = new_hist();
     let mut c = Counters::default();
     let mut cpu_ns = thread_cpu_ns().saturating_sub(main_cpu0);
     for w in workers {
         let out = w.join().map_err(|_| "worker thread panicked".to_string())?;
         raw.add(&out.raw).map_err(|e| e.to_string())?;
-        cor.add(&out.corrected).map_err(|e| e.to_string())?;
         let k = out.counters;
         c.started += k.started;
         c.setup_ok += k.setup_ok;
@@ -281,7 +280,7 @@ pub fn drive(args: &CallArgs) -> Result<CallReport, String> {
         achieved_rate: c.ok as f64 / elapsed.as_secs_f64().max(1e-9),
         latency_us: Latency {
             raw: Percentiles::of(&raw),
-            corrected: Percentiles::of(&cor),
+            corrected: Percentiles::of(&corrected(&raw, cfg.expected_interval_ns)),
         },
         generator_cpu_s: cpu_ns as f64 / 1e9,
     })
@@ -306,7 +305,6 @@ struct Cfg {
 
 struct Out {
     raw: Histogram<u64>,
-    corrected: Histogram<u64>,
     counters: Counters,
     cpu_ns: u64,
 }
@@ -349,9 +347,7 @@ struct Worker<'a> {
     free: Vec<u32>,
     timers: BinaryHeap<Reverse<(u64, u32, u32)>>,
     raw: Histogram<u64>,
-    corrected: Histogram<u64>,
     iv_raw: Histogram<u64>,
-    iv_corrected: Histogram<u64>,
     c: Counters,
     next_sock: usize,
 }
@@ -373,9 +369,7 @@ impl<'a> Worker<'a> {
             free: (0..cfg.slots as u32).rev().collect(),
             timers: BinaryHeap::new(),
             raw: new_hist(),
-            corrected: new_hist(),
             iv_raw: new_hist(),
-            iv_corrected: new_hist(),
             c: Counters::default(),
             next_sock: 0,
         }
@@ -441,7 +435,6 @@ impl<'a> Worker<'a> {
         Out {
             cpu_ns: thread_cpu_ns().saturating_sub(cpu0),
             raw: self.raw,
-            corrected: self.corrected,
             counters: self.c,
         }
     }
@@ -451,12 +444,10 @@ impl<'a> Worker<'a> {
             return;
         }
         if let Ok(mut g) = self.live.interval.lock() {
-            let (raw, cor) = g.get_or_insert_with(|| (new_hist(), new_hist()));
+            let (raw, _) = g.get_or_insert_with(|| (new_hist(), new_hist()));
             let _ = raw.add(&self.iv_raw);
-            let _ = cor.add(&self.iv_corrected);
         }
         self.iv_raw.reset();
-        self.iv_corrected.reset();
     }
 
     fn start(&mut self, slot_id: u32, now: u64) {
@@ -685,12 +676,6 @@ impl<'a> Worker<'a> {
         let latency = now.saturating_sub(slot.started_ns).clamp(1, HIST_MAX_NS);
         let _ = self.raw.record(latency);
         let _ = self.iv_raw.record(latency);
-        let _ = self
-            .corrected
-            .record_correct(latency, cfg.expected_interval_ns);
-        let _ = self
-            .iv_corrected
-            .record_correct(latency, cfg.expected_interval_ns);
         self.c.setup_ok += 1;
         // Dialog state from the 200 (RFC 3261 §12.1.2).
         slot.to.clear();
