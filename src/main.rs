@@ -30,8 +30,9 @@ enum Cmd {
     Run(ServerArgs),
     /// Check the config and the routing script, then exit.
     Check(ServerArgs),
-    /// Load generator: OPTIONS over UDP at an open-loop rate.
-    Bench(sipshard::loadgen::BenchArgs),
+    /// Load generator: OPTIONS (default), REGISTER with digest auth, over UDP
+    /// at an open-loop rate.
+    Bench(sipshard::loadgen::BenchCmd),
     /// Manage subscribers (like `kamctl add/rm/passwd`).
     User {
         #[command(subcommand)]
@@ -314,7 +315,7 @@ fn main() -> ExitCode {
                 p.script_name
             );
         }),
-        Cmd::Bench(b) => sipshard::loadgen::run(b),
+        Cmd::Bench(b) => sipshard::loadgen::run_cmd(b),
         Cmd::User { cmd, db, domain } => db
             .url()
             .and_then(|url| {

@@ -166,23 +166,45 @@ impl<'a> Credentials<'a> {
 
     /// Parses one header value given as `&str`.
     pub fn parse_str(s: &'a str) -> Result<Credentials<'a>, CredentialsError> {
-        let b = s.as_bytes();
-        let mut i = 0;
-        while i < b.len() && is_ws(b[i]) {
-            i += 1;
-        }
-        let scheme_start = i;
-        while i < b.len() && is_token(b[i]) {
-            i += 1;
-        }
-        if !s[scheme_start..i].eq_ignore_ascii_case("Digest") {
-            return Err(CredentialsError::NotDigest);
-        }
-        if i < b.len() && !is_ws(b[i]) {
-            return Err(CredentialsError::NotDigest);
-        }
-
+        let i = digest_scheme_end(s)?;
         let mut f = Fields::default();
+        for_each_directive(s, i, |name, value| f.set(name, value))?;
+        f.finish()
+    }
+}
+
+/// Checks that `s` starts with the `Digest` scheme; returns the byte just
+/// past it.
+pub(super) fn digest_scheme_end(s: &str) -> Result<usize, CredentialsError> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() && is_ws(b[i]) {
+        i += 1;
+    }
+    let scheme_start = i;
+    while i < b.len() && is_token(b[i]) {
+        i += 1;
+    }
+    if !s[scheme_start..i].eq_ignore_ascii_case("Digest") {
+        return Err(CredentialsError::NotDigest);
+    }
+    if i < b.len() && !is_ws(b[i]) {
+        return Err(CredentialsError::NotDigest);
+    }
+    Ok(i)
+}
+
+/// Walks the `name=value` directive list of a digest header value from byte
+/// `i` (just past the scheme), calling `f` for each. Shared by the
+/// credentials parser and the client-side challenge parser
+/// ([`super::client::Challenge`]).
+pub(super) fn for_each_directive<'a>(
+    s: &'a str,
+    mut i: usize,
+    mut f: impl FnMut(&'a str, QStr<'a>) -> Result<(), CredentialsError>,
+) -> Result<(), CredentialsError> {
+    let b = s.as_bytes();
+    {
         loop {
             // Skip separators: whitespace and (possibly empty) list elements.
             while i < b.len() && (is_ws(b[i]) || b[i] == b',') {
@@ -247,9 +269,9 @@ impl<'a> Credentials<'a> {
             if i < b.len() && b[i] != b',' {
                 return Err(CredentialsError::Syntax);
             }
-            f.set(name, QStr::new(value))?;
+            f(name, QStr::new(value))?;
         }
-        f.finish()
+        Ok(())
     }
 }
 

@@ -30,6 +30,7 @@
 mod cache;
 mod challenge;
 mod check;
+mod client;
 mod credentials;
 mod digest;
 mod nc;
@@ -43,6 +44,7 @@ pub use check::{
     check_identity, post_auth, pre_auth, DigestRequest, UriIdentity, IDENTITY_CHECK,
     IDENTITY_SKIP_ANONYMOUS_METHODS,
 };
+pub use client::{Challenge, Login};
 pub use credentials::{find_credentials, Credentials, CredentialsError, Nc, QStr, Qop};
 pub use digest::{
     ct_eq_hex, ha1, ha2, response, verify, Algorithm, HexDigest, Secret, VerifyError,

@@ -12,6 +12,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod call;
+pub mod register;
+pub mod uas;
+pub mod users;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +26,45 @@ use hdrhistogram::Histogram;
 
 /// Most requests one run may track.
 const MAX_REQUESTS: u64 = 100_000_000;
+
+/// `sipshard bench [SCENARIO]`: without a scenario, the OPTIONS driver (as
+/// before scenarios existed).
+#[derive(clap::Args, Clone, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchCmd {
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+    #[command(flatten)]
+    pub options: BenchArgs,
+}
+
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Scenario {
+    /// OPTIONS at an open-loop rate (the default scenario).
+    Options(BenchArgs),
+    /// REGISTER, 401, REGISTER with digest credentials, 200, per user.
+    Register(register::RegisterArgs),
+    /// Calls as a UAC: INVITE, 100/180/200, ACK, pause, BYE, 200.
+    Call(call::CallArgs),
+    /// A stateless UAS answering INVITE with 180+200 and BYE with 200.
+    Uas(uas::UasArgs),
+    /// The same answering machine, also answering REGISTER with 401 then
+    /// 200 without checks: a peer for measuring the generator itself.
+    Responder(uas::UasArgs),
+    /// Write generated users as a file `sipshard user import` reads.
+    Users(users::UsersOutArgs),
+}
+
+pub fn run_cmd(cmd: BenchCmd) -> Result<(), String> {
+    match cmd.scenario {
+        None => run(cmd.options),
+        Some(Scenario::Options(a)) => run(a),
+        Some(Scenario::Register(a)) => register::run(a),
+        Some(Scenario::Call(a)) => call::run(a),
+        Some(Scenario::Uas(a)) | Some(Scenario::Responder(a)) => uas::run(a),
+        Some(Scenario::Users(a)) => users::run_users(a),
+    }
+}
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
