@@ -11,10 +11,7 @@
 
 mod common;
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -22,14 +19,8 @@ use serde_json::{json, Value};
 use common::*;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// Longest any one sipp may run (its own `-timeout` is a little shorter).
-const SIPP_DEADLINE: Duration = Duration::from_secs(60);
 
 /// tests/sipp/`name`.
-fn scenario(name: &str) -> String {
-    format!("{ROOT}/tests/sipp/{name}")
-}
-
 /// sipshard running tests/lua/dialog.lua, calls going to 127.0.0.1:`uas`.
 fn proxy(uas: u16, limit: u32, dialog_toml: &str) -> Server {
     let script = std::fs::read_to_string(format!("{ROOT}/tests/lua/dialog.lua")).unwrap();
@@ -67,206 +58,6 @@ fn active(srv: &Server) -> Value {
 }
 
 // ---------------------------------------------------------------- sipp
-
-/// One sipp process running in its own directory.
-struct Sipp {
-    name: String,
-    dir: PathBuf,
-    child: Option<Child>,
-}
-
-/// What a finished sipp left behind.
-struct SippResult {
-    name: String,
-    code: Option<i32>,
-    stats: HashMap<String, String>,
-    /// `-trace_msg` log: every message sent and received.
-    messages: String,
-    errors: String,
-    out: String,
-    elapsed: Duration,
-}
-
-impl Sipp {
-    /// A callee (UAS) on 127.0.0.1:`port`, `calls` calls; checks that the
-    /// proxy at `proxy` is the top Via of what it receives.
-    fn uas(
-        dir: &TempDir,
-        name: &str,
-        scen: &str,
-        port: u16,
-        proxy: SocketAddr,
-        calls: u32,
-        extra: &[&str],
-    ) -> Sipp {
-        let mut args: Vec<String> = vec![
-            "-sf".into(),
-            scenario(scen),
-            "-set".into(),
-            "proxy".into(),
-            proxy.to_string(),
-            "-m".into(),
-            calls.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let s = Self::spawn(dir, name, port, &args);
-        // ready once it holds its port
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            assert!(Instant::now() < deadline, "sipp {name} did not bind {port}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        s
-    }
-
-    /// A caller (UAC) sending `calls` calls to `service`@proxy.
-    fn uac(
-        dir: &TempDir,
-        name: &str,
-        scen: &str,
-        proxy: SocketAddr,
-        service: &str,
-        calls: u32,
-        extra: &[&str],
-    ) -> Sipp {
-        let mut args: Vec<String> = vec![
-            proxy.to_string(),
-            "-sf".into(),
-            scenario(scen),
-            "-s".into(),
-            service.into(),
-            "-m".into(),
-            calls.to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn(dir, name, free_udp_port(), &args)
-    }
-
-    fn spawn(dir: &TempDir, name: &str, port: u16, args: &[String]) -> Sipp {
-        let d = dir.path(name);
-        std::fs::create_dir_all(&d).unwrap();
-        let out = std::fs::File::create(d.join("sipp.out")).unwrap();
-        let child = Command::new("sipp")
-            .args(args)
-            .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-            .args(["-nostdin", "-timeout", "50s", "-timeout_error"])
-            .args(["-trace_msg", "-message_file", "messages.log"])
-            .args(["-trace_err", "-error_file", "errors.log"])
-            .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
-            .current_dir(&d)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("sipp (sip-tester) is installed: scripts/deps.sh");
-        Sipp {
-            name: name.into(),
-            dir: d,
-            child: Some(child),
-        }
-    }
-
-    fn wait(self) -> SippResult {
-        self.wait_within(SIPP_DEADLINE)
-    }
-
-    fn wait_within(mut self, limit: Duration) -> SippResult {
-        let started = Instant::now();
-        let mut child = self.child.take().unwrap();
-        let code = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st.code();
-            }
-            if started.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).unwrap_or_default();
-        SippResult {
-            name: self.name.clone(),
-            code,
-            stats: parse_stats(&read("stats.csv")),
-            messages: read("messages.log"),
-            errors: read("errors.log"),
-            out: read("sipp.out"),
-            elapsed: started.elapsed(),
-        }
-    }
-}
-
-impl Drop for Sipp {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// The last row of a sipp `-trace_stat` file, by column name.
-fn parse_stats(csv: &str) -> HashMap<String, String> {
-    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
-    let Some(head) = lines.next() else {
-        return HashMap::new();
-    };
-    let Some(last) = lines.next_back() else {
-        return HashMap::new();
-    };
-    head.split(';')
-        .zip(last.split(';'))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-impl SippResult {
-    fn count(&self, col: &str) -> u64 {
-        self.stats
-            .get(col)
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{}: no {col} in the stats:\n{}", self.name, self.report()))
-    }
-
-    fn successful(&self) -> u64 {
-        self.count("SuccessfulCall(C)")
-    }
-
-    fn failed(&self) -> u64 {
-        self.count("FailedCall(C)")
-    }
-
-    /// Messages whose first line starts with `start` that this sipp sent
-    /// (`dir` = "sent") or received ("received"), retransmissions included.
-    fn traced(&self, dir: &str, start: &str) -> usize {
-        self.messages
-            .split("----------------------------------------------- ")
-            .filter(|entry| {
-                let mut lines = entry.lines().skip(1);
-                let what = lines.next().unwrap_or("");
-                let first = lines.find(|l| !l.trim().is_empty()).unwrap_or("");
-                what.contains(&format!("message {dir}")) && first.starts_with(start)
-            })
-            .count()
-    }
-
-    fn report(&self) -> String {
-        let tail = |s: &str, n: usize| {
-            let s = s.trim_end();
-            s[s.len().saturating_sub(n)..].to_string()
-        };
-        format!(
-            "--- sipp {} (exit {:?}, {:.1} s)\nstdout/stderr:\n{}\nerrors:\n{}\nmessages (tail):\n{}",
-            self.name,
-            self.code,
-            self.elapsed.as_secs_f64(),
-            tail(&self.out, 1500),
-            tail(&self.errors, 3000),
-            tail(&self.messages, 4000)
-        )
-    }
-}
 
 /// Asserts a sipp run ended with `ok` successful and `failed` failed calls.
 fn assert_calls(srv: &Server, r: &SippResult, ok: u64, failed: u64) {

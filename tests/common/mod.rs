@@ -3,8 +3,11 @@
 #![allow(dead_code)]
 
 pub mod kamailio;
+pub mod sipp;
 #[allow(unused_imports)]
 pub use kamailio::*;
+#[allow(unused_imports)]
+pub use sipp::*;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, UdpSocket};
