@@ -829,39 +829,14 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 let Some(re) = c.get(&re.as_bytes(), true, true) else {
                     return Ok(-1);
                 };
-                let pieces = [Piece::Bytes(txt.as_bytes().to_vec())];
+                let txt = txt.as_bytes();
                 s.with_msg(|m| {
                     let base = if body {
                         m.parsed.body.start as usize
                     } else {
                         headers_start(m)
                     };
-                    let input = m.buf.get(base..m.len).unwrap_or(&[]);
-                    if input.is_empty() {
-                        return -1;
-                    }
-                    // the text is literal (no back-references): no size cap
-                    let mut subs = Vec::new();
-                    for f in re.find_iter(input) {
-                        if f.start() == f.end() {
-                            return -1;
-                        }
-                        subs.push((f.start(), f.end(), Vec::new()));
-                        if !all || subs.len() >= MAX_MATCHES {
-                            break;
-                        }
-                    }
-                    let Piece::Bytes(txt) = &pieces[0] else {
-                        return -1;
-                    };
-                    for sub in &mut subs {
-                        sub.2.clone_from(txt);
-                    }
-                    if subs.is_empty() {
-                        -1
-                    } else {
-                        splice_all(m, base, &subs)
-                    }
+                    replace_literal(m, &re, base, m.len, &txt, all)
                 })
             })?,
         )?;
@@ -875,28 +850,13 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             let Some(re) = c.get(&re.as_bytes(), true, false) else {
                 return Ok(-1);
             };
-            let txt = txt.as_bytes().to_vec();
+            let txt = txt.as_bytes();
             s.with_msg(|m| {
                 let base = m.parsed.body.start as usize;
                 // Kamailio 5.6 leaves the body's last byte out of the match
                 // (seen on the wire: `^v=0.+$` keeps the final newline).
                 let end = m.len.saturating_sub(1).max(base);
-                let input = m.buf.get(base..end).unwrap_or(&[]);
-                let mut subs = Vec::new();
-                for f in re.find_iter(input) {
-                    if f.start() == f.end() {
-                        return -1;
-                    }
-                    subs.push((f.start(), f.end(), txt.clone()));
-                    if subs.len() >= MAX_MATCHES {
-                        break;
-                    }
-                }
-                if subs.is_empty() {
-                    -1
-                } else {
-                    splice_all(m, base, &subs)
-                }
+                replace_literal(m, &re, base, end, &txt, true)
             })
         })?,
     )?;
@@ -1737,6 +1697,39 @@ fn iter_step(iters: &mut Vec<HfIter>, m: &mut super::MsgCtx, name: &[u8], op: It
 }
 
 /// Removes the headers whose name matches `re` and not `skip`; 1 / -1 none.
+/// Replaces the first (or, with `all`, every) match of `re` in
+/// `buf[base..end]` by the literal `txt`: 1, or -1 for no match, an empty
+/// match or an empty range (Kamailio's `replace*`).
+fn replace_literal(
+    m: &mut super::MsgCtx,
+    re: &Regex,
+    base: usize,
+    end: usize,
+    txt: &[u8],
+    all: bool,
+) -> i64 {
+    let input = m.buf.get(base..end).unwrap_or(&[]);
+    if input.is_empty() {
+        return -1;
+    }
+    // the text is literal (no back-references): no size cap
+    let mut subs = Vec::new();
+    for f in re.find_iter(input) {
+        if f.start() == f.end() {
+            return -1;
+        }
+        subs.push((f.start(), f.end(), txt.to_vec()));
+        if !all || subs.len() >= MAX_MATCHES {
+            break;
+        }
+    }
+    if subs.is_empty() {
+        -1
+    } else {
+        splice_all(m, base, &subs)
+    }
+}
+
 /// Hold type of the first held audio stream of an SDP body: 1 connection
 /// address 0.0.0.0 (RFC 2543), 2 `sendonly`/`inactive` (RFC 3264), -1 none.
 /// Media-level `c=` and direction attributes override the session's.
