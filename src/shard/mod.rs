@@ -871,6 +871,8 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
             .map(f)
             .sum::<usize>() as i64
     };
+    // A figure of a table every shard shares: counted by shard 0 alone.
+    let once = |f: &dyn Fn() -> i64| if shard.id == 0 { f() } else { 0 };
     let loc = &svc.tables.location;
     let creds = &svc.tables.creds;
     let snap = ShardSnapshot {
@@ -888,69 +890,39 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                 "auth.cache_entries",
                 mine(&|i| creds.at(i).len(), creds.parts()),
             ),
-            // Whole-table figures, reported by shard 0 only (sums stay true).
+            // Whole-table figures, reported by shard 0 only (sums stay true);
+            // the dialog ones under Kamailio's dialog:* names.
             (
                 "htable.items",
-                if shard.id == 0 {
+                once(&|| {
                     svc.tables
                         .htable
                         .tables()
                         .iter()
                         .map(|t| t.len())
                         .sum::<usize>() as i64
-                } else {
-                    0
-                },
+                }),
             ),
-            (
-                "pike.ips",
-                if shard.id == 0 {
-                    svc.tables.pike.len() as i64
-                } else {
-                    0
-                },
-            ),
-            // dialog module statistics (Kamailio's dialog:* names), shared
-            // by every shard: reported once, by shard 0
+            ("pike.ips", once(&|| svc.tables.pike.len() as i64)),
             (
                 "dialog.active_dialogs",
-                if shard.id == 0 {
-                    svc.tables.dialog.active() as i64
-                } else {
-                    0
-                },
+                once(&|| svc.tables.dialog.active() as i64),
             ),
             (
                 "dialog.early_dialogs",
-                if shard.id == 0 {
-                    svc.tables.dialog.early() as i64
-                } else {
-                    0
-                },
+                once(&|| svc.tables.dialog.early() as i64),
             ),
             (
                 "dialog.processed_dialogs",
-                if shard.id == 0 {
-                    svc.tables.dialog.stat_processed() as i64
-                } else {
-                    0
-                },
+                once(&|| svc.tables.dialog.stat_processed() as i64),
             ),
             (
                 "dialog.expired_dialogs",
-                if shard.id == 0 {
-                    svc.tables.dialog.stat_expired() as i64
-                } else {
-                    0
-                },
+                once(&|| svc.tables.dialog.stat_expired() as i64),
             ),
             (
                 "dialog.failed_dialogs",
-                if shard.id == 0 {
-                    svc.tables.dialog.stat_failed() as i64
-                } else {
-                    0
-                },
+                once(&|| svc.tables.dialog.stat_failed() as i64),
             ),
             ("db.retry_queue", svc.db_retry.borrow().len() as i64),
             ("shard.inflight", shard.inflight.get() as i64),
