@@ -28,12 +28,12 @@ use std::time::{Duration, Instant, SystemTime};
 use hdrhistogram::Histogram;
 
 use super::register::{
-    corrected, new_hist, scheduled, thread_cpu_ns, watch, Latency, Live, Percentiles, HIST_MAX_NS,
+    check_open_loop, client_sockets, corrected, new_hist, scheduled, thread_cpu_ns, watch, Latency,
+    Live, Percentiles, HIST_MAX_NS,
 };
 use crate::sip::{self, Contact, HdrName, Limits, Parsed, SipMsg};
 
 const MAX_CALLS: u64 = 1_000_000_000;
-const MAX_INFLIGHT: usize = 1_000_000;
 /// Longest dialog state (To, Contact, Route set) kept per call.
 const DIALOG_BYTES_MAX: usize = 4096;
 
@@ -164,15 +164,14 @@ pub fn run(args: CallArgs) -> Result<(), String> {
 }
 
 pub fn drive(args: &CallArgs) -> Result<CallReport, String> {
-    if args.rate == 0 || args.sockets == 0 || args.max_inflight == 0 || args.t1_ms == 0 {
-        return Err("rate, sockets, max-inflight and t1-ms must be positive".into());
-    }
-    if args.max_inflight > MAX_INFLIGHT {
-        return Err(format!("--max-inflight: at most {MAX_INFLIGHT}"));
-    }
-    if !(args.ramp_s >= 0.0 && args.duration > 0.0) {
-        return Err("ramp-s must be >= 0 and duration > 0".into());
-    }
+    check_open_loop(
+        args.rate,
+        args.sockets,
+        args.max_inflight,
+        args.t1_ms,
+        args.ramp_s,
+        args.duration,
+    )?;
     if args.ruri.contains(['\r', '\n', ' ']) || args.from.contains(['\r', '\n', ' ']) {
         return Err("--ruri and --from must be single URIs".into());
     }
@@ -184,21 +183,7 @@ pub fn drive(args: &CallArgs) -> Result<CallReport, String> {
         return Err(format!("calls: 1..={MAX_CALLS}, not {total}"));
     }
     let threads = args.threads.clamp(1, args.sockets);
-    let bind: SocketAddr = if args.target.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    }
-    .parse()
-    .map_err(|e| format!("{e}"))?;
-    let mut groups: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
-    for i in 0..args.sockets {
-        let s = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-        s.connect(args.target)
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        groups[i % threads].push(s);
-    }
+    let groups = client_sockets(args.target, args.sockets, threads)?;
     let cfg = Arc::new(Cfg {
         rate: args.rate as f64,
         ramp_s: args.ramp_s,

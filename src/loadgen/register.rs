@@ -316,15 +316,14 @@ pub(crate) fn thread_cpu_ns() -> u64 {
 
 /// Runs one load and returns the figures.
 pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
-    if args.rate == 0 || args.sockets == 0 || args.max_inflight == 0 || args.t1_ms == 0 {
-        return Err("rate, sockets, max-inflight and t1-ms must be positive".into());
-    }
-    if args.max_inflight > MAX_INFLIGHT {
-        return Err(format!("--max-inflight: at most {MAX_INFLIGHT}"));
-    }
-    if !(args.ramp_s >= 0.0 && args.duration > 0.0) {
-        return Err("ramp-s must be >= 0 and duration > 0".into());
-    }
+    check_open_loop(
+        args.rate,
+        args.sockets,
+        args.max_inflight,
+        args.t1_ms,
+        args.ramp_s,
+        args.duration,
+    )?;
     let total = match args.count {
         Some(n) => n,
         None => scheduled(args.rate as f64, args.ramp_s, args.duration).ceil() as u64,
@@ -336,25 +335,7 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
     }
     let users = Arc::new(args.users.load()?);
     let threads = args.threads.clamp(1, args.sockets);
-    let bind: SocketAddr = if args.target.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    }
-    .parse()
-    .map_err(|e| format!("{e}"))?;
-    let mut groups: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
-    for i in 0..args.sockets {
-        let s = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-        s.connect(args.target)
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        // Best effort: capped by net.core.rmem_max / wmem_max.
-        let r = socket2::SockRef::from(&s);
-        let _ = r.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-        let _ = r.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-        groups[i % threads].push(s);
-    }
+    let groups = client_sockets(args.target, args.sockets, threads)?;
     let cfg = Arc::new(WorkerCfg {
         rate: args.rate as f64,
         ramp_s: args.ramp_s,
@@ -447,6 +428,55 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
             0.0
         },
     })
+}
+
+/// The checks every open-loop scenario (register, call) makes of its flags.
+pub(crate) fn check_open_loop(
+    rate: u64,
+    sockets: usize,
+    max_inflight: usize,
+    t1_ms: u64,
+    ramp_s: f64,
+    duration: f64,
+) -> Result<(), String> {
+    if rate == 0 || sockets == 0 || max_inflight == 0 || t1_ms == 0 {
+        return Err("rate, sockets, max-inflight and t1-ms must be positive".into());
+    }
+    if max_inflight > MAX_INFLIGHT {
+        return Err(format!("--max-inflight: at most {MAX_INFLIGHT}"));
+    }
+    if !(ramp_s >= 0.0 && duration > 0.0) {
+        return Err("ramp-s must be >= 0 and duration > 0".into());
+    }
+    Ok(())
+}
+
+/// `sockets` non-blocking UDP sockets connected to `target`, dealt round
+/// robin into `threads` groups (one per worker).
+pub(crate) fn client_sockets(
+    target: SocketAddr,
+    sockets: usize,
+    threads: usize,
+) -> Result<Vec<Vec<UdpSocket>>, String> {
+    let bind: SocketAddr = if target.is_ipv4() {
+        "127.0.0.1:0"
+    } else {
+        "[::1]:0"
+    }
+    .parse()
+    .map_err(|e| format!("{e}"))?;
+    let mut groups: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
+    for i in 0..sockets {
+        let s = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
+        s.connect(target).map_err(|e| format!("connect: {e}"))?;
+        s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Best effort: capped by net.core.rmem_max / wmem_max.
+        let r = socket2::SockRef::from(&s);
+        let _ = r.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+        let _ = r.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+        groups[i % threads.max(1)].push(s);
+    }
+    Ok(groups)
 }
 
 /// Until every worker has finished: once a second, takes the interval
