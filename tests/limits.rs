@@ -244,7 +244,11 @@ end
     // the 5th $var name is a script error: 500
     let r = ask("vars", "", "OPTIONS");
     assert_eq!(status(&r), 500, "{r}");
-    assert!(srv.log().contains("pv_max_vars"), "{}", srv.log());
+    assert!(
+        srv.log_shows("pv_max_vars", Duration::from_secs(5)),
+        "{}",
+        srv.log()
+    );
     assert_eq!(counter(&srv, "core.pv_limit"), 3);
     let contacts = "Contact: <sip:1@a>, <sip:2@a>, <sip:3@a>, <sip:4@a>\r\n";
     let r = ask("bob", contacts, "REGISTER");

@@ -197,6 +197,21 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Whether the server's log shows `needle` within `within` (its stderr
+    /// is read by another thread: a line can land just after the reply).
+    pub fn log_shows(&self, needle: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn rpc_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.rpc_port)
     }
