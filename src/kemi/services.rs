@@ -136,6 +136,10 @@ pub struct SharedTables {
     /// KSR.dispatcher sets and destination state (when configured).
     pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
     pub dispatcher_cfg: crate::config::DispatcherConfig,
+    /// TCP/TLS connections (`[tcp]` / `[tls]` configured): every shard
+    /// sends on any connection through it, without a hop.
+    /// Set once at start (the TLS files are read then).
+    pub conns: std::sync::OnceLock<Arc<crate::transport::conn::ConnTable>>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -198,6 +202,7 @@ impl SharedTables {
             dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
             dispatcher: None,
             dispatcher_cfg: crate::config::DispatcherConfig::default(),
+            conns: std::sync::OnceLock::new(),
         }
     }
 

@@ -717,7 +717,7 @@ impl<'a> Worker<'a> {
             ready.clear();
             match epoll.as_mut() {
                 Some(ep) => {
-                    let _ = ep.wait(Some(wait), |t| ready.push(t as usize));
+                    let _ = ep.wait(Some(wait), |t, _| ready.push(t as usize));
                 }
                 None => {
                     std::thread::sleep(wait.min(Duration::from_micros(50)));
