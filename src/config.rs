@@ -1459,7 +1459,9 @@ impl Config {
                 "max_connections_* and connection_lifetime_s must be at least 1, conn_wq_max and max_msg_bytes at least 1024",
             ));
         }
-        if self.tls.enabled() && (self.tls.certificate.is_empty() || self.tls.private_key.is_empty()) {
+        if self.tls.enabled()
+            && (self.tls.certificate.is_empty() || self.tls.private_key.is_empty())
+        {
             return Err(self.invalid("tls", "listen needs certificate and private_key"));
         }
         if self.tls.require_certificate && self.tls.ca_list.is_empty() {

@@ -200,7 +200,8 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 if !ours {
                     return -1;
                 }
-                m.force_proto = (proto != crate::sip::Proto::Udp || m.proto != crate::sip::Proto::Udp)
+                m.force_proto = (proto != crate::sip::Proto::Udp
+                    || m.proto != crate::sip::Proto::Udp)
                     .then_some(proto);
                 1
             })

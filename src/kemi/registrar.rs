@@ -270,7 +270,12 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
                         m.proto.name()
                     ));
                 }
-                r.socket = Some(format!("{}:{}:{}", m.proto.name(), local.ip(), local.port()));
+                r.socket = Some(format!(
+                    "{}:{}:{}",
+                    m.proto.name(),
+                    local.ip(),
+                    local.port()
+                ));
             }
             r
         })

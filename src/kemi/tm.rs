@@ -546,9 +546,9 @@ fn t_reply_callid(s: &Shared, callid: &str, cseq: &str, code: i64, reason: &[u8]
 
 /// Sends a locally built reply on a cell, from its stored request.
 pub(crate) fn local_reply_on_cell(s: &Shared, id: TxId, code: u16, reason: &[u8]) -> bool {
-    let Some((req, src)) =
-        s.tm.get_map(id, |c| (c.req.clone(), c.user.src.unwrap_or(c.reply_dst.addr)))
-    else {
+    let Some((req, src)) = s.tm.get_map(id, |c| {
+        (c.req.clone(), c.user.src.unwrap_or(c.reply_dst.addr))
+    }) else {
         return false;
     };
     let bytes = {
@@ -737,7 +737,15 @@ fn relay_group(
                     let dst = dst.filter(|d| may_send(s, m, d));
                     let proto = dst.map_or(Proto::Udp, |d| d.proto);
                     let mut out = Vec::with_capacity(m.len + 200);
-                    write_request(s, m, &spec.uri, spec.path.as_deref(), &branch, proto, &mut out);
+                    write_request(
+                        s,
+                        m,
+                        &spec.uri,
+                        spec.path.as_deref(),
+                        &branch,
+                        proto,
+                        &mut out,
+                    );
                     (dst, out, spec.bflags)
                 })
                 .ok(),
@@ -1097,7 +1105,10 @@ pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
     let Some(addr) = resolve_host(host, port) else {
         return false;
     };
-    let dst = Dest::new(addr, Proto::from_token(next.transport).unwrap_or(Proto::Udp));
+    let dst = Dest::new(
+        addr,
+        Proto::from_token(next.transport).unwrap_or(Proto::Udp),
+    );
     // the reply route's header edits (KSR.hdr.*) go out with it
     let mut e = std::mem::take(&mut m.edits);
     e.remove_top_via();

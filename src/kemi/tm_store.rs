@@ -11,8 +11,8 @@
 //! of stripe `i` are run by shard `i % shards`, which learns the stripe's
 //! next deadline from an atomic written after every operation.
 
-use std::cell::RefCell;
 use crate::sip::Dest;
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;

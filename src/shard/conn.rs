@@ -204,7 +204,8 @@ fn on_conn(shard: &Rc<Shard>, sc: &ShardConns, id: u64, bits: u32) {
     if bits & libc::EPOLLOUT as u32 != 0 && l.conn.on_writable().is_err() {
         return close(shard, sc, l, Why::WriteFailed);
     }
-    let readable = bits & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
+    let readable =
+        bits & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
     if readable == 0 {
         sc.local.borrow_mut().insert(id, l);
         return;
@@ -262,7 +263,14 @@ fn frame(shard: &Rc<Shard>, l: &mut Local) -> Result<(), Why> {
         match l.framer.next(&limits) {
             Ok(None) => return Ok(()),
             Ok(Some(StreamEvent::Message(bytes))) => {
-                super::io::on_message(shard, bytes, l.conn.peer, l.conn.local, l.conn.proto, &l.conn);
+                super::io::on_message(
+                    shard,
+                    bytes,
+                    l.conn.peer,
+                    l.conn.local,
+                    l.conn.proto,
+                    &l.conn,
+                );
             }
             Ok(Some(StreamEvent::Ping)) => {
                 // RFC 5626 §4.4.1: pong.

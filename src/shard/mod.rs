@@ -1062,15 +1062,36 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                 once(&|| svc.tables.dialog.stat_failed() as i64),
             ),
             ("tcp.connections", tcp_stat(&|t| t.connections() as u64)),
-            ("tcp.accepted", tcp_stat(&|t| t.stats.accepted.load(Relaxed))),
+            (
+                "tcp.accepted",
+                tcp_stat(&|t| t.stats.accepted.load(Relaxed)),
+            ),
             ("tcp.refused", tcp_stat(&|t| t.stats.refused.load(Relaxed))),
             ("tcp.closed", tcp_stat(&|t| t.stats.closed.load(Relaxed))),
-            ("tcp.closed_idle", tcp_stat(&|t| t.stats.closed_idle.load(Relaxed))),
-            ("tcp.bad_framing", tcp_stat(&|t| t.stats.bad_framing.load(Relaxed))),
-            ("tcp.connected", tcp_stat(&|t| t.stats.connected.load(Relaxed))),
-            ("tcp.connect_failed", tcp_stat(&|t| t.stats.connect_failed.load(Relaxed))),
-            ("tcp.wq_overflow", tcp_stat(&|t| t.stats.wq_overflow.load(Relaxed))),
-            ("tls.failed", tcp_stat(&|t| t.stats.tls_failed.load(Relaxed))),
+            (
+                "tcp.closed_idle",
+                tcp_stat(&|t| t.stats.closed_idle.load(Relaxed)),
+            ),
+            (
+                "tcp.bad_framing",
+                tcp_stat(&|t| t.stats.bad_framing.load(Relaxed)),
+            ),
+            (
+                "tcp.connected",
+                tcp_stat(&|t| t.stats.connected.load(Relaxed)),
+            ),
+            (
+                "tcp.connect_failed",
+                tcp_stat(&|t| t.stats.connect_failed.load(Relaxed)),
+            ),
+            (
+                "tcp.wq_overflow",
+                tcp_stat(&|t| t.stats.wq_overflow.load(Relaxed)),
+            ),
+            (
+                "tls.failed",
+                tcp_stat(&|t| t.stats.tls_failed.load(Relaxed)),
+            ),
             ("db.retry_queue", svc.db_retry.borrow().len() as i64),
             ("shard.inflight", shard.inflight.get() as i64),
             ("shard.tasks", shard.ex.live() as i64),

@@ -186,9 +186,7 @@ pub fn looks_like_http(data: &[u8]) -> bool {
     let Some(sp) = data.iter().take(32).position(|&b| b == b' ') else {
         return false;
     };
-    sp > 0
-        && data[..sp].iter().all(u8::is_ascii_uppercase)
-        && data.get(sp + 1) == Some(&b'/')
+    sp > 0 && data[..sp].iter().all(u8::is_ascii_uppercase) && data.get(sp + 1) == Some(&b'/')
 }
 
 #[cfg(test)]

@@ -108,9 +108,7 @@ fn build(f: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String>
     let mut roots = RootCertStore::empty();
     if let Some(ca) = &f.ca_list {
         for c in read_certs(ca)? {
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: {e}", ca.display()))?;
+            roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
         }
     }
     let roots = Arc::new(roots);
@@ -122,9 +120,10 @@ fn build(f: &TlsFiles) -> Result<(Arc<ServerConfig>, Arc<ClientConfig>), String>
         if roots.is_empty() {
             return Err("[tls] require_certificate needs ca_list".into());
         }
-        let v = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), p.clone())
-            .build()
-            .map_err(|e| e.to_string())?;
+        let v =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), p.clone())
+                .build()
+                .map_err(|e| e.to_string())?;
         builder.with_client_cert_verifier(v)
     } else {
         builder.with_no_client_auth()

@@ -1,8 +1,8 @@
 //! The transaction table: cells, their state machines, timers and matching.
 
+use crate::sip::Dest;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use crate::sip::Dest;
 
 use super::build::{self, BranchRef};
 use super::TxnConfig;
