@@ -1886,6 +1886,26 @@ mod tests {
         assert_eq!(c.sanity, d.sanity);
         assert_eq!(c.dialog, d.dialog);
         assert_eq!(c.ipops, d.ipops);
+        assert_eq!(c.tcp, d.tcp);
+        assert_eq!(c.tls, d.tls);
+    }
+
+    #[test]
+    fn tcp_and_tls_sections() {
+        let c = Config::from_toml(
+            "[tcp]\nenable = true\nconnection_lifetime_s = 5\nmax_connections_per_source = 9\n\
+             [tls]\nlisten = \"127.0.0.1:5061\"\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.tcp.enable && c.tls.enabled());
+        assert_eq!(c.tcp.connection_lifetime_s, 5);
+        assert_eq!(c.tcp.max_connections_per_source, 9);
+        c.validate().unwrap();
+        let bad = Config::from_toml("[tls]\nlisten = \"127.0.0.1:5061\"\n", "t");
+        assert!(bad.is_err(), "TLS without a certificate");
+        let bad = Config::from_toml("[tls]\nrequire_certificate = true\n", "t");
+        assert!(bad.is_err(), "client certificates without ca_list");
     }
 
     #[test]

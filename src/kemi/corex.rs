@@ -577,7 +577,7 @@ end"#
         assert!(g.get::<mlua::Value>("nf").unwrap().is_nil());
         assert_eq!(m.xflags, 1 << 40);
         assert_eq!(m.out.len(), 1);
-        assert_eq!(m.out[0].dst, "192.0.2.33:5090".parse().unwrap());
+        assert_eq!(m.out[0].dst.addr, "192.0.2.33:5090".parse().unwrap());
         run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
         assert_eq!(global_int(&eng, "a"), 1);
         assert_eq!(global_int(&eng, "b"), -1);

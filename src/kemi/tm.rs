@@ -1435,7 +1435,7 @@ mod tests {
 
     fn sent(eng: &super::super::Engine) -> Vec<(SocketAddr, String)> {
         let mut v = Vec::new();
-        eng.drain_tm(|d, b| v.push((d, String::from_utf8_lossy(b).to_string())));
+        eng.drain_tm(|d, b| v.push((d.addr, String::from_utf8_lossy(b).to_string())));
         v
     }
 
