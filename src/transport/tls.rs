@@ -90,6 +90,19 @@ impl TlsContext {
     }
 }
 
+/// A client configuration that does not check the server's certificate
+/// (the load generator's, against a test server).
+pub fn insecure_client_config() -> Result<Arc<ClientConfig>, String> {
+    let p = provider();
+    let cfg = ClientConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(VERSIONS)
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(NoServerCheck(p)))
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
 fn read_certs(p: &PathBuf) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(p)
         .map_err(|e| format!("{}: {e}", p.display()))?
