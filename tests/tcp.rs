@@ -762,3 +762,89 @@ fn sipp_through_stunnel_registers_over_tls() {
     let ul = rpc(srv.rpc_port, "ul.lookup", json!(["location", "alice"]));
     assert!(ul.to_string().contains("transport=tls"), "{ul}");
 }
+
+/// `KSR.set_forward_no_connect()`: a relay to a TCP contact with no
+/// connection fails at once (the contact never sees a connect); without it
+/// the connection is opened and the request goes.
+#[test]
+fn forward_no_connect_opens_no_connection() {
+    let script = r#"
+function ksr_request_route()
+    if KSR.is_REGISTER() then
+        KSR.registrar.save("location", 0)
+        return KSR.x.exit()
+    end
+    if KSR.registrar.lookup("location") < 0 then
+        KSR.sl.sl_send_reply(404, "Not Found")
+        return KSR.x.exit()
+    end
+    if KSR.hdr.is_present("X-No-Connect") > 0 then
+        KSR.set_forward_no_connect()
+    end
+    if KSR.tm.t_relay() < 0 then
+        KSR.sl.sl_send_reply(503, "No Connection")
+    end
+end
+"#;
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        script: Some(script),
+        extra_toml: "[tcp]\nenable = true\n",
+        ..Default::default()
+    });
+    let callee = TcpListener::bind("127.0.0.1:0").unwrap();
+    callee.set_nonblocking(true).unwrap();
+    let cport = callee.local_addr().unwrap().port();
+    let c = client();
+    let r = exchange(
+        &c,
+        srv.addr,
+        register_msg(
+            &c,
+            "erin",
+            "127.0.0.1",
+            "reg-erin",
+            1,
+            &format!("Contact: <sip:erin@127.0.0.1:{cport};transport=tcp>\r\nExpires: 600\r\n"),
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(status(&r), 200, "{r}");
+    let local = c.local_addr().unwrap();
+    let msg = |n: u32, extra: &str| {
+        format!(
+            "MESSAGE sip:erin@127.0.0.1 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {local};branch=z9hG4bK-nc{n};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:dave@127.0.0.1>;tag=nc{n}\r\n\
+             To: <sip:erin@127.0.0.1>\r\n\
+             Call-ID: no-connect-{n}\r\n\
+             CSeq: 1 MESSAGE\r\n\
+             {extra}Content-Length: 0\r\n\r\n"
+        )
+    };
+    let r = exchange(&c, srv.addr, msg(1, "X-No-Connect: 1\r\n").as_bytes()).unwrap();
+    assert_eq!(status(&r), 503, "{r}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        callee.accept().is_err(),
+        "no connection was opened with set_forward_no_connect"
+    );
+    c.send_to(msg(2, "").as_bytes(), srv.addr).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut conn = loop {
+        match callee.accept() {
+            Ok((s, _)) => break s,
+            Err(_) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("no connection from the proxy: {e}\n{}", srv.log()),
+        }
+    };
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut pending = Vec::new();
+    let got = read_msg(&mut conn, &mut pending).expect("MESSAGE over TCP");
+    assert!(got.starts_with("MESSAGE sip:erin@127.0.0.1:"), "{got}");
+    assert!(got.contains("Call-ID: no-connect-2"), "{got}");
+    assert_eq!(stat(&srv, "tcp.connected"), 1);
+}

@@ -165,10 +165,7 @@ impl StreamClient {
             let room = self.framer.spare(16 << 10);
             let len = room.len();
             let n = match self.tls.as_mut() {
-                None => match self.tcp.read(room) {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                },
+                None => self.tcp.read(room).unwrap_or_default(),
                 Some(tls) => {
                     let _ = tls.read_tls(&mut self.tcp);
                     if tls.process_new_packets().is_err() {
