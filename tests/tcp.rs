@@ -848,3 +848,41 @@ end
     assert!(got.contains("Call-ID: no-connect-2"), "{got}");
     assert_eq!(stat(&srv, "tcp.connected"), 1);
 }
+
+/// The certificate is read again with the script reload (`kemi.reload`):
+/// a client trusting only a new CA fails before and registers after the
+/// files are replaced and the script reloaded.
+#[test]
+fn tls_certificate_is_reloaded_with_the_script() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@127.0.0.1", "secret")]);
+    let old = Certs::make();
+    let new = Certs::make();
+    let tls_port = free_tcp_port();
+    let srv = start(&db, "", &old.tls_toml(tls_port, false));
+    let addr: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let try_register = |certs: &Certs| -> Option<String> {
+        let mut s = tls_stream(tls_client(certs, false), addr);
+        let local = s.sock.local_addr().unwrap();
+        s.write_all(register(local, "TLS", "alice", 1, "reload", "").as_bytes())
+            .ok()?;
+        let mut pending = Vec::new();
+        read_msg(&mut s, &mut pending)
+    };
+    assert!(
+        try_register(&new).is_none(),
+        "the new CA is not trusted yet"
+    );
+    assert_eq!(try_register(&old).map(|r| status(&r)), Some(401));
+    for f in ["server.pem", "server.key"] {
+        std::fs::copy(new.path(f), old.path(f)).unwrap();
+    }
+    // rpc() fails the test on a JSON-RPC error (a refused reload).
+    rpc(srv.rpc_port, "kemi.reload", json!([]));
+    assert_eq!(
+        try_register(&new).map(|r| status(&r)),
+        Some(401),
+        "{}",
+        srv.log()
+    );
+}
