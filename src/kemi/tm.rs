@@ -5,7 +5,7 @@
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.tm.t_relay()` | `int ()` | 1 relayed (or an ACK/CANCEL handled), 0 retransmission absorbed, -1 error (no destination, table full) |
-//! | `KSR.tm.t_relay_to_udp(host, port)` | `int (str, int)` | as t_relay, to host:port |
+//! | `KSR.tm.t_relay_to_udp(host, port)` / `t_relay_to_tcp(host, port)` / `t_relay_to_tls(host, port)` | `int (str, int)` | as t_relay, to host:port over that transport (TCP/TLS: -1 when `[tcp]`/`[tls]` is not configured) |
 //! | `KSR.tm.t_newtran()` | `int ()` | 1 created, 0 retransmission absorbed, -1 error |
 //! | `KSR.tm.t_check_trans()` | `int ()` | CANCEL: 1 when its INVITE transaction exists; ACK: 1 when it acknowledges a reply of ours (absorbed); other: 0 retransmission absorbed, 1 this message's transaction, -1 none |
 //! | `KSR.tm.t_reply(code, reason)` / `KSR.tm.t_send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error (creates the transaction if needed) |
@@ -121,19 +121,25 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "t_relay",
         lua.create_function(move |lua, ()| Ok(t_relay(lua, &s, None)))?,
     )?;
-    let s = shared.clone();
-    tm.set(
-        "t_relay_to_udp",
-        lua.create_function(move |lua, (host, port): (String, i64)| {
-            let dst = u16::try_from(port)
-                .ok()
-                .and_then(|p| resolve_host(host.as_bytes(), Some(p)));
-            match dst {
-                Some(d) => Ok(t_relay(lua, &s, Some(Dest::udp(d)))),
-                None => Ok(-1),
-            }
-        })?,
-    )?;
+    for (name, proto) in [
+        ("t_relay_to_udp", Proto::Udp),
+        ("t_relay_to_tcp", Proto::Tcp),
+        ("t_relay_to_tls", Proto::Tls),
+    ] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |lua, (host, port): (String, i64)| {
+                let dst = u16::try_from(port)
+                    .ok()
+                    .and_then(|p| resolve_host(host.as_bytes(), Some(p)));
+                match dst {
+                    Some(d) => Ok(t_relay(lua, &s, Some(Dest::new(d, proto)))),
+                    None => Ok(-1),
+                }
+            })?,
+        )?;
+    }
     let s = shared.clone();
     tm.set(
         "t_newtran",
