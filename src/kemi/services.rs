@@ -142,6 +142,10 @@ pub struct SharedTables {
     /// KSR.dispatcher sets and destination state (when configured).
     pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
     pub dispatcher_cfg: crate::config::DispatcherConfig,
+    /// TCP/TLS connections (`[tcp]` / `[tls]` configured): every shard
+    /// sends on any connection through it, without a hop.
+    /// Set once at start (the TLS files are read then).
+    pub conns: std::sync::OnceLock<Arc<crate::transport::conn::ConnTable>>,
 }
 
 /// Holds an AOR in [`SharedTables::db3_saving`] until dropped (also when
@@ -220,6 +224,7 @@ impl SharedTables {
             dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
             dispatcher: None,
             dispatcher_cfg: crate::config::DispatcherConfig::default(),
+            conns: std::sync::OnceLock::new(),
         }
     }
 
