@@ -6,12 +6,12 @@
 # as TSV and PNG plots (throughput and p99 against the offered rate, both
 # servers on the same axes) to perf/results/maxrate-<date>*.
 #
-# FULL RUN (the machine otherwise quiet; ~15 min on 2 cores, mostly
+# FULL RUN (the machine otherwise quiet; ~10 min on 2 cores, mostly
 # Kamailio's and sipshard's last few steps and the 1 s call hold):
 #
 #   MODE=maxrate perf/compare.sh         # or: perf/maxrate.sh
 #
-# Smoke run (both servers, every scenario, two rates, 2 s steps; ~3 min):
+# Smoke run (both servers, every scenario, two rates, 2 s steps; ~2 min):
 #
 #   REG_RATES="1000 2000" OPT_RATES="1000 2000" CALL_RATES="100 200" \
 #     STEP_S=2 SIPP_CALLS=4000 MODE=maxrate perf/compare.sh
@@ -38,8 +38,9 @@
 # raw in the TSV), server CPU per request (/proc/PID/task/*/schedstat over
 # the step, as compare.sh: a registration is 2 requests, a call is 1 unit),
 # generator CPU (the bench process, and the UAS for calls, % of one core),
-# machine busy %. Summary: highest rate with 0 failures per server, and the
-# sipshard / Kamailio ratio.
+# machine busy %. Then REFINE (2) bisection steps between the last rate
+# passed and the first failed. Summary: highest rate with 0 failures per
+# server, and the sipshard / Kamailio ratio.
 # SIPP CHECK: one REGISTER run at SIPP_RATE (4000)/s, SIPP_CALLS (20000)
 # registrations of test0..test15, on each server: sipp (16 processes, as
 # compare.sh's "16 sources") and then `sipshard bench register` (16
@@ -48,7 +49,7 @@
 #
 # Environment: SERVERS ("sipshard kamailio"), SCENARIOS ("register options
 # calls"), REG_RATES, OPT_RATES, CALL_RATES (see below), STEP_S (5),
-# SETTLE_S (1), P99_MAX_MS (50), TIMEOUT_MS (2000: a registration or call
+# SETTLE_S (1), REFINE (2), P99_MAX_MS (50), TIMEOUT_MS (2000: a registration or call
 # transaction with no final reply in this long failed), SOCKETS (8),
 # GEN_THREADS (1), MAXRATE_USERS (1000), CALL_HOLD_MS (1000), SKIP_SIPP=1,
 # SIPP_RATE (4000), SIPP_CALLS (20000), SKIP_PLOT=1, SKIP_KAMAILIO=1,
@@ -70,6 +71,7 @@ OPT_RATES=${OPT_RATES:-"10000 20000 30000 40000 60000 80000 100000 120000 150000
 CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 5000 6000 8000 10000"}
 STEP_S=${STEP_S:-5}
 SETTLE_S=${SETTLE_S:-1}
+REFINE=${REFINE:-2}
 P99_MAX_MS=${P99_MAX_MS:-50}
 TIMEOUT_MS=${TIMEOUT_MS:-2000}
 SOCKETS=${SOCKETS:-8}
@@ -190,19 +192,33 @@ step() {
 
 # steps SERVER SCENARIO PORT RATES...: up until a step fails.
 steps() {
-  local srv=$1 scen=$2 port=$3 r last=-; shift 3
+  local srv=$1 scen=$2 port=$3 r last=- fail= i mid; shift 3
   R[$srv.$scen.limit]="every rate passed (raise the rates)"
   for r in "$@"; do
     if step "$srv" "$scen" "$port" "$r"; then
       last=$r
     else
-      R[$srv.$scen.limit]="$r/s: $(awk -F'\t' -v s="$srv" -v c="$scen" -v r="$r" -v m="$P99_MAX_MS" '$1 == s && $2 == c && $3 == r {
-        printf "%s of %s failed, p99 %s ms (bound %s), machine %s %% busy", $7, $5, $10, m, $17 }' "$TSV")"
+      fail=$r
+      R[$srv.$scen.limit]="$r/s: $(step_summary "$srv" "$scen" "$r")"
       break
     fi
     sleep "$SETTLE_S"
   done
+  # REFINE bisections between the last rate passed and the first failed
+  # (after a pause: the failed step may have left a backlog)
+  if [ -n "$fail" ] && [ "$last" != - ]; then
+    for ((i = 0; i < REFINE; i++)); do
+      mid=$(( (last + fail) / 2 ))
+      [ "$mid" -gt "$last" ] && [ "$mid" -lt "$fail" ] || break
+      sleep $((3 * SETTLE_S))
+      if step "$srv" "$scen" "$port" "$mid"; then last=$mid; else fail=$mid; R[$srv.$scen.limit]="$mid/s: $(step_summary "$srv" "$scen" "$mid")"; fi
+    done
+  fi
   R[$srv.$scen.best]=$last
+}
+step_summary() {  # server scenario rate -> "N of M failed, p99 ..."
+  awk -F'\t' -v s="$1" -v c="$2" -v r="$3" -v m="$P99_MAX_MS" '$1 == s && $2 == c && $3 == r {
+    printf "%s of %s failed, p99 %s ms (bound %s), machine %s %% busy", $7, $5, $10, m, $17 }' "$TSV" | tail -n 1
 }
 
 # ---------------------------------------------------------------- servers
@@ -317,7 +333,7 @@ write_report() {
     echo "| $(unit "$scen") | $(g "sipshard.$scen.best") | $(g "kamailio.$scen.best") | $(ratio "$(g "sipshard.$scen.best")" "$(g "kamailio.$scen.best")") | $(g "sipshard.$scen.limit") | $(g "kamailio.$scen.limit") |"
   done
   echo
-  echo "A rate of - means not even the first step passed. The highest rate is the last step passed, not a bisection: the true limit lies between it and the next step."
+  echo "A rate of - means not even the first step passed. After the first failed step, $REFINE bisection step(s) between it and the last rate passed; the true limit lies between the highest rate passed and the lowest failed."
   echo
   for scen in $SCENARIOS; do
     echo "## $(unit "$scen")"
@@ -325,8 +341,9 @@ write_report() {
     for p in $PLOTS; do [[ "$p" == *"-$scen.png" ]] && echo "![$scen]($(basename "$p"))" && echo; done
     echo "| server | offered/s | achieved/s | started | ok | failed | retrans | p50 / p99 ms (corrected) | p99 raw ms | server CPU/req µs | generator CPU % of a core | machine busy % | pass |"
     echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-    awk -F'\t' -v c="$scen" 'NR > 1 && $2 == c { printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s |\n",
-      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, $16, $17, ($18 == 1) ? "yes" : "**no**" }' "$TSV"
+    awk -F'\t' -v c="$scen" 'NR > 1 && $2 == c' "$TSV" | sort -t "$(printf '\t')" -k1,1r -k3,3n |
+      awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s |\n",
+      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, $16, $17, ($18 == 1) ? "yes" : "**no**" }'
     echo
   done
   echo "- **server CPU/req**: run time of every thread of every server process over the step (/proc/PID/task/*/schedstat),"

@@ -45,6 +45,8 @@ def main():
         top = 0.0
         for srv in ("sipshard", "kamailio"):
             pts = [r for r in rows if r["scenario"] == scen and r["server"] == srv]
+            # bisection steps come after the failed one: draw in rate order
+            pts.sort(key=lambda r: float(r["offered"]))
             if not pts:
                 continue
             x = [float(r["offered"]) for r in pts]

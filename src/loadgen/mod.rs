@@ -54,7 +54,7 @@ pub enum Scenario {
     Responder(uas::UasArgs),
     /// OPTIONS, registrations and calls at once, by weight (`--mix
     /// options=5,register=3,call=2`), each by its own scenario's driver.
-    Mixed(mixed::MixedArgs),
+    Mixed(Box<mixed::MixedArgs>),
     /// Write generated users as a file `sipshard user import` reads.
     Users(users::UsersOutArgs),
 }
@@ -66,7 +66,7 @@ pub fn run_cmd(cmd: BenchCmd) -> Result<(), String> {
         Some(Scenario::Register(a)) => register::run(a),
         Some(Scenario::Call(a)) => call::run(a),
         Some(Scenario::Uas(a)) | Some(Scenario::Responder(a)) => uas::run(a),
-        Some(Scenario::Mixed(a)) => mixed::run(a),
+        Some(Scenario::Mixed(a)) => mixed::run(*a),
         Some(Scenario::Users(a)) => users::run_users(a),
     }
 }
