@@ -78,7 +78,9 @@ def main():
         if bound:
             ax2.axhline(bound, ls="--", color="grey", lw=1, label=f"bound {bound:g} ms")
         ax2.set_yscale("log")
-        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = FuncFormatter(lambda v, _: f"{v:g}")
+        ax2.yaxis.set_major_formatter(plain)
+        ax2.yaxis.set_minor_formatter(plain)
         ax2.set_xlabel("offered rate /s")
         ax2.set_ylabel("p99 latency ms (corrected)")
         ax2.set_xlim(left=0)
