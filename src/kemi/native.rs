@@ -334,7 +334,9 @@ mod tests {
                 let b = String::from_utf8_lossy(b);
                 let first = b.lines().next().unwrap_or("").to_string();
                 let challenge = b.lines().any(|l| l.starts_with("WWW-Authenticate: Digest"));
-                let proxy = b.lines().any(|l| l.starts_with("Proxy-Authenticate: Digest"));
+                let proxy = b
+                    .lines()
+                    .any(|l| l.starts_with("Proxy-Authenticate: Digest"));
                 format!("{first} www={challenge} proxy={proxy}")
             })
             .collect();
@@ -347,16 +349,100 @@ mod tests {
     fn same_answers_as_the_default_script() {
         let me = format!("sip:{LOCAL}");
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("keepalive", req("OPTIONS", &me, "sip:a@example.com", false, "Max-Forwards: 70\r\n")),
-            ("max-forwards 0", req("OPTIONS", &me, "sip:a@example.com", false, "Max-Forwards: 0\r\n")),
-            ("register without credentials", req("REGISTER", "sip:proxy.example.com", "sip:alice@proxy.example.com", false, "Contact: <sip:alice@192.0.2.9>\r\n")),
-            ("invite from a local user", req("INVITE", "sip:bob@proxy.example.com", "sip:alice@proxy.example.com", false, "")),
-            ("foreign to foreign", req("MESSAGE", "sip:bob@example.org", "sip:alice@example.com", false, "")),
-            ("no user in the R-URI", req("MESSAGE", &me, "sip:alice@example.com", false, "")),
-            ("unknown user", req("MESSAGE", "sip:nobody@proxy.example.com", "sip:alice@example.com", false, "")),
-            ("in-dialog, no route", req("BYE", "sip:bob@proxy.example.com", "sip:alice@example.com", true, "")),
-            ("ack, no transaction", req("ACK", "sip:bob@proxy.example.com", "sip:alice@example.com", true, "")),
-            ("cancel, no transaction", req("CANCEL", "sip:bob@proxy.example.com", "sip:alice@example.com", false, "")),
+            (
+                "keepalive",
+                req(
+                    "OPTIONS",
+                    &me,
+                    "sip:a@example.com",
+                    false,
+                    "Max-Forwards: 70\r\n",
+                ),
+            ),
+            (
+                "max-forwards 0",
+                req(
+                    "OPTIONS",
+                    &me,
+                    "sip:a@example.com",
+                    false,
+                    "Max-Forwards: 0\r\n",
+                ),
+            ),
+            (
+                "register without credentials",
+                req(
+                    "REGISTER",
+                    "sip:proxy.example.com",
+                    "sip:alice@proxy.example.com",
+                    false,
+                    "Contact: <sip:alice@192.0.2.9>\r\n",
+                ),
+            ),
+            (
+                "invite from a local user",
+                req(
+                    "INVITE",
+                    "sip:bob@proxy.example.com",
+                    "sip:alice@proxy.example.com",
+                    false,
+                    "",
+                ),
+            ),
+            (
+                "foreign to foreign",
+                req(
+                    "MESSAGE",
+                    "sip:bob@example.org",
+                    "sip:alice@example.com",
+                    false,
+                    "",
+                ),
+            ),
+            (
+                "no user in the R-URI",
+                req("MESSAGE", &me, "sip:alice@example.com", false, ""),
+            ),
+            (
+                "unknown user",
+                req(
+                    "MESSAGE",
+                    "sip:nobody@proxy.example.com",
+                    "sip:alice@example.com",
+                    false,
+                    "",
+                ),
+            ),
+            (
+                "in-dialog, no route",
+                req(
+                    "BYE",
+                    "sip:bob@proxy.example.com",
+                    "sip:alice@example.com",
+                    true,
+                    "",
+                ),
+            ),
+            (
+                "ack, no transaction",
+                req(
+                    "ACK",
+                    "sip:bob@proxy.example.com",
+                    "sip:alice@example.com",
+                    true,
+                    "",
+                ),
+            ),
+            (
+                "cancel, no transaction",
+                req(
+                    "CANCEL",
+                    "sip:bob@proxy.example.com",
+                    "sip:alice@example.com",
+                    false,
+                    "",
+                ),
+            ),
         ];
         let lua = engine(DEFAULT_SCRIPT);
         let native = engine_native();
@@ -367,11 +453,23 @@ mod tests {
             assert_eq!(a, b, "{what}: Lua {a:?} vs native {b:?}");
         }
         // and they did answer (the comparison is not between two silences)
-        let (_, keepalive) = observe(&native, &req("OPTIONS", &me, "sip:a@example.com", false, ""));
+        let (_, keepalive) = observe(
+            &native,
+            &req("OPTIONS", &me, "sip:a@example.com", false, ""),
+        );
         assert_eq!(keepalive, ["SIP/2.0 200 Keepalive www=false proxy=false"]);
-        let (_, hops) = observe(&native, &req("OPTIONS", &me, "sip:a@x", false, "Max-Forwards: 0\r\n"));
+        let (_, hops) = observe(
+            &native,
+            &req("OPTIONS", &me, "sip:a@x", false, "Max-Forwards: 0\r\n"),
+        );
         assert_eq!(hops, ["SIP/2.0 483 Too Many Hops www=false proxy=false"]);
-        let unknown = req("MESSAGE", "sip:nobody@proxy.example.com", "sip:a@example.com", false, "");
+        let unknown = req(
+            "MESSAGE",
+            "sip:nobody@proxy.example.com",
+            "sip:a@example.com",
+            false,
+            "",
+        );
         let (_, not_found) = observe(&native, &unknown);
         assert_eq!(not_found, ["SIP/2.0 404 Not Found www=false proxy=false"]);
     }

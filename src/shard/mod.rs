@@ -973,10 +973,7 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
 /// the name is [`crate::config::NATIVE_ROUTE_NAME`].
 pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
     if cfg.core.route == crate::config::RouteImpl::Native {
-        return Ok((
-            String::new(),
-            crate::config::NATIVE_ROUTE_NAME.to_string(),
-        ));
+        return Ok((String::new(), crate::config::NATIVE_ROUTE_NAME.to_string()));
     }
     match &cfg.core.script {
         Some(p) => std::fs::read_to_string(p)
