@@ -22,13 +22,21 @@ N=${N:-20000}
 cargo build --release --locked -q --example instructions ${FEATURES:-}
 BIN=target/release/examples/instructions
 count() {
-  # --smc-check: LuaJIT writes machine code at run time.
-  valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file=/dev/null \
-    "$BIN" "$WHAT" "$1" 2>&1 | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
+  # --smc-check: LuaJIT writes machine code at run time. A run that fails
+  # (its per-route answer check panics) would count fewer instructions:
+  # stop instead.
+  local out
+  if ! out=$(valgrind --tool=callgrind --smc-check=all-non-file --callgrind-out-file=/dev/null \
+      "$BIN" "$WHAT" "$1" 2>&1); then
+    echo "$WHAT $1 failed:" >&2; grep -v '^==' <<<"$out" | tail -5 >&2
+    return 1
+  fi
+  sed -n 's/.*Collected : \([0-9]*\).*/\1/p' <<<"$out"
 }
 per_op() {
   WHAT=$1
-  A=$(count 0); B=$(count "$N")
+  A=$(count 0) || exit 1
+  B=$(count "$N") || exit 1
   awk -v a="$A" -v b="$B" -v n="$N" 'BEGIN{printf "%.0f", (b-a)/n}'
 }
 if [ "$WHAT" = native ]; then
@@ -38,11 +46,13 @@ if [ "$WHAT" = native ]; then
   echo "| route (default script) | Lua, with parse | native, with parse | parse | Lua, route only | native, route only | Lua / native (route only) |"
   echo "|---|---:|---:|---:|---:|---:|---:|"
   for r in route_options route_register route_register_auth; do
-    L=$(per_op "$r"); NAT=$(per_op "${r}_native"); P=$(NO_ROUTE=1 per_op "$r")
+    L=$(per_op "$r") || exit 1
+    NAT=$(per_op "${r}_native") || exit 1
+    P=$(NO_ROUTE=1 per_op "$r") || exit 1
     awk -v r="$r" -v l="$L" -v n="$NAT" -v p="$P" 'BEGIN{printf "| %s | %d | %d | %d | %d | %d | %.2f |\n", r, l, n, p, l-p, n-p, (l-p)/(n-p)}'
   done
   echo "(instructions per route, callgrind, N=$N)"
   exit 0
 fi
-I=$(per_op "$WHAT")
+I=$(per_op "$WHAT") || exit 1
 echo "$WHAT: $I instructions per operation (callgrind, N=$N)"

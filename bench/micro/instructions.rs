@@ -81,6 +81,15 @@ fn engine(script: &str) -> Engine {
 }
 
 fn engine_route(script: &str, route: RouteImpl) -> Engine {
+    engine_auth(script, route, &AuthConfig::default(), &RegistrarConfig::default())
+}
+
+fn engine_auth(
+    script: &str,
+    route: RouteImpl,
+    auth: &AuthConfig,
+    reg: &RegistrarConfig,
+) -> Engine {
     let mut tuning = ShardTuning::default();
     // LUA_MAX_INSTRUCTIONS=0 measures the route without the count hook
     // (and, under LuaJIT, with the JIT compiler on).
@@ -90,11 +99,9 @@ fn engine_route(script: &str, route: RouteImpl) -> Engine {
     {
         tuning.lua_max_instructions = n;
     }
-    let auth = AuthConfig::default();
-    let reg = RegistrarConfig::default();
-    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    let tables = std::sync::Arc::new(SharedTables::new(1, auth, reg, 0));
     let services =
-        Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).expect("services"));
+        Rc::new(Services::new(0, 1, tables, auth, reg, [7u8; 32], None, 0).expect("services"));
     Engine::new(&EngineConfig {
         shard_id: 0,
         shard_count: 1,
@@ -193,7 +200,19 @@ fn md5_hex(text: &str) -> String {
 /// cache (as a database answer would be) and the nonce comes from a 401 of
 /// this engine, before the timed loop (the same for every N).
 fn route_register_auth(route: RouteImpl, n: usize) {
-    let eng = engine_route(DEFAULT_SCRIPT, route);
+    // the cached subscriber, the nonce and the same Call-ID/CSeq being
+    // accepted again (registrar cseq_delay) must outlast a slow callgrind
+    // run: all of them count wall-clock seconds
+    let auth = AuthConfig {
+        cache_ttl_s: 86_400,
+        nonce_expire: 86_400,
+        ..AuthConfig::default()
+    };
+    let reg = RegistrarConfig {
+        cseq_delay: 86_400,
+        ..RegistrarConfig::default()
+    };
+    let eng = engine_auth(DEFAULT_SCRIPT, route, &auth, &reg);
     let (user, realm, pw) = ("alice", "registrar.example.com", "secret");
     let now = sipshard::kemi::services::unix_now_ms() / 1000;
     eng.shared()
