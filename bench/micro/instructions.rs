@@ -81,15 +81,15 @@ fn engine(script: &str) -> Engine {
 }
 
 fn engine_route(script: &str, route: RouteImpl) -> Engine {
-    engine_auth(script, route, &AuthConfig::default(), &RegistrarConfig::default())
+    engine_auth(
+        script,
+        route,
+        &AuthConfig::default(),
+        &RegistrarConfig::default(),
+    )
 }
 
-fn engine_auth(
-    script: &str,
-    route: RouteImpl,
-    auth: &AuthConfig,
-    reg: &RegistrarConfig,
-) -> Engine {
+fn engine_auth(script: &str, route: RouteImpl, auth: &AuthConfig, reg: &RegistrarConfig) -> Engine {
     let mut tuning = ShardTuning::default();
     // LUA_MAX_INSTRUCTIONS=0 measures the route without the count hook
     // (and, under LuaJIT, with the JIT compiler on).
