@@ -298,6 +298,7 @@ pub fn standalone_engine(script: &str, test_hooks: bool) -> Result<Engine, Strin
         test_hooks,
         defines: &[],
         local_addr: local,
+        route: Default::default(),
     })
 }
 

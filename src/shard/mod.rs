@@ -191,6 +191,7 @@ impl ShardParams {
             test_hooks: self.config.core.test_hooks,
             defines: &self.config.core.defines,
             local_addr,
+            route: self.config.core.route,
         }
     }
 
@@ -1136,7 +1137,12 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
 }
 
 /// Resolves the script text and name from the config.
+/// With `[core] route = "native"` no script is read: the text is empty and
+/// the name is [`crate::config::NATIVE_ROUTE_NAME`].
 pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
+    if cfg.core.route == crate::config::RouteImpl::Native {
+        return Ok((String::new(), crate::config::NATIVE_ROUTE_NAME.to_string()));
+    }
     match &cfg.core.script {
         Some(p) => std::fs::read_to_string(p)
             .map(|s| (s, p.display().to_string()))
