@@ -939,3 +939,55 @@ end
     .unwrap();
     assert_eq!(header(&r, "X-Conn").as_deref(), Some("udp -1 -1 -1"), "{r}");
 }
+
+/// `[tcp] accept_aliases` (Kamailio `tcp_accept_aliases`): after a request
+/// with `;alias` in its Via, a request to the Via's `ip:port` goes over the
+/// client's connection (nothing listens on that port; no new connection).
+#[test]
+fn via_alias_makes_the_connection_reachable_at_the_advertised_port() {
+    let script = r#"
+function ksr_request_route()
+    if KSR.is_OPTIONS() then
+        KSR.sl.sl_send_reply(200, "OK")
+        return KSR.x.exit()
+    end
+    if KSR.tm.t_relay() < 0 then
+        KSR.sl.sl_send_reply(503, "Unreachable")
+    end
+end
+"#;
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        script: Some(script),
+        extra_toml: "[tcp]\nenable = true\naccept_aliases = true\n",
+        ..Default::default()
+    });
+    let mut s = tcp_connect(srv.addr);
+    let local = s.local_addr().unwrap();
+    // an advertised port nobody listens on
+    let adv = free_tcp_port();
+    let ping = options(local, "alias-1", "TCP").replace(
+        &format!("SIP/2.0/TCP {local};branch=z9hG4bK-alias-1"),
+        &format!("SIP/2.0/TCP 127.0.0.1:{adv};branch=z9hG4bK-alias-1;alias"),
+    );
+    s.write_all(ping.as_bytes()).unwrap();
+    let mut pending = Vec::new();
+    let r = read_msg(&mut s, &mut pending).expect("reply");
+    assert_eq!(status(&r), 200, "{r}");
+    let c = client();
+    let ul = c.local_addr().unwrap();
+    let m = format!(
+        "MESSAGE sip:frank@127.0.0.1:{adv};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {ul};branch=z9hG4bK-alias-m;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:dave@127.0.0.1>;tag=am\r\n\
+         To: <sip:frank@127.0.0.1>\r\n\
+         Call-ID: alias-m\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    c.send_to(m.as_bytes(), srv.addr).unwrap();
+    let got = read_msg(&mut s, &mut pending).expect("MESSAGE over the aliased connection");
+    assert!(got.starts_with("MESSAGE sip:frank@127.0.0.1:"), "{got}");
+    assert_eq!(stat(&srv, "tcp.connected"), 0, "no new connection");
+}

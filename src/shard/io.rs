@@ -682,7 +682,7 @@ pub(super) fn on_message(
     proto: Proto,
     conn: &Arc<crate::transport::conn::Conn>,
 ) {
-    on_bytes(shard, bytes, src, local, proto, Some(conn.id));
+    on_bytes(shard, bytes, src, local, proto, Some(conn));
 }
 
 /// One message, whatever carried it: parse it, then run it here or hand
@@ -694,7 +694,7 @@ fn on_bytes(
     src: SocketAddr,
     local: SocketAddr,
     proto: Proto,
-    conn_id: Option<u64>,
+    conn: Option<&Arc<crate::transport::conn::Conn>>,
 ) {
     // Flood control before any parsing: replies (`SIP/2.0 ...`) belong to
     // our own transactions and are never limited.
@@ -708,9 +708,9 @@ fn on_bytes(
     }
     let mut ctx = take_ctx(shard);
     ctx.load(bytes, src, local);
-    if conn_id.is_some() {
+    if let Some(c) = conn {
         ctx.proto = proto;
-        ctx.conn_id = conn_id;
+        ctx.conn_id = Some(c.id);
     }
     if bytes.len() > shard.max_msg_bytes {
         bad_input(shard, &ctx, ParseError::TooLarge);
@@ -726,6 +726,9 @@ fn on_bytes(
             answer_bad_request(shard, &mut ctx, e);
         }
         return recycle(shard, ctx);
+    }
+    if let Some(c) = conn {
+        super::conn::maybe_alias(shard, &ctx, c);
     }
     if answer_503 {
         if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {

@@ -357,6 +357,8 @@ pub struct ConnTable {
     /// Local addresses of the listeners (Via / Record-Route of each transport).
     pub listen_tcp: Option<SocketAddr>,
     pub listen_tls: Option<SocketAddr>,
+    /// Kamailio `tcp_accept_aliases`: honour `;alias` in a client's Via.
+    pub accept_aliases: bool,
     by_dest: Striped<HashMap<Dest, Arc<Conn>>>,
     by_ip: Striped<HashMap<IpAddr, u32>>,
     /// Connection id -> connection (`$conid`, `KSR.tcpops`).
@@ -384,6 +386,7 @@ impl ConnTable {
             tls,
             listen_tcp,
             listen_tls,
+            accept_aliases: false,
             by_dest: Striped::new(64, |_| HashMap::new()),
             by_ip: Striped::new(64, |_| HashMap::new()),
             by_id: Striped::new(64, |_| HashMap::new()),
