@@ -191,10 +191,8 @@ impl Conn {
                     Err(_) => return Err(SendError::Closed),
                 }
             }
-            // rustls keeps what the socket did not take; bound it.
-            if tls.wants_write() && self.queued_tls_over(tls) {
-                return Err(SendError::Closed);
-            }
+            // rustls keeps what the socket did not take, bounded by its
+            // buffer limit (wq_max): a write beyond it fails above.
             tls.wants_write()
         } else {
             while w.out_pos < w.out.len() {
@@ -218,12 +216,6 @@ impl Conn {
             w.out_pos < w.out.len()
         };
         self.arm(w, pending)
-    }
-
-    fn queued_tls_over(&self, _tls: &rustls::Connection) -> bool {
-        // rustls' own buffer limit (set to wq_max) refuses writes past it;
-        // nothing more to check here.
-        false
     }
 
     fn arm(&self, w: &mut WState, out: bool) -> Result<(), SendError> {
