@@ -957,6 +957,9 @@ pub struct TcpConfig {
     /// Largest SIP message on a stream; a peer that sends a bigger one is
     /// disconnected (`tcp.bad_framing`).
     pub max_msg_bytes: usize,
+    /// Kamailio `tcp_accept_aliases`: a request whose top Via has `;alias`
+    /// makes its connection reachable at the Via's `ip:port` too.
+    pub accept_aliases: bool,
 }
 
 impl Default for TcpConfig {
@@ -970,6 +973,7 @@ impl Default for TcpConfig {
             conn_wq_max: 32 << 10,
             connect_timeout_ms: 10_000,
             max_msg_bytes: 65_535,
+            accept_aliases: false,
         }
     }
 }

@@ -51,6 +51,7 @@ mod sipjson;
 mod siputils;
 mod sl;
 mod sqlops;
+mod tcpops;
 #[cfg(test)]
 mod testutil;
 mod textops;
@@ -810,6 +811,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     rr::register(lua, ksr, shared)?;
     siputils::register(lua, ksr, shared)?;
     maxfwd::register(lua, ksr, shared)?;
+    tcpops::register(lua, ksr, shared)?;
     corex::register(lua, ksr, shared)?;
     htable::register(lua, ksr, shared)?;
     pike::register(lua, ksr, shared)?;

@@ -444,7 +444,7 @@ fn bind_streams(
         listen_tls = Some(a);
     }
     let t = &cfg.tcp;
-    let table = crate::transport::conn::ConnTable::new(
+    let mut table = crate::transport::conn::ConnTable::new(
         n,
         crate::transport::conn::ConnLimits {
             max_per_shard: t.max_connections_per_shard,
@@ -458,6 +458,7 @@ fn bind_streams(
         listen_tcp,
         listen_tls,
     );
+    table.accept_aliases = t.accept_aliases;
     let _ = params.tables.conns.set(Arc::new(table));
     tracing::info!(tcp = ?listen_tcp, tls = ?listen_tls, "stream listeners bound");
     Ok(out)
