@@ -26,6 +26,13 @@
 #   register  `bench register` (REGISTER, 401, REGISTER with digest, 200),
 #             MAXRATE_USERS users test<i>@127.0.0.1 (in the subscriber table),
 #             at each of REG_RATES registrations/s
+#   register_tcp, register_tls
+#             the same over TCP (the UDP port) and TLS (SIPSHARD_TLS_PORT /
+#             KAM_TLS_PORT; a self-signed certificate made with openssl),
+#             `bench register --transport tcp|tls` (one connection per
+#             socket); sipshard with [tcp] enable / [tls] listen, Kamailio
+#             with `-A WITH_TCP` / `-A WITH_TLS` (tls module), tcp_children =
+#             children
 #   options   `bench options` at each of OPT_RATES requests/s
 #   calls     `bench call` (INVITE, 180, 200, ACK, CALL_HOLD_MS, BYE, 200,
 #             record-routed) to `sipshard bench uas` registered as
@@ -47,8 +54,8 @@
 # sockets) with the same users, rate and count, side by side (achieved
 # rate, failures, server CPU/req) to show the generators agree.
 #
-# Environment: SERVERS ("sipshard kamailio"), SCENARIOS ("register options
-# calls"), REG_RATES, OPT_RATES, CALL_RATES (see below), STEP_S (5),
+# Environment: SERVERS ("sipshard kamailio"), SCENARIOS ("register
+# register_tcp register_tls options calls"), REG_RATES, OPT_RATES, CALL_RATES (see below), STEP_S (5),
 # SETTLE_S (1), REFINE (2), P99_MAX_MS (50), TIMEOUT_MS (2000: a registration or call
 # transaction with no final reply in this long failed), SOCKETS (8),
 # GEN_THREADS (1), MAXRATE_USERS (1000), CALL_HOLD_MS (1000), SKIP_SIPP=1,
@@ -65,7 +72,7 @@ LOG_TAG=maxrate
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SERVERS=${SERVERS:-"sipshard kamailio"}
 if [ "$SKIP_KAMAILIO" = 1 ]; then SERVERS=${SERVERS//kamailio/}; fi
-SCENARIOS=${SCENARIOS:-"register options calls"}
+SCENARIOS=${SCENARIOS:-"register register_tcp register_tls options calls"}
 REG_RATES=${REG_RATES:-"2000 4000 6000 8000 10000 12000 15000 20000 25000 30000 40000 50000 60000"}
 OPT_RATES=${OPT_RATES:-"10000 20000 30000 40000 60000 80000 100000 120000 150000 200000"}
 CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 5000 6000 8000 10000"}
@@ -87,6 +94,8 @@ BUF_BYTES=${BUF_BYTES:-4194304}
 SIPSHARD_PORT=${SIPSHARD_PORT:-25060}
 RPC_PORT=${RPC_PORT:-25070}
 KAM_PORT=${KAM_PORT:-25160}
+SIPSHARD_TLS_PORT=${SIPSHARD_TLS_PORT:-25061}
+KAM_TLS_PORT=${KAM_TLS_PORT:-25161}
 CALL_UAS_PORT=${CALL_UAS_PORT:-25360}
 CALL_UAC_PORT=${CALL_UAC_PORT:-25361}
 DRAIN_MS=${DRAIN_MS:-500}
@@ -143,10 +152,10 @@ step() {
   local count units
   server_snap "$a"; uas_snap "$ua"
   case $scen in
-    register)
+    register*)
       gen_run "$j" "$BIN" bench register --target "127.0.0.1:$port" --users 'test%d@127.0.0.1:pw-test%d' \
         --user-count "$users" --rate "$rate" --duration "$STEP_S" --sockets "$SOCKETS" --threads "$GEN_THREADS" \
-        --max-inflight 100000 --timeout-ms "$TIMEOUT_MS" --json ;;
+        --max-inflight 100000 --timeout-ms "$TIMEOUT_MS" --transport "$(transport_of "$scen")" --json ;;
     options)
       gen_run "$j" "$BIN" bench options --target "127.0.0.1:$port" --rate "$rate" --duration "$STEP_S" \
         --sockets "$SOCKETS" --threads "$GEN_THREADS" --drain-ms "$DRAIN_MS" --json ;;
@@ -164,7 +173,7 @@ step() {
   # started / ok / failed / retransmissions, achieved rate and requests the
   # server answered (for CPU per request) per scenario
   case $scen in
-    register)
+    register*)
       jq -r '[.registrations, .ok, .failed, .retransmissions, .achieved_rate, 2 * .ok,
               .latency_us.corrected.p50, .latency_us.corrected.p99, .latency_us.raw.p50, .latency_us.raw.p99] | @tsv' "$j" ;;
     options)
@@ -223,19 +232,59 @@ step_summary() {  # server scenario rate -> "N of M failed, p99 ..."
 
 # ---------------------------------------------------------------- servers
 KAMRUN=$WORK/kamrun
+# register_tcp / register_tls: REGISTER with auth over TCP (the UDP port)
+# or TLS (its own port; a self-signed certificate made here, used by both
+# servers; the generator does not check it, as sipp would not).
+transport_of() { case $1 in register_tcp) echo tcp;; register_tls) echo tls;; *) echo udp;; esac; }
+TLS_CERT=$WORK/tls-cert.pem
+TLS_KEY=$WORK/tls-key.pem
+KAM_TLS_CFG=$WORK/kamailio-tls.cfg
+tls_files() {
+  [ -s "$TLS_CERT" ] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 \
+    -addext subjectAltName=IP:127.0.0.1 -keyout "$TLS_KEY" -out "$TLS_CERT" >/dev/null 2>&1 \
+    || die "openssl could not make the test certificate"
+  cat > "$KAM_TLS_CFG" <<CFG
+[server:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+certificate = $TLS_CERT
+private_key = $TLS_KEY
+
+[client:default]
+method = TLSv1.2+
+verify_certificate = no
+require_certificate = no
+CFG
+}
+stream_toml() {  # $1 = scenario -> the [tcp]/[tls] sections sipshard needs
+  case $(transport_of "$1") in
+    tcp) printf '[tcp]\nenable = true\n' ;;
+    tls) tls_files
+         printf '[tcp]\nenable = true\n[tls]\nlisten = "127.0.0.1:%s"\ncertificate = "%s"\nprivate_key = "%s"\n' \
+           "$SIPSHARD_TLS_PORT" "$TLS_CERT" "$TLS_KEY" ;;
+  esac
+}
 start_server() {  # $1 = sipshard|kamailio, $2 = register|options|calls|sipp
   local srv=$1 scen=$2 db=$DB_URL script=
   if [ "$scen" = calls ]; then db=$CALLS_DB_URL; script=$ROOT/perf/calls.lua; fi
   if [ "$srv" = sipshard ]; then
-    sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "${script:+script = \"$script\"}"
+    sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "${script:+script = \"$script\"}" "" "" "$(stream_toml "$scen")"
     sipshard_start "$WORK/sipshard-$scen.toml" "$scen: 2 shards, ${script:-etc/sipshard.lua}"
   else
     KAM_LUA=${script:-$ROOT/etc/sipshard.lua}
-    kam_start "$db" "$scen: children=$WORKERS, $KAM_LUA" 16
+    local def=()
+    case $(transport_of "$scen") in tcp) def=(-A WITH_TCP);; tls) tls_files; def=(-A WITH_TLS);; esac
+    kam_start "$db" "$scen: children=$WORKERS, $KAM_LUA ${def[*]}" 16 "${def[@]}"
     wait_sip "$KAM_PORT" 30
   fi
 }
-port_of() { if [ "$1" = sipshard ]; then echo "$SIPSHARD_PORT"; else echo "$KAM_PORT"; fi; }
+port_of() {  # $1 = server, $2 = scenario (TLS has its own port)
+  if [ "${2:-}" = register_tls ]; then
+    if [ "$1" = sipshard ]; then echo "$SIPSHARD_TLS_PORT"; else echo "$KAM_TLS_PORT"; fi
+  elif [ "$1" = sipshard ]; then echo "$SIPSHARD_PORT"; else echo "$KAM_PORT"; fi
+}
 stop_uas() {
   [ -n "$UAS_PID" ] || return 0
   kill -TERM "$UAS_PID" 2>/dev/null || true; wait "$UAS_PID" 2>/dev/null || true; UAS_PID=
@@ -243,10 +292,10 @@ stop_uas() {
 
 run_scenario() {  # $1 server, $2 scenario
   local srv=$1 scen=$2 port rates
-  port=$(port_of "$srv")
+  port=$(port_of "$srv" "$scen")
   start_server "$srv" "$scen"
   case $scen in
-    register) rates=$REG_RATES ;;
+    register*) rates=$REG_RATES ;;
     options) rates=$OPT_RATES ;;
     calls)
       rates=$CALL_RATES
@@ -312,7 +361,7 @@ plot() {
 mkdir -p "$(dirname "$OUT")"
 cp "$TSV" "$base.tsv"
 plot
-unit() { case $1 in register) echo "REGISTER with auth (registrations/s)";; options) echo "OPTIONS (requests/s)";; calls) echo "calls (calls/s, ${CALL_HOLD_MS} ms hold)";; esac; }
+unit() { case $1 in register) echo "REGISTER with auth (registrations/s)";; register_tcp) echo "REGISTER with auth over TCP (registrations/s)";; register_tls) echo "REGISTER with auth over TLS (registrations/s)";; options) echo "OPTIONS (requests/s)";; calls) echo "calls (calls/s, ${CALL_HOLD_MS} ms hold)";; esac; }
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 write_report() {
   echo "# Max rate: sipshard vs Kamailio 5.6, same generator (perf/maxrate.sh)"

@@ -19,6 +19,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 TITLES = {
     "register": "REGISTER with digest auth (registrations/s)",
+    "register_tcp": "REGISTER with digest auth over TCP (registrations/s)",
+    "register_tls": "REGISTER with digest auth over TLS (registrations/s)",
     "options": "OPTIONS (requests/s)",
     "calls": "calls (calls/s)",
 }

@@ -351,6 +351,7 @@ kam_cfg() {  # $1 = db url -> cfg path
   mkdir -p "$KAMRUN"
   sed -e "s|@CHILDREN@|$WORKERS|g; s|@BUF_BYTES@|$BUF_BYTES|g; s|@PORT@|$KAM_PORT|g; s|@MPATH@|$MPATH|g" \
       -e "s|@RUNDIR@|$KAMRUN|g; s|@DB_URL@|$1|g; s|@LUA@|$KAM_LUA|g" \
+      -e "s|@TLS_PORT@|${KAM_TLS_PORT:-25161}|g; s|@TLS_CFG@|${KAM_TLS_CFG:-$WORK/kamailio-tls.cfg}|g" \
       "$KAM_CFG_SRC" > "$WORK/kamailio.cfg"
   grep -q '@[A-Z_]*@' "$WORK/kamailio.cfg" && die "unfilled placeholder in kamailio.cfg"
   echo "$WORK/kamailio.cfg"
