@@ -284,6 +284,77 @@ fn trim(v: &[u8]) -> &[u8] {
     v.get(s..e).unwrap_or_default()
 }
 
+/// A parsed response head (clients: `sipshard ctl`, tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseHead {
+    pub status: u16,
+    /// `1` for HTTP/1.1.
+    pub version_minor: u8,
+    pub content_length: Option<usize>,
+    /// Header fields, names as sent, values trimmed.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Bytes of the head, blank line included.
+    pub head_len: usize,
+}
+
+impl ResponseHead {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Parses a response head at the start of `buf`; `Ok(None)`: more bytes
+/// are needed.
+pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<ResponseHead>, HeadError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.headers_max];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > limits.head_bytes_max => {
+            return Err(HeadError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Status | httparse::Error::Token) => {
+            return Err(HeadError::BadRequestLine)
+        }
+        Err(_) => return Err(HeadError::BadHeader),
+    };
+    let (Some(status), Some(version_minor)) = (resp.code, resp.version) else {
+        return Err(HeadError::BadRequestLine);
+    };
+    let mut content_length = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = std::str::from_utf8(trim(h.value))
+                .ok()
+                .filter(|t| !t.is_empty() && t.len() <= 12 && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<usize>().ok())
+                .ok_or(HeadError::BadContentLength)?;
+            if content_length.is_some_and(|old| old != n) {
+                return Err(HeadError::BadContentLength);
+            }
+            content_length = Some(n);
+        }
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version_minor,
+        content_length,
+        headers: resp
+            .headers
+            .iter()
+            .map(|h| (h.name.to_string(), trim(h.value).to_vec()))
+            .collect(),
+        head_len,
+    }))
+}
+
 /// What the first bytes of a stream connection carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamKind {
@@ -806,6 +877,33 @@ mod tests {
         assert_eq!(f.take_rest(), b"\x81\x80");
         f.handle_bytes(b"more");
         assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn response_heads() {
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: abc \r\n\r\n\x81\x00";
+        let h = parse_response_head(raw, &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.status, h.version_minor, h.content_length),
+            (101, 1, None)
+        );
+        assert_eq!(h.header("sec-websocket-accept"), Some(&b"abc"[..]));
+        assert_eq!(h.head_len, raw.len() - 2);
+        assert_eq!(
+            parse_response_head(
+                b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n",
+                &Limits::default()
+            ),
+            Ok(None)
+        );
+        let h = parse_response_head(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n",
+            &Limits::default(),
+        );
+        assert_eq!(h.unwrap().unwrap().content_length, Some(5));
+        assert!(parse_response_head(b"SIP/2.0 200 OK\r\n\r\n", &Limits::default()).is_err());
     }
 
     #[test]
