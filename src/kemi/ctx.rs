@@ -122,6 +122,12 @@ pub struct MsgCtx {
     /// `set_dlg_profile` before the dialog exists: (profile, value), added
     /// when `dlg_manage()` creates it (at most 32).
     pub dlg_profiles: Vec<(u16, Vec<u8>)>,
+    /// The HTTP request this context holds (KSR.xhttp), if it is one.
+    pub http: Option<Box<super::xhttp::HttpCtx>>,
+    /// The message arrived over a WebSocket connection (KSR.websocket.close).
+    pub via_ws: bool,
+    /// `KSR.websocket.close*()`: close that connection with (code, reason).
+    pub ws_close: Option<(u16, Vec<u8>)>,
 }
 
 impl MsgCtx {
@@ -182,6 +188,9 @@ impl MsgCtx {
             dlg_ctx_bye: None,
             dlg_ctx_timeout: None,
             dlg_profiles: Vec::new(),
+            http: None,
+            via_ws: false,
+            ws_close: None,
         }
     }
 
@@ -248,6 +257,9 @@ impl MsgCtx {
         self.dlg_ctx_bye = None;
         self.dlg_ctx_timeout = None;
         self.dlg_profiles.clear();
+        self.http = None;
+        self.via_ws = false;
+        self.ws_close = None;
     }
 
     /// Parses `buf[..len]` as one datagram.

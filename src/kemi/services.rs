@@ -136,6 +136,8 @@ pub struct SharedTables {
     /// KSR.dispatcher sets and destination state (when configured).
     pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
     pub dispatcher_cfg: crate::config::DispatcherConfig,
+    /// `[xhttp]` and `[websocket]` (KSR.xhttp, KSR.websocket).
+    pub xhttp: std::sync::Arc<super::xhttp::Settings>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -158,6 +160,10 @@ impl SharedTables {
         self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
         self.dispatcher = super::dispatcher::build(config, 0);
         self.dispatcher_cfg = config.dispatcher.clone();
+        self.xhttp = std::sync::Arc::new(super::xhttp::Settings::new(
+            &config.xhttp,
+            &config.websocket,
+        ));
         self
     }
 
@@ -198,6 +204,7 @@ impl SharedTables {
             dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
             dispatcher: None,
             dispatcher_cfg: crate::config::DispatcherConfig::default(),
+            xhttp: Default::default(),
         }
     }
 
