@@ -169,6 +169,17 @@ pub(crate) fn engine_on(
     shard_id: usize,
     shard_count: usize,
 ) -> Engine {
+    engine_on_with(script, tables, shard_id, shard_count, &[])
+}
+
+/// [`engine_on`] with `core.defines`.
+pub(crate) fn engine_on_with(
+    script: &str,
+    tables: std::sync::Arc<SharedTables>,
+    shard_id: usize,
+    shard_count: usize,
+    defines: &[String],
+) -> Engine {
     let tuning = ShardTuning::default();
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
@@ -195,7 +206,7 @@ pub(crate) fn engine_on(
         tuning: &tuning,
         services,
         test_hooks: false,
-        defines: &[],
+        defines,
         local_addr: LOCAL.parse().unwrap(),
     })
     .unwrap()

@@ -470,4 +470,175 @@ mod tests {
         assert!(!s.wants("/RPC2/sip"));
         assert!(Settings::default().wants("/anything"));
     }
+
+    mod minesweeper {
+        use super::*;
+        use crate::kemi::testutil::{engine_on_with, request, run, tables_with};
+        use crate::kemi::Engine;
+
+        const SCRIPT: &str = include_str!("../../etc/examples/minesweeper.lua");
+        const ROWS: usize = 5;
+        const COLS: usize = 6;
+
+        /// Two shards over one set of tables, seed 42.
+        fn shards() -> (Engine, Engine) {
+            let tables = tables_with("[[htable]]\nname = \"mines\"\n");
+            let defines = vec!["MINESWEEPER_SEED=42".to_string()];
+            (
+                engine_on_with(SCRIPT, tables.clone(), 0, 2, &defines),
+                engine_on_with(SCRIPT, tables, 1, 2, &defines),
+            )
+        }
+
+        /// (status line, body) of an HTTP GET of `path`.
+        fn http(eng: &Engine, path: &str) -> (String, String) {
+            let out = run_http(
+                eng,
+                format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(out.route, RouteOutcome::Done);
+            let t = text(&out.action);
+            let (head, body) = t.split_once("\r\n\r\n").unwrap();
+            (head.lines().next().unwrap().to_string(), body.to_string())
+        }
+
+        /// (code, reason, body) of the reply to OPTIONS sip:<cmd>@10.0.0.1.
+        fn sip(eng: &Engine, cmd: &str) -> (u16, String, String) {
+            let ruri = if cmd.is_empty() {
+                "sip:10.0.0.1".to_string()
+            } else {
+                format!("sip:{cmd}@10.0.0.1")
+            };
+            let (m, out) = run(eng, &request(&format!("OPTIONS {ruri} SIP/2.0"), None, &[]));
+            assert_eq!(out, RouteOutcome::Done);
+            let o = m.out.first().expect("a reply");
+            let t =
+                String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]).into_owned();
+            let first = t.lines().next().unwrap().to_string();
+            let mut parts = first.splitn(3, ' ');
+            parts.next();
+            let code = parts.next().unwrap().parse().unwrap();
+            let reason = parts.next().unwrap().to_string();
+            let body = t.split_once("\r\n\r\n").unwrap().1.to_string();
+            (code, reason, body)
+        }
+
+        /// The mines of the current game, read from the shared htable.
+        fn mines(eng: &Engine) -> Vec<(usize, usize)> {
+            let mut out = Vec::new();
+            for r in 1..=ROWS {
+                for c in 1..=COLS {
+                    let v: i64 = eng
+                        .lua()
+                        .load(format!("return KSR.htable.sht_get('mines', 'm-{r}-{c}')"))
+                        .eval()
+                        .unwrap();
+                    if v == 1 {
+                        out.push((r, c));
+                    }
+                }
+            }
+            out
+        }
+
+        /// The board's cells, row by row.
+        fn cells(body: &str) -> Vec<Vec<String>> {
+            body.lines()
+                .skip_while(|l| !l.starts_with("    1"))
+                .skip(1)
+                .take(ROWS)
+                .map(|l| l.split_whitespace().skip(1).map(str::to_string).collect())
+                .collect()
+        }
+
+        #[test]
+        fn playable_over_http_and_sip_on_every_shard() {
+            let (a, b) = shards();
+            let (status, body) = http(&a, "/");
+            assert_eq!(status, "HTTP/1.1 200 Board");
+            assert!(body.contains("game 1: playing (5x6, 5 mines)"), "{body}");
+            let board = cells(&body);
+            assert_eq!(board.len(), ROWS);
+            assert!(board.iter().flatten().all(|c| c == "H"), "{body}");
+            let mine_set = mines(&a);
+            assert_eq!(mine_set.len(), 5);
+            assert_eq!(mines(&b), mine_set, "one board for every shard");
+
+            // a safe cell, explored over HTTP on shard 0, seen over SIP on shard 1
+            let (r, c) = (1..=ROWS)
+                .flat_map(|r| (1..=COLS).map(move |c| (r, c)))
+                .find(|p| !mine_set.contains(p))
+                .unwrap();
+            let (status, _) = http(&a, &format!("/e-{r}-{c}"));
+            assert!(
+                status == "HTTP/1.1 200 Safe" || status == "HTTP/1.1 200 You Won",
+                "{status}"
+            );
+            let (code, reason, body) = sip(&b, "board");
+            assert_eq!((code, reason.as_str()), (200, "Board"));
+            let near = mine_set
+                .iter()
+                .filter(|(mr, mc)| mr.abs_diff(r) <= 1 && mc.abs_diff(c) <= 1)
+                .count();
+            assert_eq!(cells(&body)[r - 1][c - 1], near.to_string(), "{body}");
+
+            // defuse a mine over SIP, then step on another one over HTTP
+            let (mr, mc) = mine_set[0];
+            let (code, reason, body) = sip(&b, &format!("d-{mr}-{mc}"));
+            assert_eq!((code, reason.as_str()), (200, "Defused"));
+            assert_eq!(cells(&body)[mr - 1][mc - 1], "W");
+            let (mr, mc) = mine_set[1];
+            let (status, body) = http(&b, &format!("/e-{mr}-{mc}"));
+            assert_eq!(status, "HTTP/1.1 200 Buuum");
+            assert_eq!(cells(&body)[mr - 1][mc - 1], "X");
+            assert!(body.contains("game 1: lost"), "{body}");
+            let (code, reason, _) = sip(&a, &format!("e-{r}-{c}"));
+            assert_eq!((code, reason.as_str()), (409, "Game Over"));
+            assert_eq!(sip(&a, "e-9-9").0, 400);
+            assert_eq!(http(&a, "/favicon.ico").0, "HTTP/1.1 400 Bad Command");
+
+            // a new game (over SIP), all hidden again
+            let (code, reason, body) = sip(&a, "new");
+            assert_eq!((code, reason.as_str()), (200, "New Game"));
+            assert!(body.contains("game 2: playing"), "{body}");
+            assert!(cells(&body).iter().flatten().all(|c| c == "H"));
+            // a plain keepalive OPTIONS shows the board
+            assert_eq!(sip(&b, "").1, "Board");
+        }
+
+        #[test]
+        fn winning_and_the_seed_is_deterministic() {
+            let (a, _) = shards();
+            http(&a, "/");
+            let first = mines(&a);
+            let (c, _) = shards();
+            http(&c, "/");
+            assert_eq!(mines(&c), first, "same seed, same mines");
+            let mut seen = Vec::new();
+            for r in 1..=ROWS {
+                for col in 1..=COLS {
+                    if !first.contains(&(r, col)) {
+                        seen.push(http(&a, &format!("/e-{r}-{col}")).0);
+                    }
+                }
+            }
+            // safe (or opened by a neighbour's flood fill) until the last
+            // hidden safe cell wins; then the game is over
+            let won = seen
+                .iter()
+                .position(|s| s == "HTTP/1.1 200 You Won")
+                .expect("a win");
+            assert!(seen[..won]
+                .iter()
+                .all(|s| s == "HTTP/1.1 200 Safe" || s == "HTTP/1.1 200 Already Explored"));
+            assert!(seen[won + 1..]
+                .iter()
+                .all(|s| s == "HTTP/1.1 409 Game Over"));
+            let (_, body) = http(&a, "/");
+            assert!(body.contains("game 1: won"), "{body}");
+            // next game, other mines
+            http(&a, "/new");
+            assert_ne!(mines(&a), first);
+        }
+    }
 }
