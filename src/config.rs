@@ -1600,7 +1600,7 @@ impl Config {
             ("xhttp.url_match", &x.url_match),
         ] {
             if let Err(e) = regex::Regex::new(re) {
-                return Err(self.invalid(key, &format!("bad regular expression: {e}")));
+                return Err(self.invalid(key, format!("bad regular expression: {e}")));
             }
         }
         let w = &self.websocket;

@@ -357,7 +357,7 @@ pub fn parse_response_head(buf: &[u8], limits: &Limits) -> Result<Option<Respons
 
 /// What the first bytes of a stream connection carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StreamKind {
+pub enum FirstLine {
     /// A SIP request (`... SIP/2.0`), a SIP response (`SIP/2.0 ...`) or a
     /// CRLF keep-alive (RFC 5626 §4.4.1).
     Sip,
@@ -374,7 +374,7 @@ pub const CLASSIFY_LINE_MAX: usize = 8 * 1024;
 
 /// Classifies a stream by its first line: a SIP request line ends in
 /// `SIP/2.0`, an HTTP one in `HTTP/1.x` (RFC 3261 §7.1, RFC 9112 §3).
-pub fn classify(buf: &[u8]) -> StreamKind {
+pub fn classify(buf: &[u8]) -> FirstLine {
     let start = buf
         .iter()
         .position(|&b| b != b'\r' && b != b'\n')
@@ -383,9 +383,9 @@ pub fn classify(buf: &[u8]) -> StreamKind {
     if rest.is_empty() {
         // only CRLFs so far: a SIP keep-alive (or nothing)
         return if start > 0 {
-            StreamKind::Sip
+            FirstLine::Sip
         } else {
-            StreamKind::NeedMore
+            FirstLine::NeedMore
         };
     }
     let prefix = rest.get(..rest.len().min(8)).unwrap_or_default();
@@ -394,16 +394,16 @@ pub fn classify(buf: &[u8]) -> StreamKind {
         .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
     {
         return if prefix.len() == 8 {
-            StreamKind::Sip
+            FirstLine::Sip
         } else {
-            StreamKind::NeedMore
+            FirstLine::NeedMore
         };
     }
     let Some(eol) = rest.iter().position(|&b| b == b'\n') else {
         return if rest.len() > CLASSIFY_LINE_MAX {
-            StreamKind::Other
+            FirstLine::Other
         } else {
-            StreamKind::NeedMore
+            FirstLine::NeedMore
         };
     };
     let mut line = rest.get(..eol).unwrap_or_default();
@@ -413,11 +413,11 @@ pub fn classify(buf: &[u8]) -> StreamKind {
         .next()
         .unwrap_or_default();
     if last.eq_ignore_ascii_case(b"SIP/2.0") {
-        StreamKind::Sip
+        FirstLine::Sip
     } else if last == b"HTTP/1.1" || last == b"HTTP/1.0" {
-        StreamKind::Http
+        FirstLine::Http
     } else {
-        StreamKind::Other
+        FirstLine::Other
     }
 }
 
@@ -908,7 +908,7 @@ mod tests {
 
     #[test]
     fn classify_first_bytes() {
-        use StreamKind::*;
+        use FirstLine::*;
         for (bytes, want) in [
             (&b"OPTIONS sip:a@b SIP/2.0\r\n"[..], Sip),
             (b"INVITE sip:a@b sip/2.0\r\nVia: x", Sip),
