@@ -444,6 +444,12 @@ pub struct Framer {
     buf: Vec<u8>,
     limits: Limits,
     done: bool,
+    /// The head of the request whose body is still arriving (parsed once).
+    pending: Option<RequestHead>,
+    /// Bytes of `buf` a partial head was already parsed over: a head can
+    /// only complete at a new line feed, so a peer dripping bytes does not
+    /// make every read parse the whole head again.
+    scanned: usize,
 }
 
 impl Framer {
@@ -452,6 +458,8 @@ impl Framer {
             buf: Vec::new(),
             limits,
             done: false,
+            pending: None,
+            scanned: 0,
         }
     }
 
@@ -473,6 +481,7 @@ impl Framer {
     /// to WebSocket: the first frames may follow the handshake at once).
     pub fn take_rest(&mut self) -> Vec<u8> {
         self.done = true;
+        self.pending = None;
         std::mem::take(&mut self.buf)
     }
 
@@ -482,34 +491,54 @@ impl Framer {
         if self.done || self.buf.is_empty() {
             return Ok(None);
         }
-        let head = match parse_head(&self.buf, &self.limits) {
-            Ok(Some(h)) => h,
-            Ok(None) => return Ok(None),
-            Err(e) => {
-                self.done = true;
-                self.buf = Vec::new();
-                return Err(e);
+        let head = match self.pending.take() {
+            Some(h) => h,
+            None => {
+                let fresh = self.buf.get(self.scanned..).unwrap_or_default();
+                if self.scanned > 0 && !fresh.contains(&b'\n') {
+                    self.scanned = self.buf.len();
+                    if self.buf.len() > self.limits.head_bytes_max {
+                        return self.fail(HeadError::HeadTooLarge);
+                    }
+                    return Ok(None);
+                }
+                match parse_head(&self.buf, &self.limits) {
+                    Ok(Some(h)) => h,
+                    Ok(None) => {
+                        self.scanned = self.buf.len();
+                        return Ok(None);
+                    }
+                    Err(e) => return self.fail(e),
+                }
             }
         };
         let total = head.total_len();
         if self.buf.len() < total {
+            self.pending = Some(head);
             return Ok(None);
         }
         let rest = self.buf.split_off(total);
         let bytes = std::mem::replace(&mut self.buf, rest);
+        self.scanned = 0;
         if !head.keep_alive {
             self.done = true;
         }
         Ok(Some(Request { head, bytes }))
     }
 
+    fn fail(&mut self, e: HeadError) -> Result<Option<Request>, HeadError> {
+        self.done = true;
+        self.buf = Vec::new();
+        Err(e)
+    }
+
     /// The head of the request being received, if complete: a server that
     /// honours `Expect: 100-continue` looks here before the body arrives.
-    pub fn pending_head(&self) -> Option<RequestHead> {
+    pub fn pending_head(&self) -> Option<&RequestHead> {
         if self.done {
             return None;
         }
-        parse_head(&self.buf, &self.limits).ok().flatten()
+        self.pending.as_ref()
     }
 }
 

@@ -221,7 +221,7 @@ impl Server {
                 }
                 if !continued {
                     if let Some(h) = framer.pending_head() {
-                        if let Err(e) = check_target(&h) {
+                        if let Err(e) = check_target(h) {
                             return self
                                 .finish(&mut stream, Response::text(e.status(), &e.to_string()))
                                 .await;
