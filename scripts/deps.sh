@@ -6,6 +6,10 @@ set -euo pipefail
 need_apt=()
 command -v sipp   >/dev/null 2>&1 || need_apt+=(sip-tester)
 command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
+# stunnel4: Debian's sipp has no TLS; tests/tcp.rs puts stunnel (client mode) in
+# front of `sipp -t t1` for SIP over TLS. openssl makes the test certificates.
+command -v stunnel4 >/dev/null 2>&1 || need_apt+=(stunnel4)
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # Kamailio 5.6 with app_lua: tests/differential.rs always compares the KEMI
 # getters with it; PROXY_UNDER_TEST=kamailio also runs tests/proxy.rs against

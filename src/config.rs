@@ -79,6 +79,10 @@ pub struct Config {
     /// WebSocket connections (RFC 6455, SIP over WebSocket RFC 7118;
     /// Kamailio's websocket module parameters).
     pub websocket: WebsocketConfig,
+    /// SIP over TCP (Kamailio's core `tcp_*` parameters).
+    pub tcp: TcpConfig,
+    /// SIP over TLS (Kamailio's tls module parameters).
+    pub tls: TlsConfig,
     /// Where the config came from, for error messages.
     #[serde(skip)]
     pub origin: String,
@@ -980,6 +984,85 @@ impl FloodConfig {
     }
 }
 
+/// `[tcp]`: SIP over TCP. Off unless `enable = true` (or `[tls]` is
+/// configured, which needs the connection layer too).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConfig {
+    /// Listen for TCP (Kamailio: `disable_tcp = no`).
+    pub enable: bool,
+    /// Address of the TCP listener; default: `core.listen` (the UDP port).
+    pub listen: Option<SocketAddr>,
+    /// A connection with no traffic for this long is closed (Kamailio
+    /// `tcp_connection_lifetime`, seconds).
+    pub connection_lifetime_s: u64,
+    /// Connections (TCP and TLS, accepted and opened) one shard owns at
+    /// most; more are refused (`tcp.refused`).
+    pub max_connections_per_shard: usize,
+    /// Accepted connections from one source IP at most (all shards).
+    pub max_connections_per_source: u32,
+    /// Bytes a connection may hold unsent before it is closed (Kamailio
+    /// `tcp_conn_wq_max`).
+    pub conn_wq_max: usize,
+    /// Connects (and TLS handshakes of connections we open) that take
+    /// longer are abandoned (Kamailio `tcp_connect_timeout`, ms here).
+    pub connect_timeout_ms: u64,
+    /// Largest SIP message on a stream; a peer that sends a bigger one is
+    /// disconnected (`tcp.bad_framing`).
+    pub max_msg_bytes: usize,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig {
+            enable: false,
+            listen: None,
+            connection_lifetime_s: 120,
+            max_connections_per_shard: 4096,
+            max_connections_per_source: 256,
+            conn_wq_max: 32 << 10,
+            connect_timeout_ms: 10_000,
+            max_msg_bytes: 65_535,
+        }
+    }
+}
+
+/// `[tls]`: SIP over TLS (rustls; TLS 1.2 and 1.3 only). On when `listen`
+/// is set; the certificate and key are read again on each script reload.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Address of the TLS listener (usually port 5061).
+    pub listen: Option<SocketAddr>,
+    /// PEM certificate chain and private key (Kamailio `certificate`,
+    /// `private_key`).
+    pub certificate: String,
+    pub private_key: String,
+    /// PEM CA certificates (Kamailio `ca_list`): for client certificates
+    /// and, with `verify_server`, for servers we connect to.
+    pub ca_list: String,
+    /// Ask for a client certificate and refuse a client without a valid
+    /// one (Kamailio `verify_certificate` + `require_certificate`).
+    pub require_certificate: bool,
+    /// Check the certificate of servers we connect to against `ca_list`
+    /// (Kamailio's client-side `verify_certificate`; off by default, as
+    /// Kamailio's).
+    pub verify_server: bool,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.listen.is_some()
+    }
+}
+
+impl TcpConfig {
+    /// The connection layer runs (TCP, or TLS which needs it).
+    pub fn layer_on(&self, tls: &TlsConfig) -> bool {
+        self.enable || tls.enabled()
+    }
+}
+
 /// `[permissions]`: Kamailio's permissions module, address matching only.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
@@ -1438,6 +1521,26 @@ impl Config {
 
     /// htable, pike and permissions settings.
     fn validate_modules(&self) -> Result<(), ConfigError> {
+        let t = &self.tcp;
+        if t.max_connections_per_shard == 0
+            || t.max_connections_per_source == 0
+            || t.conn_wq_max < 1024
+            || t.max_msg_bytes < 1024
+            || t.connection_lifetime_s == 0
+        {
+            return Err(self.invalid(
+                "tcp",
+                "max_connections_* and connection_lifetime_s must be at least 1, conn_wq_max and max_msg_bytes at least 1024",
+            ));
+        }
+        if self.tls.enabled()
+            && (self.tls.certificate.is_empty() || self.tls.private_key.is_empty())
+        {
+            return Err(self.invalid("tls", "listen needs certificate and private_key"));
+        }
+        if self.tls.require_certificate && self.tls.ca_list.is_empty() {
+            return Err(self.invalid("tls.require_certificate", "needs ca_list"));
+        }
         let d = &self.dialog;
         if !(300..=699).contains(&d.bye_early_code)
             || d.bye_early_reason.bytes().any(|b| b == b'\r' || b == b'\n')
@@ -1892,6 +1995,26 @@ mod tests {
         assert_eq!(c.sanity, d.sanity);
         assert_eq!(c.dialog, d.dialog);
         assert_eq!(c.ipops, d.ipops);
+        assert_eq!(c.tcp, d.tcp);
+        assert_eq!(c.tls, d.tls);
+    }
+
+    #[test]
+    fn tcp_and_tls_sections() {
+        let c = Config::from_toml(
+            "[tcp]\nenable = true\nconnection_lifetime_s = 5\nmax_connections_per_source = 9\n\
+             [tls]\nlisten = \"127.0.0.1:5061\"\ncertificate = \"c.pem\"\nprivate_key = \"k.pem\"\n",
+            "t",
+        )
+        .unwrap();
+        assert!(c.tcp.enable && c.tls.enabled());
+        assert_eq!(c.tcp.connection_lifetime_s, 5);
+        assert_eq!(c.tcp.max_connections_per_source, 9);
+        c.validate().unwrap();
+        let bad = Config::from_toml("[tls]\nlisten = \"127.0.0.1:5061\"\n", "t");
+        assert!(bad.is_err(), "TLS without a certificate");
+        let bad = Config::from_toml("[tls]\nrequire_certificate = true\n", "t");
+        assert!(bad.is_err(), "client certificates without ca_list");
     }
 
     #[test]

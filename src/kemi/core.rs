@@ -25,10 +25,10 @@
 //! | `KSR.issflagset(n)` | `bool (int)` | script flag `n` |
 //! | `KSR.force_rport()` | `bool ()` | true; as if the client's Via carried `rport` (RFC 3581): local replies go to the source port with `rport=<source port>` in their Via, and a relayed request's client Via gets `received=`/`rport=` so replies forwarded statelessly return to the source address (a relayed request always gets `received=` when the sent-by host is not the source IP, and `rport=` when the client asked) |
 //! | `KSR.add_local_rport()` | `bool ()` | true (sipshard's own Via needs no rport: replies come back to the port it sends from) |
-//! | `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()` | `bool ()` | true; recorded (UDP only, so they change nothing) |
+//! | `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()` | `bool ()` | true; replies (forwarded requests) of this message go over TCP/TLS only on a connection that exists, none is opened for them (a relay to a destination without one fails, -1) |
 //! | `KSR.set_reply_close()` / `KSR.set_forward_close()` | `bool ()` | true; no effect over UDP |
-//! | `KSR.is_UDP()` | `bool ()` | true (sipshard receives over UDP) |
-//! | `KSR.is_TCP/is_TLS/is_WS/is_WSS/is_WSX/is_SCTP()` | `bool ()` | false |
+//! | `KSR.is_UDP()` | `bool ()` | true when the message came over UDP |
+//! | `KSR.is_TCP/is_TLS/is_WS/is_WSS/is_WSX/is_SCTP()` | `bool ()` | true when the message came over that transport (`is_WSX`: WS or WSS; SCTP: never) |
 //! | `KSR.is_proto(letters)` | `bool ()` | true when the letters name the receive protocol (`u` UDP, `t` TCP, `e` TLS, `s` SCTP, `v` WS, `w` WSS) |
 //! | `KSR.is_IPv4()` / `KSR.is_IPv6()` | `bool ()` | address family of the source |
 //! | `KSR.is_src_port(port)` / `KSR.is_dst_port(port)` | `bool (int)` | the source / local port equals `port` |
@@ -316,24 +316,37 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         )?;
     }
 
-    for (name, udp) in [
-        ("is_UDP", true),
-        ("is_TCP", false),
-        ("is_TLS", false),
-        ("is_WS", false),
-        ("is_WSS", false),
-        ("is_WSX", false),
-        ("is_SCTP", false),
+    use crate::sip::Proto;
+    for (name, protos) in [
+        ("is_UDP", &[Proto::Udp][..]),
+        ("is_TCP", &[Proto::Tcp][..]),
+        ("is_TLS", &[Proto::Tls][..]),
+        ("is_WS", &[Proto::Ws][..]),
+        ("is_WSS", &[Proto::Wss][..]),
+        ("is_WSX", &[Proto::Ws, Proto::Wss][..]),
+        ("is_SCTP", &[][..]),
     ] {
         let s = shared.clone();
-        ksr.set(name, lua.create_function(move |_, ()| s.with_msg(|_| udp))?)?;
+        ksr.set(
+            name,
+            lua.create_function(move |_, ()| s.with_msg(|m| protos.contains(&m.proto)))?,
+        )?;
     }
     let s = shared.clone();
     ksr.set(
         "is_proto",
         lua.create_function(move |_, letters: mlua::String| {
-            let udp = letters.as_bytes().iter().any(|c| matches!(c, b'u' | b'U'));
-            s.with_msg(|_| udp)
+            let letters = letters.as_bytes().to_ascii_lowercase();
+            s.with_msg(|m| {
+                let c = match m.proto {
+                    Proto::Udp => b'u',
+                    Proto::Tcp => b't',
+                    Proto::Tls => b'e',
+                    Proto::Ws => b'v',
+                    Proto::Wss => b'w',
+                };
+                letters.contains(&c)
+            })
         })?,
     )?;
     for (name, v6) in [("is_IPv4", false), ("is_IPv6", true)] {
@@ -626,7 +639,7 @@ end"#,
             ));
             let (m, _) = run(&eng, msg);
             let o = m.out[0];
-            assert_eq!(o.dst.port(), port);
+            assert_eq!(o.dst.addr.port(), port);
             let wire = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
             assert_eq!(wire.contains(";rport=5060"), force, "{wire}");
         }

@@ -17,7 +17,7 @@
 //! | `KSR.corex.has_user_agent()` | `int ()` | 1 the message has a User-Agent header, -1 otherwise |
 //! | `KSR.corex.setxflag(n)` / `KSR.corex.resetxflag(n)` | `int (int)` | extended message flags 0..63: 1; -1 outside the range |
 //! | `KSR.corex.isxflagset(n)` | `int (int)` | 1 set, -1 not set or outside 0..63 |
-//! | `KSR.corex.set_send_socket(addr)` | `int (str)` | 1 when `addr` (`udp:ip:port`, `ip:port`) is the shard's own socket (the only one it sends from), -1 otherwise |
+//! | `KSR.corex.set_send_socket(addr)` | `int (str)` | 1 when `addr` (`udp:ip:port`, `tcp:ip:port`, `tls:ip:port`, `ip:port`) is one of sipshard's listeners: requests relayed from this message then use that transport (whatever the URI says); -1 otherwise |
 //! | `KSR.corex.set_send_socket_name(name)` / `set_recv_socket(addr)` / `set_recv_socket_name(name)` | `int (str)` | -1 (sipshard has no named or alternative sockets) |
 //! | `KSR.corex.is_socket_name(name)` | `int (str)` | -1 (no named sockets) |
 //! | `KSR.corex.set_source_address(addr)` | `int (str)` | 1 the message's source (`$si`, `$sp`, where stateless replies go) becomes `addr` (`udp:ip:port`, `ip:port`, `[v6]:port`); -1 for a malformed address |
@@ -181,8 +181,30 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     corex.set(
         "set_send_socket",
         lua.create_function(move |_, addr: mlua::String| {
-            let ours = parse_socket(&addr.as_bytes()).is_some_and(|a| a == s.local_addr);
-            s.with_msg(|_| if ours { 1 } else { -1 })
+            // `proto:ip:port` of one of our listeners: requests relayed from
+            // this message leave on that transport.
+            let Some((proto, a)) = parse_proto_socket(&addr.as_bytes()) else {
+                return s.with_msg(|_| -1);
+            };
+            let ours = match proto {
+                crate::sip::Proto::Udp => a == s.local_addr,
+                p => s
+                    .services
+                    .tables
+                    .conns
+                    .get()
+                    .and_then(|c| c.local_of(p))
+                    .is_some_and(|l| l == a || (l.ip().is_unspecified() && l.port() == a.port())),
+            };
+            s.with_msg(|m| {
+                if !ours {
+                    return -1;
+                }
+                m.force_proto = (proto != crate::sip::Proto::Udp
+                    || m.proto != crate::sip::Proto::Udp)
+                    .then_some(proto);
+                1
+            })
         })?,
     )?;
     for name in [
@@ -224,7 +246,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 return Ok(-1);
             }
             s.with_msg(|m| {
-                m.push_out(&data, dst);
+                m.push_out(&data, dst.into());
                 1
             })
         })?,
@@ -269,6 +291,17 @@ fn parse_socket(a: &[u8]) -> Option<std::net::SocketAddr> {
         .or_else(|| t.strip_prefix("UDP:"))
         .unwrap_or(t);
     t.parse().ok()
+}
+
+/// `proto:ip:port` (`udp`, `tcp`, `tls`) or `ip:port` (UDP).
+fn parse_proto_socket(a: &[u8]) -> Option<(crate::sip::Proto, std::net::SocketAddr)> {
+    let t = std::str::from_utf8(a).ok()?.trim();
+    if let Some((p, rest)) = t.split_once(':') {
+        if let Some(proto) = crate::sip::Proto::from_token(p.as_bytes()) {
+            return Some((proto, rest.parse().ok()?));
+        }
+    }
+    Some((crate::sip::Proto::Udp, t.parse().ok()?))
 }
 
 /// The UDP address of a `sip:` URI whose host is an IP literal.
@@ -544,7 +577,7 @@ end"#
         assert!(g.get::<mlua::Value>("nf").unwrap().is_nil());
         assert_eq!(m.xflags, 1 << 40);
         assert_eq!(m.out.len(), 1);
-        assert_eq!(m.out[0].dst, "192.0.2.33:5090".parse().unwrap());
+        assert_eq!(m.out[0].dst.addr, "192.0.2.33:5090".parse().unwrap());
         run(&eng, &request("INVITE sip:bob@10.0.0.1 SIP/2.0", None, &[]));
         assert_eq!(global_int(&eng, "a"), 1);
         assert_eq!(global_int(&eng, "b"), -1);

@@ -4,14 +4,14 @@
 
 use std::net::SocketAddr;
 
-use crate::sip::{Edits, Framing, Limits, ParseError, Parsed, SipMsg, Status};
+use crate::sip::{Dest, Edits, Framing, Limits, ParseError, Parsed, Proto, SipMsg, Status};
 
 /// One datagram to send once the route has finished (or suspended).
 #[derive(Clone, Copy, Debug)]
 pub struct Outgoing {
     pub start: u32,
     pub end: u32,
-    pub dst: SocketAddr,
+    pub dst: Dest,
 }
 
 /// One more destination for a request, beside the Request-URI
@@ -39,6 +39,9 @@ pub struct MsgCtx {
     pub parsed: Parsed,
     pub src: SocketAddr,
     pub local: SocketAddr,
+    /// Transport the message arrived on (`$pr`); replies to a request
+    /// that came on a connection go back on it.
+    pub proto: Proto,
     /// Rewritten Request-URI (`$ru`, `$rU`, `$rd`, `$rp`, registrar lookup).
     pub new_ruri: Option<Vec<u8>>,
     /// Destination URI (`$du`).
@@ -91,10 +94,14 @@ pub struct MsgCtx {
     /// `KSR.force_rport()`: replies go to the source port and carry `rport=`
     /// even when the top Via did not ask for it.
     pub force_rport: bool,
-    /// `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()`: recorded
-    /// (sipshard sends over UDP only, where they change nothing).
+    /// `KSR.set_reply_no_connect()` / `KSR.set_forward_no_connect()`: replies
+    /// / requests of this message only go on a connection that exists (no
+    /// new TCP/TLS connection is opened for them).
     pub reply_no_connect: bool,
     pub forward_no_connect: bool,
+    /// `KSR.corex.set_send_socket("tcp:...")`: the transport relayed
+    /// requests use whatever their URI says.
+    pub force_proto: Option<Proto>,
     /// Script flags (`KSR.setsflag`): like Kamailio's, zero at the start of
     /// each route run.
     pub sflags: u32,
@@ -149,6 +156,7 @@ impl MsgCtx {
             parsed: Parsed::default(),
             src: SocketAddr::from(([0, 0, 0, 0], 0)),
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
+            proto: Proto::Udp,
             new_ruri: None,
             dst_uri: None,
             edits: Edits::default(),
@@ -176,6 +184,7 @@ impl MsgCtx {
             force_rport: false,
             reply_no_connect: false,
             forward_no_connect: false,
+            force_proto: None,
             sflags: 0,
             xflags: 0,
             nat_received: None,
@@ -203,6 +212,7 @@ impl MsgCtx {
         self.len = bytes.len();
         self.src = src;
         self.local = local;
+        self.proto = Proto::Udp;
         self.reset();
     }
 
@@ -245,6 +255,7 @@ impl MsgCtx {
         self.force_rport = false;
         self.reply_no_connect = false;
         self.forward_no_connect = false;
+        self.force_proto = None;
         self.sflags = 0;
         self.xflags = 0;
         self.nat_received = None;
@@ -280,8 +291,19 @@ impl MsgCtx {
         SipMsg::new(&self.buf[..self.len], &self.parsed)
     }
 
+    /// Where a reply to this message goes when it goes to `addr`: over the
+    /// connection the request came on (RFC 3261 §18.2.2), else UDP.
+    #[inline]
+    pub fn reply_dest(&self, addr: SocketAddr) -> Dest {
+        if self.proto.is_stream() {
+            Dest::new(self.src, self.proto)
+        } else {
+            Dest::udp(addr)
+        }
+    }
+
     /// Queues `bytes` for sending to `dst`.
-    pub fn push_out(&mut self, bytes: &[u8], dst: SocketAddr) {
+    pub fn push_out(&mut self, bytes: &[u8], dst: Dest) {
         let start = self.out_buf.len();
         self.out_buf.extend_from_slice(bytes);
         self.out.push(Outgoing {

@@ -427,7 +427,7 @@ fn send_byes(s: &Shared, out: Vec<super::dialog_store::Outgoing>, now_ms: u64) {
     {
         let mut extra = s.extra_out.borrow_mut();
         for o in &out {
-            extra.push((o.dst, o.bytes.clone()));
+            extra.push((o.dst.into(), o.bytes.clone()));
         }
     }
     store(s).track_byes(out, true, now_ms);
@@ -753,7 +753,7 @@ pub fn tick(s: &Shared, now_ms: u64) {
     if !due.is_empty() {
         let mut extra = s.extra_out.borrow_mut();
         for o in due {
-            extra.push((o.dst, o.bytes));
+            extra.push((o.dst.into(), o.bytes));
         }
     }
 }

@@ -24,7 +24,7 @@
 //! | `KSR.kx.gets_status()` | `xval ()` | `$rs` as a string, nil for a request |
 //! | `KSR.kx.get_msglen()` `get_bodylen()` | `int ()` | `$ml $bs` |
 //! | `KSR.kx.get_msgtype()` | `int ()` | 1 request, 2 reply |
-//! | `KSR.kx.get_protoid()` | `int ()` | 1 (UDP) |
+//! | `KSR.kx.get_protoid()` | `int ()` | the receive transport, Kamailio's numbers: 1 UDP, 2 TCP, 3 TLS, 5 WS, 6 WSS |
 //! | `KSR.kx.get_conid()` | `int ()` | -1 (no TCP connection) |
 //! | `KSR.kx.get_timestamp()` | `int ()` | unix seconds |
 //! | `KSR.kx.get_def(name)` | `xval (str)` | value of `core.defines` `NAME=value` (as written), `""` otherwise |
@@ -178,7 +178,20 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })?,
         )?;
     }
-    kx.set("get_protoid", lua.create_function(|_, ()| Ok(1))?)?;
+    let s = shared.clone();
+    kx.set(
+        "get_protoid",
+        lua.create_function(move |_, ()| {
+            // Kamailio's PROTO_* numbers: UDP 1, TCP 2, TLS 3, WS 5, WSS 6.
+            s.with_msg(|m| match m.proto {
+                crate::sip::Proto::Udp => 1,
+                crate::sip::Proto::Tcp => 2,
+                crate::sip::Proto::Tls => 3,
+                crate::sip::Proto::Ws => 5,
+                crate::sip::Proto::Wss => 6,
+            })
+        })?,
+    )?;
     kx.set("get_conid", lua.create_function(|_, ()| Ok(-1))?)?;
     kx.set("get_send_sock_port", lua.create_function(|_, ()| Ok(0))?)?;
     let s = shared.clone();

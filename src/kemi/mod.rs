@@ -232,7 +232,7 @@ pub struct Shared {
     pub local_addr: std::net::SocketAddr,
     /// Datagrams produced outside a message's own route (failure routes,
     /// serial forking), sent with the shard's next batch.
-    pub extra_out: RefCell<Vec<(std::net::SocketAddr, Vec<u8>)>>,
+    pub extra_out: RefCell<Vec<(crate::sip::Dest, Vec<u8>)>>,
     /// Execution times of named routes (failure, onreply, branch), ns.
     pub route_times: RefCell<Vec<(std::sync::Arc<str>, hdrhistogram::Histogram<u64>)>>,
     /// Script-wide state of the pv module: defines, `$avp`, `$xavp`, `$rc`.
@@ -737,7 +737,7 @@ impl Engine {
 
     /// Hands every datagram the transaction layer (and failure routes)
     /// queued to `send`.
-    pub fn drain_tm(&self, mut send: impl FnMut(std::net::SocketAddr, &[u8])) {
+    pub fn drain_tm(&self, mut send: impl FnMut(crate::sip::Dest, &[u8])) {
         self.shared.tm.drain(&mut send);
         let extra = std::mem::take(&mut *self.shared.extra_out.borrow_mut());
         for (dst, bytes) in extra {

@@ -905,10 +905,10 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "rP" => ruri.and_then(|r| uri_view(r, true)).map_or(Val::Null, |u| {
             Val::s(param_value(u.params, "transport").unwrap_or(b"UDP"))
         }),
-        "su" => Val::Str(addr_uri(m.src, false)),
-        "sut" => Val::Str(addr_uri(m.src, true)),
-        "Ru" => Val::Str(addr_uri(m.local, false)),
-        "Rut" => Val::Str(addr_uri(m.local, true)),
+        "su" => Val::Str(addr_uri(m.src, None)),
+        "sut" => Val::Str(addr_uri(m.src, Some(m.proto))),
+        "Ru" => Val::Str(addr_uri(m.local, None)),
+        "Rut" => Val::Str(addr_uri(m.local, Some(m.proto))),
         "RAi" => Val::Str(m.local.ip().to_string().into_bytes()),
         "RAp" => Val::Int(i64::from(m.local.port())),
         "bf" => Val::Int(i64::from(m.bflags)),
@@ -917,7 +917,7 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "sp" => Val::Int(i64::from(m.src.port())),
         "Ri" => Val::Str(m.local.ip().to_string().into_bytes()),
         "Rp" => Val::Int(i64::from(m.local.port())),
-        "pr" | "proto" => Val::s(b"udp"),
+        "pr" | "proto" => Val::s(m.proto.name().as_bytes()),
         "ua" => Val::opt(untrimmed(&msg, HdrName::UserAgent)),
         "ci" => Val::opt(msg.call_id()),
         "fu" => Val::opt(from().map(|f| f.uri)),
@@ -1096,13 +1096,14 @@ fn xavp_item_table(lua: &Lua, item: &Xavp) -> mlua::Result<Value> {
 }
 
 /// `sip:ip:port` (`;transport=udp` with `transport`), IPv6 in brackets.
-fn addr_uri(a: std::net::SocketAddr, transport: bool) -> Vec<u8> {
+fn addr_uri(a: std::net::SocketAddr, transport: Option<crate::sip::Proto>) -> Vec<u8> {
     let mut t = match a.ip() {
         std::net::IpAddr::V4(ip) => format!("sip:{ip}:{}", a.port()),
         std::net::IpAddr::V6(ip) => format!("sip:[{ip}]:{}", a.port()),
     };
-    if transport {
-        t.push_str(";transport=udp");
+    if let Some(p) = transport {
+        t.push_str(";transport=");
+        t.push_str(p.name());
     }
     t.into_bytes()
 }

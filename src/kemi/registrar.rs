@@ -257,6 +257,26 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
         // the contacts' `received` (Kamailio's received_avp).
         build_save(s, &m.msg(), local, flags, uri).map(|mut r| {
             r.received = m.nat_received.clone();
+            if m.proto.is_stream() {
+                // A contact registered over a connection is reached over
+                // that connection: its source (and transport) is the
+                // contact's `received`, which lookup() makes the `$du`.
+                let mut hp = Vec::with_capacity(48);
+                super::tm::push_host_port(&mut hp, m.src);
+                if r.received.is_none() {
+                    r.received = Some(format!(
+                        "sip:{};transport={}",
+                        String::from_utf8_lossy(&hp),
+                        m.proto.name()
+                    ));
+                }
+                r.socket = Some(format!(
+                    "{}:{}:{}",
+                    m.proto.name(),
+                    local.ip(),
+                    local.port()
+                ));
+            }
             r
         })
     });

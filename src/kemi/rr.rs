@@ -40,7 +40,7 @@ use std::rc::Rc;
 use mlua::{Lua, Table};
 
 use super::{MsgCtx, Myself, Shared};
-use crate::sip::{HdrName, NameAddr, SipUri};
+use crate::sip::{HdrName, NameAddr, Proto, SipUri};
 
 /// Which Record-Route address `record_route*()` chose.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +291,7 @@ fn norm_params(p: &[u8]) -> Option<Vec<u8>> {
 /// them before the first header of the outgoing request.
 // (Called by the relay; the allow goes once that is merged.)
 #[allow(dead_code)]
-pub(crate) fn write_record_route(s: &Shared, m: &MsgCtx, out: &mut Vec<u8>) {
+pub(crate) fn write_record_route(s: &Shared, m: &MsgCtx, out_proto: Proto, out: &mut Vec<u8>) {
     let Some(addr) = &m.rr.record else { return };
     let msg = m.msg();
     let from_tag = msg.from().ok().and_then(|f| f.tag());
@@ -304,7 +304,27 @@ pub(crate) fn write_record_route(s: &Shared, m: &MsgCtx, out: &mut Vec<u8>) {
     match addr {
         RrAddr::Local => {
             let host = local_address(s, m);
-            rr_line(out, host.as_bytes(), tag, params);
+            let in_proto = m.proto;
+            if in_proto == out_proto {
+                let host = with_transport(host, in_proto, false);
+                rr_line(out, host.as_bytes(), tag, params);
+            } else {
+                // rr's enable_double_rr: the transport changes here, so one
+                // Record-Route per side, the outgoing side on top, both
+                // marked r2=on (loose_route() then consumes both).
+                let out_host = if m.adv_addr.is_some() || m.adv_port.is_some() {
+                    host.clone()
+                } else {
+                    let a = super::tm::local_for(s, m, out_proto);
+                    let mut b = Vec::with_capacity(48);
+                    super::tm::push_host_port(&mut b, a);
+                    String::from_utf8_lossy(&b).into_owned()
+                };
+                let top = with_transport(out_host, out_proto, true);
+                rr_line(out, top.as_bytes(), tag, params);
+                let second = with_transport(host, in_proto, true);
+                rr_line(out, second.as_bytes(), tag, params);
+            }
         }
         RrAddr::Advertised(a) => rr_line(out, a, tag, params),
         RrAddr::Preset(a, b) => {
@@ -314,6 +334,19 @@ pub(crate) fn write_record_route(s: &Shared, m: &MsgCtx, out: &mut Vec<u8>) {
             }
         }
     }
+}
+
+/// `host` with `;transport=` for a transport other than UDP (Kamailio's rr
+/// writes `;transport=tls` for TLS too) and `;r2=on` when doubled.
+fn with_transport(mut host: String, proto: Proto, r2: bool) -> String {
+    if proto != Proto::Udp {
+        host.push_str(";transport=");
+        host.push_str(proto.name());
+    }
+    if r2 {
+        host.push_str(";r2=on");
+    }
+    host
 }
 
 #[allow(dead_code)]
@@ -1184,7 +1217,7 @@ end
         assert!(!out.contains("Route:"), "{out}");
         // Going upstream: the ftag stays the caller's tag (here the To tag).
         let mut line = Vec::new();
-        write_record_route(eng.shared(), &m, &mut line);
+        write_record_route(eng.shared(), &m, crate::sip::Proto::Udp, &mut line);
         assert_eq!(
             String::from_utf8(line).unwrap(),
             "Record-Route: <sip:10.0.0.1:5060;lr;ftag=calleetag>\r\n"
@@ -1312,7 +1345,7 @@ end
             );
             let (m, _) = run(&eng, &msg);
             let mut out = Vec::new();
-            write_record_route(eng.shared(), &m, &mut out);
+            write_record_route(eng.shared(), &m, crate::sip::Proto::Udp, &mut out);
             (global_int(&eng, "rc"), String::from_utf8(out).unwrap())
         };
         assert_eq!(
@@ -1355,7 +1388,7 @@ end
         );
         m.local = "[2001:db8::1]:5070".parse().unwrap();
         let mut out = Vec::new();
-        write_record_route(eng.shared(), &m, &mut out);
+        write_record_route(eng.shared(), &m, crate::sip::Proto::Udp, &mut out);
         assert_eq!(
             out,
             b"Record-Route: <sip:[2001:db8::1]:5070;lr;ftag=fromtag1>\r\n"

@@ -138,6 +138,10 @@ pub struct SharedTables {
     pub dispatcher_cfg: crate::config::DispatcherConfig,
     /// `[xhttp]` and `[websocket]` (KSR.xhttp, KSR.websocket).
     pub xhttp: std::sync::Arc<super::xhttp::Settings>,
+    /// TCP/TLS connections (`[tcp]` / `[tls]` configured): every shard
+    /// sends on any connection through it, without a hop.
+    /// Set once at start (the TLS files are read then).
+    pub conns: std::sync::OnceLock<Arc<crate::transport::conn::ConnTable>>,
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -205,6 +209,7 @@ impl SharedTables {
             dispatcher: None,
             dispatcher_cfg: crate::config::DispatcherConfig::default(),
             xhttp: Default::default(),
+            conns: std::sync::OnceLock::new(),
         }
     }
 

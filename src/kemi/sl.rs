@@ -118,7 +118,7 @@ pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool 
         &mut scratch,
     );
     if let Some(dst) = dst {
-        m.push_out(&scratch, dst);
+        m.push_out(&scratch, m.reply_dest(dst));
         m.replied = Some(code);
     }
     m.scratch = scratch;

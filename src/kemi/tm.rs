@@ -5,7 +5,7 @@
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.tm.t_relay()` | `int ()` | 1 relayed (or an ACK/CANCEL handled), 0 retransmission absorbed, -1 error (no destination, table full) |
-//! | `KSR.tm.t_relay_to_udp(host, port)` | `int (str, int)` | as t_relay, to host:port |
+//! | `KSR.tm.t_relay_to_udp(host, port)` / `t_relay_to_tcp(host, port)` / `t_relay_to_tls(host, port)` | `int (str, int)` | as t_relay, to host:port over that transport (TCP/TLS: -1 when `[tcp]`/`[tls]` is not configured) |
 //! | `KSR.tm.t_newtran()` | `int ()` | 1 created, 0 retransmission absorbed, -1 error |
 //! | `KSR.tm.t_check_trans()` | `int ()` | CANCEL: 1 when its INVITE transaction exists; ACK: 1 when it acknowledges a reply of ours (absorbed); other: 0 retransmission absorbed, 1 this message's transaction, -1 none |
 //! | `KSR.tm.t_reply(code, reason)` / `KSR.tm.t_send_reply(code, reason)` | `int (int, str)` | 1 sent, -1 error (creates the transaction if needed) |
@@ -37,7 +37,7 @@ use std::sync::Arc;
 use mlua::{Function, Lua, Table};
 
 use super::{BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
-use crate::sip::{Method, SipMsg, SipUri};
+use crate::sip::{Dest, Method, Proto, SipMsg, SipUri};
 use crate::txn::{self, Event, ReqMatch, RespAction};
 
 /// What the transaction user keeps in each cell.
@@ -121,19 +121,25 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "t_relay",
         lua.create_function(move |lua, ()| Ok(t_relay(lua, &s, None)))?,
     )?;
-    let s = shared.clone();
-    tm.set(
-        "t_relay_to_udp",
-        lua.create_function(move |lua, (host, port): (String, i64)| {
-            let dst = u16::try_from(port)
-                .ok()
-                .and_then(|p| resolve_host(host.as_bytes(), Some(p)));
-            match dst {
-                Some(d) => Ok(t_relay(lua, &s, Some(d))),
-                None => Ok(-1),
-            }
-        })?,
-    )?;
+    for (name, proto) in [
+        ("t_relay_to_udp", Proto::Udp),
+        ("t_relay_to_tcp", Proto::Tcp),
+        ("t_relay_to_tls", Proto::Tls),
+    ] {
+        let s = shared.clone();
+        tm.set(
+            name,
+            lua.create_function(move |lua, (host, port): (String, i64)| {
+                let dst = u16::try_from(port)
+                    .ok()
+                    .and_then(|p| resolve_host(host.as_bytes(), Some(p)));
+                match dst {
+                    Some(d) => Ok(t_relay(lua, &s, Some(Dest::new(d, proto)))),
+                    None => Ok(-1),
+                }
+            })?,
+        )?;
+    }
     let s = shared.clone();
     tm.set(
         "t_newtran",
@@ -410,7 +416,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
         ..TmUser::default()
     };
     let invite = m.msg().method() == Some(Method::Invite);
-    let created = s.tm.create(&m.msg(), dst, now, user);
+    let created = s.tm.create(&m.msg(), m.reply_dest(dst), now, user);
     let id = match created {
         Ok(id) => id,
         Err(CreateError::Exists) => {
@@ -546,9 +552,9 @@ fn t_reply_callid(s: &Shared, callid: &str, cseq: &str, code: i64, reason: &[u8]
 
 /// Sends a locally built reply on a cell, from its stored request.
 pub(crate) fn local_reply_on_cell(s: &Shared, id: TxId, code: u16, reason: &[u8]) -> bool {
-    let Some((req, src)) =
-        s.tm.get_map(id, |c| (c.req.clone(), c.user.src.unwrap_or(c.reply_dst)))
-    else {
+    let Some((req, src)) = s.tm.get_map(id, |c| {
+        (c.req.clone(), c.user.src.unwrap_or(c.reply_dst.addr))
+    }) else {
         return false;
     };
     let bytes = {
@@ -583,7 +589,7 @@ struct Target {
 /// `t_relay()`: relays the current request statefully (ACK and CANCEL as
 /// Kamailio does: an ACK of ours is absorbed, another goes statelessly; a
 /// CANCEL with its INVITE here is answered 200 and cancels its branches).
-fn t_relay(lua: &Lua, s: &Shared, forced: Option<SocketAddr>) -> i32 {
+fn t_relay(lua: &Lua, s: &Shared, forced: Option<Dest>) -> i32 {
     let Ok((method, kind)) = s.with_msg(|m| (m.msg().method(), m.tm.kind)) else {
         return -1;
     };
@@ -719,7 +725,7 @@ fn relay_group(
     s: &Shared,
     id: TxId,
     group: Vec<BranchSpec>,
-    forced: Option<SocketAddr>,
+    forced: Option<Dest>,
 ) -> usize {
     let mut sent = 0;
     let on_branch = s.tm.get_map(id, |c| c.user.on_branch.clone()).flatten();
@@ -733,9 +739,19 @@ fn relay_group(
             None => s
                 .with_msg(|m| {
                     let target = spec.dst_uri.as_deref().unwrap_or(&spec.uri);
-                    let dst = forced.or_else(|| resolve_uri(target));
+                    let dst = forced.or_else(|| resolve_dest(target, m.force_proto));
+                    let dst = dst.filter(|d| may_send(s, m, d));
+                    let proto = dst.map_or(Proto::Udp, |d| d.proto);
                     let mut out = Vec::with_capacity(m.len + 200);
-                    write_request(s, m, &spec.uri, spec.path.as_deref(), &branch, &mut out);
+                    write_request(
+                        s,
+                        m,
+                        &spec.uri,
+                        spec.path.as_deref(),
+                        &branch,
+                        proto,
+                        &mut out,
+                    );
                     (dst, out, spec.bflags)
                 })
                 .ok(),
@@ -767,8 +783,8 @@ fn build_with_branch_route(
     spec: &BranchSpec,
     idx: u8,
     branch: &[u8],
-    forced: Option<SocketAddr>,
-) -> Option<(Option<SocketAddr>, Vec<u8>, u32)> {
+    forced: Option<Dest>,
+) -> Option<(Option<Dest>, Vec<u8>, u32)> {
     let saved = s
         .with_msg(|m| {
             let saved = (
@@ -806,11 +822,13 @@ fn build_with_branch_route(
                 .as_deref()
                 .or(m.new_ruri.as_deref())
                 .unwrap_or(b"");
-            resolve_uri(target)
+            resolve_dest(target, m.force_proto)
         });
+        let dst = dst.filter(|d| may_send(s, m, d));
+        let proto = dst.map_or(Proto::Udp, |d| d.proto);
         let uri = m.new_ruri.clone().unwrap_or_default();
         let mut out = Vec::with_capacity(m.len + 200);
-        write_request(s, m, &uri, spec.path.as_deref(), branch, &mut out);
+        write_request(s, m, &uri, spec.path.as_deref(), branch, proto, &mut out);
         let bflags = m.bflags;
         // Restore the request route's view.
         m.new_ruri = saved.0;
@@ -835,6 +853,7 @@ fn write_request(
     uri: &[u8],
     path: Option<&[u8]>,
     branch: &[u8],
+    proto: Proto,
     out: &mut Vec<u8>,
 ) {
     let mut e = m.edits.clone();
@@ -843,13 +862,15 @@ fn write_request(
     }
     mark_client_via(m, &mut e);
     let mut via = Vec::with_capacity(64);
-    via.extend_from_slice(b"SIP/2.0/UDP ");
-    push_sent_by(&mut via, m);
+    via.extend_from_slice(b"SIP/2.0/");
+    via.extend_from_slice(proto.via_token().as_bytes());
+    via.push(b' ');
+    push_sent_by_for(&mut via, s, m, proto);
     via.extend_from_slice(b";branch=");
     via.extend_from_slice(branch);
     e.prepend_via(&via);
     let mut rr = Vec::new();
-    super::rr::write_record_route(s, m, &mut rr);
+    super::rr::write_record_route(s, m, proto, &mut rr);
     for line in rr.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if !line.is_empty() {
@@ -887,6 +908,51 @@ fn mark_client_via(m: &MsgCtx, e: &mut crate::sip::Edits) {
     e.set_top_via_received(Some(ip.as_bytes()), rport);
 }
 
+/// Whether a request may go to `d`: with `set_forward_no_connect()` only
+/// on a connection that exists (Kamailio core semantics).
+fn may_send(s: &Shared, m: &MsgCtx, d: &Dest) -> bool {
+    if !d.proto.is_stream() {
+        return true;
+    }
+    match s.services.tables.conns.get() {
+        Some(c) => !m.forward_no_connect || c.exists(d),
+        None => false, // TCP/TLS not configured
+    }
+}
+
+/// Our address on transport `proto`: the receiving address when the
+/// message came on it, else that transport's listener (its port, with the
+/// receiving IP when the listener is a wildcard).
+pub(crate) fn local_for(s: &Shared, m: &MsgCtx, proto: Proto) -> SocketAddr {
+    if proto == m.proto {
+        return m.local;
+    }
+    let addr = match proto {
+        Proto::Udp => Some(s.local_addr),
+        _ => s
+            .services
+            .tables
+            .conns
+            .get()
+            .and_then(|c| c.local_of(proto)),
+    };
+    match addr {
+        Some(a) if a.ip().is_unspecified() => SocketAddr::new(m.local.ip(), a.port()),
+        Some(a) => a,
+        None => m.local,
+    }
+}
+
+/// Our `host:port` in a request relayed over `proto` (see [`local_for`]),
+/// or what `set_advertised_address` / `set_advertised_port` set.
+pub(crate) fn push_sent_by_for(out: &mut Vec<u8>, s: &Shared, m: &MsgCtx, proto: Proto) {
+    if m.adv_addr.is_none() && m.adv_port.is_none() {
+        push_host_port(out, local_for(s, m, proto));
+        return;
+    }
+    push_sent_by(out, m);
+}
+
 /// Our `host:port` in a relayed request's Via: the receiving address, or
 /// what `set_advertised_address` / `set_advertised_port` set for it.
 pub(crate) fn push_sent_by(out: &mut Vec<u8>, m: &MsgCtx) {
@@ -918,6 +984,19 @@ pub(crate) fn push_host_port(out: &mut Vec<u8>, a: SocketAddr) {
     out.extend_from_slice(a.port().to_string().as_bytes());
 }
 
+/// A SIP URI's address and transport (`transport=`, `sips:`; `force`: the
+/// transport of a socket the script forced); the host must be an IP
+/// literal (or `localhost`). An unknown transport is unresolvable.
+pub(crate) fn resolve_dest(uri: &[u8], force: Option<Proto>) -> Option<Dest> {
+    let u = SipUri::parse(uri).ok()?;
+    let proto = match force {
+        Some(p) => p,
+        None => Proto::of_uri(&u)?,
+    };
+    let addr = resolve_host(u.host, Some(u.port.unwrap_or(proto.default_port())))?;
+    Some(Dest::new(addr, proto))
+}
+
 /// A SIP URI's address: its host must be an IP literal (or `localhost`).
 pub(crate) fn resolve_uri(uri: &[u8]) -> Option<SocketAddr> {
     let u = SipUri::parse(uri).ok()?;
@@ -945,7 +1024,7 @@ fn forward_stateless(s: &Shared, uri: Option<Vec<u8>>) -> i32 {
     forward_stateless_to(s, uri, None)
 }
 
-fn forward_stateless_to(s: &Shared, uri: Option<Vec<u8>>, forced: Option<SocketAddr>) -> i32 {
+fn forward_stateless_to(s: &Shared, uri: Option<Vec<u8>>, forced: Option<Dest>) -> i32 {
     s.with_msg(|m| {
         let msg = m.msg();
         if !msg.is_request() {
@@ -959,7 +1038,10 @@ fn forward_stateless_to(s: &Shared, uri: Option<Vec<u8>>, forced: Option<SocketA
                 .or_else(|| m.ruri().map(<[u8]>::to_vec))
                 .unwrap_or_default(),
         };
-        let Some(dst) = forced.or_else(|| resolve_uri(&target)) else {
+        let Some(dst) = forced
+            .or_else(|| resolve_dest(&target, m.force_proto))
+            .filter(|d| may_send(s, m, d))
+        else {
             return -1;
         };
         // A stateless branch: the same for a retransmission (RFC 3261
@@ -977,7 +1059,15 @@ fn forward_stateless_to(s: &Shared, uri: Option<Vec<u8>>, forced: Option<SocketA
         );
         let ruri = m.ruri().unwrap_or(b"").to_vec();
         let mut out = Vec::with_capacity(m.len + 200);
-        write_request(s, m, &ruri, m.path.clone().as_deref(), &branch, &mut out);
+        write_request(
+            s,
+            m,
+            &ruri,
+            m.path.clone().as_deref(),
+            &branch,
+            dst.proto,
+            &mut out,
+        );
         m.push_out(&out, dst);
         s.counters.incr(crate::stats::Counter::FwdRequests);
         1
@@ -1018,9 +1108,13 @@ pub fn forward_reply_stateless(s: &Shared, m: &mut MsgCtx) -> bool {
         Some(Some(p)) => Some(p),
         _ => next.port,
     };
-    let Some(dst) = resolve_host(host, port) else {
+    let Some(addr) = resolve_host(host, port) else {
         return false;
     };
+    let dst = Dest::new(
+        addr,
+        Proto::from_token(next.transport).unwrap_or(Proto::Udp),
+    );
     // the reply route's header edits (KSR.hdr.*) go out with it
     let mut e = std::mem::take(&mut m.edits);
     e.remove_top_via();
@@ -1347,7 +1441,7 @@ mod tests {
 
     fn sent(eng: &super::super::Engine) -> Vec<(SocketAddr, String)> {
         let mut v = Vec::new();
-        eng.drain_tm(|d, b| v.push((d, String::from_utf8_lossy(b).to_string())));
+        eng.drain_tm(|d, b| v.push((d.addr, String::from_utf8_lossy(b).to_string())));
         v
     }
 

@@ -11,8 +11,8 @@
 //! of stripe `i` are run by shard `i % shards`, which learns the stripe's
 //! next deadline from an atomic written after every operation.
 
+use crate::sip::Dest;
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -102,11 +102,11 @@ impl SharedTm {
 #[derive(Default)]
 struct OutQueue {
     buf: Vec<u8>,
-    items: Vec<(SocketAddr, u32, u32)>,
+    items: Vec<(Dest, u32, u32)>,
 }
 
 /// Sends one datagram now (the shard's socket, non-blocking).
-pub type DirectSend = Box<dyn Fn(SocketAddr, &[u8])>;
+pub type DirectSend = Box<dyn Fn(Dest, &[u8])>;
 
 /// One shard's handle on the store.
 pub struct TmHandle {
@@ -225,7 +225,7 @@ impl TmHandle {
     pub fn create(
         &self,
         msg: &SipMsg<'_>,
-        reply_dst: SocketAddr,
+        reply_dst: Dest,
         now: u64,
         user: TmUser,
     ) -> Result<TxId, CreateError> {
@@ -284,7 +284,7 @@ impl TmHandle {
         &self,
         id: TxId,
         req: Vec<u8>,
-        dst: SocketAddr,
+        dst: Dest,
         now: u64,
         bflags: u32,
     ) -> Result<u8, Full> {
@@ -402,7 +402,7 @@ impl TmHandle {
     }
 
     /// Hands this shard's queued datagrams to `send`.
-    pub fn drain(&self, mut send: impl FnMut(SocketAddr, &[u8])) {
+    pub fn drain(&self, mut send: impl FnMut(Dest, &[u8])) {
         let mut q = self.out.borrow_mut();
         for &(dst, a, b) in &q.items {
             send(dst, &q.buf[a as usize..b as usize]);

@@ -14,6 +14,7 @@
 
 pub mod call;
 pub mod register;
+pub mod stream;
 pub mod uas;
 pub mod users;
 

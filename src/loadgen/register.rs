@@ -32,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hdrhistogram::Histogram;
 
+use super::stream::{BenchTransport, Client};
 use super::users::{User, UserArgs};
 use crate::auth::{Challenge, Login};
 use crate::sip::{self, HdrName, Limits, Parsed, SipMsg};
@@ -95,6 +96,11 @@ pub struct RegisterArgs {
     /// `register` and `register_corrected`; values in ns).
     #[arg(long)]
     pub hlog: Option<PathBuf>,
+    /// Transport: `udp`, or one connection per `--sockets` over `tcp` or
+    /// `tls` (no retransmissions on a stream; the server's certificate is
+    /// not checked).
+    #[arg(long, value_enum, default_value_t = BenchTransport::Udp)]
+    pub transport: BenchTransport,
 }
 
 /// Latency percentiles, microseconds.
@@ -335,7 +341,13 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
     }
     let users = Arc::new(args.users.load()?);
     let threads = args.threads.clamp(1, args.sockets);
-    let groups = client_sockets(args.target, args.sockets, threads)?;
+    let groups: Vec<Vec<Client>> = match args.transport {
+        BenchTransport::Udp => client_sockets(args.target, args.sockets, threads)?
+            .into_iter()
+            .map(|g| g.into_iter().map(Client::Udp).collect())
+            .collect(),
+        t => super::stream::connect_all(args.target, t, args.sockets, threads)?,
+    };
     let cfg = Arc::new(WorkerCfg {
         rate: args.rate as f64,
         ramp_s: args.ramp_s,
@@ -345,7 +357,9 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
         t1_ns: args.t1_ms * 1_000_000,
         t2_ns: args.t2_ms.max(args.t1_ms) * 1_000_000,
         timeout_ns: args.timeout_ms.unwrap_or(64 * args.t1_ms) * 1_000_000,
-        retransmit: !args.no_retransmit,
+        // RFC 3261 §17.1.2.2: Timer E only on an unreliable transport.
+        retransmit: !args.no_retransmit && args.transport == BenchTransport::Udp,
+        transport: args.transport,
         expires: args.expires,
         // Starts of this worker are `threads` schedule slots apart.
         expected_interval_ns: (threads as f64 * 1e9 / args.rate as f64).max(1.0) as u64,
@@ -570,6 +584,7 @@ struct WorkerCfg {
     t2_ns: u64,
     timeout_ns: u64,
     retransmit: bool,
+    transport: BenchTransport,
     expires: u32,
     expected_interval_ns: u64,
     run_id: u32,
@@ -600,7 +615,7 @@ struct Slot {
 
 struct Worker<'a> {
     id: u32,
-    socks: Vec<UdpSocket>,
+    socks: Vec<Client>,
     ports: Vec<u16>,
     cfg: &'a WorkerCfg,
     users: &'a [User],
@@ -619,16 +634,13 @@ struct Worker<'a> {
 impl<'a> Worker<'a> {
     fn new(
         id: u32,
-        socks: Vec<UdpSocket>,
+        socks: Vec<Client>,
         cfg: &'a WorkerCfg,
         users: &'a [User],
         live: &'a Live,
         t0: Instant,
     ) -> Self {
-        let ports = socks
-            .iter()
-            .map(|s| s.local_addr().map(|a| a.port()).unwrap_or(0))
-            .collect();
+        let ports = socks.iter().map(Client::local_port).collect();
         Worker {
             id,
             socks,
@@ -653,7 +665,6 @@ impl<'a> Worker<'a> {
     }
 
     fn run(mut self) -> WorkerOut {
-        use std::os::fd::AsRawFd;
         let cpu0 = thread_cpu_ns();
         let mut next = u64::from(self.id);
         let mut blocked_at = u64::MAX;
@@ -663,7 +674,7 @@ impl<'a> Worker<'a> {
         let mut epoll = Epoll::new().ok();
         if let Some(ep) = &epoll {
             for (k, s) in self.socks.iter().enumerate() {
-                if ep.add_readable(s.as_raw_fd(), k as u64, false).is_err() {
+                if ep.add_readable(s.fd(), k as u64, false).is_err() {
                     epoll = None;
                     break;
                 }
@@ -671,6 +682,7 @@ impl<'a> Worker<'a> {
         }
         let mut batch = RecvBatch::new(RECV_BATCH, RECV_SLOT_BYTES);
         let mut ready: Vec<usize> = Vec::with_capacity(self.socks.len());
+        let mut framed: Vec<Vec<u8>> = Vec::new();
         let mut parsed = Parsed::default();
         let limits = Limits::default();
         let mut last_flush = 0u64;
@@ -717,7 +729,7 @@ impl<'a> Worker<'a> {
             ready.clear();
             match epoll.as_mut() {
                 Some(ep) => {
-                    let _ = ep.wait(Some(wait), |t| ready.push(t as usize));
+                    let _ = ep.wait(Some(wait), |t, _| ready.push(t as usize));
                 }
                 None => {
                     std::thread::sleep(wait.min(Duration::from_micros(50)));
@@ -725,7 +737,14 @@ impl<'a> Worker<'a> {
                 }
             }
             for &k in &ready {
-                let Some(fd) = self.socks.get(k).map(|s| s.as_raw_fd()) else {
+                if let Some(c @ Client::Stream(_)) = self.socks.get_mut(k) {
+                    c.read_messages(&limits, &mut framed);
+                    for m in std::mem::take(&mut framed) {
+                        self.on_datagram(&m, &mut parsed, &limits);
+                    }
+                    continue;
+                }
+                let Some(fd) = self.socks.get(k).map(Client::fd) else {
                     continue;
                 };
                 loop {
@@ -795,17 +814,19 @@ impl<'a> Worker<'a> {
         let _ = write!(
             m,
             "REGISTER sip:{d} SIP/2.0\r\n\
-             Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-{run_id}.{id}.{slot_id}.{gen}.{cseq};rport\r\n\
+             Via: SIP/2.0/{via} 127.0.0.1:{port};branch=z9hG4bK-{run_id}.{id}.{slot_id}.{gen}.{cseq};rport\r\n\
              Max-Forwards: 70\r\n\
              From: <sip:{n}@{d}>;tag={run_id}.{slot_id}.{gen}\r\n\
              To: <sip:{n}@{d}>\r\n\
              Call-ID: {run_id}.{id}.{slot_id}.{gen}@sipshard-bench\r\n\
              CSeq: {cseq} REGISTER\r\n\
-             Contact: <sip:{n}@127.0.0.1:{port}>\r\n\
+             Contact: <sip:{n}@127.0.0.1:{port}{cp}>\r\n\
              Expires: {e}\r\n",
             d = u.domain,
             n = u.name,
             e = cfg.expires,
+            via = cfg.transport.via(),
+            cp = cfg.transport.contact_param(),
         );
         if let Some(a) = auth {
             let _ = write!(m, "Authorization: {a}\r\n");
@@ -821,8 +842,8 @@ impl<'a> Worker<'a> {
         self.timers.push(Reverse((slot.deadline_ns, slot_id, gen)));
         let sent = self
             .socks
-            .get(slot.sock)
-            .map(|s| s.send(&slot.msg).is_ok())
+            .get_mut(slot.sock)
+            .map(|s| s.send(&slot.msg))
             .unwrap_or(false);
         self.c.requests_sent += 1;
         if !sent {
@@ -844,8 +865,8 @@ impl<'a> Worker<'a> {
             return;
         }
         // Timer E: retransmit, double the interval up to T2.
-        if let Some(s) = self.socks.get(slot.sock) {
-            if s.send(&slot.msg).is_err() {
+        if let Some(s) = self.socks.get_mut(slot.sock) {
+            if !s.send(&slot.msg) {
                 self.c.send_errors += 1;
             }
         }

@@ -41,7 +41,7 @@ use crate::config::{Dispatch, OnScriptError};
 use crate::exec::{panic_text, Doorbell, Executor};
 use crate::flood::Verdict;
 use crate::kemi::{Engine, MsgCtx, RouteOutcome};
-use crate::sip::{Limits, ParseError};
+use crate::sip::{Dest, Limits, ParseError, Proto};
 use crate::stats::Counter;
 use crate::transport::sys::{is_wake_datagram, Epoll, EventFd, RecvBatch, SendBatch};
 use std::io::Write as _;
@@ -141,6 +141,9 @@ pub(super) struct Shard {
     pub tuning: serde_json::Value,
     /// Replies of this turn, sent together ([`flush_sends`]).
     pub sends: RefCell<SendBatch>,
+    /// TCP/TLS listeners and the connections this shard owns (`[tcp]` /
+    /// `[tls]` configured).
+    pub conns: Option<super::conn::ShardConns>,
 }
 
 /// How a shard sleeps and is woken.
@@ -163,7 +166,8 @@ enum Wait {
     },
     Epoll {
         epoll: Epoll,
-        bell_fd: Arc<EventFd>,
+        /// None in "spread" mode with TCP: the bell is the wake-up datagram.
+        bell_fd: Option<Arc<EventFd>>,
     },
 }
 
@@ -181,6 +185,8 @@ pub(super) struct LoopIo {
     /// Receive errors in a row (reset by a successful read): the back-off
     /// doubles with it, 1 ms up to [`MAX_RECV_BACKOFF_MS`].
     err_streak: u32,
+    /// Connection events of the last wait (TCP/TLS).
+    events: Vec<(u64, u32)>,
 }
 
 /// Longest pause after a receive error that keeps coming back.
@@ -193,26 +199,50 @@ fn recv_backoff(streak: u32) -> Duration {
 }
 
 impl LoopIo {
+    /// `streams`: the shard has TCP/TLS too, so it sleeps in epoll whatever
+    /// the UDP mode (in "spread" mode the UDP socket is in that epoll and
+    /// the wake-up datagram still wakes it).
     pub fn new(
         sock: &std::net::UdpSocket,
         kind: WaitKind,
         batch: usize,
         slot_bytes: usize,
+        streams: bool,
     ) -> std::io::Result<LoopIo> {
         let wait = match kind {
-            WaitKind::Block => Wait::Block { timeout: None },
+            WaitKind::Block if !streams => Wait::Block { timeout: None },
+            WaitKind::Block => {
+                let epoll = Epoll::new()?;
+                epoll.add_readable(sock.as_raw_fd(), TOKEN_SOCKET, false)?;
+                Wait::Epoll {
+                    epoll,
+                    bell_fd: None,
+                }
+            }
             WaitKind::Epoll { bell_fd, exclusive } => {
                 let epoll = Epoll::new()?;
                 epoll.add_readable(sock.as_raw_fd(), TOKEN_SOCKET, exclusive)?;
                 epoll.add_readable(bell_fd.raw(), TOKEN_BELL, false)?;
-                Wait::Epoll { epoll, bell_fd }
+                Wait::Epoll {
+                    epoll,
+                    bell_fd: Some(bell_fd),
+                }
             }
         };
         Ok(LoopIo {
             wait,
             batch: RecvBatch::new(batch, slot_bytes),
             err_streak: 0,
+            events: Vec::new(),
         })
+    }
+
+    /// The epoll connections are watched in (epoll waits only).
+    pub fn epoll_ctl(&self) -> Option<crate::transport::sys::EpollCtl> {
+        match &self.wait {
+            Wait::Epoll { epoll, .. } => Some(epoll.ctl()),
+            Wait::Block { .. } => None,
+        }
     }
 }
 
@@ -245,6 +275,11 @@ pub(super) fn run(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>)
         if !drained {
             let n = read_batch(shard, io, fd, false);
             if n == io.batch.capacity() {
+                if shard.conns.is_some() {
+                    // Busy with datagrams: connections still get a look
+                    // (one epoll_wait per full batch, only with TCP on).
+                    poll_streams(shard, io, Some(Duration::ZERO));
+                }
                 continue; // more are likely waiting: skip the wait
             }
             if n == 0 && !shard.spin.is_zero() && spin(shard, io, fd) {
@@ -363,19 +398,47 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
             let n = read_batch(shard, io, fd, true);
             n < io.batch.capacity()
         }
-        Wait::Epoll { epoll, bell_fd } => {
-            let mut rung = false;
-            if let Err(e) = epoll.wait(until_timer, |t| rung |= t == TOKEN_BELL) {
-                if shard.log.allow(Instant::now()) {
-                    tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
-                }
-            }
-            shard.bell.unpark();
-            if rung {
-                bell_fd.drain();
-            }
+        Wait::Epoll { .. } => {
+            poll_streams(shard, io, until_timer);
             false
         }
+    }
+}
+
+/// One `epoll_wait` (epoll modes, or any mode with TCP): drains the
+/// doorbell, then handles connection events; datagrams are read by the
+/// loop right after.
+fn poll_streams(shard: &Rc<Shard>, io: &mut LoopIo, timeout: Option<Duration>) {
+    let Wait::Epoll { epoll, bell_fd } = &mut io.wait else {
+        return;
+    };
+    let mut rung = false;
+    let events = &mut io.events;
+    events.clear();
+    if let Err(e) = epoll.wait(timeout, |t, bits| {
+        if t == TOKEN_BELL {
+            rung = true;
+        } else if t != TOKEN_SOCKET {
+            events.push((t, bits));
+        }
+    }) {
+        if shard.log.allow(Instant::now()) {
+            tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
+        }
+    }
+    shard.bell.unpark();
+    if rung {
+        if let Some(b) = bell_fd {
+            b.drain();
+        }
+    }
+    if !io.events.is_empty() {
+        let events = std::mem::take(&mut io.events);
+        for &(t, bits) in &events {
+            super::conn::on_event(shard, t, bits);
+        }
+        io.events = events;
+        flush_sends(shard);
     }
 }
 
@@ -586,7 +649,7 @@ fn answer_505_to_source(shard: &Shard, ctx: &mut MsgCtx) -> bool {
         force_rport: false,
     };
     crate::sip::build_reply(&msg, 505, b"SIP Version Not Supported", &opts, &mut out);
-    let src = ctx.src;
+    let src = ctx.reply_dest(ctx.src);
     ctx.push_out(&out, src);
     ctx.scratch = out;
     ctx.replied = Some(505);
@@ -607,6 +670,26 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
     {
         return;
     }
+    on_bytes(shard, bytes, src, shard.local, Proto::Udp);
+}
+
+/// A message framed on a connection (`conn`, owned by this shard).
+pub(super) fn on_message(
+    shard: &Rc<Shard>,
+    bytes: &[u8],
+    src: SocketAddr,
+    local: SocketAddr,
+    proto: Proto,
+    conn: &Arc<crate::transport::conn::Conn>,
+) {
+    let _ = conn;
+    on_bytes(shard, bytes, src, local, proto);
+}
+
+/// One message, whatever carried it: parse it, then run it here or hand
+/// it to its owner.
+#[inline]
+fn on_bytes(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr, local: SocketAddr, proto: Proto) {
     // Flood control before any parsing: replies (`SIP/2.0 ...`) belong to
     // our own transactions and are never limited.
     let mut answer_503 = false;
@@ -618,7 +701,8 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
         }
     }
     let mut ctx = take_ctx(shard);
-    ctx.load(bytes, src, shard.local);
+    ctx.load(bytes, src, local);
+    ctx.proto = proto;
     if bytes.len() > shard.max_msg_bytes {
         bad_input(shard, &ctx, ParseError::TooLarge);
         return recycle(shard, ctx);
@@ -896,9 +980,34 @@ fn finish(
 fn send_out(shard: &Shard, ctx: &MsgCtx) {
     let mut sends = shard.sends.borrow_mut();
     for o in &ctx.out {
-        sends.push(&ctx.out_buf[o.start as usize..o.end as usize], o.dst);
+        let bytes = &ctx.out_buf[o.start as usize..o.end as usize];
+        if o.dst.proto != Proto::Udp {
+            // KSR.set_reply_no_connect / set_forward_no_connect.
+            let connect = if bytes.starts_with(b"SIP/2.0 ") {
+                !ctx.reply_no_connect
+            } else {
+                !ctx.forward_no_connect
+            };
+            send_stream(shard, o.dst, bytes, connect);
+            continue;
+        }
+        sends.push(bytes, o.dst.addr);
         if sends.full() {
             flush_batch(shard, &mut sends);
+        }
+    }
+}
+
+/// Sends on a TCP/TLS connection (any shard's) through the shared table.
+pub(super) fn send_stream(shard: &Shard, dst: Dest, bytes: &[u8], connect: bool) {
+    let r = match &shard.conns {
+        Some(sc) => sc.table.send(shard.id, dst, bytes, connect),
+        None => Err(crate::transport::conn::SendError::ConnectFailed),
+    };
+    if let Err(e) = r {
+        shard.counters().incr(Counter::SendErrors);
+        if shard.log.allow(Instant::now()) {
+            tracing::warn!(shard = shard.id, %dst, "send failed: {e:?}");
         }
     }
 }
@@ -909,7 +1018,11 @@ fn flush_sends(shard: &Shard) {
     let mut sends = shard.sends.borrow_mut();
     if shard.engine.tm_has_output() {
         shard.engine.drain_tm(|dst, bytes| {
-            sends.push(bytes, dst);
+            if dst.proto != Proto::Udp {
+                send_stream(shard, dst, bytes, true);
+                return;
+            }
+            sends.push(bytes, dst.addr);
             if sends.full() {
                 flush_batch(shard, &mut sends);
             }

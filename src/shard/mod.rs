@@ -17,6 +17,7 @@
 //! status 70, so no shard is ever silently dead while clients still reach
 //! the port.
 
+mod conn;
 pub mod control;
 pub mod dispatch;
 mod io;
@@ -266,6 +267,9 @@ struct ShardStart {
     cmds: Receiver<ShardCmd>,
     ready: SyncSender<Result<(usize, SocketAddr), StartError>>,
     started: Instant,
+    /// This shard's TCP and TLS listeners (`[tcp]` / `[tls]`).
+    tcp: Option<std::net::TcpListener>,
+    tls: Option<std::net::TcpListener>,
 }
 
 fn udp_options(t: &crate::config::ShardTuning) -> crate::transport::udp::UdpOptions {
@@ -288,6 +292,7 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
     let mode = params.config.core.udp_socket;
     let (socks, waits, bells) = bind_and_wire(&params, &specs, mode)?;
     let _ = other;
+    let mut streams = bind_streams(&params, n, socks.first().and_then(|s| s.local_addr().ok()))?;
     let peers = Arc::new(Peers::new(&bells, params.config.shard.dispatch_queue));
     let listen = params.config.core.listen;
     let stops: Vec<Arc<AtomicBool>> = (0..n).map(|_| Arc::new(AtomicBool::new(false))).collect();
@@ -307,6 +312,8 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
             cmds: cmd_rx,
             ready: ready_tx.clone(),
             started,
+            tcp: streams.tcp.get_mut(id).and_then(Option::take),
+            tls: streams.tls.get_mut(id).and_then(Option::take),
             spec,
         };
         let finished = finished.clone();
@@ -361,6 +368,98 @@ pub fn start(params: Arc<ShardParams>, specs: Vec<ShardSpec>) -> Result<Running,
         exit_tx,
         local_addr,
     })
+}
+
+/// Each shard's TCP and TLS listeners.
+struct Streams {
+    tcp: Vec<Option<std::net::TcpListener>>,
+    tls: Vec<Option<std::net::TcpListener>>,
+}
+
+/// `[tcp]` / `[tls]`: builds the shared connection table (reading the TLS
+/// files) and binds one SO_REUSEPORT listener per shard and transport.
+/// TCP listens on `core.listen`'s address and the UDP port unless
+/// `tcp.listen` says otherwise.
+fn bind_streams(
+    params: &ShardParams,
+    n: usize,
+    udp: Option<SocketAddr>,
+) -> Result<Streams, StartError> {
+    let cfg = &params.config;
+    let mut out = Streams {
+        tcp: (0..n).map(|_| None).collect(),
+        tls: (0..n).map(|_| None).collect(),
+    };
+    if !cfg.tcp.layer_on(&cfg.tls) {
+        return Ok(out);
+    }
+    let tls_ctx = if cfg.tls.enabled() {
+        let files = crate::transport::tls::TlsFiles {
+            certificate: cfg.tls.certificate.clone().into(),
+            private_key: cfg.tls.private_key.clone().into(),
+            ca_list: (!cfg.tls.ca_list.is_empty()).then(|| cfg.tls.ca_list.clone().into()),
+            require_client_cert: cfg.tls.require_certificate,
+            verify_server: cfg.tls.verify_server,
+        };
+        Some(Arc::new(
+            crate::transport::tls::TlsContext::load(files)
+                .map_err(|e| StartError::Other(format!("[tls]: {e}")))?,
+        ))
+    } else {
+        None
+    };
+    let bind_all = |addr: SocketAddr, what: &str| -> Result<(Vec<_>, SocketAddr), StartError> {
+        let mut addr = addr;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            let l = conn::listen(addr)
+                .map_err(|e| StartError::Other(format!("cannot bind {what}:{addr}: {e}")))?;
+            if addr.port() == 0 {
+                if let Ok(a) = l.local_addr() {
+                    addr.set_port(a.port());
+                }
+            }
+            v.push(Some(l));
+        }
+        Ok((v, addr))
+    };
+    let mut listen_tcp = None;
+    if cfg.tcp.enable {
+        let addr = cfg.tcp.listen.unwrap_or_else(|| {
+            let mut a = cfg.core.listen;
+            if let Some(u) = udp {
+                a.set_port(u.port());
+            }
+            a
+        });
+        let (v, a) = bind_all(addr, "tcp")?;
+        out.tcp = v;
+        listen_tcp = Some(a);
+    }
+    let mut listen_tls = None;
+    if let Some(addr) = cfg.tls.listen {
+        let (v, a) = bind_all(addr, "tls")?;
+        out.tls = v;
+        listen_tls = Some(a);
+    }
+    let t = &cfg.tcp;
+    let table = crate::transport::conn::ConnTable::new(
+        n,
+        crate::transport::conn::ConnLimits {
+            max_per_shard: t.max_connections_per_shard,
+            max_per_source: t.max_connections_per_source,
+            wq_max: t.conn_wq_max,
+            idle_ms: t.connection_lifetime_s.saturating_mul(1000),
+            connect_timeout_ms: t.connect_timeout_ms,
+            max_msg_bytes: t.max_msg_bytes,
+        },
+        tls_ctx,
+        listen_tcp,
+        listen_tls,
+    );
+    let _ = params.tables.conns.set(Arc::new(table));
+    tracing::info!(tcp = ?listen_tcp, tls = ?listen_tls, "stream listeners bound");
+    Ok(out)
 }
 
 type Wiring = (
@@ -551,6 +650,8 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         cmds,
         ready,
         started,
+        tcp,
+        tls,
     } = st;
     let id = spec.id;
     let fail = |message: String| {
@@ -573,9 +674,26 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
     let (rcvbuf, sndbuf) =
         crate::transport::udp::effective_buffers(&socket2::SockRef::from(&*sock));
     let local = sock.local_addr().unwrap_or(listen);
-    let mut io = match LoopIo::new(&sock, wait, t.recv_batch, t.max_msg_bytes + 1) {
+    let table = params.tables.conns.get().cloned();
+    let mut io = match LoopIo::new(
+        &sock,
+        wait,
+        t.recv_batch,
+        t.max_msg_bytes + 1,
+        table.is_some(),
+    ) {
         Ok(io) => io,
         Err(e) => return fail(format!("cannot set up the event loop: {e}")),
+    };
+    let conns = match (&table, io.epoll_ctl()) {
+        (Some(table), Some(ep)) => {
+            let sc = conn::ShardConns::new(table.clone(), tcp, tls);
+            if let Err(e) = sc.watch(&ep, id) {
+                return fail(format!("cannot watch the stream listeners: {e}"));
+            }
+            Some(sc)
+        }
+        _ => None,
     };
     let engine = match params.engine(id, t, local) {
         Ok(e) => e,
@@ -587,10 +705,20 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         // as every send of the shard.
         let sock = sock.clone();
         let shared = Rc::downgrade(engine.shared());
+        let table = table.clone();
         engine.set_tm_sender(Box::new(move |dst, bytes| {
-            let to = socket2::SockAddr::from(dst);
-            let r =
-                socket2::SockRef::from(&*sock).send_to_with_flags(bytes, &to, libc::MSG_DONTWAIT);
+            let r = if dst.proto.is_stream() {
+                match &table {
+                    Some(t) => t.send(id, dst, bytes, true).map_err(drop),
+                    None => Err(()),
+                }
+            } else {
+                let to = socket2::SockAddr::from(dst.addr);
+                socket2::SockRef::from(&*sock)
+                    .send_to_with_flags(bytes, &to, libc::MSG_DONTWAIT)
+                    .map(drop)
+                    .map_err(drop)
+            };
             if r.is_err() {
                 if let Some(s) = shared.upgrade() {
                     s.counters.incr(crate::stats::Counter::SendErrors);
@@ -655,7 +783,11 @@ fn serve(st: ShardStart) -> Option<ShardSnapshot> {
         reject_unknown_ruri_scheme: params.config.core.reject_unknown_ruri_scheme,
         tuning,
         sends: RefCell::new(crate::transport::sys::SendBatch::new(t.recv_batch.max(16))),
+        conns,
     });
+    if shard.conns.is_some() && ex.spawn(conn::idle_timer(Rc::downgrade(&shard))).is_err() {
+        return fail("cannot start the connection timer".into());
+    }
     let timer = usrloc_timer(
         Rc::downgrade(&shard),
         params.config.registrar.timer_interval_s,
@@ -788,7 +920,7 @@ async fn dispatcher_probe_timer(shard: std::rc::Weak<Shard>) {
             let next =
                 crate::kemi::dispatcher::probe_tick(&ds, method, shard.local, now, |dst, bytes| {
                     sent += 1;
-                    shared.extra_out.borrow_mut().push((dst, bytes));
+                    shared.extra_out.borrow_mut().push((dst.into(), bytes));
                 });
             shared
                 .counters
@@ -873,6 +1005,11 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
     };
     // A figure of a table every shard shares: counted by shard 0 alone.
     let once = |f: &dyn Fn() -> i64| if shard.id == 0 { f() } else { 0 };
+    use std::sync::atomic::Ordering::Relaxed;
+    let conns = svc.tables.conns.get();
+    let tcp_stat = |f: &dyn Fn(&crate::transport::conn::ConnTable) -> u64| {
+        once(&|| conns.map_or(0, |t| f(t) as i64))
+    };
     let loc = &svc.tables.location;
     let creds = &svc.tables.creds;
     let snap = ShardSnapshot {
@@ -923,6 +1060,37 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
             (
                 "dialog.failed_dialogs",
                 once(&|| svc.tables.dialog.stat_failed() as i64),
+            ),
+            ("tcp.connections", tcp_stat(&|t| t.connections() as u64)),
+            (
+                "tcp.accepted",
+                tcp_stat(&|t| t.stats.accepted.load(Relaxed)),
+            ),
+            ("tcp.refused", tcp_stat(&|t| t.stats.refused.load(Relaxed))),
+            ("tcp.closed", tcp_stat(&|t| t.stats.closed.load(Relaxed))),
+            (
+                "tcp.closed_idle",
+                tcp_stat(&|t| t.stats.closed_idle.load(Relaxed)),
+            ),
+            (
+                "tcp.bad_framing",
+                tcp_stat(&|t| t.stats.bad_framing.load(Relaxed)),
+            ),
+            (
+                "tcp.connected",
+                tcp_stat(&|t| t.stats.connected.load(Relaxed)),
+            ),
+            (
+                "tcp.connect_failed",
+                tcp_stat(&|t| t.stats.connect_failed.load(Relaxed)),
+            ),
+            (
+                "tcp.wq_overflow",
+                tcp_stat(&|t| t.stats.wq_overflow.load(Relaxed)),
+            ),
+            (
+                "tls.failed",
+                tcp_stat(&|t| t.stats.tls_failed.load(Relaxed)),
             ),
             ("db.retry_queue", svc.db_retry.borrow().len() as i64),
             ("shard.inflight", shard.inflight.get() as i64),

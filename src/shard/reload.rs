@@ -74,6 +74,11 @@ impl Reloader {
                 &name,
             )
             .map(drop)?;
+        // The TLS certificate and key are read again with the script (a
+        // bad file refuses the reload; the running ones stay).
+        if let Some(tls) = self.params.tables.conns.get().and_then(|c| c.tls.clone()) {
+            tls.reload().map_err(|e| format!("[tls]: {e}"))?;
+        }
         let src = Arc::new(ScriptSource { text, name });
         let n = self.ctl.shard_count();
         let (tx, rx) = sync_channel(n.max(1));

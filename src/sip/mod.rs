@@ -18,7 +18,9 @@ mod hdr;
 mod lex;
 mod msg;
 mod parse;
+mod proto;
 mod reply;
+pub mod stream;
 #[cfg(test)]
 mod torture;
 mod uri;
@@ -28,7 +30,9 @@ pub use error::ParseError;
 pub use hdr::{CSeq, Contact, ContactIter, NameAddr, Params, Via};
 pub use msg::SipMsg;
 pub use parse::{parse, salvage, Framing, Header, Limits, Parsed, StartLine, Status};
+pub use proto::{Dest, Proto};
 pub use reply::{build_reply, reason_phrase, ReplyOpts};
+pub use stream::{looks_like_http, StreamEvent, StreamFramer, StreamKind};
 pub use uri::{Scheme, SipUri};
 pub use write::{Edits, MAX_EDITS, MAX_EDIT_BYTES, MAX_SPLICES};
 

@@ -22,8 +22,46 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 /// An epoll instance watching a few fds, each tagged with a `u64` token.
 pub struct Epoll {
-    fd: OwnedFd,
+    fd: std::sync::Arc<OwnedFd>,
     events: Vec<libc::epoll_event>,
+}
+
+/// A handle on an epoll instance that other threads may use to add, change
+/// and remove watched fds (`epoll_ctl` is thread-safe): how a shard that
+/// writes on another shard's connection arms `EPOLLOUT` there.
+#[derive(Clone)]
+pub struct EpollCtl(std::sync::Arc<OwnedFd>);
+
+impl EpollCtl {
+    fn ctl(&self, op: libc::c_int, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
+        let mut flags = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if out {
+            flags |= libc::EPOLLOUT as u32;
+        }
+        let mut ev = libc::epoll_event {
+            events: flags,
+            u64: token,
+        };
+        // SAFETY: both fds are valid for the call (the epoll fd is owned by
+        // `self`, `fd` by the caller) and `ev` outlives it.
+        cvt(unsafe { libc::epoll_ctl(self.0.as_raw_fd(), op, fd, &mut ev) })?;
+        Ok(())
+    }
+
+    /// Watches `fd` for input (and output when `out`), level-triggered.
+    pub fn add(&self, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, token, out)
+    }
+
+    /// Changes whether `fd` is watched for output.
+    pub fn modify(&self, fd: RawFd, token: u64, out: bool) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, token, out)
+    }
+
+    /// Stops watching `fd`.
+    pub fn delete(&self, fd: RawFd) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, 0, false)
+    }
 }
 
 impl Epoll {
@@ -34,9 +72,14 @@ impl Epoll {
         // SAFETY: `fd` is a fresh, valid fd owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(Epoll {
-            fd,
-            events: vec![libc::epoll_event { events: 0, u64: 0 }; 8],
+            fd: std::sync::Arc::new(fd),
+            events: vec![libc::epoll_event { events: 0, u64: 0 }; 64],
         })
+    }
+
+    /// A handle other threads can change the watched set with.
+    pub fn ctl(&self) -> EpollCtl {
+        EpollCtl(self.fd.clone())
     }
 
     /// Watches `fd` for input. `exclusive`: of several epoll instances
@@ -58,8 +101,12 @@ impl Epoll {
     }
 
     /// Waits for events (none = until one arrives); calls `f` with each
-    /// ready token. EINTR counts as "no events".
-    pub fn wait(&mut self, timeout: Option<Duration>, mut f: impl FnMut(u64)) -> io::Result<()> {
+    /// ready token and its event bits. EINTR counts as "no events".
+    pub fn wait(
+        &mut self,
+        timeout: Option<Duration>,
+        mut f: impl FnMut(u64, u32),
+    ) -> io::Result<()> {
         let ms = match timeout {
             None => -1,
             // Round up: waking before the deadline only loops once more.
@@ -85,7 +132,8 @@ impl Epoll {
         }
         for ev in &self.events[..n as usize] {
             let token = ev.u64;
-            f(token);
+            let bits = ev.events;
+            f(token, bits);
         }
         Ok(())
     }
@@ -609,16 +657,16 @@ mod tests {
         let ev = EventFd::new().unwrap();
         ep.add_readable(ev.raw(), 7, false).unwrap();
         let mut seen = Vec::new();
-        ep.wait(Some(Duration::from_millis(1)), |t| seen.push(t))
+        ep.wait(Some(Duration::from_millis(1)), |t, _| seen.push(t))
             .unwrap();
         assert!(seen.is_empty());
         ev.ring();
-        ep.wait(Some(Duration::from_secs(5)), |t| seen.push(t))
+        ep.wait(Some(Duration::from_secs(5)), |t, _| seen.push(t))
             .unwrap();
         assert_eq!(seen, vec![7]);
         ev.drain();
         seen.clear();
-        ep.wait(Some(Duration::ZERO), |t| seen.push(t)).unwrap();
+        ep.wait(Some(Duration::ZERO), |t, _| seen.push(t)).unwrap();
         assert!(seen.is_empty());
     }
 }

@@ -93,7 +93,7 @@ pub fn drive(data: &[u8]) -> Result<(), String> {
                 if let Some(p) = parse(&r) {
                     let m = SipMsg::new(&r, &p);
                     if t.on_request(&m, now) == ReqMatch::None {
-                        if let Ok(id) = t.create(&m, client, now, ()) {
+                        if let Ok(id) = t.create(&m, client.into(), now, ()) {
                             cells.push((id, r));
                         }
                     }
@@ -103,7 +103,7 @@ pub fn drive(data: &[u8]) -> Result<(), String> {
                 if let Some((id, orig)) = cells.get(next(cells.len() + 1).unwrap_or(0)) {
                     if t.get(*id).is_some() {
                         if let Some(req) = with_our_via(&t, *id, orig) {
-                            if t.add_branch(*id, req.clone(), callee, now).is_ok() {
+                            if t.add_branch(*id, req.clone(), callee.into(), now).is_ok() {
                                 branches.push(req);
                             }
                         }

@@ -1,8 +1,8 @@
 //! The transaction table: cells, their state machines, timers and matching.
 
+use crate::sip::Dest;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::SocketAddr;
 
 use super::build::{self, BranchRef};
 use super::TxnConfig;
@@ -50,7 +50,7 @@ pub enum ClientState {
 pub struct Branch {
     /// The request as sent (retransmissions, CANCEL and ACK derive from it).
     pub req: Vec<u8>,
-    pub dst: SocketAddr,
+    pub dst: Dest,
     pub state: ClientState,
     /// Highest provisional or final code received (0: none).
     pub last_code: u16,
@@ -91,7 +91,7 @@ pub struct Cell<U> {
     /// The request as received.
     pub req: Vec<u8>,
     /// Where replies to the client go (RFC 3261 §18.2.2 / RFC 3581).
-    pub reply_dst: SocketAddr,
+    pub reply_dst: Dest,
     key: Box<[u8]>,
     pub server: ServerState,
     /// The last reply sent upstream (retransmitted on request retransmits).
@@ -209,7 +209,7 @@ enum Payload {
 }
 
 struct Transmit {
-    dst: SocketAddr,
+    dst: Dest,
     what: Payload,
 }
 
@@ -356,7 +356,7 @@ impl<U> Table<U> {
     pub fn create(
         &mut self,
         msg: &SipMsg<'_>,
-        reply_dst: SocketAddr,
+        reply_dst: Dest,
         now: u64,
         user: U,
     ) -> Result<CellId, Full> {
@@ -502,7 +502,7 @@ impl<U> Table<U> {
         &mut self,
         id: CellId,
         req: Vec<u8>,
-        dst: SocketAddr,
+        dst: Dest,
         now: u64,
     ) -> Result<u8, Full> {
         let t1 = self.cfg.t1_ms;
@@ -1135,7 +1135,7 @@ impl<U> Table<U> {
     // ---- output ----------------------------------------------------------
 
     /// Hands every queued datagram to `send`, in order.
-    pub fn drain_transmits(&mut self, mut send: impl FnMut(SocketAddr, &[u8])) {
+    pub fn drain_transmits(&mut self, mut send: impl FnMut(Dest, &[u8])) {
         while let Some(t) = self.out.pop_front() {
             let (id, bytes): (CellId, Option<&[u8]>) = match t.what {
                 Payload::LastReply(id) => (id, self.get(id).map(|c| c.last_reply.as_slice())),

@@ -81,7 +81,7 @@ fn response(req: &[u8], code: u16, method_override: Option<&str>) -> Vec<u8> {
 
 fn sent(t: &mut Table<()>) -> Vec<(SocketAddr, Vec<u8>)> {
     let mut v = Vec::new();
-    t.drain_transmits(|d, b| v.push((d, b.to_vec())));
+    t.drain_transmits(|d, b| v.push((d.addr, b.to_vec())));
     v
 }
 
@@ -107,14 +107,18 @@ fn setup(method: &str, cfg: TxnConfig) -> Setup {
     let mut t = Table::new(cfg, 0, SALT);
     let orig = request(method, "z9hG4bKclient1", 1);
     let p = parse(&orig);
-    let id = t.create(&SipMsg::new(&orig, &p), client(), 0, ()).unwrap();
+    let id = t
+        .create(&SipMsg::new(&orig, &p), client().into(), 0, ())
+        .unwrap();
     ok(&t);
     Setup { t, id, orig }
 }
 
 fn add_branch(s: &mut Setup, n: u16, now: u64) -> (u8, Vec<u8>) {
     let req = branch_request(&s.t, s.id, &s.orig);
-    let b = s.t.add_branch(s.id, req.clone(), callee(n), now).unwrap();
+    let b =
+        s.t.add_branch(s.id, req.clone(), callee(n).into(), now)
+            .unwrap();
     ok(&s.t);
     (b, req)
 }
@@ -138,7 +142,7 @@ fn run_until(t: &mut Table<()>, until: u64) -> Vec<(u64, SocketAddr, Vec<u8>)> {
         }
         t.handle_timeout(at);
         t.check_invariants().unwrap();
-        t.drain_transmits(|d, b| out.push((at, d, b.to_vec())));
+        t.drain_transmits(|d, b| out.push((at, d.addr, b.to_vec())));
     }
     out
 }
@@ -575,7 +579,7 @@ fn stale_and_foreign_replies_do_not_match() {
     // A new cell in the same slot has a new generation.
     let orig = request("INVITE", "z9hG4bKother", 1);
     let po = parse(&orig);
-    s.t.create(&SipMsg::new(&orig, &po), client(), 0, ())
+    s.t.create(&SipMsg::new(&orig, &po), client().into(), 0, ())
         .unwrap();
     assert!(
         s.t.match_response(&SipMsg::new(&r, &p)).is_none(),
@@ -604,11 +608,15 @@ fn max_cells_and_max_branches_are_enforced() {
     for i in 0..2 {
         let r = request("INVITE", &format!("z9hG4bK{i}"), 1);
         let p = parse(&r);
-        t.create(&SipMsg::new(&r, &p), client(), 0, ()).unwrap();
+        t.create(&SipMsg::new(&r, &p), client().into(), 0, ())
+            .unwrap();
     }
     let r = request("INVITE", "z9hG4bK9", 1);
     let p = parse(&r);
-    assert_eq!(t.create(&SipMsg::new(&r, &p), client(), 0, ()), Err(Full));
+    assert_eq!(
+        t.create(&SipMsg::new(&r, &p), client().into(), 0, ()),
+        Err(Full)
+    );
     assert_eq!(t.stats.full, 1);
     let mut s = setup(
         "INVITE",
@@ -642,7 +650,9 @@ fn rfc2543_request_matching() {
     let mut t: Table<()> = Table::new(TxnConfig::default(), 0, SALT);
     let r = request("INVITE", "old1", 1);
     let p = parse(&r);
-    let id = t.create(&SipMsg::new(&r, &p), client(), 0, ()).unwrap();
+    let id = t
+        .create(&SipMsg::new(&r, &p), client().into(), 0, ())
+        .unwrap();
     assert_eq!(
         t.on_request(&SipMsg::new(&r, &p), 1),
         ReqMatch::Retransmission(id)
@@ -674,7 +684,7 @@ fn cancel_matches_its_invite() {
         "a CANCEL is its own transaction"
     );
     assert_eq!(s.t.find_invite_for_cancel(&m), Some(s.id));
-    let c = s.t.create(&m, client(), 1, ()).unwrap();
+    let c = s.t.create(&m, client().into(), 1, ()).unwrap();
     assert_ne!(c, s.id);
     assert_eq!(s.t.on_request(&m, 2), ReqMatch::Retransmission(c));
 }
@@ -816,7 +826,9 @@ fn the_timer_heap_grows_with_live_cells_not_with_the_call_rate() {
     for i in 0..20_000u32 {
         let r = request("MESSAGE", &format!("z9hG4bKrate{i}"), 1);
         let p = parse(&r);
-        let id = t.create(&SipMsg::new(&r, &p), client(), now, ()).unwrap();
+        let id = t
+            .create(&SipMsg::new(&r, &p), client().into(), now, ())
+            .unwrap();
         assert!(t.reply(id, 200, b"SIP/2.0 200 OK\r\n\r\n".to_vec(), now));
         t.drain_transmits(|_, _| {});
         now += 1;
