@@ -131,8 +131,6 @@ pub struct MsgCtx {
     pub dlg_profiles: Vec<(u16, Vec<u8>)>,
     /// The HTTP request this context holds (KSR.xhttp), if it is one.
     pub http: Option<Box<super::xhttp::HttpCtx>>,
-    /// The message arrived over a WebSocket connection (KSR.websocket.close).
-    pub via_ws: bool,
     /// `KSR.websocket.close*()`: close that connection with (code, reason).
     pub ws_close: Option<(u16, Vec<u8>)>,
 }
@@ -198,7 +196,6 @@ impl MsgCtx {
             dlg_ctx_timeout: None,
             dlg_profiles: Vec::new(),
             http: None,
-            via_ws: false,
             ws_close: None,
         }
     }
@@ -269,7 +266,6 @@ impl MsgCtx {
         self.dlg_ctx_timeout = None;
         self.dlg_profiles.clear();
         self.http = None;
-        self.via_ws = false;
         self.ws_close = None;
     }
 

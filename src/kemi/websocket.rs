@@ -52,7 +52,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
 /// Asks the connection the message arrived on to close (the shard acts on
 /// `ws_close` after the route).
 fn close(m: &mut MsgCtx, code: u16, reason: &[u8]) -> i32 {
-    if !m.via_ws {
+    if !matches!(m.proto, crate::sip::Proto::Ws | crate::sip::Proto::Wss) {
         return -1;
     }
     m.ws_close = Some((code, reason.to_vec()));
