@@ -275,13 +275,12 @@ impl Drop for Child {
     }
 }
 
-#[test]
-fn call_run_through_the_proxy_to_bench_uas_completes() {
-    let dir = TempDir::new("bench-call");
-    let (db, srv) = registrar(&dir);
+/// Starts `sipshard bench uas` and registers it (digest auth) as
+/// `uas@example.com` on `srv`; the UAS stops when the value is dropped.
+fn registered_uas(db: &TestDb, srv: &Server) -> Child {
     sipshard(&["user", "add", "uas@example.com", "uaspw", "--db", &db.url]);
     let uas_port = free_udp_port();
-    let _uas = Child(
+    let uas = Child(
         std::process::Command::new(bin())
             .args(["bench", "uas", "--listen", &format!("127.0.0.1:{uas_port}")])
             .stderr(std::process::Stdio::null())
@@ -301,6 +300,14 @@ fn call_run_through_the_proxy_to_bench_uas_completes() {
         &format!("Contact: <sip:uas@127.0.0.1:{uas_port}>\r\nExpires: 3600\r\n"),
     );
     assert_eq!(status(&r), 200, "{r}");
+    uas
+}
+
+#[test]
+fn call_run_through_the_proxy_to_bench_uas_completes() {
+    let dir = TempDir::new("bench-call");
+    let (db, srv) = registrar(&dir);
+    let _uas = registered_uas(&db, &srv);
     let r = bench_json(&[
         "bench",
         "call",
@@ -341,4 +348,122 @@ fn call_run_through_the_proxy_to_bench_uas_completes() {
     assert_eq!(n(&r, "ok"), 0, "{r}");
     assert_eq!(n(&r, "failed_setup_status"), 10, "{r}");
     assert_eq!(n(&r, "failed"), 10, "{r}");
+}
+
+#[test]
+fn mixed_run_drives_each_scenario_at_its_share() {
+    let dir = TempDir::new("bench-mixed");
+    let (db, srv) = registrar(&dir);
+    let _uas = registered_uas(&db, &srv);
+    let target = srv.addr.to_string();
+    let r = bench_json(&[
+        "bench",
+        "mixed",
+        "--target",
+        &target,
+        "--mix",
+        "options=2,register=1,call=1",
+        "--rate",
+        "80",
+        "--duration",
+        "2",
+        "--users-file",
+        dir.path("users.csv").to_str().unwrap(),
+        "--ruri",
+        &format!("sip:uas@{}", srv.addr),
+        "--pause-ms",
+        "20",
+        "--sockets",
+        "2",
+        "--json",
+    ]);
+    // 80/s split 2:1:1 for 2 s: 80 OPTIONS, 40 registrations, 40 calls.
+    let shares: Vec<(String, u64)> = r["mix"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["scenario"].as_str().unwrap().to_owned(), n(m, "rate")))
+        .collect();
+    assert_eq!(
+        shares,
+        vec![
+            ("options".to_owned(), 40),
+            ("register".to_owned(), 20),
+            ("call".to_owned(), 20)
+        ],
+        "{r}"
+    );
+    let o = &r["options"];
+    assert_eq!(n(o, "sent"), 80, "{r}");
+    assert_eq!(n(o, "answered"), 80, "{r}");
+    assert_eq!(n(o, "non_2xx"), 0, "{r}");
+    let g = &r["register"];
+    assert_eq!(n(g, "registrations"), 40, "{r}");
+    assert_eq!(n(g, "ok"), 40, "{r}");
+    let c = &r["call"];
+    assert_eq!(n(c, "calls"), 40, "{r}");
+    assert_eq!(n(c, "ok"), 40, "{r}");
+    assert_eq!(n(&r, "started"), 160, "{r}");
+    assert_eq!(n(&r, "ok"), 160, "{r}");
+    assert_eq!(n(&r, "failed"), 0, "{r}");
+    // The registrations were saved: 40 starts over the 50 users, in order.
+    let dump = rpc(srv.rpc_port, "ul.dump", json!([]));
+    let aors = dump["aors"].as_array().cloned().unwrap_or_default();
+    let users: Vec<&str> = aors
+        .iter()
+        .filter_map(|a| a["aor"].as_str())
+        .filter(|a| *a != "uas")
+        .collect();
+    assert_eq!(users.len(), 40, "{dump}");
+
+    // A mix naming an unknown scenario is refused before any traffic.
+    let out = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "mixed",
+            "--target",
+            &target,
+            "--mix",
+            "options=1,flood=2",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown scenario `flood`"), "{err}");
+}
+
+#[test]
+fn spread_users_registers_far_apart_users() {
+    let dir = TempDir::new("bench-spread");
+    let (_db, srv) = registrar(&dir);
+    // 10 registrations over the 50 users: in order they would be u0..u9;
+    // spread, they are 10 distinct users reaching past the first half.
+    let r = bench_json(&[
+        "bench",
+        "register",
+        "--target",
+        &srv.addr.to_string(),
+        "--users-file",
+        dir.path("users.csv").to_str().unwrap(),
+        "--spread-users",
+        "--rate",
+        "100",
+        "--count",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(n(&r, "ok"), 10, "{r}");
+    let dump = rpc(srv.rpc_port, "ul.dump", json!([]));
+    let mut nums: Vec<u32> = dump["aors"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|a| a["aor"].as_str()?.strip_prefix('u')?.parse().ok())
+        .collect();
+    nums.sort();
+    assert_eq!(nums.len(), 10, "{dump}");
+    assert!(*nums.last().unwrap() >= 25, "{nums:?}");
+    assert_ne!(nums, (0..10).collect::<Vec<u32>>());
 }

@@ -317,3 +317,77 @@ fn expiry_on_one_server_keeps_the_others_refresh() {
         vec!["sip:carol@127.0.0.1:5999".to_string()]
     );
 }
+
+/// usrloc db_mode 3, one node: REGISTERs of one AOR and one contact that
+/// arrive together (each with its own Call-ID, from 12 sockets) are saved
+/// one at a time, so the database ends with one row for the contact. Before
+/// the per-AOR gate, each save read the AOR before the others wrote and
+/// inserted its own row.
+#[test]
+fn concurrent_saves_of_one_aor_leave_one_row() {
+    let db = TestDb::postgres();
+    db.init(&[("dave@127.0.0.1", "dave-pw")]);
+    let a = start_node(&db);
+    let n = 12;
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let contact = "Contact: <sip:dave@127.0.0.1:5998>\r\nExpires: 600\r\n";
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            let to = a.addr;
+            std::thread::spawn(move || {
+                let c = client();
+                let call_id = format!("conc-{i}");
+                let r = exchange(
+                    &c,
+                    to,
+                    register_msg(&c, "dave", DOMAIN, &call_id, 1, contact).as_bytes(),
+                )
+                .expect("challenge");
+                assert_eq!(status(&r), 401, "{r}");
+                let ch = header(&r, "WWW-Authenticate").expect("WWW-Authenticate");
+                let auth =
+                    digest_authorization(&ch, "dave", "dave-pw", "REGISTER", "sip:127.0.0.1", 1);
+                let msg = register_msg(
+                    &c,
+                    "dave",
+                    DOMAIN,
+                    &call_id,
+                    2,
+                    &format!("Authorization: {auth}\r\n{contact}"),
+                );
+                barrier.wait();
+                let r = exchange(&c, to, msg.as_bytes()).expect("final reply");
+                status(&r)
+            })
+        })
+        .collect();
+    let codes: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(codes.iter().all(|&c| c == 200), "{codes:?}\n{}", a.log());
+    let rows = {
+        use sqlx::Connection;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM location WHERE username = 'dave'")
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap();
+            n
+        })
+    };
+    assert_eq!(
+        rows,
+        1,
+        "location rows for one contact of dave\n{}",
+        a.log()
+    );
+    assert_eq!(
+        ul_contacts(&a, "dave"),
+        vec!["sip:dave@127.0.0.1:5998".to_string()]
+    );
+}

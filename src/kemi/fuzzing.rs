@@ -6,7 +6,8 @@
 //! built-in ones (chosen by the plan), so random bytes still reach the KSR
 //! layer. The plan is decoded into up to [`MAX_OPS`] calls of live `KSR.*`
 //! functions (the ones of `pv`, `pvx`, `hdr`, `siputils`, `nathelper`,
-//! `sanity`, `htable`, `kx` weighted up), each with arguments of the types
+//! `sanity`, `htable`, `kx`, `textops`, `textopsx`, `dialog` and
+//! `dispatcher` weighted up; dispatcher with two sets from [`DS_LIST`]), each with arguments of the types
 //! its signature row gives (ints from interesting values, strings from a
 //! dictionary of pv names with transformations, header names, URIs, or raw
 //! plan bytes); sometimes one argument too few or too many. The calls run
@@ -66,7 +67,20 @@ max_items = 1000
 
 [permissions]
 enable = true
+
+[dialog]
+profiles_no_value = "calls"
+profiles_with_value = "caller"
+max_dialogs = 1000
+
+[dispatcher]
+list_file = "@LIST@"
+flags = 2
 "#;
+
+/// The dispatcher sets (written to a temporary file once, at build).
+const DS_LIST: &str = "1 sip:10.0.0.2:5060 0 0 weight=50\n1 sip:10.0.0.3:5060 0 0 weight=50\n\
+2 sip:[2001:db8::5]:5080;transport=tcp 8 10 duid=x\n";
 
 const LOCAL: &str = "10.0.0.1:5060";
 
@@ -361,6 +375,10 @@ const FOCUS: &[&str] = &[
     "sanity.",
     "htable.",
     "kx.",
+    "textops.",
+    "textopsx.",
+    "dialog.",
+    "dispatcher.",
 ];
 
 fn denied(name: &str) -> bool {
@@ -395,10 +413,27 @@ thread_local! {
 }
 
 fn build() -> Result<Harness, String> {
-    let cfg = Config::from_toml(CONFIG, "fuzz").map_err(|e| e.to_string())?;
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let list =
+        std::env::temp_dir().join(format!("sipshard-fuzz-ds-{}-{n}.list", std::process::id()));
+    std::fs::write(&list, DS_LIST).map_err(|e| e.to_string())?;
+    let config = CONFIG.replace("@LIST@", &list.display().to_string());
+    let cfg = Config::from_toml(&config, "fuzz").map_err(|e| e.to_string())?;
     let tuning = ShardTuning::default();
     let tables =
         std::sync::Arc::new(SharedTables::new(1, &cfg.auth, &cfg.registrar, 0).with_modules(&cfg));
+    if let Some(ds) = &tables.dispatcher {
+        // a list file: loading awaits nothing
+        let mut load = std::pin::pin!(super::dispatcher::load(ds, &cfg.dispatcher, None));
+        match load.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(r) => {
+                r?;
+            }
+            Poll::Pending => return Err("dispatcher list load pending".into()),
+        }
+    }
+    let _ = std::fs::remove_file(&list);
     let services = Rc::new(Services::new(
         0,
         1,
@@ -672,6 +707,24 @@ mod tests {
             }
             drive(&data).unwrap();
         }
+    }
+
+    #[test]
+    fn dispatcher_dialog_and_textops_are_in_the_plan() {
+        let h = build().unwrap();
+        let lua = h.eng.lua();
+        for name in [
+            "dispatcher.ds_select_dst",
+            "dialog.dlg_manage",
+            "textops.search",
+        ] {
+            let f = lookup(&lua, name).unwrap_or_else(|| panic!("{name} not live"));
+            assert!(h.funcs.iter().any(|x| x.f == f), "{name} not in the plan");
+        }
+        // the sets of DS_LIST are loaded: set 2 exists, set 3 does not
+        let exists = lookup(&lua, "dispatcher.ds_list_exists").unwrap();
+        assert_eq!(exists.call::<i64>(2).unwrap(), 1);
+        assert!(exists.call::<i64>(3).unwrap() < 0);
     }
 
     #[test]

@@ -372,6 +372,11 @@ async fn save(s: &Rc<Shared>, flags: u32, uri: Option<String>) -> i32 {
         Err(code) => return code,
     };
     let aor = req.aor.clone();
+    // db_mode 3: one save of an AOR at a time on this node, from the
+    // database read to the database write.
+    let Some(_gate) = svc.db3_save_gate(&aor).await else {
+        return finish_save(s, flags, None, false);
+    };
     // db_mode 3: the database's bindings, not memory, are what save updates.
     let result = if svc.refresh_from_db(&aor).await {
         Some(svc.save(&req))

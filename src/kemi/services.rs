@@ -112,6 +112,12 @@ impl OwnedSave {
 /// is caught whichever shard it reaches) and the credential cache.
 pub struct SharedTables {
     pub location: Striped<crate::usrloc::Location>,
+    /// usrloc db_mode 3: AORs whose save (database read, change, database
+    /// write) is in flight on some shard of this node. A second save of the
+    /// same AOR waits for the first, as Kamailio holds the record's lock
+    /// across the database write; without it both read the AOR before
+    /// either wrote and each inserted its own row for one contact.
+    pub db3_saving: Striped<std::collections::HashSet<Box<[u8]>>>,
     pub nc: Striped<NcTracker>,
     /// Shared values: a cache hit is a reference count, not three strings.
     pub creds: Striped<CredCache<Arc<CachedCred>>>,
@@ -142,6 +148,21 @@ pub struct SharedTables {
     /// sends on any connection through it, without a hop.
     /// Set once at start (the TLS files are read then).
     pub conns: std::sync::OnceLock<Arc<crate::transport::conn::ConnTable>>,
+}
+
+/// Holds an AOR in [`SharedTables::db3_saving`] until dropped (also when
+/// the save's future is dropped half-way).
+pub struct Db3SaveGuard<'a> {
+    tables: Option<&'a SharedTables>,
+    aor: Box<[u8]>,
+}
+
+impl Drop for Db3SaveGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.tables {
+            t.db3_saving.get(&self.aor).remove(&self.aor);
+        }
+    }
 }
 
 /// Stripes per table: many more than shards, so two shards rarely meet on one.
@@ -187,6 +208,7 @@ impl SharedTables {
                     RuidGen::new(i as u16, epoch_unix_s),
                 )
             }),
+            db3_saving: Striped::new(STRIPES, |_| std::collections::HashSet::new()),
             nc: Striped::new(STRIPES, |_| NcTracker::new(per(auth.nc_max_entries))),
             creds: Striped::new(STRIPES, |_| {
                 CredCache::new(
@@ -583,6 +605,35 @@ impl Services {
             .get(aor.as_bytes())
             .unregister(aor, what)
             .map_err(|e| e.code())
+    }
+
+    /// usrloc db_mode 3: waits (at most `[auth] db_timeout_ms`) until no
+    /// other save of `aor` is in flight on this node, then holds the AOR
+    /// until the returned guard drops. None when the wait timed out. Other
+    /// db_modes get a guard that holds nothing, at once.
+    pub async fn db3_save_gate(&self, aor: &str) -> Option<Db3SaveGuard<'_>> {
+        if self.registrar.db_mode != 3 {
+            return Some(Db3SaveGuard {
+                tables: None,
+                aor: Box::default(),
+            });
+        }
+        let key: Box<[u8]> = aor.as_bytes().into();
+        let deadline = std::time::Instant::now() + Duration::from_millis(self.auth.db_timeout_ms);
+        let mut pause = Duration::from_micros(500);
+        loop {
+            if self.tables.db3_saving.get(&key).insert(key.clone()) {
+                return Some(Db3SaveGuard {
+                    tables: Some(&*self.tables),
+                    aor: key,
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            crate::exec::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(8));
+        }
     }
 
     /// usrloc db_mode 3 (database only): before an operation on `aor`, its

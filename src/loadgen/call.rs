@@ -139,28 +139,42 @@ pub fn run(args: CallArgs) -> Result<(), String> {
     if args.json {
         println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
     } else {
-        println!(
-            "call: offered {}/s, {:.1}s: started {}, set up {}, completed {} ({:.0}/s), failed {} (setup timeout {}, setup status {}, bye {})",
-            r.offered_rate, r.elapsed_s, r.calls, r.setup_ok, r.ok, r.achieved_rate, r.failed,
-            r.failed_setup_timeout, r.failed_setup_status, r.failed_bye
-        );
-        println!(
-            "requests sent {}, retransmissions {}, replies {}, stray {}, inflight full {}, send errors {}",
-            r.requests_sent, r.retransmissions, r.replies, r.stray_replies, r.inflight_full, r.send_errors
-        );
-        println!("setup latency us  p50       p90       p99     p99.9       max      mean");
-        for (name, p) in [
-            ("raw", &r.latency_us.raw),
-            ("corrected", &r.latency_us.corrected),
-        ] {
-            println!(
-                "{name:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-                p.p50, p.p90, p.p99, p.p999, p.max, p.mean
-            );
-        }
-        println!("generator cpu {:.3}s", r.generator_cpu_s);
+        print!("{}", table(&r));
     }
     Ok(())
+}
+
+/// The final table of a call run.
+pub fn table(r: &CallReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "call: offered {}/s, {:.1}s: started {}, set up {}, completed {} ({:.0}/s), failed {} (setup timeout {}, setup status {}, bye {})",
+        r.offered_rate, r.elapsed_s, r.calls, r.setup_ok, r.ok, r.achieved_rate, r.failed,
+        r.failed_setup_timeout, r.failed_setup_status, r.failed_bye
+    );
+    let _ = writeln!(
+        s,
+        "requests sent {}, retransmissions {}, replies {}, stray {}, inflight full {}, send errors {}",
+        r.requests_sent, r.retransmissions, r.replies, r.stray_replies, r.inflight_full, r.send_errors
+    );
+    let _ = writeln!(
+        s,
+        "setup latency us  p50       p90       p99     p99.9       max      mean"
+    );
+    for (name, p) in [
+        ("raw", &r.latency_us.raw),
+        ("corrected", &r.latency_us.corrected),
+    ] {
+        let _ = writeln!(
+            s,
+            "{name:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+            p.p50, p.p90, p.p99, p.p999, p.max, p.mean
+        );
+    }
+    let _ = writeln!(s, "generator cpu {:.3}s", r.generator_cpu_s);
+    s
 }
 
 pub fn drive(args: &CallArgs) -> Result<CallReport, String> {

@@ -89,6 +89,12 @@ pub struct RegisterArgs {
     /// Expires of the registrations.
     #[arg(long, default_value_t = 3600)]
     pub expires: u32,
+    /// Registration k goes to user `k * S mod N` (S coprime with N, near
+    /// 0.618 N) instead of user `k mod N`: still every user once per N
+    /// registrations, but consecutive ones land far apart in a large user
+    /// table (registrar cost at N AORs, not at the first few).
+    #[arg(long)]
+    pub spread_users: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -364,6 +370,11 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
         // Starts of this worker are `threads` schedule slots apart.
         expected_interval_ns: (threads as f64 * 1e9 / args.rate as f64).max(1.0) as u64,
         run_id: std::process::id(),
+        user_step: if args.spread_users {
+            spread_step(users.len() as u64)
+        } else {
+            1
+        },
     });
     let live = Arc::new(Live::default());
     let main_cpu0 = thread_cpu_ns();
@@ -442,6 +453,26 @@ pub fn drive(args: &RegisterArgs) -> Result<RegisterReport, String> {
             0.0
         },
     })
+}
+
+/// A step `s` coprime with `n` near `0.618 n` (1 for `n <= 2`): `k * s mod
+/// n` visits every number below `n` once per `n` steps, far apart.
+pub(crate) fn spread_step(n: u64) -> u64 {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 {
+            a
+        } else {
+            gcd(b, a % b)
+        }
+    }
+    if n <= 2 {
+        return 1;
+    }
+    let mut s = ((n as f64 * 0.618_033_988_75) as u64).max(1);
+    while gcd(s, n) != 1 {
+        s += 1;
+    }
+    s
 }
 
 /// The checks every open-loop scenario (register, call) makes of its flags.
@@ -588,6 +619,8 @@ struct WorkerCfg {
     expires: u32,
     expected_interval_ns: u64,
     run_id: u32,
+    /// User of registration k: `k * user_step mod users` (1: in order).
+    user_step: u64,
 }
 
 struct WorkerOut {
@@ -780,7 +813,9 @@ impl<'a> Worker<'a> {
     }
 
     fn start(&mut self, slot_id: u32, seq: u64, now: u64) {
-        let user = (seq % self.users.len().max(1) as u64) as usize;
+        let n = self.users.len().max(1) as u64;
+        // (seq mod n) * step mod n, in u128: no overflow for any n.
+        let user = (u128::from(seq % n) * u128::from(self.cfg.user_step) % u128::from(n)) as usize;
         let sock = self.next_sock;
         self.next_sock = (self.next_sock + 1) % self.socks.len();
         let Some(slot) = self.slots.get_mut(slot_id as usize) else {
@@ -1042,6 +1077,21 @@ mod tests {
         assert!((n / 6e6 - 1.0).abs() < 0.002, "{n}");
         let median = c.value_at_quantile(0.5) as f64;
         assert!((median / 30e9 - 1.0).abs() < 0.01, "{median}");
+    }
+
+    #[test]
+    fn spread_step_visits_every_user_once() {
+        for n in [1u64, 2, 3, 10, 16, 1000, 1024, 100_000] {
+            let s = spread_step(n);
+            let mut seen = vec![false; n as usize];
+            for k in 0..n {
+                seen[(k * s % n) as usize] = true;
+            }
+            assert!(seen.iter().all(|v| *v), "n {n} step {s}");
+        }
+        // Consecutive registrations land far apart in a large table.
+        let s = spread_step(1_000_000);
+        assert!(s > 600_000 && s < 640_000, "{s}");
     }
 
     #[test]
