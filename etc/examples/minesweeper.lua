@@ -20,9 +20,11 @@
 --   defines = ["MINESWEEPER_SEED=42"]   # optional: the same mines every run
 --   [[htable]]
 --   name = "mines"
+--   [tcp]
+--   enable = true                        # HTTP comes on the SIP TCP port
 --
--- HTTP needs a SIP stream (TCP) listener: the request runs
--- ksr_xhttp_event("xhttp:request") ([xhttp] event_callback).
+-- An HTTP request runs ksr_xhttp_event("xhttp:request") ([xhttp]
+-- event_callback), a SIP request ksr_request_route().
 
 local ROWS, COLS, MINES = 5, 6, 5
 local T = "mines"

@@ -3,7 +3,7 @@
 //! | KSR function | Kamailio signature | returns |
 //! |---|---|---|
 //! | `KSR.websocket.handle_handshake()` | `int ()` | 1 the upgrade request is valid (GET over HTTP/1.1, `Upgrade: websocket`, `Connection: upgrade`, a 16-byte `Sec-WebSocket-Key`, `Sec-WebSocket-Version: 13`, `Sec-WebSocket-Protocol` listing `sip`): the `101 Switching Protocols` response is queued and the connection speaks WebSocket after it; -1 otherwise (Kamailio: 0), with the refusal (400, or 426 for another version) queued, or outside an HTTP request |
-//! | `KSR.websocket.close()` | `int ()` | 1 the WebSocket connection the current message arrived on is closed with 1000 "Normal closure"; -1 the message did not arrive over WebSocket |
+//! | `KSR.websocket.close()` | `int ()` | 1 after the route, a close frame (1000 "Normal closure") goes on the WebSocket connection the current message arrived on, which closes when the client answers it; -1 the message did not arrive over WebSocket |
 //! | `KSR.websocket.close_reason(status, reason)` | `int (int, str)` | as close, with this status (1000..4999) and reason; -1 also for a status outside that range |
 //!
 //! The handshake follows RFC 6455 §4.2 and RFC 7118 §4.1 (`crate::http::ws`);
