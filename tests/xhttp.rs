@@ -234,6 +234,9 @@ function ksr_request_route()
         KSR.tm.t_relay()
         return
     end
+    if KSR.pv.get("$rU") == "bye" then
+        KSR.websocket.close_reason(4000, "Because I say so")
+    end
     KSR.sl.sl_send_reply(200, "OK " .. KSR.pv.get("$pr"))
 end
 
@@ -573,4 +576,27 @@ fn websocket_client_registers_and_receives_a_call() {
         .expect("a close frame");
     assert_eq!(op, 0x8);
     assert_eq!(&p[..2], &1002u16.to_be_bytes());
+
+    // KSR.websocket.close_reason from the SIP route: the reply, then the
+    // close frame; the client's close answer ends the connection
+    let mut ws2 = WsClient::connect(srv.addr);
+    ws2.send(
+        &options
+            .replace("sip:x@", "sip:bye@")
+            .replace("ws-opt-1", "ws-opt-2"),
+    );
+    let reply = ws2.recv().expect("the OPTIONS reply");
+    assert_eq!(reason(&reply), "OK ws", "{reply}");
+    let (op, p) = ws2.frame().expect("the close frame");
+    assert_eq!(op, 0x8);
+    assert_eq!(&p[..2], &4000u16.to_be_bytes());
+    assert_eq!(&p[2..], b"Because I say so");
+    ws2.send_frame(
+        sipshard::http::ws::Opcode::Close,
+        &4000u16.to_be_bytes(),
+        true,
+    );
+    let mut rest = Vec::new();
+    use std::io::Read;
+    let _ = ws2.s.read_to_end(&mut rest);
 }

@@ -971,15 +971,16 @@ fn finish(
             shard.engine.relieve_memory();
         }
     }
+    send_out(shard, &ctx);
     if let Some((code, reason)) = ctx.ws_close.take() {
-        // KSR.websocket.close*(): the connection the message came on.
+        // KSR.websocket.close*(): the connection the message came on, after
+        // the route's own replies.
         if let Some(sc) = &shard.conns {
             if let Some(c) = sc.table.get(&Dest::new(ctx.src, ctx.proto)) {
                 super::web::close_from_route(&c, code, &reason, sc.table.now_ms());
             }
         }
     }
-    send_out(shard, &ctx);
     recycle(shard, ctx);
 }
 
