@@ -15,6 +15,8 @@
 # (perf/maxrate.sh and perf/users.sh say in their headers how to run them
 # and how long they take; all three start, measure and stop the servers
 # through perf/lib/harness.sh.)
+#   ROUTES="lua native" perf/compare.sh  # sipshard's OPTIONS and REGISTER drives
+#                                        # also with --route native (Lua vs native)
 #
 # What runs (every server on 127.0.0.1 with 2 workers, started, measured and
 # stopped before the next one starts):
@@ -73,7 +75,15 @@
 #             costs CPU, so the route times come from a separate, repeated
 #             run (ROUTE_TIME), never from the CPU run
 #
-# Environment: QUICK=1, SKIP_KAMAILIO=1, SKIP_FLOOR=1, RATES ("5000 50000
+# Native route (ROUTES="lua native"): sipshard's OPTIONS and REGISTER drives
+# run again on a server started with `--route native` (the default script's
+# logic in Rust, src/kemi/native.rs, same KSR functions, same database); the
+# report adds a "native vs Lua" table: route avg / p99 and CPU/req per line
+# and their Lua / native ratios (Kamailio's KEMI table compares native
+# kamailio.cfg, Lua and Python the same way). ROUTES=native runs only the
+# native server (no Lua line in the main table).
+#
+# Environment: QUICK=1, SKIP_KAMAILIO=1, SKIP_FLOOR=1, ROUTES ("lua"), RATES ("5000 50000
 # 100000"), DURATION (4; QUICK 1), SOCKETS (8), REG_RATE (4000), REG_CALLS
 # (20000; QUICK 4000), IDLE_S (10; QUICK 5), CONTACTS (100000; QUICK
 # 10000), SKIP_CALLS=1, ONLY=calls, CALL_RATES ("500 1000 2000 3000 4000 6000"),
@@ -110,6 +120,8 @@ QUICK=${QUICK:-0}
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SKIP_FLOOR=${SKIP_FLOOR:-0}
 SKIP_CALLS=${SKIP_CALLS:-0}
+ROUTES=${ROUTES:-lua}
+for r in $ROUTES; do case $r in lua|native) ;; *) echo "ROUTES: lua and/or native, not $r" >&2; exit 2;; esac; done
 ONLY=${ONLY:-}
 case "$ONLY" in ""|calls|basic) ;; *) echo "ONLY must be empty, calls or basic" >&2; exit 2;; esac
 if [ "$ONLY" = calls ]; then SKIP_CALLS=0; SKIP_BASIC=1; fi
@@ -193,23 +205,27 @@ DB_URL=sqlite://$DB
 "$BIN" user import "$WORK/users.csv" --db "$DB_URL" >/dev/null
 
 # ================================================================ sipshard
+# $1 = route (lua|native); result keys sipshard.* (lua) or sipshard_native.*
 run_sipshard() {
-  sipshard_toml "$WORK/sipshard.toml" "$DB_URL"
-  sipshard_start "$WORK/sipshard.toml" "2 shards, 127.0.0.1:$SIPSHARD_PORT"
-  idle_cpu sipshard
+  local route=${1:-lua} k=sipshard
+  [ "$route" = native ] && k=sipshard_native
+  sipshard_toml "$WORK/sipshard.toml" "$DB_URL" "route = \"$route\""
+  sipshard_start "$WORK/sipshard.toml" "2 shards, 127.0.0.1:$SIPSHARD_PORT, route $route"
+  # idle CPU does not depend on the route: measured on the Lua server only
+  if [ "$route" = lua ]; then idle_cpu sipshard; fi
   local r
   for r in $RATES; do
     sipshard_ctl stats.reset >/dev/null
-    drive_options "sipshard.opt$r" "$r" "$SIPSHARD_PORT"
-    sipshard_route "sipshard.opt$r"
+    drive_options "$k.opt$r" "$r" "$SIPSHARD_PORT"
+    sipshard_route "$k.opt$r"
   done
   for m in one multi; do
     sipshard_ctl stats.reset >/dev/null
-    drive_register "sipshard.reg$m" "$SIPSHARD_PORT" "$m"
-    sipshard_route "sipshard.reg$m"
+    drive_register "$k.reg$m" "$SIPSHARD_PORT" "$m"
+    sipshard_route "$k.reg$m"
   done
   stop_server
-  R[sipshard.logerr]=$(grep -cE ' (WARN|ERROR) ' "$WORK/sipshard.err" || true)
+  R[$k.logerr]=$(grep -cE ' (WARN|ERROR) ' "$WORK/sipshard.err" || true)
 }
 
 # ================================================================ Kamailio
@@ -536,7 +552,7 @@ run_basic() {
 LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
 if [ "$SKIP_CALLS" != 1 ]; then "$BIN" db init --db "$CALLS_DB_URL" >/dev/null; fi
-if [ -z "$ONLY" ]; then run_sipshard; fi
+if [ -z "$ONLY" ]; then for route in $ROUTES; do run_sipshard "$route"; done; fi
 if [ "$SKIP_CALLS" != 1 ]; then run_sipshard_calls; fi
 if [ "$SKIP_KAMAILIO" != 1 ]; then
   if [ -z "$ONLY" ]; then run_kamailio; run_kamailio_memory; fi
@@ -576,6 +592,26 @@ if [ -n "${SIPSHARD_BIN:-}" ]; then
 elif [ -n "$(git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   COMMIT="$COMMIT + uncommitted changes in src/Cargo"
 fi
+# Lua vs native route, same drives (ROUTES="lua native").
+native_report() {
+  echo "## Native route vs Lua (sipshard, same drives)"
+  echo
+  echo "| line | route avg / p99 µs Lua | route avg / p99 µs native | route avg Lua / native | CPU/req µs Lua | CPU/req µs native | CPU/req Lua / native | loss Lua | loss native |"
+  echo "|---|---|---|---|---|---|---|---|---|"
+  local r m l n
+  for r in $RATES; do
+    l=sipshard.opt$r; n=sipshard_native.opt$r
+    echo "| OPTIONS $(fmt_rate "$r")/s | $(g "$l.route") | $(g "$n.route") | $(ratio "$(g "$l.route_avg")" "$(g "$n.route_avg")") | $(g "$l.cpu") | $(g "$n.cpu") | $(ratio "$(g "$l.cpu")" "$(g "$n.cpu")") | $(pct "$(g "$l.loss")") | $(pct "$(g "$n.loss")") |"
+  done
+  for m in one multi; do
+    l=sipshard.reg$m; n=sipshard_native.reg$m
+    echo "| $(reg_label $m) | $(g "$l.route") | $(g "$n.route") | $(ratio "$(g "$l.route_avg")" "$(g "$n.route_avg")") | $(g "$l.cpu") | $(g "$n.cpu") | $(ratio "$(g "$l.cpu")" "$(g "$n.cpu")") | $(pct "$(g "$l.loss")") | $(pct "$(g "$n.loss")") |"
+  done
+  echo
+  echo "- native = \`sipshard run --route native\`: etc/sipshard.lua's logic in Rust (src/kemi/native.rs) calling the same KSR functions;"
+  echo "  the goal is Lua within 1.2× of native route time. Route times include the KSR work (digest check, usrloc save), not only the script."
+  echo
+}
 write_report() {
   echo "# sipshard vs Kamailio 5.6 vs floor (perf/compare.sh)"
   echo
@@ -586,7 +622,8 @@ write_report() {
   echo "- OPTIONS: \`sipshard bench\`, $SOCKETS sockets, ${DURATION} s per rate (+ ${DRAIN_MS} ms drain); REGISTER: sipp digest auth, $REG_RATE/s, $REG_CALLS registrations; idle ${IDLE_S} s; QUICK=$QUICK"
   if [ "$SKIP_CALLS" != 1 ]; then echo "- CALLS: sipp tests/sipp/uac-call.xml → proxy (perf/calls.lua) → tests/sipp/uas-call.xml, INVITE–180–200–ACK–${CALL_HOLD_MS} ms–BYE–200, record-routed, no auth; ${CALL_SECS} s per rate, rates $CALL_RATES (stepping up until a call fails)"; fi
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "- server log lines at WARN/ERROR level during the drives: sipshard $(g sipshard.logerr), Kamailio (ERROR and worse, CPU run) $(g kamailio.logerr)"
+  echo "- sipshard routes: $ROUTES"
+  echo "- server log lines at WARN/ERROR level during the drives: sipshard $(g sipshard.logerr)$(case " $ROUTES " in *" native "*) echo " (native route $(g sipshard_native.logerr))";; esac), Kamailio (ERROR and worse, CPU run) $(g kamailio.logerr)"
   if [ "$SKIP_CALLS" != 1 ]; then echo "- the same during the CALLS drives: sipshard $(g sipshard.calls_logerr), Kamailio $(g kamailio.calls_logerr)"; fi
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
   echo
@@ -624,27 +661,28 @@ write_report() {
   echo "- **memory**: sipshard: \`perf/memory.sh\` (RSS growth with the location table preloaded); Kamailio: \`kamcmd core.shmmem\`"
   echo "  real_used growth with $CONTACTS preloaded usrloc rows vs none, plus PSS / RSS growth summed over its processes."
   echo
+  case " $ROUTES " in *" native "*) native_report;; esac
   echo "## Details per drive"
   echo
   if [ -z "$ONLY" ]; then
   echo "| server | line | sent / answered | loss | non-2xx | server CPU s | machine busy % | client p50 / p99 µs | routes counted |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  for srv in sipshard kamailio kamailio_rt floor; do
+  for srv in sipshard sipshard_native kamailio kamailio_rt floor; do
     for r in $RATES; do
       [ -n "${R[$srv.opt$r.sent]:-}" ] || continue
       n=-
-      case $srv in sipshard) n="$(g "sipshard.opt$r.route_n") ($(g "sipshard.opt$r.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.opt$r.route_n");; esac
+      case $srv in sipshard*) n="$(g "$srv.opt$r.route_n") ($(g "$srv.opt$r.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.opt$r.route_n");; esac
       echo "| $srv | OPTIONS $(fmt_rate "$r")/s | $(g "$srv.opt$r.sent") / $(g "$srv.opt$r.answered") | $(g "$srv.opt$r.loss") % | $(g "$srv.opt$r.non2xx") | $(g "$srv.opt$r.cpu_s") | $(g "$srv.opt$r.busy") | $(g "$srv.opt$r.client") | $n |"
     done
   done
   echo
   echo "| server | line | registrations ok / failed | retransmissions | sipp rc≠0 | wall s | server CPU s | machine busy % | routes counted |"
   echo "|---|---|---|---|---|---|---|---|---|"
-  for srv in sipshard kamailio kamailio_rt; do
+  for srv in sipshard sipshard_native kamailio kamailio_rt; do
     for m in one multi; do
       [ -n "${R[$srv.reg$m.ok]:-}" ] || continue
       n=-
-      case $srv in sipshard) n="$(g "sipshard.reg$m.route_n") ($(g "sipshard.reg$m.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.reg$m.route_n");; esac
+      case $srv in sipshard*) n="$(g "$srv.reg$m.route_n") ($(g "$srv.reg$m.shard_cnt"))";; kamailio_rt) n=$(g "kamailio.reg$m.route_n");; esac
       echo "| $srv | $(reg_label $m) | $(g "$srv.reg$m.ok") / $(g "$srv.reg$m.failed") | $(g "$srv.reg$m.retrans") | $(g "$srv.reg$m.badrc") | $(g "$srv.reg$m.wall") | $(g "$srv.reg$m.cpu_s") | $(g "$srv.reg$m.busy") | $n |"
     done
   done

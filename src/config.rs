@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_SCRIPT: &str = include_str!("../etc/sipshard.lua");
 /// Name under which the bundled script reports errors.
 pub const DEFAULT_SCRIPT_NAME: &str = "<bundled>/etc/sipshard.lua";
+/// What `kemi.status`, `sipshard check` and the logs name as the script
+/// when `[core] route = "native"`.
+pub const NATIVE_ROUTE_NAME: &str = "<native route>";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -97,6 +100,10 @@ pub struct CoreConfig {
     pub cores: Cores,
     /// Routing script path; empty = the bundled default script.
     pub script: Option<PathBuf>,
+    /// What runs the routes: `"lua"` (the script, the default) or
+    /// `"native"` (the bundled default script's logic compiled into the
+    /// binary, calling the same KSR functions; `script` is then not loaded).
+    pub route: RouteImpl,
     /// What to do with a request whose route raised a Lua error.
     pub on_script_error: OnScriptError,
     /// Extra host names / IPs this server answers for (`is_myself`), like
@@ -297,6 +304,7 @@ impl Default for CoreConfig {
             listen: "127.0.0.1:5060".parse().expect("valid literal"),
             cores: Cores::Auto,
             script: None,
+            route: RouteImpl::Lua,
             on_script_error: OnScriptError::Reply500,
             alias: Vec::new(),
             server_header: "sipshard".to_string(),
@@ -309,6 +317,19 @@ impl Default for CoreConfig {
             defines: Vec::new(),
         }
     }
+}
+
+/// What runs the request, reply and failure routes (`[core] route`,
+/// `sipshard run --route`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteImpl {
+    /// The Lua script (`core.script`, else the bundled etc/sipshard.lua).
+    #[default]
+    Lua,
+    /// etc/sipshard.lua's logic in Rust (src/kemi/native.rs), for the
+    /// native-vs-Lua comparison (Kamailio's native `kamailio.cfg` vs KEMI).
+    Native,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -1010,6 +1031,9 @@ pub struct TcpConfig {
     /// Largest SIP message on a stream; a peer that sends a bigger one is
     /// disconnected (`tcp.bad_framing`).
     pub max_msg_bytes: usize,
+    /// Kamailio `tcp_accept_aliases`: a request whose top Via has `;alias`
+    /// makes its connection reachable at the Via's `ip:port` too.
+    pub accept_aliases: bool,
 }
 
 impl Default for TcpConfig {
@@ -1023,6 +1047,7 @@ impl Default for TcpConfig {
             conn_wq_max: 32 << 10,
             connect_timeout_ms: 10_000,
             max_msg_bytes: 65_535,
+            accept_aliases: false,
         }
     }
 }

@@ -124,6 +124,10 @@ struct ServerArgs {
     /// Lua routing script (default: the bundled etc/sipshard.lua).
     #[arg(long, short = 's')]
     script: Option<PathBuf>,
+    /// What runs the routes: `lua` (the script) or `native` (the bundled
+    /// script's logic in Rust); overrides `[core] route`.
+    #[arg(long, value_enum)]
+    route: Option<sipshard::config::RouteImpl>,
     /// Database URL (overrides `[db] url`).
     #[arg(long)]
     db: Option<String>,
@@ -142,6 +146,9 @@ fn load_config(a: &ServerArgs) -> Result<Config, String> {
     }
     if let Some(s) = &a.script {
         cfg.core.script = Some(s.clone());
+    }
+    if let Some(r) = a.route {
+        cfg.core.route = r;
     }
     if let Some(d) = &a.db {
         cfg.db.url = d.clone();
@@ -165,6 +172,14 @@ fn init_logging(level: &str) {
 fn prepare(a: &ServerArgs) -> Result<(ShardParams, Vec<sipshard::config::ShardSpec>), String> {
     let cfg = load_config(a)?;
     init_logging(&cfg.core.log_level);
+    if cfg.core.route == sipshard::config::RouteImpl::Native {
+        if let Some(p) = &cfg.core.script {
+            tracing::warn!(
+                script = %p.display(),
+                "[core] route = \"native\": the script is not loaded"
+            );
+        }
+    }
     let specs = cfg.shard_specs().map_err(|e| e.to_string())?;
     let (script, script_name) = shard::load_script(&cfg)?;
     let n = specs.len();
@@ -310,9 +325,14 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::Check(a) => prepare(&a).map(|(p, specs)| {
             println!(
-                "config and script OK: {} shard(s), script {}",
+                "config and script OK: {} shard(s), script {}{}",
                 specs.len(),
-                p.script_name
+                p.script_name,
+                if p.config.core.route == sipshard::config::RouteImpl::Native {
+                    " (etc/sipshard.lua's logic in Rust, no Lua loaded)"
+                } else {
+                    ""
+                }
             );
         }),
         Cmd::Bench(b) => sipshard::loadgen::run_cmd(b),

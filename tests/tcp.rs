@@ -886,3 +886,108 @@ fn tls_certificate_is_reloaded_with_the_script() {
         srv.log()
     );
 }
+
+/// `$conid`, `$pr`, `KSR.tcpops.tcp_conid_state()` and
+/// `tcp_close_connection()` from the script.
+#[test]
+fn tcpops_sees_and_closes_the_connection() {
+    let script = r#"
+function ksr_request_route()
+    local id = KSR.kx.get_conid()
+    KSR.hdr.append_to_reply("X-Conn: " .. tostring(KSR.pv.get("$pr")) .. " " .. id .. " "
+        .. KSR.tcpops.tcp_conid_state(id) .. " " .. KSR.tcpops.tcp_conid_alive(id + 1000) .. "\r\n")
+    KSR.sl.sl_send_reply(200, "OK")
+    if KSR.is_method("MESSAGE") then
+        KSR.tcpops.tcp_close_connection()
+    end
+end
+"#;
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        script: Some(script),
+        extra_toml: "[tcp]\nenable = true\n",
+        ..Default::default()
+    });
+    let mut s = tcp_connect(srv.addr);
+    let local = s.local_addr().unwrap();
+    s.write_all(options(local, "conid-1", "TCP").as_bytes())
+        .unwrap();
+    let mut pending = Vec::new();
+    let r = read_msg(&mut s, &mut pending).expect("reply");
+    let x = header(&r, "X-Conn").expect("X-Conn");
+    let parts: Vec<&str> = x.split(' ').collect();
+    assert_eq!(parts[0], "tcp", "{r}");
+    assert!(parts[1].parse::<i64>().unwrap() > 0, "{r}");
+    assert_eq!(parts[2], "1", "the connection is up: {r}");
+    assert_eq!(parts[3], "-1", "an unknown id is not alive: {r}");
+    let msg = options(local, "conid-2", "TCP").replace("OPTIONS", "MESSAGE");
+    s.write_all(msg.as_bytes()).unwrap();
+    let r = read_msg(&mut s, &mut pending).expect("reply before the close");
+    assert_eq!(status(&r), 200, "{r}");
+    let mut buf = [0u8; 64];
+    let t0 = Instant::now();
+    let eof = s.read(&mut buf);
+    assert!(matches!(eof, Ok(0)), "closed by the script: {eof:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    // UDP: no connection
+    let c = client();
+    let r = exchange(
+        &c,
+        srv.addr,
+        options(c.local_addr().unwrap(), "conid-3", "UDP").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(header(&r, "X-Conn").as_deref(), Some("udp -1 -1 -1"), "{r}");
+}
+
+/// `[tcp] accept_aliases` (Kamailio `tcp_accept_aliases`): after a request
+/// with `;alias` in its Via, a request to the Via's `ip:port` goes over the
+/// client's connection (nothing listens on that port; no new connection).
+#[test]
+fn via_alias_makes_the_connection_reachable_at_the_advertised_port() {
+    let script = r#"
+function ksr_request_route()
+    if KSR.is_OPTIONS() then
+        KSR.sl.sl_send_reply(200, "OK")
+        return KSR.x.exit()
+    end
+    if KSR.tm.t_relay() < 0 then
+        KSR.sl.sl_send_reply(503, "Unreachable")
+    end
+end
+"#;
+    let srv = Server::start(ServerOpts {
+        cores: "2",
+        script: Some(script),
+        extra_toml: "[tcp]\nenable = true\naccept_aliases = true\n",
+        ..Default::default()
+    });
+    let mut s = tcp_connect(srv.addr);
+    let local = s.local_addr().unwrap();
+    // an advertised port nobody listens on
+    let adv = free_tcp_port();
+    let ping = options(local, "alias-1", "TCP").replace(
+        &format!("SIP/2.0/TCP {local};branch=z9hG4bK-alias-1"),
+        &format!("SIP/2.0/TCP 127.0.0.1:{adv};branch=z9hG4bK-alias-1;alias"),
+    );
+    s.write_all(ping.as_bytes()).unwrap();
+    let mut pending = Vec::new();
+    let r = read_msg(&mut s, &mut pending).expect("reply");
+    assert_eq!(status(&r), 200, "{r}");
+    let c = client();
+    let ul = c.local_addr().unwrap();
+    let m = format!(
+        "MESSAGE sip:frank@127.0.0.1:{adv};transport=tcp SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {ul};branch=z9hG4bK-alias-m;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:dave@127.0.0.1>;tag=am\r\n\
+         To: <sip:frank@127.0.0.1>\r\n\
+         Call-ID: alias-m\r\n\
+         CSeq: 1 MESSAGE\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    c.send_to(m.as_bytes(), srv.addr).unwrap();
+    let got = read_msg(&mut s, &mut pending).expect("MESSAGE over the aliased connection");
+    assert!(got.starts_with("MESSAGE sip:frank@127.0.0.1:"), "{got}");
+    assert_eq!(stat(&srv, "tcp.connected"), 0, "no new connection");
+}

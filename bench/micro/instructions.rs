@@ -14,6 +14,16 @@
 //!   route_register  the default script, REGISTER with stale credentials (401)
 //!   route_save      `KSR.registrar.save("location", 0)` of a REGISTER (refresh, 200)
 //!   route_lua       a Lua-heavy route: string/table work, no KSR call but the reply
+//!   route_register_auth  the default script, REGISTER with valid digest
+//!                   credentials (cached subscriber, a nonce of this engine):
+//!                   auth_check, consume_credentials, save, 200
+//!
+//! `NO_ROUTE=1` with any route mode: the same loop without the route (load
+//! and parse only), the baseline for the route's own instructions.
+//!
+//! Native route modes (`[core] route = "native"`, src/kemi/native.rs: the
+//! default script's logic in Rust on the same KSR functions):
+//!   route_options_native, route_register_native, route_register_auth_native
 //!
 //! Flood control modes (what `[flood]` adds to each request before parsing,
 //! clock read included; sources rotate over 1 000 IPs):
@@ -23,7 +33,7 @@
 
 use std::rc::Rc;
 
-use sipshard::config::{AuthConfig, RegistrarConfig, ShardTuning, DEFAULT_SCRIPT};
+use sipshard::config::{AuthConfig, RegistrarConfig, RouteImpl, ShardTuning, DEFAULT_SCRIPT};
 use sipshard::kemi::services::{Services, SharedTables};
 use sipshard::kemi::{Engine, EngineConfig, MsgCtx, Myself};
 use sipshard::sip::{build_reply, parse, Framing, Limits, Parsed, ReplyOpts, SipMsg};
@@ -67,6 +77,19 @@ end
 "#;
 
 fn engine(script: &str) -> Engine {
+    engine_route(script, RouteImpl::Lua)
+}
+
+fn engine_route(script: &str, route: RouteImpl) -> Engine {
+    engine_auth(
+        script,
+        route,
+        &AuthConfig::default(),
+        &RegistrarConfig::default(),
+    )
+}
+
+fn engine_auth(script: &str, route: RouteImpl, auth: &AuthConfig, reg: &RegistrarConfig) -> Engine {
     let mut tuning = ShardTuning::default();
     // LUA_MAX_INSTRUCTIONS=0 measures the route without the count hook
     // (and, under LuaJIT, with the JIT compiler on).
@@ -76,11 +99,9 @@ fn engine(script: &str) -> Engine {
     {
         tuning.lua_max_instructions = n;
     }
-    let auth = AuthConfig::default();
-    let reg = RegistrarConfig::default();
-    let tables = std::sync::Arc::new(SharedTables::new(1, &auth, &reg, 0));
+    let tables = std::sync::Arc::new(SharedTables::new(1, auth, reg, 0));
     let services =
-        Rc::new(Services::new(0, 1, tables, &auth, &reg, [7u8; 32], None, 0).expect("services"));
+        Rc::new(Services::new(0, 1, tables, auth, reg, [7u8; 32], None, 0).expect("services"));
     Engine::new(&EngineConfig {
         shard_id: 0,
         shard_count: 1,
@@ -96,33 +117,150 @@ fn engine(script: &str) -> Engine {
         test_hooks: false,
         defines: &[],
         local_addr: "127.0.0.1:5060".parse().expect("addr"),
+        route,
     })
     .expect("engine")
 }
 
 /// Runs `msg` through `script`'s request route `n` times.
 fn route(script: &str, msg: &[u8], n: usize) {
-    let eng = engine(script);
+    route_on(engine(script), msg, n);
+}
+
+/// Runs `msg` through `eng`'s request route `n` times.
+fn route_on(eng: Engine, msg: &[u8], n: usize) {
     let limits = Limits::default();
     let local = "127.0.0.1:5060".parse().expect("addr");
     let src = "192.0.2.44:5060".parse().expect("addr");
     let mut ctx = Box::new(MsgCtx::new(65535, 128));
     let mut first = String::new();
+    let mut first_line = Vec::new();
+    // NO_ROUTE=1: only load and parse (the baseline perf/instructions.sh
+    // subtracts to count the route alone)
+    if std::env::var_os("NO_ROUTE").is_some() {
+        let mut total = 0;
+        for _ in 0..n {
+            ctx.load(std::hint::black_box(msg), src, local);
+            ctx.parse(&limits).expect("valid message");
+            total += ctx.len;
+        }
+        println!("loaded and parsed x{n}: {total} bytes");
+        return;
+    }
     for i in 0..n {
         ctx.load(msg, src, local);
         ctx.parse(&limits).expect("valid message");
         let (m, outcome) = futures_lite::future::block_on(eng.run_request(ctx));
         ctx = m;
-        if i == 0 {
-            let out = ctx.out.first().map(|o| {
-                let b = &ctx.out_buf[o.start as usize..o.end as usize];
-                String::from_utf8_lossy(&b[..b.len().min(40)]).into_owned()
-            });
-            first = format!("{outcome:?} {out:?}");
-        }
+        let reply = |ctx: &MsgCtx| -> Vec<u8> {
+            ctx.out
+                .first()
+                .map(|o| ctx.out_buf[o.start as usize..o.end as usize].to_vec())
+                .unwrap_or_default()
+        };
         assert_eq!(ctx.out.len(), 1, "one reply per route");
+        // every route answers alike (e.g. each REGISTER is saved again):
+        // the status line, compared without allocating
+        let o = &ctx.out[0];
+        let out = &ctx.out_buf[o.start as usize..o.end as usize];
+        let line = &out[..out.iter().position(|&c| c == b'\r').unwrap_or(out.len())];
+        if i == 0 {
+            let b = reply(&ctx);
+            first_line = line.to_vec();
+            first = format!(
+                "{outcome:?} {:?}",
+                String::from_utf8_lossy(&b[..b.len().min(40)])
+            );
+        }
+        assert!(
+            line == first_line.as_slice(),
+            "route {i}: {:?}, first: {first}",
+            String::from_utf8_lossy(line)
+        );
     }
-    println!("first route: {first}; lua: {}", sipshard::kemi::LUA_FLAVOUR);
+    let how = if eng.is_native() {
+        "native route".to_string()
+    } else {
+        format!("lua: {}", sipshard::kemi::LUA_FLAVOUR)
+    };
+    println!("first route: {first}; {how}");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::Digest;
+    hex(&md5::Md5::digest(text.as_bytes()))
+}
+
+/// `route_register_auth`: the default route (Lua or native) on a REGISTER
+/// whose digest response is right. The subscriber is put in the credential
+/// cache (as a database answer would be) and the nonce comes from a 401 of
+/// this engine, before the timed loop (the same for every N).
+fn route_register_auth(route: RouteImpl, n: usize) {
+    // the cached subscriber, the nonce and the same Call-ID/CSeq being
+    // accepted again (registrar cseq_delay) must outlast a slow callgrind
+    // run: all of them count wall-clock seconds
+    let auth = AuthConfig {
+        cache_ttl_s: 86_400,
+        nonce_expire: 86_400,
+        ..AuthConfig::default()
+    };
+    let reg = RegistrarConfig {
+        cseq_delay: 86_400,
+        ..RegistrarConfig::default()
+    };
+    let eng = engine_auth(DEFAULT_SCRIPT, route, &auth, &reg);
+    let (user, realm, pw) = ("alice", "registrar.example.com", "secret");
+    let now = sipshard::kemi::services::unix_now_ms() / 1000;
+    eng.shared()
+        .services
+        .tables
+        .creds
+        .get(user.as_bytes())
+        .insert(
+            user,
+            "",
+            Some(std::sync::Arc::new(sipshard::kemi::services::CachedCred {
+                password: pw.into(),
+                ha1: md5_hex(&format!("{user}:{realm}:{pw}")),
+                ha1b: String::new(),
+            })),
+            now,
+        );
+    let text = String::from_utf8_lossy(REGISTER);
+    let bare: String = text
+        .split_inclusive("\r\n")
+        .filter(|l| !l.starts_with("Authorization:"))
+        .collect();
+    // the challenge
+    let limits = Limits::default();
+    let local = "127.0.0.1:5060".parse().expect("addr");
+    let src = "192.0.2.44:5060".parse().expect("addr");
+    let mut ctx = Box::new(MsgCtx::new(65535, 128));
+    ctx.load(bare.as_bytes(), src, local);
+    ctx.parse(&limits).expect("valid message");
+    let (ctx, _) = futures_lite::future::block_on(eng.run_request(ctx));
+    let o = ctx.out.first().expect("a 401");
+    let reply =
+        String::from_utf8_lossy(&ctx.out_buf[o.start as usize..o.end as usize]).into_owned();
+    let nonce = reply
+        .split("nonce=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("no nonce in {reply}"));
+    let uri = "sip:registrar.example.com";
+    let (nc, cnonce) = ("00000001", "a1b2c3d4");
+    let ha1 = md5_hex(&format!("{user}:{realm}:{pw}"));
+    let ha2 = md5_hex(&format!("REGISTER:{uri}"));
+    let resp = md5_hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+    let auth = format!(
+        "Authorization: Digest username=\"{user}\",realm=\"{realm}\",nonce=\"{nonce}\",uri=\"{uri}\",response=\"{resp}\",algorithm=MD5,qop=auth,nc={nc},cnonce=\"{cnonce}\"\r\n"
+    );
+    let msg = bare.replacen("Allow-Events:", &format!("{auth}Allow-Events:"), 1);
+    route_on(eng, msg.as_bytes(), n);
 }
 
 /// `n` flood checks as the shard makes them (`shard::io::on_datagram`).
@@ -165,6 +303,12 @@ fn main() {
         "route_register" => return route(DEFAULT_SCRIPT, REGISTER, n),
         "route_save" => return route(SAVE, REGISTER, n),
         "route_lua" => return route(LUA_HEAVY, REGISTER, n),
+        "route_register_auth" => return route_register_auth(RouteImpl::Lua, n),
+        "route_options_native" => return route_on(engine_route("", RouteImpl::Native), OPTIONS, n),
+        "route_register_native" => {
+            return route_on(engine_route("", RouteImpl::Native), REGISTER, n)
+        }
+        "route_register_auth_native" => return route_register_auth(RouteImpl::Native, n),
         _ => {}
     }
     let limits = Limits::default();

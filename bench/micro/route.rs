@@ -61,6 +61,7 @@ fn engine(script: &str) -> Engine {
         test_hooks: false,
         defines: &[],
         local_addr: "127.0.0.1:5060".parse().unwrap(),
+        route: Default::default(),
     })
     .unwrap()
 }

@@ -184,6 +184,7 @@ sipshard_route() {  # $1 = key prefix: route avg/p99 and per-shard counts
   local j
   j=$(sipshard_ctl kemi.route_latency | jq -c '.result.routes[] | select(.route == "request_route")')
   R[$1.route]=$(jq -r '"\(.merged.avg_us) \(.merged.p99_us)"' <<<"$j" | awk '{ printf "%.1f / %.1f", $1, $2 }')
+  R[$1.route_avg]=$(jq -r '.merged.avg_us' <<<"$j" | awk '{ printf "%.2f", $1 }')
   R[$1.route_n]=$(jq -r .merged.cnt <<<"$j")
   R[$1.shards]=$(jq -r '[.shards[].cnt] as $c | ($c | add) as $t
     | if $t > 0 then "\($c | map(. * 100 / $t | round | tostring) | join("/")) %" else "-" end' <<<"$j")

@@ -141,21 +141,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     auth.set(
         "consume_credentials",
-        lua.create_function(move |_, ()| {
-            s.with_msg(|m| {
-                let is_register = m.msg().method() == Some(crate::sip::Method::Register);
-                let name = header_for(Which::ByMethod, is_register);
-                let buf = &m.buf[..m.len];
-                let n = m
-                    .edits
-                    .remove_headers(&m.parsed, buf, name, name.canonical().as_bytes());
-                if n > 0 {
-                    1
-                } else {
-                    -1
-                }
-            })
-        })?,
+        lua.create_function(move |_, ()| consume_credentials(&s))?,
     )?;
     let s = shared.clone();
     auth.set(
@@ -175,6 +161,38 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     )?;
     ksr.set("auth", auth)?;
     Ok(())
+}
+
+/// `KSR.auth_db.auth_check(realm, table, flags)` as the Lua binding joins
+/// it (see `FAST_PATHS` in mod.rs): the cached check, else the one that may
+/// wait for the database.
+pub(super) async fn auth_check(s: &Rc<Shared>, realm: &str, flags: u32) -> i32 {
+    match authorize_sync(s, realm, Which::ByMethod, flags) {
+        Some(rc) => rc,
+        None => authorize(s, realm, Which::ByMethod, flags).await,
+    }
+}
+
+/// `KSR.auth.auth_challenge(realm, flags)`.
+pub(super) fn auth_challenge(s: &Rc<Shared>, realm: &str, flags: u32) -> i32 {
+    send_challenge(s, realm, flags, None)
+}
+
+/// `KSR.auth.consume_credentials()`.
+pub(super) fn consume_credentials(s: &Shared) -> mlua::Result<i32> {
+    s.with_msg(|m| {
+        let is_register = m.msg().method() == Some(crate::sip::Method::Register);
+        let name = header_for(Which::ByMethod, is_register);
+        let buf = &m.buf[..m.len];
+        let n = m
+            .edits
+            .remove_headers(&m.parsed, buf, name, name.canonical().as_bytes());
+        if n > 0 {
+            1
+        } else {
+            -1
+        }
+    })
 }
 
 /// What step 1 found, owned so no message borrow is held across the lookup.

@@ -107,13 +107,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     ksr.set(
         "is_method_in",
-        lua.create_function(move |_, letters: mlua::String| {
-            let letters = letters.as_bytes();
-            s.with_msg(|m| {
-                let method = request_or_cseq_method(m);
-                letters.iter().any(|c| method_letter(*c) == Some(method))
-            })
-        })?,
+        lua.create_function(move |_, letters: mlua::String| is_method_in(&s, &letters.as_bytes()))?,
     )?;
 
     let s = shared.clone();
@@ -152,7 +146,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         let s = shared.clone();
         ksr.set(
             name,
-            lua.create_function(move |_, ()| s.with_msg(|m| request_or_cseq_method(m) == method))?,
+            lua.create_function(move |_, ()| is_method_kind(&s, method))?,
         )?;
     }
 
@@ -164,18 +158,12 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     ksr.set(
         "is_myself_ruri",
-        lua.create_function(move |_, ()| {
-            s.with_msg(|m| m.ruri().map(|r| r.to_vec()))
-                .map(|r| r.is_some_and(|r| uri_is_myself(&s, &r)))
-        })?,
+        lua.create_function(move |_, ()| is_myself_ruri(&s))?,
     )?;
     let s = shared.clone();
     ksr.set(
         "is_myself_furi",
-        lua.create_function(move |_, ()| {
-            let uri = s.with_msg(|m| m.msg().from().ok().map(|f| f.uri.to_vec()))?;
-            Ok(uri.is_some_and(|u| uri_is_myself(&s, &u)))
-        })?,
+        lua.create_function(move |_, ()| is_myself_furi(&s))?,
     )?;
     let s = shared.clone();
     ksr.set(
@@ -379,6 +367,31 @@ fn script_log(level: tracing::Level, shard: usize, msg: &str) {
         tracing::Level::WARN => tracing::warn!(target: "script", shard, "{msg}"),
         tracing::Level::ERROR => tracing::error!(target: "script", shard, "{msg}"),
     }
+}
+
+/// `KSR.is_INVITE()`, `KSR.is_REGISTER()`, ...: the method is `method`.
+pub(super) fn is_method_kind(s: &Shared, method: Method) -> mlua::Result<bool> {
+    s.with_msg(|m| request_or_cseq_method(m) == method)
+}
+
+/// `KSR.is_method_in(letters)`: Kamailio's one-letter method set.
+pub(super) fn is_method_in(s: &Shared, letters: &[u8]) -> mlua::Result<bool> {
+    s.with_msg(|m| {
+        let method = request_or_cseq_method(m);
+        letters.iter().any(|c| method_letter(*c) == Some(method))
+    })
+}
+
+/// `KSR.is_myself_ruri()`.
+pub(super) fn is_myself_ruri(s: &Shared) -> mlua::Result<bool> {
+    s.with_msg(|m| m.ruri().map(|r| r.to_vec()))
+        .map(|r| r.is_some_and(|r| uri_is_myself(s, &r)))
+}
+
+/// `KSR.is_myself_furi()`.
+pub(super) fn is_myself_furi(s: &Shared) -> mlua::Result<bool> {
+    let uri = s.with_msg(|m| m.msg().from().ok().map(|f| f.uri.to_vec()))?;
+    Ok(uri.is_some_and(|u| uri_is_myself(s, &u)))
 }
 
 /// A request's method; for a reply, the CSeq method (as Kamailio's is_method does).

@@ -42,6 +42,8 @@ pub struct MsgCtx {
     /// Transport the message arrived on (`$pr`); replies to a request
     /// that came on a connection go back on it.
     pub proto: Proto,
+    /// Id of the TCP/TLS connection the message came on (`$conid`).
+    pub conn_id: Option<u64>,
     /// Rewritten Request-URI (`$ru`, `$rU`, `$rd`, `$rp`, registrar lookup).
     pub new_ruri: Option<Vec<u8>>,
     /// Destination URI (`$du`).
@@ -155,6 +157,7 @@ impl MsgCtx {
             src: SocketAddr::from(([0, 0, 0, 0], 0)),
             local: SocketAddr::from(([0, 0, 0, 0], 0)),
             proto: Proto::Udp,
+            conn_id: None,
             new_ruri: None,
             dst_uri: None,
             edits: Edits::default(),
@@ -210,6 +213,7 @@ impl MsgCtx {
         self.src = src;
         self.local = local;
         self.proto = Proto::Udp;
+        self.conn_id = None;
         self.reset();
     }
 

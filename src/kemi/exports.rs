@@ -40,6 +40,7 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("rr", include_str!("rr.rs")),
     ("siputils", include_str!("siputils.rs")),
     ("maxfwd", include_str!("maxfwd.rs")),
+    ("tcpops", include_str!("tcpops.rs")),
     ("corex", include_str!("corex.rs")),
     ("htable", include_str!("htable.rs")),
     ("pike", include_str!("pike.rs")),
@@ -300,6 +301,7 @@ pub fn standalone_engine(script: &str, test_hooks: bool) -> Result<Engine, Strin
         test_hooks,
         defines: &[],
         local_addr: local,
+        route: Default::default(),
     })
 }
 

@@ -457,6 +457,7 @@ fn build() -> Result<Harness, String> {
         test_hooks: false,
         defines: &[],
         local_addr: local,
+        route: Default::default(),
     })?;
     let lua = eng.lua();
     let sigs = super::exports::signatures();

@@ -80,7 +80,7 @@ fn header_index(m: &super::MsgCtx, name: &[u8]) -> Option<usize> {
 }
 
 /// Removes every header named `name` from the outgoing message.
-fn remove(s: &Shared, name: &[u8]) -> mlua::Result<usize> {
+pub(super) fn remove(s: &Shared, name: &[u8]) -> mlua::Result<usize> {
     s.with_msg(|m| {
         let kind = HdrName::from_bytes(name);
         let buf = &m.buf[..m.len];

@@ -25,7 +25,7 @@
 //! | `KSR.kx.get_msglen()` `get_bodylen()` | `int ()` | `$ml $bs` |
 //! | `KSR.kx.get_msgtype()` | `int ()` | 1 request, 2 reply |
 //! | `KSR.kx.get_protoid()` | `int ()` | the receive transport, Kamailio's numbers: 1 UDP, 2 TCP, 3 TLS, 5 WS, 6 WSS |
-//! | `KSR.kx.get_conid()` | `int ()` | -1 (no TCP connection) |
+//! | `KSR.kx.get_conid()` | `int ()` | id of the TCP/TLS connection the message came on (`$conid`); -1 over UDP |
 //! | `KSR.kx.get_timestamp()` | `int ()` | unix seconds |
 //! | `KSR.kx.get_def(name)` | `xval (str)` | value of `core.defines` `NAME=value` (as written), `""` otherwise |
 //! | `KSR.kx.get_defn(name)` | `int (str)` | that value as an integer, 0 otherwise |
@@ -192,7 +192,11 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             })
         })?,
     )?;
-    kx.set("get_conid", lua.create_function(|_, ()| Ok(-1))?)?;
+    let s = shared.clone();
+    kx.set(
+        "get_conid",
+        lua.create_function(move |_, ()| s.with_msg(|m| m.conn_id.map_or(-1, |id| id as i64)))?,
+    )?;
     kx.set("get_send_sock_port", lua.create_function(|_, ()| Ok(0))?)?;
     let s = shared.clone();
     kx.set(

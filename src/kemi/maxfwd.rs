@@ -55,7 +55,7 @@ pub(crate) fn decide(received: Option<u32>, limit: u32) -> MaxFwd {
     }
 }
 
-fn process_maxfwd(m: &mut MsgCtx, limit: i64) -> i32 {
+pub(super) fn process_maxfwd(m: &mut MsgCtx, limit: i64) -> i32 {
     let msg = m.msg();
     if !msg.is_request() {
         return -2;

@@ -37,6 +37,7 @@ pub mod limits;
 mod luacompat;
 mod maxfwd;
 mod nathelper;
+mod native;
 mod ndb_redis;
 pub mod permissions;
 pub mod pike;
@@ -50,6 +51,7 @@ mod sipjson;
 mod siputils;
 mod sl;
 mod sqlops;
+mod tcpops;
 #[cfg(test)]
 mod testutil;
 mod textops;
@@ -308,6 +310,27 @@ pub struct EngineConfig<'a> {
     pub local_addr: std::net::SocketAddr,
     /// `core.defines` (`NAME` or `NAME=value`), for `KSR.kx.ifdef`/`get_def`.
     pub defines: &'a [String],
+    /// Lua (`script`) or the native route (`script` unused).
+    pub route: crate::config::RouteImpl,
+}
+
+/// A route to run: a wrapped Lua function, or one of the native routes
+/// (src/kemi/native.rs).
+#[derive(Clone)]
+pub(crate) enum RouteFn {
+    Lua(Function),
+    Native(native::Route),
+}
+
+impl RouteFn {
+    /// Starts the route for the message in `s.cur` (`lua`: the VM, which a
+    /// native route hands to `t_relay` for branch-route lookups).
+    fn start(&self, s: &Rc<Shared>, lua: &Lua) -> LuaCall {
+        match self {
+            RouteFn::Lua(f) => Box::pin(f.call_async::<()>(())),
+            RouteFn::Native(route) => route(s.clone(), lua.clone()),
+        }
+    }
 }
 
 /// Named Lua functions run as failure / onreply / branch routes, each
@@ -318,21 +341,32 @@ pub struct NamedRoutes {
     /// `limits::arm_function` when `lua_max_instructions` is set.
     arm: Option<Function>,
     cache: RefCell<HashMap<String, Option<Function>>>,
+    /// The native route runs: names resolve to src/kemi/native.rs.
+    native: bool,
 }
 
 impl NamedRoutes {
-    /// The wrapped global function `name`, if the script defines one.
-    pub fn get(&self, lua: &Lua, name: &str) -> Option<Function> {
-        self.get_with(lua, name, None)
+    /// The route `name`: the script's wrapped global function of that name,
+    /// or with the native route, the native function the default script
+    /// defines under that name.
+    pub(crate) fn get(&self, lua: &Lua, name: &str) -> Option<RouteFn> {
+        if self.native {
+            return native::named(name).map(RouteFn::Native);
+        }
+        self.get_lua(lua, name, None).map(RouteFn::Lua)
     }
 
     /// The global function `name` called with the argument `evname`
     /// (Kamailio's KEMI event callbacks: `ksr_xhttp_event("xhttp:request")`).
-    pub fn get_event(&self, lua: &Lua, name: &str, evname: &str) -> Option<Function> {
-        self.get_with(lua, name, Some(evname))
+    /// The native route defines none.
+    pub(crate) fn get_event(&self, lua: &Lua, name: &str, evname: &str) -> Option<RouteFn> {
+        if self.native {
+            return None;
+        }
+        self.get_lua(lua, name, Some(evname)).map(RouteFn::Lua)
     }
 
-    fn get_with(&self, lua: &Lua, name: &str, evname: Option<&str>) -> Option<Function> {
+    fn get_lua(&self, lua: &Lua, name: &str, evname: Option<&str>) -> Option<Function> {
         let key = match evname {
             Some(ev) => format!("{name}\u{0}{ev}"),
             None => name.to_string(),
@@ -384,8 +418,8 @@ pub struct Engine {
 /// One loaded script: its VM and routes. Routes running in it hold an `Rc`.
 pub(crate) struct Vm {
     lua: Lua,
-    request_route: Function,
-    reply_route: Option<Function>,
+    request_route: RouteFn,
+    reply_route: Option<RouteFn>,
     routes: Rc<NamedRoutes>,
 }
 
@@ -509,6 +543,9 @@ impl Engine {
 
     /// [`Engine::new`], or a new VM around an existing shard's `Shared`.
     fn build(cfg: &EngineConfig<'_>, reuse: Option<Rc<Shared>>) -> Result<Engine, String> {
+        if cfg.route == crate::config::RouteImpl::Native {
+            return Self::build_native(cfg, reuse);
+        }
         // Routes run as coroutines (they may wait for the database or another
         // shard); recycling them avoids a lua_newthread per message.
         let lua = Lua::new_with(
@@ -524,33 +561,8 @@ impl Engine {
         luacompat::apply_gc(&lua, cfg.tuning);
         limits::apply_jit(&lua, cfg.tuning.lua_max_instructions > 0).map_err(|e| e.to_string())?;
         luacompat::install(&lua, cfg.script_name).map_err(|e| e.to_string())?;
-        let shared = Rc::new(Shared {
-            cur: RefCell::new(None),
-            shard_id: cfg.shard_id,
-            shard_count: cfg.shard_count,
-            myself: cfg.myself.clone(),
-            counters: Counters::new(),
-            vars: RefCell::new(HashMap::new()),
-            server_header: (!cfg.server_header.is_empty())
-                .then(|| cfg.server_header.as_bytes().to_vec()),
-            services: cfg.services.clone(),
-            tm: tm::TmHandle::new(cfg.services.tables.tm.clone(), cfg.shard_id),
-            local_addr: cfg.local_addr,
-            extra_out: RefCell::new(Vec::new()),
-            route_times: RefCell::new(Vec::new()),
-            pv: pv::PvState::new(cfg.defines),
-            limits: limits::ScriptLimits::with_msg(
-                cfg.tuning.lua_max_instructions,
-                cfg.tuning.lua_max_memory_bytes,
-                limits::MsgLimits::from_tuning(cfg.tuning),
-            ),
-            sql: Default::default(),
-            dns: Default::default(),
-            redis: Default::default(),
-            jsonrpl: Default::default(),
-        });
-        // A reload keeps the shard's state (reload.rs); the fresh one is dropped.
-        let shared = reuse.unwrap_or(shared);
+        // A reload keeps the shard's state (reload.rs).
+        let shared = reuse.unwrap_or_else(|| Self::new_shared(cfg));
         let ksr = lua.create_table().map_err(|e| e.to_string())?;
         register_all(&lua, &ksr, &shared).map_err(|e| format!("registering KSR: {e}"))?;
         if cfg.test_hooks {
@@ -612,6 +624,7 @@ impl Engine {
             exit,
             arm: arm_arg,
             cache: RefCell::new(HashMap::new()),
+            native: false,
         });
         lua.set_app_data(routes.clone());
         Ok(Engine {
@@ -619,11 +632,72 @@ impl Engine {
             dlg_next_ms: Cell::new(0),
             vm: RefCell::new(Rc::new(Vm {
                 lua,
-                request_route,
-                reply_route,
+                request_route: RouteFn::Lua(request_route),
+                reply_route: reply_route.map(RouteFn::Lua),
                 routes,
             })),
         })
+    }
+
+    /// A shard's state, the same whichever route runs.
+    fn new_shared(cfg: &EngineConfig<'_>) -> Rc<Shared> {
+        Rc::new(Shared {
+            cur: RefCell::new(None),
+            shard_id: cfg.shard_id,
+            shard_count: cfg.shard_count,
+            myself: cfg.myself.clone(),
+            counters: Counters::new(),
+            vars: RefCell::new(HashMap::new()),
+            server_header: (!cfg.server_header.is_empty())
+                .then(|| cfg.server_header.as_bytes().to_vec()),
+            services: cfg.services.clone(),
+            tm: tm::TmHandle::new(cfg.services.tables.tm.clone(), cfg.shard_id),
+            local_addr: cfg.local_addr,
+            extra_out: RefCell::new(Vec::new()),
+            route_times: RefCell::new(Vec::new()),
+            pv: pv::PvState::new(cfg.defines),
+            limits: limits::ScriptLimits::with_msg(
+                cfg.tuning.lua_max_instructions,
+                cfg.tuning.lua_max_memory_bytes,
+                limits::MsgLimits::from_tuning(cfg.tuning),
+            ),
+            sql: Default::default(),
+            dns: Default::default(),
+            redis: Default::default(),
+            jsonrpl: Default::default(),
+        })
+    }
+
+    /// The native route: no script. A bare VM is kept only because the
+    /// transaction layer resolves failure / onreply / branch routes through
+    /// it ([`NamedRoutes`], here resolving to src/kemi/native.rs).
+    fn build_native(cfg: &EngineConfig<'_>, reuse: Option<Rc<Shared>>) -> Result<Engine, String> {
+        let lua = Lua::new_with(mlua::StdLib::NONE, mlua::LuaOptions::new())
+            .map_err(|e| e.to_string())?;
+        let shared = reuse.unwrap_or_else(|| Self::new_shared(cfg));
+        let routes = Rc::new(NamedRoutes {
+            handler: traceback_handler(&lua).map_err(|e| e.to_string())?,
+            exit: mlua::Value::Nil,
+            arm: None,
+            cache: RefCell::new(HashMap::new()),
+            native: true,
+        });
+        lua.set_app_data(routes.clone());
+        Ok(Engine {
+            shared,
+            dlg_next_ms: Cell::new(0),
+            vm: RefCell::new(Rc::new(Vm {
+                lua,
+                request_route: RouteFn::Native(native::request_route),
+                reply_route: Some(RouteFn::Native(native::reply_route)),
+                routes,
+            })),
+        })
+    }
+
+    /// True when the routes are the native ones (`[core] route = "native"`).
+    pub fn is_native(&self) -> bool {
+        self.vm.borrow().routes.native
     }
 
     pub fn shared(&self) -> &Rc<Shared> {
@@ -639,7 +713,7 @@ impl Engine {
     /// hands the context back with the outcome.
     pub fn run_request(&self, ctx: Box<MsgCtx>) -> RouteRun {
         let vm = self.vm.borrow().clone();
-        let mut run = RouteRun::new(self.shared.clone(), ctx, &vm.request_route);
+        let mut run = RouteRun::new(self.shared.clone(), ctx, &vm.request_route, &vm.lua);
         run._vm = Some(vm);
         run
     }
@@ -666,7 +740,7 @@ impl Engine {
             .flatten();
         match route {
             Some(f) => {
-                let mut run = RouteRun::new(self.shared.clone(), ctx, &f);
+                let mut run = RouteRun::new(self.shared.clone(), ctx, &f, &vm.lua);
                 run._vm = Some(vm);
                 xhttp::XhttpRun {
                     shared: self.shared.clone(),
@@ -807,6 +881,7 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     rr::register(lua, ksr, shared)?;
     siputils::register(lua, ksr, shared)?;
     maxfwd::register(lua, ksr, shared)?;
+    tcpops::register(lua, ksr, shared)?;
     corex::register(lua, ksr, shared)?;
     htable::register(lua, ksr, shared)?;
     pike::register(lua, ksr, shared)?;
@@ -842,7 +917,7 @@ fn register_test_hooks(lua: &Lua, ksr: &Table) -> mlua::Result<()> {
     ksr.set("sipshard_test", t)
 }
 
-type LuaCall = Pin<Box<dyn Future<Output = mlua::Result<()>>>>;
+pub(crate) type LuaCall = Pin<Box<dyn Future<Output = mlua::Result<()>>>>;
 
 /// One route execution. While polled, its context sits in `Shared::cur`.
 pub struct RouteRun {
@@ -858,10 +933,10 @@ pub struct RouteRun {
 }
 
 impl RouteRun {
-    fn new(shared: Rc<Shared>, ctx: Box<MsgCtx>, f: &Function) -> RouteRun {
+    fn new(shared: Rc<Shared>, ctx: Box<MsgCtx>, f: &RouteFn, lua: &Lua) -> RouteRun {
         RouteRun {
             ctx: Some(ctx),
-            call: Box::pin(f.call_async::<()>(())),
+            call: f.start(&shared, lua),
             _vm: None,
             left: shared.limits.budget(),
             thread: None,

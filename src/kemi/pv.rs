@@ -60,7 +60,7 @@
 //! | `KSR.pvx.pv_xavp_to_var(name)` | `int (str)` | 1; each field of `$xavp(name)` to `$var(field)`; -1 when none |
 //!
 //! Readable pseudo-variables: `$rm $ru $ruri $rU $rd $rp $rz $rP $rv $ou $oU
-//! $od $du $dd $dp $dP $bf $mf $si $sp $su $sut $Ri $Rp $Ru $Rut $RAi $RAp $pr $proto $ua $ci $fu $fU $fd $fn $ft $tu $tU
+//! $od $du $dd $dp $dP $bf $mf $si $sp $su $sut $Ri $Rp $Ru $Rut $RAi $RAp $pr $proto $conid $ua $ci $fu $fU $fd $fn $ft $tu $tU
 //! $td $tn $tt $cs $rs $rr $mb $ml $mt $bs $rb $ct $cT $cl $au $ar $adu
 //! $hdr(Name) $(hdr(Name)[n]) $(hdr(Name)[-1]) $(hdr(Name)[*]) $hdrc(Name)
 //! $hfl(Name) $(hfl(Name)[n]) $hflc(Name)
@@ -918,6 +918,7 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
         "Ri" => Val::Str(m.local.ip().to_string().into_bytes()),
         "Rp" => Val::Int(i64::from(m.local.port())),
         "pr" | "proto" => Val::s(m.proto.name().as_bytes()),
+        "conid" => m.conn_id.map_or(Val::Null, |id| Val::Int(id as i64)),
         "ua" => Val::opt(untrimmed(&msg, HdrName::UserAgent)),
         "ci" => Val::opt(msg.call_id()),
         "fu" => Val::opt(from().map(|f| f.uri)),
@@ -1059,9 +1060,9 @@ fn known_pv(name: &str) -> bool {
         "var", "avp", "xavp", "xavu", "xavi", "cnt", "hdr", "hdrc", "hfl", "hflc", "shard", "Ts",
         "TS", "timef", "rc", "retcode", "sbranch", "branch", "rm", "ru", "ruri", "rU", "rd", "rp",
         "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
-        "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "ua", "ci", "fu", "fU", "fd",
-        "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt", "bs", "rb",
-        "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx", "hu",
+        "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "conid", "ua", "ci", "fu",
+        "fU", "fd", "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt",
+        "bs", "rb", "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx", "hu",
     ];
     name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }

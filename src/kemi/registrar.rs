@@ -350,6 +350,16 @@ fn finish_save(
     }
 }
 
+/// `KSR.registrar.save(table, flags)` as the Lua binding joins it (see
+/// `FAST_PATHS` in mod.rs): without waiting when the database is not in the
+/// loop.
+pub(super) async fn save_kemi(s: &Rc<Shared>, flags: u32) -> i32 {
+    match save_sync(s, flags, None) {
+        Some(rc) => rc,
+        None => save(s, flags, None).await,
+    }
+}
+
 /// `save` without suspending the route: whenever the database is not in
 /// the loop (db_mode 0 and 2, or no database). `None`: take the async path.
 fn save_sync(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Option<i32> {
@@ -459,7 +469,7 @@ fn set_ruri_branch(m: &mut super::MsgCtx, main: super::BranchSpec) {
     m.bflags |= main.bflags;
 }
 
-async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+pub(super) async fn lookup(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     let mut specs = match lookup_specs(s, uri.map(String::into_bytes)).await {
         Ok(v) => v,
         Err(code) => return code,
@@ -550,7 +560,7 @@ fn contact_dst(c: &crate::usrloc::Ucontact) -> Option<Vec<u8>> {
     }
 }
 
-async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
+pub(super) async fn registered(s: &Rc<Shared>, uri: Option<String>) -> i32 {
     let svc = s.services.clone();
     let aor = s.with_msg(|m| {
         let ruri = match &uri {

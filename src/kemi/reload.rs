@@ -86,6 +86,7 @@ Call-ID: reload-1\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\
             test_hooks: false,
             defines: &[],
             local_addr: super::super::testutil::LOCAL.parse().unwrap(),
+            route: Default::default(),
         }
     }
 

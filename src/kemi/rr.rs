@@ -77,12 +77,28 @@ pub struct RrPending {
 /// Kamailio's `enable_double_rr` marker parameter.
 const R2: &[u8] = b"r2";
 
+/// `KSR.rr.record_route()`.
+pub(super) fn record_route(s: &Shared) -> mlua::Result<i32> {
+    s.with_msg(|m| start_rr(m, RrAddr::Local, b""))
+}
+
+/// `KSR.rr.loose_route()` (with the dialog module's bookkeeping).
+pub(super) fn loose_route_kemi(s: &Shared) -> mlua::Result<i32> {
+    s.with_msg(|m| {
+        let r = loose_route(&s.myself, m, 0);
+        if r > 0 {
+            super::dialog::after_loose_route(s, m);
+        }
+        r
+    })
+}
+
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let rr = lua.create_table()?;
     let s = shared.clone();
     rr.set(
         "record_route",
-        lua.create_function(move |_, ()| s.with_msg(|m| start_rr(m, RrAddr::Local, b"")))?,
+        lua.create_function(move |_, ()| record_route(&s))?,
     )?;
     let s = shared.clone();
     rr.set(
@@ -145,15 +161,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     rr.set(
         "loose_route",
-        lua.create_function(move |_, ()| {
-            s.with_msg(|m| {
-                let r = loose_route(&s.myself, m, 0);
-                if r > 0 {
-                    super::dialog::after_loose_route(&s, m);
-                }
-                r
-            })
-        })?,
+        lua.create_function(move |_, ()| loose_route_kemi(&s))?,
     )?;
     let s = shared.clone();
     rr.set(

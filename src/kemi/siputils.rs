@@ -198,7 +198,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     Ok(())
 }
 
-fn rc(b: bool) -> i32 {
+pub(super) fn rc(b: bool) -> i32 {
     if b {
         1
     } else {

@@ -45,24 +45,27 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     sl.set(
         "sl_reply_error",
-        lua.create_function(move |_, ()| {
-            // A module that already answered (e.g. registrar's 423) is not
-            // answered twice.
-            let (code, reason, replied) = s.with_msg(|m| {
-                let (c, r) = m.last_error.unwrap_or((500, "Server Internal Error"));
-                (c, r, m.replied.is_some())
-            })?;
-            if replied {
-                return Ok(-1);
-            }
-            Ok(send_reply(&s, code as i64, reason.as_bytes()))
-        })?,
+        lua.create_function(move |_, ()| sl_reply_error(&s))?,
     )?;
     ksr.set("sl", sl)?;
     Ok(())
 }
 
 /// Sends a stateless reply to the current request; Kamailio return codes.
+/// `KSR.sl.sl_reply_error()`: the last module error's code (500 without one).
+pub(super) fn sl_reply_error(s: &Shared) -> mlua::Result<i32> {
+    // A module that already answered (e.g. registrar's 423) is not
+    // answered twice.
+    let (code, reason, replied) = s.with_msg(|m| {
+        let (c, r) = m.last_error.unwrap_or((500, "Server Internal Error"));
+        (c, r, m.replied.is_some())
+    })?;
+    if replied {
+        return Ok(-1);
+    }
+    Ok(send_reply(s, code as i64, reason.as_bytes()))
+}
+
 pub fn send_reply(s: &Shared, code: i64, reason: &[u8]) -> i32 {
     let Ok(code) = u16::try_from(code) else {
         return -1;

@@ -23,6 +23,19 @@ pub(crate) fn engine_with(script: &str, auth: &AuthConfig, reg: &RegistrarConfig
     build(script, auth, reg, &ShardTuning::default()).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// An engine running the native route (`[core] route = "native"`), as
+/// [`engine`] otherwise.
+pub(crate) fn engine_native() -> Engine {
+    build_route(
+        "",
+        &AuthConfig::default(),
+        &RegistrarConfig::default(),
+        &ShardTuning::default(),
+        crate::config::RouteImpl::Native,
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// As [`engine`], with these `[shard]` settings; the load error as text.
 pub(crate) fn engine_tuned(script: &str, tuning: &ShardTuning) -> Result<Engine, String> {
     build(
@@ -39,6 +52,16 @@ fn build(
     reg: &RegistrarConfig,
     tuning: &ShardTuning,
 ) -> Result<Engine, String> {
+    build_route(script, auth, reg, tuning, Default::default())
+}
+
+fn build_route(
+    script: &str,
+    auth: &AuthConfig,
+    reg: &RegistrarConfig,
+    tuning: &ShardTuning,
+    route: crate::config::RouteImpl,
+) -> Result<Engine, String> {
     let tables = std::sync::Arc::new(SharedTables::new(1, auth, reg, 0));
     let services = Rc::new(Services::new(0, 1, tables, auth, reg, [7u8; 32], None, 0).unwrap());
     Engine::new(&EngineConfig {
@@ -53,6 +76,7 @@ fn build(
         test_hooks: false,
         defines: &[],
         local_addr: LOCAL.parse().unwrap(),
+        route,
     })
 }
 
@@ -208,6 +232,7 @@ pub(crate) fn engine_on_with(
         test_hooks: false,
         defines,
         local_addr: LOCAL.parse().unwrap(),
+        route: Default::default(),
     })
     .unwrap()
 }

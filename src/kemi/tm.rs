@@ -34,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use mlua::{Function, Lua, Table};
+use mlua::{Lua, Table};
 
 use super::{BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
 use crate::sip::{Dest, Method, Proto, SipMsg, SipUri};
@@ -143,13 +143,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     tm.set(
         "t_newtran",
-        lua.create_function(move |_, ()| {
-            Ok(match ensure_cell(&s) {
-                Ok(Some(_)) => 1,
-                Ok(None) => 0,
-                Err(()) => -1,
-            })
-        })?,
+        lua.create_function(move |_, ()| Ok(t_newtran(&s)))?,
     )?;
     let s = shared.clone();
     tm.set(
@@ -169,15 +163,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         let s = shared.clone();
         tm.set(
             name,
-            lua.create_function(move |_, f: String| {
-                let f: Option<Arc<str>> = (!f.is_empty()).then(|| Arc::from(f.as_str()));
-                s.with_msg(|m| match which {
-                    0 => m.tm.on_reply = f,
-                    1 => m.tm.on_failure = f,
-                    _ => m.tm.on_branch = f,
-                })?;
-                Ok(1)
-            })?,
+            lua.create_function(move |_, f: String| t_on(&s, which, &f))?,
         )?;
     }
     let s = shared.clone();
@@ -218,7 +204,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     tm.set(
         "t_is_canceled",
-        lua.create_function(move |_, ()| Ok(ret(with_cell(&s, |c| c.canceled).unwrap_or(false))))?,
+        lua.create_function(move |_, ()| Ok(t_is_canceled(&s)))?,
     )?;
     let s = shared.clone();
     tm.set(
@@ -310,13 +296,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let s = shared.clone();
     tmx.set(
         "t_precheck_trans",
-        lua.create_function(move |_, ()| {
-            let m = s.with_msg(|m| lookup(&s, m))?;
-            Ok(ret(matches!(
-                m,
-                ReqMatch::Retransmission(_) | ReqMatch::Ack(_)
-            )))
-        })?,
+        lua.create_function(move |_, ()| t_precheck_trans(&s))?,
     )?;
     for (name, kind) in [
         ("t_is_failure_route", RouteKind::Failure),
@@ -381,6 +361,43 @@ fn lookup(s: &Shared, m: &mut MsgCtx) -> ReqMatch {
     let r = s.tm.on_request(&m.msg(), now_ms(s));
     m.tm.matched = Some(r);
     r
+}
+
+/// `KSR.tm.t_newtran()`: 1 created (or had one), 0 a retransmission
+/// (absorbed), -1 error.
+pub(super) fn t_newtran(s: &Shared) -> i32 {
+    match ensure_cell(s) {
+        Ok(Some(_)) => 1,
+        Ok(None) => 0,
+        Err(()) => -1,
+    }
+}
+
+/// `KSR.tm.t_on_reply` (`which` 0), `t_on_failure` (1), `t_on_branch` (2):
+/// the route to run by name, "" for none.
+pub(super) fn t_on(s: &Shared, which: u8, name: &str) -> mlua::Result<i32> {
+    let f: Option<Arc<str>> = (!name.is_empty()).then(|| Arc::from(name));
+    s.with_msg(|m| match which {
+        0 => m.tm.on_reply = f,
+        1 => m.tm.on_failure = f,
+        _ => m.tm.on_branch = f,
+    })?;
+    Ok(1)
+}
+
+/// `KSR.tm.t_is_canceled()`.
+pub(super) fn t_is_canceled(s: &Shared) -> i32 {
+    ret(with_cell(s, |c| c.canceled).unwrap_or(false))
+}
+
+/// `KSR.tmx.t_precheck_trans()`: 1 for a retransmission (or an ACK) of a
+/// transaction here.
+pub(super) fn t_precheck_trans(s: &Shared) -> mlua::Result<i32> {
+    let m = s.with_msg(|m| lookup(s, m))?;
+    Ok(ret(matches!(
+        m,
+        ReqMatch::Retransmission(_) | ReqMatch::Ack(_)
+    )))
 }
 
 /// The message's transaction, created if needed. `Ok(None)`: the request
@@ -458,7 +475,7 @@ fn ensure_cell_in(s: &Shared, m: &mut MsgCtx) -> Result<Option<TxId>, ()> {
     Ok(Some(id))
 }
 
-fn t_check_trans(s: &Shared) -> i32 {
+pub(super) fn t_check_trans(s: &Shared) -> i32 {
     s.with_msg(|m| {
         let msg = m.msg();
         match msg.method() {
@@ -589,7 +606,7 @@ struct Target {
 /// `t_relay()`: relays the current request statefully (ACK and CANCEL as
 /// Kamailio does: an ACK of ours is absorbed, another goes statelessly; a
 /// CANCEL with its INVITE here is answered 200 and cancels its branches).
-fn t_relay(lua: &Lua, s: &Shared, forced: Option<Dest>) -> i32 {
+pub(super) fn t_relay(lua: &Lua, s: &Shared, forced: Option<Dest>) -> i32 {
     let Ok((method, kind)) = s.with_msg(|m| (m.msg().method(), m.tm.kind)) else {
         return -1;
     };
@@ -772,6 +789,18 @@ fn relay_group(
     sent
 }
 
+/// A branch route runs to its end at once (it may not wait: the branch is
+/// being built). The native route sets none (the default script has no
+/// branch route).
+fn call_branch_route(f: &super::RouteFn) -> mlua::Result<()> {
+    match f {
+        super::RouteFn::Lua(f) => f.call::<()>(()),
+        super::RouteFn::Native(_) => Err(mlua::Error::RuntimeError(
+            "the native route has no branch routes".into(),
+        )),
+    }
+}
+
 /// Runs the branch route `name` for one branch: it sees (and may change)
 /// the branch's R-URI, `$du`, branch flags and headers; the changes stay
 /// with the branch and the request route's view is restored after.
@@ -805,7 +834,7 @@ fn build_with_branch_route(
         .and_then(|r| r.get(lua, name));
     if let Some(f) = f {
         let t0 = std::time::Instant::now();
-        if let Err(e) = f.call::<()>(()) {
+        if let Err(e) = call_branch_route(&f) {
             tracing::error!(
                 shard = s.shard_id,
                 "branch route {name}: {}",
@@ -1152,12 +1181,12 @@ pub(super) async fn reply_flow(
     s: Rc<Shared>,
     lua: Lua,
     routes: Rc<super::NamedRoutes>,
-    core_route: Option<Function>,
+    core_route: Option<super::RouteFn>,
     mut ctx: Box<MsgCtx>,
 ) -> (Box<MsgCtx>, RouteOutcome) {
     ctx.tm.kind = RouteKind::Reply;
     if let Some(f) = core_route {
-        let (c, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+        let (c, outcome) = RouteRun::new(s.clone(), ctx, &f, &lua).await;
         ctx = c;
         if outcome != RouteOutcome::Done {
             return (ctx, outcome);
@@ -1192,7 +1221,7 @@ pub(super) async fn reply_flow(
             ctx.tm.branch_idx = Some(b);
             ctx.tm.reply_code = code;
             let t0 = std::time::Instant::now();
-            let (c, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+            let (c, outcome) = RouteRun::new(s.clone(), ctx, &f, &lua).await;
             ctx = c;
             s.record_route_time(&name, t0.elapsed());
             if outcome == RouteOutcome::Drop && code < 200 {
@@ -1300,7 +1329,7 @@ pub(super) async fn completed_flow(
                     ctx.tm.reply_code = code;
                 }
                 let t0 = std::time::Instant::now();
-                let (ctx, outcome) = RouteRun::new(s.clone(), ctx, &f).await;
+                let (ctx, outcome) = RouteRun::new(s.clone(), ctx, &f, &lua).await;
                 s.record_route_time(&name, t0.elapsed());
                 if let RouteOutcome::Error(text) = &outcome {
                     tracing::error!(shard = s.shard_id, "failure route {name}: {text}");

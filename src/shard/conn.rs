@@ -248,6 +248,39 @@ fn on_conn(shard: &Rc<Shard>, sc: &ShardConns, id: u64, bits: u32) {
     sc.local.borrow_mut().insert(id, l);
 }
 
+/// Kamailio's `tcp_accept_aliases`: a request whose top Via carries
+/// `;alias` makes its connection reachable at the Via's sent-by address
+/// (an IP literal and port) too, so requests to the client's advertised
+/// address reuse the connection.
+pub(super) fn maybe_alias(shard: &Shard, ctx: &crate::kemi::MsgCtx, c: &Arc<Conn>) {
+    let Some(sc) = shard.conns.as_ref().filter(|sc| sc.table.accept_aliases) else {
+        return;
+    };
+    let msg = ctx.msg();
+    if !msg.is_request() {
+        return;
+    }
+    let Ok(via) = msg.top_via() else { return };
+    if via.params.get(b"alias").is_none() {
+        return;
+    }
+    let host = std::str::from_utf8(via.host).unwrap_or("");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else {
+        return;
+    };
+    // Only the address the connection comes from may be aliased (a client
+    // cannot claim another host's address).
+    if ip != c.peer.ip() {
+        return;
+    }
+    let port = via.port.unwrap_or(c.proto.default_port());
+    if port != c.peer.port() {
+        sc.table
+            .alias(crate::sip::Dest::new(SocketAddr::new(ip, port), c.proto), c);
+    }
+}
+
 /// Why a connection closed (counted, logged at debug).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Why {

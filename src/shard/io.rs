@@ -670,7 +670,7 @@ fn on_datagram(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr) {
     {
         return;
     }
-    on_bytes(shard, bytes, src, shard.local, Proto::Udp);
+    on_bytes(shard, bytes, src, shard.local, Proto::Udp, None);
 }
 
 /// A message framed on a connection (`conn`, owned by this shard).
@@ -682,14 +682,20 @@ pub(super) fn on_message(
     proto: Proto,
     conn: &Arc<crate::transport::conn::Conn>,
 ) {
-    let _ = conn;
-    on_bytes(shard, bytes, src, local, proto);
+    on_bytes(shard, bytes, src, local, proto, Some(conn));
 }
 
 /// One message, whatever carried it: parse it, then run it here or hand
 /// it to its owner.
 #[inline]
-fn on_bytes(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr, local: SocketAddr, proto: Proto) {
+fn on_bytes(
+    shard: &Rc<Shard>,
+    bytes: &[u8],
+    src: SocketAddr,
+    local: SocketAddr,
+    proto: Proto,
+    conn: Option<&Arc<crate::transport::conn::Conn>>,
+) {
     // Flood control before any parsing: replies (`SIP/2.0 ...`) belong to
     // our own transactions and are never limited.
     let mut answer_503 = false;
@@ -702,7 +708,10 @@ fn on_bytes(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr, local: SocketAddr,
     }
     let mut ctx = take_ctx(shard);
     ctx.load(bytes, src, local);
-    ctx.proto = proto;
+    if let Some(c) = conn {
+        ctx.proto = proto;
+        ctx.conn_id = Some(c.id);
+    }
     if bytes.len() > shard.max_msg_bytes {
         bad_input(shard, &ctx, ParseError::TooLarge);
         return recycle(shard, ctx);
@@ -717,6 +726,9 @@ fn on_bytes(shard: &Rc<Shard>, bytes: &[u8], src: SocketAddr, local: SocketAddr,
             answer_bad_request(shard, &mut ctx, e);
         }
         return recycle(shard, ctx);
+    }
+    if let Some(c) = conn {
+        super::conn::maybe_alias(shard, &ctx, c);
     }
     if answer_503 {
         if crate::kemi::sl_reply(shard.engine.shared(), &mut ctx, 503, b"Service Unavailable") {

@@ -192,6 +192,7 @@ impl ShardParams {
             test_hooks: self.config.core.test_hooks,
             defines: &self.config.core.defines,
             local_addr,
+            route: self.config.core.route,
         }
     }
 
@@ -444,7 +445,7 @@ fn bind_streams(
         listen_tls = Some(a);
     }
     let t = &cfg.tcp;
-    let table = crate::transport::conn::ConnTable::new(
+    let mut table = crate::transport::conn::ConnTable::new(
         n,
         crate::transport::conn::ConnLimits {
             max_per_shard: t.max_connections_per_shard,
@@ -458,6 +459,7 @@ fn bind_streams(
         listen_tcp,
         listen_tls,
     );
+    table.accept_aliases = t.accept_aliases;
     let _ = params.tables.conns.set(Arc::new(table));
     tracing::info!(tcp = ?listen_tcp, tls = ?listen_tls, "stream listeners bound");
     Ok(out)
@@ -1137,7 +1139,12 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
 }
 
 /// Resolves the script text and name from the config.
+/// With `[core] route = "native"` no script is read: the text is empty and
+/// the name is [`crate::config::NATIVE_ROUTE_NAME`].
 pub fn load_script(cfg: &Config) -> Result<(String, String), String> {
+    if cfg.core.route == crate::config::RouteImpl::Native {
+        return Ok((String::new(), crate::config::NATIVE_ROUTE_NAME.to_string()));
+    }
     match &cfg.core.script {
         Some(p) => std::fs::read_to_string(p)
             .map(|s| (s, p.display().to_string()))

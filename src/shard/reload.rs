@@ -11,6 +11,9 @@
 //!    already read keep their routes; suspended ones finish in the old VM;
 //!    nothing is lost or answered twice.
 //!
+//! With `[core] route = "native"` there is no script: a reload touches
+//! nothing and answers success with `"reloaded": false` and a note.
+//!
 //! Reloads are serialised. The count, the time of the last one and the last
 //! error are kept here (`kemi.status`), and each reload logs one line.
 
@@ -62,6 +65,16 @@ impl Reloader {
     }
 
     fn run(&self, origin: &str) -> Result<Value, String> {
+        if self.params.config.core.route == crate::config::RouteImpl::Native {
+            tracing::info!(origin, "native route: no script to reload");
+            return Ok(json!({
+                "script": crate::config::NATIVE_ROUTE_NAME,
+                "route": "native",
+                "reloaded": false,
+                "shards": self.ctl.shard_count(),
+                "note": "the native route is compiled in: nothing to reload",
+            }));
+        }
         let t0 = Instant::now();
         let (text, name) = super::load_script(&self.params.config)?;
         // Validate on this thread first: a broken script never reaches a shard.
@@ -167,6 +180,10 @@ impl ScriptReload for Reloader {
         let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
         json!({
             "script": st.script_name,
+            "route": match self.params.config.core.route {
+                crate::config::RouteImpl::Lua => "lua",
+                crate::config::RouteImpl::Native => "native",
+            },
             "reloads": st.reloads,
             "reloads_failed": st.failed,
             "last_reload": st.last_reload_unix_s,

@@ -51,6 +51,16 @@ pub struct ConnLimits {
     pub max_msg_bytes: usize,
 }
 
+/// What `KSR.tcpops` sees of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnState {
+    Up,
+    Connecting,
+    /// A write failed; its owner closes it.
+    Broken,
+    Gone,
+}
+
 /// Why a send did not go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SendError {
@@ -215,10 +225,8 @@ impl Conn {
                     Err(_) => return Err(SendError::Closed),
                 }
             }
-            // rustls keeps what the socket did not take; bound it.
-            if tls.wants_write() && self.queued_tls_over(tls) {
-                return Err(SendError::Closed);
-            }
+            // rustls keeps what the socket did not take, bounded by its
+            // buffer limit (wq_max): a write beyond it fails above.
             tls.wants_write()
         } else {
             while w.out_pos < w.out.len() {
@@ -244,13 +252,9 @@ impl Conn {
         self.arm(w, pending)
     }
 
-    fn queued_tls_over(&self, _tls: &rustls::Connection) -> bool {
-        // rustls' own buffer limit (set to wq_max) refuses writes past it;
-        // nothing more to check here.
-        false
-    }
-
     fn arm(&self, w: &mut WState, out: bool) -> Result<(), SendError> {
+        // A broken connection stays armed until its owner closes it.
+        let out = out || w.broken;
         if w.armed != out {
             if self.ep.modify(self.fd(), self.token(), out).is_err() {
                 return Err(SendError::Closed);
@@ -379,8 +383,12 @@ pub struct ConnTable {
     /// Local addresses of the listeners (Via / Record-Route of each transport).
     pub listen_tcp: Option<SocketAddr>,
     pub listen_tls: Option<SocketAddr>,
+    /// Kamailio `tcp_accept_aliases`: honour `;alias` in a client's Via.
+    pub accept_aliases: bool,
     by_dest: Striped<HashMap<Dest, Arc<Conn>>>,
     by_ip: Striped<HashMap<IpAddr, u32>>,
+    /// Connection id -> connection (`$conid`, `KSR.tcpops`).
+    by_id: Striped<HashMap<u64, Arc<Conn>>>,
     per_shard: Vec<AtomicUsize>,
     /// Connections a shard opened itself (from a send), for it to adopt.
     adopt: Vec<Mutex<Vec<Arc<Conn>>>>,
@@ -404,8 +412,10 @@ impl ConnTable {
             tls,
             listen_tcp,
             listen_tls,
+            accept_aliases: false,
             by_dest: Striped::new(64, |_| HashMap::new()),
             by_ip: Striped::new(64, |_| HashMap::new()),
+            by_id: Striped::new(64, |_| HashMap::new()),
             per_shard: (0..shards).map(|_| AtomicUsize::new(0)).collect(),
             adopt: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
             adopt_pending: (0..shards).map(|_| AtomicBool::new(false)).collect(),
@@ -586,6 +596,7 @@ impl ConnTable {
         self.per_shard[shard].fetch_add(1, Ordering::Relaxed);
         let d = Dest::new(peer, proto);
         self.by_dest.get(&dest_key(&d)).insert(d, conn.clone());
+        self.by_id.get(&id.to_le_bytes()).insert(id, conn.clone());
         Ok(conn)
     }
 
@@ -598,6 +609,7 @@ impl ConnTable {
                 m.remove(&d);
             }
         }
+        self.by_id.get(&c.id.to_le_bytes()).remove(&c.id);
         if !c.outbound {
             self.release_ip(c.peer.ip());
         }
@@ -680,6 +692,38 @@ impl ConnTable {
             self.adopt_pending[here].store(true, Ordering::Release);
         }
         Ok(c)
+    }
+
+    fn by_id(&self, id: u64) -> Option<Arc<Conn>> {
+        self.by_id.get(&id.to_le_bytes()).get(&id).cloned()
+    }
+
+    /// State of connection `id`.
+    pub fn state_of(&self, id: u64) -> ConnState {
+        let Some(c) = self.by_id(id) else {
+            return ConnState::Gone;
+        };
+        let w = c.lock();
+        if w.closed {
+            ConnState::Gone
+        } else if w.broken {
+            ConnState::Broken
+        } else if w.connecting || w.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
+            ConnState::Connecting
+        } else {
+            ConnState::Up
+        }
+    }
+
+    /// Asks the owner of connection `id` to close it; false when unknown.
+    pub fn close_id(&self, id: u64) -> bool {
+        match self.by_id(id) {
+            Some(c) if !c.is_closed() => {
+                c.close_soon();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Connections shard `shard` opened since it last asked.

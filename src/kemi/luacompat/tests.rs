@@ -26,6 +26,7 @@ fn engine_with(script: &str, script_name: &str, tuning: &ShardTuning) -> Result<
         test_hooks: false,
         defines: &[],
         local_addr: LOCAL.parse().unwrap(),
+        route: Default::default(),
     })
 }
 
