@@ -16,7 +16,7 @@ export RUSTC_BOOTSTRAP=1
 # LuaJIT build flag of the main crate (../.cargo/config.toml applies here too,
 # repeated in case the script is run with another CARGO_HOME layout).
 export STATIC_CC="${STATIC_CC:-cc -DLUAJIT_NO_UNWIND}"
-ALL="parse_request parse_response writer auth uri txn ksr"
+ALL="parse_request parse_response writer auth uri txn ksr http ws"
 TARGETS=${TARGETS:-$ALL}
 
 seeds_of() {

@@ -76,6 +76,12 @@ pub struct Config {
     pub dispatcher: DispatcherConfig,
     /// `KSR.ipops` DNS lookups (sipshard settings: Kamailio's ipops has none).
     pub ipops: IpopsConfig,
+    /// HTTP requests on the SIP stream ports, answered by the script
+    /// (Kamailio's xhttp module parameters).
+    pub xhttp: XhttpConfig,
+    /// WebSocket connections (RFC 6455, SIP over WebSocket RFC 7118;
+    /// Kamailio's websocket module parameters).
+    pub websocket: WebsocketConfig,
     /// SIP over TCP (Kamailio's core `tcp_*` parameters).
     pub tcp: TcpConfig,
     /// SIP over TLS (Kamailio's tls module parameters).
@@ -879,6 +885,74 @@ impl Default for IpopsConfig {
     }
 }
 
+/// `[xhttp]`: HTTP requests that arrive on a SIP stream port run the
+/// script's event callback (Kamailio's xhttp module).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XhttpConfig {
+    /// The Lua function run for each HTTP request, with the argument
+    /// `"xhttp:request"` (Kamailio's `event_callback` modparam; Kamailio's
+    /// default is none, sipshard's the name its docs use). A script without
+    /// this function answers every HTTP request 404.
+    pub event_callback: String,
+    /// A regular expression on the request-target: a match is not given to
+    /// the script (answered 404). Empty = none (Kamailio's `url_skip`).
+    pub url_skip: String,
+    /// A regular expression the request-target must match to reach the
+    /// script (otherwise 404). Empty = every target (Kamailio's `url_match`).
+    pub url_match: String,
+    /// Request line and header fields, bytes (sipshard).
+    pub head_bytes_max: usize,
+    /// Header fields per request (sipshard).
+    pub headers_max: usize,
+    /// Request body, bytes (sipshard; larger requests get 413).
+    pub body_bytes_max: usize,
+}
+
+impl Default for XhttpConfig {
+    fn default() -> Self {
+        XhttpConfig {
+            event_callback: "ksr_xhttp_event".into(),
+            url_skip: String::new(),
+            url_match: String::new(),
+            head_bytes_max: 16 * 1024,
+            headers_max: 64,
+            body_bytes_max: 64 * 1024,
+        }
+    }
+}
+
+/// `[websocket]`: SIP over WebSocket (Kamailio's websocket module).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebsocketConfig {
+    /// Kamailio's `sub_protocols` bitmap: 1 = `sip` (RFC 7118), the only
+    /// one sipshard speaks.
+    pub sub_protocols: u8,
+    /// Kamailio's `cors_mode`: 0 no `Access-Control-Allow-Origin` on the
+    /// handshake response, 1 `*`, 2 the request's `Origin`.
+    pub cors_mode: u8,
+    /// Payload of one frame, bytes; a larger frame closes the connection
+    /// with 1009 (sipshard).
+    pub frame_bytes_max: usize,
+    /// A reassembled message, bytes (1009 beyond it; sipshard).
+    pub message_bytes_max: usize,
+    /// Fragments of one message (1009 beyond it; sipshard).
+    pub fragments_max: usize,
+}
+
+impl Default for WebsocketConfig {
+    fn default() -> Self {
+        WebsocketConfig {
+            sub_protocols: 1,
+            cors_mode: 0,
+            frame_bytes_max: 65_535,
+            message_bytes_max: 65_535,
+            fragments_max: 64,
+        }
+    }
+}
+
 /// `[flood]`: flood control applied by the shard before the route runs
 /// (sipshard; Kamailio does this in the script with pike and an `ipban`
 /// htable). Everything is off by default: with both `per_source_rate` and
@@ -1570,6 +1644,7 @@ impl Config {
         }
         self.validate_sqlops_redis()?;
         self.validate_ipops()?;
+        self.validate_xhttp()?;
         self.validate_dispatcher()
     }
 
@@ -1642,6 +1717,40 @@ impl Config {
             if v == 0 {
                 return Err(self.invalid(key, "must be at least 1"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_xhttp(&self) -> Result<(), ConfigError> {
+        let x = &self.xhttp;
+        for (key, re) in [
+            ("xhttp.url_skip", &x.url_skip),
+            ("xhttp.url_match", &x.url_match),
+        ] {
+            if let Err(e) = regex::Regex::new(re) {
+                return Err(self.invalid(key, format!("bad regular expression: {e}")));
+            }
+        }
+        let w = &self.websocket;
+        for (key, v) in [
+            ("xhttp.head_bytes_max", x.head_bytes_max),
+            ("xhttp.headers_max", x.headers_max),
+            ("websocket.frame_bytes_max", w.frame_bytes_max),
+            ("websocket.message_bytes_max", w.message_bytes_max),
+            ("websocket.fragments_max", w.fragments_max),
+        ] {
+            if v == 0 {
+                return Err(self.invalid(key, "must be at least 1"));
+            }
+        }
+        if w.sub_protocols != 1 {
+            return Err(self.invalid(
+                "websocket.sub_protocols",
+                "must be 1 (sip); msrp (2) is not supported",
+            ));
+        }
+        if w.cors_mode > 2 {
+            return Err(self.invalid("websocket.cors_mode", "must be 0, 1 or 2"));
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod db;
 pub mod dispatcher;
 pub mod exec;
 pub mod flood;
+pub mod http;
 pub mod kemi;
 pub mod loadgen;
 pub mod partition;

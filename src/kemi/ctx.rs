@@ -131,6 +131,10 @@ pub struct MsgCtx {
     /// `set_dlg_profile` before the dialog exists: (profile, value), added
     /// when `dlg_manage()` creates it (at most 32).
     pub dlg_profiles: Vec<(u16, Vec<u8>)>,
+    /// The HTTP request this context holds (KSR.xhttp), if it is one.
+    pub http: Option<Box<super::xhttp::HttpCtx>>,
+    /// `KSR.websocket.close*()`: close that connection with (code, reason).
+    pub ws_close: Option<(u16, Vec<u8>)>,
 }
 
 impl MsgCtx {
@@ -194,6 +198,8 @@ impl MsgCtx {
             dlg_ctx_bye: None,
             dlg_ctx_timeout: None,
             dlg_profiles: Vec::new(),
+            http: None,
+            ws_close: None,
         }
     }
 
@@ -263,6 +269,8 @@ impl MsgCtx {
         self.dlg_ctx_bye = None;
         self.dlg_ctx_timeout = None;
         self.dlg_profiles.clear();
+        self.http = None;
+        self.ws_close = None;
     }
 
     /// Parses `buf[..len]` as one datagram.

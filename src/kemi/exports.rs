@@ -55,6 +55,8 @@ pub const DOC_SOURCES: &[(&str, &str)] = &[
     ("sipjson", include_str!("sipjson.rs")),
     ("dialog", include_str!("dialog.rs")),
     ("dispatcher", include_str!("dispatcher.rs")),
+    ("xhttp", include_str!("xhttp.rs")),
+    ("websocket", include_str!("websocket.rs")),
 ];
 
 /// One documented KSR function.

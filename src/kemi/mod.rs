@@ -57,6 +57,8 @@ mod testutil;
 mod textops;
 pub mod tm;
 pub mod tm_store;
+mod websocket;
+pub mod xhttp;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -351,24 +353,54 @@ impl NamedRoutes {
         if self.native {
             return native::named(name).map(RouteFn::Native);
         }
-        self.get_lua(lua, name).map(RouteFn::Lua)
+        self.get_lua(lua, name, None).map(RouteFn::Lua)
     }
 
-    fn get_lua(&self, lua: &Lua, name: &str) -> Option<Function> {
-        if let Some(f) = self.cache.borrow().get(name) {
+    /// The global function `name` called with the argument `evname`
+    /// (Kamailio's KEMI event callbacks: `ksr_xhttp_event("xhttp:request")`).
+    /// The native route defines none.
+    pub(crate) fn get_event(&self, lua: &Lua, name: &str, evname: &str) -> Option<RouteFn> {
+        if self.native {
+            return None;
+        }
+        self.get_lua(lua, name, Some(evname)).map(RouteFn::Lua)
+    }
+
+    fn get_lua(&self, lua: &Lua, name: &str, evname: Option<&str>) -> Option<Function> {
+        let key = match evname {
+            Some(ev) => format!("{name}\u{0}{ev}"),
+            None => name.to_string(),
+        };
+        if let Some(f) = self.cache.borrow().get(&key) {
             return f.clone();
         }
         let f = match lua.globals().get::<mlua::Value>(name) {
-            Ok(mlua::Value::Function(f)) => lua
-                .load(ROUTE_WRAPPER)
-                .set_name("=route_wrapper")
-                .call::<Function>((f, self.handler.clone(), self.exit.clone(), self.arm.clone()))
-                .ok(),
+            Ok(mlua::Value::Function(f)) => {
+                let f = match evname {
+                    None => Some(f),
+                    Some(ev) => lua
+                        .load("local f, ev = ...\nreturn function() return f(ev) end")
+                        .set_name("=event_callback")
+                        .call::<Function>((f, ev))
+                        .ok(),
+                };
+                f.and_then(|f| {
+                    lua.load(ROUTE_WRAPPER)
+                        .set_name("=route_wrapper")
+                        .call::<Function>((
+                            f,
+                            self.handler.clone(),
+                            self.exit.clone(),
+                            self.arm.clone(),
+                        ))
+                        .ok()
+                })
+            }
             _ => None,
         };
         let mut cache = self.cache.borrow_mut();
         if cache.len() < 256 {
-            cache.insert(name.to_string(), f.clone());
+            cache.insert(key, f.clone());
         }
         f
     }
@@ -686,6 +718,44 @@ impl Engine {
         run
     }
 
+    /// Starts the xhttp route (`[xhttp] event_callback`, default
+    /// `ksr_xhttp_event("xhttp:request")`) for an HTTP request loaded into
+    /// `ctx` with [`xhttp::prepare`]. Poll the returned future; it hands the
+    /// context back with what the connection does next. A target refused
+    /// by `url_skip`/`url_match`, or a script without the callback, gets
+    /// 404 without running Lua.
+    pub fn run_xhttp(&self, ctx: Box<MsgCtx>) -> xhttp::XhttpRun {
+        let settings = self.shared.services.tables.xhttp.clone();
+        let vm = self.vm.borrow().clone();
+        let wanted = ctx
+            .http
+            .is_some()
+            .then(|| std::str::from_utf8(xhttp::hu(&ctx).unwrap_or_default()).unwrap_or(""))
+            .is_some_and(|t| settings.wants(t));
+        let route = wanted
+            .then(|| {
+                vm.routes
+                    .get_event(&vm.lua, &settings.event_callback, "xhttp:request")
+            })
+            .flatten();
+        match route {
+            Some(f) => {
+                let mut run = RouteRun::new(self.shared.clone(), ctx, &f, &vm.lua);
+                run._vm = Some(vm);
+                xhttp::XhttpRun {
+                    shared: self.shared.clone(),
+                    run: Some(run),
+                    ctx: None,
+                }
+            }
+            None => xhttp::XhttpRun {
+                shared: self.shared.clone(),
+                run: None,
+                ctx: Some(ctx),
+            },
+        }
+    }
+
     /// A received reply: `ksr_reply_route()`, then its transaction (onreply
     /// route, response selection, failure route) or stateless forwarding.
     pub fn process_reply(
@@ -828,6 +898,8 @@ fn register_all(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()>
     sipjson::register(lua, ksr, shared)?;
     dialog::register(lua, ksr, shared)?;
     dispatcher::register(lua, ksr, shared)?;
+    xhttp::register(lua, ksr, shared)?;
+    websocket::register(lua, ksr, shared)?;
     Ok(())
 }
 

@@ -887,6 +887,7 @@ fn msg_val(m: &MsgCtx, spec: &Spec<'_>) -> Val {
     let to = || msg.to().ok();
     match spec.class {
         "rm" => Val::s(msg.method_bytes()),
+        "hu" => Val::opt(super::xhttp::hu(m)),
         "ru" | "ruri" => uri_whole(ruri),
         "rU" => uri_user(ruri),
         "rd" => uri_host(ruri),
@@ -1061,7 +1062,7 @@ fn known_pv(name: &str) -> bool {
         "rz", "rP", "ou", "oU", "od", "rv", "du", "dd", "dp", "dP", "bf", "mf", "si", "sp", "su",
         "sut", "Ri", "Rp", "Ru", "Rut", "RAi", "RAp", "pr", "proto", "conid", "ua", "ci", "fu",
         "fU", "fd", "fn", "ft", "tu", "tU", "td", "tn", "tt", "cs", "rs", "rr", "mb", "ml", "mt",
-        "bs", "rb", "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx",
+        "bs", "rb", "cl", "cT", "ct", "au", "ar", "adu", "dlg", "dlg_var", "dlg_ctx", "hu",
     ];
     name.starts_with("$T_") || parse_spec(name).is_some_and(|s| CLASSES.contains(&s.class))
 }
@@ -1140,7 +1141,7 @@ pub(super) fn header_values(m: &MsgCtx, name: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// Every value of header `name` (any name, compact forms match), in order.
-fn hdr_values<'a>(msg: &crate::sip::SipMsg<'a>, name: &[u8]) -> Vec<&'a [u8]> {
+pub(super) fn hdr_values<'a>(msg: &crate::sip::SipMsg<'a>, name: &[u8]) -> Vec<&'a [u8]> {
     let kind = HdrName::from_bytes(name);
     if kind != HdrName::Other {
         return msg.headers(kind).collect();

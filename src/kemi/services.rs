@@ -142,6 +142,8 @@ pub struct SharedTables {
     /// KSR.dispatcher sets and destination state (when configured).
     pub dispatcher: Option<Arc<crate::dispatcher::Dispatcher>>,
     pub dispatcher_cfg: crate::config::DispatcherConfig,
+    /// `[xhttp]` and `[websocket]` (KSR.xhttp, KSR.websocket).
+    pub xhttp: std::sync::Arc<super::xhttp::Settings>,
     /// TCP/TLS connections (`[tcp]` / `[tls]` configured): every shard
     /// sends on any connection through it, without a hop.
     /// Set once at start (the TLS files are read then).
@@ -183,6 +185,10 @@ impl SharedTables {
         self.dialog = super::dialog_store::Dialogs::new(&config.dialog);
         self.dispatcher = super::dispatcher::build(config, 0);
         self.dispatcher_cfg = config.dispatcher.clone();
+        self.xhttp = std::sync::Arc::new(super::xhttp::Settings::new(
+            &config.xhttp,
+            &config.websocket,
+        ));
         self
     }
 
@@ -224,6 +230,7 @@ impl SharedTables {
             dialog: super::dialog_store::Dialogs::new(&crate::config::DialogConfig::default()),
             dispatcher: None,
             dispatcher_cfg: crate::config::DispatcherConfig::default(),
+            xhttp: Default::default(),
             conns: std::sync::OnceLock::new(),
         }
     }

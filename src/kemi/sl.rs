@@ -100,6 +100,13 @@ pub fn reply_counted(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bo
 /// Builds the reply into the context's outgoing queue. False for a reply or
 /// an ACK (nothing to answer) or an unusable Via.
 pub fn reply_into(s: &Shared, m: &mut MsgCtx, code: u16, reason: &[u8]) -> bool {
+    if m.http.is_some() {
+        // an HTTP request (KSR.xhttp): answered in HTTP, as Kamailio's sl does
+        let body = std::mem::take(&mut m.reply_body);
+        let done = super::xhttp::reply(s, m, code, reason, b"", &body);
+        m.reply_body = body;
+        return done;
+    }
     let reply_headers = std::mem::take(&mut m.reply_headers);
     let mut scratch = std::mem::take(&mut m.scratch);
     let dst = build_local_reply_body(

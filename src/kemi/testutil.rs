@@ -97,6 +97,33 @@ pub(crate) fn run(eng: &Engine, msg: &[u8]) -> (Box<MsgCtx>, RouteOutcome) {
     }
 }
 
+/// Runs the xhttp route on the HTTP request `raw` (from 192.0.2.9:5060 on
+/// [`LOCAL`]); the route must not suspend.
+pub(crate) fn run_http(eng: &Engine, raw: &[u8]) -> super::xhttp::XhttpOutcome {
+    let limits = crate::http::Limits::default();
+    let head = crate::http::parse_head(raw, &limits)
+        .expect("test request parses")
+        .expect("test request is whole");
+    assert_eq!(head.total_len(), raw.len(), "one whole test request");
+    let req = crate::http::Request {
+        head,
+        bytes: raw.to_vec(),
+    };
+    let mut m = Box::new(MsgCtx::new(65535, 128));
+    assert!(super::xhttp::prepare(
+        &mut m,
+        &req,
+        "192.0.2.9:5060".parse().unwrap(),
+        LOCAL.parse().unwrap(),
+        limits.headers_max,
+    ));
+    let mut run = eng.run_xhttp(m);
+    match Pin::new(&mut run).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready((_, out)) => out,
+        Poll::Pending => panic!("test xhttp route suspended"),
+    }
+}
+
 /// The message as it would be written out with the route's header edits.
 pub(crate) fn assembled(m: &MsgCtx) -> String {
     let mut out = Vec::new();
@@ -166,6 +193,17 @@ pub(crate) fn engine_on(
     shard_id: usize,
     shard_count: usize,
 ) -> Engine {
+    engine_on_with(script, tables, shard_id, shard_count, &[])
+}
+
+/// [`engine_on`] with `core.defines`.
+pub(crate) fn engine_on_with(
+    script: &str,
+    tables: std::sync::Arc<SharedTables>,
+    shard_id: usize,
+    shard_count: usize,
+    defines: &[String],
+) -> Engine {
     let tuning = ShardTuning::default();
     let auth = AuthConfig::default();
     let reg = RegistrarConfig::default();
@@ -192,7 +230,7 @@ pub(crate) fn engine_on(
         tuning: &tuning,
         services,
         test_hooks: false,
-        defines: &[],
+        defines,
         local_addr: LOCAL.parse().unwrap(),
         route: Default::default(),
     })

@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::rpc::http::find_head_end;
 use crate::stats::hlog::{self, HlogError, HlogWriter, ShardKey};
 
 pub const DEFAULT_URL: &str = "http://127.0.0.1:5070";
@@ -179,28 +178,20 @@ pub fn http_request_with_token(
 
 /// Splits a whole HTTP/1.x response into `(status, body)`.
 pub fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), ClientError> {
-    let (head_end, total) = find_head_end(raw).ok_or(ClientError::BadResponse)?;
-    let head = std::str::from_utf8(&raw[..head_end]).map_err(|_| ClientError::BadResponse)?;
-    let mut lines = head.lines();
-    let status_line = lines.next().ok_or(ClientError::BadResponse)?;
-    let mut parts = status_line.splitn(3, ' ');
-    let (Some(version), Some(code)) = (parts.next(), parts.next()) else {
-        return Err(ClientError::BadResponse);
+    let limits = crate::http::Limits {
+        head_bytes_max: 64 * 1024,
+        headers_max: 64,
+        body_bytes_max: usize::MAX,
     };
-    if !version.starts_with("HTTP/1.") {
-        return Err(ClientError::BadResponse);
+    let head = crate::http::parse_response_head(raw, &limits)
+        .ok()
+        .flatten()
+        .ok_or(ClientError::BadResponse)?;
+    let mut body = raw.get(head.head_len..).unwrap_or_default();
+    if let Some(n) = head.content_length {
+        body = body.get(..n).ok_or(ClientError::BadResponse)?;
     }
-    let status: u16 = code.parse().map_err(|_| ClientError::BadResponse)?;
-    let mut body = &raw[total..];
-    for line in lines {
-        if let Some((name, value)) = line.split_once(':') {
-            if name.trim().eq_ignore_ascii_case("content-length") {
-                let n: usize = value.trim().parse().map_err(|_| ClientError::BadResponse)?;
-                body = body.get(..n).ok_or(ClientError::BadResponse)?;
-            }
-        }
-    }
-    Ok((status, body.to_vec()))
+    Ok((head.status, body.to_vec()))
 }
 
 /// Sends one JSON-RPC call; returns the full response object.

@@ -1,4 +1,6 @@
-//! A deliberately small HTTP/1.1 server for the control plane (RFC 9112).
+//! A deliberately small HTTP/1.1 server for the control plane (RFC 9112),
+//! on the sans-IO framer of [`crate::http`] (request heads parsed by
+//! `httparse`).
 //!
 //! Supports what JSON-RPC clients and Prometheus scrapers send:
 //! `Content-Length` bodies, keep-alive (HTTP/1.1 default, `Connection:
@@ -23,6 +25,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
+use crate::http::{Framer, Limits};
+pub use crate::http::{HeadError, RequestHead};
 use crate::rpc::jsonrpc::Registry;
 use crate::rpc::RpcContext;
 use crate::stats::prom;
@@ -41,162 +45,29 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time to write one response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a request head was refused, each with its status code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum HeadError {
-    #[error("malformed request line")]
-    BadRequestLine,
-    #[error("malformed header field")]
-    BadHeader,
-    #[error("request head is not UTF-8")]
-    NotUtf8,
-    #[error("invalid or conflicting Content-Length")]
-    BadContentLength,
-    #[error("request head too large")]
-    HeadTooLarge,
-    #[error("too many header fields")]
-    TooManyHeaders,
-    #[error("Transfer-Encoding is not supported; send Content-Length")]
-    TransferEncoding,
-    #[error("HTTP version not supported")]
-    Version,
-    #[error("request-target must be origin-form (start with '/')")]
-    Target,
+const LIMITS: Limits = Limits {
+    head_bytes_max: HEAD_BYTES_MAX,
+    headers_max: HEADERS_MAX,
+    body_bytes_max: BODY_BYTES_MAX,
+};
+
+/// Parses a request head at the start of `buf` with the control plane's
+/// limits and its one extra rule: the target must be origin-form.
+/// `Ok(None)`: more bytes are needed.
+pub fn parse_head(buf: &[u8]) -> Result<Option<RequestHead>, HeadError> {
+    let head = crate::http::parse_head(buf, &LIMITS)?;
+    if let Some(h) = &head {
+        check_target(h)?;
+    }
+    Ok(head)
 }
 
-impl HeadError {
-    pub fn status(self) -> u16 {
-        match self {
-            HeadError::HeadTooLarge | HeadError::TooManyHeaders => 431,
-            HeadError::TransferEncoding => 501,
-            HeadError::Version => 505,
-            _ => 400,
-        }
-    }
-}
-
-/// A parsed request head.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RequestHead {
-    pub method: String,
-    /// Path without the query string.
-    pub path: String,
-    /// `1` for HTTP/1.1, `0` for HTTP/1.0.
-    pub version_minor: u8,
-    pub content_length: usize,
-    pub keep_alive: bool,
-    pub expect_continue: bool,
-    /// The `Authorization` header value, when one was sent (never logged).
-    pub authorization: Option<String>,
-}
-
-/// Where the head ends: `(head_len_without_terminator, total_len)`, or `None`
-/// when more bytes are needed. Accepts CRLFCRLF and (leniently) LFLF.
-pub fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    for i in 0..buf.len() {
-        if buf[i] != b'\n' {
-            continue;
-        }
-        if buf.get(i + 1) == Some(&b'\n') {
-            return Some((i, i + 2));
-        }
-        if buf.get(i + 1) == Some(&b'\r') && buf.get(i + 2) == Some(&b'\n') {
-            return Some((i, i + 3));
-        }
-    }
-    None
-}
-
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Parses a request head (everything before the blank line).
-pub fn parse_head(head: &[u8]) -> Result<RequestHead, HeadError> {
-    let text = std::str::from_utf8(head).map_err(|_| HeadError::NotUtf8)?;
-    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let request_line = lines.next().ok_or(HeadError::BadRequestLine)?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(HeadError::BadRequestLine);
-    };
-    if !is_token(method) {
-        return Err(HeadError::BadRequestLine);
-    }
-    let version_minor = match version {
-        "HTTP/1.1" => 1,
-        "HTTP/1.0" => 0,
-        v if v.starts_with("HTTP/") => return Err(HeadError::Version),
-        _ => return Err(HeadError::BadRequestLine),
-    };
-    if !target.starts_with('/') || target.bytes().any(|b| b <= b' ' || b == 0x7f) {
-        return Err(HeadError::Target);
-    }
-    let path = target.split(['?', '#']).next().unwrap_or("/").to_string();
-
-    let mut content_length: Option<usize> = None;
-    let mut connection_close = false;
-    let mut connection_keep_alive = false;
-    let mut expect_continue = false;
-    let mut authorization = None;
-    let mut count = 0;
-    for line in lines {
-        if line.is_empty() {
-            continue;
-        }
-        count += 1;
-        if count > HEADERS_MAX {
-            return Err(HeadError::TooManyHeaders);
-        }
-        if line.starts_with([' ', '\t']) {
-            return Err(HeadError::BadHeader); // obsolete line folding
-        }
-        let (name, value) = line.split_once(':').ok_or(HeadError::BadHeader)?;
-        if !is_token(name) {
-            return Err(HeadError::BadHeader); // includes whitespace before ':'
-        }
-        let value = value.trim_matches([' ', '\t']);
-        if name.eq_ignore_ascii_case("content-length") {
-            if value.is_empty() || value.len() > 12 || !value.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(HeadError::BadContentLength);
-            }
-            let n: usize = value.parse().map_err(|_| HeadError::BadContentLength)?;
-            if content_length.is_some_and(|old| old != n) {
-                return Err(HeadError::BadContentLength);
-            }
-            content_length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            return Err(HeadError::TransferEncoding);
-        } else if name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                connection_close |= token.eq_ignore_ascii_case("close");
-                connection_keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-            }
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = value.eq_ignore_ascii_case("100-continue");
-        } else if name.eq_ignore_ascii_case("authorization") {
-            authorization = Some(value.to_string());
-        }
-    }
-    let keep_alive = if version_minor == 1 {
-        !connection_close
+fn check_target(h: &RequestHead) -> Result<(), HeadError> {
+    if h.target.starts_with('/') {
+        Ok(())
     } else {
-        connection_keep_alive && !connection_close
-    };
-    Ok(RequestHead {
-        method: method.to_string(),
-        path,
-        version_minor,
-        content_length: content_length.unwrap_or(0),
-        keep_alive,
-        expect_continue,
-        authorization,
-    })
+        Err(HeadError::Target)
+    }
 }
 
 /// A response to write.
@@ -230,45 +101,27 @@ impl Response {
     }
 
     fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
-        let mut out = format!(
-            "HTTP/1.1 {} {}\r\nServer: sipshard\r\nContent-Length: {}\r\nConnection: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.body.len(),
-            if keep_alive { "keep-alive" } else { "close" }
-        );
+        let mut headers: Vec<(&str, &[u8])> = vec![("Server", b"sipshard")];
         if !self.body.is_empty() || self.status != 204 {
-            out.push_str(&format!("Content-Type: {}\r\n", self.content_type));
+            headers.push(("Content-Type", self.content_type.as_bytes()));
         }
         if let Some(allow) = self.allow {
-            out.push_str(&format!("Allow: {allow}\r\n"));
+            headers.push(("Allow", allow.as_bytes()));
         }
         if self.status == 401 {
-            out.push_str("WWW-Authenticate: Bearer realm=\"sipshard\"\r\n");
+            headers.push(("WWW-Authenticate", b"Bearer realm=\"sipshard\""));
         }
-        out.push_str("\r\n");
-        let mut bytes = out.into_bytes();
-        bytes.extend_from_slice(&self.body);
-        bytes
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Content Too Large",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        505 => "HTTP Version Not Supported",
-        _ => "Unknown",
+        let mut out = Vec::with_capacity(160 + self.body.len());
+        crate::http::write_response(
+            &mut out,
+            1,
+            self.status,
+            crate::http::reason(self.status).as_bytes(),
+            &headers,
+            &self.body,
+            Some(keep_alive),
+        );
+        out
     }
 }
 
@@ -346,64 +199,67 @@ pub(crate) async fn serve(
 
 impl Server {
     async fn connection(&self, mut stream: TcpStream) -> std::io::Result<()> {
-        let mut buf: Vec<u8> = Vec::with_capacity(4096);
+        let mut framer = Framer::new(LIMITS);
+        let mut chunk = vec![0_u8; 4096];
         for served in 1..=REQUESTS_PER_CONNECTION_MAX {
             // Wait for the first byte of the next request (idle), then for
-            // the whole head (request timeout).
-            if buf.is_empty() {
-                match timeout(IDLE_TIMEOUT, read_some(&mut stream, &mut buf)).await {
-                    Ok(Ok(0)) | Err(_) => return Ok(()),
-                    Ok(Ok(_)) => {}
+            // the whole request (request timeout from its first byte).
+            let mut deadline = None;
+            let mut continued = false;
+            let req = loop {
+                match framer.poll_request() {
+                    Ok(Some(r)) => break r,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return self
+                            .finish(&mut stream, Response::text(e.status(), &e.to_string()))
+                            .await
+                    }
+                }
+                if framer.buffered() > 0 && deadline.is_none() {
+                    deadline = Some(tokio::time::Instant::now() + REQUEST_TIMEOUT);
+                }
+                if !continued {
+                    if let Some(h) = framer.pending_head() {
+                        if let Err(e) = check_target(h) {
+                            return self
+                                .finish(&mut stream, Response::text(e.status(), &e.to_string()))
+                                .await;
+                        }
+                        if h.expect_continue && h.content_length > 0 {
+                            continued = true;
+                            timeout(
+                                WRITE_TIMEOUT,
+                                stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                            )
+                            .await
+                            .map_err(|_| std::io::ErrorKind::TimedOut)??;
+                        }
+                    }
+                }
+                let read = match deadline {
+                    None => timeout(IDLE_TIMEOUT, stream.read(&mut chunk)).await,
+                    Some(d) => tokio::time::timeout_at(d, stream.read(&mut chunk)).await,
+                };
+                match read {
+                    Err(_) if deadline.is_none() => return Ok(()),
+                    Err(_) => {
+                        return self
+                            .finish(&mut stream, Response::text(408, "request timeout"))
+                            .await
+                    }
+                    Ok(Ok(0)) => return Ok(()), // peer closed (mid-request or idle)
+                    Ok(Ok(n)) => framer.handle_bytes(chunk.get(..n).unwrap_or_default()),
                     Ok(Err(e)) => return Err(e),
                 }
-            }
-            let head = match timeout(REQUEST_TIMEOUT, read_head(&mut stream, &mut buf)).await {
-                Err(_) => {
-                    return self
-                        .finish(&mut stream, Response::text(408, "request timeout"))
-                        .await
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(None)) => return Ok(()), // peer closed mid-head
-                Ok(Ok(Some(Err(e)))) => {
-                    return self
-                        .finish(&mut stream, Response::text(e.status(), &e.to_string()))
-                        .await
-                }
-                Ok(Ok(Some(Ok(x)))) => x,
             };
-            let (req, head_len) = head;
-            if req.content_length > BODY_BYTES_MAX {
+            if let Err(e) = check_target(&req.head) {
                 return self
-                    .finish(&mut stream, Response::text(413, "request body too large"))
+                    .finish(&mut stream, Response::text(e.status(), &e.to_string()))
                     .await;
             }
-            if req.expect_continue
-                && req.content_length > 0
-                && buf.len() < head_len + req.content_length
-            {
-                timeout(
-                    WRITE_TIMEOUT,
-                    stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n"),
-                )
-                .await
-                .map_err(|_| std::io::ErrorKind::TimedOut)??;
-            }
-            let total = head_len + req.content_length;
-            match timeout(REQUEST_TIMEOUT, read_until(&mut stream, &mut buf, total)).await {
-                Err(_) => {
-                    return self
-                        .finish(&mut stream, Response::text(408, "request timeout"))
-                        .await
-                }
-                Ok(Err(e)) => return Err(e),
-                Ok(Ok(false)) => return Ok(()), // peer closed mid-body
-                Ok(Ok(true)) => {}
-            }
-            let body: Vec<u8> = buf.drain(..total).skip(head_len).collect();
-
-            let response = self.route(&req, &body).await;
-            let keep_alive = req.keep_alive && served < REQUESTS_PER_CONNECTION_MAX;
+            let response = self.route(&req.head, req.body()).await;
+            let keep_alive = req.head.keep_alive && served < REQUESTS_PER_CONNECTION_MAX;
             write_response(&mut stream, &response, keep_alive).await?;
             if !keep_alive {
                 break;
@@ -420,11 +276,11 @@ impl Server {
     async fn route(&self, req: &RequestHead, body: &[u8]) -> Response {
         if let Some(token) = &self.token {
             if !bearer_matches(req.authorization.as_deref(), token) {
-                tracing::debug!(path = %req.path, "rpc request without the right token");
+                tracing::debug!(path = %req.path(), "rpc request without the right token");
                 return Response::text(401, "a bearer token is required");
             }
         }
-        match (req.method.as_str(), req.path.as_str()) {
+        match (req.method.as_str(), req.path()) {
             ("POST", "/" | "/RPC" | "/rpc") => {
                 match self.registry.handle_body(&self.ctx, body).await {
                     Some(v) => Response::json(&v),
@@ -480,53 +336,6 @@ async fn write_response(
     Ok(())
 }
 
-/// Reads once into `buf`; returns the byte count (0 = EOF).
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
-    let mut chunk = [0_u8; 4096];
-    let n = stream.read(&mut chunk).await?;
-    buf.extend_from_slice(&chunk[..n]);
-    Ok(n)
-}
-
-/// Reads until a whole head is buffered. `None`: the peer closed first.
-async fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<Option<Result<(RequestHead, usize), HeadError>>> {
-    loop {
-        // Tolerate blank lines before a request (RFC 9112 §2.2).
-        while buf.first().is_some_and(|&b| b == b'\r' || b == b'\n') {
-            buf.remove(0);
-        }
-        if let Some((head_end, total)) = find_head_end(buf) {
-            if head_end > HEAD_BYTES_MAX {
-                return Ok(Some(Err(HeadError::HeadTooLarge)));
-            }
-            return Ok(Some(parse_head(&buf[..head_end]).map(|h| (h, total))));
-        }
-        if buf.len() > HEAD_BYTES_MAX {
-            return Ok(Some(Err(HeadError::HeadTooLarge)));
-        }
-        if read_some(stream, buf).await? == 0 {
-            return Ok(None);
-        }
-    }
-}
-
-/// Reads until `buf` holds `total` bytes; `false` if the peer closed first.
-async fn read_until(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    total: usize,
-) -> std::io::Result<bool> {
-    while buf.len() < total {
-        if read_some(stream, buf).await? == 0 {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 #[cfg(test)]
 mod unit_tests {
     use super::*;
@@ -536,14 +345,16 @@ mod unit_tests {
             #[test]
             fn $name() {
                 let raw: &[u8] = $raw;
-                let (end, _) = find_head_end(raw).expect("complete head");
                 assert_eq!(
-                    parse_head(&raw[..end]).map(|h| (
-                        h.method,
-                        h.path,
-                        h.content_length,
-                        h.keep_alive
-                    )),
+                    parse_head(raw).map(|h| {
+                        let h = h.expect("complete head");
+                        (
+                            h.method.clone(),
+                            h.path().to_string(),
+                            h.content_length,
+                            h.keep_alive,
+                        )
+                    }),
                     $expect
                 );
             }
@@ -649,9 +460,12 @@ mod unit_tests {
     );
 
     #[test]
-    fn head_end_needs_blank_line() {
-        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
-        assert_eq!(find_head_end(b"A\r\n\r\nbody"), Some((2, 5)));
+    fn head_needs_blank_line() {
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        assert_eq!(
+            parse_head(b"A / HTTP/1.1\r\n\r\nbody").map(|h| h.map(|h| h.head_len)),
+            Ok(Some(16))
+        );
     }
 
     #[test]
@@ -660,6 +474,7 @@ mod unit_tests {
         for i in 0..=HEADERS_MAX {
             raw.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
         }
+        raw.extend_from_slice(b"\r\n");
         assert_eq!(parse_head(&raw), Err(HeadError::TooManyHeaders));
     }
 }

@@ -38,10 +38,12 @@ const ACCEPT_BURST: usize = 64;
 const READ_BURST: usize = 256 << 10;
 
 /// A connection as its owner sees it.
-struct Local {
-    conn: Arc<Conn>,
-    framer: StreamFramer,
-    kind: StreamKind,
+pub(super) struct Local {
+    pub(super) conn: Arc<Conn>,
+    pub(super) framer: StreamFramer,
+    pub(super) kind: StreamKind,
+    /// The HTTP / WebSocket side once the first line was HTTP (`web.rs`).
+    pub(super) web: Option<Box<super::web::Web>>,
 }
 
 /// One shard's listeners and connections.
@@ -126,6 +128,7 @@ fn adopt(shard: &Shard, sc: &ShardConns) {
             Local {
                 framer: StreamFramer::new(sc.table.limits.max_msg_bytes),
                 kind: StreamKind::Sip,
+                web: None,
                 conn: c,
             },
         );
@@ -182,6 +185,7 @@ fn accept(shard: &Shard, sc: &ShardConns, proto: Proto) {
                     Local {
                         framer: StreamFramer::new(sc.table.limits.max_msg_bytes),
                         kind: StreamKind::Sip,
+                        web: None,
                         conn: c,
                     },
                 );
@@ -279,7 +283,7 @@ pub(super) fn maybe_alias(shard: &Shard, ctx: &crate::kemi::MsgCtx, c: &Arc<Conn
 
 /// Why a connection closed (counted, logged at debug).
 #[derive(Debug, Clone, Copy)]
-enum Why {
+pub(super) enum Why {
     Peer,
     Idle,
     ConnectTimeout,
@@ -291,6 +295,11 @@ enum Why {
 
 /// Runs what the framer found; Err = close the connection.
 fn frame(shard: &Rc<Shard>, l: &mut Local) -> Result<(), Why> {
+    if l.kind != StreamKind::Sip {
+        // HTTP or WebSocket (web.rs) reads what the SIP framer buffered.
+        let bytes = l.framer.take_buffered();
+        return super::web::on_bytes(shard, l, &bytes);
+    }
     let limits = shard.limits;
     loop {
         match l.framer.next(&limits) {
@@ -331,23 +340,32 @@ fn frame(shard: &Rc<Shard>, l: &mut Local) -> Result<(), Why> {
     }
 }
 
-/// `// xhttp hook`: the connection's first bytes are an HTTP request. The
-/// HTTP handler takes the connection here (`l.kind = StreamKind::Http`,
-/// the buffered bytes from `l.framer.take_buffered()`, then every later
-/// read of this connection goes to it instead of the SIP framer). Until it
-/// exists: `404` and close.
-fn on_not_sip(shard: &Shard, l: &mut Local) -> Result<(), Why> {
-    // xhttp hook
-    l.kind = StreamKind::Http;
-    let _request = l.framer.take_buffered();
-    let _ = l.conn.send(
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        0,
-    );
-    if shard.log.allow(Instant::now()) {
-        tracing::info!(shard = shard.id, peer = %l.conn.peer, "HTTP request on the SIP port answered 404 (no HTTP handler)");
+/// `// xhttp hook`: the connection's first bytes are an HTTP request; from
+/// now on its bytes go to the HTTP side (`web.rs`: the xhttp route, the
+/// WebSocket upgrade).
+fn on_not_sip(shard: &Rc<Shard>, l: &mut Local) -> Result<(), Why> {
+    super::web::start_http(shard, l)
+}
+
+/// Runs `f` on connection `id` of this shard, if it is still open (a task
+/// finishing work for it); closes it when `f` says so.
+pub(super) fn with_local(
+    shard: &Rc<Shard>,
+    id: u64,
+    f: impl FnOnce(&mut Local) -> Result<(), Why>,
+) {
+    let Some(sc) = shard.conns.as_ref() else {
+        return;
+    };
+    let Some(mut l) = sc.local.borrow_mut().remove(&id) else {
+        return;
+    };
+    match f(&mut l) {
+        Ok(()) => {
+            sc.local.borrow_mut().insert(id, l);
+        }
+        Err(why) => close(shard, sc, l, why),
     }
-    Err(Why::NotSip)
 }
 
 fn close(shard: &Shard, sc: &ShardConns, l: Local, why: Why) {

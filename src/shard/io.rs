@@ -251,7 +251,7 @@ impl Shard {
         self.stop.load(Ordering::Acquire)
     }
 
-    fn counters(&self) -> &crate::kemi::Counters {
+    pub(super) fn counters(&self) -> &crate::kemi::Counters {
         &self.engine.shared().counters
     }
 }
@@ -559,7 +559,7 @@ fn control(shard: &Rc<Shard>, cmds: &Receiver<ShardCmd>) -> bool {
     }
 }
 
-fn take_ctx(shard: &Shard) -> Box<MsgCtx> {
+pub(super) fn take_ctx(shard: &Shard) -> Box<MsgCtx> {
     shard.pool.borrow_mut().pop().unwrap_or_else(|| {
         let mut ctx = Box::new(MsgCtx::new(shard.max_msg_bytes, shard.max_headers));
         ctx.set_limits(&shard.engine.shared().limits.msg);
@@ -984,6 +984,15 @@ fn finish(
         }
     }
     send_out(shard, &ctx);
+    if let Some((code, reason)) = ctx.ws_close.take() {
+        // KSR.websocket.close*(): the connection the message came on, after
+        // the route's own replies.
+        if let Some(sc) = &shard.conns {
+            if let Some(c) = sc.table.get(&Dest::new(ctx.src, ctx.proto)) {
+                super::web::close_from_route(&c, code, &reason, sc.table.now_ms());
+            }
+        }
+    }
     recycle(shard, ctx);
 }
 

@@ -23,6 +23,7 @@ pub mod dispatch;
 mod io;
 pub mod reload;
 pub mod runtime;
+mod web;
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;

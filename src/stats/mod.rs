@@ -108,6 +108,11 @@ counters! {
     FloodRateLimited => "flood.rate_limited", "requests over [flood] per_source_rate (dropped, or answered 503 with answer_503)";
     FloodBannedDrops => "flood.banned_drops", "requests from a banned source dropped before the route";
     FloodBans => "flood.bans", "sources banned after auth_failures_max failed authentications";
+    XhttpRequests => "xhttp.requests", "HTTP requests on a SIP stream port given to the xhttp route";
+    XhttpBadRequests => "xhttp.bad_requests", "HTTP requests refused before the route (malformed or over an [xhttp] bound; connection closed)";
+    WsUpgrades => "websocket.upgrades", "connections upgraded to WebSocket by KSR.websocket.handle_handshake";
+    WsMessages => "websocket.messages", "SIP messages received in WebSocket frames";
+    WsProtocolErrors => "websocket.protocol_errors", "WebSocket connections closed for a protocol error (1002, 1007, 1009)";
     FloodTableFull => "flood.table_full", "sources forgotten with state left: the [flood] table was at max_sources";
     DsLoadFull => "dispatcher.load_full", "calls not tracked for call-load dispatching (alg 10): the table held max_calls";
     DsProbesSent => "dispatcher.probes_sent", "keepalive requests sent to destinations (first transmissions)";

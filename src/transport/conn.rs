@@ -114,6 +114,9 @@ pub struct Conn {
     closed: AtomicBool,
     /// Some alias names it (see [`ConnTable::alias`]).
     aliased: AtomicBool,
+    /// Upgraded to WebSocket (RFC 7118): [`Conn::send`] puts each message
+    /// in one unmasked frame.
+    ws: AtomicBool,
     ep: EpollCtl,
     wq_max: usize,
 }
@@ -151,8 +154,39 @@ impl Conn {
         self.sock.as_raw_fd()
     }
 
-    /// Sends `bytes` (whole, or queued behind what is pending).
+    /// Sends one message: as it is, or in a WebSocket frame once the
+    /// connection was upgraded.
     pub fn send(&self, bytes: &[u8], now_ms: u64) -> Result<(), SendError> {
+        if self.is_ws() {
+            let op = if std::str::from_utf8(bytes).is_ok() {
+                crate::http::ws::Opcode::Text
+            } else {
+                crate::http::ws::Opcode::Binary
+            };
+            let mut framed = Vec::with_capacity(bytes.len() + 10);
+            crate::http::ws::encode_frame(&mut framed, op, bytes, true);
+            return self.send_raw(&framed, now_ms);
+        }
+        self.send_raw(bytes, now_ms)
+    }
+
+    /// The connection carries WebSocket frames.
+    pub fn is_ws(&self) -> bool {
+        self.ws.load(Ordering::Acquire)
+    }
+
+    /// The transport of the messages it carries (WS/WSS once upgraded).
+    pub fn msg_proto(&self) -> Proto {
+        match (self.is_ws(), self.proto) {
+            (true, Proto::Tls) => Proto::Wss,
+            (true, _) => Proto::Ws,
+            (false, p) => p,
+        }
+    }
+
+    /// Sends `bytes` as they are (whole, or queued behind what is pending):
+    /// HTTP responses, WebSocket control frames.
+    pub fn send_raw(&self, bytes: &[u8], now_ms: u64) -> Result<(), SendError> {
         let mut w = self.lock();
         if w.closed {
             return Err(SendError::Closed);
@@ -450,6 +484,20 @@ impl ConnTable {
         }
     }
 
+    /// The owner upgraded `c` to WebSocket: from now on it is found as a
+    /// WS (WSS over TLS) destination, and messages sent on it are framed.
+    pub fn upgrade_ws(&self, c: &Arc<Conn>) {
+        c.ws.store(true, Ordering::Release);
+        let old = Dest::new(c.peer, c.proto);
+        {
+            let mut m = self.by_dest.get(&dest_key(&old));
+            if m.get(&old).is_some_and(|o| Arc::ptr_eq(o, c)) {
+                m.remove(&old);
+            }
+        }
+        self.alias(Dest::new(c.peer, c.msg_proto()), c);
+    }
+
     /// Admits a new inbound connection from `ip` on `shard` (counts it),
     /// or refuses it (limit per shard or per source).
     pub fn admit(&self, ip: IpAddr, shard: usize) -> bool {
@@ -540,6 +588,7 @@ impl ConnTable {
             opened_ms: now,
             closed: AtomicBool::new(false),
             aliased: AtomicBool::new(false),
+            ws: AtomicBool::new(false),
             ep: ep.clone(),
             wq_max: self.limits.wq_max,
         });
