@@ -208,7 +208,15 @@ fn sipp_over_tcp_registers_with_auth_and_calls_a_udp_user() {
         "alice's binding keeps the TCP source: {ul}"
     );
 
-    // bob on UDP
+    // bob on UDP, called by alice over TCP
+    call_udp_bob(&srv, &dir, None, ";transport=tcp;r2=on;lr");
+}
+
+/// Registers bob over UDP (a sipp UAS as his contact), then alice (sipp
+/// over TCP to the server, or to `via`: a TLS tunnel in front of it)
+/// calls him with auth; the call completes, and the callee sees the stream
+/// side of the double Record-Route (`rr_marker`).
+fn call_udp_bob(srv: &Server, dir: &TempDir, via: Option<SocketAddr>, rr_marker: &str) {
     let port = free_udp_port();
     let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, srv.addr, 1, &[]);
     let c = client();
@@ -246,7 +254,10 @@ fn sipp_over_tcp_registers_with_auth_and_calls_a_udp_user() {
             "secret".into(),
             "-t".into(),
             "t1".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(via.iter().flat_map(|a| ["-rsa".to_string(), a.to_string()]))
+        .collect::<Vec<_>>(),
     )
     .wait();
     let uas = uas.wait_after(&uac);
@@ -255,8 +266,8 @@ fn sipp_over_tcp_registers_with_auth_and_calls_a_udp_user() {
     assert_eq!(uac.successful(), 1, "{}", uac.report());
     assert_eq!(uas.traced("received", "BYE "), 1, "{}", uas.report());
     assert!(
-        uas.messages.contains(";transport=tcp;r2=on;lr"),
-        "the callee sees the TCP side of the double Record-Route:\n{}",
+        uas.messages.contains(rr_marker),
+        "the callee sees the stream side of the double Record-Route ({rr_marker}):\n{}",
         uas.messages
     );
 }
@@ -696,14 +707,15 @@ fn tls_client_without_certificate_is_refused_when_required() {
 
 /// sipp over TLS: Debian's sipp has no TLS, so stunnel (client mode) takes
 /// sipp's TCP connection and speaks TLS to sipshard; REGISTER with auth
-/// completes.
+/// completes, and alice then calls bob, registered over UDP, through the
+/// proxy (TLS in, UDP out, double Record-Route).
 #[test]
-fn sipp_through_stunnel_registers_over_tls() {
+fn sipp_through_stunnel_registers_over_tls_and_calls_a_udp_user() {
     if Command::new("stunnel4").arg("-version").output().is_err() {
         panic!("stunnel4 is not installed (scripts/deps.sh)");
     }
     let db = TestDb::sqlite();
-    db.init(&[("alice@127.0.0.1", "secret")]);
+    db.init(&[("alice@127.0.0.1", "secret"), ("bob@127.0.0.1", "pw-bob")]);
     let certs = Certs::make();
     let tls_port = free_tcp_port();
     let srv = start(&db, "", &certs.tls_toml(tls_port, false));
@@ -755,12 +767,15 @@ fn sipp_through_stunnel_registers_over_tls() {
         ],
     )
     .wait();
-    let _ = tunnel.kill();
-    let _ = tunnel.wait();
     assert_eq!(reg.code, Some(0), "{}\n{}", reg.report(), srv.log());
     assert_eq!(reg.successful(), 3, "{}", reg.report());
     let ul = rpc(srv.rpc_port, "ul.lookup", json!(["location", "alice"]));
     assert!(ul.to_string().contains("transport=tls"), "{ul}");
+    // alice, over TLS (through the tunnel), calls bob on UDP
+    let front_addr: SocketAddr = format!("127.0.0.1:{front}").parse().unwrap();
+    call_udp_bob(&srv, &dir, Some(front_addr), ";transport=tls;r2=on;lr");
+    let _ = tunnel.kill();
+    let _ = tunnel.wait();
 }
 
 /// `KSR.set_forward_no_connect()`: a relay to a TCP contact with no

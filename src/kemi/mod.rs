@@ -104,8 +104,31 @@ pub struct Myself {
 
 impl Myself {
     pub fn new(listen: std::net::SocketAddr, aliases: &[String]) -> Myself {
-        let port = listen.port();
         let mut names = Vec::new();
+        Self::push_listen(&mut names, listen);
+        for a in aliases {
+            names.push(split_host_port(&a.trim().to_ascii_lowercase()));
+        }
+        Myself {
+            names,
+            default_port: 5060,
+        }
+    }
+
+    /// Also this listening address (a TCP or TLS listener on its own
+    /// address or port): Kamailio counts every listen socket as myself.
+    pub fn add_listen(&mut self, listen: std::net::SocketAddr) {
+        let mut more = Vec::new();
+        Self::push_listen(&mut more, listen);
+        for n in more {
+            if !self.names.contains(&n) {
+                self.names.push(n);
+            }
+        }
+    }
+
+    fn push_listen(names: &mut Vec<(String, Option<u16>)>, listen: std::net::SocketAddr) {
+        let port = listen.port();
         let ip = listen.ip();
         if ip.is_unspecified() {
             names.push(("127.0.0.1".to_string(), Some(port)));
@@ -120,13 +143,6 @@ impl Myself {
             if ip.is_loopback() {
                 names.push(("localhost".to_string(), Some(port)));
             }
-        }
-        for a in aliases {
-            names.push(split_host_port(&a.trim().to_ascii_lowercase()));
-        }
-        Myself {
-            names,
-            default_port: 5060,
         }
     }
 

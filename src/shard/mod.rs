@@ -75,7 +75,15 @@ impl ShardParams {
         script_name: String,
         shard_count: usize,
     ) -> ShardParams {
-        let myself = Myself::new(config.core.listen, &config.core.alias);
+        let mut myself = Myself::new(config.core.listen, &config.core.alias);
+        if config.tcp.enable {
+            if let Some(l) = config.tcp.listen {
+                myself.add_listen(l);
+            }
+        }
+        if let Some(l) = config.tls.listen {
+            myself.add_listen(l);
+        }
         crate::kemi::sanity::configure(&config.sanity);
         let nonce_secret = if config.auth.secret.is_empty() {
             let mut k = [0u8; 32];
