@@ -60,6 +60,8 @@
 # transaction with no final reply in this long failed), SOCKETS (8),
 # GEN_THREADS (1), MAXRATE_USERS (1000), CALL_HOLD_MS (1000), SKIP_SIPP=1,
 # SIPP_RATE (4000), SIPP_CALLS (20000), SKIP_PLOT=1, SKIP_KAMAILIO=1,
+# WORKERS (2: Kamailio children), SIPSHARD_CORES ("[0, 1]": sipshard's
+# [core] cores; "[0]" with WORKERS=1 is the one-shard / one-worker curve),
 # BUF_BYTES, ports SIPSHARD_PORT RPC_PORT KAM_PORT CALL_UAS_PORT
 # CALL_UAC_PORT (as compare.sh), OUT (markdown file; the TSV and PNGs are
 # named after it), SIPSHARD_BIN (skip the build), KEEP=1.
@@ -89,7 +91,7 @@ SKIP_SIPP=${SKIP_SIPP:-0}
 SIPP_RATE=${SIPP_RATE:-4000}
 SIPP_CALLS=${SIPP_CALLS:-20000}
 SKIP_PLOT=${SKIP_PLOT:-0}
-WORKERS=2
+WORKERS=${WORKERS:-2}   # Kamailio children (and tcp_children)
 BUF_BYTES=${BUF_BYTES:-4194304}
 SIPSHARD_PORT=${SIPSHARD_PORT:-25060}
 RPC_PORT=${RPC_PORT:-25070}
@@ -275,7 +277,7 @@ start_server() {  # $1 = sipshard|kamailio, $2 = register|options|calls|sipp
   sqlite3 "${db#sqlite://}" "DELETE FROM location; DELETE FROM location_attrs;"
   if [ "$srv" = sipshard ]; then
     sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "${script:+script = \"$script\"}" "" "" "$(stream_toml "$scen")"
-    sipshard_start "$WORK/sipshard-$scen.toml" "$scen: 2 shards, ${script:-etc/sipshard.lua}"
+    sipshard_start "$WORK/sipshard-$scen.toml" "$scen: cores ${SIPSHARD_CORES:-[0, 1]}, ${script:-etc/sipshard.lua}"
   else
     KAM_LUA=${script:-$ROOT/etc/sipshard.lua}
     local def=()
@@ -373,7 +375,7 @@ write_report() {
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $COMMIT; $("$BIN" --version)"
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
   if [[ " $SERVERS " == *" kamailio "* ]]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS, -m 256 -M 16; $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
-  echo "- each server: 2 workers, 127.0.0.1, alone on the machine with the generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
+  echo "- each server: $WORKERS Kamailio worker(s) / sipshard cores ${SIPSHARD_CORES:-[0, 1]}, 127.0.0.1, alone on the machine with the generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
   echo "- generator: \`sipshard bench\`, $SOCKETS sockets, $GEN_THREADS thread(s), ${STEP_S} s per step, transaction timeout ${TIMEOUT_MS} ms; $users users; a step fails on any failure or corrected p99 > ${P99_MAX_MS} ms"
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done

@@ -35,7 +35,7 @@
 #             with `-A ROUTE_TIME` (every route's time logged; kept out of the
 #             CPU run, as compare.sh does)
 # Kamailio runs with -m KAM_SHM_MB (default 256 + 3 MiB per 1000 users) and
-# -M KAM_PKG_MB (default 64 + 1 MiB per 1000 users: db_sqlite reads the
+# -M KAM_PKG_MB (default 64 + 3 MiB per 1000 users: db_sqlite reads the
 # whole preload into one process's pkg memory) and usrloc hash_size raised
 # to at least N/2 slots (-A UL_HASH_SIZE=bits, 10..20); sipshard with [db]
 # location_rows_max and [registrar] max_aors_per_shard raised to N.
@@ -157,7 +157,7 @@ run_sipshard_n() {  # $1 = N
 run_kamailio_n() {  # $1 = N
   local n=$1 m0 m1 shm0 shm1 off
   KAM_SHM_MB=${KAM_SHM_MB_ENV:-$((256 + 3 * n / 1000))}
-  local pkg=${KAM_PKG_MB:-$((64 + n / 1000))} bits=10
+  local pkg=${KAM_PKG_MB:-$((64 + 3 * n / 1000))} bits=10
   # usrloc hash table: at least N/2 slots (2^10 = 1024 is its default)
   while [ $((1 << bits)) -lt $((n / 2)) ] && [ "$bits" -lt 20 ]; do bits=$((bits + 1)); done
   R[kamailio.$n.hash]=$bits
@@ -206,7 +206,7 @@ write_report() {
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $COMMIT; $("$BIN" --version)"
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
-  if [ "$SKIP_KAMAILIO" != 1 ]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS; per N: -m 256 + 3 MiB and -M 64 + 1 MiB per 1000 users, usrloc hash_size $(for n in $USERS; do printf '%s: %s bits; ' "$n" "$(g "kamailio.$n.hash")"; done)"; fi
+  if [ "$SKIP_KAMAILIO" != 1 ]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS; per N: -m 256 + 3 MiB and -M 64 + 3 MiB per 1000 users, usrloc hash_size $(for n in $USERS; do printf '%s: %s bits; ' "$n" "$(g "kamailio.$n.hash")"; done)"; fi
   echo "- REGISTER with auth: \`sipshard bench register --spread-users\`, $REG_CALLS registrations at $REG_RATE/s, $SOCKETS sockets, users spread over all N"
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done

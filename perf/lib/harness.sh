@@ -290,7 +290,7 @@ sipshard_toml() {
     cat <<TOML
 [core]
 listen = "127.0.0.1:$SIPSHARD_PORT"
-cores = [0, 1]
+cores = ${SIPSHARD_CORES:-[0, 1]}
 log_level = "info"
 TOML
     [ -z "$core" ] || echo "$core"
