@@ -220,6 +220,7 @@ pub fn drive(args: &MixedArgs) -> Result<MixedReport, String> {
         no_retransmit: false,
         expires: 3600,
         spread_users: args.spread_users,
+        transport: super::stream::BenchTransport::Udp,
         // json: no progress line of its own
         json: true,
         hlog: None,
