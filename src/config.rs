@@ -1276,7 +1276,9 @@ pub struct DbConfig {
     pub url: String,
     /// Pool size: database connections open at once, and requests in flight.
     pub max_connections: u32,
-    /// Requests waiting for a connection; one more gets `QueueFull`.
+    /// Requests waiting for a connection; one more gets `QueueFull`. With
+    /// a SQLite file, credential and usrloc db_mode 3 AoR reads wait in a
+    /// queue of their own of the same depth (the `db-reader` thread).
     pub queue_depth: usize,
     /// Longest a request may take, including waiting for a connection.
     pub query_timeout_ms: u64,
