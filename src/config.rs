@@ -548,7 +548,8 @@ pub struct AuthConfig {
     /// empty; on, HA1 is computed from the plain-text `password` column.
     #[serde(deserialize_with = "bool_or_int")]
     pub calculate_ha1: bool,
-    /// sipshard: credential cache (shared by the shards) TTL and size.
+    /// sipshard: credential cache (shared by the shards) TTL and size;
+    /// `cache_max_entries = 0` disables it (every check reads the database).
     pub cache_ttl_s: u64,
     pub cache_negative_ttl_s: u64,
     pub cache_max_entries: usize,

@@ -10,7 +10,9 @@
 //! loops (`exec`); the database runs on a tokio runtime owned by the control plane.
 //! A shard calls a [`DbHandle`] method, which only `try_send`s onto a bounded
 //! queue and returns a [`DbReply`] (a tokio oneshot receiver, which any
-//! executor can await). A full queue answers [`DbError::QueueFull`] at once; a
+//! executor can await). With a SQLite file, credential and db_mode 3
+//! AoR reads go to the `reader` thread instead (its own bounded queue, same
+//! depth, same errors). A full queue answers [`DbError::QueueFull`] at once; a
 //! slow or dead database answers [`DbError::Timeout`] after
 //! `query_timeout_ms`, never later.
 //!
