@@ -575,7 +575,8 @@ pub struct AuthConfig {
     /// empty; on, HA1 is computed from the plain-text `password` column.
     #[serde(deserialize_with = "bool_or_int")]
     pub calculate_ha1: bool,
-    /// sipshard: credential cache (shared by the shards) TTL and size.
+    /// sipshard: credential cache (shared by the shards) TTL and size;
+    /// `cache_max_entries = 0` disables it (every check reads the database).
     pub cache_ttl_s: u64,
     pub cache_negative_ttl_s: u64,
     pub cache_max_entries: usize,
@@ -1375,7 +1376,9 @@ pub struct DbConfig {
     pub url: String,
     /// Pool size: database connections open at once, and requests in flight.
     pub max_connections: u32,
-    /// Requests waiting for a connection; one more gets `QueueFull`.
+    /// Requests waiting for a connection; one more gets `QueueFull`. With
+    /// a SQLite file, credential and usrloc db_mode 3 AoR reads wait in a
+    /// queue of their own of the same depth (the `db-reader` thread).
     pub queue_depth: usize,
     /// Longest a request may take, including waiting for a connection.
     pub query_timeout_ms: u64,

@@ -18,6 +18,11 @@ const USERS: usize = 50;
 /// A server with a SQLite subscriber table holding `USERS` users written by
 /// `sipshard bench users` and loaded with `sipshard user import`.
 fn registrar(dir: &TempDir) -> (TestDb, Server) {
+    registrar_with(dir, "")
+}
+
+/// [`registrar`] with extra `[auth]` keys.
+fn registrar_with(dir: &TempDir, auth_toml: &str) -> (TestDb, Server) {
     let db = TestDb::sqlite();
     sipshard(&["db", "init", "--db", &db.url]);
     let file = dir.path("users.csv");
@@ -34,7 +39,10 @@ fn registrar(dir: &TempDir) -> (TestDb, Server) {
     assert!(out.contains(&format!("wrote {USERS} users")), "{out}");
     let out = sipshard(&["user", "import", file.to_str().unwrap(), "--db", &db.url]);
     assert_eq!(out, format!("added {USERS} subscribers\n"));
-    let toml = format!("[db]\nurl = \"{}\"\n[auth]\nsecret = \"k\"\n", db.url);
+    let toml = format!(
+        "[db]\nurl = \"{}\"\n[auth]\nsecret = \"k\"\n{auth_toml}",
+        db.url
+    );
     let srv = Server::start(ServerOpts {
         extra_toml: &toml,
         ..Default::default()
@@ -49,6 +57,56 @@ fn bench_json(args: &[&str]) -> Value {
 
 fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64().unwrap_or_else(|| panic!("{k} missing: {v}"))
+}
+
+/// Every authentication a credential-cache miss (`cache_max_entries = 0`),
+/// many at once over distinct users: each read goes to the database (SQLite:
+/// the `db-reader` thread) and every registration still succeeds.
+#[test]
+fn concurrent_cache_misses_all_authenticate() {
+    let dir = TempDir::new("bench-miss");
+    let (_db, srv) = registrar_with(&dir, "cache_max_entries = 0\n");
+    let target = srv.addr.to_string();
+    let r = bench_json(&[
+        "bench",
+        "register",
+        "--target",
+        &target,
+        "--users",
+        "u%d@example.com:pw%d",
+        "--user-count",
+        &USERS.to_string(),
+        "--spread-users",
+        "--count",
+        "400",
+        "--rate",
+        "2000",
+        "--sockets",
+        "8",
+        "--json",
+    ]);
+    assert_eq!(n(&r, "ok"), 400, "{r}");
+    assert_eq!(n(&r, "failed"), 0, "{r}");
+    let stats = rpc(
+        srv.rpc_port,
+        "stats.fetch",
+        json!([
+            "db.queries",
+            "db.queue_full",
+            "db.errors",
+            "auth.cache_entries"
+        ]),
+    );
+    // One database read per authenticated REGISTER (retransmissions aside).
+    let queries = stats["db.queries"].as_u64().unwrap_or(0);
+    assert!(queries >= 400, "{stats}");
+    assert_eq!(stats["db.queue_full"].as_u64().unwrap_or(0), 0, "{stats}");
+    assert_eq!(stats["db.errors"].as_u64().unwrap_or(0), 0, "{stats}");
+    assert_eq!(
+        stats["auth.cache_entries"].as_u64().unwrap_or(0),
+        0,
+        "{stats}"
+    );
 }
 
 #[test]

@@ -35,6 +35,7 @@ fn pure_modules_do_no_io() {
         "glommio",
         "mlua",
         "sqlx",
+        "rusqlite",
         "tokio",
         "std::net::UdpSocket",
         "std::net::TcpStream",

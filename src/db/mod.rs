@@ -10,7 +10,9 @@
 //! loops (`exec`); the database runs on a tokio runtime owned by the control plane.
 //! A shard calls a [`DbHandle`] method, which only `try_send`s onto a bounded
 //! queue and returns a [`DbReply`] (a tokio oneshot receiver, which any
-//! executor can await). A full queue answers [`DbError::QueueFull`] at once; a
+//! executor can await). With a SQLite file, credential and db_mode 3
+//! AoR reads go to the `reader` thread instead (its own bounded queue, same
+//! depth, same errors). A full queue answers [`DbError::QueueFull`] at once; a
 //! slow or dead database answers [`DbError::Timeout`] after
 //! `query_timeout_ms`, never later.
 //!
@@ -24,6 +26,7 @@
 pub mod cli;
 pub mod dns;
 mod pool;
+mod reader;
 pub mod redis;
 mod schema;
 pub mod sqlops;
@@ -153,6 +156,9 @@ pub enum DbError {
     Closed,
     #[error("sql: {0}")]
     Sql(#[source] sqlx::Error),
+    /// An error of the SQLite credential reader (`reader`).
+    #[error("sqlite: {0}")]
+    SqliteRead(String),
     #[error("bad database url: {0}")]
     BadUrl(String),
     #[error("bad database configuration: {0}")]
@@ -273,6 +279,8 @@ enum DbReq {
 #[derive(Clone, Debug)]
 pub struct DbHandle {
     tx: mpsc::Sender<DbReq>,
+    /// SQLite files: credential reads bypass sqlx (see `reader`).
+    reader: Option<reader::Reader>,
 }
 
 impl DbHandle {
@@ -293,8 +301,18 @@ impl DbHandle {
     pub fn from_pool(pool: DbPool, cfg: &DbConfig, rt: &tokio::runtime::Handle) -> DbHandle {
         let (tx, rx) = mpsc::channel(cfg.queue_depth.max(1));
         let in_flight_max = usize::try_from(cfg.max_connections.max(1)).unwrap_or(1);
+        // A reader that cannot start (no thread) leaves reads on the pool.
+        let reader = match pool.dialect() {
+            Dialect::Sqlite => reader::Reader::start(cfg).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "sqlite credential reader not started, reads go through the pool: {e}"
+                );
+                None
+            }),
+            Dialect::Postgres | Dialect::MySql => None,
+        };
         rt.spawn(serve(Arc::new(pool), rx, in_flight_max));
-        DbHandle { tx }
+        DbHandle { tx, reader }
     }
 
     /// The `subscriber` row of `username@domain`, or `None`. An empty
@@ -304,6 +322,11 @@ impl DbHandle {
         username: &str,
         domain: &str,
     ) -> Result<DbReply<Option<Credentials>>, DbError> {
+        if let Some(reader) = &self.reader {
+            let (reply, rx) = oneshot::channel();
+            reader.credentials(username, domain, reply)?;
+            return Ok(DbReply { rx });
+        }
         self.send(|reply| DbReq::Credentials {
             username: username.to_owned(),
             domain: domain.to_owned(),
@@ -361,6 +384,11 @@ impl DbHandle {
         username: &str,
         domain: &str,
     ) -> Result<DbReply<Vec<LocationRow>>, DbError> {
+        if let Some(reader) = &self.reader {
+            let (reply, rx) = oneshot::channel();
+            reader.location_load_aor(username, domain, reply)?;
+            return Ok(DbReply { rx });
+        }
         self.send(|reply| DbReq::LocationLoadAor {
             username: username.to_owned(),
             domain: domain.to_owned(),

@@ -127,13 +127,14 @@ fn is_time_column(column: &str) -> bool {
 
 /// Every statement, rendered once per pool for its dialect.
 #[derive(Debug)]
-struct Queries {
-    credentials: String,
-    credentials_any_domain: String,
+pub(crate) struct Queries {
+    pub(crate) credentials: String,
+    pub(crate) credentials_any_domain: String,
     location_upsert: String,
     location_select_all: String,
-    location_select_aor: String,
-    location_select_aor_nodomain: String,
+    /// Selects [`LOCATION_COLUMNS`] in order (times as Unix seconds, q as a double).
+    pub(crate) location_select_aor: String,
+    pub(crate) location_select_aor_nodomain: String,
     location_delete: String,
     location_delete_expired: String,
     location_attrs_delete: String,
@@ -149,7 +150,7 @@ struct Queries {
 }
 
 impl Queries {
-    fn new(d: Dialect) -> Queries {
+    pub(crate) fn new(d: Dialect) -> Queries {
         let p = |n| d.param(n);
         let columns: Vec<String> = LOCATION_COLUMNS.iter().map(|c| d.ident(c)).collect();
         let values: Vec<String> = LOCATION_COLUMNS

@@ -512,6 +512,18 @@ fn location_round_trip(dialect: Dialect) {
     ];
     block_on(handle.location_upsert(rows.clone()).expect("queued")).expect("upsert");
     assert_eq!(load_sorted(&handle), rows);
+    // One AoR (db_mode 3 reads; SQLite: the reader thread), with and
+    // without a domain.
+    let alice = block_on(
+        handle
+            .location_load_aor("alice", "example.com")
+            .expect("queued"),
+    );
+    assert_eq!(alice.expect("load aor"), rows[..2].to_vec());
+    let bob = block_on(handle.location_load_aor("bob", "").expect("queued"));
+    assert_eq!(bob.expect("load aor"), rows[2..].to_vec());
+    let none = block_on(handle.location_load_aor("alice", "").expect("queued"));
+    assert_eq!(none.expect("load aor"), vec![]);
 
     // Upsert by ruid replaces every column.
     let mut changed = sample_row("ruid-2", 2);
@@ -794,11 +806,91 @@ fn dropped_worker_answers_closed() {
     let rt = ControlRt::new();
     let handle = DbHandle::start(&db.cfg(), &rt.handle).expect("start");
     drop(rt); // the control runtime stops, the worker with it
-    match handle.credentials("a", "b") {
+              // (SQLite credential and AoR reads have their own thread, which lives
+              // as long as the handle: see `sqlite_reader_*`.)
+    match handle.location_load_all() {
         Err(DbError::Closed) => {}
         Ok(reply) => assert!(matches!(block_on(reply), Err(DbError::Closed))),
         Err(other) => panic!("unexpected {other:?}"),
     }
+}
+
+/// SQLite credential reads (the `reader` thread): a burst of first-time
+/// reads over distinct users all get their own row; a database locked by a
+/// writer answers `Timeout` within `query_timeout_ms` and a full queue
+/// `QueueFull` at once; reads work again once the lock is gone.
+#[test]
+fn sqlite_reader_burst_lock_and_queue() {
+    let db = TestDb::new(Dialect::Sqlite);
+    run_db(&db.url, DbCmd::Init).expect("db init");
+    const USERS: usize = 64;
+    for i in 0..USERS {
+        run_user(
+            &db.url,
+            None,
+            UserCmd::Add {
+                user: format!("u{i}@example.com"),
+                password: format!("pw{i}"),
+            },
+        )
+        .expect("add");
+    }
+    let cfg = DbConfig {
+        queue_depth: USERS,
+        query_timeout_ms: 400,
+        ..db.cfg()
+    };
+    let rt = ControlRt::new();
+    let handle = DbHandle::start(&cfg, &rt.handle).expect("start");
+    let replies: Vec<_> = (0..USERS)
+        .map(|i| {
+            let domain = if i % 2 == 0 { "example.com" } else { "" };
+            handle
+                .credentials(&format!("u{i}"), domain)
+                .expect("queued")
+        })
+        .collect();
+    for (i, reply) in replies.into_iter().enumerate() {
+        let row = block_on(reply).expect("query").expect("found");
+        assert_eq!(
+            (row.username, row.domain),
+            (format!("u{i}"), "example.com".to_owned())
+        );
+        assert_eq!(row.password, format!("pw{i}"));
+    }
+
+    // A writer holding an exclusive lock (rollback journal: readers wait).
+    let path = db.url.trim_start_matches("sqlite://");
+    let writer = rusqlite::Connection::open(path).expect("open");
+    writer.execute_batch("BEGIN EXCLUSIVE").expect("lock");
+    let started = Instant::now();
+    let locked = handle.credentials("u1", "example.com").expect("queued");
+    // The reader is stuck on the lock: the queue fills, then refuses.
+    let mut queued = Vec::new();
+    let mut full = 0;
+    for i in 0..USERS + 2 {
+        match handle.credentials(&format!("u{i}"), "example.com") {
+            Ok(reply) => queued.push(reply),
+            Err(DbError::QueueFull) => full += 1,
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(full >= 1, "queue never full");
+    assert!(matches!(block_on(locked), Err(DbError::Timeout)));
+    for reply in queued {
+        assert!(matches!(block_on(reply), Err(DbError::Timeout)));
+    }
+    // One busy wait, the rest answered without running; slack for a busy machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    writer.execute_batch("ROLLBACK").expect("unlock");
+    let row = block_on(handle.credentials("u5", "example.com").expect("queued"))
+        .expect("query after the lock")
+        .expect("found");
+    assert_eq!(row.password, "pw5");
 }
 
 /// A TCP forwarder to PostgreSQL that can cut every connection and refuse

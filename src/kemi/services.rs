@@ -211,8 +211,13 @@ impl SharedTables {
             db3_saving: Striped::new(STRIPES, |_| std::collections::HashSet::new()),
             nc: Striped::new(STRIPES, |_| NcTracker::new(per(auth.nc_max_entries))),
             creds: Striped::new(STRIPES, |_| {
+                // 0 disables the cache (every lookup asks the database).
                 CredCache::new(
-                    per(auth.cache_max_entries),
+                    if auth.cache_max_entries == 0 {
+                        0
+                    } else {
+                        per(auth.cache_max_entries)
+                    },
                     auth.cache_ttl_s,
                     auth.cache_negative_ttl_s,
                 )
