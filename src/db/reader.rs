@@ -5,13 +5,13 @@
 //! shard queued it for the control runtime, whose task acquired a pooled
 //! connection (a ping round trip to that connection's sqlx worker thread)
 //! and sent the query to the worker, waking on its answers before answering
-//! the shard: ≈ 6 voluntary context switches and ≈ 140 µs of server CPU per
+//! the shard: ≈ 6 voluntary context switches and ≈ 130 µs of server CPU per
 //! credential-cache miss (`perf/authmiss.sh`; docs/ARCHITECTURE.md). Here the
 //! shard queues the request on a bounded channel; this thread, blocked on it,
 //! runs a cached prepared statement on its own read-only connection and
 //! answers the shard's oneshot: one wake-up of this thread per batch of
 //! queued requests, one doorbell of the shard (only when it is parked);
-//! ≈ 1.4 switches and ≈ 42 µs per miss.
+//! ≈ 1.4 switches and ≈ 50 µs per miss.
 //!
 //! Owns: the read-only connection (opened on first use, reopened after an
 //! error), the request's deadline (`query_timeout_ms`: a request queued
