@@ -9,6 +9,8 @@ command -v sipsak >/dev/null 2>&1 || need_apt+=(sipsak)
 # stunnel4: Debian's sipp has no TLS; tests/tcp.rs puts stunnel (client mode) in
 # front of `sipp -t t1` for SIP over TLS. openssl makes the test certificates.
 command -v stunnel4 >/dev/null 2>&1 || need_apt+=(stunnel4)
+# curl: tests/xhttp.rs plays minesweeper over HTTP with it
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 # Kamailio 5.6 with app_lua: tests/differential.rs always compares the KEMI
