@@ -218,7 +218,7 @@ fn sipp_over_tcp_registers_with_auth_and_calls_a_udp_user() {
 /// side of the double Record-Route (`rr_marker`).
 fn call_udp_bob(srv: &Server, dir: &TempDir, via: Option<SocketAddr>, rr_marker: &str) {
     let port = free_udp_port();
-    let uas = Sipp::uas(&dir, "uas", "uas-call.xml", port, srv.addr, 1, &[]);
+    let uas = Sipp::uas(dir, "uas", "uas-call.xml", port, srv.addr, 1, &[]);
     let c = client();
     let r = register_with_auth(
         &c,
@@ -232,7 +232,7 @@ fn call_udp_bob(srv: &Server, dir: &TempDir, via: Option<SocketAddr>, rr_marker:
     );
     assert_eq!(status(&r), 200, "{r}");
     let uac = Sipp::spawn(
-        &dir,
+        dir,
         "uac",
         free_tcp_port(),
         &[
