@@ -17,9 +17,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A free UDP port on 127.0.0.1 (bound and released).
+/// A UDP port that is free for TCP too (a server with `[tcp] enable`
+/// listens on both).
 pub fn free_udp_port() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.local_addr().unwrap().port()
+    loop {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = s.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A free UDP port below 10000 (sipsak mangles 5-digit ports in the URIs it writes).
@@ -106,7 +113,27 @@ impl Server {
         Self::start_in(dir, opts)
     }
 
-    pub fn start_in(dir: TempDir, opts: ServerOpts<'_>) -> Server {
+    /// Starts the server in `dir`. Ports are picked free but can be taken
+    /// before the server binds them (by another test's server, or by an
+    /// outgoing connection's ephemeral port when TCP listens on the UDP
+    /// port): a start that fails with EADDRINUSE is retried on new ports.
+    pub fn start_in(mut dir: TempDir, opts: ServerOpts<'_>) -> Server {
+        let mut attempt = 0;
+        loop {
+            let mut srv = Self::spawn_in(dir, &opts);
+            match srv.wait_started() {
+                Ok(()) => return srv,
+                Err(log) if attempt < 4 && log.contains("Address already in use") => {
+                    attempt += 1;
+                    dir = std::mem::replace(&mut srv.dir, TempDir(PathBuf::new()));
+                    drop(srv);
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+    }
+
+    fn spawn_in(dir: TempDir, opts: &ServerOpts<'_>) -> Server {
         let port = if opts.low_port {
             free_low_udp_port()
         } else {
@@ -160,34 +187,34 @@ impl Server {
                 s.push('\n');
             }
         });
-        let mut srv = Server {
+        Server {
             child: Some(child),
             addr,
             stderr,
             dir,
             rpc_port,
-        };
-        srv.wait_started();
-        srv
+        }
     }
 
-    fn wait_started(&mut self) {
+    fn wait_started(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if self.stderr.lock().unwrap().contains("sipshard started") {
-                return;
+                return Ok(());
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
+                // the stderr reader may still be copying the last lines
+                std::thread::sleep(Duration::from_millis(50));
+                return Err(format!(
                     "sipshard exited during start ({status}):\n{}",
                     self.stderr.lock().unwrap()
-                );
+                ));
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "sipshard did not start in time:\n{}",
                     self.stderr.lock().unwrap()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
