@@ -159,20 +159,7 @@ pub fn table(r: &CallReport) -> String {
         "requests sent {}, retransmissions {}, replies {}, stray {}, inflight full {}, send errors {}",
         r.requests_sent, r.retransmissions, r.replies, r.stray_replies, r.inflight_full, r.send_errors
     );
-    let _ = writeln!(
-        s,
-        "setup latency us  p50       p90       p99     p99.9       max      mean"
-    );
-    for (name, p) in [
-        ("raw", &r.latency_us.raw),
-        ("corrected", &r.latency_us.corrected),
-    ] {
-        let _ = writeln!(
-            s,
-            "{name:<13} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            p.p50, p.p90, p.p99, p.p999, p.max, p.mean
-        );
-    }
+    r.latency_us.write_table(&mut s, "setup latency us");
     let _ = writeln!(s, "generator cpu {:.3}s", r.generator_cpu_s);
     s
 }

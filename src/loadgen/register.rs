@@ -142,6 +142,26 @@ pub struct Latency {
     pub corrected: Percentiles,
 }
 
+impl Latency {
+    /// The final table's percentile rows (raw and corrected) under `title`
+    /// ("latency us", "setup latency us").
+    pub fn write_table(&self, s: &mut String, title: &str) {
+        use std::fmt::Write as _;
+        let w = title.len().max(10);
+        let _ = writeln!(
+            s,
+            "{title:<w$}      p50       p90       p99     p99.9       max      mean"
+        );
+        for (name, p) in [("raw", &self.raw), ("corrected", &self.corrected)] {
+            let _ = writeln!(
+                s,
+                "{name:<w$} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
+                p.p50, p.p90, p.p99, p.p999, p.max, p.mean
+            );
+        }
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RegisterReport {
@@ -230,20 +250,7 @@ pub fn table(r: &RegisterReport) -> String {
         "requests sent {}, retransmissions {}, replies {}, stray {}, inflight full {}, send errors {}",
         r.requests_sent, r.retransmissions, r.replies, r.stray_replies, r.inflight_full, r.send_errors
     );
-    let _ = writeln!(
-        s,
-        "latency us      p50       p90       p99     p99.9       max      mean"
-    );
-    for (name, p) in [
-        ("raw", &r.latency_us.raw),
-        ("corrected", &r.latency_us.corrected),
-    ] {
-        let _ = writeln!(
-            s,
-            "{name:<10} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1}",
-            p.p50, p.p90, p.p99, p.p999, p.max, p.mean
-        );
-    }
+    r.latency_us.write_table(&mut s, "latency us");
     let _ = writeln!(
         s,
         "generator cpu {:.3}s, {:.2} us per registration",
