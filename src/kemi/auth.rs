@@ -42,6 +42,7 @@
 //! `_no_dlg` / `_in_dlg`, `one_time_nonce` and the `qop` parameter, which
 //! KEMI challenges do not use, are not implemented).
 
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -233,22 +234,28 @@ fn step_credentials(s: &Rc<Shared>, realm: &str, which: Which, now: u64) -> Resu
     });
     match first {
         Ok(Ok(p)) => Ok(p),
-        Ok(Err(AuthCode::Ok)) => Err(AuthCode::Ok.code()),
-        Ok(Err(code)) => {
-            // -1 here is a credentials header we cannot use: unparseable,
-            // or a nonce we did not make (forged, tampered)
-            if !matches!(code, AuthCode::NonceExpired | AuthCode::NoCredentials) {
-                note_failure(s);
-            }
-            s.counters.incr(if code == AuthCode::NonceExpired {
-                Counter::AuthStaleNonce
-            } else {
-                Counter::AuthFailure
-            });
-            Err(code.code())
-        }
+        Ok(Err(code)) => Err(finish_pre(s, code)),
         Err(_) => Err(AuthCode::GenericError.code()),
     }
+}
+
+/// Step 1 ended the check with `code` (`Ok` for ACK/CANCEL/PRACK, which
+/// pass unchecked): failure accounting, the return code.
+fn finish_pre(s: &Rc<Shared>, code: AuthCode) -> i32 {
+    if code == AuthCode::Ok {
+        return code.code();
+    }
+    // -1 here is a credentials header we cannot use: unparseable, or a
+    // nonce we did not make (forged, tampered)
+    if !matches!(code, AuthCode::NonceExpired | AuthCode::NoCredentials) {
+        note_failure(s);
+    }
+    s.counters.incr(if code == AuthCode::NonceExpired {
+        Counter::AuthStaleNonce
+    } else {
+        Counter::AuthFailure
+    });
+    code.code()
 }
 
 /// `[flood] auth_failures_max`: a failure that says the sender does not
@@ -296,7 +303,11 @@ fn step_verify(
         }
         code
     });
-    let code = res.unwrap_or(AuthCode::GenericError);
+    finish_verify(s, res.unwrap_or(AuthCode::GenericError))
+}
+
+/// Steps 3-4 ended with `code`: failure accounting, the return code.
+fn finish_verify(s: &Rc<Shared>, code: AuthCode) -> i32 {
     if matches!(
         code,
         AuthCode::InvalidPassword
@@ -315,30 +326,88 @@ fn step_verify(
 }
 
 /// The check without suspending: `None` when the subscriber is not in the
-/// shard's cache (the async path asks the database).
+/// shard's cache (the async path asks the database). One borrow of the
+/// message: the credentials are parsed once, and verified right away when
+/// the subscriber is cached (the common case: every REGISTER refresh).
 fn authorize_sync(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> Option<i32> {
-    let realm = s.services.auth.strip_realm(realm);
+    /// What the borrow found.
+    enum Found {
+        /// Step 1 ended the check.
+        Pre(AuthCode),
+        /// Not cached: the async path looks it up.
+        Miss,
+        /// Steps 3-4 ended with this code.
+        Verified(AuthCode),
+    }
+    let svc = &s.services;
+    let realm = svc.auth.strip_realm(realm);
     let now = unix_now_s();
-    let pending = match step_credentials(s, realm, which, now) {
-        Ok(p) => p,
-        Err(code) => return Some(code),
-    };
-    let cached = s
-        .services
-        .tables
-        .creds
-        .get(pending.username.as_bytes())
-        .lookup(&pending.username, lookup_domain(s, realm), now)
-        .map(|v| v.cloned());
-    let cred = cached?;
-    Some(step_verify(
-        s,
-        &pending,
-        cred.as_deref(),
-        realm,
-        which,
-        flags,
-    ))
+    let domain = lookup_domain(s, realm);
+    let found = s.with_msg(|m| {
+        let (found, ok) = {
+            let msg = m.msg();
+            // Kamailio's auth API passes these without a check (they cannot
+            // be challenged): the functions return 1.
+            if matches!(
+                msg.method(),
+                Some(
+                    crate::sip::Method::Ack
+                        | crate::sip::Method::Cancel
+                        | crate::sip::Method::Prack
+                )
+            ) {
+                return Found::Pre(AuthCode::Ok);
+            }
+            let is_register = msg.method() == Some(crate::sip::Method::Register);
+            let hdr = header_for(which, is_register);
+            match pre_auth(msg.headers(hdr), realm, &svc.nonce_key, now) {
+                Err(code) => (Found::Pre(code), None),
+                Ok(creds) => {
+                    let username = creds.username.unescaped();
+                    let cached = svc
+                        .tables
+                        .creds
+                        .get(username.as_bytes())
+                        .lookup(&username, domain, now)
+                        .map(|v| v.cloned());
+                    match cached {
+                        None => (Found::Miss, None),
+                        Some(cred) => {
+                            let auth_realm = creds.realm.unescaped();
+                            let ids = AuthIds {
+                                username: &username,
+                                realm: &auth_realm,
+                            };
+                            let (code, uri) =
+                                verify_creds(&msg, svc, &creds, ids, cred.as_deref(), realm, flags);
+                            let ok = (code == AuthCode::Ok)
+                                .then(|| (username.into_owned(), auth_realm.into_owned(), uri));
+                            (Found::Verified(code), ok)
+                        }
+                    }
+                }
+            }
+        };
+        if matches!(
+            found,
+            Found::Pre(AuthCode::NonceExpired) | Found::Verified(AuthCode::NonceExpired)
+        ) {
+            // a stale nonce, or one the nonce-count table may have forgotten
+            m.auth_stale = true;
+        }
+        if let Some((user, auth_realm, uri)) = ok {
+            m.auth_user = Some(user);
+            m.auth_realm = Some(auth_realm);
+            m.auth_digest_uri = uri;
+        }
+        found
+    });
+    match found {
+        Ok(Found::Pre(code)) => Some(finish_pre(s, code)),
+        Ok(Found::Miss) => None,
+        Ok(Found::Verified(code)) => Some(finish_verify(s, code)),
+        Err(_) => Some(AuthCode::GenericError.code()),
+    }
 }
 
 async fn authorize(s: &Rc<Shared>, realm: &str, which: Which, flags: u32) -> i32 {
@@ -437,8 +506,8 @@ fn lookup_domain<'a>(s: &Shared, realm: &'a str) -> &'a str {
     }
 }
 
-/// Steps 3 and 4 on the message: digest, nonce count, identity.
-#[allow(clippy::too_many_arguments)]
+/// Steps 3 and 4 on the message: digest, nonce count, identity (re-reading
+/// the credentials header: the message was given back during the lookup).
 fn verify_in(
     m: &super::MsgCtx,
     svc: &super::services::Services,
@@ -448,90 +517,110 @@ fn verify_in(
     which: Which,
     flags: u32,
 ) -> (AuthCode, Option<String>) {
-    {
-        let msg = m.msg();
-        let is_register = msg.method() == Some(crate::sip::Method::Register);
-        let hdr = header_for(which, is_register);
-        let Ok(Some(creds)) = find_credentials(msg.headers(hdr), realm) else {
-            return (AuthCode::GenericError, None);
-        };
-        let secret = cred.map(|c| {
-            // auth_db calculate_ha1 = 0: the stored HA1 (password_column_2,
-            // ha1b, when the username carries a domain).
-            if creds.algorithm == Algorithm::Md5 && !svc.auth.calculate_ha1 {
-                let h = if pending.username.contains('@') {
-                    &c.ha1b
-                } else {
-                    &c.ha1
-                };
-                if !h.is_empty() {
-                    return Secret::Ha1(h.as_str());
-                }
+    let msg = m.msg();
+    let is_register = msg.method() == Some(crate::sip::Method::Register);
+    let hdr = header_for(which, is_register);
+    let Ok(Some(creds)) = find_credentials(msg.headers(hdr), realm) else {
+        return (AuthCode::GenericError, None);
+    };
+    let ids = AuthIds {
+        username: &pending.username,
+        realm: &pending.realm,
+    };
+    verify_creds(&msg, svc, &creds, ids, cred, realm, flags)
+}
+
+/// The credentials' username and realm, unescaped.
+#[derive(Clone, Copy)]
+struct AuthIds<'a> {
+    username: &'a str,
+    realm: &'a str,
+}
+
+/// Steps 3 and 4 on parsed credentials: digest, nonce count, identity.
+/// `Ok` also gives the credentials' digest uri.
+fn verify_creds(
+    msg: &crate::sip::SipMsg<'_>,
+    svc: &super::services::Services,
+    creds: &crate::auth::Credentials<'_>,
+    ids: AuthIds<'_>,
+    cred: Option<&CachedCred>,
+    realm: &str,
+    flags: u32,
+) -> (AuthCode, Option<String>) {
+    let secret = cred.map(|c| {
+        // auth_db calculate_ha1 = 0: the stored HA1 (password_column_2,
+        // ha1b, when the username carries a domain).
+        if creds.algorithm == Algorithm::Md5 && !svc.auth.calculate_ha1 {
+            let h = if ids.username.contains('@') {
+                &c.ha1b
+            } else {
+                &c.ha1
+            };
+            if !h.is_empty() {
+                return Secret::Ha1(h.as_str());
             }
-            Secret::Password(c.password.as_str())
-        });
-        let cseq = msg.cseq().ok();
-        let req = DigestRequest {
-            method: std::str::from_utf8(msg.method_bytes()).unwrap_or(""),
-            body: msg.body(),
-            call_id: msg.call_id().unwrap_or(b""),
-            cseq: cseq.map(|c| c.num).unwrap_or(0),
-            cseq_method: cseq.map(|c| c.method_bytes).unwrap_or(b""),
-        };
-        // auth nonce_count: off (Kamailio's default), a nonce is good until
-        // it expires whatever its nc.
-        let code = if svc.auth.nonce_count {
-            let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
-            post_auth(&creds, secret, &req, Some(&mut nc))
-        } else {
-            post_auth(&creds, secret, &req, None)
-        };
-        if code != AuthCode::Ok {
-            return (code, None);
         }
-        let ident = |na: Option<crate::sip::NameAddr<'_>>| -> (String, String) {
-            na.and_then(|n| n.uri_parsed().ok())
-                .map(|u| {
-                    (
-                        String::from_utf8_lossy(u.user.unwrap_or(b"")).into_owned(),
-                        String::from_utf8_lossy(u.host).into_owned(),
-                    )
-                })
-                .unwrap_or_default()
-        };
-        let from = ident(msg.from().ok());
-        let to = ident(msg.to().ok());
-        let ruri = msg
-            .ruri_parsed()
-            .ok()
-            .map(|u| {
-                (
-                    String::from_utf8_lossy(u.user.unwrap_or(b"")).into_owned(),
-                    String::from_utf8_lossy(u.host).into_owned(),
-                )
-            })
-            .unwrap_or_default();
-        let code = check_identity(
-            flags,
-            msg.method().unwrap_or(crate::sip::Method::Other),
-            realm,
-            &pending.username,
-            &pending.realm,
-            UriIdentity {
-                user: &from.0,
-                host: &from.1,
-            },
-            UriIdentity {
-                user: &to.0,
-                host: &to.1,
-            },
-            UriIdentity {
-                user: &ruri.0,
-                host: &ruri.1,
-            },
-        );
-        (code, Some(creds.uri.unescaped().into_owned()))
+        Secret::Password(c.password.as_str())
+    });
+    let cseq = msg.cseq().ok();
+    let req = DigestRequest {
+        method: std::str::from_utf8(msg.method_bytes()).unwrap_or(""),
+        body: msg.body(),
+        call_id: msg.call_id().unwrap_or(b""),
+        cseq: cseq.map(|c| c.num).unwrap_or(0),
+        cseq_method: cseq.map(|c| c.method_bytes).unwrap_or(b""),
+    };
+    // auth nonce_count: off (Kamailio's default), a nonce is good until
+    // it expires whatever its nc.
+    let code = if svc.auth.nonce_count {
+        let mut nc = svc.tables.nc.get(creds.nonce.raw().as_bytes());
+        post_auth(creds, secret, &req, Some(&mut nc))
+    } else {
+        post_auth(creds, secret, &req, None)
+    };
+    if code != AuthCode::Ok {
+        return (code, None);
     }
+    // user and host as text (borrowed unless not UTF-8)
+    fn ident_of(u: crate::sip::SipUri<'_>) -> (Cow<'_, str>, Cow<'_, str>) {
+        (
+            String::from_utf8_lossy(u.user.unwrap_or(b"")),
+            String::from_utf8_lossy(u.host),
+        )
+    }
+    let none = || (Cow::Borrowed(""), Cow::Borrowed(""));
+    let from = msg
+        .from()
+        .ok()
+        .and_then(|n| n.uri_parsed().ok())
+        .map_or_else(none, ident_of);
+    let to = msg
+        .to()
+        .ok()
+        .and_then(|n| n.uri_parsed().ok())
+        .map_or_else(none, ident_of);
+    let ruri = msg.ruri_parsed().ok().map_or_else(none, ident_of);
+    let code = check_identity(
+        flags,
+        msg.method().unwrap_or(crate::sip::Method::Other),
+        realm,
+        ids.username,
+        ids.realm,
+        UriIdentity {
+            user: &from.0,
+            host: &from.1,
+        },
+        UriIdentity {
+            user: &to.0,
+            host: &to.1,
+        },
+        UriIdentity {
+            user: &ruri.0,
+            host: &ruri.1,
+        },
+    );
+    (code, Some(creds.uri.unescaped().into_owned()))
 }
 
 /// Sends 401/407 with one challenge per configured algorithm.

@@ -212,10 +212,14 @@ impl TmHandle {
         }
     }
 
-    /// [`txn::Table::on_request`] in the request's stripe.
+    /// [`txn::Table::on_request`] in the request's stripe (the key made
+    /// once, for both).
     pub fn on_request(&self, msg: &SipMsg<'_>, now: u64) -> ReqMatch {
         match self.request_stripe(msg, false) {
-            Some(st) => self.with(st, |t| t.on_request(msg, now)),
+            Some(st) => {
+                let key = self.key.borrow();
+                self.with(st, |t| t.on_request_keyed(msg, &key, now))
+            }
             None => ReqMatch::None,
         }
     }
@@ -230,11 +234,12 @@ impl TmHandle {
         user: TmUser,
     ) -> Result<TxId, CreateError> {
         let st = self.request_stripe(msg, false).ok_or(CreateError::Full)?;
+        let key = self.key.borrow();
         self.with(st, |t| {
-            if t.on_request(msg, now) != ReqMatch::None {
+            if t.on_request_keyed(msg, &key, now) != ReqMatch::None {
                 return Err(CreateError::Exists);
             }
-            t.create(msg, reply_dst, now, user)
+            t.create_keyed(msg, &key, reply_dst, now, user)
                 .map(|c| Self::id(st, c))
                 .map_err(|Full| CreateError::Full)
         })

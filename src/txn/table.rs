@@ -285,9 +285,18 @@ impl<U> Table<U> {
     /// retransmission or the ACK of a non-2xx final reply.
     pub fn on_request(&mut self, msg: &SipMsg<'_>, now: u64) -> ReqMatch {
         let mut key = std::mem::take(&mut self.key_buf);
-        let found =
-            build::server_key(msg, &mut key).and_then(|()| self.index.get(key.as_slice()).copied());
+        let r = match build::server_key(msg, &mut key) {
+            Some(()) => self.on_request_keyed(msg, &key, now),
+            None => ReqMatch::None,
+        };
         self.key_buf = key;
+        r
+    }
+
+    /// [`Table::on_request`] with the request's [`build::server_key`]
+    /// already made (a caller that also needed it, to pick a table).
+    pub fn on_request_keyed(&mut self, msg: &SipMsg<'_>, key: &[u8], now: u64) -> ReqMatch {
+        let found = self.index.get(key).copied();
         let Some(slot) = found else {
             return ReqMatch::None;
         };
@@ -364,12 +373,32 @@ impl<U> Table<U> {
             self.stats.full += 1;
             return Err(Full);
         }
-        let method = msg.method().ok_or(Full)?;
         let mut key = std::mem::take(&mut self.key_buf);
-        let ok = build::server_key(msg, &mut key).is_some();
-        let key_box: Box<[u8]> = key.as_slice().into();
+        let r = match build::server_key(msg, &mut key) {
+            Some(()) => self.create_keyed(msg, &key, reply_dst, now, user),
+            None => Err(Full),
+        };
         self.key_buf = key;
-        if !ok || self.index.contains_key(&key_box) {
+        r
+    }
+
+    /// [`Table::create`] with the request's [`build::server_key`] already
+    /// made.
+    pub fn create_keyed(
+        &mut self,
+        msg: &SipMsg<'_>,
+        key: &[u8],
+        reply_dst: Dest,
+        now: u64,
+        user: U,
+    ) -> Result<CellId, Full> {
+        if self.live >= self.cfg.max_cells {
+            self.stats.full += 1;
+            return Err(Full);
+        }
+        let method = msg.method().ok_or(Full)?;
+        let key_box: Box<[u8]> = key.into();
+        if self.index.contains_key(&key_box) {
             // Unmatchable, or a twin of a live cell: not a new transaction.
             return Err(Full);
         }
