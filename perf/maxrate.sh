@@ -54,7 +54,8 @@
 # sockets) with the same users, rate and count, side by side (achieved
 # rate, failures, server CPU/req) to show the generators agree.
 #
-# Environment: SERVERS ("sipshard kamailio"), SCENARIOS ("register
+# Environment: SERVERS ("sipshard kamailio floor"; floor = perf/floor/floor.c,
+# UDP register and options only, the bound any server could show here), SCENARIOS ("register
 # register_tcp register_tls options calls"), REG_RATES, OPT_RATES, CALL_RATES (see below), STEP_S (5),
 # SETTLE_S (1), REFINE (2), P99_MAX_MS (50), TIMEOUT_MS (2000: a registration or call
 # transaction with no final reply in this long failed), SOCKETS (8),
@@ -62,6 +63,9 @@
 # SIPP_RATE (4000), SIPP_CALLS (20000), SKIP_PLOT=1, SKIP_KAMAILIO=1,
 # WORKERS (2: Kamailio children), SIPSHARD_CORES ("[0, 1]": sipshard's
 # [core] cores; "[0]" with WORKERS=1 is the one-shard / one-worker curve),
+# SERVER_CPUS / GEN_CPUS (unset: no pinning; "0" / "1": every thread of the
+# server under test on CPU 0 and the generator on CPU 1, the per-core run:
+#   SIPSHARD_CORES="[0]" WORKERS=1 SERVER_CPUS=0 GEN_CPUS=1 perf/maxrate.sh),
 # BUF_BYTES, ports SIPSHARD_PORT RPC_PORT KAM_PORT CALL_UAS_PORT
 # CALL_UAC_PORT (as compare.sh), OUT (markdown file; the TSV and PNGs are
 # named after it), SIPSHARD_BIN (skip the build), KEEP=1.
@@ -72,11 +76,11 @@ ROOT=$PWD
 LOG_TAG=maxrate
 
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
-SERVERS=${SERVERS:-"sipshard kamailio"}
+SERVERS=${SERVERS:-"sipshard kamailio floor"}
 if [ "$SKIP_KAMAILIO" = 1 ]; then SERVERS=${SERVERS//kamailio/}; fi
 SCENARIOS=${SCENARIOS:-"register register_tcp register_tls options calls"}
-REG_RATES=${REG_RATES:-"2000 4000 6000 8000 10000 12000 15000 20000 25000 30000 40000 50000 60000"}
-OPT_RATES=${OPT_RATES:-"10000 20000 30000 40000 60000 80000 100000 120000 150000 200000"}
+REG_RATES=${REG_RATES:-"2000 4000 6000 8000 10000 12000 15000 20000 25000 30000 40000 50000 60000 70000 80000 90000 100000"}
+OPT_RATES=${OPT_RATES:-"10000 20000 30000 40000 60000 80000 100000 120000 150000 200000 250000 300000 400000 500000"}
 CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 5000 6000 8000 10000"}
 STEP_S=${STEP_S:-5}
 SETTLE_S=${SETTLE_S:-1}
@@ -98,6 +102,7 @@ RPC_PORT=${RPC_PORT:-25070}
 KAM_PORT=${KAM_PORT:-25160}
 SIPSHARD_TLS_PORT=${SIPSHARD_TLS_PORT:-25061}
 KAM_TLS_PORT=${KAM_TLS_PORT:-25161}
+FLOOR_PORT=${FLOOR_PORT:-25260}
 CALL_UAS_PORT=${CALL_UAS_PORT:-25360}
 CALL_UAC_PORT=${CALL_UAC_PORT:-25361}
 DRAIN_MS=${DRAIN_MS:-500}
@@ -116,7 +121,7 @@ harness_init
 UAS_PID=
 maxrate_cleanup() { local rc=$?; stop_uas; (exit "$rc"); cleanup; }
 trap maxrate_cleanup EXIT
-for p in "$SIPSHARD_PORT" "$KAM_PORT" "$CALL_UAS_PORT" "$CALL_UAC_PORT"; do
+for p in "$SIPSHARD_PORT" "$KAM_PORT" "$FLOOR_PORT" "$CALL_UAS_PORT" "$CALL_UAC_PORT"; do
   port_free "$p" || die "UDP port $p is in use (set SIPSHARD_PORT/KAM_PORT/CALL_UAS_PORT/CALL_UAC_PORT)"
 done
 sipp_register_prepare
@@ -140,6 +145,7 @@ printf 'server\tscenario\toffered\tachieved\tstarted\tok\tfailed\tretrans\tp50_m
 # system of it and its children, seconds) to $1.cpu.
 gen_run() {
   local out=$1; shift
+  if [ -n "${GEN_CPUS:-}" ]; then set -- taskset -c "$GEN_CPUS" "$@"; fi
   sh -c '"$@" > "$0"; rc=$?
     set -- $(cat /proc/$$/stat); echo $((${16} + ${17})) > "$0.ticks"; exit $rc' "$out" "$@"
   awk -v t="$(cat "$out.ticks")" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f\n", t / hz }' > "$out.cpu"
@@ -275,7 +281,14 @@ start_server() {  # $1 = sipshard|kamailio, $2 = register|options|calls|sipp
   # drive saved (usrloc db_mode 2 writes them back) would be preloaded, and
   # Kamailio's preload of ~100k of them does not fit its 16 MiB pkg memory
   sqlite3 "${db#sqlite://}" "DELETE FROM location; DELETE FROM location_attrs;"
-  if [ "$srv" = sipshard ]; then
+  if [ "$srv" = floor ]; then
+    [ -x "$WORK/floor" ] || cc -O2 -o "$WORK/floor" "$ROOT/perf/floor/floor.c" || die "cannot compile perf/floor/floor.c"
+    log "floor: start ($scen: $WORKERS processes, 127.0.0.1:$FLOOR_PORT)"
+    SERVER_NAME=floor
+    ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$WORK/floor" "$FLOOR_PORT" "$WORKERS" "$BUF_BYTES" > "$WORK/floor.out" 2> "$WORK/floor.err" &
+    SERVER_PID=$!
+    wait_sip "$FLOOR_PORT" 10
+  elif [ "$srv" = sipshard ]; then
     sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "${script:+script = \"$script\"}" "" "" "$(stream_toml "$scen")"
     sipshard_start "$WORK/sipshard-$scen.toml" "$scen: cores ${SIPSHARD_CORES:-[0, 1]}, ${script:-etc/sipshard.lua}"
   else
@@ -289,7 +302,7 @@ start_server() {  # $1 = sipshard|kamailio, $2 = register|options|calls|sipp
 port_of() {  # $1 = server, $2 = scenario (TLS has its own port)
   if [ "${2:-}" = register_tls ]; then
     if [ "$1" = sipshard ]; then echo "$SIPSHARD_TLS_PORT"; else echo "$KAM_TLS_PORT"; fi
-  elif [ "$1" = sipshard ]; then echo "$SIPSHARD_PORT"; else echo "$KAM_PORT"; fi
+  elif [ "$1" = sipshard ]; then echo "$SIPSHARD_PORT"; elif [ "$1" = floor ]; then echo "$FLOOR_PORT"; else echo "$KAM_PORT"; fi
 }
 stop_uas() {
   [ -n "$UAS_PID" ] || return 0
@@ -298,6 +311,8 @@ stop_uas() {
 
 run_scenario() {  # $1 server, $2 scenario
   local srv=$1 scen=$2 port rates
+  # the floor answers UDP REGISTER (401, then 200 unchecked) and OPTIONS only
+  if [ "$srv" = floor ] && [ "$scen" != register ] && [ "$scen" != options ]; then return 0; fi
   port=$(port_of "$srv" "$scen")
   start_server "$srv" "$scen"
   case $scen in
@@ -305,7 +320,7 @@ run_scenario() {  # $1 server, $2 scenario
     options) rates=$OPT_RATES ;;
     calls)
       rates=$CALL_RATES
-      "$BIN" bench uas --listen "127.0.0.1:$CALL_UAS_PORT" > "$WORK/uas.out" 2> "$WORK/uas.err" &
+      ${GEN_CPUS:+taskset -c "$GEN_CPUS"} "$BIN" bench uas --listen "127.0.0.1:$CALL_UAS_PORT" > "$WORK/uas.out" 2> "$WORK/uas.err" &
       UAS_PID=$!
       wait_udp_bound "$CALL_UAS_PORT" || die "bench uas did not bind $CALL_UAS_PORT"
       register_callee "$port" || die "$srv: the callee's REGISTER was not answered 200"
@@ -347,7 +362,7 @@ LOADAVG0=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$SECONDS
 for srv in $SERVERS; do
   for scen in $SCENARIOS; do run_scenario "$srv" "$scen"; done
-  [ "$SKIP_SIPP" = 1 ] || run_sipp_check "$srv"
+  [ "$SKIP_SIPP" = 1 ] || [ "$srv" = floor ] || run_sipp_check "$srv"
 done
 ELAPSED=$((SECONDS - T_START))
 
@@ -376,17 +391,23 @@ write_report() {
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
   if [[ " $SERVERS " == *" kamailio "* ]]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS, -m 256 -M 16; $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
   echo "- each server: $WORKERS Kamailio worker(s) / sipshard cores ${SIPSHARD_CORES:-[0, 1]}, 127.0.0.1, alone on the machine with the generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
+  if [ -n "${SERVER_CPUS:-}${GEN_CPUS:-}" ]; then echo "- pinned: every server process and thread on CPU(s) ${SERVER_CPUS:-any} (taskset), the generator on CPU(s) ${GEN_CPUS:-any}"; fi
   echo "- generator: \`sipshard bench\`, $SOCKETS sockets, $GEN_THREADS thread(s), ${STEP_S} s per step, transaction timeout ${TIMEOUT_MS} ms; $users users; a step fails on any failure or corrected p99 > ${P99_MAX_MS} ms"
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   for w in "${WARNINGS[@]}"; do echo "- **WARNING**: $w"; done
   echo
   echo "## Highest rate with 0 failures"
   echo
-  echo "| scenario | sipshard | Kamailio | sipshard / Kamailio | sipshard stopped by | Kamailio stopped by |"
-  echo "|---|---|---|---|---|---|"
+  echo "| scenario | sipshard | Kamailio | sipshard / Kamailio | floor | floor / Kamailio | sipshard stopped by | Kamailio stopped by | floor stopped by |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   for scen in $SCENARIOS; do
-    echo "| $(unit "$scen") | $(g "sipshard.$scen.best") | $(g "kamailio.$scen.best") | $(ratio "$(g "sipshard.$scen.best")" "$(g "kamailio.$scen.best")") | $(g "sipshard.$scen.limit") | $(g "kamailio.$scen.limit") |"
+    echo "| $(unit "$scen") | $(g "sipshard.$scen.best") | $(g "kamailio.$scen.best") | $(ratio "$(g "sipshard.$scen.best")" "$(g "kamailio.$scen.best")") | $(g "floor.$scen.best") | $(ratio "$(g "floor.$scen.best")" "$(g "kamailio.$scen.best")") | $(g "sipshard.$scen.limit") | $(g "kamailio.$scen.limit") | $(g "floor.$scen.limit") |"
   done
+  echo
+  echo "**floor**: perf/floor/floor.c, $WORKERS process(es) on one socket, recvmmsg/sendmmsg batches of 32, no parsing beyond"
+  echo "copying five header lines, no auth check (a REGISTER without Authorization gets a fixed 401, any other request 200):"
+  echo "the cheapest UDP responder, on the same machine with the same generator. Its highest rate is what this machine and"
+  echo "generator can show at all, so floor / Kamailio bounds the sipshard / Kamailio ratio any server could reach here."
   echo
   echo "A rate of - means not even the first step passed. After the first failed step, $REFINE bisection step(s) between it and the last rate passed; the true limit lies between the highest rate passed and the lowest failed."
   echo

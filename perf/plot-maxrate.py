@@ -27,8 +27,9 @@ TITLES = {
 STYLE = {
     "sipshard": dict(color="tab:blue", marker="o"),
     "kamailio": dict(color="tab:red", marker="s"),
+    "floor": dict(color="tab:grey", marker="^"),
 }
-LABEL = {"sipshard": "sipshard", "kamailio": "Kamailio 5.6"}
+LABEL = {"sipshard": "sipshard", "kamailio": "Kamailio 5.6", "floor": "floor (bare C responder)"}
 
 
 def main():
@@ -45,7 +46,7 @@ def main():
     for scen in scenarios:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
         top = 0.0
-        for srv in ("sipshard", "kamailio"):
+        for srv in ("sipshard", "kamailio", "floor"):
             pts = [r for r in rows if r["scenario"] == scen and r["server"] == srv]
             # bisection steps come after the failed one: draw in rate order
             pts.sort(key=lambda r: float(r["offered"]))

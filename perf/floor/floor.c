@@ -6,10 +6,12 @@
  *   floor PORT [WORKERS] [RCVBUF_BYTES]       (binds 127.0.0.1:PORT)
  *
  * One UDP socket; WORKERS processes (fork) share it, each a blocking loop:
- * recvfrom, copy the Via / From / To / Call-ID / CSeq header lines (full
- * or compact names, in their order) under "SIP/2.0 200 OK", add
- * "Content-Length: 0", sendto the source. No SIP parsing beyond finding
- * those header lines, no script, no state. Replies (datagrams starting
+ * recvmmsg (up to 32 datagrams), per request copy the Via / From / To /
+ * Call-ID / CSeq header lines (full or compact names, in their order) under
+ * "SIP/2.0 200 OK" (a REGISTER without Authorization: "401" plus a fixed
+ * WWW-Authenticate, so `sipshard bench register` completes against it), add
+ * "Content-Length: 0", one sendmmsg to the sources. No SIP parsing beyond
+ * finding those header lines, no script, no state, no auth check. Replies (datagrams starting
  * with "SIP/") are ignored. Children die with the parent (PR_SET_PDEATHSIG);
  * SIGTERM/SIGINT to the parent ends everything.
  */
@@ -30,6 +32,8 @@
 #define BUF 65536
 
 static const char STATUS[] = "SIP/2.0 200 OK\r\n";
+static const char STATUS401[] = "SIP/2.0 401 OK\r\n"; /* reason kept 2 chars: same length */
+static const char CHALLENGE[] = "WWW-Authenticate: Digest realm=\"127.0.0.1\", nonce=\"0123456789abcdef0123456789abcdef\", qop=\"auth\", algorithm=MD5\r\n";
 static const char TAIL[] = "Content-Length: 0\r\n\r\n";
 
 /* Is the header line [p, p+n) one of the headers a reply copies? */
@@ -46,39 +50,89 @@ static int copied(const char *p, size_t n)
 	return 0;
 }
 
+/* Builds the reply to the request in[0, n) into out; returns its length,
+ * or 0 for a datagram that gets no reply (a reply, or no header end). A
+ * REGISTER without Authorization gets 401 with a fixed challenge, anything
+ * else 200: the cheapest answer `sipshard bench register` accepts. */
+static size_t answer(const char *in, size_t n, char *out, size_t cap)
+{
+	if (n >= 4 && memcmp(in, "SIP/", 4) == 0)
+		return 0;
+	const char *p = memchr(in, '\n', n);
+	const char *end = in + n;
+	if (!p)
+		return 0;
+	p++;
+	int reg = n >= 9 && memcmp(in, "REGISTER ", 9) == 0, authz = 0;
+	size_t o = sizeof(STATUS) - 1;
+	memcpy(out, STATUS, o);
+	while (p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t len = nl ? (size_t)(nl - p + 1) : (size_t)(end - p);
+		if (len <= 2 && (*p == '\r' || *p == '\n'))
+			break; /* end of headers */
+		if (reg && len > 14 && strncasecmp(p, "authorization:", 14) == 0)
+			authz = 1;
+		if (copied(p, len) && o + len + sizeof(CHALLENGE) + sizeof(TAIL) < cap) {
+			memcpy(out + o, p, len);
+			o += len;
+		}
+		p += len;
+	}
+	if (reg && !authz) {
+		memcpy(out, STATUS401, sizeof(STATUS401) - 1); /* same length as STATUS */
+		memcpy(out + o, CHALLENGE, sizeof(CHALLENGE) - 1);
+		o += sizeof(CHALLENGE) - 1;
+	}
+	memcpy(out + o, TAIL, sizeof(TAIL) - 1);
+	return o + sizeof(TAIL) - 1;
+}
+
+#define BATCH 32
+
+/* recvmmsg (blocking for the first datagram, then whatever is queued, up to
+ * BATCH), one reply each, one sendmmsg: the batching sipshard's shards do,
+ * so the floor is not handicapped by a syscall per datagram. */
 static void serve(int fd)
 {
-	static char in[BUF], out[BUF];
-	struct sockaddr_in src;
+	static char in[BATCH][BUF / 8], out[BATCH][4096];
+	static struct sockaddr_in src[BATCH];
+	static struct iovec iin[BATCH], iout[BATCH];
+	static struct mmsghdr rm[BATCH], sm[BATCH];
+	for (int i = 0; i < BATCH; i++) {
+		iin[i].iov_base = in[i];
+		iin[i].iov_len = sizeof(in[i]);
+		rm[i].msg_hdr.msg_iov = &iin[i];
+		rm[i].msg_hdr.msg_iovlen = 1;
+	}
 	for (;;) {
-		socklen_t sl = sizeof(src);
-		ssize_t n = recvfrom(fd, in, sizeof(in), 0, (struct sockaddr *)&src, &sl);
-		if (n <= 0)
-			continue;
-		if (n >= 4 && memcmp(in, "SIP/", 4) == 0)
-			continue;
-		size_t o = sizeof(STATUS) - 1;
-		memcpy(out, STATUS, o);
-		/* skip the request line, then walk header lines to the blank line */
-		const char *p = memchr(in, '\n', (size_t)n);
-		const char *end = in + n;
-		if (!p)
-			continue;
-		p++;
-		while (p < end) {
-			const char *nl = memchr(p, '\n', (size_t)(end - p));
-			size_t len = nl ? (size_t)(nl - p + 1) : (size_t)(end - p);
-			if (len <= 2 && (*p == '\r' || *p == '\n'))
-				break; /* end of headers */
-			if (copied(p, len) && o + len + sizeof(TAIL) < sizeof(out)) {
-				memcpy(out + o, p, len);
-				o += len;
-			}
-			p += len;
+		for (int i = 0; i < BATCH; i++) {
+			rm[i].msg_hdr.msg_name = &src[i];
+			rm[i].msg_hdr.msg_namelen = sizeof(src[i]);
 		}
-		memcpy(out + o, TAIL, sizeof(TAIL) - 1);
-		o += sizeof(TAIL) - 1;
-		sendto(fd, out, o, 0, (struct sockaddr *)&src, sl);
+		int got = recvmmsg(fd, rm, BATCH, MSG_WAITFORONE, NULL);
+		if (got <= 0)
+			continue;
+		int k = 0;
+		for (int i = 0; i < got; i++) {
+			size_t o = answer(in[i], rm[i].msg_len, out[k], sizeof(out[k]));
+			if (!o)
+				continue;
+			iout[k].iov_base = out[k];
+			iout[k].iov_len = o;
+			memset(&sm[k], 0, sizeof(sm[k]));
+			sm[k].msg_hdr.msg_iov = &iout[k];
+			sm[k].msg_hdr.msg_iovlen = 1;
+			sm[k].msg_hdr.msg_name = &src[i];
+			sm[k].msg_hdr.msg_namelen = rm[i].msg_hdr.msg_namelen;
+			k++;
+		}
+		for (int s = 0; s < k;) {
+			int r = sendmmsg(fd, sm + s, (unsigned)(k - s), 0);
+			if (r <= 0)
+				break;
+			s += r;
+		}
 	}
 }
 

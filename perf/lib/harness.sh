@@ -51,6 +51,11 @@ tree_pids() {
           print out }'
 }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+# SERVER_CPUS (e.g. "0"): every process and thread of the server under test
+# runs on these CPUs only (taskset execs the server, so SERVER_PID stays
+# the server's; threads and forked workers inherit the mask), so that with
+# GEN_CPUS ("1") the generator has a core of its own. Unset: no pinning
+# (sipshard still pins its shards to [core] cores).
 
 stop_server() {
   [ -n "$SERVER_PID" ] || return 0
@@ -317,7 +322,7 @@ sipshard_start() {
   local cfg=$1 label=$2 to=${3:-30} bin=${4:-$BIN} out=${5:-$WORK/sipshard.out}
   log "sipshard: start ($label)"
   SERVER_NAME=sipshard
-  "$bin" run --config "$cfg" > "$out" 2> "$WORK/sipshard.err" &
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} "$bin" run --config "$cfg" > "$out" 2> "$WORK/sipshard.err" &
   SERVER_PID=$!
   wait_sip "$SIPSHARD_PORT" "$to"
   local deadline=$((SECONDS + 30))
@@ -363,7 +368,7 @@ kam_start() {  # $1 = db url, $2 = label, $3 = pkg MiB per process, rest = extra
   kamailio -f "$cfg" -c >"$WORK/kamailio-check.log" 2>&1 || { cat "$WORK/kamailio-check.log" >&2; die "kamailio.cfg check failed"; }
   log "kamailio: start ($label)"
   SERVER_NAME=kamailio
-  kamailio -f "$cfg" -DD -E -x fm -m "${KAM_SHM_MB:-256}" -M "$pkg" -P "$KAMRUN/kamailio.pid" -Y "$KAMRUN" "$@" \
+  ${SERVER_CPUS:+taskset -c "$SERVER_CPUS"} kamailio -f "$cfg" -DD -E -x fm -m "${KAM_SHM_MB:-256}" -M "$pkg" -P "$KAMRUN/kamailio.pid" -Y "$KAMRUN" "$@" \
     > "$WORK/kamailio.out" 2>> "$WORK/kamailio.err" &
   SERVER_PID=$!
   local deadline=$((SECONDS + ${KAM_START_TIMEOUT_S:-60}))
