@@ -154,7 +154,7 @@ fn is_ws(b: u8) -> bool {
 
 /// RFC 3261 `token` characters.
 fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    crate::sip::lex::TOKEN[usize::from(b)]
 }
 
 impl<'a> Credentials<'a> {
@@ -235,6 +235,10 @@ pub(super) fn for_each_directive<'a>(
                 i += 1;
                 let start = i;
                 loop {
+                    // jump to the next quote or backslash (values are long:
+                    // nonce, response, uri, cnonce)
+                    let rest = b.get(i..).unwrap_or_default();
+                    i += memchr::memchr2(b'"', b'\\', rest).unwrap_or(rest.len());
                     match b.get(i) {
                         None => return Err(CredentialsError::Unterminated),
                         Some(b'\\') => {
@@ -243,8 +247,7 @@ pub(super) fn for_each_directive<'a>(
                             }
                             i += 2;
                         }
-                        Some(b'"') => break,
-                        Some(_) => i += 1,
+                        _ => break, // the closing quote
                     }
                 }
                 let v = &s[start..i];

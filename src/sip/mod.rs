@@ -15,7 +15,7 @@
 
 mod error;
 mod hdr;
-mod lex;
+pub(crate) mod lex;
 mod msg;
 mod parse;
 mod proto;
