@@ -7,6 +7,7 @@
 #   perf/instructions.sh route_register  # default script, REGISTER challenged (401)
 #   perf/instructions.sh route_save      # KSR.registrar.save of a REGISTER
 #   perf/instructions.sh route_lua       # a Lua-heavy route
+#   SCRIPT=f.lua perf/instructions.sh route_script  # any script, on the OPTIONS
 #   perf/instructions.sh route_register_auth  # default script, REGISTER with valid digest (200)
 #   perf/instructions.sh route_options_native # the same routes, native (--route native):
 #   perf/instructions.sh route_register_native        route_register_auth_native

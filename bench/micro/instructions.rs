@@ -14,6 +14,8 @@
 //!   route_register  the default script, REGISTER with stale credentials (401)
 //!   route_save      `KSR.registrar.save("location", 0)` of a REGISTER (refresh, 200)
 //!   route_lua       a Lua-heavy route: string/table work, no KSR call but the reply
+//!   route_script    the Lua script in file `$SCRIPT`, on the OPTIONS (it
+//!                   must send one reply), to cost one KSR call or construct
 //!   route_register_auth  the default script, REGISTER with valid digest
 //!                   credentials (cached subscriber, a nonce of this engine):
 //!                   auth_check, consume_credentials, save, 200
@@ -303,6 +305,11 @@ fn main() {
         "route_register" => return route(DEFAULT_SCRIPT, REGISTER, n),
         "route_save" => return route(SAVE, REGISTER, n),
         "route_lua" => return route(LUA_HEAVY, REGISTER, n),
+        "route_script" => {
+            let path = std::env::var("SCRIPT").expect("SCRIPT=path of a Lua script");
+            let script = std::fs::read_to_string(&path).expect("SCRIPT readable");
+            return route(&script, OPTIONS, n);
+        }
         "route_register_auth" => return route_register_auth(RouteImpl::Lua, n),
         "route_options_native" => return route_on(engine_route("", RouteImpl::Native), OPTIONS, n),
         "route_register_native" => {

@@ -49,7 +49,7 @@ use std::time::Duration;
 use mlua::{Lua, Table};
 
 use super::services::{unix_now_s, CachedCred};
-use super::Shared;
+use super::{ffi, Shared};
 use crate::auth::{
     challenges, check_identity, find_credentials, post_auth, pre_auth, Algorithm, AuthCode,
     ChallengeFlags, ChallengeKind, DigestRequest, Secret, UriIdentity,
@@ -78,16 +78,13 @@ fn header_for(which: Which, is_register: bool) -> HdrName {
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let auth_db = lua.create_table()?;
-    let s = shared.clone();
-    auth_db.set(
-        "__auth_check_sync",
-        lua.create_function(
-            move |_, (realm, _table, flags): (String, mlua::Value, i64)| {
-                Ok(authorize_sync(&s, &realm, Which::ByMethod, flags as u32)
-                    .unwrap_or(super::TAKE_ASYNC_PATH))
-            },
-        )?,
-    )?;
+    // (the table argument is not read: one subscriber table)
+    ffi::set_fast(lua, &auth_db, "__auth_check_sync", shared, &[1], |s, a| {
+        let (realm, flags) = (a.str(1)?, a.int(3)?);
+        Ok(authorize_sync(s, realm, Which::ByMethod, flags as u32)
+            .unwrap_or(super::TAKE_ASYNC_PATH)
+            .into())
+    })?;
     for (name, which) in [
         ("__www_authorize_sync", Which::Www),
         ("__proxy_authorize_sync", Which::Proxy),
@@ -126,24 +123,24 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("auth_db", auth_db)?;
 
     let auth = lua.create_table()?;
-    for (name, kind) in [
-        ("auth_challenge", None),
-        ("www_challenge", Some(ChallengeKind::Www)),
-        ("proxy_challenge", Some(ChallengeKind::Proxy)),
-    ] {
-        let s = shared.clone();
-        auth.set(
-            name,
-            lua.create_function(move |_, (realm, flags): (String, i64)| {
-                Ok(send_challenge(&s, &realm, flags as u32, kind))
-            })?,
-        )?;
+    macro_rules! challenges {
+        ($($name:literal => $kind:expr),* $(,)?) => {
+            [$(($name, (|s, a| {
+                let (realm, flags) = (a.str(1)?, a.int(2)?);
+                Ok(send_challenge(s, realm, flags as u32, $kind).into())
+            }) as ffi::FastFn)),*]
+        };
     }
-    let s = shared.clone();
-    auth.set(
-        "consume_credentials",
-        lua.create_function(move |_, ()| consume_credentials(&s))?,
-    )?;
+    for (name, f) in challenges![
+        "auth_challenge" => None,
+        "www_challenge" => Some(ChallengeKind::Www),
+        "proxy_challenge" => Some(ChallengeKind::Proxy),
+    ] {
+        ffi::set_fast(lua, &auth, name, shared, &[1], f)?;
+    }
+    ffi::set_fast(lua, &auth, "consume_credentials", shared, &[], |s, _| {
+        Ok(consume_credentials(s)?.into())
+    })?;
     let s = shared.clone();
     auth.set(
         "has_credentials",

@@ -40,7 +40,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::Shared;
+use super::{ffi, Shared};
 use crate::sip::{Method, SipUri};
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
@@ -104,67 +104,55 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         lua.create_function(move |_, ()| s.with_msg(|m| m.dropped = true))?,
     )?;
 
-    let s = shared.clone();
-    ksr.set(
-        "is_method_in",
-        lua.create_function(move |_, letters: mlua::String| is_method_in(&s, &letters.as_bytes()))?,
-    )?;
-
-    let s = shared.clone();
-    ksr.set(
-        "is_method",
-        lua.create_function(move |_, name: mlua::String| {
-            let name = name.as_bytes();
-            s.with_msg(|m| is_method(m, &name))
-        })?,
-    )?;
+    // The method and is_myself tests: fast functions (ffi.rs), the calls
+    // every route makes.
+    ffi::set_fast(lua, ksr, "is_method_in", shared, &[1], |s, a| {
+        Ok(is_method_in(s, a.bytes(1)?)?.into())
+    })?;
+    ffi::set_fast(lua, ksr, "is_method", shared, &[1], |s, a| {
+        let name = a.bytes(1)?;
+        Ok(s.with_msg(|m| is_method(m, name))?.into())
+    })?;
     for name in ["is_GET", "is_POST", "is_PUT", "is_DELETE"] {
-        let s = shared.clone();
-        ksr.set(
-            name,
-            lua.create_function(move |_, ()| s.with_msg(|_| false))?,
-        )?;
+        ffi::set_fast(lua, ksr, name, shared, &[], |s, _| {
+            Ok(s.with_msg(|_| false)?.into())
+        })?;
     }
 
-    for (name, method) in [
-        ("is_INVITE", Method::Invite),
-        ("is_ACK", Method::Ack),
-        ("is_BYE", Method::Bye),
-        ("is_CANCEL", Method::Cancel),
-        ("is_REGISTER", Method::Register),
-        ("is_OPTIONS", Method::Options),
-        ("is_SUBSCRIBE", Method::Subscribe),
-        ("is_NOTIFY", Method::Notify),
-        ("is_MESSAGE", Method::Message),
-        ("is_INFO", Method::Info),
-        ("is_UPDATE", Method::Update),
-        ("is_PRACK", Method::Prack),
-        ("is_PUBLISH", Method::Publish),
-        ("is_REFER", Method::Refer),
-        ("is_KDMQ", Method::Kdmq),
+    macro_rules! method_tests {
+        ($($name:literal => $method:ident),* $(,)?) => {
+            [$(($name, (|s, _| Ok(is_method_kind(s, Method::$method)?.into())) as ffi::FastFn)),*]
+        };
+    }
+    for (name, f) in method_tests![
+        "is_INVITE" => Invite,
+        "is_ACK" => Ack,
+        "is_BYE" => Bye,
+        "is_CANCEL" => Cancel,
+        "is_REGISTER" => Register,
+        "is_OPTIONS" => Options,
+        "is_SUBSCRIBE" => Subscribe,
+        "is_NOTIFY" => Notify,
+        "is_MESSAGE" => Message,
+        "is_INFO" => Info,
+        "is_UPDATE" => Update,
+        "is_PRACK" => Prack,
+        "is_PUBLISH" => Publish,
+        "is_REFER" => Refer,
+        "is_KDMQ" => Kdmq,
     ] {
-        let s = shared.clone();
-        ksr.set(
-            name,
-            lua.create_function(move |_, ()| is_method_kind(&s, method))?,
-        )?;
+        ffi::set_fast(lua, ksr, name, shared, &[], f)?;
     }
 
-    let s = shared.clone();
-    ksr.set(
-        "is_myself",
-        lua.create_function(move |_, uri: mlua::String| Ok(uri_is_myself(&s, &uri.as_bytes())))?,
-    )?;
-    let s = shared.clone();
-    ksr.set(
-        "is_myself_ruri",
-        lua.create_function(move |_, ()| is_myself_ruri(&s))?,
-    )?;
-    let s = shared.clone();
-    ksr.set(
-        "is_myself_furi",
-        lua.create_function(move |_, ()| is_myself_furi(&s))?,
-    )?;
+    ffi::set_fast(lua, ksr, "is_myself", shared, &[1], |s, a| {
+        Ok(uri_is_myself(s, a.bytes(1)?).into())
+    })?;
+    ffi::set_fast(lua, ksr, "is_myself_ruri", shared, &[], |s, _| {
+        Ok(is_myself_ruri(s)?.into())
+    })?;
+    ffi::set_fast(lua, ksr, "is_myself_furi", shared, &[], |s, _| {
+        Ok(is_myself_furi(s)?.into())
+    })?;
     let s = shared.clone();
     ksr.set(
         "is_myself_turi",

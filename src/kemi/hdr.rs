@@ -27,6 +27,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
+use super::ffi::{self, Ret};
 use super::Shared;
 use crate::sip::HdrName;
 
@@ -114,14 +115,10 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             s.with_msg(|m| edit_code(m, |e| e.insert_header_first(line)))
         })?,
     )?;
-    let s = shared.clone();
-    hdr.set(
-        "remove",
-        lua.create_function(move |_, name: mlua::String| {
-            remove(&s, &name.as_bytes())?;
-            Ok(1)
-        })?,
-    )?;
+    ffi::set_fast(lua, &hdr, "remove", shared, &[1], |s, a| {
+        remove(s, a.bytes(1)?)?;
+        Ok(Ret::Int(1))
+    })?;
     for (fname, first) in [("rmappend", false), ("rminsert", true)] {
         let s = shared.clone();
         hdr.set(

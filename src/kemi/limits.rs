@@ -1,30 +1,30 @@
 //! Script limits: instructions per route call and Lua memory per shard.
 //!
-//! Instructions: a count hook (`Thread::set_hook`, every `step`
-//! instructions) on the coroutine a route runs in. The route wrapper arms it
-//! when the route starts (`__arm`, the coroutine is only known from inside),
-//! [`super::RouteRun`] re-arms it each time it polls a route again after a
-//! suspension (mlua keeps one hooked thread per VM, and other routes may have
-//! run meanwhile) and carries the route's remaining budget across polls. When
-//! the budget is spent the hook raises a Lua error naming the script line;
-//! it raises again every `step` instructions, so a script `pcall` cannot
-//! swallow it for long. The shard then answers 500 like any script error.
+//! Instructions: a count hook (`lua_sethook`, every `step` instructions,
+//! see `ffi.rs`). The route wrapper arms it when the route starts (`__arm`,
+//! on the running coroutine: Lua 5.4 keeps hooks per coroutine, LuaJIT per
+//! VM), restarting the count; [`super::RouteRun`] restarts it each time it
+//! polls a route again after a suspension (LuaJIT: other routes ran on the
+//! VM's one count meanwhile) and carries the route's remaining budget across
+//! polls. The hook charges only the route being polled ([`ScriptLimits`]'
+//! `polling`). When the budget is spent the hook raises a Lua error naming
+//! the script line; it raises again on every instruction after, so a script
+//! `pcall` cannot swallow it. The shard then answers 500 like any script
+//! error.
 //!
 //! Under LuaJIT, compiled traces never call hooks, so with a limit set the
 //! JIT compiler is turned off for the VM (`jit.off()`, and `jit.on` made a
 //! no-op): the interpreter runs every route (see docs/tuning.md for the
-//! cost). Known gap: a coroutine the script creates itself runs unhooked.
+//! cost). The hook, once set, stays: under LuaJIT it is the VM's, and a
+//! coroutine the script creates runs hooked too (under Lua 5.4 it inherits
+//! the hook of the coroutine that creates it).
 //!
 //! Memory: `Lua::set_memory_limit` (mlua's allocator; both flavours), so an
 //! allocation beyond it fails with a Lua "not enough memory" error.
 
 use std::cell::{Cell, RefCell};
-use std::rc::Weak;
 
-use mlua::{HookTriggers, Lua, Thread, VmState};
-
-use super::Shared;
-use crate::stats::Counter;
+use mlua::Lua;
 
 /// Bounds on what a route may add to a message and to the shard's
 /// `$var`s (`[shard]` keys), read once when the shard starts.
@@ -72,8 +72,9 @@ pub struct ScriptLimits {
     step: u32,
     /// Instructions left to the route being polled.
     left: Cell<i64>,
-    /// The coroutine the route wrapper just armed (taken by `RouteRun`).
-    pub(crate) armed: RefCell<Option<Thread>>,
+    /// A route is being polled: the hook charges it (Lua code run outside
+    /// routes, such as a reload's, is not charged).
+    polling: Cell<bool>,
     /// The error of the route stopped last (with its script line).
     stopped: RefCell<String>,
 }
@@ -97,7 +98,7 @@ impl ScriptLimits {
             max_memory_bytes,
             step,
             left: Cell::new(0),
-            armed: RefCell::new(None),
+            polling: Cell::new(false),
             stopped: RefCell::new(String::new()),
         }
     }
@@ -118,64 +119,28 @@ impl ScriptLimits {
     pub(crate) fn left(&self) -> i64 {
         self.left.get()
     }
-}
 
-/// Sets the count hook on `th` (the route's coroutine): every `step`
-/// instructions while the route has budget left, every instruction once it
-/// is spent (so the error is raised again right after a script `pcall`
-/// caught it, and no Lua code of the route runs on).
-pub(crate) fn arm(th: &Thread, shared: Weak<Shared>) {
-    let Some(s) = shared.upgrade() else { return };
-    let spent = s.limits.left.get() < 0;
-    let step = if spent { 1 } else { s.limits.step };
-    drop(s);
-    th.set_hook(
-        HookTriggers::new().every_nth_instruction(step),
-        move |lua, debug| {
-            let Some(s) = shared.upgrade() else {
-                return Ok(VmState::Continue);
-            };
-            let before = s.limits.left.get();
-            let left = before.saturating_sub(i64::from(step));
-            s.limits.left.set(left);
-            if left >= 0 {
-                return Ok(VmState::Continue);
-            }
-            if before >= 0 {
-                // First time over: count, keep the script line for every
-                // later raise, and hook every instruction from now on.
-                s.counters.incr(Counter::LuaInstructionLimit);
-                let src = debug.source();
-                let file = src.short_src.as_deref().unwrap_or("?").to_string();
-                let line = debug.curr_line();
-                *s.limits.stopped.borrow_mut() = format!(
-                    "{file}:{line}: route stopped: more than lua_max_instructions ({}) \
-                     Lua instructions",
-                    s.limits.max_instructions
-                );
-                arm(&lua.current_thread(), shared.clone());
-            }
-            let msg = s.limits.stopped.borrow().clone();
-            Err(mlua::Error::RuntimeError(msg))
-        },
-    );
-}
+    /// Hook period, instructions.
+    pub(crate) fn step(&self) -> u32 {
+        self.step
+    }
 
-/// `__arm()`, called by the route wrapper first thing: hooks the running
-/// coroutine and leaves it for `RouteRun` to re-arm after suspensions.
-pub(crate) fn arm_function(lua: &Lua, shared: Weak<Shared>) -> mlua::Result<mlua::Function> {
-    lua.create_function(move |lua, ()| {
-        let Some(s) = shared.upgrade() else {
-            return Ok(());
-        };
-        if !s.limits.enabled() {
-            return Ok(());
-        }
-        let th = lua.current_thread();
-        arm(&th, shared.clone());
-        *s.limits.armed.borrow_mut() = Some(th);
-        Ok(())
-    })
+    pub(crate) fn polling(&self) -> bool {
+        self.polling.get()
+    }
+
+    /// Set while [`super::RouteRun`] polls a route.
+    pub(crate) fn set_polling(&self, on: bool) {
+        self.polling.set(on);
+    }
+
+    pub(crate) fn stopped(&self) -> String {
+        self.stopped.borrow().clone()
+    }
+
+    pub(crate) fn set_stopped(&self, text: String) {
+        *self.stopped.borrow_mut() = text;
+    }
 }
 
 /// LuaJIT: traces do not run hooks, so the JIT is off while a limit is set.

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::{MsgCtx, Shared};
+use super::{ffi, MsgCtx, Shared};
 use crate::sip::HdrName;
 
 /// Kamailio's `maxfwd` `max_limit` default.
@@ -21,16 +21,14 @@ pub(crate) const MAX_LIMIT: u32 = 70;
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    let s = shared.clone();
-    t.set(
-        "process_maxfwd",
-        lua.create_function(move |_, limit: i64| s.with_msg(|m| process_maxfwd(m, limit)))?,
-    )?;
-    let s = shared.clone();
-    t.set(
-        "is_maxfwd_lt",
-        lua.create_function(move |_, max: i64| s.with_msg(|m| is_maxfwd_lt(m, max)))?,
-    )?;
+    ffi::set_fast(lua, &t, "process_maxfwd", shared, &[], |s, a| {
+        let limit = a.int(1)?;
+        Ok(s.with_msg(|m| process_maxfwd(m, limit))?.into())
+    })?;
+    ffi::set_fast(lua, &t, "is_maxfwd_lt", shared, &[], |s, a| {
+        let max = a.int(1)?;
+        Ok(s.with_msg(|m| is_maxfwd_lt(m, max))?.into())
+    })?;
     ksr.set("maxfwd", t)?;
     Ok(())
 }

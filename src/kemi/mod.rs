@@ -14,7 +14,9 @@
 //! Return conventions follow Kamailio's Lua binding: int functions return the
 //! raw code (>0 success, <0 failure), bool functions return a Lua boolean.
 
-#![forbid(unsafe_code)]
+// deny, not forbid: ffi.rs, and only it, allows unsafe code (the Lua C API
+// on the hot path; tests/layering.rs keeps it to that file).
+#![deny(unsafe_code)]
 
 mod auth;
 pub mod check_script;
@@ -26,6 +28,7 @@ pub mod dialog;
 pub mod dialog_store;
 pub mod dispatcher;
 pub mod exports;
+mod ffi;
 pub mod fuzzing;
 mod hdr;
 pub mod htable;
@@ -354,7 +357,7 @@ impl RouteFn {
 pub struct NamedRoutes {
     handler: Function,
     exit: mlua::Value,
-    /// `limits::arm_function` when `lua_max_instructions` is set.
+    /// `ffi::arm_function` when `lua_max_instructions` is set.
     arm: Option<Function>,
     cache: RefCell<HashMap<String, Option<Function>>>,
     /// The native route runs: names resolve to src/kemi/native.rs.
@@ -445,6 +448,7 @@ pub(crate) struct Vm {
 /// exposed to scripts.
 const ROUTE_WRAPPER: &str = r#"
 local route, traceback, EXIT, arm = ...
+local xpcall, error = xpcall, error
 -- KSR.x.exit() is the common case: answer it without calling into Rust.
 local function handler(e)
     if e == EXIT then return e end
@@ -489,7 +493,9 @@ join(KSR.auth_db, "proxy_authorize")
 
 /// `KSR.x.exit()` raises a sentinel *value* (like Kamailio's exit), caught by
 /// the route wrapper; `KSR.x.drop()` / `KSR.drop()` also mark the message.
-/// Plain Lua errors: no Rust error object, no traceback is built.
+/// Plain Lua errors: no Rust error object, no traceback is built. (The
+/// engine then replaces `KSR.x.exit` with the same raise done from C,
+/// `ffi::exit_function`.)
 const EXIT_FUNCTIONS: &str = r#"
 local KSR = ...
 local mark_drop = KSR.x.__mark_drop
@@ -589,6 +595,12 @@ impl Engine {
             .set_name("=ksr_exit")
             .call(ksr.clone())
             .map_err(|e| e.to_string())?;
+        let x: Table = ksr.get("x").map_err(|e| e.to_string())?;
+        x.set(
+            "exit",
+            ffi::exit_function(&lua, exit.clone()).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
         lua.load(FAST_PATHS)
             .set_name("=ksr_fast_paths")
             .call::<()>((ksr.clone(), TAKE_ASYNC_PATH))
@@ -607,7 +619,7 @@ impl Engine {
         let handler = traceback_handler(&lua).map_err(|e| e.to_string())?;
         // Without a limit the wrapper does not call `arm` at all.
         let arm_arg = if shared.limits.enabled() {
-            Some(limits::arm_function(&lua, Rc::downgrade(&shared)).map_err(|e| e.to_string())?)
+            Some(ffi::arm_function(&lua, &shared).map_err(|e| e.to_string())?)
         } else {
             None
         };
@@ -944,8 +956,10 @@ pub struct RouteRun {
     _vm: Option<Rc<Vm>>,
     /// Instructions left (`lua_max_instructions`), carried across polls.
     left: i64,
-    /// The route's coroutine once armed, re-armed on each later poll.
-    thread: Option<mlua::Thread>,
+    /// The VM, to restart the count hook when polled again after a
+    /// suspension (`lua_max_instructions` set and polled once).
+    lua: Option<Lua>,
+    polled: bool,
 }
 
 impl RouteRun {
@@ -955,7 +969,8 @@ impl RouteRun {
             call: f.start(&shared, lua),
             _vm: None,
             left: shared.limits.budget(),
-            thread: None,
+            lua: shared.limits.enabled().then(|| lua.clone()),
+            polled: false,
             shared,
         }
     }
@@ -975,19 +990,20 @@ impl Future for RouteRun {
             "route contexts must not nest"
         );
         *this.shared.cur.borrow_mut() = Some(ctx);
-        let limited = this.shared.limits.enabled();
-        if limited {
-            this.shared.limits.set_left(this.left);
-            if let Some(th) = &this.thread {
-                limits::arm(th, Rc::downgrade(&this.shared));
+        let limits = &this.shared.limits;
+        if let Some(lua) = &this.lua {
+            limits.set_left(this.left);
+            limits.set_polling(true);
+            if this.polled {
+                // The first poll is armed by the route wrapper itself.
+                ffi::reset_hook(lua, limits.step(), this.left < 0);
             }
+            this.polled = true;
         }
         let res = this.call.as_mut().poll(cx);
-        if limited {
-            this.left = this.shared.limits.left();
-            if let Some(th) = this.shared.limits.armed.borrow_mut().take() {
-                this.thread = Some(th);
-            }
+        if this.lua.is_some() {
+            this.left = limits.left();
+            limits.set_polling(false);
         }
         let ctx = this.shared.cur.borrow_mut().take();
         let Some(ctx) = ctx else {

@@ -104,6 +104,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table, Value};
 
+use super::ffi::{self, Ret};
 use super::{MsgCtx, Shared};
 use crate::sip::{HdrName, SipUri};
 
@@ -547,24 +548,41 @@ fn pick<T: Clone>(vals: &[T], idx: Option<&str>) -> Option<T> {
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let pv = lua.create_table()?;
-    for (name, mode) in [
-        ("get", NullMode::Nil),
-        ("gete", NullMode::Empty),
-        ("getw", NullMode::Print),
+    // get/gete/getw: fast functions (ffi.rs; pv.get is in every route), the
+    // mlua versions for the names whose value needs the VM ($sht, $T_).
+    macro_rules! getters {
+        ($($name:literal => $mode:ident),* $(,)?) => {
+            [$(($name, NullMode::$mode, (|s, a| {
+                let name = a.str(1)?;
+                if needs_vm(name) {
+                    return Ok(Ret::Slow);
+                }
+                Ok(match (get_plain(s, name)?, NullMode::$mode) {
+                    (Val::Null, NullMode::Nil) => Ret::Nil,
+                    (Val::Null, NullMode::Empty) => Ret::Str(Vec::new()),
+                    (Val::Null, NullMode::Print) => Ret::Str(NULL_TEXT.as_bytes().to_vec()),
+                    (Val::Int(i), _) => Ret::Int(i),
+                    (Val::Str(b), _) => Ret::Str(b),
+                })
+            }) as ffi::FastFn)),*]
+        };
+    }
+    for (name, mode, fast) in getters![
+        "get" => Nil,
+        "gete" => Empty,
+        "getw" => Print,
     ] {
         let s = shared.clone();
-        pv.set(
-            name,
-            lua.create_function(move |lua, name: mlua::String| {
-                let v = get_val(lua, &s, &name.to_str()?)?;
-                match (v, &mode) {
-                    (Val::Null, NullMode::Nil) => Ok(Value::Nil),
-                    (Val::Null, NullMode::Empty) => Val::s(b"").into_lua(lua),
-                    (Val::Null, NullMode::Print) => Val::s(NULL_TEXT.as_bytes()).into_lua(lua),
-                    (v, _) => v.into_lua(lua),
-                }
-            })?,
-        )?;
+        let slow = lua.create_function(move |lua, name: mlua::String| {
+            let v = get_val(lua, &s, &name.to_str()?)?;
+            match (v, &mode) {
+                (Val::Null, NullMode::Nil) => Ok(Value::Nil),
+                (Val::Null, NullMode::Empty) => Val::s(b"").into_lua(lua),
+                (Val::Null, NullMode::Print) => Val::s(NULL_TEXT.as_bytes()).into_lua(lua),
+                (v, _) => v.into_lua(lua),
+            }
+        })?;
+        ffi::set_fast_or(lua, &pv, name, shared, &[1], fast, slow)?;
     }
     let s = shared.clone();
     pv.set(
@@ -705,6 +723,16 @@ pub(super) fn get_val(lua: &Lua, s: &Shared, name: &str) -> mlua::Result<Val> {
             _ => Val::Null,
         });
     }
+    get_plain(s, name)
+}
+
+/// The names whose value [`get_val`] reads through the VM (htable, tm).
+fn needs_vm(name: &str) -> bool {
+    name.starts_with("$sht") || name.starts_with("$T_")
+}
+
+/// [`get_val`] without the names the VM answers (see [`needs_vm`]).
+fn get_plain(s: &Shared, name: &str) -> mlua::Result<Val> {
     let Some(spec) = parse_spec(name) else {
         return Ok(Val::Null);
     };

@@ -48,7 +48,7 @@ use std::rc::Rc;
 use mlua::{Lua, Table};
 
 use super::services::{unix_now_s, OwnedContact, OwnedSave};
-use super::Shared;
+use super::{ffi, Shared};
 use crate::sip::{Contact, HdrName, SipMsg, SipUri};
 use crate::stats::Counter;
 use crate::usrloc::{
@@ -58,13 +58,13 @@ use crate::usrloc::{
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let reg = lua.create_table()?;
-    let s = shared.clone();
-    reg.set(
-        "__save_sync",
-        lua.create_function(move |_, (_table, flags): (mlua::Value, Option<i64>)| {
-            Ok(save_sync(&s, flags.unwrap_or(0) as u32, None).unwrap_or(super::TAKE_ASYNC_PATH))
-        })?,
-    )?;
+    // (the table argument is not read: one location table)
+    ffi::set_fast(lua, &reg, "__save_sync", shared, &[], |s, a| {
+        let flags = a.opt_int(2)?.unwrap_or(0);
+        Ok(save_sync(s, flags as u32, None)
+            .unwrap_or(super::TAKE_ASYNC_PATH)
+            .into())
+    })?;
     let s = shared.clone();
     reg.set(
         "__save_async",

@@ -39,7 +39,7 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::{MsgCtx, Myself, Shared};
+use super::{ffi, MsgCtx, Myself, Shared};
 use crate::sip::{HdrName, NameAddr, Proto, SipUri};
 
 /// Which Record-Route address `record_route*()` chose.
@@ -95,11 +95,9 @@ pub(super) fn loose_route_kemi(s: &Shared) -> mlua::Result<i32> {
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let rr = lua.create_table()?;
-    let s = shared.clone();
-    rr.set(
-        "record_route",
-        lua.create_function(move |_, ()| record_route(&s))?,
-    )?;
+    ffi::set_fast(lua, &rr, "record_route", shared, &[], |s, _| {
+        Ok(record_route(s)?.into())
+    })?;
     let s = shared.clone();
     rr.set(
         "record_route_params",

@@ -30,16 +30,14 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::{MsgCtx, Shared};
+use super::{ffi, MsgCtx, Shared};
 use crate::sip::{HdrName, Scheme, SipUri};
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    let s = shared.clone();
-    t.set(
-        "has_totag",
-        lua.create_function(move |_, ()| s.with_msg(|m| rc(has_totag(m))))?,
-    )?;
+    ffi::set_fast(lua, &t, "has_totag", shared, &[], |s, _| {
+        Ok(s.with_msg(|m| rc(has_totag(m)))?.into())
+    })?;
     let s = shared.clone();
     t.set(
         "is_request",

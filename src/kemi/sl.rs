@@ -16,19 +16,15 @@ use std::rc::Rc;
 
 use mlua::{Lua, Table};
 
-use super::{MsgCtx, Shared};
+use super::{ffi, MsgCtx, Shared};
 use crate::sip::{build_reply, ReplyOpts};
 use crate::stats::Counter;
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let sl = lua.create_table()?;
-    let s = shared.clone();
-    sl.set(
-        "sl_send_reply",
-        lua.create_function(move |_, (code, reason): (i64, mlua::String)| {
-            Ok(send_reply(&s, code, &reason.as_bytes()))
-        })?,
-    )?;
+    ffi::set_fast(lua, &sl, "sl_send_reply", shared, &[2], |s, a| {
+        Ok(send_reply(s, a.int(1)?, a.bytes(2)?).into())
+    })?;
     // Kamailio's sl `send_reply`: stateful when the request has a
     // transaction (t_newtran / t_relay created one), stateless otherwise.
     let s = shared.clone();
@@ -42,11 +38,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             Ok(send_reply(&s, code, &reason.as_bytes()))
         })?,
     )?;
-    let s = shared.clone();
-    sl.set(
-        "sl_reply_error",
-        lua.create_function(move |_, ()| sl_reply_error(&s))?,
-    )?;
+    ffi::set_fast(lua, &sl, "sl_reply_error", shared, &[], |s, _| {
+        Ok(sl_reply_error(s)?.into())
+    })?;
     ksr.set("sl", sl)?;
     Ok(())
 }

@@ -36,7 +36,7 @@ use std::sync::Arc;
 
 use mlua::{Lua, Table};
 
-use super::{BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
+use super::{ffi, BranchSpec, MsgCtx, RouteOutcome, RouteRun, Shared};
 use crate::sip::{Dest, Method, Proto, SipMsg, SipUri};
 use crate::txn::{self, Event, ReqMatch, RespAction};
 
@@ -145,11 +145,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "t_newtran",
         lua.create_function(move |_, ()| Ok(t_newtran(&s)))?,
     )?;
-    let s = shared.clone();
-    tm.set(
-        "t_check_trans",
-        lua.create_function(move |_, ()| Ok(t_check_trans(&s)))?,
-    )?;
+    ffi::set_fast(lua, &tm, "t_check_trans", shared, &[], |s, _| {
+        Ok(t_check_trans(s).into())
+    })?;
     for name in ["t_reply", "t_send_reply"] {
         let s = shared.clone();
         tm.set(
@@ -293,11 +291,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("tm", tm)?;
 
     let tmx = lua.create_table()?;
-    let s = shared.clone();
-    tmx.set(
-        "t_precheck_trans",
-        lua.create_function(move |_, ()| t_precheck_trans(&s))?,
-    )?;
+    ffi::set_fast(lua, &tmx, "t_precheck_trans", shared, &[], |s, _| {
+        Ok(t_precheck_trans(s)?.into())
+    })?;
     for (name, kind) in [
         ("t_is_failure_route", RouteKind::Failure),
         ("t_is_branch_route", RouteKind::Branch),

@@ -1,0 +1,599 @@
+//! The Lua C API, called directly where mlua's safe layer costs more than
+//! the work it wraps: the KSR functions a short route calls on every
+//! message, `KSR.x.exit()`, and the `lua_max_instructions` count hook.
+//!
+//! Owns: [`set_fast`] (a KSR function as a plain Lua C function: its
+//! arguments read straight off the Lua stack, no mlua callback frame, no
+//! registry references, no argument copies), [`exit_function`] and the count
+//! hook ([`arm_function`], [`reset_hook`]). docs/kemi.md ("Fast KSR
+//! functions") gives the figures that justify this file.
+//!
+//! Never: call mlua from a C function (mlua tracks the running coroutine
+//! itself, and a C function runs outside its bookkeeping), or let a Lua
+//! error cross a Rust frame that owns a value with a destructor. The rules
+//! that keep it sound:
+//!
+//! * every Rust value with drop glue lives in [`call_fast`]'s inner closure,
+//!   which returns a plain [`Out`] before any Lua API call that may raise
+//!   (`lua_pushlstring` on a full heap, `lua_error`); a string on its way to
+//!   Lua is held as raw parts and freed after the push (leaked, never
+//!   double-freed, if the push raises);
+//! * the only Lua calls made while Rust values are alive cannot raise:
+//!   `lua_type`, `lua_tonumberx`, `lua_tolstring` on a string (a number
+//!   argument is turned into a string before, see [`set_fast`]'s `strings`);
+//! * a C function finds its shard through a slot number (upvalue 1) in a
+//!   per-thread table of `Weak<Shared>`: no raw pointer to Rust data is
+//!   ever handed to Lua;
+//! * panics are caught in the same closure and raised as Lua errors (the
+//!   shard's panic hook has recorded them, as for mlua's callbacks).
+
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_void};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use mlua::{ffi, Function, Lua, Table, Value};
+
+use super::Shared;
+use crate::stats::Counter;
+
+/// What a fast KSR function hands back to Lua.
+pub(crate) enum Ret {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Str(Vec<u8>),
+    /// Not handled here: call the function's mlua version
+    /// ([`set_fast_or`]) with the same arguments and return what it does.
+    Slow,
+}
+
+impl From<bool> for Ret {
+    fn from(b: bool) -> Ret {
+        Ret::Bool(b)
+    }
+}
+
+impl From<i32> for Ret {
+    fn from(i: i32) -> Ret {
+        Ret::Int(i64::from(i))
+    }
+}
+
+/// A fast KSR function: the shard and the call's arguments.
+pub(crate) type FastFn = fn(&Rc<Shared>, &Args) -> mlua::Result<Ret>;
+
+/// The arguments of one fast call, read on demand from the Lua stack.
+pub(crate) struct Args {
+    state: *mut ffi::lua_State,
+    n: c_int,
+    /// Bit `p - 1`: argument `p` is one the function reads as a string.
+    declared: u32,
+    /// Bit `p - 1`: argument `p` is a string (the call made a number one).
+    strings: u32,
+}
+
+impl Args {
+    /// Argument `pos` (from 1) as an integer, converted as mlua converts an
+    /// `i64` argument: a number (truncated toward zero) or a string
+    /// coercible to one.
+    pub(crate) fn int(&self, pos: c_int) -> mlua::Result<i64> {
+        if pos < 1 || pos > self.n {
+            return Err(bad_arg(pos, "nil", "i64", NOT_A_NUMBER));
+        }
+        #[cfg(feature = "lua54")]
+        {
+            let mut ok = 0;
+            // SAFETY: `pos` is an argument slot of the running C call;
+            // lua_tointegerx reads (and parses a string) without allocating.
+            let i = unsafe { ffi::lua_tointegerx(self.state, pos, &mut ok) };
+            if ok != 0 {
+                return Ok(i);
+            }
+        }
+        // SAFETY: as above; lua_tonumber converts a numeric string without
+        // allocating or raising, and gives 0 for anything else.
+        let x = unsafe { ffi::lua_tonumber(self.state, pos) };
+        // SAFETY: as above.
+        if x == 0.0 && unsafe { ffi::lua_isnumber(self.state, pos) } == 0 {
+            return Err(bad_arg(pos, self.type_name(pos), "i64", NOT_A_NUMBER));
+        }
+        // mlua: an integral number as it is, else num_traits' cast
+        // (truncation; out of range and NaN refused).
+        if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&x) {
+            return Ok(x as i64);
+        }
+        Err(bad_arg(pos, self.type_name(pos), "i64", "out of range"))
+    }
+
+    /// Argument `pos` as an integer, `None` when it is nil or absent.
+    pub(crate) fn opt_int(&self, pos: c_int) -> mlua::Result<Option<i64>> {
+        if self.type_name(pos) == "nil" {
+            return Ok(None);
+        }
+        self.int(pos).map(Some)
+    }
+
+    /// Argument `pos` as bytes (mlua's `String` argument: a string, or a
+    /// number made one by the call). `pos` must be one of the function's
+    /// `strings` ([`set_fast`]).
+    pub(crate) fn bytes(&self, pos: c_int) -> mlua::Result<&[u8]> {
+        self.string(pos, "string")
+    }
+
+    /// Argument `pos` as UTF-8 text (a Rust `String` argument of mlua).
+    pub(crate) fn str(&self, pos: c_int) -> mlua::Result<&str> {
+        std::str::from_utf8(self.string(pos, "String")?)
+            .map_err(|e| bad_arg(pos, "string", "String", &e.to_string()))
+    }
+
+    fn string(&self, pos: c_int, to: &str) -> mlua::Result<&[u8]> {
+        let bit = 1u32.checked_shl(pos.wrapping_sub(1) as u32).unwrap_or(0);
+        if self.declared & bit == 0 {
+            debug_assert!(false, "argument {pos} is not declared a string");
+            return Err(mlua::Error::RuntimeError(format!(
+                "argument {pos} is not declared a string"
+            )));
+        }
+        if self.strings & bit == 0 {
+            return Err(bad_arg(
+                pos,
+                self.type_name(pos),
+                to,
+                "expected string or number",
+            ));
+        }
+        let mut len = 0usize;
+        // SAFETY: argument `pos` is a string (call_fast checked, or made
+        // it one): lua_tolstring neither allocates nor raises, and the bytes
+        // stay valid while the argument is on the stack, i.e. for the whole
+        // call (the borrow of `self` cannot outlive it: Args lives in
+        // call_fast).
+        unsafe {
+            let p = ffi::lua_tolstring(self.state, pos, &mut len);
+            Ok(std::slice::from_raw_parts(p.cast::<u8>(), len))
+        }
+    }
+
+    /// mlua's name of argument `pos`'s type (`nil` past the last one).
+    fn type_name(&self, pos: c_int) -> &'static str {
+        if pos < 1 || pos > self.n {
+            return "nil";
+        }
+        // SAFETY: `pos` is in 1..=n, an argument slot of the running call.
+        type_name(unsafe { ffi::lua_type(self.state, pos) })
+    }
+}
+
+const NOT_A_NUMBER: &str = "expected number or string coercible to number";
+
+/// mlua's error for an argument it cannot convert.
+fn bad_arg(pos: c_int, from: &'static str, to: &str, why: &str) -> mlua::Error {
+    mlua::Error::BadArgument {
+        to: None,
+        pos: pos as usize,
+        name: None,
+        cause: Arc::new(mlua::Error::FromLuaConversionError {
+            from,
+            to: to.to_string(),
+            message: Some(why.to_string()),
+        }),
+    }
+}
+
+/// mlua's names of Lua types (`Value::type_name`).
+fn type_name(t: c_int) -> &'static str {
+    match t {
+        ffi::LUA_TNIL => "nil",
+        ffi::LUA_TBOOLEAN => "boolean",
+        ffi::LUA_TLIGHTUSERDATA => "lightuserdata",
+        ffi::LUA_TNUMBER => "number",
+        ffi::LUA_TSTRING => "string",
+        ffi::LUA_TTABLE => "table",
+        ffi::LUA_TFUNCTION => "function",
+        ffi::LUA_TTHREAD => "thread",
+        ffi::LUA_TUSERDATA => "userdata",
+        _ => "other",
+    }
+}
+
+thread_local! {
+    /// Each shard's state, by slot: the C functions of a VM find their shard
+    /// by the slot in their upvalue. Only ever grows (one entry per shard
+    /// state built on this thread), so a slot never names another shard.
+    static SHARDS: RefCell<Vec<Weak<Shared>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The slot of `shared` in this thread's table (added on first use).
+fn slot_of(shared: &Rc<Shared>) -> usize {
+    SHARDS.with(|v| {
+        let mut v = v.borrow_mut();
+        // A Weak keeps its allocation: no other Shared can have this address.
+        if let Some(i) = v.iter().position(|w| w.as_ptr() == Rc::as_ptr(shared)) {
+            return i;
+        }
+        v.push(Rc::downgrade(shared));
+        v.len() - 1
+    })
+}
+
+fn shared_at(slot: usize) -> Option<Rc<Shared>> {
+    SHARDS.with(|v| v.borrow().get(slot).and_then(Weak::upgrade))
+}
+
+/// A string for Lua, as raw parts: no destructor runs if a Lua error
+/// unwinds past it (the bytes then leak).
+struct RawBytes {
+    ptr: *mut u8,
+    len: usize,
+    cap: usize,
+}
+
+impl RawBytes {
+    fn new(v: Vec<u8>) -> RawBytes {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        RawBytes {
+            ptr: v.as_mut_ptr(),
+            len: v.len(),
+            cap: v.capacity(),
+        }
+    }
+
+    /// Pushes the bytes as a Lua string, then frees them.
+    ///
+    /// # Safety
+    /// `state` is the running state with a free stack slot, and `self` came
+    /// from [`RawBytes::new`] and is used once.
+    unsafe fn push(self, state: *mut ffi::lua_State) {
+        // SAFETY: ptr/len describe the Vec's initialised bytes.
+        unsafe { ffi::lua_pushlstring(state, self.ptr.cast::<c_char>(), self.len) };
+        // SAFETY: the parts of the Vec RawBytes::new took apart, rebuilt once.
+        drop(unsafe { Vec::from_raw_parts(self.ptr, self.len, self.cap) });
+    }
+}
+
+/// A fast call's outcome, free of destructors (see the module rules).
+enum Out {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Str(RawBytes),
+    Slow,
+    Error(RawBytes),
+}
+
+/// What a fast function's C closure carries (a full userdata, upvalue 1;
+/// plain data, no destructor).
+#[derive(Clone, Copy)]
+struct FastInfo {
+    slot: usize,
+    f: FastFn,
+    /// Bit `p - 1`: argument `p` is read as a string.
+    strings: u32,
+}
+
+/// The C function behind every [`set_fast`] function. Upvalues: 1 its
+/// [`FastInfo`], 2 the mlua version for [`Ret::Slow`] (nil without one).
+unsafe extern "C-unwind" fn call_fast(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua calls this with its running state; upvalue 1 is the
+    // userdata fast_function filled with a FastInfo (read unaligned: Lua
+    // only promises its own alignment). A Lua call gives C functions
+    // LUA_MINSTACK free slots, and lua_tolstring on a number (converted in
+    // place, which may allocate and raise) runs before any Rust value with
+    // a destructor exists.
+    let (info, n, strings) = unsafe {
+        let info = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1));
+        let info = std::ptr::read_unaligned(info.cast::<FastInfo>());
+        let n = ffi::lua_gettop(state);
+        let mut strings = 0u32;
+        let mut bits = info.strings;
+        while bits != 0 {
+            let pos = bits.trailing_zeros() as c_int + 1;
+            let bit = bits & bits.wrapping_neg();
+            bits &= bits - 1;
+            if pos > n {
+                break;
+            }
+            match ffi::lua_type(state, pos) {
+                ffi::LUA_TSTRING => strings |= bit,
+                ffi::LUA_TNUMBER => {
+                    ffi::lua_tolstring(state, pos, std::ptr::null_mut());
+                    strings |= bit;
+                }
+                _ => {}
+            }
+        }
+        (info, n, strings)
+    };
+    let args = Args {
+        state,
+        n,
+        declared: info.strings,
+        strings,
+    };
+    let out = match catch_unwind(AssertUnwindSafe(|| match shared_at(info.slot) {
+        Some(s) => (info.f)(&s, &args),
+        None => Err(mlua::Error::RuntimeError(
+            "KSR function called after its shard was stopped".into(),
+        )),
+    })) {
+        Ok(Ok(Ret::Nil)) => Out::Nil,
+        Ok(Ok(Ret::Bool(b))) => Out::Bool(b),
+        Ok(Ok(Ret::Int(i))) => Out::Int(i),
+        Ok(Ok(Ret::Str(v))) => Out::Str(RawBytes::new(v)),
+        Ok(Ok(Ret::Slow)) => Out::Slow,
+        Ok(Err(e)) => Out::Error(RawBytes::new(super::format_lua_error(&e).into_bytes())),
+        Err(payload) => {
+            let text = format!("panic: {}", crate::exec::panic_text(&*payload));
+            drop(payload);
+            Out::Error(RawBytes::new(text.into_bytes()))
+        }
+    };
+    // SAFETY: nothing with a destructor is alive from here on (`args` and
+    // the closure's values are plain data or dropped); pushing one value
+    // fits the C function's stack allowance.
+    unsafe {
+        match out {
+            Out::Nil => ffi::lua_pushnil(state),
+            Out::Bool(b) => ffi::lua_pushboolean(state, c_int::from(b)),
+            Out::Int(i) => push_int(state, i),
+            Out::Str(b) => b.push(state),
+            Out::Slow => {
+                // The arguments are still the call's whole stack.
+                ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
+                ffi::lua_insert(state, 1);
+                ffi::lua_call(state, n, ffi::LUA_MULTRET);
+                return ffi::lua_gettop(state);
+            }
+            Out::Error(b) => {
+                b.push(state);
+                raise(state)
+            }
+        }
+    }
+    1
+}
+
+/// `lua_pushinteger` (LuaJIT's integers are doubles: as mlua pushes i64).
+///
+/// # Safety
+/// `state` is the running state with a free stack slot.
+unsafe fn push_int(state: *mut ffi::lua_State, i: i64) {
+    // SAFETY: forwarded from the caller.
+    unsafe { ffi::lua_pushinteger(state, i as ffi::lua_Integer) }
+}
+
+/// `lua_error` with the value on top of the stack.
+///
+/// # Safety
+/// `state` is the running state and no Rust frame between here and the
+/// nearest Lua protected call owns a value with a destructor.
+unsafe fn raise(state: *mut ffi::lua_State) -> ! {
+    // SAFETY: forwarded from the caller.
+    unsafe { ffi::lua_error(state) }
+}
+
+/// Sets `table[name]` to the fast KSR function `f` of `shared`'s shard.
+/// `strings` lists the argument positions (from 1) `f` reads as strings: a
+/// number there is converted to a string first, as mlua would.
+pub(crate) fn set_fast(
+    lua: &Lua,
+    table: &Table,
+    name: &str,
+    shared: &Rc<Shared>,
+    strings: &[c_int],
+    f: FastFn,
+) -> mlua::Result<()> {
+    table.set(name, fast_function(lua, shared, strings, f, None)?)
+}
+
+/// [`set_fast`], with `slow` (the mlua version of the same function) for
+/// the calls `f` answers with [`Ret::Slow`].
+pub(crate) fn set_fast_or(
+    lua: &Lua,
+    table: &Table,
+    name: &str,
+    shared: &Rc<Shared>,
+    strings: &[c_int],
+    f: FastFn,
+    slow: Function,
+) -> mlua::Result<()> {
+    table.set(name, fast_function(lua, shared, strings, f, Some(slow))?)
+}
+
+fn fast_function(
+    lua: &Lua,
+    shared: &Rc<Shared>,
+    strings: &[c_int],
+    f: FastFn,
+    slow: Option<Function>,
+) -> mlua::Result<Function> {
+    let mut mask = 0u32;
+    for &p in strings {
+        debug_assert!((1..=32).contains(&p), "string argument position {p}");
+        mask |= 1 << (p - 1);
+    }
+    let info = FastInfo {
+        slot: slot_of(shared),
+        f,
+        strings: mask,
+    };
+    // SAFETY: exec_raw pushes `slow` (a function or nil) and runs the
+    // closure in a protected call on the main state, with room for 3 more
+    // values (an allocation failure raises into that call); the userdata
+    // gets the FastInfo (plain data: nothing to finalise), the closure takes
+    // both values as upvalues, and what is left on the stack is the
+    // closure, which exec_raw returns as a Function.
+    unsafe {
+        lua.exec_raw(slow, |state| {
+            #[cfg(feature = "lua54")]
+            let p = ffi::lua_newuserdatauv(state, std::mem::size_of::<FastInfo>(), 0);
+            #[cfg(not(feature = "lua54"))]
+            let p = ffi::lua_newuserdata(state, std::mem::size_of::<FastInfo>());
+            std::ptr::write_unaligned(p.cast::<FastInfo>(), info);
+            ffi::lua_insert(state, -2);
+            ffi::lua_pushcclosure(state, call_fast, 2);
+        })
+    }
+}
+
+/// `KSR.x.exit()`: raises `exit` (the route wrapper's sentinel) straight
+/// from C, without a Lua frame or `error`'s argument checks.
+pub(crate) fn exit_function(lua: &Lua, sentinel: Value) -> mlua::Result<Function> {
+    unsafe extern "C-unwind" fn exit(state: *mut ffi::lua_State) -> c_int {
+        // SAFETY: called by Lua; upvalue 1 is the sentinel (exit_function);
+        // no Rust value is alive in this frame.
+        unsafe {
+            ffi::lua_pushvalue(state, ffi::lua_upvalueindex(1));
+            raise(state)
+        }
+    }
+    // SAFETY: exec_raw pushes `exit` (the argument) and runs the closure in
+    // a protected call; it returns the closure left on the stack.
+    unsafe {
+        lua.exec_raw(sentinel, |state| {
+            ffi::lua_pushcclosure(state, exit, 1);
+        })
+    }
+}
+
+/// Registry key of the shard slot the count hook charges.
+static HOOK_SLOT_KEY: u8 = 0;
+
+/// `__arm()`, which the route wrapper calls first thing when
+/// `lua_max_instructions` is set: sets the count hook on the running
+/// coroutine (the whole VM under LuaJIT), restarting its count. Also
+/// records which shard the VM's hook charges.
+pub(crate) fn arm_function(lua: &Lua, shared: &Rc<Shared>) -> mlua::Result<Function> {
+    unsafe extern "C-unwind" fn arm(state: *mut ffi::lua_State) -> c_int {
+        // SAFETY: called by Lua with its running state; upvalue 1 is the
+        // hook period (arm_function). lua_sethook neither allocates nor
+        // raises.
+        unsafe {
+            let step = ffi::lua_tointeger(state, ffi::lua_upvalueindex(1)) as c_int;
+            ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, step);
+        }
+        0
+    }
+    let slot = slot_of(shared);
+    let step = shared.limits.step();
+    // SAFETY: exec_raw runs the closure in a protected call on the main
+    // state (allocation failures become an Err); registry[&HOOK_SLOT_KEY]
+    // = slot, then the closure, which exec_raw returns.
+    unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_pushlightuserdata(state, std::ptr::addr_of!(HOOK_SLOT_KEY) as *mut c_void);
+            ffi::lua_pushinteger(state, slot as ffi::lua_Integer);
+            ffi::lua_rawset(state, ffi::LUA_REGISTRYINDEX);
+            ffi::lua_pushinteger(state, ffi::lua_Integer::from(step));
+            ffi::lua_pushcclosure(state, arm, 1);
+        })
+    }
+}
+
+/// Restarts the count of a route polled again after a suspension (LuaJIT:
+/// the hook and its count are the VM's, and other routes ran meanwhile):
+/// every `step` instructions, or every one when the route's budget is
+/// spent. Lua 5.4 keeps a count per coroutine: nothing to do.
+pub(crate) fn reset_hook(lua: &Lua, step: u32, spent: bool) {
+    if cfg!(feature = "lua54") {
+        return;
+    }
+    let count = if spent { 1 } else { step as c_int };
+    // SAFETY: exec_raw gives the VM's current state in a protected call;
+    // lua_sethook (global under LuaJIT) neither allocates nor raises.
+    let _: mlua::Result<()> = unsafe {
+        lua.exec_raw((), |state| {
+            ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, count);
+        })
+    };
+}
+
+/// What the count hook does after charging the route.
+enum HookVerdict {
+    Continue,
+    /// Fire every `n` instructions from now on.
+    Recount(c_int),
+    /// Stop the route with this error (and fire on every instruction).
+    Raise(RawBytes),
+}
+
+/// The count hook: charges the route being polled with the instructions
+/// since the last call; past its budget, raises the "route stopped" error
+/// (the first time with the script line, counted), and again on every
+/// instruction after, so that a script `pcall` cannot keep the route going.
+unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
+    // SAFETY: called by Lua with its running state and a valid `ar`; the
+    // registry read pushes and pops one value (hooks have LUA_MINSTACK
+    // slots) and lua_getinfo("Sl") fills `ar` without allocating.
+    let (slot, count, file, line) = unsafe {
+        ffi::lua_pushlightuserdata(state, std::ptr::addr_of!(HOOK_SLOT_KEY) as *mut c_void);
+        ffi::lua_rawget(state, ffi::LUA_REGISTRYINDEX);
+        let slot = ffi::lua_tointeger(state, -1) as usize;
+        ffi::lua_settop(state, -2);
+        let count = ffi::lua_gethookcount(state);
+        ffi::lua_getinfo(state, c"Sl".as_ptr(), ar);
+        let src = &(*ar).short_src;
+        let file: [u8; 60] = std::array::from_fn(|i| src.get(i).map_or(0, |&c| c as u8));
+        (slot, count, file, (*ar).currentline)
+    };
+    let verdict = catch_unwind(AssertUnwindSafe(|| {
+        let Some(s) = shared_at(slot) else {
+            return HookVerdict::Continue;
+        };
+        let limits = &s.limits;
+        let step = limits.step() as c_int;
+        if !limits.polling() {
+            // Lua code outside any route (loading, a reload): not charged.
+            return if count == step {
+                HookVerdict::Continue
+            } else {
+                HookVerdict::Recount(step)
+            };
+        }
+        let before = limits.left();
+        let left = before.saturating_sub(i64::from(count));
+        limits.set_left(left);
+        if left >= 0 {
+            // Another route's spent budget may have left the VM's hook
+            // firing on every instruction: back to the period.
+            return if count == step {
+                HookVerdict::Continue
+            } else {
+                HookVerdict::Recount(step)
+            };
+        }
+        if before >= 0 {
+            // First time over: count it and keep the script line for every
+            // later raise.
+            s.counters.incr(Counter::LuaInstructionLimit);
+            let end = file.iter().position(|&c| c == 0).unwrap_or(file.len());
+            let file = String::from_utf8_lossy(&file[..end]);
+            limits.set_stopped(format!(
+                "{file}:{line}: route stopped: more than lua_max_instructions ({}) \
+                 Lua instructions",
+                limits.max_instructions
+            ));
+        }
+        HookVerdict::Raise(RawBytes::new(limits.stopped().into_bytes()))
+    }))
+    .unwrap_or(HookVerdict::Continue);
+    // SAFETY: nothing with a destructor is alive here; lua_sethook neither
+    // allocates nor raises; raising from a count hook is allowed.
+    unsafe {
+        match verdict {
+            HookVerdict::Continue => {}
+            HookVerdict::Recount(n) => {
+                ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, n);
+            }
+            HookVerdict::Raise(msg) => {
+                ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, 1);
+                msg.push(state);
+                raise(state);
+            }
+        }
+    }
+}
