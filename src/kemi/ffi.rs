@@ -29,7 +29,7 @@
 
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
@@ -63,17 +63,62 @@ impl From<i32> for Ret {
     }
 }
 
-/// A fast KSR function: the shard and the call's arguments.
-pub(crate) type FastFn = fn(&Rc<Shared>, &Args) -> mlua::Result<Ret>;
+/// A fast KSR function (see [`fast_fn!`]): its body, given the shard and the
+/// call's arguments, and the argument positions it reads as strings.
+pub(crate) trait Fast {
+    /// Bit `p - 1`: argument `p` is read as a string.
+    const STRINGS: u32;
+    fn call(s: &Rc<Shared>, a: &Args) -> mlua::Result<Ret>;
+}
 
-/// The arguments of one fast call, read on demand from the Lua stack.
+/// A [`Fast`] function's C function, for [`set_fast`].
+pub(crate) struct FastFn(ffi::lua_CFunction);
+
+impl FastFn {
+    pub(crate) fn of<F: Fast>() -> FastFn {
+        FastFn(call_fast::<F>)
+    }
+}
+
+/// `fast_fn!([string argument positions] |s, a| body)`: a [`FastFn`] whose
+/// body gets `s: &Rc<Shared>` and `a: &Args`; one C function per use, the
+/// body inlined in it.
+macro_rules! fast_fn {
+    ([$($p:literal),*] $f:expr) => {{
+        struct F;
+        impl $crate::kemi::ffi::Fast for F {
+            const STRINGS: u32 = {
+                $(assert!($p >= 1 && $p <= 4, "string arguments are 1 to 4");)*
+                0 $(| (1 << ($p - 1)))*
+            };
+            #[inline(always)]
+            fn call(
+                s: &std::rc::Rc<$crate::kemi::Shared>,
+                a: &$crate::kemi::ffi::Args,
+            ) -> mlua::Result<$crate::kemi::ffi::Ret> {
+                let f: fn(
+                    &std::rc::Rc<$crate::kemi::Shared>,
+                    &$crate::kemi::ffi::Args,
+                ) -> mlua::Result<$crate::kemi::ffi::Ret> = $f;
+                f(s, a)
+            }
+        }
+        $crate::kemi::ffi::FastFn::of::<F>()
+    }};
+}
+pub(crate) use fast_fn;
+
+/// String arguments a fast function may read: positions 1 to this.
+const STRING_ARGS_MAX: usize = 4;
+
+/// The arguments of one fast call, read on demand from the Lua stack
+/// (string arguments read once by the call).
 pub(crate) struct Args {
     state: *mut ffi::lua_State,
-    n: c_int,
     /// Bit `p - 1`: argument `p` is one the function reads as a string.
     declared: u32,
-    /// Bit `p - 1`: argument `p` is a string (the call made a number one).
-    strings: u32,
+    /// The string arguments' bytes (null: not a string), by position.
+    strings: [(*const u8, usize); STRING_ARGS_MAX],
 }
 
 impl Args {
@@ -81,14 +126,13 @@ impl Args {
     /// `i64` argument: a number (truncated toward zero) or a string
     /// coercible to one.
     pub(crate) fn int(&self, pos: c_int) -> mlua::Result<i64> {
-        if pos < 1 || pos > self.n {
-            return Err(bad_arg(pos, "nil", "i64", NOT_A_NUMBER));
-        }
+        debug_assert!((1..=16).contains(&pos), "argument {pos}");
         #[cfg(feature = "lua54")]
         {
             let mut ok = 0;
-            // SAFETY: `pos` is an argument slot of the running C call;
-            // lua_tointegerx reads (and parses a string) without allocating.
+            // SAFETY: `pos` is a small positive index, acceptable in a C
+            // call (nil past the arguments); lua_tointegerx reads (and
+            // parses a string) without allocating.
             let i = unsafe { ffi::lua_tointegerx(self.state, pos, &mut ok) };
             if ok != 0 {
                 return Ok(i);
@@ -119,26 +163,34 @@ impl Args {
 
     /// Argument `pos` as bytes (mlua's `String` argument: a string, or a
     /// number made one by the call). `pos` must be one of the function's
-    /// `strings` ([`set_fast`]).
+    /// string positions ([`fast_fn!`]).
     pub(crate) fn bytes(&self, pos: c_int) -> mlua::Result<&[u8]> {
         self.string(pos, "string")
     }
 
     /// Argument `pos` as UTF-8 text (a Rust `String` argument of mlua).
     pub(crate) fn str(&self, pos: c_int) -> mlua::Result<&str> {
-        std::str::from_utf8(self.string(pos, "String")?)
-            .map_err(|e| bad_arg(pos, "string", "String", &e.to_string()))
+        let b = self.string(pos, "String")?;
+        if b.is_ascii() {
+            // ASCII is UTF-8 (pv names, realms): no full validation.
+            // SAFETY: every byte is below 0x80.
+            return Ok(unsafe { std::str::from_utf8_unchecked(b) });
+        }
+        std::str::from_utf8(b).map_err(|e| bad_arg(pos, "string", "String", &e.to_string()))
     }
 
     fn string(&self, pos: c_int, to: &str) -> mlua::Result<&[u8]> {
-        let bit = 1u32.checked_shl(pos.wrapping_sub(1) as u32).unwrap_or(0);
-        if self.declared & bit == 0 {
+        let declared = pos >= 1
+            && pos as usize <= STRING_ARGS_MAX
+            && self.declared & (1 << (pos - 1)) != 0;
+        if !declared {
             debug_assert!(false, "argument {pos} is not declared a string");
             return Err(mlua::Error::RuntimeError(format!(
                 "argument {pos} is not declared a string"
             )));
         }
-        if self.strings & bit == 0 {
+        let (p, len) = self.strings[pos as usize - 1];
+        if p.is_null() {
             return Err(bad_arg(
                 pos,
                 self.type_name(pos),
@@ -146,24 +198,16 @@ impl Args {
                 "expected string or number",
             ));
         }
-        let mut len = 0usize;
-        // SAFETY: argument `pos` is a string (call_fast checked, or made
-        // it one): lua_tolstring neither allocates nor raises, and the bytes
-        // stay valid while the argument is on the stack, i.e. for the whole
-        // call (the borrow of `self` cannot outlive it: Args lives in
-        // call_fast).
-        unsafe {
-            let p = ffi::lua_tolstring(self.state, pos, &mut len);
-            Ok(std::slice::from_raw_parts(p.cast::<u8>(), len))
-        }
+        // SAFETY: call_fast read these bytes from argument `pos`, a string
+        // for the whole call (the borrow of `self` cannot outlive the call:
+        // Args lives in call_fast).
+        Ok(unsafe { std::slice::from_raw_parts(p, len) })
     }
 
     /// mlua's name of argument `pos`'s type (`nil` past the last one).
     fn type_name(&self, pos: c_int) -> &'static str {
-        if pos < 1 || pos > self.n {
-            return "nil";
-        }
-        // SAFETY: `pos` is in 1..=n, an argument slot of the running call.
+        // SAFETY: `pos` is a small positive index, acceptable in a C call
+        // (LUA_TNONE past the arguments).
         type_name(unsafe { ffi::lua_type(self.state, pos) })
     }
 }
@@ -187,7 +231,7 @@ fn bad_arg(pos: c_int, from: &'static str, to: &str, why: &str) -> mlua::Error {
 /// mlua's names of Lua types (`Value::type_name`).
 fn type_name(t: c_int) -> &'static str {
     match t {
-        ffi::LUA_TNIL => "nil",
+        ffi::LUA_TNIL | ffi::LUA_TNONE => "nil",
         ffi::LUA_TBOOLEAN => "boolean",
         ffi::LUA_TLIGHTUSERDATA => "lightuserdata",
         ffi::LUA_TNUMBER => "number",
@@ -265,60 +309,75 @@ enum Out {
     Error(RawBytes),
 }
 
-/// What a fast function's C closure carries (a full userdata, upvalue 1;
-/// plain data, no destructor).
-#[derive(Clone, Copy)]
-struct FastInfo {
-    slot: usize,
-    f: FastFn,
-    /// Bit `p - 1`: argument `p` is read as a string.
-    strings: u32,
+thread_local! {
+    /// The shard whose route is being polled on this thread ([`with_polled`]),
+    /// null otherwise: a fast function called from a route takes it from
+    /// here instead of looking its own shard up.
+    static POLLED: Cell<*const Rc<Shared>> = const { Cell::new(std::ptr::null()) };
 }
 
-/// The C function behind every [`set_fast`] function. Upvalues: 1 its
-/// [`FastInfo`], 2 the mlua version for [`Ret::Slow`] (nil without one).
-unsafe extern "C-unwind" fn call_fast(state: *mut ffi::lua_State) -> c_int {
-    // SAFETY: Lua calls this with its running state; upvalue 1 is the
-    // userdata fast_function filled with a FastInfo (read unaligned: Lua
-    // only promises its own alignment). A Lua call gives C functions
-    // LUA_MINSTACK free slots, and lua_tolstring on a number (converted in
-    // place, which may allocate and raise) runs before any Rust value with
-    // a destructor exists.
-    let (info, n, strings) = unsafe {
-        let info = ffi::lua_touserdata(state, ffi::lua_upvalueindex(1));
-        let info = std::ptr::read_unaligned(info.cast::<FastInfo>());
-        let n = ffi::lua_gettop(state);
-        let mut strings = 0u32;
-        let mut bits = info.strings;
-        while bits != 0 {
-            let pos = bits.trailing_zeros() as c_int + 1;
-            let bit = bits & bits.wrapping_neg();
-            bits &= bits - 1;
-            if pos > n {
-                break;
-            }
-            match ffi::lua_type(state, pos) {
-                ffi::LUA_TSTRING => strings |= bit,
-                ffi::LUA_TNUMBER => {
-                    ffi::lua_tolstring(state, pos, std::ptr::null_mut());
-                    strings |= bit;
-                }
-                _ => {}
-            }
+/// Runs `f` (the poll of one of `shared`'s routes) with `shared` as the
+/// shard of every fast function called meanwhile. Lua states are separate,
+/// so a route can only reach the functions of its own VM, whose shard is
+/// `shared`.
+pub(crate) fn with_polled<R>(shared: &Rc<Shared>, f: impl FnOnce() -> R) -> R {
+    struct Restore(*const Rc<Shared>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            POLLED.with(|p| p.set(self.0));
         }
-        (info, n, strings)
-    };
+    }
+    let _restore = Restore(POLLED.with(|p| p.replace(shared)));
+    f()
+}
+
+/// The C function of a [`Fast`] function. Upvalues: 1 the shard slot (used
+/// outside routes, see [`with_polled`]), 2 the mlua version for
+/// [`Ret::Slow`] (nil without one).
+unsafe extern "C-unwind" fn call_fast<F: Fast>(state: *mut ffi::lua_State) -> c_int {
+    // SAFETY: Lua calls this with its running state. A Lua call gives C
+    // functions LUA_MINSTACK free slots, and lua_tolstring on a number
+    // (converted in place, which may allocate and raise) runs before any
+    // Rust value with a destructor exists.
+    let mut strings = [(std::ptr::null::<u8>(), 0usize); STRING_ARGS_MAX];
+    let mut bits = F::STRINGS;
+    while bits != 0 {
+        let pos = bits.trailing_zeros() as usize + 1;
+        bits &= bits - 1;
+        let mut len = 0usize;
+        // SAFETY: `pos` is a small positive index (fast_fn! keeps them
+        // to 1..=STRING_ARGS_MAX), acceptable in a C call; lua_tolstring
+        // gives null for a non-string and turns a number into a string in
+        // place (which may allocate and raise: no Rust value with a
+        // destructor exists yet).
+        let p = unsafe { ffi::lua_tolstring(state, pos as c_int, &mut len) };
+        strings[pos - 1] = (p.cast::<u8>(), len);
+    }
+    let polled = POLLED.with(Cell::get);
+    // SAFETY (outside routes only): upvalue 1 is the integer slot set by
+    // set_fast; reading it neither allocates nor raises.
+    let slot = polled
+        .is_null()
+        .then(|| unsafe { ffi::lua_tointeger(state, ffi::lua_upvalueindex(1)) } as usize);
     let args = Args {
         state,
-        n,
-        declared: info.strings,
+        declared: F::STRINGS,
         strings,
     };
-    let out = match catch_unwind(AssertUnwindSafe(|| match shared_at(info.slot) {
-        Some(s) => (info.f)(&s, &args),
-        None => Err(mlua::Error::RuntimeError(
-            "KSR function called after its shard was stopped".into(),
-        )),
+    let out = match catch_unwind(AssertUnwindSafe(|| match slot {
+        None => {
+            // SAFETY: POLLED is only non-null inside with_polled's closure,
+            // which is running on this thread (this call is part of it) and
+            // borrows the Rc for that whole time.
+            let s = unsafe { &*polled };
+            F::call(s, &args)
+        }
+        Some(slot) => match shared_at(slot) {
+            Some(s) => F::call(&s, &args),
+            None => Err(mlua::Error::RuntimeError(
+                "KSR function called after its shard was stopped".into(),
+            )),
+        },
     })) {
         Ok(Ok(Ret::Nil)) => Out::Nil,
         Ok(Ok(Ret::Bool(b))) => Out::Bool(b),
@@ -343,6 +402,7 @@ unsafe extern "C-unwind" fn call_fast(state: *mut ffi::lua_State) -> c_int {
             Out::Str(b) => b.push(state),
             Out::Slow => {
                 // The arguments are still the call's whole stack.
+                let n = ffi::lua_gettop(state);
                 ffi::lua_pushvalue(state, ffi::lua_upvalueindex(2));
                 ffi::lua_insert(state, 1);
                 ffi::lua_call(state, n, ffi::LUA_MULTRET);
@@ -376,18 +436,16 @@ unsafe fn raise(state: *mut ffi::lua_State) -> ! {
     unsafe { ffi::lua_error(state) }
 }
 
-/// Sets `table[name]` to the fast KSR function `f` of `shared`'s shard.
-/// `strings` lists the argument positions (from 1) `f` reads as strings: a
-/// number there is converted to a string first, as mlua would.
+/// Sets `table[name]` to the fast function `f` (made with [`fast_fn!`]) of
+/// `shared`'s shard.
 pub(crate) fn set_fast(
     lua: &Lua,
     table: &Table,
     name: &str,
     shared: &Rc<Shared>,
-    strings: &[c_int],
     f: FastFn,
 ) -> mlua::Result<()> {
-    table.set(name, fast_function(lua, shared, strings, f, None)?)
+    table.set(name, fast_function(lua, shared, f, None)?)
 }
 
 /// [`set_fast`], with `slow` (the mlua version of the same function) for
@@ -397,45 +455,29 @@ pub(crate) fn set_fast_or(
     table: &Table,
     name: &str,
     shared: &Rc<Shared>,
-    strings: &[c_int],
     f: FastFn,
     slow: Function,
 ) -> mlua::Result<()> {
-    table.set(name, fast_function(lua, shared, strings, f, Some(slow))?)
+    table.set(name, fast_function(lua, shared, f, Some(slow))?)
 }
 
 fn fast_function(
     lua: &Lua,
     shared: &Rc<Shared>,
-    strings: &[c_int],
     f: FastFn,
     slow: Option<Function>,
 ) -> mlua::Result<Function> {
-    let mut mask = 0u32;
-    for &p in strings {
-        debug_assert!((1..=32).contains(&p), "string argument position {p}");
-        mask |= 1 << (p - 1);
-    }
-    let info = FastInfo {
-        slot: slot_of(shared),
-        f,
-        strings: mask,
-    };
+    let slot = slot_of(shared);
     // SAFETY: exec_raw pushes `slow` (a function or nil) and runs the
     // closure in a protected call on the main state, with room for 3 more
-    // values (an allocation failure raises into that call); the userdata
-    // gets the FastInfo (plain data: nothing to finalise), the closure takes
-    // both values as upvalues, and what is left on the stack is the
-    // closure, which exec_raw returns as a Function.
+    // values (an allocation failure raises into that call); the closure
+    // takes the slot and `slow` as upvalues, and what is left on the stack
+    // is the closure, which exec_raw returns as a Function.
     unsafe {
         lua.exec_raw(slow, |state| {
-            #[cfg(feature = "lua54")]
-            let p = ffi::lua_newuserdatauv(state, std::mem::size_of::<FastInfo>(), 0);
-            #[cfg(not(feature = "lua54"))]
-            let p = ffi::lua_newuserdata(state, std::mem::size_of::<FastInfo>());
-            std::ptr::write_unaligned(p.cast::<FastInfo>(), info);
+            ffi::lua_pushinteger(state, slot as ffi::lua_Integer);
             ffi::lua_insert(state, -2);
-            ffi::lua_pushcclosure(state, call_fast, 2);
+            ffi::lua_pushcclosure(state, f.0, 2);
         })
     }
 }

@@ -1000,7 +1000,7 @@ impl Future for RouteRun {
             }
             this.polled = true;
         }
-        let res = this.call.as_mut().poll(cx);
+        let res = ffi::with_polled(&this.shared, || this.call.as_mut().poll(cx));
         if this.lua.is_some() {
             this.left = limits.left();
             limits.set_polling(false);

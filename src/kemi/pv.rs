@@ -552,7 +552,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     // mlua versions for the names whose value needs the VM ($sht, $T_).
     macro_rules! getters {
         ($($name:literal => $mode:ident),* $(,)?) => {
-            [$(($name, NullMode::$mode, (|s, a| {
+            [$(($name, NullMode::$mode, ffi::fast_fn!([1] |s, a| {
                 let name = a.str(1)?;
                 if needs_vm(name) {
                     return Ok(Ret::Slow);
@@ -564,7 +564,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                     (Val::Int(i), _) => Ret::Int(i),
                     (Val::Str(b), _) => Ret::Str(b),
                 })
-            }) as ffi::FastFn)),*]
+            }))),*]
         };
     }
     for (name, mode, fast) in getters![
@@ -582,7 +582,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
                 (v, _) => v.into_lua(lua),
             }
         })?;
-        ffi::set_fast_or(lua, &pv, name, shared, &[1], fast, slow)?;
+        ffi::set_fast_or(lua, &pv, name, shared, fast, slow)?;
     }
     let s = shared.clone();
     pv.set(
