@@ -79,12 +79,12 @@ fn header_for(which: Which, is_register: bool) -> HdrName {
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let auth_db = lua.create_table()?;
     // (the table argument is not read: one subscriber table)
-    ffi::set_fast(lua, &auth_db, "__auth_check_sync", shared, ffi::fast_fn!([1] |s, a| {
+    ffi::fast!(lua, &auth_db, "__auth_check_sync", shared, [1], |s, a| {
         let (realm, flags) = (a.str(1)?, a.int(3)?);
         Ok(authorize_sync(s, realm, Which::ByMethod, flags as u32)
             .unwrap_or(super::TAKE_ASYNC_PATH)
             .into())
-    }))?;
+    })?;
     for (name, which) in [
         ("__www_authorize_sync", Which::Www),
         ("__proxy_authorize_sync", Which::Proxy),
@@ -125,7 +125,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     let auth = lua.create_table()?;
     macro_rules! challenges {
         ($($name:literal => $kind:expr),* $(,)?) => {
-            [$(($name, ffi::fast_fn!([1] |s, a| {
+            [$(($name, ffi::fast_fn!([1], |s, a| {
                 let (realm, flags) = (a.str(1)?, a.int(2)?);
                 Ok(send_challenge(s, realm, flags as u32, $kind).into())
             }))),*]
@@ -138,9 +138,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ] {
         ffi::set_fast(lua, &auth, name, shared, f)?;
     }
-    ffi::set_fast(lua, &auth, "consume_credentials", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &auth, "consume_credentials", shared, [], |s, _| {
         Ok(consume_credentials(s)?.into())
-    }))?;
+    })?;
     let s = shared.clone();
     auth.set(
         "has_credentials",

@@ -106,22 +106,22 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
 
     // The method and is_myself tests: fast functions (ffi.rs), the calls
     // every route makes.
-    ffi::set_fast(lua, ksr, "is_method_in", shared, ffi::fast_fn!([1] |s, a| {
+    ffi::fast!(lua, ksr, "is_method_in", shared, [1], |s, a| {
         Ok(is_method_in(s, a.bytes(1)?)?.into())
-    }))?;
-    ffi::set_fast(lua, ksr, "is_method", shared, ffi::fast_fn!([1] |s, a| {
+    })?;
+    ffi::fast!(lua, ksr, "is_method", shared, [1], |s, a| {
         let name = a.bytes(1)?;
         Ok(s.with_msg(|m| is_method(m, name))?.into())
-    }))?;
+    })?;
     for name in ["is_GET", "is_POST", "is_PUT", "is_DELETE"] {
-        ffi::set_fast(lua, ksr, name, shared, ffi::fast_fn!([] |s, _| {
+        ffi::fast!(lua, ksr, name, shared, [], |s, _| {
             Ok(s.with_msg(|_| false)?.into())
-        }))?;
+        })?;
     }
 
     macro_rules! method_tests {
         ($($name:literal => $method:ident),* $(,)?) => {
-            [$(($name, ffi::fast_fn!([] |s, _| Ok(is_method_kind(s, Method::$method)?.into())))),*]
+            [$(($name, ffi::fast_fn!([], |s, _| Ok(is_method_kind(s, Method::$method)?.into())))),*]
         };
     }
     for (name, f) in method_tests![
@@ -144,15 +144,15 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         ffi::set_fast(lua, ksr, name, shared, f)?;
     }
 
-    ffi::set_fast(lua, ksr, "is_myself", shared, ffi::fast_fn!([1] |s, a| {
+    ffi::fast!(lua, ksr, "is_myself", shared, [1], |s, a| {
         Ok(uri_is_myself(s, a.bytes(1)?).into())
-    }))?;
-    ffi::set_fast(lua, ksr, "is_myself_ruri", shared, ffi::fast_fn!([] |s, _| {
+    })?;
+    ffi::fast!(lua, ksr, "is_myself_ruri", shared, [], |s, _| {
         Ok(is_myself_ruri(s)?.into())
-    }))?;
-    ffi::set_fast(lua, ksr, "is_myself_furi", shared, ffi::fast_fn!([] |s, _| {
+    })?;
+    ffi::fast!(lua, ksr, "is_myself_furi", shared, [], |s, _| {
         Ok(is_myself_furi(s)?.into())
-    }))?;
+    })?;
     let s = shared.clone();
     ksr.set(
         "is_myself_turi",

@@ -5,7 +5,7 @@
 //! Owns: [`set_fast`] (a KSR function as a plain Lua C function: its
 //! arguments read straight off the Lua stack, no mlua callback frame, no
 //! registry references, no argument copies), [`exit_function`] and the count
-//! hook ([`arm_function`], [`reset_hook`]). docs/kemi.md ("Fast KSR
+//! hook ([`arm_function`], [`VmHook`]). docs/kemi.md ("Fast KSR
 //! functions") gives the figures that justify this file.
 //!
 //! Never: call mlua from a C function (mlua tracks the running coroutine
@@ -80,11 +80,11 @@ impl FastFn {
     }
 }
 
-/// `fast_fn!([string argument positions] |s, a| body)`: a [`FastFn`] whose
+/// `fast_fn!([string argument positions], |s, a| body)`: a [`FastFn`] whose
 /// body gets `s: &Rc<Shared>` and `a: &Args`; one C function per use, the
 /// body inlined in it.
 macro_rules! fast_fn {
-    ([$($p:literal),*] $f:expr) => {{
+    ([$($p:literal),*], $f:expr) => {{
         struct F;
         impl $crate::kemi::ffi::Fast for F {
             const STRINGS: u32 = {
@@ -106,6 +106,21 @@ macro_rules! fast_fn {
         $crate::kemi::ffi::FastFn::of::<F>()
     }};
 }
+
+/// `fast!(lua, table, name, shared, [string positions], |s, a| body)`:
+/// [`set_fast`] of a [`fast_fn!`].
+macro_rules! fast {
+    ($lua:expr, $table:expr, $name:expr, $shared:expr, [$($p:literal),*], $f:expr) => {
+        $crate::kemi::ffi::set_fast(
+            $lua,
+            $table,
+            $name,
+            $shared,
+            $crate::kemi::ffi::fast_fn!([$($p),*], $f),
+        )
+    };
+}
+pub(crate) use fast;
 pub(crate) use fast_fn;
 
 /// String arguments a fast function may read: positions 1 to this.
@@ -180,9 +195,8 @@ impl Args {
     }
 
     fn string(&self, pos: c_int, to: &str) -> mlua::Result<&[u8]> {
-        let declared = pos >= 1
-            && pos as usize <= STRING_ARGS_MAX
-            && self.declared & (1 << (pos - 1)) != 0;
+        let declared =
+            pos >= 1 && pos as usize <= STRING_ARGS_MAX && self.declared & (1 << (pos - 1)) != 0;
         if !declared {
             debug_assert!(false, "argument {pos} is not declared a string");
             return Err(mlua::Error::RuntimeError(format!(
@@ -215,6 +229,8 @@ impl Args {
 const NOT_A_NUMBER: &str = "expected number or string coercible to number";
 
 /// mlua's error for an argument it cannot convert.
+// (mlua's BadArgument holds its cause in an Arc, whatever the error type)
+#[allow(clippy::arc_with_non_send_sync)]
 fn bad_arg(pos: c_int, from: &'static str, to: &str, why: &str) -> mlua::Error {
     mlua::Error::BadArgument {
         to: None,
@@ -291,6 +307,7 @@ impl RawBytes {
     /// # Safety
     /// `state` is the running state with a free stack slot, and `self` came
     /// from [`RawBytes::new`] and is used once.
+    // SAFETY: an unsafe fn: its callers uphold the contract above.
     unsafe fn push(self, state: *mut ffi::lua_State) {
         // SAFETY: ptr/len describe the Vec's initialised bytes.
         unsafe { ffi::lua_pushlstring(state, self.ptr.cast::<c_char>(), self.len) };
@@ -334,6 +351,7 @@ pub(crate) fn with_polled<R>(shared: &Rc<Shared>, f: impl FnOnce() -> R) -> R {
 /// The C function of a [`Fast`] function. Upvalues: 1 the shard slot (used
 /// outside routes, see [`with_polled`]), 2 the mlua version for
 /// [`Ret::Slow`] (nil without one).
+// SAFETY: a lua_CFunction: only Lua calls it, with its running state.
 unsafe extern "C-unwind" fn call_fast<F: Fast>(state: *mut ffi::lua_State) -> c_int {
     // SAFETY: Lua calls this with its running state. A Lua call gives C
     // functions LUA_MINSTACK free slots, and lua_tolstring on a number
@@ -345,17 +363,16 @@ unsafe extern "C-unwind" fn call_fast<F: Fast>(state: *mut ffi::lua_State) -> c_
         let pos = bits.trailing_zeros() as usize + 1;
         bits &= bits - 1;
         let mut len = 0usize;
-        // SAFETY: `pos` is a small positive index (fast_fn! keeps them
-        // to 1..=STRING_ARGS_MAX), acceptable in a C call; lua_tolstring
-        // gives null for a non-string and turns a number into a string in
-        // place (which may allocate and raise: no Rust value with a
-        // destructor exists yet).
+        // lua_tolstring gives null for a non-string and turns a number
+        // into a string in place (which may allocate and raise).
+        // SAFETY: `pos` is in 1..=STRING_ARGS_MAX (fast_fn!), acceptable
+        // in a C call; no Rust value with a destructor exists yet.
         let p = unsafe { ffi::lua_tolstring(state, pos as c_int, &mut len) };
         strings[pos - 1] = (p.cast::<u8>(), len);
     }
     let polled = POLLED.with(Cell::get);
-    // SAFETY (outside routes only): upvalue 1 is the integer slot set by
-    // set_fast; reading it neither allocates nor raises.
+    // Outside routes only: upvalue 1, the integer slot set by set_fast.
+    // SAFETY: reading an integer upvalue neither allocates nor raises.
     let slot = polled
         .is_null()
         .then(|| unsafe { ffi::lua_tointeger(state, ffi::lua_upvalueindex(1)) } as usize);
@@ -421,6 +438,7 @@ unsafe extern "C-unwind" fn call_fast<F: Fast>(state: *mut ffi::lua_State) -> c_
 ///
 /// # Safety
 /// `state` is the running state with a free stack slot.
+// SAFETY: an unsafe fn: its callers uphold the contract above.
 unsafe fn push_int(state: *mut ffi::lua_State, i: i64) {
     // SAFETY: forwarded from the caller.
     unsafe { ffi::lua_pushinteger(state, i as ffi::lua_Integer) }
@@ -431,6 +449,7 @@ unsafe fn push_int(state: *mut ffi::lua_State, i: i64) {
 /// # Safety
 /// `state` is the running state and no Rust frame between here and the
 /// nearest Lua protected call owns a value with a destructor.
+// SAFETY: an unsafe fn: its callers uphold the contract above.
 unsafe fn raise(state: *mut ffi::lua_State) -> ! {
     // SAFETY: forwarded from the caller.
     unsafe { ffi::lua_error(state) }
@@ -468,11 +487,10 @@ fn fast_function(
     slow: Option<Function>,
 ) -> mlua::Result<Function> {
     let slot = slot_of(shared);
-    // SAFETY: exec_raw pushes `slow` (a function or nil) and runs the
-    // closure in a protected call on the main state, with room for 3 more
-    // values (an allocation failure raises into that call); the closure
-    // takes the slot and `slow` as upvalues, and what is left on the stack
-    // is the closure, which exec_raw returns as a Function.
+    // exec_raw pushes `slow` (a function or nil); the C closure takes the
+    // slot and `slow` as upvalues and is left alone on the stack.
+    // SAFETY: a protected call on the main state (an allocation failure
+    // raises into it), with room for 3 more values.
     unsafe {
         lua.exec_raw(slow, |state| {
             ffi::lua_pushinteger(state, slot as ffi::lua_Integer);
@@ -485,6 +503,7 @@ fn fast_function(
 /// `KSR.x.exit()`: raises `exit` (the route wrapper's sentinel) straight
 /// from C, without a Lua frame or `error`'s argument checks.
 pub(crate) fn exit_function(lua: &Lua, sentinel: Value) -> mlua::Result<Function> {
+    // SAFETY: a lua_CFunction: only Lua calls it, with its running state.
     unsafe extern "C-unwind" fn exit(state: *mut ffi::lua_State) -> c_int {
         // SAFETY: called by Lua; upvalue 1 is the sentinel (exit_function);
         // no Rust value is alive in this frame.
@@ -510,6 +529,7 @@ static HOOK_SLOT_KEY: u8 = 0;
 /// coroutine (the whole VM under LuaJIT), restarting its count. Also
 /// records which shard the VM's hook charges.
 pub(crate) fn arm_function(lua: &Lua, shared: &Rc<Shared>) -> mlua::Result<Function> {
+    // SAFETY: a lua_CFunction: only Lua calls it, with its running state.
     unsafe extern "C-unwind" fn arm(state: *mut ffi::lua_State) -> c_int {
         // SAFETY: called by Lua with its running state; upvalue 1 is the
         // hook period (arm_function). lua_sethook neither allocates nor
@@ -527,31 +547,73 @@ pub(crate) fn arm_function(lua: &Lua, shared: &Rc<Shared>) -> mlua::Result<Funct
     // = slot, then the closure, which exec_raw returns.
     unsafe {
         lua.exec_raw((), |state| {
-            ffi::lua_pushlightuserdata(state, std::ptr::addr_of!(HOOK_SLOT_KEY) as *mut c_void);
-            ffi::lua_pushinteger(state, slot as ffi::lua_Integer);
-            ffi::lua_rawset(state, ffi::LUA_REGISTRYINDEX);
+            set_hook_slot(state, slot);
             ffi::lua_pushinteger(state, ffi::lua_Integer::from(step));
             ffi::lua_pushcclosure(state, arm, 1);
         })
     }
 }
 
-/// Restarts the count of a route polled again after a suspension (LuaJIT:
-/// the hook and its count are the VM's, and other routes ran meanwhile):
-/// every `step` instructions, or every one when the route's budget is
-/// spent. Lua 5.4 keeps a count per coroutine: nothing to do.
-pub(crate) fn reset_hook(lua: &Lua, step: u32, spent: bool) {
-    if cfg!(feature = "lua54") {
-        return;
-    }
-    let count = if spent { 1 } else { step as c_int };
-    // SAFETY: exec_raw gives the VM's current state in a protected call;
-    // lua_sethook (global under LuaJIT) neither allocates nor raises.
-    let _: mlua::Result<()> = unsafe {
-        lua.exec_raw((), |state| {
-            ffi::lua_sethook(state, Some(count_hook), ffi::LUA_MASKCOUNT, count);
+/// A VM's count hook, set from Rust: under LuaJIT the hook and its count
+/// are the VM's (one for all coroutines), so [`super::RouteRun`] restarts
+/// the count before each poll of a route instead of the route wrapper
+/// arming it from inside.
+#[derive(Clone)]
+pub(crate) struct VmHook {
+    /// The VM (weak: the VM holds its routes, which hold this).
+    lua: mlua::WeakLua,
+    main: *mut ffi::lua_State,
+}
+
+impl VmHook {
+    /// The hook of `lua`'s VM, charging `shared`'s routes.
+    pub(crate) fn new(lua: &Lua, shared: &Rc<Shared>) -> mlua::Result<VmHook> {
+        let slot = slot_of(shared);
+        let mut main = std::ptr::null_mut();
+        // SAFETY: exec_raw runs the closure in a protected call on the VM's
+        // current state (the main one: no route runs while an engine is
+        // built); registry[&HOOK_SLOT_KEY] = slot.
+        unsafe {
+            lua.exec_raw::<()>((), |state| {
+                set_hook_slot(state, slot);
+                main = state;
+            })
+        }?;
+        Ok(VmHook {
+            lua: lua.weak(),
+            main,
         })
-    };
+    }
+
+    /// Restarts the count: every `step` instructions, or every one when
+    /// the route's budget is spent.
+    pub(crate) fn restart(&self, step: u32, spent: bool) {
+        let count = if spent { 1 } else { step as c_int };
+        let Some(_alive) = self.lua.try_upgrade() else {
+            return;
+        };
+        // SAFETY: `main` is the main state of the VM `_alive` holds;
+        // lua_sethook only stores the hook and its count in the VM (LuaJIT
+        // allows it at any time, even from a signal handler), neither
+        // allocating nor raising.
+        unsafe {
+            ffi::lua_sethook(self.main, Some(count_hook), ffi::LUA_MASKCOUNT, count);
+        }
+    }
+}
+
+/// registry[&HOOK_SLOT_KEY] = `slot`: the shard the count hook charges.
+///
+/// # Safety
+/// `state` is in a protected call with 2 free stack slots.
+// SAFETY: an unsafe fn: its callers uphold the contract above.
+unsafe fn set_hook_slot(state: *mut ffi::lua_State, slot: usize) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        ffi::lua_pushlightuserdata(state, std::ptr::addr_of!(HOOK_SLOT_KEY) as *mut c_void);
+        ffi::lua_pushinteger(state, slot as ffi::lua_Integer);
+        ffi::lua_rawset(state, ffi::LUA_REGISTRYINDEX);
+    }
 }
 
 /// What the count hook does after charging the route.
@@ -567,6 +629,7 @@ enum HookVerdict {
 /// since the last call; past its budget, raises the "route stopped" error
 /// (the first time with the script line, counted), and again on every
 /// instruction after, so that a script `pcall` cannot keep the route going.
+// SAFETY: a lua_Hook: only Lua calls it, with its running state.
 unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi::lua_Debug) {
     // SAFETY: called by Lua with its running state and a valid `ar`; the
     // registry read pushes and pops one value (hooks have LUA_MINSTACK

@@ -115,10 +115,10 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             s.with_msg(|m| edit_code(m, |e| e.insert_header_first(line)))
         })?,
     )?;
-    ffi::set_fast(lua, &hdr, "remove", shared, ffi::fast_fn!([1] |s, a| {
+    ffi::fast!(lua, &hdr, "remove", shared, [1], |s, a| {
         remove(s, a.bytes(1)?)?;
         Ok(Ret::Int(1))
-    }))?;
+    })?;
     for (fname, first) in [("rmappend", false), ("rminsert", true)] {
         let s = shared.clone();
         hdr.set(

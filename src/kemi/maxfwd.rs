@@ -21,14 +21,14 @@ pub(crate) const MAX_LIMIT: u32 = 70;
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    ffi::set_fast(lua, &t, "process_maxfwd", shared, ffi::fast_fn!([] |s, a| {
+    ffi::fast!(lua, &t, "process_maxfwd", shared, [], |s, a| {
         let limit = a.int(1)?;
         Ok(s.with_msg(|m| process_maxfwd(m, limit))?.into())
-    }))?;
-    ffi::set_fast(lua, &t, "is_maxfwd_lt", shared, ffi::fast_fn!([] |s, a| {
+    })?;
+    ffi::fast!(lua, &t, "is_maxfwd_lt", shared, [], |s, a| {
         let max = a.int(1)?;
         Ok(s.with_msg(|m| is_maxfwd_lt(m, max))?.into())
-    }))?;
+    })?;
     ksr.set("maxfwd", t)?;
     Ok(())
 }

@@ -337,7 +337,12 @@ pub struct EngineConfig<'a> {
 /// (src/kemi/native.rs).
 #[derive(Clone)]
 pub(crate) enum RouteFn {
-    Lua(Function),
+    Lua {
+        f: Function,
+        /// The VM's count hook, restarted by [`RouteRun`] on each poll
+        /// (LuaJIT with `lua_max_instructions` set).
+        hook: Option<ffi::VmHook>,
+    },
     Native(native::Route),
 }
 
@@ -346,8 +351,15 @@ impl RouteFn {
     /// native route hands to `t_relay` for branch-route lookups).
     fn start(&self, s: &Rc<Shared>, lua: &Lua) -> LuaCall {
         match self {
-            RouteFn::Lua(f) => Box::pin(f.call_async::<()>(())),
+            RouteFn::Lua { f, .. } => Box::pin(f.call_async::<()>(())),
             RouteFn::Native(route) => route(s.clone(), lua.clone()),
+        }
+    }
+
+    fn hook(&self) -> Option<&ffi::VmHook> {
+        match self {
+            RouteFn::Lua { hook, .. } => hook.as_ref(),
+            RouteFn::Native(_) => None,
         }
     }
 }
@@ -357,8 +369,10 @@ impl RouteFn {
 pub struct NamedRoutes {
     handler: Function,
     exit: mlua::Value,
-    /// `ffi::arm_function` when `lua_max_instructions` is set.
+    /// `ffi::arm_function` when `lua_max_instructions` is set (Lua 5.4).
     arm: Option<Function>,
+    /// The VM's count hook when `lua_max_instructions` is set (LuaJIT).
+    hook: Option<ffi::VmHook>,
     cache: RefCell<HashMap<String, Option<Function>>>,
     /// The native route runs: names resolve to src/kemi/native.rs.
     native: bool,
@@ -372,7 +386,14 @@ impl NamedRoutes {
         if self.native {
             return native::named(name).map(RouteFn::Native);
         }
-        self.get_lua(lua, name, None).map(RouteFn::Lua)
+        self.get_lua(lua, name, None).map(|f| self.lua_route(f))
+    }
+
+    fn lua_route(&self, f: Function) -> RouteFn {
+        RouteFn::Lua {
+            f,
+            hook: self.hook.clone(),
+        }
     }
 
     /// The global function `name` called with the argument `evname`
@@ -382,7 +403,8 @@ impl NamedRoutes {
         if self.native {
             return None;
         }
-        self.get_lua(lua, name, Some(evname)).map(RouteFn::Lua)
+        self.get_lua(lua, name, Some(evname))
+            .map(|f| self.lua_route(f))
     }
 
     fn get_lua(&self, lua: &Lua, name: &str, evname: Option<&str>) -> Option<Function> {
@@ -617,11 +639,16 @@ impl Engine {
 
         let globals = lua.globals();
         let handler = traceback_handler(&lua).map_err(|e| e.to_string())?;
-        // Without a limit the wrapper does not call `arm` at all.
-        let arm_arg = if shared.limits.enabled() {
-            Some(ffi::arm_function(&lua, &shared).map_err(|e| e.to_string())?)
+        // Without a limit the wrapper does not call `arm` at all; under
+        // LuaJIT (one hook per VM) RouteRun restarts the count instead.
+        let (arm_arg, hook) = if !shared.limits.enabled() {
+            (None, None)
+        } else if cfg!(feature = "lua54") {
+            let arm = ffi::arm_function(&lua, &shared).map_err(|e| e.to_string())?;
+            (Some(arm), None)
         } else {
-            None
+            let hook = ffi::VmHook::new(&lua, &shared).map_err(|e| e.to_string())?;
+            (None, Some(hook))
         };
         let wrap = |name: &str| -> Result<Option<Function>, String> {
             match globals
@@ -651,6 +678,7 @@ impl Engine {
             handler,
             exit,
             arm: arm_arg,
+            hook: hook.clone(),
             cache: RefCell::new(HashMap::new()),
             native: false,
         });
@@ -660,8 +688,11 @@ impl Engine {
             dlg_next_ms: Cell::new(0),
             vm: RefCell::new(Rc::new(Vm {
                 lua,
-                request_route: RouteFn::Lua(request_route),
-                reply_route: reply_route.map(RouteFn::Lua),
+                request_route: RouteFn::Lua {
+                    f: request_route,
+                    hook: hook.clone(),
+                },
+                reply_route: reply_route.map(|f| RouteFn::Lua { f, hook }),
                 routes,
             })),
         })
@@ -707,6 +738,7 @@ impl Engine {
             handler: traceback_handler(&lua).map_err(|e| e.to_string())?,
             exit: mlua::Value::Nil,
             arm: None,
+            hook: None,
             cache: RefCell::new(HashMap::new()),
             native: true,
         });
@@ -956,10 +988,11 @@ pub struct RouteRun {
     _vm: Option<Rc<Vm>>,
     /// Instructions left (`lua_max_instructions`), carried across polls.
     left: i64,
-    /// The VM, to restart the count hook when polled again after a
-    /// suspension (`lua_max_instructions` set and polled once).
-    lua: Option<Lua>,
-    polled: bool,
+    /// `lua_max_instructions` is set.
+    limited: bool,
+    /// The VM's count hook, restarted on every poll (LuaJIT; Lua 5.4 keeps
+    /// a count per coroutine, armed by the route wrapper).
+    hook: Option<ffi::VmHook>,
 }
 
 impl RouteRun {
@@ -969,8 +1002,8 @@ impl RouteRun {
             call: f.start(&shared, lua),
             _vm: None,
             left: shared.limits.budget(),
-            lua: shared.limits.enabled().then(|| lua.clone()),
-            polled: false,
+            limited: shared.limits.enabled(),
+            hook: f.hook().cloned(),
             shared,
         }
     }
@@ -991,17 +1024,15 @@ impl Future for RouteRun {
         );
         *this.shared.cur.borrow_mut() = Some(ctx);
         let limits = &this.shared.limits;
-        if let Some(lua) = &this.lua {
+        if this.limited {
             limits.set_left(this.left);
             limits.set_polling(true);
-            if this.polled {
-                // The first poll is armed by the route wrapper itself.
-                ffi::reset_hook(lua, limits.step(), this.left < 0);
+            if let Some(hook) = &this.hook {
+                hook.restart(limits.step(), this.left < 0);
             }
-            this.polled = true;
         }
         let res = ffi::with_polled(&this.shared, || this.call.as_mut().poll(cx));
-        if this.lua.is_some() {
+        if this.limited {
             this.left = limits.left();
             limits.set_polling(false);
         }

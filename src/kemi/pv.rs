@@ -552,7 +552,7 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     // mlua versions for the names whose value needs the VM ($sht, $T_).
     macro_rules! getters {
         ($($name:literal => $mode:ident),* $(,)?) => {
-            [$(($name, NullMode::$mode, ffi::fast_fn!([1] |s, a| {
+            [$(($name, NullMode::$mode, ffi::fast_fn!([1], |s, a| {
                 let name = a.str(1)?;
                 if needs_vm(name) {
                     return Ok(Ret::Slow);

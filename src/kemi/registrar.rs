@@ -59,12 +59,12 @@ use crate::usrloc::{
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let reg = lua.create_table()?;
     // (the table argument is not read: one location table)
-    ffi::set_fast(lua, &reg, "__save_sync", shared, ffi::fast_fn!([] |s, a| {
+    ffi::fast!(lua, &reg, "__save_sync", shared, [], |s, a| {
         let flags = a.opt_int(2)?.unwrap_or(0);
         Ok(save_sync(s, flags as u32, None)
             .unwrap_or(super::TAKE_ASYNC_PATH)
             .into())
-    }))?;
+    })?;
     let s = shared.clone();
     reg.set(
         "__save_async",

@@ -95,9 +95,9 @@ pub(super) fn loose_route_kemi(s: &Shared) -> mlua::Result<i32> {
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let rr = lua.create_table()?;
-    ffi::set_fast(lua, &rr, "record_route", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &rr, "record_route", shared, [], |s, _| {
         Ok(record_route(s)?.into())
-    }))?;
+    })?;
     let s = shared.clone();
     rr.set(
         "record_route_params",

@@ -35,9 +35,9 @@ use crate::sip::{HdrName, Scheme, SipUri};
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let t = lua.create_table()?;
-    ffi::set_fast(lua, &t, "has_totag", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &t, "has_totag", shared, [], |s, _| {
         Ok(s.with_msg(|m| rc(has_totag(m)))?.into())
-    }))?;
+    })?;
     let s = shared.clone();
     t.set(
         "is_request",

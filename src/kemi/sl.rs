@@ -22,9 +22,9 @@ use crate::stats::Counter;
 
 pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Result<()> {
     let sl = lua.create_table()?;
-    ffi::set_fast(lua, &sl, "sl_send_reply", shared, ffi::fast_fn!([2] |s, a| {
+    ffi::fast!(lua, &sl, "sl_send_reply", shared, [2], |s, a| {
         Ok(send_reply(s, a.int(1)?, a.bytes(2)?).into())
-    }))?;
+    })?;
     // Kamailio's sl `send_reply`: stateful when the request has a
     // transaction (t_newtran / t_relay created one), stateless otherwise.
     let s = shared.clone();
@@ -38,9 +38,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
             Ok(send_reply(&s, code, &reason.as_bytes()))
         })?,
     )?;
-    ffi::set_fast(lua, &sl, "sl_reply_error", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &sl, "sl_reply_error", shared, [], |s, _| {
         Ok(sl_reply_error(s)?.into())
-    }))?;
+    })?;
     ksr.set("sl", sl)?;
     Ok(())
 }

@@ -145,9 +145,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
         "t_newtran",
         lua.create_function(move |_, ()| Ok(t_newtran(&s)))?,
     )?;
-    ffi::set_fast(lua, &tm, "t_check_trans", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &tm, "t_check_trans", shared, [], |s, _| {
         Ok(t_check_trans(s).into())
-    }))?;
+    })?;
     for name in ["t_reply", "t_send_reply"] {
         let s = shared.clone();
         tm.set(
@@ -291,9 +291,9 @@ pub(super) fn register(lua: &Lua, ksr: &Table, shared: &Rc<Shared>) -> mlua::Res
     ksr.set("tm", tm)?;
 
     let tmx = lua.create_table()?;
-    ffi::set_fast(lua, &tmx, "t_precheck_trans", shared, ffi::fast_fn!([] |s, _| {
+    ffi::fast!(lua, &tmx, "t_precheck_trans", shared, [], |s, _| {
         Ok(t_precheck_trans(s)?.into())
-    }))?;
+    })?;
     for (name, kind) in [
         ("t_is_failure_route", RouteKind::Failure),
         ("t_is_branch_route", RouteKind::Branch),
@@ -790,7 +790,7 @@ fn relay_group(
 /// branch route).
 fn call_branch_route(f: &super::RouteFn) -> mlua::Result<()> {
     match f {
-        super::RouteFn::Lua(f) => f.call::<()>(()),
+        super::RouteFn::Lua { f, .. } => f.call::<()>(()),
         super::RouteFn::Native(_) => Err(mlua::Error::RuntimeError(
             "the native route has no branch routes".into(),
         )),
