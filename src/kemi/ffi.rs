@@ -702,3 +702,192 @@ unsafe extern "C-unwind" fn count_hook(state: *mut ffi::lua_State, ar: *mut ffi:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::kemi::testutil::{engine, global_bool, global_int, global_str, request, run};
+    use crate::kemi::RouteOutcome;
+
+    fn options() -> Vec<u8> {
+        request("OPTIONS sip:192.0.2.20 SIP/2.0", None, &[])
+    }
+
+    fn status(m: &crate::kemi::MsgCtx) -> String {
+        let o = &m.out[0];
+        let out = String::from_utf8_lossy(&m.out_buf[o.start as usize..o.end as usize]);
+        out.lines().next().unwrap_or("").to_string()
+    }
+
+    /// Arguments convert as they did through mlua: numbers and numeric
+    /// strings both ways, fractions truncated, the same errors for the rest.
+    #[test]
+    fn arguments_convert_as_mlua_converted_them() {
+        let eng = engine(
+            r#"function ksr_request_route()
+                 mf = KSR.maxfwd.process_maxfwd(10.7)
+                 lt = KSR.maxfwd.is_maxfwd_lt("70")
+                 opt = KSR.is_method_in("O") and KSR.is_method("options")
+                 num = KSR.is_method_in(1)
+                 rU = KSR.pv.get("$rU")
+                 ok1, e1 = pcall(KSR.pv.get)
+                 ok2, e2 = pcall(KSR.sl.sl_send_reply, nil, "x")
+                 ok3, e3 = pcall(KSR.sl.sl_send_reply, "abc", "x")
+                 ok4, e4 = pcall(KSR.auth.auth_challenge, {}, 1)
+                 KSR.sl.sl_send_reply("200", 404)
+               end"#,
+        );
+        let (m, outcome) = run(&eng, &options());
+        assert_eq!(outcome, RouteOutcome::Done);
+        assert_eq!(status(&m), "SIP/2.0 200 404");
+        // no Max-Forwards: added with 10 (10.7 truncated), and 10 < 70
+        assert_eq!(global_int(&eng, "mf"), 2);
+        assert_eq!(global_int(&eng, "lt"), 1);
+        assert!(global_bool(&eng, "opt"));
+        assert!(!global_bool(&eng, "num"));
+        assert_eq!(global_str(&eng, "rU"), "");
+        for (ok, err, want) in [
+            (
+                "ok1",
+                "e1",
+                "bad argument #1: error converting Lua nil to String (expected string or number)",
+            ),
+            (
+                "ok2",
+                "e2",
+                "bad argument #1: error converting Lua nil to i64 \
+                 (expected number or string coercible to number)",
+            ),
+            (
+                "ok3",
+                "e3",
+                "bad argument #1: error converting Lua string to i64 \
+                 (expected number or string coercible to number)",
+            ),
+            (
+                "ok4",
+                "e4",
+                "bad argument #1: error converting Lua table to String (expected string or number)",
+            ),
+        ] {
+            assert!(!global_bool(&eng, ok), "{ok}");
+            assert_eq!(global_str(&eng, err), want, "{err}");
+        }
+    }
+
+    /// The argument errors read as mlua's own (first line: mlua's error
+    /// values also carry a traceback).
+    #[test]
+    fn argument_errors_match_mlua() {
+        let eng = engine("function ksr_request_route() end");
+        let lua = eng.lua();
+        let g = lua.globals();
+        let f = lua
+            .create_function(|_, _: (i64, mlua::String)| Ok(()))
+            .unwrap();
+        g.set("mlua_reply", f).unwrap();
+        let f = lua.create_function(|_, _: (String, i64)| Ok(())).unwrap();
+        g.set("mlua_challenge", f).unwrap();
+        let first_lines: Vec<Vec<String>> = lua
+            .load(
+                r#"local function first(f, ...)
+                     local ok, e = pcall(f, ...)
+                     return (tostring(e):gsub("\n.*", ""))
+                   end
+                   local out = {}
+                   for _, args in ipairs({ {nil, "x"}, {"abc", "x"}, {{}, "x"}, {200, {}}, {200} }) do
+                     out[#out + 1] = { first(mlua_reply, args[1], args[2]),
+                                       first(KSR.sl.sl_send_reply, args[1], args[2]) }
+                   end
+                   for _, args in ipairs({ {nil, 1}, {{}, 1}, {"r", "x"}, {"r"} }) do
+                     out[#out + 1] = { first(mlua_challenge, args[1], args[2]),
+                                       first(KSR.auth.auth_challenge, args[1], args[2]) }
+                   end
+                   return out"#,
+            )
+            .eval::<Vec<Vec<String>>>()
+            .unwrap();
+        assert_eq!(first_lines.len(), 9);
+        for pair in first_lines {
+            assert_eq!(pair[1], pair[0]);
+        }
+    }
+
+    /// A fast function's error ends the route with the script's traceback.
+    #[test]
+    fn an_error_names_the_script_line() {
+        let eng = engine("function ksr_request_route()\n  KSR.sl.sl_send_reply(nil, 'x')\nend\n");
+        let (_, outcome) = run(&eng, &options());
+        let RouteOutcome::Error(text) = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(text.starts_with("bad argument #1"), "{text}");
+        assert!(text.contains("test.lua:2:"), "{text}");
+    }
+
+    /// `KSR.x.exit()` is a Lua error: a script `pcall` catches it and the
+    /// route goes on (as in Kamailio, whose exit raises too); uncaught, it
+    /// ends the route from any depth as a normal end.
+    #[test]
+    fn exit_is_an_error_a_pcall_catches() {
+        let eng = engine(
+            r#"local function deep(n) if n == 0 then KSR.x.exit() end deep(n - 1) end
+               function ksr_request_route()
+                 local ok, e = pcall(KSR.x.exit)
+                 caught = not ok and tostring(e) == "~~ksr~exit~~"
+                 KSR.sl.sl_send_reply(200, "OK")
+                 deep(5)
+                 after = true
+               end"#,
+        );
+        let (m, outcome) = run(&eng, &options());
+        assert_eq!(outcome, RouteOutcome::Done);
+        assert_eq!(status(&m), "SIP/2.0 200 OK");
+        assert!(global_bool(&eng, "caught"));
+        assert!(!global_bool(&eng, "after"));
+    }
+
+    /// Outside a route (the script's load) a fast function finds its shard
+    /// by its slot: message functions fail as before, the others work.
+    #[test]
+    fn outside_a_route_the_shard_is_found_by_slot() {
+        let eng = engine(
+            r#"KSR.pv.sets("$var(x)", "loaded")
+               loaded = KSR.pv.get("$var(x)")
+               local ok, e = pcall(KSR.is_INVITE)
+               outside = not ok and e
+               function ksr_request_route()
+                 seen = KSR.pv.get("$var(x)")
+                 KSR.sl.sl_send_reply(200, "OK")
+               end"#,
+        );
+        assert_eq!(global_str(&eng, "loaded"), "loaded");
+        assert_eq!(
+            global_str(&eng, "outside"),
+            "KSR function called outside of a SIP route"
+        );
+        run(&eng, &options());
+        assert_eq!(global_str(&eng, "seen"), "loaded");
+    }
+
+    /// Two engines on one thread: each VM's functions and count hook find
+    /// their own shard.
+    #[test]
+    fn two_engines_on_one_thread_keep_their_shards() {
+        let script = r#"function ksr_request_route()
+                          KSR.pv.seti("$var(n)", (KSR.pv.get("$var(n)") or 0) + 1)
+                          KSR.sl.sl_send_reply(200, "OK")
+                        end"#;
+        let (a, b) = (engine(script), engine(script));
+        for _ in 0..3 {
+            run(&a, &options());
+        }
+        run(&b, &options());
+        let n = |e: &crate::kemi::Engine| {
+            e.lua()
+                .load(r#"return KSR.pv.get("$var(n)")"#)
+                .eval::<i64>()
+                .unwrap()
+        };
+        assert_eq!((n(&a), n(&b)), (3, 1));
+    }
+}
