@@ -66,8 +66,8 @@ fn pure_modules_do_no_io() {
 }
 
 /// All unsafe code lives in two files (the Linux calls std lacks; the Lua C
-/// API for the KSR functions every route calls, see docs/kemi.md "Fast KSR
-/// functions"), and every unsafe block there says why it is sound in a
+/// API for the KSR functions every route calls, docs/ARCHITECTURE.md
+/// decision 11), and every unsafe block there says why it is sound in a
 /// `// SAFETY:` comment just above it (rustls/httparse discipline).
 const UNSAFE_FILES: [&str; 2] = ["transport/sys.rs", "kemi/ffi.rs"];
 

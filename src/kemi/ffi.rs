@@ -5,8 +5,8 @@
 //! Owns: [`set_fast`] (a KSR function as a plain Lua C function: its
 //! arguments read straight off the Lua stack, no mlua callback frame, no
 //! registry references, no argument copies), [`exit_function`] and the count
-//! hook ([`arm_function`], [`VmHook`]). docs/kemi.md ("Fast KSR
-//! functions") gives the figures that justify this file.
+//! hook ([`arm_function`], [`VmHook`]). docs/ARCHITECTURE.md (decision 11)
+//! gives the figures that justify this file.
 //!
 //! Never: call mlua from a C function (mlua tracks the running coroutine
 //! itself, and a C function runs outside its bookkeeping), or let a Lua
