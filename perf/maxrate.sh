@@ -69,6 +69,12 @@
 # BUF_BYTES, ports SIPSHARD_PORT RPC_PORT KAM_PORT CALL_UAS_PORT
 # CALL_UAC_PORT (as compare.sh), OUT (markdown file; the TSV and PNGs are
 # named after it), SIPSHARD_BIN (skip the build), KEEP=1.
+# OTHERS: the machine is shared; each step also measures the CPU that
+# processes other than the server and the generator used meanwhile (% of
+# one core: machine busy time minus both). A step where they took more than
+# OTHERS_MAX_PCT (15) is done again, up to STEP_RETRIES (3) times, after
+# waiting (up to QUIET_WAIT_S, 120) for a second in which the machine is
+# idle but for the server; the table shows the figure of the step kept.
 # Only ever sends to 127.0.0.1. Stops exactly the processes it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -106,6 +112,9 @@ FLOOR_PORT=${FLOOR_PORT:-25260}
 CALL_UAS_PORT=${CALL_UAS_PORT:-25360}
 CALL_UAC_PORT=${CALL_UAC_PORT:-25361}
 DRAIN_MS=${DRAIN_MS:-500}
+OTHERS_MAX_PCT=${OTHERS_MAX_PCT:-15}
+STEP_RETRIES=${STEP_RETRIES:-3}
+QUIET_WAIT_S=${QUIET_WAIT_S:-120}
 # drive_register (sipp) settings: the SIPP CHECK
 REG_RATE=$SIPP_RATE
 REG_CALLS=$SIPP_CALLS
@@ -139,7 +148,21 @@ users=$MAXRATE_USERS; [ "$users" -ge 16 ] || users=16
 
 # ---------------------------------------------------------------- one step
 TSV=$WORK/steps.tsv
-printf 'server\tscenario\toffered\tachieved\tstarted\tok\tfailed\tretrans\tp50_ms\tp99_ms\tp50_raw_ms\tp99_raw_ms\tserver_cpu_s\tserver_cpu_us_per_req\tgen_cpu_s\tgen_core_pct\tmachine_busy_pct\tpass\n' > "$TSV"
+printf 'server\tscenario\toffered\tachieved\tstarted\tok\tfailed\tretrans\tp50_ms\tp99_ms\tp50_raw_ms\tp99_raw_ms\tserver_cpu_s\tserver_cpu_us_per_req\tgen_cpu_s\tgen_core_pct\tmachine_busy_pct\tpass\tshard_split_pct\tothers_core_pct\tattempts\n' > "$TSV"
+
+# sipshard only: request_route runs per shard since start ("n0 n1 ..");
+# the step's split is the difference of two of them (shard_split).
+shard_counts() {
+  [ "$1" = sipshard ] || return 0
+  sipshard_ctl kemi.route_latency 2>/dev/null |
+    jq -r '.result.routes[] | select(.route == "request_route") | [.shards[].cnt | tostring] | join(" ")' 2>/dev/null || true
+}
+shard_split() {  # "before" "after" -> "62/38" (% of the step's requests per shard), or -
+  awk -v a="$1" -v b="$2" 'BEGIN { n = split(b, y, " "); split(a, x, " "); t = 0
+    for (i = 1; i <= n; i++) { d[i] = y[i] - x[i]; t += d[i] }
+    if (n == 0 || t <= 0) { print "-"; exit }
+    for (i = 1; i <= n; i++) out = out (i > 1 ? "/" : "") sprintf("%.0f", d[i] * 100 / t); print out }'
+}
 
 # Runs a command with its JSON on stdout to $1 and its CPU time (user +
 # system of it and its children, seconds) to $1.cpu.
@@ -152,12 +175,44 @@ gen_run() {
 }
 uas_snap() { if [ -n "$UAS_PID" ]; then cpu_snap "$UAS_PID" > "$1"; else : > "$1"; fi; }
 
-# step SERVER SCENARIO PORT RATE: one drive; appends a TSV row; returns 1
-# when the step failed.
+# CPU other processes used between two server_snap files, % of one core:
+# machine busy time minus the server's (ns) and the generator's (s).
+others_pct() {  # a b server_ns gen_s
+  awk -v ns="$3" -v gen="$4" -v hz="$(getconf CLK_TCK)" -v n="$(nproc)" 'NR == FNR { b = $2; t = $3; next }
+    { win = ($3 - t) / hz / n; if (win <= 0) { print 0; exit }
+      printf "%.0f", ((($2 - b) / hz) - ns / 1e9 - gen) * 100 / win }' "$1.machine" "$2.machine"
+}
+# Waits until a whole second passes with the machine idle but for the
+# server (< OTHERS_MAX_PCT of a core besides it), at most QUIET_WAIT_S.
+wait_quiet() {
+  local a=$WORK/quiet.a b=$WORK/quiet.b until=$((SECONDS + QUIET_WAIT_S))
+  while [ $SECONDS -lt $until ]; do
+    server_snap "$a"; sleep 1; server_snap "$b"
+    [ "$(others_pct "$a" "$b" "$(cpu_delta "$a" "$b")" 0)" -lt "$OTHERS_MAX_PCT" ] && return 0
+  done
+  log "machine still busy after ${QUIET_WAIT_S} s: going on"
+}
+
+# step SERVER SCENARIO PORT RATE: one drive (again while other processes
+# disturbed it, see OTHERS); appends a TSV row; returns 1 when the step failed.
 step() {
+  local try others
+  for ((try = 1; ; try++)); do
+    step_once "$@" "$try"
+    others=$(tail -n 1 "$TSV" | cut -f 20)
+    if [ "$others" -le "$OTHERS_MAX_PCT" ] || [ "$try" -gt "$STEP_RETRIES" ]; then break; fi
+    log "$1.$2.$4: other processes took ${others} % of a core during the step: again when quiet"
+    sed -i '$d' "$TSV"
+    wait_quiet
+  done
+  [ "$(tail -n 1 "$TSV" | cut -f 18)" = 1 ]
+}
+step_once() {
   local srv=$1 scen=$2 port=$3 rate=$4 key=$1.$2.$4
   local a=$WORK/cpu.a b=$WORK/cpu.b ua=$WORK/uas.a ub=$WORK/uas.b j=$WORK/$key.json ns uas_ns gen
   local count units
+  local split0 split1
+  split0=$(shard_counts "$srv")
   server_snap "$a"; uas_snap "$ua"
   case $scen in
     register*)
@@ -173,6 +228,7 @@ step() {
         --max-inflight 1000000 --timeout-ms "$TIMEOUT_MS" --json ;;
   esac
   server_snap "$b"; uas_snap "$ub"
+  split1=$(shard_counts "$srv")
   jq -e .offered_rate "$j" >/dev/null 2>&1 || die "$key: no report from sipshard bench: $(head -c 300 "$j")"
   check_port_owner "$port" "$key"
   ns=$(cpu_delta "$a" "$b")
@@ -193,18 +249,19 @@ step() {
               (.ok / ([.elapsed_s - $hold / 1000, 0.001] | max)), .ok,
               .latency_us.corrected.p50, .latency_us.corrected.p99, .latency_us.raw.p50, .latency_us.raw.p99] | @tsv' "$j" ;;
   esac > "$j.row"
-  local started ok failed retrans achieved units p50 p99 p50r p99r pass
+  local started ok failed retrans achieved units p50 p99 p50r p99r pass try=$5
   IFS=$'\t' read -r started ok failed retrans achieved units p50 p99 p50r p99r < "$j.row"
   pass=1
   if [ "$failed" != 0 ] || [ "$ok" = 0 ] || awk -v p="$p99" -v m="$P99_MAX_MS" 'BEGIN { exit !(p / 1000 > m) }'; then pass=0; fi
   awk -v OFS='\t' -v srv="$srv" -v scen="$scen" -v rate="$rate" -v st="$started" -v ok="$ok" -v f="$failed" \
       -v rt="$retrans" -v ach="$achieved" -v n="$units" -v p50="$p50" -v p99="$p99" -v p50r="$p50r" -v p99r="$p99r" \
-      -v ns="$ns" -v gen="$gen" -v s="$STEP_S" -v busy="$(machine_busy "$a" "$b")" -v pass="$pass" 'BEGIN {
+      -v ns="$ns" -v gen="$gen" -v s="$STEP_S" -v busy="$(machine_busy "$a" "$b")" -v pass="$pass" \
+      -v sp="$(if [ "$srv" = sipshard ]; then shard_split "$split0" "$split1"; else echo -; fi)" \
+      -v others="$(others_pct "$a" "$b" "$ns" "$gen")" -v try="$try" 'BEGIN {
     print srv, scen, rate, sprintf("%.0f", ach), st, ok, f, rt, sprintf("%.3f", p50 / 1000), sprintf("%.3f", p99 / 1000),
       sprintf("%.3f", p50r / 1000), sprintf("%.3f", p99r / 1000), sprintf("%.3f", ns / 1e9),
-      (n > 0) ? sprintf("%.2f", ns / 1e3 / n) : "-", gen, sprintf("%.0f", gen * 100 / s), busy, pass }' >> "$TSV"
+      (n > 0) ? sprintf("%.2f", ns / 1e3 / n) : "-", gen, sprintf("%.0f", gen * 100 / s), busy, pass, sp, others, try }' >> "$TSV"
   log "$key: $(tail -n 1 "$TSV" | cut -f 3-)"
-  [ "$pass" = 1 ]
 }
 
 # steps SERVER SCENARIO PORT RATES...: up until a step fails.
@@ -415,16 +472,20 @@ write_report() {
     echo "## $(unit "$scen")"
     echo
     for p in $PLOTS; do [[ "$p" == *"-$scen.png" ]] && echo "![$scen]($(basename "$p"))" && echo; done
-    echo "| server | offered/s | achieved/s | started | ok | failed | retrans | p50 / p99 ms (corrected) | p99 raw ms | server CPU/req µs | generator CPU % of a core | machine busy % | pass |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| server | offered/s | achieved/s | started | ok | failed | retrans | p50 / p99 ms (corrected) | p99 raw ms | server CPU/req µs | generator CPU % of a core | machine busy % | others % of a core (try) | requests per shard % | pass |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' -v c="$scen" 'NR > 1 && $2 == c' "$TSV" | sort -t "$(printf '\t')" -k1,1r -k3,3n |
-      awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s |\n",
-      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, $16, $17, ($18 == 1) ? "yes" : "**no**" }'
+      awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s (%s) | %s | %s |\n",
+      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, $16, $17, $20, $21, $19, ($18 == 1) ? "yes" : "**no**" }'
     echo
   done
   echo "- **server CPU/req**: run time of every thread of every server process over the step (/proc/PID/task/*/schedstat),"
   echo "  divided by the requests answered: a registration is 2 (401, 200), an OPTIONS 1, a call 1 (per call: INVITE, ACK,"
   echo "  BYE and replies, both legs)."
+  echo "- **others**: CPU that processes other than the server and the generator used during the step (machine busy time minus"
+  echo "  both), % of one core; a step where they took more than ${OTHERS_MAX_PCT} % was done again when the machine was quiet (try: which"
+  echo "  attempt is shown, at most $((STEP_RETRIES + 1)))."
+  echo "- **requests per shard**: sipshard's request_route runs on each shard over the step (\`kemi.route_latency\`), % of the step's."
   echo "- **generator CPU**: user + system time of the \`sipshard bench\` process (plus \`bench uas\` for calls) over the step length."
   echo "- **achieved**: registrations: ok / run time (the run lasts until the last transaction ends); OPTIONS: answered / send"
   echo "  time; calls: completed / (run time − hold)."

@@ -5,7 +5,7 @@
 //! connection flood) closed or refused while others are served; TLS with a
 //! Rust (rustls) client, TLS 1.1 and missing client certificates refused;
 //! a request relayed from UDP to TCP with the TCP Via and the double
-//! Record-Route.
+//! Record-Route; connections spread evenly over the shards.
 
 mod common;
 
@@ -313,6 +313,65 @@ fn split_and_pipelined_messages_are_all_answered() {
     let mut pong = [0u8; 8];
     let n = s.read(&mut pong).unwrap();
     assert_eq!(&pong[..n], b"\r\n");
+}
+
+/// The kernel's SO_REUSEPORT hash would put eight connections 6/2 or worse
+/// on two shards about a third of the time; the accepting shard hands each
+/// new connection to the shard that owns the fewest. Eight connections,
+/// each answered before the next opens, are read four by each shard
+/// (`core.shards` gauge `tcp.connections`), and the request on each runs on
+/// the shard that reads it: four per shard.
+#[test]
+fn connections_are_spread_evenly_over_the_shards() {
+    let db = TestDb::sqlite();
+    db.init(&[("alice@127.0.0.1", "secret")]);
+    let srv = start(&db, "", "");
+    let requests = |shards: &serde_json::Value| -> Vec<u64> {
+        let list = shards.as_array().expect("core.shards is a list");
+        list.iter()
+            .map(|s| s["rcv_requests"].as_u64().expect("rcv_requests"))
+            .collect()
+    };
+    let before = requests(&rpc(srv.rpc_port, "core.shards", json!([])));
+    assert_eq!(before.len(), 2);
+    let mut conns = Vec::new();
+    for i in 0..8 {
+        let mut s = tcp_connect(srv.addr);
+        let local = s.local_addr().unwrap();
+        s.write_all(options(local, &format!("spread-{i}"), "TCP").as_bytes())
+            .unwrap();
+        let r = read_msg(&mut s, &mut Vec::new()).unwrap_or_else(|| {
+            panic!(
+                "no reply on connection {i}: {}",
+                rpc(srv.rpc_port, "core.shards", json!([]))
+            )
+        });
+        assert_eq!(status(&r), 200, "{r}");
+        conns.push(s);
+    }
+    let shards = rpc(srv.rpc_port, "core.shards", json!([]));
+    let owned: Vec<i64> = shards
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["gauges"]["tcp.connections"].as_i64().expect("gauge"))
+        .collect();
+    assert_eq!(owned, vec![4, 4], "{shards}");
+    assert_eq!(stat(&srv, "tcp.connections"), 8);
+    let ran: Vec<u64> = requests(&shards)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(ran, vec![4, 4], "{shards}");
+    // Each connection still works after the hand-over.
+    for (i, s) in conns.iter_mut().enumerate() {
+        let local = s.local_addr().unwrap();
+        s.write_all(options(local, &format!("again-{i}"), "TCP").as_bytes())
+            .unwrap();
+        let r = read_msg(s, &mut Vec::new()).expect("second reply");
+        assert_eq!(header(&r, "Call-ID"), Some(format!("again-{i}")), "{r}");
+    }
 }
 
 /// A peer that connects and says nothing is closed after the idle time; a

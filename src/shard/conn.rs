@@ -1,8 +1,10 @@
 //! A shard's side of TCP and TLS: its own SO_REUSEPORT listeners (the
-//! kernel spreads accepted connections over the shards), the connections
-//! it owns (watched in its epoll, token = connection id), their framing
-//! state, the idle / connect timeouts, and the limits per shard and per
-//! source. Messages framed here run exactly as datagrams do
+//! kernel spreads accepted connections over the shards, and a shard hands a
+//! connection it accepts to the shard owning the fewest, so a few busy
+//! connections do not pile up on one core), the connections it owns
+//! (watched in its epoll, token = connection id), their framing state, the
+//! idle / connect timeouts, the replies queued for one write per connection
+//! at the end of the turn, and the limits per shard and per source. Messages framed here run exactly as datagrams do
 //! (`io::on_message`), with `ctx.proto` telling the route and the reply
 //! path which transport they came on. Sends go through the shared
 //! [`ConnTable`] from any shard (see `transport::conn`).
@@ -53,6 +55,9 @@ pub(super) struct ShardConns {
     tls: Option<TcpListener>,
     local: RefCell<HashMap<u64, Local>>,
     adopted: RefCell<Vec<Arc<Conn>>>,
+    /// Connections this turn queued replies on, written by
+    /// [`ShardConns::flush`] at the end of the turn.
+    queued: RefCell<Vec<Arc<Conn>>>,
 }
 
 /// Binds a listener of the SO_REUSEPORT group on `addr`.
@@ -84,7 +89,32 @@ impl ShardConns {
             tls,
             local: RefCell::new(HashMap::new()),
             adopted: RefCell::new(Vec::new()),
+            queued: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Sends on a connection (any shard's); on one this shard owns the
+    /// bytes wait for [`ShardConns::flush`] (see `transport::conn`).
+    pub fn send(
+        &self,
+        here: usize,
+        dst: crate::sip::Dest,
+        bytes: &[u8],
+        connect: bool,
+    ) -> Result<(), crate::transport::conn::SendError> {
+        let mut q = self.queued.borrow_mut();
+        self.table
+            .send_or_queue(here, dst, bytes, connect, Some(&mut q))
+    }
+
+    /// Writes the connections this turn queued on; returns how many writes
+    /// failed.
+    pub fn flush(&self) -> usize {
+        let mut q = self.queued.borrow_mut();
+        if q.is_empty() {
+            return 0;
+        }
+        self.table.flush(&mut q)
     }
 
     /// Registers the listeners in the shard's epoll.
@@ -114,7 +144,8 @@ pub(super) fn on_event(shard: &Rc<Shard>, token: u64, bits: u32) {
     }
 }
 
-/// Takes over the connections this shard opened (from a send).
+/// Takes over the connections handed to this shard: opened by a send, or
+/// accepted by another shard for this one ([`ConnTable::owner_for_accept`]).
 fn adopt(shard: &Shard, sc: &ShardConns) {
     let mut v = sc.adopted.borrow_mut();
     sc.table.take_adopted(shard.id, &mut v);
@@ -153,7 +184,8 @@ fn accept(shard: &Shard, sc: &ShardConns, proto: Proto) {
                 return;
             }
         };
-        if !sc.table.admit(peer.ip(), shard.id) {
+        let owner = sc.table.owner_for_accept(shard.id);
+        if !sc.table.admit(peer.ip(), owner) {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             if shard.log.allow(Instant::now()) {
                 tracing::warn!(
@@ -177,7 +209,11 @@ fn accept(shard: &Shard, sc: &ShardConns, proto: Proto) {
             },
             _ => None,
         };
-        match sc.table.accepted(shard.id, sock, peer, proto, tls) {
+        match sc.table.accepted(shard.id, owner, sock, peer, proto, tls) {
+            // Handed to another shard: it adopts it on its next event.
+            Ok(_) if owner != shard.id => {
+                stats.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             Ok(c) => {
                 stats.accepted.fetch_add(1, Ordering::Relaxed);
                 sc.local.borrow_mut().insert(

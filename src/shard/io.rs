@@ -398,30 +398,35 @@ fn park(shard: &Rc<Shard>, io: &mut LoopIo, cmds: &Receiver<ShardCmd>, fd: i32) 
             let n = read_batch(shard, io, fd, true);
             n < io.batch.capacity()
         }
-        Wait::Epoll { .. } => {
-            poll_streams(shard, io, until_timer);
-            false
-        }
+        // Level-triggered: a socket the wait did not report holds no
+        // datagram, so the loop skips the `recvmmsg` that would only say
+        // EAGAIN (a wake-up for a connection, the doorbell or a timer).
+        Wait::Epoll { .. } => !poll_streams(shard, io, until_timer),
     }
 }
 
 /// One `epoll_wait` (epoll modes, or any mode with TCP): drains the
 /// doorbell, then handles connection events; datagrams are read by the
-/// loop right after.
-fn poll_streams(shard: &Rc<Shard>, io: &mut LoopIo, timeout: Option<Duration>) {
+/// loop right after. Returns whether the UDP socket was reported readable
+/// (true too when the wait failed: the loop then reads to find out).
+fn poll_streams(shard: &Rc<Shard>, io: &mut LoopIo, timeout: Option<Duration>) -> bool {
     let Wait::Epoll { epoll, bell_fd } = &mut io.wait else {
-        return;
+        return true;
     };
     let mut rung = false;
+    let mut udp = false;
     let events = &mut io.events;
     events.clear();
     if let Err(e) = epoll.wait(timeout, |t, bits| {
         if t == TOKEN_BELL {
             rung = true;
-        } else if t != TOKEN_SOCKET {
+        } else if t == TOKEN_SOCKET {
+            udp = true;
+        } else {
             events.push((t, bits));
         }
     }) {
+        udp = true;
         if shard.log.allow(Instant::now()) {
             tracing::warn!(shard = shard.id, "epoll_wait failed: {e}");
         }
@@ -440,6 +445,7 @@ fn poll_streams(shard: &Rc<Shard>, io: &mut LoopIo, timeout: Option<Duration>) {
         io.events = events;
         flush_sends(shard);
     }
+    udp
 }
 
 /// Fires due timers (the executor's and the transaction layer's) and
@@ -997,7 +1003,8 @@ fn finish(
 }
 
 /// Queues the datagrams the route produced; they leave with the turn's
-/// other replies in one `sendmmsg` ([`flush_sends`]).
+/// other replies in one `sendmmsg` ([`flush_sends`]), and what goes on a
+/// connection this shard owns in one write per connection.
 fn send_out(shard: &Shard, ctx: &MsgCtx) {
     let mut sends = shard.sends.borrow_mut();
     for o in &ctx.out {
@@ -1019,10 +1026,11 @@ fn send_out(shard: &Shard, ctx: &MsgCtx) {
     }
 }
 
-/// Sends on a TCP/TLS connection (any shard's) through the shared table.
+/// Sends on a TCP/TLS connection (any shard's) through the shared table;
+/// on one this shard owns, at the end of the turn ([`flush_sends`]).
 pub(super) fn send_stream(shard: &Shard, dst: Dest, bytes: &[u8], connect: bool) {
     let r = match &shard.conns {
-        Some(sc) => sc.table.send(shard.id, dst, bytes, connect),
+        Some(sc) => sc.send(shard.id, dst, bytes, connect),
         None => Err(crate::transport::conn::SendError::ConnectFailed),
     };
     if let Err(e) = r {
@@ -1051,6 +1059,15 @@ fn flush_sends(shard: &Shard) {
     }
     if !sends.is_empty() {
         flush_batch(shard, &mut sends);
+    }
+    if let Some(sc) = &shard.conns {
+        let failed = sc.flush();
+        for _ in 0..failed {
+            shard.counters().incr(Counter::SendErrors);
+        }
+        if failed > 0 && shard.log.allow(Instant::now()) {
+            tracing::warn!(shard = shard.id, failed, "stream send failed");
+        }
     }
 }
 

@@ -1072,7 +1072,12 @@ fn snapshot(shard: &Shard, reset: bool) -> ShardSnapshot {
                 "dialog.failed_dialogs",
                 once(&|| svc.tables.dialog.stat_failed() as i64),
             ),
-            ("tcp.connections", tcp_stat(&|t| t.connections() as u64)),
+            // The connections this shard reads (the sum is the total;
+            // `core.shards` shows how they are spread).
+            (
+                "tcp.connections",
+                conns.map_or(0, |t| t.owned_by(shard.id) as i64),
+            ),
             (
                 "tcp.accepted",
                 tcp_stat(&|t| t.stats.accepted.load(Relaxed)),

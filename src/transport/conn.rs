@@ -1,11 +1,13 @@
 //! TCP and TLS connections, and the registry every shard sends through.
 //!
-//! **Ownership.** A connection is read by one shard, its *owner*: the shard
-//! whose listener accepted it (each shard has its own SO_REUSEPORT listener,
-//! so the kernel spreads connections over the shards) or the shard that
-//! opened it. Its fd sits in the owner's epoll with the connection id as
-//! token; its framing state ([`crate::sip::StreamFramer`]) lives on the
-//! owner only.
+//! **Ownership.** A connection is read by one shard, its *owner*: for an
+//! accepted connection, the shard that owns the fewest connections when it
+//! is accepted ([`ConnTable::owner_for_accept`]: each shard has its own
+//! SO_REUSEPORT listener, but the kernel hashes the 4-tuple, so a handful of
+//! connections can land 6/2; the accepting shard hands the connection over
+//! instead), for an opened one the shard that opened it. Its fd sits in the
+//! owner's epoll with the connection id as token; its framing state
+//! ([`crate::sip::StreamFramer`]) lives on the owner only.
 //!
 //! **Writes from anywhere.** Any shard sends on a connection without a hop
 //! (decision 2 of docs/ARCHITECTURE.md, as the location table): the
@@ -16,6 +18,13 @@
 //! socket takes at once, and keeps the rest, bounded by `tcp_conn_wq_max`.
 //! When bytes are left the writer arms `EPOLLOUT` in the owner's epoll
 //! (`epoll_ctl` is thread-safe), and the owner finishes the write.
+//!
+//! **One write per connection per turn.** The owner's own sends (the
+//! replies its routes produce for requests it read) are only queued
+//! ([`ConnTable::send_or_queue`]) and written at the end of its turn
+//! ([`Conn::flush`]), as the turn's datagrams leave in one `sendmmsg`: the
+//! replies to requests that came in one read leave in one write. Any other
+//! send writes at once, behind what is queued (one buffer: order holds).
 //!
 //! **Closing.** Only the owner closes: it marks the connection closed under
 //! its lock, shuts the socket down, and removes it from the maps. The fd
@@ -91,6 +100,11 @@ struct WState {
     out: Vec<u8>,
     out_pos: usize,
     connecting: bool,
+    /// The owner queued bytes to write at the end of its turn (it holds
+    /// the connection in its flush list).
+    queued: bool,
+    /// Bytes queued since the last flush.
+    queued_bytes: usize,
     armed: bool,
     closed: bool,
     /// A writer found it broken: the owner closes it on its next event.
@@ -157,6 +171,29 @@ impl Conn {
     /// Sends one message: as it is, or in a WebSocket frame once the
     /// connection was upgraded.
     pub fn send(&self, bytes: &[u8], now_ms: u64) -> Result<(), SendError> {
+        self.put_msg(bytes, now_ms, true).map(drop)
+    }
+
+    /// Queues one message (framed as [`Conn::send`] does) behind what is
+    /// pending, for [`Conn::flush`]; true when the connection was not
+    /// queued yet (the caller keeps it in its flush list). For the owner's
+    /// own sends only: another shard's write would wait for the owner's
+    /// turn to end.
+    pub fn queue(&self, bytes: &[u8], now_ms: u64) -> Result<bool, SendError> {
+        self.put_msg(bytes, now_ms, false)
+    }
+
+    /// Writes what [`Conn::queue`] left (and anything else pending).
+    pub fn flush(&self) -> Result<(), SendError> {
+        let mut w = self.lock();
+        w.queued = false;
+        if w.closed {
+            return Err(SendError::Closed);
+        }
+        self.flush_locked(&mut w)
+    }
+
+    fn put_msg(&self, bytes: &[u8], now_ms: u64, now: bool) -> Result<bool, SendError> {
         if self.is_ws() {
             let op = if std::str::from_utf8(bytes).is_ok() {
                 crate::http::ws::Opcode::Text
@@ -165,9 +202,9 @@ impl Conn {
             };
             let mut framed = Vec::with_capacity(bytes.len() + 10);
             crate::http::ws::encode_frame(&mut framed, op, bytes, true);
-            return self.send_raw(&framed, now_ms);
+            return self.put(&framed, now_ms, now);
         }
-        self.send_raw(bytes, now_ms)
+        self.put(bytes, now_ms, now)
     }
 
     /// The connection carries WebSocket frames.
@@ -187,16 +224,27 @@ impl Conn {
     /// Sends `bytes` as they are (whole, or queued behind what is pending):
     /// HTTP responses, WebSocket control frames.
     pub fn send_raw(&self, bytes: &[u8], now_ms: u64) -> Result<(), SendError> {
+        self.put(bytes, now_ms, true).map(drop)
+    }
+
+    /// Appends `bytes` to what is pending; `now`: writes at once (directly
+    /// from `bytes` when nothing is pending), else only queues them (true
+    /// when the connection was not queued yet).
+    fn put(&self, bytes: &[u8], now_ms: u64, now: bool) -> Result<bool, SendError> {
         let mut w = self.lock();
         if w.closed {
             return Err(SendError::Closed);
         }
         self.last_ms.store(now_ms, Ordering::Relaxed);
+        // What a turn queues stays under half of tcp_conn_wq_max: beyond,
+        // it is written at once (the limit is for a peer that does not
+        // read, not for a busy turn).
+        let now = now || w.queued_bytes + bytes.len() > self.wq_max / 2;
         if let Some(tls) = w.tls.as_mut() {
             if tls.writer().write_all(bytes).is_err() {
                 return Err(SendError::Closed);
             }
-        } else if w.out.len() == w.out_pos && !w.connecting {
+        } else if now && w.out.len() == w.out_pos && !w.connecting {
             let n = match (&self.sock).write(bytes) {
                 Ok(n) => n,
                 Err(e) if would_block(&e) => 0,
@@ -208,11 +256,18 @@ impl Conn {
         } else {
             w.out.extend_from_slice(bytes);
         }
-        self.flush_locked(&mut w)
+        if now {
+            return self.flush_locked(&mut w).map(|()| false);
+        }
+        w.queued_bytes += bytes.len();
+        let first = !w.queued;
+        w.queued = true;
+        Ok(first)
     }
 
     /// Writes what is pending; arms or disarms EPOLLOUT.
     fn flush_locked(&self, w: &mut WState) -> Result<(), SendError> {
+        w.queued_bytes = 0;
         if w.connecting {
             return self.arm(w, true);
         }
@@ -338,6 +393,11 @@ impl Conn {
         let mut w = self.lock();
         if w.closed {
             return false;
+        }
+        // Replies queued this turn go first (best effort), as they would
+        // have, written at once.
+        if w.queued && !w.broken && !w.connecting {
+            let _ = self.flush_locked(&mut w);
         }
         w.closed = true;
         if let Some(tls) = w.tls.as_mut() {
@@ -498,6 +558,28 @@ impl ConnTable {
         self.alias(Dest::new(c.peer, c.msg_proto()), c);
     }
 
+    /// The shard a connection accepted on shard `here` goes to: the one
+    /// that owns the fewest connections, `here` when it owns no more than
+    /// any other. Connections carry the load on a stream transport, and the
+    /// kernel's SO_REUSEPORT hash leaves a few of them unevenly spread (8
+    /// connections hashed over 2 shards land 6/2 or worse 29 % of the
+    /// time, 5/3 or worse 73 %); with
+    /// this every shard gets its share, and a connection still has one
+    /// reader (no route waits on another core). Two shards accepting at the
+    /// same moment may both pick the same one: off by one at worst.
+    pub fn owner_for_accept(&self, here: usize) -> usize {
+        let mut best = here;
+        let mut best_n = self.owned_by(here);
+        for (i, c) in self.per_shard.iter().enumerate() {
+            let n = c.load(Ordering::Relaxed);
+            if n < best_n {
+                best = i;
+                best_n = n;
+            }
+        }
+        best
+    }
+
     /// Admits a new inbound connection from `ip` on `shard` (counts it),
     /// or refuses it (limit per shard or per source).
     pub fn admit(&self, ip: IpAddr, shard: usize) -> bool {
@@ -525,27 +607,34 @@ impl ConnTable {
         }
     }
 
-    /// Registers an accepted socket as a connection owned by `shard` (in
-    /// its epoll). `tls`: the server session for a TLS listener.
+    /// Registers a socket accepted on shard `here` as a connection owned by
+    /// `owner` (in its epoll; queued for `owner` to adopt when it is another
+    /// shard). `tls`: the server session for a TLS listener.
     pub fn accepted(
         &self,
-        shard: usize,
+        here: usize,
+        owner: usize,
         sock: TcpStream,
         peer: SocketAddr,
         proto: Proto,
         tls: Option<rustls::Connection>,
     ) -> std::io::Result<Arc<Conn>> {
-        let r = self.insert(shard, sock, peer, proto, tls, false, false);
+        let r = self.insert(owner, owner != here, sock, peer, proto, tls, false, false);
         if r.is_err() {
             self.release_ip(peer.ip());
         }
         r
     }
 
+    /// Registers a connection owned by `shard`. `handed`: `shard` did not
+    /// make it (accepted elsewhere, or opened by a send from any shard): it
+    /// is queued for `shard` to adopt before its fd enters `shard`'s epoll,
+    /// so the first event finds it adopted.
     #[allow(clippy::too_many_arguments)]
     fn insert(
         &self,
         shard: usize,
+        handed: bool,
         sock: TcpStream,
         peer: SocketAddr,
         proto: Proto,
@@ -580,6 +669,8 @@ impl ConnTable {
                 out: Vec::new(),
                 out_pos: 0,
                 connecting,
+                queued: false,
+                queued_bytes: 0,
                 armed: connecting,
                 closed: false,
                 broken: false,
@@ -592,16 +683,33 @@ impl ConnTable {
             ep: ep.clone(),
             wq_max: self.limits.wq_max,
         });
-        ep.add(conn.fd(), conn.token(), connecting)?;
+        // Findable before its fd enters the owner's epoll: the owner may
+        // read a request on it and answer at once, on another thread.
         self.per_shard[shard].fetch_add(1, Ordering::Relaxed);
         let d = Dest::new(peer, proto);
         self.by_dest.get(&dest_key(&d)).insert(d, conn.clone());
         self.by_id.get(&id.to_le_bytes()).insert(id, conn.clone());
+        if handed {
+            if let Some(q) = self.adopt.get(shard) {
+                q.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(conn.clone());
+                self.adopt_pending[shard].store(true, Ordering::Release);
+            }
+        }
+        if let Err(e) = ep.add(conn.fd(), conn.token(), connecting) {
+            // Never watched: forgotten here; the owner drops it from its
+            // adoption queue when it finds it closed.
+            conn.closed.store(true, Ordering::Release);
+            conn.lock().closed = true;
+            self.forget(&conn);
+            return Err(e);
+        }
         Ok(conn)
     }
 
-    /// Forgets a connection the owner closed.
-    pub fn remove(&self, c: &Arc<Conn>) {
+    /// Takes `c` out of the maps and its owner's count.
+    fn forget(&self, c: &Arc<Conn>) {
         let d = Dest::new(c.peer, c.proto);
         {
             let mut m = self.by_dest.get(&dest_key(&d));
@@ -610,10 +718,15 @@ impl ConnTable {
             }
         }
         self.by_id.get(&c.id.to_le_bytes()).remove(&c.id);
+        self.per_shard[c.owner].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Forgets a connection the owner closed.
+    pub fn remove(&self, c: &Arc<Conn>) {
+        self.forget(c);
         if !c.outbound {
             self.release_ip(c.peer.ip());
         }
-        self.per_shard[c.owner].fetch_sub(1, Ordering::Relaxed);
         self.stats.closed.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -632,25 +745,65 @@ impl ConnTable {
     /// Sends `bytes` to `d` on its connection; opens one from shard `here`
     /// when there is none and `connect`.
     pub fn send(&self, here: usize, d: Dest, bytes: &[u8], connect: bool) -> Result<(), SendError> {
+        self.send_or_queue(here, d, bytes, connect, None)
+    }
+
+    /// [`ConnTable::send`], but when shard `here` owns the connection and
+    /// gives a flush list, the bytes are only queued: the connection joins
+    /// `flush` (once) and [`ConnTable::flush`] writes it at the end of the
+    /// turn.
+    pub fn send_or_queue(
+        &self,
+        here: usize,
+        d: Dest,
+        bytes: &[u8],
+        connect: bool,
+        flush: Option<&mut Vec<Arc<Conn>>>,
+    ) -> Result<(), SendError> {
         let now = self.now_ms();
         if let Some(c) = self.get(&d) {
-            return match c.send(bytes, now) {
-                Ok(()) => Ok(()),
-                Err(e) => {
-                    if e == SendError::Closed {
-                        self.stats.wq_overflow.fetch_add(1, Ordering::Relaxed);
+            let r = match flush {
+                Some(list) if c.owner == here => match c.queue(bytes, now) {
+                    Ok(true) => {
+                        list.push(c.clone());
+                        Ok(())
                     }
-                    // The owner sees the close on its next event.
-                    c.close_soon();
-                    Err(e)
-                }
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                },
+                _ => c.send(bytes, now),
             };
+            if let Err(e) = r {
+                self.send_failed(&c, e);
+            }
+            return r;
         }
         if !connect {
             return Err(SendError::NoConnection);
         }
         let c = self.connect(here, d)?;
         c.send(bytes, now)
+    }
+
+    /// Writes the connections a turn queued on (see
+    /// [`ConnTable::send_or_queue`]); returns how many writes failed.
+    pub fn flush(&self, list: &mut Vec<Arc<Conn>>) -> usize {
+        let mut failed = 0;
+        for c in list.drain(..) {
+            if let Err(e) = c.flush() {
+                self.send_failed(&c, e);
+                failed += 1;
+            }
+        }
+        failed
+    }
+
+    fn send_failed(&self, c: &Conn, e: SendError) {
+        if e == SendError::Closed {
+            self.stats.wq_overflow.fetch_add(1, Ordering::Relaxed);
+        }
+        // The owner sees the close on its next event.
+        c.close_soon();
     }
 
     fn connect(&self, here: usize, d: Dest) -> Result<Arc<Conn>, SendError> {
@@ -684,13 +837,9 @@ impl ConnTable {
         }
         let sock = TcpStream::from(s);
         let c = self
-            .insert(here, sock, d.addr, d.proto, tls, true, true)
+            .insert(here, true, sock, d.addr, d.proto, tls, true, true)
             .map_err(|_| fail())?;
         self.stats.connected.fetch_add(1, Ordering::Relaxed);
-        if let Some(q) = self.adopt.get(here) {
-            q.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone());
-            self.adopt_pending[here].store(true, Ordering::Release);
-        }
         Ok(c)
     }
 
