@@ -111,7 +111,7 @@ pub fn server_key(msg: &SipMsg<'_>, out: &mut Vec<u8>) -> Option<()> {
             out.push(0);
             out.extend(via.host.iter().map(u8::to_ascii_lowercase));
             out.push(b':');
-            push_u32(out, u32::from(via.port.unwrap_or(5060)));
+            crate::sip::lex::push_u32(out, u32::from(via.port.unwrap_or(5060)));
         }
         _ => {
             let cseq = msg.cseq().ok()?;
@@ -124,27 +124,12 @@ pub fn server_key(msg: &SipMsg<'_>, out: &mut Vec<u8>) -> Option<()> {
             out.push(0);
             out.extend_from_slice(msg.from().ok()?.tag().unwrap_or(b""));
             out.push(0);
-            push_u32(out, cseq.num);
+            crate::sip::lex::push_u32(out, cseq.num);
             out.push(0);
             out.extend_from_slice(via.raw);
         }
     }
     Some(())
-}
-
-/// `n` in decimal, without allocating.
-fn push_u32(out: &mut Vec<u8>, mut n: u32) {
-    let mut digits = [0u8; 10];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// The key of the INVITE a CANCEL (same branch / same 2543 identity) cancels.

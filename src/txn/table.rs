@@ -369,10 +369,6 @@ impl<U> Table<U> {
         now: u64,
         user: U,
     ) -> Result<CellId, Full> {
-        if self.live >= self.cfg.max_cells {
-            self.stats.full += 1;
-            return Err(Full);
-        }
         let mut key = std::mem::take(&mut self.key_buf);
         let r = match build::server_key(msg, &mut key) {
             Some(()) => self.create_keyed(msg, &key, reply_dst, now, user),
