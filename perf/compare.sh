@@ -87,6 +87,7 @@
 # 100000"), DURATION (4; QUICK 1), SOCKETS (8), REG_RATE (4000), REG_CALLS
 # (20000; QUICK 4000), IDLE_S (10; QUICK 5), CONTACTS (100000; QUICK
 # 10000), SKIP_CALLS=1, ONLY=calls, CALL_RATES ("500 1000 2000 3000 4000 6000"),
+# CALL_MAX_TRANSACTIONS (1048576), CALL_KAM_SHM_MB (4096),
 # CALL_SECS (5; QUICK 2), CALL_HOLD_MS (1000), CALL_UAS_PORT (25360),
 # CALL_UAC_PORT (25361), BUF_BYTES (4194304: SO_RCVBUF/SNDBUF of every server), ports
 # SIPSHARD_PORT (25060), RPC_PORT (25070), KAM_PORT (25160), FLOOR_PORT (25260),
@@ -120,6 +121,12 @@ QUICK=${QUICK:-0}
 SKIP_KAMAILIO=${SKIP_KAMAILIO:-0}
 SKIP_FLOOR=${SKIP_FLOOR:-0}
 SKIP_CALLS=${SKIP_CALLS:-0}
+# CALLS: room for the transactions a call rate keeps (an INVITE and a BYE
+# transaction per call, each 5 s past its final reply): sipshard's [tm]
+# max_transactions and Kamailio's shm pool (MiB; its default 256 runs out
+# near 2 500 calls/s: "tm: new_t(): out of mem").
+CALL_MAX_TRANSACTIONS=${CALL_MAX_TRANSACTIONS:-1048576}
+CALL_KAM_SHM_MB=${CALL_KAM_SHM_MB:-4096}
 ROUTES=${ROUTES:-lua}
 for r in $ROUTES; do case $r in lua|native) ;; *) echo "ROUTES: lua and/or native, not $r" >&2; exit 2;; esac; done
 ONLY=${ONLY:-}
@@ -440,7 +447,8 @@ calls_steps() {
 }
 
 run_sipshard_calls() {
-  sipshard_toml "$WORK/sipshard-calls.toml" "$CALLS_DB_URL" "script = \"$ROOT/perf/calls.lua\""
+  sipshard_toml "$WORK/sipshard-calls.toml" "$CALLS_DB_URL" "script = \"$ROOT/perf/calls.lua\"" "" "" \
+    "$(printf '[tm]\nmax_transactions = %s' "$CALL_MAX_TRANSACTIONS")"
   sipshard_start "$WORK/sipshard-calls.toml" "for CALLS: perf/calls.lua, 2 shards, 127.0.0.1:$SIPSHARD_PORT" 30 "$BIN" "$WORK/sipshard-calls.out"
   sipshard_ctl stats.reset >/dev/null
   calls_steps sipshard "$SIPSHARD_PORT" sipshard_calls_hook
@@ -467,7 +475,7 @@ run_kamailio_calls() {
   local best off
   KAM_LUA=$ROOT/perf/calls.lua
   : > "$WORK/kamailio.err"
-  kam_start "$CALLS_DB_URL" "CALLS: perf/calls.lua, route-time logging off" 16
+  KAM_SHM_MB=$CALL_KAM_SHM_MB kam_start "$CALLS_DB_URL" "CALLS: perf/calls.lua, -m $CALL_KAM_SHM_MB, route-time logging off" 16
   wait_sip "$KAM_PORT" 30
   calls_steps kamailio "$KAM_PORT"
   stop_server
@@ -476,7 +484,7 @@ run_kamailio_calls() {
   best=$(calls_common_rate)
   [ "$best" != - ] || best=${CALL_RATES%% *}
   : > "$WORK/kamailio.err"
-  kam_start "$CALLS_DB_URL" "CALLS route-time run at $best calls/s" 16 -A ROUTE_TIME
+  KAM_SHM_MB=$CALL_KAM_SHM_MB kam_start "$CALLS_DB_URL" "CALLS route-time run at $best calls/s" 16 -A ROUTE_TIME
   wait_sip "$KAM_PORT" 30
   if register_callee "$KAM_PORT"; then
     off=$(stat -c %s "$WORK/kamailio.err")

@@ -59,13 +59,17 @@
 # register_tcp register_tls options calls"), REG_RATES, OPT_RATES, CALL_RATES (see below), STEP_S (5),
 # SETTLE_S (1), REFINE (2), P99_MAX_MS (50), TIMEOUT_MS (2000: a registration or call
 # transaction with no final reply in this long failed), SOCKETS (8),
-# GEN_THREADS (1), MAXRATE_USERS (1000), CALL_HOLD_MS (1000), SKIP_SIPP=1,
+# GEN_THREADS (1), MAXRATE_USERS (1000), CALL_HOLD_MS (1000),
+# CALL_MAX_TRANSACTIONS (1048576), CALL_KAM_SHM_MB (4096), SKIP_SIPP=1,
 # SIPP_RATE (4000), SIPP_CALLS (20000), SKIP_PLOT=1, SKIP_KAMAILIO=1,
 # WORKERS (2: Kamailio children), SIPSHARD_CORES ("[0, 1]": sipshard's
 # [core] cores; "[0]" with WORKERS=1 is the one-shard / one-worker curve),
 # SERVER_CPUS / GEN_CPUS (unset: no pinning; "0" / "1": every thread of the
 # server under test on CPU 0 and the generator on CPU 1, the per-core run:
 #   SIPSHARD_CORES="[0]" WORKERS=1 SERVER_CPUS=0 GEN_CPUS=1 perf/maxrate.sh),
+# ROUTE (lua; native = sipshard with `[core] route = "native"`, the default
+# script's logic in Rust, src/kemi/native.rs: the Lua-vs-native throughput;
+# register*/options only, calls need perf/calls.lua),
 # BUF_BYTES, ports SIPSHARD_PORT RPC_PORT KAM_PORT CALL_UAS_PORT
 # CALL_UAC_PORT (as compare.sh), OUT (markdown file; the TSV and PNGs are
 # named after it), SIPSHARD_BIN (skip the build), KEEP=1.
@@ -87,7 +91,7 @@ if [ "$SKIP_KAMAILIO" = 1 ]; then SERVERS=${SERVERS//kamailio/}; fi
 SCENARIOS=${SCENARIOS:-"register register_tcp register_tls options calls"}
 REG_RATES=${REG_RATES:-"2000 4000 6000 8000 10000 12000 15000 20000 25000 30000 40000 50000 60000 70000 80000 90000 100000"}
 OPT_RATES=${OPT_RATES:-"10000 20000 30000 40000 60000 80000 100000 120000 150000 200000 250000 300000 400000 500000"}
-CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 5000 6000 8000 10000"}
+CALL_RATES=${CALL_RATES:-"500 1000 2000 3000 4000 5000 6000 8000 10000 12500 15000 20000 25000 30000 40000"}
 STEP_S=${STEP_S:-5}
 SETTLE_S=${SETTLE_S:-1}
 REFINE=${REFINE:-2}
@@ -97,11 +101,19 @@ SOCKETS=${SOCKETS:-8}
 GEN_THREADS=${GEN_THREADS:-1}
 MAXRATE_USERS=${MAXRATE_USERS:-1000}
 CALL_HOLD_MS=${CALL_HOLD_MS:-1000}
+# calls: sipshard's [tm] max_transactions and Kamailio's shm pool (MiB).
+# With the defaults (65 536; -m 256) each server refuses new transactions
+# (500) near 10 000 and 2 500 calls/s: every INVITE and BYE transaction
+# lingers 5 s (wait timer) after its final reply.
+CALL_MAX_TRANSACTIONS=${CALL_MAX_TRANSACTIONS:-1048576}
+CALL_KAM_SHM_MB=${CALL_KAM_SHM_MB:-4096}
 SKIP_SIPP=${SKIP_SIPP:-0}
 SIPP_RATE=${SIPP_RATE:-4000}
 SIPP_CALLS=${SIPP_CALLS:-20000}
 SKIP_PLOT=${SKIP_PLOT:-0}
 WORKERS=${WORKERS:-2}   # Kamailio children (and tcp_children)
+ROUTE=${ROUTE:-lua}
+case $ROUTE in lua|native) ;; *) echo "ROUTE: lua or native, not $ROUTE" >&2; exit 2;; esac
 BUF_BYTES=${BUF_BYTES:-4194304}
 SIPSHARD_PORT=${SIPSHARD_PORT:-25060}
 RPC_PORT=${RPC_PORT:-25070}
@@ -148,7 +160,7 @@ users=$MAXRATE_USERS; [ "$users" -ge 16 ] || users=16
 
 # ---------------------------------------------------------------- one step
 TSV=$WORK/steps.tsv
-printf 'server\tscenario\toffered\tachieved\tstarted\tok\tfailed\tretrans\tp50_ms\tp99_ms\tp50_raw_ms\tp99_raw_ms\tserver_cpu_s\tserver_cpu_us_per_req\tgen_cpu_s\tgen_core_pct\tmachine_busy_pct\tpass\tshard_split_pct\tothers_core_pct\tattempts\n' > "$TSV"
+printf 'server\tscenario\toffered\tachieved\tstarted\tok\tfailed\tretrans\tp50_ms\tp99_ms\tp50_raw_ms\tp99_raw_ms\tserver_cpu_s\tserver_cpu_us_per_req\tgen_cpu_s\tgen_core_pct\tmachine_busy_pct\tpass\tshard_split_pct\tothers_core_pct\tattempts\tserver_sys_pct\n' > "$TSV"
 
 # sipshard only: request_route runs per shard since start ("n0 n1 ..");
 # the step's split is the difference of two of them (shard_split).
@@ -257,10 +269,10 @@ step_once() {
       -v rt="$retrans" -v ach="$achieved" -v n="$units" -v p50="$p50" -v p99="$p99" -v p50r="$p50r" -v p99r="$p99r" \
       -v ns="$ns" -v gen="$gen" -v s="$STEP_S" -v busy="$(machine_busy "$a" "$b")" -v pass="$pass" \
       -v sp="$(if [ "$srv" = sipshard ]; then shard_split "$split0" "$split1"; else echo -; fi)" \
-      -v others="$(others_pct "$a" "$b" "$ns" "$gen")" -v try="$try" 'BEGIN {
+      -v others="$(others_pct "$a" "$b" "$ns" "$gen")" -v try="$try" -v sys="$(cpu_sys_pct "$a" "$b")" 'BEGIN {
     print srv, scen, rate, sprintf("%.0f", ach), st, ok, f, rt, sprintf("%.3f", p50 / 1000), sprintf("%.3f", p99 / 1000),
       sprintf("%.3f", p50r / 1000), sprintf("%.3f", p99r / 1000), sprintf("%.3f", ns / 1e9),
-      (n > 0) ? sprintf("%.2f", ns / 1e3 / n) : "-", gen, sprintf("%.0f", gen * 100 / s), busy, pass, sp, others, try }' >> "$TSV"
+      (n > 0) ? sprintf("%.2f", ns / 1e3 / n) : "-", gen, sprintf("%.0f", gen * 100 / s), busy, pass, sp, others, try, sys }' >> "$TSV"
   log "$key: $(tail -n 1 "$TSV" | cut -f 3-)"
 }
 
@@ -346,13 +358,22 @@ start_server() {  # $1 = sipshard|kamailio, $2 = register|options|calls|sipp
     SERVER_PID=$!
     wait_sip "$FLOOR_PORT" 10
   elif [ "$srv" = sipshard ]; then
-    sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "${script:+script = \"$script\"}" "" "" "$(stream_toml "$scen")"
-    sipshard_start "$WORK/sipshard-$scen.toml" "$scen: cores ${SIPSHARD_CORES:-[0, 1]}, ${script:-etc/sipshard.lua}"
+    local core="${script:+script = \"$script\"}"
+    if [ "$ROUTE" = native ]; then core='route = "native"'; fi
+    local tail; tail=$(stream_toml "$scen")
+    # calls: room for the transactions a call rate keeps (each INVITE and
+    # BYE lingers wait_ms, 5 s, after its final reply), as Kamailio gets a
+    # larger shm pool below
+    if [ "$scen" = calls ]; then tail+=$'\n[tm]\nmax_transactions = '"$CALL_MAX_TRANSACTIONS"; fi
+    sipshard_toml "$WORK/sipshard-$scen.toml" "$db" "$core" "" "" "$tail"
+    sipshard_start "$WORK/sipshard-$scen.toml" "$scen: cores ${SIPSHARD_CORES:-[0, 1]}, ${script:-etc/sipshard.lua}, route $ROUTE"
   else
     KAM_LUA=${script:-$ROOT/etc/sipshard.lua}
     local def=()
     case $(transport_of "$scen") in tcp) def=(-A WITH_TCP);; tls) tls_files; def=(-A WITH_TLS);; esac
-    kam_start "$db" "$scen: children=$WORKERS, $KAM_LUA ${def[*]}" 16 "${def[@]}"
+    local shm=${KAM_SHM_MB:-256}
+    if [ "$scen" = calls ]; then shm=$CALL_KAM_SHM_MB; fi
+    KAM_SHM_MB=$shm kam_start "$db" "$scen: children=$WORKERS, -m $shm, $KAM_LUA ${def[*]}" 16 "${def[@]}"
     wait_sip "$KAM_PORT" 30
   fi
 }
@@ -370,6 +391,10 @@ run_scenario() {  # $1 server, $2 scenario
   local srv=$1 scen=$2 port rates
   # the floor answers UDP REGISTER (401, then 200 unchecked) and OPTIONS only
   if [ "$srv" = floor ] && [ "$scen" != register ] && [ "$scen" != options ]; then return 0; fi
+  # the native route is etc/sipshard.lua's logic; calls run perf/calls.lua
+  if [ "$srv" = sipshard ] && [ "$ROUTE" = native ] && [ "$scen" = calls ]; then
+    log "sipshard calls: skipped (ROUTE=native has no perf/calls.lua)"; return 0
+  fi
   port=$(port_of "$srv" "$scen")
   start_server "$srv" "$scen"
   case $scen in
@@ -446,8 +471,8 @@ write_report() {
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $COMMIT; $("$BIN" --version)"
   echo "- machine: $(nproc) CPUs, kernel $(uname -r), $(. /etc/os-release && echo "$PRETTY_NAME")"
-  if [[ " $SERVERS " == *" kamailio "* ]]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS, -m 256 -M 16; $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
-  echo "- each server: $WORKERS Kamailio worker(s) / sipshard cores ${SIPSHARD_CORES:-[0, 1]}, 127.0.0.1, alone on the machine with the generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
+  if [[ " $SERVERS " == *" kamailio "* ]]; then echo "- $(kamailio -v 2>&1 | sed -n '1s/^version: //p' | sed 's/ *$//'), children=$WORKERS, -m ${KAM_SHM_MB:-256} -M 16 (calls: -m $CALL_KAM_SHM_MB; sipshard [tm] max_transactions $CALL_MAX_TRANSACTIONS); $(sipp -v 2>&1 | grep -o 'SIPp v[^ ,-]*' | head -n 1)"; fi
+  echo "- each server: $WORKERS Kamailio worker(s) / sipshard cores ${SIPSHARD_CORES:-[0, 1]} (route $ROUTE), 127.0.0.1, alone on the machine with the generator; SO_RCVBUF/SNDBUF $BUF_BYTES"
   if [ -n "${SERVER_CPUS:-}${GEN_CPUS:-}" ]; then echo "- pinned: every server process and thread on CPU(s) ${SERVER_CPUS:-any} (taskset), the generator on CPU(s) ${GEN_CPUS:-any}"; fi
   echo "- generator: \`sipshard bench\`, $SOCKETS sockets, $GEN_THREADS thread(s), ${STEP_S} s per step, transaction timeout ${TIMEOUT_MS} ms; $users users; a step fails on any failure or corrected p99 > ${P99_MAX_MS} ms"
   echo "- whole run: ${ELAPSED} s; load average before: $LOADAVG0, after: $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -472,16 +497,18 @@ write_report() {
     echo "## $(unit "$scen")"
     echo
     for p in $PLOTS; do [[ "$p" == *"-$scen.png" ]] && echo "![$scen]($(basename "$p"))" && echo; done
-    echo "| server | offered/s | achieved/s | started | ok | failed | retrans | p50 / p99 ms (corrected) | p99 raw ms | server CPU/req µs | generator CPU % of a core | machine busy % | others % of a core (try) | requests per shard % | pass |"
-    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    echo "| server | offered/s | achieved/s | started | ok | failed | retrans | p50 / p99 ms (corrected) | p99 raw ms | server CPU/req µs | server kernel % | generator CPU % of a core | machine busy % | others % of a core (try) | requests per shard % | pass |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     awk -F'\t' -v c="$scen" 'NR > 1 && $2 == c' "$TSV" | sort -t "$(printf '\t')" -k1,1r -k3,3n |
-      awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s (%s) | %s | %s |\n",
-      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, $16, $17, $20, $21, $19, ($18 == 1) ? "yes" : "**no**" }'
+      awk -F'\t' '{ printf "| %s | %s | %s | %s | %s | %s | %s | %s / %s | %s | %s | %s | %s | %s | %s (%s) | %s | %s |\n",
+      $1, $3, $4, $5, $6, $7, $8, $9, $10, $12, $14, ($22 == "") ? "-" : $22, $16, $17, $20, $21, $19, ($18 == 1) ? "yes" : "**no**" }'
     echo
   done
   echo "- **server CPU/req**: run time of every thread of every server process over the step (/proc/PID/task/*/schedstat),"
   echo "  divided by the requests answered: a registration is 2 (401, 200), an OPTIONS 1, a call 1 (per call: INVITE, ACK,"
   echo "  BYE and replies, both legs)."
+  echo "- **server kernel %**: the server's system time over its user + system time in the step (/proc/PID/task/*/stat):"
+  echo "  the share of its cost spent in the kernel's UDP/TCP path (the floor's is nearly all of it)."
   echo "- **others**: CPU that processes other than the server and the generator used during the step (machine busy time minus"
   echo "  both), % of one core; a step where they took more than ${OTHERS_MAX_PCT} % was done again when the machine was quiet (try: which"
   echo "  attempt is shown, at most $((STEP_RETRIES + 1)))."
@@ -497,6 +524,7 @@ write_report() {
     echo "| server | generator | ok / failed | retransmissions | achieved/s | server CPU/req µs | generator CPU s |"
     echo "|---|---|---|---|---|---|---|"
     for srv in $SERVERS; do
+      [ "$srv" != floor ] || continue   # the SIPP CHECK runs on the two servers
       echo "| $srv | sipp (16 processes) | $(g "$srv.sipp.ok") / $(g "$srv.sipp.failed") | $(g "$srv.sipp.retrans") | $(g "$srv.sipp.rate") | $(g "$srv.sipp.cpu") | – |"
       echo "| $srv | sipshard bench register (16 sockets) | $(g "$srv.ours.ok") / $(g "$srv.ours.failed") | $(g "$srv.ours.retrans") | $(g "$srv.ours.rate") | $(g "$srv.ours.cpu") | $(g "$srv.ours.gen") |"
     done

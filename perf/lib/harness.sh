@@ -112,12 +112,14 @@ check_port_owner() {  # $1 = port, $2 = label
 }
 
 # ---------------------------------------------------------------- measuring
-# "tid ns name" for every thread of the given processes.
+# One line per thread of the given processes: "tid run_ns name utime_ticks stime_ticks" (the
+# last two from /proc/.../stat, after the ")" that ends the comm field).
 cpu_snap() {
-  local p t ns name
+  local p t ns name st
   for p in "$@"; do
     for t in /proc/"$p"/task/*; do
-      { read -r ns _ 2>/dev/null < "$t/schedstat" && read -r name 2>/dev/null < "$t/comm" && echo "${t##*/} $ns ${name// /_}"; } || true
+      { read -r ns _ 2>/dev/null < "$t/schedstat" && read -r name 2>/dev/null < "$t/comm" && read -r st 2>/dev/null < "$t/stat" &&
+        set -- ${st##*) } && echo "${t##*/} $ns ${name// /_} ${12} ${13}"; } || true
     done
   done
 }
@@ -127,6 +129,10 @@ server_snap() { cpu_snap $(tree_pids "$SERVER_PID") > "$1"; awk '$1 == "cpu" { p
 # Machine-wide busy % of all CPUs between two server_snap files (server, load
 # generator and anything else running).
 machine_busy() { awk 'NR == FNR { b = $2; t = $3; next } { printf "%.0f", ($3 > t) ? ($2 - b) * 100 / ($3 - t) : 0 }' "$1.machine" "$2.machine"; }
+# Share of the server's CPU time spent in the kernel between two snapshots
+# (system / (user + system) ticks, %): the UDP/TCP stack's part of the cost.
+cpu_sys_pct() { awk 'NR == FNR { u[$1] = $4; s[$1] = $5; next } NF >= 5 { du += $4 - u[$1]; ds += $5 - s[$1] }
+  END { if (du + ds > 0) printf "%.0f\n", ds * 100 / (du + ds); else print "-" }' "$1" "$2"; }
 # The same delta per thread name, largest first: "shard-0-1 812 ms, ...".
 cpu_by_name() {
   awk 'NR == FNR { b[$1] = $2; next } { d[$3] += $2 - (($1 in b) ? b[$1] : 0) }
