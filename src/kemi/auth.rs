@@ -582,8 +582,8 @@ fn verify_creds(
     // user and host as text (borrowed unless not UTF-8)
     fn ident_of(u: crate::sip::SipUri<'_>) -> (Cow<'_, str>, Cow<'_, str>) {
         (
-            String::from_utf8_lossy(u.user.unwrap_or(b"")),
-            String::from_utf8_lossy(u.host),
+            crate::sip::lex::text(u.user.unwrap_or(b"")),
+            crate::sip::lex::text(u.host),
         )
     }
     let none = || (Cow::Borrowed(""), Cow::Borrowed(""));

@@ -161,8 +161,27 @@ fn aor_of(s: &Shared, uri: &[u8]) -> Option<String> {
     Some(s.services.aor(user, host))
 }
 
+/// usrloc's `socket` of a binding, "proto:ip:port" of the socket the
+/// REGISTER came in on. A shard's REGISTERs come in on one or two sockets,
+/// so the text is kept per thread for the last one instead of formatted
+/// per REGISTER.
+fn socket_text(proto: &'static str, local: std::net::SocketAddr) -> String {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(&'static str, std::net::SocketAddr, String)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((p, a, t)) if *p == proto && *a == local => t.clone(),
+        _ => {
+            let t = format!("{proto}:{}:{}", local.ip(), local.port());
+            *last = Some((proto, local, t.clone()));
+            t
+        }
+    })
+}
+
 fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    crate::sip::lex::text(b).into_owned()
 }
 
 /// `build_save`'s marker for a REGISTER with more Contacts than
@@ -242,7 +261,7 @@ fn build_save(
         received: None,
         path,
         path_supported,
-        socket: Some(format!("udp:{}:{}", local.ip(), local.port())),
+        socket: Some(socket_text("udp", local)),
         methods,
         flags,
     })
@@ -270,12 +289,7 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
                         m.proto.name()
                     ));
                 }
-                r.socket = Some(format!(
-                    "{}:{}:{}",
-                    m.proto.name(),
-                    local.ip(),
-                    local.port()
-                ));
+                r.socket = Some(socket_text(m.proto.name(), local));
             }
             r
         })
@@ -668,6 +682,17 @@ pub fn ul_json(
 #[cfg(test)]
 mod tests {
     use crate::kemi::testutil::{engine, global_int, request, run};
+
+    #[test]
+    fn socket_text_follows_the_protocol_and_address() {
+        let a: std::net::SocketAddr = "127.0.0.1:5060".parse().unwrap();
+        let b: std::net::SocketAddr = "[::1]:5062".parse().unwrap();
+        assert_eq!(super::socket_text("udp", a), "udp:127.0.0.1:5060");
+        assert_eq!(super::socket_text("udp", a), "udp:127.0.0.1:5060");
+        assert_eq!(super::socket_text("tcp", a), "tcp:127.0.0.1:5060");
+        assert_eq!(super::socket_text("tcp", b), "tcp:::1:5062");
+        assert_eq!(super::socket_text("udp", a), "udp:127.0.0.1:5060");
+    }
 
     const SCRIPT: &str = r#"
 function ksr_request_route()

@@ -78,6 +78,17 @@ pub(crate) fn find_any<const N: usize>(b: &[u8], mut i: usize, set: [u8; N]) -> 
     i.max(b.len())
 }
 
+/// Bytes as text: borrowed when they are UTF-8, with U+FFFD for bad
+/// sequences otherwise. `str::from_utf8` checks ASCII a word at a time
+/// where `String::from_utf8_lossy` walks it byte by byte, so valid input
+/// (nearly all of it) takes that path first.
+pub(crate) fn text(b: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(b) {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(b),
+    }
+}
+
 /// Linear white space as the typed parsers see it: folded continuation
 /// lines stay inside value spans, so CR and LF count as white space too.
 #[inline]
@@ -361,6 +372,20 @@ pub(crate) fn sub(b: &[u8], r: (usize, usize)) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_borrows_utf8_and_replaces_bad_bytes() {
+        assert!(matches!(
+            text(b"alice@example.com"),
+            std::borrow::Cow::Borrowed("alice@example.com")
+        ));
+        assert!(matches!(
+            text("jürgen".as_bytes()),
+            std::borrow::Cow::Borrowed("jürgen")
+        ));
+        assert_eq!(text(b"a\xffb"), "a\u{fffd}b");
+        assert_eq!(text(b""), "");
+    }
 
     fn split(s: &str) -> Vec<&str> {
         SplitRanges::new(s.as_bytes())
