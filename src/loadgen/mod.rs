@@ -190,6 +190,13 @@ pub fn drive(args: &BenchArgs) -> Result<BenchReport, String> {
         s.connect(args.target)
             .map_err(|e| format!("connect: {e}"))?;
         s.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // As the register and call generators: the default 208 KiB
+        // overflowed (UdpRcvbufErrors) whenever this thread was off its
+        // core for a few ms above 100 000/s, and the lost replies counted
+        // against the server. Best effort: capped by net.core.rmem_max.
+        let r = socket2::SockRef::from(&s);
+        let _ = r.set_recv_buffer_size(register::SOCKET_BUFFER_BYTES);
+        let _ = r.set_send_buffer_size(register::SOCKET_BUFFER_BYTES);
         socks.push(s);
     }
     let threads = args.threads.clamp(1, args.sockets);
