@@ -177,37 +177,16 @@ pub fn drive(args: &BenchArgs) -> Result<BenchReport, String> {
         .ruri
         .clone()
         .unwrap_or_else(|| format!("sip:{}", args.target));
-    let bind: SocketAddr = if args.target.is_ipv4() {
-        "127.0.0.1:0"
-    } else {
-        "[::1]:0"
-    }
-    .parse()
-    .map_err(|e| format!("{e}"))?;
-    let mut socks = Vec::with_capacity(args.sockets);
-    for _ in 0..args.sockets {
-        let s = UdpSocket::bind(bind).map_err(|e| format!("bind: {e}"))?;
-        s.connect(args.target)
-            .map_err(|e| format!("connect: {e}"))?;
-        s.set_nonblocking(true).map_err(|e| e.to_string())?;
-        // As the register and call generators: the default 208 KiB
-        // overflowed (UdpRcvbufErrors) whenever this thread was off its
-        // core for a few ms above 100 000/s, and the lost replies counted
-        // against the server. Best effort: capped by net.core.rmem_max.
-        let r = socket2::SockRef::from(&s);
-        let _ = r.set_recv_buffer_size(register::SOCKET_BUFFER_BYTES);
-        let _ = r.set_send_buffer_size(register::SOCKET_BUFFER_BYTES);
-        socks.push(s);
-    }
     let threads = args.threads.clamp(1, args.sockets);
+    // The same sockets as the register and call generators (4 MiB
+    // buffers: the 208 KiB default overflowed whenever this thread was off
+    // its core for a few ms above 100 000/s, and the lost replies counted
+    // against the server).
+    let groups = register::client_sockets(args.target, args.sockets, threads)?;
     // Send instants (ns since `t0` + 1; 0 = not sent, u64::MAX = answered).
     let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..total).map(|_| AtomicU64::new(0)).collect());
     let t0 = Instant::now();
     let run_id = std::process::id();
-    let mut groups: Vec<Vec<UdpSocket>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, s) in socks.into_iter().enumerate() {
-        groups[i % threads].push(s);
-    }
     let mut workers = Vec::new();
     for (w, group) in groups.into_iter().enumerate() {
         let sent_at = sent_at.clone();
