@@ -188,10 +188,12 @@ fn lossy(b: &[u8]) -> String {
 /// `contacts_per_aor_cap`: answered as `SaveError::TooManyContacts`.
 const TOO_MANY_CONTACTS: (u16, &str) = (503, "Service Unavailable");
 
-/// Extracts everything `save` needs from the REGISTER.
+/// Extracts everything `save` needs from the REGISTER that came in over
+/// `proto` (`Proto::name`) on `local`.
 fn build_save(
     s: &Shared,
     msg: &SipMsg<'_>,
+    proto: &'static str,
     local: std::net::SocketAddr,
     flags: u32,
     uri: Option<&str>,
@@ -261,7 +263,7 @@ fn build_save(
         received: None,
         path,
         path_supported,
-        socket: Some(socket_text("udp", local)),
+        socket: Some(socket_text(proto, local)),
         methods,
         flags,
     })
@@ -274,7 +276,7 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
         let local = m.local;
         // KSR.nathelper.fix_nated_register(): the source address becomes
         // the contacts' `received` (Kamailio's received_avp).
-        build_save(s, &m.msg(), local, flags, uri).map(|mut r| {
+        build_save(s, &m.msg(), m.proto.name(), local, flags, uri).map(|mut r| {
             r.received = m.nat_received.clone();
             if m.proto.is_stream() {
                 // A contact registered over a connection is reached over
@@ -289,7 +291,6 @@ fn prepare_save(s: &Rc<Shared>, flags: u32, uri: Option<&str>) -> Result<OwnedSa
                         m.proto.name()
                     ));
                 }
-                r.socket = Some(socket_text(m.proto.name(), local));
             }
             r
         })
